@@ -1,0 +1,605 @@
+//! The `CassandraMigration` custom resource (`ferry.dev/v1alpha1`).
+//!
+//! This file is the one definition of Ferry's API: the CRD YAML in `crds/`
+//! and the chart is generated from these types (`ferry-operator crd`), and a
+//! test fails when the committed YAML is stale. Validation lives here too, as
+//! OpenAPI bounds (schemars attributes) and CEL rules (`x_kube(validation)`),
+//! so the API server refuses a bad spec before the operator ever sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Keyspaces that hold Cassandra's own state. They are never migrated: each
+/// cluster owns its own, and copying them would corrupt the target.
+pub const SYSTEM_KEYSPACES: &[&str] = &[
+    "system",
+    "system_auth",
+    "system_distributed",
+    "system_schema",
+    "system_traces",
+    "system_views",
+    "system_virtual_schema",
+    "dse_system",
+    "dse_security",
+    "dse_auth",
+];
+
+/// A live, zero-downtime migration of one Cassandra cluster (running as a
+/// StatefulSet in this namespace) to another Cassandra cluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "CassandraMigration",
+    plural = "cassandramigrations",
+    shortname = "cmig",
+    category = "ferry",
+    namespaced,
+    status = "CassandraMigrationStatus",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "What the current phase has done so far"
+    ),
+    printcolumn(
+        name = "Mismatches",
+        type_ = "integer",
+        json_path = ".status.validation.unresolved",
+        description = "Rows that differ between source and target and were not repaired"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.proxy.writeMode",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CassandraMigrationSpec {
+    /// The cluster to migrate from. It cannot change once the migration exists.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("source is immutable: create a new CassandraMigration to migrate another cluster"))]
+    pub source: SourceCluster,
+
+    /// The cluster to migrate to. It cannot change once the migration exists.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("target is immutable: create a new CassandraMigration to migrate to another cluster"))]
+    pub target: TargetCluster,
+
+    /// Which keyspaces to migrate. Empty `include` means every non-system keyspace.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new(
+        "self.include.all(k, !(k in ['system', 'system_auth', 'system_distributed', 'system_schema', 'system_traces', 'system_views', 'system_virtual_schema', 'dse_system', 'dse_security', 'dse_auth']))"
+    ).message("system keyspaces are never migrated; remove them from keyspaces.include"))]
+    pub keyspaces: KeyspaceSelector,
+
+    /// Which tables to migrate, as `keyspace.table`. Applied after `keyspaces`.
+    #[serde(default)]
+    pub tables: TableSelector,
+
+    /// The dual-write proxy sidecar injected into each source pod.
+    #[serde(default)]
+    pub proxy: ProxySpec,
+
+    /// The bulk copy of historical data.
+    #[serde(default)]
+    pub backfill: BackfillSpec,
+
+    /// The comparison of source and target after the backfill.
+    #[serde(default)]
+    pub validation: ValidationSpec,
+}
+
+/// The source cluster: a StatefulSet in the migration's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCluster {
+    /// Name of the source Cassandra StatefulSet, in the same namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub stateful_set: String,
+
+    /// The CQL native port Cassandra listens on inside each pod.
+    #[serde(default = "default_cql_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub cql_port: i32,
+
+    /// Secret with the credentials clients use on the source (keys `username`
+    /// and `password` unless overridden). Omit when the source has no auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecretRef>,
+
+    /// Secret with the source's client TLS material (`ca.crt`, and `tls.crt` /
+    /// `tls.key` for mutual TLS). Omit when the source speaks plain CQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<TlsSecretRef>,
+}
+
+/// The target cluster, reached by contact points (it may live anywhere).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetCluster {
+    /// Contact points as `host:port` (IPv6 as `[addr]:port`). At least one.
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(
+            length(min = 3, max = 261),
+            regex(
+                pattern = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$"
+            )
+        )
+    )]
+    #[x_kube(validation = Rule::new("self.all(cp, int(cp.substring(cp.lastIndexOf(':') + 1)) >= 1 && int(cp.substring(cp.lastIndexOf(':') + 1)) <= 65535)").message("every target contact point needs a port between 1 and 65535"))]
+    pub contact_points: Vec<String>,
+
+    /// The target datacenter the proxy and the Jobs write to (driver load balancing).
+    #[schemars(length(min = 1, max = 128))]
+    pub local_datacenter: String,
+
+    /// Secret with the target's credentials. Omit when the target has no auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecretRef>,
+
+    /// Secret with the target's client TLS material. Omit for plain CQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<TlsSecretRef>,
+}
+
+/// A Secret holding a username and a password.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret, in the migration's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the username in the Secret.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1))]
+    pub username_key: String,
+    /// Key of the password in the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1))]
+    pub password_key: String,
+}
+
+/// A Secret holding PEM TLS material (`ca.crt`, optional `tls.crt`/`tls.key`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSecretRef {
+    /// Name of the Secret, in the migration's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Skip hostname verification (the certificate chain is still checked).
+    #[serde(default)]
+    pub insecure_skip_hostname_verification: bool,
+}
+
+/// Include and exclude lists of keyspace names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyspaceSelector {
+    /// Keyspaces to migrate. Empty means all non-system keyspaces.
+    #[serde(default)]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 48), regex(pattern = r"^[A-Za-z0-9_]{1,48}$"))
+    )]
+    pub include: Vec<String>,
+    /// Keyspaces never to migrate, even if included.
+    #[serde(default)]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 48), regex(pattern = r"^[A-Za-z0-9_]{1,48}$"))
+    )]
+    pub exclude: Vec<String>,
+}
+
+/// Include and exclude lists of `keyspace.table` names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TableSelector {
+    /// Tables to migrate. Empty means every table of the selected keyspaces.
+    #[serde(default)]
+    #[schemars(
+        length(max = 1024),
+        inner(
+            length(min = 3, max = 97),
+            regex(pattern = r"^[A-Za-z0-9_]{1,48}\.[A-Za-z0-9_]{1,48}$")
+        )
+    )]
+    pub include: Vec<String>,
+    /// Tables never to migrate.
+    #[serde(default)]
+    #[schemars(
+        length(max = 1024),
+        inner(
+            length(min = 3, max = 97),
+            regex(pattern = r"^[A-Za-z0-9_]{1,48}\.[A-Za-z0-9_]{1,48}$")
+        )
+    )]
+    pub exclude: Vec<String>,
+}
+
+/// How the proxy's writes reach the target.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WriteMode {
+    /// The client's write succeeds only once both clusters took it; a target
+    /// failure is returned to the client.
+    #[default]
+    Sync,
+    /// The client gets the source's answer at once; the target write follows,
+    /// retried and spooled to disk until the target takes it.
+    Async,
+}
+
+/// How client traffic reaches the proxy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TrafficRedirect {
+    /// An init container redirects inbound CQL traffic to the proxy with
+    /// iptables (needs NET_ADMIN in that init container only). Applications
+    /// and Cassandra's configuration do not change.
+    #[default]
+    Iptables,
+    /// The proxy listens on its own port; applications connect to it.
+    Port,
+}
+
+/// The dual-write proxy sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// Sidecar image. Defaults to the `ferry-sidecar` image the operator was installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// Port the proxy listens on inside each source pod.
+    #[serde(default = "default_proxy_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub listen_port: i32,
+
+    /// `sync` (default) or `async`. May change during a migration.
+    #[serde(default)]
+    pub write_mode: WriteMode,
+
+    /// How client traffic reaches the proxy: `iptables` (default) or `port`.
+    #[serde(default)]
+    pub redirect: TrafficRedirect,
+
+    /// Highest CQL native protocol version the proxy offers clients (3 to 5).
+    /// Lower it when the target speaks an older protocol than the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 5))]
+    pub protocol_version: Option<i32>,
+
+    /// CPU and memory for the sidecar container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            listen_port: default_proxy_port(),
+            write_mode: WriteMode::default(),
+            redirect: TrafficRedirect::default(),
+            protocol_version: None,
+            resources: None,
+        }
+    }
+}
+
+/// Which WRITETIME the backfill gives the cells it copies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TimestampMode {
+    /// Keep each cell's WRITETIME and remaining TTL (exact copy).
+    #[default]
+    Preserve,
+    /// Write every row with the migration's start timestamp, so any live write
+    /// mirrored after the start wins (the method of the Spark migrator).
+    Backdate,
+}
+
+/// The bulk copy of historical data, run as an Indexed Job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.splits >= self.parallelism").message("backfill.splits must be at least backfill.parallelism: every Job pod needs a token range"))]
+pub struct BackfillSpec {
+    /// Number of Job pods copying in parallel.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub parallelism: i32,
+
+    /// Number of token ranges the ring is split into (at least one per pod;
+    /// more gives finer checkpoints and better balance).
+    #[serde(default = "default_splits")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub splits: i32,
+
+    /// Concurrent requests per Job pod.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub concurrency: i32,
+
+    /// Upper bound on rows copied per second, across all pods. Omit for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rows_per_second: Option<i64>,
+
+    /// `preserve` (default) or `backdate`.
+    #[serde(default)]
+    pub timestamp_mode: TimestampMode,
+
+    /// CPU and memory for each Job pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for BackfillSpec {
+    fn default() -> Self {
+        Self {
+            parallelism: default_parallelism(),
+            splits: default_splits(),
+            concurrency: default_concurrency(),
+            rows_per_second: None,
+            timestamp_mode: TimestampMode::default(),
+            resources: None,
+        }
+    }
+}
+
+/// How much of the data the validation compares.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ValidationMode {
+    /// Every token range.
+    #[default]
+    Full,
+    /// `samplePercent` of the token ranges, chosen at random.
+    Sample,
+}
+
+/// The comparison of source and target after the backfill.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'sample' || has(self.samplePercent)").message("validation.samplePercent is required when validation.mode is sample"))]
+#[x_kube(validation = Rule::new("self.mode == 'sample' || !has(self.samplePercent)").message("validation.samplePercent only applies when validation.mode is sample"))]
+pub struct ValidationSpec {
+    /// `full` (default) or `sample`.
+    #[serde(default)]
+    pub mode: ValidationMode,
+
+    /// Percentage of token ranges compared in `sample` mode (1 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub sample_percent: Option<i32>,
+
+    /// Copy the source's version of every missing or mismatched row to the
+    /// target, then validate again.
+    #[serde(default)]
+    pub repair: bool,
+}
+
+/// Where a migration stands.
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
+pub enum Phase {
+    /// Accepted; sidecars are being rolled into the source pods.
+    #[default]
+    Pending,
+    /// Every source pod runs a ready proxy; live writes reach both clusters.
+    Mirroring,
+    /// Historical data is being copied.
+    Backfilling,
+    /// Source and target are being compared.
+    Validating,
+    /// The target holds everything; mirroring goes on until cut-over.
+    Ready,
+    /// A step cannot go on; see the conditions. Fixing the spec resumes.
+    Failed,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Phase::Pending => "Pending",
+            Phase::Mirroring => "Mirroring",
+            Phase::Backfilling => "Backfilling",
+            Phase::Validating => "Validating",
+            Phase::Ready => "Ready",
+            Phase::Failed => "Failed",
+        };
+        f.write_str(name)
+    }
+}
+
+/// What the operator observed and did. Written only by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CassandraMigrationStatus {
+    /// Current phase.
+    #[serde(default)]
+    pub phase: Phase,
+
+    /// Human-readable progress of the current phase, e.g. `2/3 pods` or `41%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Standard conditions: `SidecarsReady`, `BackfillComplete`, `Validated`,
+    /// `Ready`, `Degraded`, `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// When each phase began, in order (a phase entered again appears again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phase_history: Vec<PhaseTransition>,
+
+    /// Sidecar rollout state of each source pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<SidecarPodStatus>,
+
+    /// Backfill progress, summed over the Job's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillProgress>,
+
+    /// Validation results, summed over the Job's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationResults>,
+}
+
+/// The moment a phase began.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseTransition {
+    /// The phase entered.
+    pub phase: Phase,
+    /// When it was entered.
+    pub started_at: Time,
+}
+
+/// Where one source pod stands in the sidecar roll.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SidecarState {
+    /// Not rolled yet.
+    #[default]
+    Waiting,
+    /// Evicted; waiting for it to come back with the sidecar.
+    Rolling,
+    /// Back, Ready, sidecar ready, Cassandra node Up/Normal.
+    Ready,
+    /// Came back without the sidecar, or not at all.
+    Failed,
+    /// Being rolled back to run without the sidecar (migration deleted).
+    Removing,
+}
+
+/// The sidecar state of one source pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarPodStatus {
+    /// Pod name.
+    pub pod: String,
+    /// Roll state.
+    pub state: SidecarState,
+    /// Address clients reach this pod's proxy at (`ip:port`), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_address: Option<String>,
+    /// Why the pod is in this state, when it is not `Ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Backfill figures, summed over the Job's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillProgress {
+    /// Name of the backfill Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// WRITETIME (microseconds since the epoch) recorded when the backfill
+    /// began; `backdate` mode writes every row with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp_micros: Option<i64>,
+    /// Token ranges copied.
+    #[serde(default)]
+    pub ranges_done: i64,
+    /// Token ranges in all.
+    #[serde(default)]
+    pub ranges_total: i64,
+    /// Rows copied.
+    #[serde(default)]
+    pub rows_copied: i64,
+    /// Bytes copied.
+    #[serde(default)]
+    pub bytes_copied: i64,
+    /// Recent copy rate, rows per second.
+    #[serde(default)]
+    pub rows_per_second: i64,
+}
+
+/// Validation figures, summed over the Job's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationResults {
+    /// Name of the validation Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// Rows compared.
+    #[serde(default)]
+    pub rows_compared: i64,
+    /// Rows on the source missing on the target.
+    #[serde(default)]
+    pub missing: i64,
+    /// Rows on the target that the source does not have.
+    #[serde(default)]
+    pub extra: i64,
+    /// Rows on both sides whose values (or WRITETIME/TTL) differ.
+    #[serde(default)]
+    pub mismatched: i64,
+    /// Rows written while the validation ran, re-checked and left to mirroring.
+    #[serde(default)]
+    pub in_flight: i64,
+    /// Rows repaired (`validation.repair`).
+    #[serde(default)]
+    pub repaired: i64,
+    /// Differences still standing: missing + extra + mismatched − repaired.
+    #[serde(default)]
+    pub unresolved: i64,
+    /// A bounded list of example primary keys per kind of difference.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub examples: BTreeMap<String, Vec<String>>,
+}
+
+fn default_cql_port() -> i32 {
+    9042
+}
+fn default_proxy_port() -> i32 {
+    29042
+}
+fn default_username_key() -> String {
+    "username".to_owned()
+}
+fn default_password_key() -> String {
+    "password".to_owned()
+}
+fn default_parallelism() -> i32 {
+    1
+}
+fn default_splits() -> i32 {
+    256
+}
+fn default_concurrency() -> i32 {
+    64
+}

@@ -1,0 +1,346 @@
+//! Deciding what a statement is from its text with a light tokenizer (no full
+//! CQL grammar): read or write, which table, and the traits that need a
+//! policy (LWT, counters, non-deterministic functions).
+
+/// Which system table a read targets, for peer substitution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemTable {
+    Local,
+    Peers,
+    PeersV2,
+}
+
+/// A server-side function whose value differs between source and target.
+pub const NONDETERMINISTIC_FUNCTIONS: &[&str] = &[
+    "now",
+    "uuid",
+    "currenttimestamp",
+    "currenttimeuuid",
+    "currentdate",
+    "currenttime",
+];
+
+/// What a statement is, as far as routing is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementClass {
+    /// SELECT: source only (or the primary).
+    Read {
+        keyspace: Option<String>,
+        table: Option<String>,
+        system: Option<SystemTable>,
+    },
+    /// INSERT, UPDATE, DELETE, BATCH, TRUNCATE: both sides.
+    Write(WriteTraits),
+    /// USE: both sides, so each keeps the same current keyspace.
+    Use(String),
+    /// CREATE/ALTER/DROP: source only unless `--mirror-ddl`.
+    Schema,
+    /// Anything else (GRANT, LIST, ...): source only.
+    Other,
+}
+
+/// Facts about a write that decide how it is mirrored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteTraits {
+    /// Keyspace named in the statement (else the connection's).
+    pub keyspace: Option<String>,
+    pub table: Option<String>,
+    /// Conditional (`IF ...`): Paxos, no client timestamp possible.
+    pub lwt: bool,
+    /// `c = c + n`: counter update, not idempotent.
+    pub counter: bool,
+    /// First non-deterministic function called, if any.
+    pub nondeterministic: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token<'a> {
+    Word(&'a str),
+    Quoted(&'a str),
+    Str,
+    Number,
+    Punct(char),
+}
+
+fn tokenize(text: &str) -> Vec<Token<'_>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            b'\'' => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == b'\'' {
+                        if bytes.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+                out.push(Token::Str);
+            }
+            b'$' if bytes.get(i + 1) == Some(&b'$') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'$' && bytes[i + 1] == b'$') {
+                    i += 1;
+                }
+                i += 2;
+                out.push(Token::Str);
+            }
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == b'"' {
+                        if bytes.get(i + 1) == Some(&b'"') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                let end = i.min(bytes.len());
+                out.push(Token::Quoted(text.get(start..end).unwrap_or("")));
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                out.push(Token::Word(&text[start..i]));
+            }
+            c if c.is_ascii_digit() => {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.' || bytes[i] == b'-')
+                {
+                    i += 1;
+                }
+                out.push(Token::Number);
+            }
+            _ => {
+                // Multi-byte UTF-8 outside quotes is not valid CQL; skip it.
+                let ch = text[i..].chars().next().unwrap_or(' ');
+                out.push(Token::Punct(ch));
+                i += ch.len_utf8().max(1);
+            }
+        }
+    }
+    out
+}
+
+fn is_kw(t: Option<&Token<'_>>, kw: &str) -> bool {
+    matches!(t, Some(Token::Word(w)) if w.eq_ignore_ascii_case(kw))
+}
+
+/// An identifier as Cassandra stores it: unquoted lower-cased, quoted as is.
+fn ident(t: Option<&Token<'_>>) -> Option<String> {
+    match t {
+        Some(Token::Word(w)) => Some(w.to_ascii_lowercase()),
+        Some(Token::Quoted(q)) => Some(q.replace("\"\"", "\"")),
+        _ => None,
+    }
+}
+
+/// `[keyspace.]table` starting at `toks[i]`.
+fn qualified_name(toks: &[Token<'_>], i: usize) -> (Option<String>, Option<String>) {
+    let first = ident(toks.get(i));
+    if toks.get(i + 1) == Some(&Token::Punct('.')) {
+        (first, ident(toks.get(i + 2)))
+    } else {
+        (None, first)
+    }
+}
+
+/// Classifies one CQL statement.
+pub fn classify(text: &str) -> StatementClass {
+    let toks = tokenize(text);
+    let Some(Token::Word(first)) = toks.first() else {
+        return StatementClass::Other;
+    };
+    let first = first.to_ascii_lowercase();
+    match first.as_str() {
+        "select" => {
+            let from = toks.iter().position(|t| is_kw(Some(t), "from"));
+            let (keyspace, table) = from
+                .map(|i| qualified_name(&toks, i + 1))
+                .unwrap_or((None, None));
+            let system = match (keyspace.as_deref(), table.as_deref()) {
+                (Some("system"), Some("local")) => Some(SystemTable::Local),
+                (Some("system"), Some("peers")) => Some(SystemTable::Peers),
+                (Some("system"), Some("peers_v2")) => Some(SystemTable::PeersV2),
+                _ => None,
+            };
+            StatementClass::Read {
+                keyspace,
+                table,
+                system,
+            }
+        }
+        "insert" | "update" | "delete" | "begin" | "truncate" => {
+            let name_at = match first.as_str() {
+                "insert" => toks
+                    .iter()
+                    .position(|t| is_kw(Some(t), "into"))
+                    .map(|i| i + 1),
+                "update" => Some(1),
+                "delete" => toks
+                    .iter()
+                    .position(|t| is_kw(Some(t), "from"))
+                    .map(|i| i + 1),
+                "truncate" => Some(if is_kw(toks.get(1), "table") { 2 } else { 1 }),
+                // BATCH text: the first inner statement names the table.
+                _ => toks
+                    .iter()
+                    .position(|t| is_kw(Some(t), "into") || is_kw(Some(t), "update"))
+                    .map(|i| i + 1),
+            };
+            let (keyspace, table) = name_at
+                .map(|i| qualified_name(&toks, i))
+                .unwrap_or((None, None));
+            StatementClass::Write(WriteTraits {
+                keyspace,
+                table,
+                lwt: has_condition(&toks),
+                counter: (first == "begin" && is_kw(toks.get(1), "counter"))
+                    || has_counter_update(&toks),
+                nondeterministic: nondeterministic_call(&toks),
+            })
+        }
+        "use" => match ident(toks.get(1)) {
+            Some(ks) => StatementClass::Use(ks),
+            None => StatementClass::Other,
+        },
+        "create" | "alter" | "drop" => StatementClass::Schema,
+        _ => StatementClass::Other,
+    }
+}
+
+/// `IF` outside strings marks a lightweight transaction.
+fn has_condition(toks: &[Token<'_>]) -> bool {
+    toks.iter().any(|t| is_kw(Some(t), "if"))
+}
+
+/// `x = x + <number>` / `x = x - <number>`: a counter update (a collection
+/// append has a literal `[`/`{` or a bind marker instead of a number).
+fn has_counter_update(toks: &[Token<'_>]) -> bool {
+    toks.windows(5).any(|w| {
+        matches!((&w[0], &w[1], &w[2], &w[3], &w[4]),
+            (Token::Word(a), Token::Punct('='), Token::Word(b), Token::Punct('+' | '-'), Token::Number)
+            if a.eq_ignore_ascii_case(b))
+    })
+}
+
+fn nondeterministic_call(toks: &[Token<'_>]) -> Option<&'static str> {
+    toks.windows(2).find_map(|w| match (&w[0], &w[1]) {
+        (Token::Word(name), Token::Punct('(')) => NONDETERMINISTIC_FUNCTIONS
+            .iter()
+            .find(|f| name.eq_ignore_ascii_case(f))
+            .copied(),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> WriteTraits {
+        match classify(text) {
+            StatementClass::Write(w) => w,
+            other => panic!("{text:?} classified as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_and_system_tables() {
+        assert_eq!(
+            classify("select peer, rpc_address FROM system.peers"),
+            StatementClass::Read {
+                keyspace: Some("system".into()),
+                table: Some("peers".into()),
+                system: Some(SystemTable::Peers)
+            }
+        );
+        assert!(matches!(
+            classify("SELECT * FROM system.local WHERE key='local'"),
+            StatementClass::Read {
+                system: Some(SystemTable::Local),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("  /* hi */ SELECT * FROM \"system\".\"peers_v2\""),
+            StatementClass::Read {
+                system: Some(SystemTable::PeersV2),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("SELECT * FROM ks.t"),
+            StatementClass::Read { system: None, .. }
+        ));
+    }
+
+    #[test]
+    fn writes_with_traits() {
+        let w = write("INSERT INTO Ks.\"MyTable\" (k, v) VALUES (1, 'if now()') IF NOT EXISTS");
+        assert_eq!(w.keyspace.as_deref(), Some("ks"));
+        assert_eq!(w.table.as_deref(), Some("MyTable"));
+        assert!(w.lwt);
+        assert_eq!(w.nondeterministic, None, "inside a string");
+        let w = write("UPDATE t SET c = c + 1 WHERE k = 1");
+        assert!(w.counter && !w.lwt);
+        assert_eq!(w.table.as_deref(), Some("t"));
+        let w = write("UPDATE t SET l = l + [1] WHERE k = 1");
+        assert!(!w.counter);
+        let w = write("DELETE v FROM ks.t WHERE k = ? IF v = 3");
+        assert!(w.lwt);
+        assert_eq!(w.table.as_deref(), Some("t"));
+        let w = write("INSERT INTO t (k, id) VALUES (1, now())");
+        assert_eq!(w.nondeterministic, Some("now"));
+        let w = write("BEGIN COUNTER BATCH UPDATE ks.c SET n = n + ? WHERE k = 1; APPLY BATCH");
+        assert!(w.counter);
+        assert_eq!(w.keyspace.as_deref(), Some("ks"));
+        assert_eq!(write("TRUNCATE TABLE ks.t").table.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn use_schema_other() {
+        assert_eq!(classify("USE \"MyKs\""), StatementClass::Use("MyKs".into()));
+        assert_eq!(classify("use my_ks;"), StatementClass::Use("my_ks".into()));
+        assert_eq!(
+            classify("CREATE TABLE t (k int PRIMARY KEY)"),
+            StatementClass::Schema
+        );
+        assert_eq!(classify("GRANT ALL ON ks TO r"), StatementClass::Other);
+        assert_eq!(classify(""), StatementClass::Other);
+        assert_eq!(classify("'unterminated"), StatementClass::Other);
+        assert_eq!(classify("\"unterminated"), StatementClass::Other);
+        assert_eq!(classify("é"), StatementClass::Other);
+    }
+}

@@ -1,0 +1,308 @@
+//! The proxy's command line (every flag also from a `FERRY_PROXY_*`
+//! environment variable) and the run-time mode.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use clap::{Args, ValueEnum};
+
+/// How writes are mirrored and which side serves reads. Changed at run
+/// time through the watched runtime file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Forward to the source only; nothing is mirrored.
+    SourceOnly,
+    /// Writes go to both; the client's answer waits for both, and a target
+    /// failure is returned to the client.
+    Sync,
+    /// Writes go to both; the client gets the source's answer at once, the
+    /// target write is retried and spooled on failure.
+    Async,
+    /// Reads served by the target; writes to both, waiting for both, the
+    /// target's answer returned (the source is now the mirror).
+    TargetPrimary,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Self> {
+        <Self as ValueEnum>::from_str(s.trim(), true).ok()
+    }
+
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Self::SourceOnly => 0,
+            Self::Sync => 1,
+            Self::Async => 2,
+            Self::TargetPrimary => 3,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::SourceOnly,
+            1 => Self::Sync,
+            3 => Self::TargetPrimary,
+            _ => Self::Async,
+        }
+    }
+}
+
+/// The current mode, readable on the hot path without a lock.
+#[derive(Debug)]
+pub struct ModeCell(AtomicU8);
+
+impl ModeCell {
+    pub fn new(m: Mode) -> Self {
+        Self(AtomicU8::new(m.as_u8()))
+    }
+    pub fn get(&self) -> Mode {
+        Mode::from_u8(self.0.load(Ordering::Relaxed))
+    }
+    pub fn set(&self, m: Mode) {
+        self.0.store(m.as_u8(), Ordering::Relaxed);
+    }
+}
+
+/// What to do with target writes when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpoolFullPolicy {
+    /// Refuse new mirrored writes (the client gets an Overloaded error,
+    /// nothing reaches the source) until the spool drains: no divergence.
+    RejectWrites,
+    /// Keep serving; target writes that do not fit are dropped and counted
+    /// (the validator must repair them later).
+    DropTargetWrites,
+}
+
+fn parse_bool_flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+/// Command-line arguments of the proxy mode.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Source Cassandra node (host or IP) this proxy fronts.
+    #[arg(env = "FERRY_PROXY_SOURCE")]
+    pub source: String,
+    /// Target cluster contact point (host or IP) writes are mirrored to.
+    #[arg(env = "FERRY_PROXY_TARGET")]
+    pub target: String,
+    #[arg(long, env = "FERRY_PROXY_SOURCE_PORT", default_value_t = 9042)]
+    pub source_port: u16,
+    #[arg(long, env = "FERRY_PROXY_TARGET_PORT", default_value_t = 9042)]
+    pub target_port: u16,
+    /// Port clients connect to.
+    #[arg(long, env = "FERRY_PROXY_PORT", default_value_t = 29042)]
+    pub proxy_port: u16,
+    /// Address clients connect to.
+    #[arg(long, env = "FERRY_PROXY_ADDRESS", default_value = "0.0.0.0")]
+    pub proxy_address: String,
+    /// Address drivers should use to reach this proxy, advertised in
+    /// place of the source node's address (default: --proxy-address when it
+    /// is not a wildcard).
+    #[arg(long, env = "FERRY_PROXY_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// Highest protocol version offered to clients (3, 4 or 5); clients
+    /// asking for more get the protocol error that makes them step down.
+    #[arg(long, env = "FERRY_PROXY_PROTOCOL_VERSION", default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub protocol_version: u8,
+    /// Force this CQL_VERSION in STARTUP (both sides) and SUPPORTED.
+    #[arg(long, env = "FERRY_PROXY_CQL_VERSION")]
+    pub cql_version: Option<String>,
+    /// Write mode at start (changed later through `--peer-map`'s `mode`).
+    #[arg(long, env = "FERRY_PROXY_MODE", value_enum, default_value_t = Mode::Async)]
+    pub mode: Mode,
+    /// Runtime file: peer map (source node → proxy address) and optional
+    /// mode, re-read when it changes. See docs/proxy.md for the format.
+    #[arg(long, env = "FERRY_PROXY_PEER_MAP")]
+    pub peer_map: Option<PathBuf>,
+    /// Username for the target (default: the client's own credentials).
+    #[arg(long, env = "FERRY_PROXY_TARGET_USERNAME")]
+    pub target_username: Option<String>,
+    /// Password for the target. Prefer the file or the environment variable.
+    #[arg(long, env = "FERRY_PROXY_TARGET_PASSWORD", hide_env_values = true)]
+    pub target_password: Option<String>,
+    /// File holding the target password (first line).
+    #[arg(long, env = "FERRY_PROXY_TARGET_PASSWORD_FILE")]
+    pub target_password_file: Option<PathBuf>,
+    /// Mirror schema changes (CREATE/ALTER/DROP) to the target too.
+    #[arg(long, env = "FERRY_PROXY_MIRROR_DDL")]
+    pub mirror_ddl: bool,
+    /// Mirror only writes to these keyspaces (comma-separated; default all).
+    #[arg(long, env = "FERRY_PROXY_INCLUDE_KEYSPACES", value_delimiter = ',')]
+    pub include_keyspaces: Vec<String>,
+    /// Never mirror writes to these keyspaces.
+    #[arg(long, env = "FERRY_PROXY_EXCLUDE_KEYSPACES", value_delimiter = ',')]
+    pub exclude_keyspaces: Vec<String>,
+    /// Never mirror writes to these tables (`keyspace.table`, comma-separated).
+    #[arg(long, env = "FERRY_PROXY_EXCLUDE_TABLES", value_delimiter = ',')]
+    pub exclude_tables: Vec<String>,
+    /// Timeout of one target request, in milliseconds.
+    #[arg(long, env = "FERRY_PROXY_TARGET_TIMEOUT_MS", default_value_t = 2000)]
+    pub target_timeout_ms: u64,
+    /// Async mode: attempts before a target write goes to the spool.
+    #[arg(long, env = "FERRY_PROXY_ASYNC_RETRIES", default_value_t = 3)]
+    pub async_retries: u32,
+    /// Async mode: first retry delay (doubles each time), milliseconds.
+    #[arg(long, env = "FERRY_PROXY_RETRY_BACKOFF_MS", default_value_t = 50)]
+    pub retry_backoff_ms: u64,
+    /// Directory of the on-disk spool.
+    #[arg(
+        long,
+        env = "FERRY_PROXY_SPOOL_DIR",
+        default_value = "/var/lib/ferry/spool"
+    )]
+    pub spool_dir: PathBuf,
+    /// Spool size limit in bytes.
+    #[arg(long, env = "FERRY_PROXY_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    #[arg(long, env = "FERRY_PROXY_SPOOL_FULL_POLICY", value_enum, default_value_t = SpoolFullPolicy::RejectWrites)]
+    pub spool_full_policy: SpoolFullPolicy,
+    /// Entries of the prepared-statement map.
+    #[arg(
+        long,
+        env = "FERRY_PROXY_PREPARED_CACHE_SIZE",
+        default_value_t = 10_000
+    )]
+    pub prepared_cache_size: usize,
+    /// Largest frame accepted, bytes.
+    #[arg(long, env = "FERRY_PROXY_MAX_FRAME_BYTES", default_value_t = 256 << 20)]
+    pub max_frame_bytes: usize,
+    /// Port of /metrics, /livez and /readyz.
+    #[arg(long, env = "FERRY_PROXY_ADMIN_PORT", default_value_t = 28000)]
+    pub admin_port: u16,
+    #[arg(long, env = "FERRY_PROXY_ADMIN_ADDRESS", default_value = "0.0.0.0")]
+    pub admin_address: String,
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    #[arg(long, env = "FERRY_PROXY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+    /// Client-facing TLS: certificate chain (PEM). TLS is on when set.
+    #[arg(long, env = "FERRY_PROXY_TLS_CERT", requires = "proxy_tls_key")]
+    pub proxy_tls_cert: Option<PathBuf>,
+    /// Client-facing TLS: private key (PEM).
+    #[arg(long, env = "FERRY_PROXY_TLS_KEY")]
+    pub proxy_tls_key: Option<PathBuf>,
+    /// Client-facing TLS: require client certificates signed by this CA.
+    #[arg(long, env = "FERRY_PROXY_TLS_CLIENT_CA")]
+    pub proxy_tls_client_ca: Option<PathBuf>,
+    /// Source TLS: CA bundle (PEM) to verify the source; TLS is on when set.
+    #[arg(long, env = "FERRY_PROXY_SOURCE_TLS_CA")]
+    pub source_tls_ca: Option<PathBuf>,
+    #[arg(long, env = "FERRY_PROXY_SOURCE_TLS_CERT")]
+    pub source_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "FERRY_PROXY_SOURCE_TLS_KEY")]
+    pub source_tls_key: Option<PathBuf>,
+    /// Name to verify in the source certificate (default: SOURCE).
+    #[arg(long, env = "FERRY_PROXY_SOURCE_TLS_SERVER_NAME")]
+    pub source_tls_server_name: Option<String>,
+    /// Target TLS: CA bundle (PEM) to verify the target; TLS is on when set.
+    #[arg(long, env = "FERRY_PROXY_TARGET_TLS_CA")]
+    pub target_tls_ca: Option<PathBuf>,
+    #[arg(long, env = "FERRY_PROXY_TARGET_TLS_CERT")]
+    pub target_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "FERRY_PROXY_TARGET_TLS_KEY")]
+    pub target_tls_key: Option<PathBuf>,
+    #[arg(long, env = "FERRY_PROXY_TARGET_TLS_SERVER_NAME")]
+    pub target_tls_server_name: Option<String>,
+    /// Plain TCP to the source even when TLS settings are present.
+    #[arg(long, env = "FERRY_PROXY_DISABLE_SOURCE_TLS", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool_flag)]
+    pub disable_source_tls: bool,
+    /// Plain TCP to the target even when TLS settings are present.
+    #[arg(long, env = "FERRY_PROXY_DISABLE_TARGET_TLS", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool_flag)]
+    pub disable_target_tls: bool,
+}
+
+/// Keyspaces whose writes are never mirrored (node-local or managed by
+/// each cluster itself).
+pub const SYSTEM_KEYSPACES: &[&str] = &[
+    "system",
+    "system_schema",
+    "system_auth",
+    "system_traces",
+    "system_distributed",
+    "system_views",
+    "system_virtual_schema",
+];
+
+/// Include/exclude rules deciding which writes are mirrored.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorFilter {
+    pub include_keyspaces: Vec<String>,
+    pub exclude_keyspaces: Vec<String>,
+    pub exclude_tables: Vec<(String, String)>,
+}
+
+impl MirrorFilter {
+    pub fn from_args(args: &ProxyArgs) -> Self {
+        let norm = |v: &[String]| {
+            v.iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Self {
+            include_keyspaces: norm(&args.include_keyspaces),
+            exclude_keyspaces: norm(&args.exclude_keyspaces),
+            exclude_tables: args
+                .exclude_tables
+                .iter()
+                .filter_map(|t| t.trim().split_once('.'))
+                .map(|(k, t)| (k.to_owned(), t.to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Whether a write to `keyspace.table` is mirrored. An unknown keyspace
+    /// is mirrored (refusing would silently lose writes).
+    pub fn mirrors(&self, keyspace: Option<&str>, table: Option<&str>) -> bool {
+        let Some(ks) = keyspace else {
+            return self.include_keyspaces.is_empty();
+        };
+        if SYSTEM_KEYSPACES.contains(&ks) {
+            return false;
+        }
+        if !self.include_keyspaces.is_empty() && !self.include_keyspaces.iter().any(|k| k == ks) {
+            return false;
+        }
+        if self.exclude_keyspaces.iter().any(|k| k == ks) {
+            return false;
+        }
+        if let Some(t) = table {
+            if self.exclude_tables.iter().any(|(k, tt)| k == ks && tt == t) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        let f = MirrorFilter {
+            include_keyspaces: vec![],
+            exclude_keyspaces: vec!["skip".into()],
+            exclude_tables: vec![("ks".into(), "audit".into())],
+        };
+        assert!(f.mirrors(Some("ks"), Some("t")));
+        assert!(!f.mirrors(Some("ks"), Some("audit")));
+        assert!(!f.mirrors(Some("skip"), Some("t")));
+        assert!(!f.mirrors(Some("system"), Some("local")));
+        assert!(f.mirrors(None, Some("t")));
+        let only = MirrorFilter {
+            include_keyspaces: vec!["a".into()],
+            ..Default::default()
+        };
+        assert!(only.mirrors(Some("a"), None));
+        assert!(!only.mirrors(Some("b"), None));
+        assert_eq!(Mode::parse("target-primary"), Some(Mode::TargetPrimary));
+        assert_eq!(Mode::parse("SYNC"), Some(Mode::Sync));
+    }
+}

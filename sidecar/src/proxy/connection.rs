@@ -1,0 +1,1045 @@
+//! One client connection: its source connection (the client's own
+//! handshake passes through), its target link, and the routing of every
+//! request between them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::classify::{classify, StatementClass, WriteTraits};
+use super::codec::{FrameDecoder, LinkState};
+use super::compression::Compression;
+use super::config::Mode;
+use super::frame::{error_code, opcode, DecodeRules, Frame, FrameError};
+use super::link::{spawn_writer, FrameReader, Outbound, ReadError};
+use super::mirror::{
+    lwt_applied, mirror_async, send_to_target, MirrorRequest, ProxyContext, TargetLink,
+};
+use super::peers::{rewrite_event, rewrite_rows};
+use super::prepared::{parse_prepared_result, PreparedStatement, COUNTER_TYPE};
+use super::request::{
+    next_timestamp_micros, param_flags, parse_batch, parse_execute, parse_prepare, parse_query,
+    with_timestamp, BatchChild, ParamsLayout, COUNTER_BATCH,
+};
+use super::tls::{BoxRead, BoxWrite};
+use super::upstream::{Credentials, Handshake};
+use super::wire::{put_short_bytes, put_string, Reader, WireError};
+
+/// What the source reader must do with the answer to a stream.
+enum Pending {
+    /// Hand the answer to a task that also waits for the target.
+    Capture(oneshot::Sender<Frame>),
+    /// A system.local/peers read: rewrite addresses.
+    Peers,
+    /// A PREPARE: record the statement when the id comes back.
+    Prepare {
+        query: String,
+        keyspace: Option<String>,
+    },
+}
+
+/// Which answer a dual request returns to the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Source,
+    Target,
+}
+
+struct Session {
+    ctx: Arc<ProxyContext>,
+    client_tx: mpsc::Sender<Outbound>,
+    source_tx: mpsc::Sender<Outbound>,
+    client_state: Arc<LinkState>,
+    source_state: Arc<LinkState>,
+    pending: Mutex<HashMap<i16, Pending>>,
+    version: AtomicU8,
+    keyspace: Mutex<Option<String>>,
+    startup_options: Mutex<Vec<(String, String)>>,
+    credentials: Mutex<Option<Credentials>>,
+    target: Arc<TargetLink>,
+    /// Requests sent to the source and not yet answered.
+    outstanding: AtomicUsize,
+    /// Per-request tasks still running.
+    tasks: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("the client went away")]
+    ClientGone,
+    #[error("the source connection closed")]
+    SourceGone,
+}
+
+struct TaskGuard(Arc<AtomicUsize>);
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn kind_label(class: &StatementClass) -> &'static str {
+    match class {
+        StatementClass::Read { .. } => "read",
+        StatementClass::Write(_) => "write",
+        StatementClass::Use(_) => "use",
+        StatementClass::Schema => "schema",
+        StatementClass::Other => "other",
+    }
+}
+
+/// Serves one client connection until it (or its source link) closes, or
+/// shutdown drains it.
+pub async fn serve(
+    ctx: Arc<ProxyContext>,
+    client: (BoxRead, BoxWrite),
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let span = info_span!("client", %peer);
+    async move {
+        let (source_read, source_write) = match ctx.source.open().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot reach the source; closing the client");
+                return;
+            }
+        };
+        let (client_read, client_write) = client;
+        let client_state = Arc::new(LinkState::default());
+        let source_state = Arc::new(LinkState::default());
+        let (client_tx, client_rx) = mpsc::channel(1024);
+        let (source_tx, source_rx) = mpsc::channel(1024);
+        spawn_writer(client_write, client_state.clone(), client_rx);
+        spawn_writer(source_write, source_state.clone(), source_rx);
+        let session = Arc::new(Session {
+            target: Arc::new(TargetLink::new(ctx.clone())),
+            ctx: ctx.clone(),
+            client_tx,
+            source_tx,
+            client_state: client_state.clone(),
+            source_state: source_state.clone(),
+            pending: Mutex::new(HashMap::new()),
+            version: AtomicU8::new(4),
+            keyspace: Mutex::new(None),
+            startup_options: Mutex::new(Vec::new()),
+            credentials: Mutex::new(None),
+            outstanding: AtomicUsize::new(0),
+            tasks: Arc::new(AtomicUsize::new(0)),
+        });
+        let mut client_reader = FrameReader::new(
+            client_read,
+            FrameDecoder::new(DecodeRules {
+                max_frame_bytes: ctx.max_frame_bytes,
+                max_version: ctx.protocol_version_cap,
+                expect_response: false,
+            }),
+            client_state,
+        );
+        let source_reader = FrameReader::new(
+            source_read,
+            FrameDecoder::new(DecodeRules {
+                max_frame_bytes: ctx.max_frame_bytes,
+                max_version: 5,
+                expect_response: true,
+            }),
+            source_state,
+        );
+        let mut source_loop = tokio::spawn(session.clone().source_loop(source_reader));
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                next = client_reader.next() => match next {
+                    Ok(Some(frame)) => {
+                        if session.on_client_frame(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(ReadError::Frame(e)) => {
+                        session.protocol_error(e).await;
+                        break;
+                    }
+                    Err(ReadError::Io(e)) => {
+                        debug!(error = %e, "client read failed");
+                        break;
+                    }
+                },
+                _ = &mut source_loop => break,
+                _ = shutdown.changed() => {
+                    draining = true;
+                    break;
+                }
+            }
+        }
+        if draining {
+            // Let what the client already sent finish before closing.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while (session.outstanding.load(Ordering::Acquire) > 0
+                || session.tasks.load(Ordering::Acquire) > 0)
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        source_loop.abort();
+    }
+    .instrument(span)
+    .await
+}
+
+impl Session {
+    fn version(&self) -> u8 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    fn keyspace(&self) -> Option<String> {
+        self.keyspace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn to_client(&self, msg: Outbound) -> Result<(), SessionError> {
+        self.client_tx
+            .send(msg)
+            .await
+            .map_err(|_| SessionError::ClientGone)
+    }
+
+    async fn reply(&self, frame: Frame) -> Result<(), SessionError> {
+        self.to_client(Outbound::Frame(frame)).await
+    }
+
+    async fn forward(&self, frame: Frame) -> Result<(), SessionError> {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.source_tx
+            .send(Outbound::Frame(frame))
+            .await
+            .map_err(|_| SessionError::SourceGone)
+    }
+
+    fn set_pending(&self, stream: i16, p: Pending) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream, p);
+    }
+
+    fn count(&self, kind: &str, side: &str) {
+        self.ctx
+            .metrics
+            .requests
+            .with_label_values(&[kind, side])
+            .inc();
+    }
+
+    /// Answers a malformed or refused frame, then the connection closes.
+    async fn protocol_error(&self, e: FrameError) {
+        let (reason, frame) = match &e {
+            FrameError::UnsupportedVersion { version, max, .. } => (
+                "unsupported_version",
+                Frame::unsupported_version((*max).min(*version).max(3), 0, *version, *max),
+            ),
+            _ => (
+                "malformed",
+                Frame::error(
+                    self.version(),
+                    0,
+                    error_code::PROTOCOL_ERROR,
+                    &format!("ferry proxy: {e}"),
+                ),
+            ),
+        };
+        debug!(error = %e, "protocol error from client");
+        self.ctx
+            .metrics
+            .client_errors
+            .with_label_values(&[reason])
+            .inc();
+        let _ = self.reply(frame).await;
+    }
+
+    async fn malformed(&self, frame: &Frame, e: WireError) -> Result<(), SessionError> {
+        self.ctx
+            .metrics
+            .client_errors
+            .with_label_values(&["malformed_body"])
+            .inc();
+        self.reply(Frame::error(
+            frame.version,
+            frame.stream,
+            error_code::PROTOCOL_ERROR,
+            &format!(
+                "ferry proxy: malformed {} body: {e}",
+                opcode::name(frame.opcode)
+            ),
+        ))
+        .await
+    }
+
+    async fn on_client_frame(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
+        self.version.store(frame.version, Ordering::Relaxed);
+        match frame.opcode {
+            opcode::STARTUP => {
+                let options = match read_string_map(&frame.body) {
+                    Ok(o) => o,
+                    Err(e) => return self.malformed(&frame, e).await,
+                };
+                let mut options: Vec<(String, String)> = options;
+                if let Some(cql) = &self.ctx.cql_version {
+                    options.retain(|(k, _)| !k.eq_ignore_ascii_case("CQL_VERSION"));
+                    options.push(("CQL_VERSION".into(), cql.clone()));
+                    let mut body = BytesMut::new();
+                    super::wire::put_string_map(&mut body, &options);
+                    frame.body = body.freeze();
+                }
+                let compression = options
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("COMPRESSION"))
+                    .map(|(_, v)| v.as_str());
+                match Compression::from_option(compression) {
+                    Ok(c) => {
+                        if c == Compression::Snappy && frame.version >= 5 {
+                            // v5 only knows lz4; let the source refuse it.
+                        }
+                        self.client_state.set_compression(c);
+                        self.source_state.set_compression(c);
+                    }
+                    Err(e) => {
+                        return self
+                            .reply(Frame::error(
+                                frame.version,
+                                frame.stream,
+                                error_code::PROTOCOL_ERROR,
+                                &e.to_string(),
+                            ))
+                            .await
+                    }
+                }
+                *self
+                    .startup_options
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = options;
+                self.count("startup", "source");
+                self.forward(frame).await
+            }
+            opcode::AUTH_RESPONSE => {
+                let mut r = Reader::new(&frame.body);
+                if let Ok(Some(token)) = r.bytes() {
+                    if let Some(c) = Credentials::from_plain_token(token) {
+                        *self.credentials.lock().unwrap_or_else(|p| p.into_inner()) = Some(c);
+                    }
+                }
+                self.count("auth", "source");
+                self.forward(frame).await
+            }
+            opcode::QUERY => self.on_query(frame).await,
+            opcode::PREPARE => self.on_prepare(frame).await,
+            opcode::EXECUTE => self.on_execute(frame).await,
+            opcode::BATCH => self.on_batch(frame).await,
+            op => {
+                self.count(opcode::name(op), "source");
+                self.forward(frame).await
+            }
+        }
+    }
+
+    async fn on_query(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
+        let (class, params) = match parse_query(&frame) {
+            Ok(q) => (classify(q.query), q.params),
+            Err(e) => return self.malformed(&frame, e).await,
+        };
+        self.route(frame, class, params, Vec::new(), false).await
+    }
+
+    async fn on_prepare(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
+        let (query, keyspace) = match parse_prepare(&frame) {
+            Ok(p) => (p.query.to_owned(), p.keyspace.or_else(|| self.keyspace())),
+            Err(e) => return self.malformed(&frame, e).await,
+        };
+        self.set_pending(frame.stream, Pending::Prepare { query, keyspace });
+        self.count("prepare", "source");
+        self.forward(frame).await
+    }
+
+    async fn unprepared(&self, frame: &Frame, id: &[u8]) -> Result<(), SessionError> {
+        // The proxy does not know this id (evicted, or prepared before the
+        // proxy started): make the driver prepare it again through us.
+        let mut body = BytesMut::new();
+        body.put_i32(error_code::UNPREPARED);
+        put_string(
+            &mut body,
+            "ferry proxy: statement not prepared through this proxy",
+        );
+        put_short_bytes(&mut body, id);
+        self.reply(Frame::response(
+            frame.version,
+            frame.stream,
+            opcode::ERROR,
+            body.freeze(),
+        ))
+        .await
+    }
+
+    async fn on_execute(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
+        let (id, params) = match parse_execute(&frame) {
+            Ok(e) => (Bytes::copy_from_slice(e.id), e.params),
+            Err(e) => return self.malformed(&frame, e).await,
+        };
+        let Some(stmt) = self.ctx.prepared.get(&id) else {
+            return self.unprepared(&frame, &id).await;
+        };
+        let mut class = stmt.class.clone();
+        if let StatementClass::Write(w) = &mut class {
+            w.counter |= stmt.counter;
+        }
+        if matches!(
+            class,
+            StatementClass::Read {
+                system: Some(_),
+                ..
+            }
+        ) && params.flags & param_flags::SKIP_METADATA != 0
+        {
+            // Peer rewriting needs column names: ask the source for metadata.
+            frame.body = clear_flag(&frame.body, &params, param_flags::SKIP_METADATA);
+        }
+        self.route(frame, class, params, vec![(id, stmt)], false)
+            .await
+    }
+
+    async fn on_batch(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
+        let session_ks = self.keyspace();
+        let outcome = match parse_batch(&frame) {
+            Ok(batch) => self.batch_plan(&batch, session_ks),
+            Err(e) => return self.malformed(&frame, e).await,
+        };
+        match outcome {
+            Err(missing) => self.unprepared(&frame, &missing).await,
+            Ok((traits, params, statements, mirrored_any)) => {
+                self.route(
+                    frame,
+                    StatementClass::Write(traits),
+                    params,
+                    statements,
+                    !mirrored_any,
+                )
+                .await
+            }
+        }
+    }
+
+    /// What a BATCH writes: combined traits, whether any child is mirrored,
+    /// and its prepared children; `Err(id)` for an id the proxy lacks.
+    #[allow(clippy::type_complexity)]
+    fn batch_plan(
+        &self,
+        batch: &super::request::BatchRequest<'_>,
+        session_ks: Option<String>,
+    ) -> Result<
+        (
+            WriteTraits,
+            ParamsLayout,
+            Vec<(Bytes, Arc<PreparedStatement>)>,
+            bool,
+        ),
+        Bytes,
+    > {
+        let mut traits = WriteTraits {
+            counter: batch.batch_type == COUNTER_BATCH,
+            ..WriteTraits::default()
+        };
+        let mut statements: Vec<(Bytes, Arc<PreparedStatement>)> = Vec::new();
+        let mut mirrored_any = false;
+        let session_ks = batch.params.keyspace.clone().or(session_ks);
+        for child in &batch.children {
+            let class = match child {
+                BatchChild::Query(q) => classify(q),
+                BatchChild::Prepared { id, .. } => {
+                    let Some(stmt) = self.ctx.prepared.get(id) else {
+                        return Err(Bytes::copy_from_slice(id));
+                    };
+                    traits.counter |= stmt.counter;
+                    let class = stmt.class.clone();
+                    if !statements.iter().any(|(s, _)| &s[..] == *id) {
+                        statements.push((Bytes::copy_from_slice(id), stmt));
+                    }
+                    class
+                }
+            };
+            if let StatementClass::Write(w) = class {
+                let ks = w.keyspace.clone().or_else(|| session_ks.clone());
+                mirrored_any |= self.ctx.filter.mirrors(ks.as_deref(), w.table.as_deref());
+                traits.lwt |= w.lwt;
+                traits.counter |= w.counter;
+                traits.nondeterministic = traits.nondeterministic.or(w.nondeterministic);
+                if traits.keyspace.is_none() {
+                    traits.keyspace = ks;
+                    traits.table = w.table;
+                }
+            }
+        }
+        Ok((traits, batch.params.clone(), statements, mirrored_any))
+    }
+
+    /// Sends a classified request where the mode says.
+    async fn route(
+        self: &Arc<Self>,
+        frame: Frame,
+        class: StatementClass,
+        params: ParamsLayout,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        force_source_only: bool,
+    ) -> Result<(), SessionError> {
+        let mode = self.ctx.mode();
+        let kind = kind_label(&class);
+        match class {
+            StatementClass::Read {
+                system: Some(_), ..
+            } => {
+                self.set_pending(frame.stream, Pending::Peers);
+                self.count(kind, "source");
+                self.forward(frame).await
+            }
+            StatementClass::Read { .. } if mode == Mode::TargetPrimary => {
+                self.count(kind, "target");
+                self.read_from_target(frame, statements);
+                Ok(())
+            }
+            StatementClass::Read { .. } => {
+                self.count(kind, "source");
+                self.forward(frame).await
+            }
+            StatementClass::Write(traits) => {
+                let ks = traits
+                    .keyspace
+                    .clone()
+                    .or_else(|| params.keyspace.clone())
+                    .or_else(|| self.keyspace());
+                if mode == Mode::SourceOnly
+                    || force_source_only
+                    || !self
+                        .ctx
+                        .filter
+                        .mirrors(ks.as_deref(), traits.table.as_deref())
+                {
+                    self.count(kind, "source");
+                    return self.forward(frame).await;
+                }
+                self.mirrored_write(frame, traits, params, statements, mode)
+                    .await
+            }
+            StatementClass::Use(ks) => self.use_keyspace(frame, ks, mode).await,
+            StatementClass::Schema if self.ctx.mirror_ddl && mode != Mode::SourceOnly => {
+                self.count(kind, "source");
+                self.count(kind, "target");
+                let req = self.mirror_request(&frame, statements, true);
+                self.dual(frame, req, Answer::Source, false).await
+            }
+            _ => {
+                self.count(kind, "source");
+                self.forward(frame).await
+            }
+        }
+    }
+
+    fn mirror_request(
+        &self,
+        frame: &Frame,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        idempotent: bool,
+    ) -> MirrorRequest {
+        MirrorRequest {
+            version: frame.version,
+            flags: frame.flags,
+            opcode: frame.opcode,
+            body: frame.body.clone(),
+            keyspace: self.keyspace(),
+            statements,
+            idempotent,
+        }
+    }
+
+    async fn mirrored_write(
+        self: &Arc<Self>,
+        mut frame: Frame,
+        traits: WriteTraits,
+        params: ParamsLayout,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        mode: Mode,
+    ) -> Result<(), SessionError> {
+        let m = &self.ctx.metrics;
+        if traits.lwt {
+            m.policy_writes.with_label_values(&["lwt"]).inc();
+        }
+        if traits.counter {
+            m.policy_writes.with_label_values(&["counter"]).inc();
+        }
+        if let Some(f) = traits.nondeterministic {
+            m.policy_writes.with_label_values(&[f]).inc();
+        }
+        if mode == Mode::Async && self.ctx.refuse_writes() {
+            m.spool_full.inc();
+            return self
+                .reply(Frame::error(
+                    frame.version,
+                    frame.stream,
+                    0x1001,
+                    "ferry proxy: target spool full; write refused so source and target do not diverge",
+                ))
+                .await;
+        }
+        // Pin the write time so both clusters store the same WRITETIME.
+        // Conditional writes take their time from Paxos and cannot have one.
+        if !traits.lwt && !params.has_timestamp() {
+            frame.body = with_timestamp(&frame.body, &params, next_timestamp_micros());
+            m.timestamps_injected.inc();
+        }
+        self.count("write", "source");
+        self.count("write", "target");
+        let req = self.mirror_request(&frame, statements, !traits.counter);
+        match mode {
+            Mode::Async => {
+                self.forward(frame).await?;
+                mirror_async(self.ctx.clone(), self.target.clone(), req);
+                Ok(())
+            }
+            Mode::TargetPrimary => self.dual(frame, req, Answer::Target, traits.lwt).await,
+            _ => self.dual(frame, req, Answer::Source, traits.lwt).await,
+        }
+    }
+
+    /// Sends to both sides, waits for both, answers with one of them.
+    async fn dual(
+        self: &Arc<Self>,
+        frame: Frame,
+        req: MirrorRequest,
+        answer: Answer,
+        lwt: bool,
+    ) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        let stream = frame.stream;
+        let version = frame.version;
+        self.set_pending(stream, Pending::Capture(tx));
+        self.forward(frame).await?;
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let target = async {
+                let conn = session.target.get().await?;
+                send_to_target(&session.ctx, &conn, &req, false).await
+            }
+            .await;
+            let Ok(source) = rx.await else {
+                return;
+            };
+            let m = &session.ctx.metrics;
+            let target = match target {
+                Ok(mut f) => {
+                    f.stream = stream;
+                    if f.opcode == opcode::ERROR {
+                        m.target_failures.with_label_values(&["error"]).inc();
+                        m.mirrored_writes.with_label_values(&["error"]).inc();
+                    } else {
+                        m.mirrored_writes.with_label_values(&["ok"]).inc();
+                    }
+                    f
+                }
+                Err(e) => {
+                    m.target_failures.with_label_values(&[e.reason()]).inc();
+                    m.mirrored_writes.with_label_values(&["error"]).inc();
+                    Frame::error(
+                        version,
+                        stream,
+                        error_code::SERVER_ERROR,
+                        &format!("ferry proxy: the target did not take the write: {e}"),
+                    )
+                }
+            };
+            if lwt && source.opcode == opcode::RESULT && target.opcode == opcode::RESULT {
+                if let (Some(a), Some(b)) = (lwt_applied(&source), lwt_applied(&target)) {
+                    if a != b {
+                        m.lwt_divergence.inc();
+                        warn!(
+                            source_applied = a,
+                            target_applied = b,
+                            "conditional write diverged"
+                        );
+                    }
+                }
+            }
+            let reply = match answer {
+                Answer::Source if source.opcode == opcode::ERROR => source,
+                Answer::Source if target.opcode == opcode::ERROR => target,
+                Answer::Source => source,
+                Answer::Target if target.opcode == opcode::ERROR => target,
+                Answer::Target if source.opcode == opcode::ERROR => source,
+                Answer::Target => target,
+            };
+            let _ = session.reply(reply).await;
+        });
+        Ok(())
+    }
+
+    /// target-primary: a read served by the target.
+    fn read_from_target(
+        self: &Arc<Self>,
+        frame: Frame,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+    ) {
+        let req = self.mirror_request(&frame, statements, true);
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let result = async {
+                let conn = session.target.get().await?;
+                send_to_target(&session.ctx, &conn, &req, false).await
+            }
+            .await;
+            let reply = match result {
+                Ok(mut f) => {
+                    f.stream = frame.stream;
+                    f
+                }
+                Err(e) => {
+                    session
+                        .ctx
+                        .metrics
+                        .target_failures
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    Frame::error(
+                        frame.version,
+                        frame.stream,
+                        error_code::SERVER_ERROR,
+                        &format!("ferry proxy: target read failed: {e}"),
+                    )
+                }
+            };
+            let _ = session.reply(reply).await;
+        });
+    }
+
+    /// USE goes to both sides so unqualified statements mean the same.
+    async fn use_keyspace(
+        self: &Arc<Self>,
+        frame: Frame,
+        ks: String,
+        mode: Mode,
+    ) -> Result<(), SessionError> {
+        self.count("use", "source");
+        let (tx, rx) = oneshot::channel();
+        self.set_pending(frame.stream, Pending::Capture(tx));
+        self.forward(frame).await?;
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let Ok(reply) = rx.await else {
+                return;
+            };
+            if reply.opcode == opcode::RESULT {
+                *session.keyspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(ks.clone());
+                session.target.set_keyspace(&ks);
+                if mode != Mode::SourceOnly {
+                    session.count("use", "target");
+                    match session.target.get().await {
+                        Ok(conn) => {
+                            if let Err(e) = conn.use_keyspace(&ks, session.ctx.target_timeout).await
+                            {
+                                warn!(keyspace = %ks, error = %e, "USE failed on the target");
+                            }
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "target not connected; USE applies on reconnect")
+                        }
+                    }
+                }
+            }
+            let _ = session.reply(reply).await;
+        });
+        Ok(())
+    }
+
+    /// The source handshake is over: the proxy can now introduce itself to
+    /// the target with the same options and credentials.
+    fn handshake_done(self: &Arc<Self>) {
+        let hs = Handshake {
+            version: self.version(),
+            options: self
+                .startup_options
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            credentials: self.ctx.target_credentials.clone().or_else(|| {
+                self.credentials
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            }),
+            keyspace: self.keyspace(),
+        };
+        *self
+            .ctx
+            .last_handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(hs.clone());
+        self.target.set_handshake(hs);
+        if self.ctx.mode() != Mode::SourceOnly {
+            let target = self.target.clone();
+            tokio::spawn(async move {
+                if let Err(e) = target.get().await {
+                    debug!(error = %e, "target not reachable yet");
+                }
+            });
+        }
+    }
+
+    async fn source_loop(self: Arc<Self>, mut reader: FrameReader) {
+        loop {
+            let frame = match reader.next().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(error = %e, "source link failed");
+                    break;
+                }
+            };
+            if self.on_source_frame(frame).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    async fn on_source_frame(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
+        if frame.stream >= 0 {
+            let _ = self
+                .outstanding
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+        }
+        let v5 = frame.version >= 5;
+        let mut switch = None;
+        match frame.opcode {
+            opcode::READY | opcode::AUTHENTICATE if v5 => {
+                // v5 framing starts after these on both links.
+                self.source_state.set_segmented_in();
+                self.source_state.set_segmented_out();
+                self.client_state.set_segmented_in();
+                switch = Some(true);
+                if frame.opcode == opcode::READY {
+                    self.handshake_done();
+                }
+            }
+            opcode::READY | opcode::AUTH_SUCCESS => {
+                if !v5 {
+                    self.source_state.enable_compress_out();
+                    switch = Some(false);
+                }
+                self.handshake_done();
+            }
+            opcode::SUPPORTED => {
+                if let Some(body) = rewrite_supported(
+                    &frame.body,
+                    self.ctx.protocol_version_cap,
+                    self.ctx.cql_version.as_deref(),
+                ) {
+                    frame.body = body;
+                }
+            }
+            opcode::EVENT => {
+                let peers = self.ctx.peers();
+                if !peers.is_empty() {
+                    if let Ok(Some(body)) = rewrite_event(frame.flags, &frame.body, &peers) {
+                        frame.body = body;
+                        self.ctx
+                            .metrics
+                            .peer_rewrites
+                            .with_label_values(&["event"])
+                            .inc();
+                    }
+                }
+            }
+            _ => {}
+        }
+        let pending = if frame.stream >= 0 {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.is_empty() {
+                None
+            } else {
+                p.remove(&frame.stream)
+            }
+        } else {
+            None
+        };
+        match pending {
+            None => {}
+            Some(Pending::Capture(tx)) => {
+                return match tx.send(frame) {
+                    Ok(()) => Ok(()),
+                    Err(frame) => self.reply(frame).await,
+                };
+            }
+            Some(Pending::Peers) => {
+                let peers = self.ctx.peers();
+                if !peers.is_empty() {
+                    match rewrite_rows(frame.flags, &frame.body, frame.version, &peers) {
+                        Ok(Some((body, stats))) => {
+                            frame.body = body;
+                            self.ctx
+                                .metrics
+                                .peer_rewrites
+                                .with_label_values(&["row"])
+                                .inc_by(u64::from(stats.rewritten));
+                            if stats.unmapped > 0 {
+                                self.ctx
+                                    .metrics
+                                    .peer_rewrites
+                                    .with_label_values(&["unmapped"])
+                                    .inc_by(u64::from(stats.unmapped));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(error = %e, "cannot read a system table result; forwarded as is")
+                        }
+                    }
+                }
+            }
+            Some(Pending::Prepare { query, keyspace }) => {
+                self.record_prepared(&frame, &query, keyspace)
+            }
+        }
+        let msg = match switch {
+            Some(true) => Outbound::FrameThenSegments(frame),
+            Some(false) => Outbound::FrameThenCompress(frame),
+            None => Outbound::Frame(frame),
+        };
+        self.to_client(msg).await
+    }
+
+    fn record_prepared(self: &Arc<Self>, frame: &Frame, query: &str, keyspace: Option<String>) {
+        let Ok(Some(result)) = parse_prepared_result(frame.flags, &frame.body, frame.version)
+        else {
+            return;
+        };
+        let counter = result.bind_types.contains(&COUNTER_TYPE);
+        let stmt = self.ctx.prepared.insert(
+            result.id.clone(),
+            PreparedStatement::new(query, keyspace, classify(query), counter),
+        );
+        self.ctx
+            .metrics
+            .prepared_cache_size
+            .set(self.ctx.prepared.len() as i64);
+        // PREPARE on the target as well, in the background.
+        if self.ctx.mode() != Mode::SourceOnly && stmt.target().is_none() {
+            let session = self.clone();
+            tokio::spawn(async move {
+                if let Ok(conn) = session.target.get().await {
+                    if let Err(e) =
+                        super::mirror::prepare_on_target(&session.ctx, &conn, &stmt, false).await
+                    {
+                        debug!(error = %e, "preparing on the target failed; will prepare at first use");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Clears one query-parameter flag bit.
+fn clear_flag(body: &Bytes, params: &ParamsLayout, flag: u32) -> Bytes {
+    let mut b = BytesMut::from(&body[..]);
+    if params.flags_wide {
+        let v = params.flags & !flag;
+        b[params.flags_at..params.flags_at + 4].copy_from_slice(&v.to_be_bytes());
+    } else {
+        b[params.flags_at] = (params.flags & !flag) as u8;
+    }
+    b.freeze()
+}
+
+fn read_string_map(body: &[u8]) -> Result<Vec<(String, String)>, WireError> {
+    let mut r = Reader::new(body);
+    Ok(r.string_map()?
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+/// SUPPORTED: offer only the versions under the cap, the forced CQL
+/// version, and the compressions the proxy speaks.
+fn rewrite_supported(body: &[u8], cap: u8, cql: Option<&str>) -> Option<Bytes> {
+    let mut r = Reader::new(body);
+    let map = r.string_multimap().ok()?;
+    let mut out = BytesMut::with_capacity(body.len());
+    out.put_u16(map.len() as u16);
+    for (key, values) in map {
+        let values: Vec<&str> = match key {
+            "PROTOCOL_VERSIONS" => values
+                .into_iter()
+                .filter(|v| {
+                    v.split('/')
+                        .next()
+                        .and_then(|n| n.parse::<u8>().ok())
+                        .is_some_and(|n| n <= cap)
+                })
+                .collect(),
+            "CQL_VERSION" => match cql {
+                Some(c) => vec![c],
+                None => values,
+            },
+            "COMPRESSION" => values
+                .into_iter()
+                .filter(|v| v.eq_ignore_ascii_case("lz4") || v.eq_ignore_ascii_case("snappy"))
+                .collect(),
+            _ => values,
+        };
+        put_string(&mut out, key);
+        out.put_u16(values.len() as u16);
+        for v in values {
+            put_string(&mut out, v);
+        }
+    }
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supported_is_capped() {
+        let mut b = BytesMut::new();
+        b.put_u16(3);
+        for (k, vs) in [
+            (
+                "PROTOCOL_VERSIONS",
+                vec!["3/v3", "4/v4", "5/v5", "6/v6-beta"],
+            ),
+            ("CQL_VERSION", vec!["3.4.7"]),
+            ("COMPRESSION", vec!["snappy", "lz4", "zstd"]),
+        ] {
+            put_string(&mut b, k);
+            b.put_u16(vs.len() as u16);
+            for v in vs {
+                put_string(&mut b, v);
+            }
+        }
+        let out = rewrite_supported(&b, 4, Some("3.4.5")).unwrap();
+        let mut r = Reader::new(&out);
+        let m = r.string_multimap().unwrap();
+        assert_eq!(m[0].1, vec!["3/v3", "4/v4"]);
+        assert_eq!(m[1].1, vec!["3.4.5"]);
+        assert_eq!(m[2].1, vec!["snappy", "lz4"]);
+    }
+}

@@ -1,0 +1,165 @@
+//! Prometheus metrics of the proxy, registered in one registry served on
+//! `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the proxy exports (prefix `ferry_proxy_`).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by kind (read, write, use, schema, prepare, other) and side.
+    pub requests: IntCounterVec,
+    /// Latency per side (source, target) in seconds.
+    pub latency: HistogramVec,
+    /// Writes sent to the target, by outcome (ok, error, spooled, dropped).
+    pub mirrored_writes: IntCounterVec,
+    /// Target failures by reason (error, timeout, unavailable).
+    pub target_failures: IntCounterVec,
+    /// Writes needing a policy, by kind (lwt, counter, now, uuid, ...).
+    pub policy_writes: IntCounterVec,
+    /// LWT answers that differ between source and target (sync mode).
+    pub lwt_divergence: IntCounter,
+    pub spool_records: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub spool_full: IntCounter,
+    pub prepared_cache_size: IntGauge,
+    pub open_connections: IntGauge,
+    pub client_errors: IntCounterVec,
+    pub peer_rewrites: IntCounterVec,
+    pub timestamps_injected: IntCounter,
+    pub reprepares: IntCounter,
+    pub mode: IntGauge,
+    pub replay_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("ferry_proxy".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests forwarded, by kind and side"),
+            &["kind", "side"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Request latency per side").buckets(
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 10.0,
+                ],
+            ),
+            &["side"],
+        )?;
+        let mirrored_writes = IntCounterVec::new(
+            Opts::new(
+                "mirrored_writes_total",
+                "Writes mirrored to the target, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let target_failures = IntCounterVec::new(
+            Opts::new(
+                "target_failures_total",
+                "Target request failures, by reason",
+            ),
+            &["reason"],
+        )?;
+        let policy_writes = IntCounterVec::new(
+            Opts::new(
+                "policy_writes_total",
+                "Writes that are not plain idempotent upserts (lwt, counter, non-deterministic functions)",
+            ),
+            &["kind"],
+        )?;
+        let lwt_divergence = IntCounter::new(
+            "lwt_divergence_total",
+            "Conditional writes whose [applied] differed between source and target",
+        )?;
+        let spool_records = IntGauge::new("spool_records", "Target writes waiting in the spool")?;
+        let spool_bytes = IntGauge::new("spool_bytes", "Bytes of the spool on disk")?;
+        let spool_full = IntCounter::new(
+            "spool_full_total",
+            "Writes refused because the spool was full",
+        )?;
+        let prepared_cache_size = IntGauge::new(
+            "prepared_statements",
+            "Entries in the prepared-statement map",
+        )?;
+        let open_connections = IntGauge::new("client_connections", "Open client connections")?;
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "client_protocol_errors_total",
+                "Client connections closed for a protocol error",
+            ),
+            &["reason"],
+        )?;
+        let peer_rewrites = IntCounterVec::new(
+            Opts::new(
+                "peer_rewrites_total",
+                "Addresses rewritten in system tables and events",
+            ),
+            &["what"],
+        )?;
+        let timestamps_injected = IntCounter::new(
+            "timestamps_injected_total",
+            "Writes given a client-side timestamp by the proxy",
+        )?;
+        let reprepares = IntCounter::new(
+            "target_reprepares_total",
+            "Statements the proxy prepared again on the target after UNPREPARED",
+        )?;
+        let mode = IntGauge::new(
+            "mode",
+            "Current mode: 0 source-only, 1 sync, 2 async, 3 target-primary",
+        )?;
+        let replay_latency = Histogram::with_opts(HistogramOpts::new(
+            "spool_replay_duration_seconds",
+            "Latency of spool replays to the target",
+        ))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(mirrored_writes.clone()))?;
+        registry.register(Box::new(target_failures.clone()))?;
+        registry.register(Box::new(policy_writes.clone()))?;
+        registry.register(Box::new(lwt_divergence.clone()))?;
+        registry.register(Box::new(spool_records.clone()))?;
+        registry.register(Box::new(spool_bytes.clone()))?;
+        registry.register(Box::new(spool_full.clone()))?;
+        registry.register(Box::new(prepared_cache_size.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(client_errors.clone()))?;
+        registry.register(Box::new(peer_rewrites.clone()))?;
+        registry.register(Box::new(timestamps_injected.clone()))?;
+        registry.register(Box::new(reprepares.clone()))?;
+        registry.register(Box::new(mode.clone()))?;
+        registry.register(Box::new(replay_latency.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            mirrored_writes,
+            target_failures,
+            policy_writes,
+            lwt_divergence,
+            spool_records,
+            spool_bytes,
+            spool_full,
+            prepared_cache_size,
+            open_connections,
+            client_errors,
+            peer_rewrites,
+            timestamps_injected,
+            reprepares,
+            mode,
+            replay_latency,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

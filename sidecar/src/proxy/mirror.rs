@@ -1,0 +1,607 @@
+//! Sending writes to the target: the per-connection target link (the
+//! proxy's own handshake, reconnecting with backoff), prepared-id mapping
+//! with transparent re-prepare, `async` mode retries and spooling, and the
+//! replayer that drains the spool in order.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, error, info, warn};
+
+use super::config::{MirrorFilter, Mode, ModeCell, SpoolFullPolicy};
+use super::frame::{error_code, opcode, Frame};
+use super::metrics::Metrics;
+use super::peers::{response_body_start, PeerMap};
+use super::prepared::{parse_prepared_result, PreparedCache, PreparedStatement, TargetPrepared};
+use super::request::{parse_batch, parse_execute, replace_short_bytes, BatchChild};
+use super::spool::{Spool, SpoolRecord, SpooledStatement};
+use super::upstream::{describe_error, Credentials, Endpoint, Handshake, Upstream, UpstreamError};
+use super::wire::{Reader, WireError};
+
+/// Everything the connections of one proxy share.
+pub struct ProxyContext {
+    pub metrics: Metrics,
+    pub prepared: PreparedCache,
+    pub mode: ModeCell,
+    pub peers: RwLock<Arc<PeerMap>>,
+    pub filter: MirrorFilter,
+    pub spool: Spool,
+    pub spool_full_policy: SpoolFullPolicy,
+    pub source: Endpoint,
+    pub target: Endpoint,
+    /// `--target-username/--target-password`, else the clients' own.
+    pub target_credentials: Option<Credentials>,
+    /// The last handshake a client made, for the replayer's own link.
+    pub last_handshake: Mutex<Option<Handshake>>,
+    pub target_timeout: Duration,
+    pub async_retries: u32,
+    pub retry_backoff: Duration,
+    pub max_frame_bytes: usize,
+    pub protocol_version_cap: u8,
+    pub cql_version: Option<String>,
+    pub mirror_ddl: bool,
+    pub shutting_down: AtomicBool,
+    pub mirrors_inflight: AtomicUsize,
+    pub source_reachable: AtomicBool,
+    pub target_reachable: AtomicBool,
+    /// Source node this proxy fronts → its advertised address.
+    pub self_peer: Option<(std::net::IpAddr, std::net::SocketAddr)>,
+}
+
+impl ProxyContext {
+    pub fn peers(&self) -> Arc<PeerMap> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode.get()
+    }
+
+    /// Whether new mirrored writes must be refused (spool full, policy says so).
+    pub fn refuse_writes(&self) -> bool {
+        self.spool_full_policy == SpoolFullPolicy::RejectWrites && self.spool.is_full()
+    }
+}
+
+/// A client connection's link to the target.
+pub struct TargetLink {
+    ctx: Arc<ProxyContext>,
+    handshake: Mutex<Option<Handshake>>,
+    conn: tokio::sync::Mutex<Option<Arc<Upstream>>>,
+    last_failure: Mutex<Option<Instant>>,
+}
+
+/// Wait this long after a failed connect before trying again.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+impl TargetLink {
+    pub fn new(ctx: Arc<ProxyContext>) -> Self {
+        Self {
+            ctx,
+            handshake: Mutex::new(None),
+            conn: tokio::sync::Mutex::new(None),
+            last_failure: Mutex::new(None),
+        }
+    }
+
+    pub fn set_handshake(&self, hs: Handshake) {
+        *self.handshake.lock().unwrap_or_else(|p| p.into_inner()) = Some(hs);
+    }
+
+    pub fn set_keyspace(&self, ks: &str) {
+        if let Some(hs) = self
+            .handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            hs.keyspace = Some(ks.to_owned());
+        }
+    }
+
+    /// The live connection, connecting (with backoff) when needed.
+    pub async fn get(&self) -> Result<Arc<Upstream>, UpstreamError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        if let Some(at) = *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < RECONNECT_BACKOFF {
+                return Err(UpstreamError::Closed);
+            }
+        }
+        let hs = self
+            .handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| UpstreamError::Handshake("client handshake not finished".into()))?;
+        match Upstream::connect(
+            &self.ctx.target,
+            &hs,
+            self.ctx.max_frame_bytes,
+            self.ctx.target_timeout,
+        )
+        .await
+        {
+            Ok(c) => {
+                *guard = Some(c.clone());
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(c)
+            }
+            Err(e) => {
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A write (or target-served read) as it will be sent to the target.
+#[derive(Debug, Clone)]
+pub struct MirrorRequest {
+    pub version: u8,
+    pub flags: u8,
+    pub opcode: u8,
+    /// Body with source ids (and the pinned timestamp).
+    pub body: Bytes,
+    /// The client connection's keyspace.
+    pub keyspace: Option<String>,
+    /// Prepared statements the body refers to, by source id.
+    pub statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+    /// False for counter updates: never retried or replayed.
+    pub idempotent: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("preparing on the target: {0}")]
+    Prepare(String),
+    #[error("request body: {0}")]
+    Body(#[from] WireError),
+}
+
+impl MirrorError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Upstream(UpstreamError::Timeout(_)) => "timeout",
+            Self::Upstream(_) => "unavailable",
+            Self::Prepare(_) => "prepare",
+            Self::Body(_) => "malformed",
+        }
+    }
+}
+
+/// Prepares `stmt` on `conn` and records the target's id.
+pub async fn prepare_on_target(
+    ctx: &ProxyContext,
+    conn: &Upstream,
+    stmt: &PreparedStatement,
+    switch_keyspace: bool,
+) -> Result<TargetPrepared, MirrorError> {
+    if switch_keyspace {
+        if let Some(ks) = &stmt.keyspace {
+            let current = conn
+                .keyspace
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if current.as_deref() != Some(ks) {
+                conn.use_keyspace(ks, ctx.target_timeout).await?;
+            }
+        }
+    }
+    let reply = conn.prepare(&stmt.query, ctx.target_timeout).await?;
+    let parsed = parse_prepared_result(reply.flags, &reply.body, reply.version)?
+        .ok_or_else(|| MirrorError::Prepare(describe_error(&reply)))?;
+    let t = TargetPrepared {
+        id: parsed.id,
+        result_metadata_id: parsed.result_metadata_id,
+    };
+    stmt.set_target(Some(t.clone()));
+    Ok(t)
+}
+
+/// Replaces source ids with target ids in an EXECUTE or BATCH body.
+fn rewrite_ids(req: &MirrorRequest, ids: &[(Bytes, TargetPrepared)]) -> Result<Bytes, WireError> {
+    let frame = Frame {
+        version: req.version,
+        response: false,
+        flags: req.flags,
+        stream: 0,
+        opcode: req.opcode,
+        body: req.body.clone(),
+    };
+    let lookup = |id: &[u8]| ids.iter().find(|(s, _)| &s[..] == id).map(|(_, t)| t);
+    match req.opcode {
+        opcode::EXECUTE => {
+            let e = parse_execute(&frame)?;
+            let Some(t) = lookup(e.id) else {
+                return Ok(req.body.clone());
+            };
+            let mut edits: Vec<((usize, usize), &[u8])> = vec![(e.id_range, &t.id[..])];
+            if let (Some(range), Some(rm)) =
+                (e.result_metadata_id_range, t.result_metadata_id.as_ref())
+            {
+                edits.push((range, &rm[..]));
+            }
+            Ok(replace_short_bytes(&req.body, &edits))
+        }
+        opcode::BATCH => {
+            let b = parse_batch(&frame)?;
+            let edits: Vec<((usize, usize), &[u8])> = b
+                .children
+                .iter()
+                .filter_map(|c| match c {
+                    BatchChild::Prepared { id, range } => lookup(id).map(|t| (*range, &t.id[..])),
+                    BatchChild::Query(_) => None,
+                })
+                .collect();
+            Ok(replace_short_bytes(&req.body, &edits))
+        }
+        _ => Ok(req.body.clone()),
+    }
+}
+
+/// Sends `req` on `conn`, mapping prepared ids; on UNPREPARED, prepares
+/// again from the kept text and retries once.
+pub async fn send_to_target(
+    ctx: &ProxyContext,
+    conn: &Upstream,
+    req: &MirrorRequest,
+    switch_keyspace: bool,
+) -> Result<Frame, MirrorError> {
+    for attempt in 0..2 {
+        let mut ids = Vec::with_capacity(req.statements.len());
+        for (sid, stmt) in &req.statements {
+            let t = match stmt.target() {
+                Some(t) => t,
+                None => prepare_on_target(ctx, conn, stmt, switch_keyspace).await?,
+            };
+            ids.push((sid.clone(), t));
+        }
+        if switch_keyspace {
+            if let Some(ks) = &req.keyspace {
+                let current = conn
+                    .keyspace
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if current.as_deref() != Some(ks) {
+                    conn.use_keyspace(ks, ctx.target_timeout).await?;
+                }
+            }
+        }
+        let body = if ids.is_empty() {
+            req.body.clone()
+        } else {
+            rewrite_ids(req, &ids)?
+        };
+        let started = Instant::now();
+        let reply = conn
+            .call(req.opcode, req.flags, body, ctx.target_timeout)
+            .await?;
+        ctx.metrics
+            .latency
+            .with_label_values(&["target"])
+            .observe(started.elapsed().as_secs_f64());
+        if reply.error_code() == Some(error_code::UNPREPARED)
+            && attempt == 0
+            && !req.statements.is_empty()
+        {
+            for (_, stmt) in &req.statements {
+                stmt.set_target(None);
+            }
+            ctx.metrics.reprepares.inc();
+            continue;
+        }
+        return Ok(reply);
+    }
+    Err(MirrorError::Prepare(
+        "target kept answering UNPREPARED".into(),
+    ))
+}
+
+/// Whether an ERROR from the target is worth retrying (transient) or not
+/// (the statement itself is refused, e.g. a missing table).
+pub fn is_retryable_error(frame: &Frame) -> bool {
+    matches!(
+        frame.error_code(),
+        Some(0x0000 | 0x1000 | 0x1001 | 0x1002 | 0x1100 | 0x1200 | 0x1300 | 0x1500)
+    )
+}
+
+/// `[applied]` of a conditional write's result (first column, first row).
+pub fn lwt_applied(frame: &Frame) -> Option<bool> {
+    if frame.opcode != opcode::RESULT {
+        return None;
+    }
+    let start = response_body_start(frame.flags, &frame.body).ok()?;
+    let mut r = Reader::new(&frame.body);
+    r.skip(start).ok()?;
+    if r.i32().ok()? != 2 {
+        return None;
+    }
+    let flags = r.i32().ok()?;
+    let columns = r.i32().ok()?;
+    if flags & 0x0002 != 0 {
+        r.bytes().ok()?;
+    }
+    if frame.version >= 5 && flags & 0x0008 != 0 {
+        r.short_bytes().ok()?;
+    }
+    if flags & 0x0004 == 0 {
+        let global = flags & 0x0001 != 0;
+        if global {
+            r.string().ok()?;
+            r.string().ok()?;
+        }
+        for _ in 0..columns.clamp(0, 4096) {
+            if !global {
+                r.string().ok()?;
+                r.string().ok()?;
+            }
+            r.string().ok()?;
+            super::peers::skip_type(&mut r, 0).ok()?;
+        }
+    }
+    if r.i32().ok()? < 1 {
+        return None;
+    }
+    r.bytes().ok()?.and_then(|v| v.first()).map(|b| *b != 0)
+}
+
+struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `async` mode: sends `req` to the target in the background; retries
+/// with backoff, then spools it.
+pub fn mirror_async(ctx: Arc<ProxyContext>, link: Arc<TargetLink>, req: MirrorRequest) {
+    ctx.mirrors_inflight.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async move {
+        let _guard = InflightGuard(&ctx.mirrors_inflight);
+        // Keep order: while older writes wait in the spool, newer ones queue
+        // behind them.
+        if req.idempotent && !ctx.spool.is_empty() {
+            spool_request(&ctx, &req, "spool not empty");
+            return;
+        }
+        let mut delay = ctx.retry_backoff;
+        let mut last_error = String::new();
+        for attempt in 0..ctx.async_retries.max(1) {
+            let result = match link.get().await {
+                Ok(conn) => send_to_target(&ctx, &conn, &req, false).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(reply) if reply.opcode != opcode::ERROR => {
+                    ctx.metrics.mirrored_writes.with_label_values(&["ok"]).inc();
+                    return;
+                }
+                Ok(reply) if !is_retryable_error(&reply) => {
+                    ctx.metrics
+                        .mirrored_writes
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    ctx.metrics
+                        .target_failures
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    warn!(error = %describe_error(&reply), "target refused a mirrored write; not retried");
+                    return;
+                }
+                Ok(reply) => {
+                    ctx.metrics
+                        .target_failures
+                        .with_label_values(&["error"])
+                        .inc();
+                    last_error = describe_error(&reply);
+                }
+                Err(e) => {
+                    ctx.metrics
+                        .target_failures
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    last_error = e.to_string();
+                }
+            }
+            debug!(attempt, error = %last_error, "mirrored write failed");
+            if !req.idempotent || ctx.shutting_down.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+        }
+        if !req.idempotent {
+            // Counters: a retry could count twice, so the policy is one try.
+            ctx.metrics
+                .mirrored_writes
+                .with_label_values(&["counter_lost"])
+                .inc();
+            error!(error = %last_error, "counter update not applied on the target (counters are never retried)");
+            return;
+        }
+        spool_request(&ctx, &req, &last_error);
+    });
+}
+
+fn spool_request(ctx: &ProxyContext, req: &MirrorRequest, why: &str) {
+    let record = SpoolRecord {
+        version: req.version,
+        opcode: req.opcode,
+        flags: req.flags,
+        keyspace: req.keyspace.clone(),
+        statements: req
+            .statements
+            .iter()
+            .map(|(id, s)| SpooledStatement {
+                source_id: id.clone(),
+                keyspace: s.keyspace.clone(),
+                query: s.query.to_string(),
+            })
+            .collect(),
+        body: req.body.clone(),
+    };
+    match ctx.spool.append(&record) {
+        Ok(()) => {
+            ctx.metrics
+                .mirrored_writes
+                .with_label_values(&["spooled"])
+                .inc();
+            debug!(reason = why, "target write spooled");
+        }
+        Err(e) => {
+            ctx.metrics.spool_full.inc();
+            ctx.metrics
+                .mirrored_writes
+                .with_label_values(&["dropped"])
+                .inc();
+            error!(error = %e, "SPOOL FULL: target write dropped; the target now diverges until validated");
+        }
+    }
+    update_spool_gauges(ctx);
+}
+
+pub fn update_spool_gauges(ctx: &ProxyContext) {
+    ctx.metrics.spool_records.set(ctx.spool.records() as i64);
+    ctx.metrics.spool_bytes.set(ctx.spool.bytes() as i64);
+}
+
+/// Drains the spool in order, forever.
+pub async fn run_replayer(ctx: Arc<ProxyContext>) {
+    let mut conn: Option<Arc<Upstream>> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if let Err(e) = ctx.spool.sync() {
+            error!(error = %e, "syncing the spool");
+        }
+        update_spool_gauges(&ctx);
+        let next = match ctx.spool.peek() {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "reading the spool");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some((record, next_offset)) = next else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        match replay_one(&ctx, &mut conn, &record).await {
+            Ok(()) => {
+                if let Err(e) = ctx.spool.ack(next_offset) {
+                    error!(error = %e, "acknowledging a spool record");
+                }
+                backoff = Duration::from_millis(200);
+                if ctx.spool.is_empty() {
+                    info!("spool drained; the target is up to date");
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "spool replay failed; will retry");
+                if conn.as_ref().is_some_and(|c| c.is_closed()) {
+                    conn = None;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn replay_one(
+    ctx: &Arc<ProxyContext>,
+    conn: &mut Option<Arc<Upstream>>,
+    record: &SpoolRecord,
+) -> Result<(), MirrorError> {
+    let needs_new = match conn {
+        Some(c) => c.is_closed() || c.version != record.version,
+        None => true,
+    };
+    if needs_new {
+        let base = ctx
+            .last_handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let hs = Handshake {
+            version: record.version,
+            options: base
+                .as_ref()
+                .map(|h| h.options.clone())
+                .unwrap_or_else(|| vec![("CQL_VERSION".into(), "3.0.0".into())]),
+            credentials: ctx
+                .target_credentials
+                .clone()
+                .or_else(|| base.and_then(|h| h.credentials)),
+            keyspace: None,
+        };
+        *conn = Some(
+            Upstream::connect(&ctx.target, &hs, ctx.max_frame_bytes, ctx.target_timeout).await?,
+        );
+    }
+    let Some(c) = conn.as_ref() else {
+        return Err(MirrorError::Upstream(UpstreamError::Closed));
+    };
+    let statements = record
+        .statements
+        .iter()
+        .map(|s| {
+            let stmt = ctx.prepared.get(&s.source_id).unwrap_or_else(|| {
+                Arc::new(PreparedStatement::new(
+                    &s.query,
+                    s.keyspace.clone(),
+                    super::classify::classify(&s.query),
+                    false,
+                ))
+            });
+            (s.source_id.clone(), stmt)
+        })
+        .collect();
+    let req = MirrorRequest {
+        version: record.version,
+        flags: record.flags,
+        opcode: record.opcode,
+        body: record.body.clone(),
+        keyspace: record.keyspace.clone(),
+        statements,
+        idempotent: true,
+    };
+    let started = Instant::now();
+    let reply = send_to_target(ctx, c, &req, true).await?;
+    ctx.metrics
+        .replay_latency
+        .observe(started.elapsed().as_secs_f64());
+    if reply.opcode == opcode::ERROR {
+        if is_retryable_error(&reply) {
+            return Err(MirrorError::Upstream(UpstreamError::Handshake(
+                describe_error(&reply),
+            )));
+        }
+        // Refused for good (e.g. table dropped): retrying would block the
+        // spool forever; count it and move on.
+        ctx.metrics
+            .mirrored_writes
+            .with_label_values(&["rejected"])
+            .inc();
+        warn!(error = %describe_error(&reply), "target refused a spooled write; skipped");
+        return Ok(());
+    }
+    ctx.metrics
+        .mirrored_writes
+        .with_label_values(&["replayed"])
+        .inc();
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! `ferry-sidecar proxy`: the dual-write CQL proxy.
+//!
+//! It sits in front of one source Cassandra node, forwards every request to
+//! it, mirrors writes to the target cluster, and rewrites the cluster's
+//! self-description so drivers only ever see proxies. See `docs/proxy.md`.
+//!
+//! Layout: `frame`/`segment`/`compression`/`codec` are the wire format,
+//! `wire` the primitive types, `request` and `classify` read requests,
+//! `connection` routes one client connection, `mirror` talks to the target
+//! (with `spool` for async mode), `peers` rewrites topology, `prepared`
+//! maps statement ids, `admin`/`metrics` are for operators.
+
+pub mod admin;
+pub mod classify;
+pub mod codec;
+pub mod compression;
+pub mod config;
+pub mod connection;
+pub mod frame;
+pub mod link;
+pub mod metrics;
+pub mod mirror;
+pub mod peers;
+pub mod prepared;
+pub mod request;
+pub mod segment;
+pub mod spool;
+pub mod tls;
+pub mod upstream;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+pub use config::{Mode, ProxyArgs};
+use mirror::ProxyContext;
+use peers::{PeerMap, RuntimeFile};
+use upstream::{Credentials, Endpoint};
+
+fn upstream_tls(
+    disabled: bool,
+    ca: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    server_name: &Option<String>,
+    host: &str,
+) -> anyhow::Result<Option<tls::Connector>> {
+    if disabled {
+        return Ok(None);
+    }
+    let Some(ca) = ca else {
+        return Ok(None);
+    };
+    let cfg = tls::UpstreamTls {
+        ca: ca.clone(),
+        client_cert: cert.clone(),
+        client_key: key.clone(),
+        server_name: server_name.clone().unwrap_or_else(|| host.to_owned()),
+    };
+    Ok(Some(tls::Connector::new(&cfg)?))
+}
+
+fn target_credentials(args: &ProxyArgs) -> anyhow::Result<Option<Credentials>> {
+    let Some(username) = args.target_username.clone() else {
+        return Ok(None);
+    };
+    let password = match (&args.target_password, &args.target_password_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the target password file {}", file.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+        (None, None) => {
+            anyhow::bail!("--target-username needs --target-password or --target-password-file")
+        }
+    };
+    Ok(Some(Credentials { username, password }))
+}
+
+/// Builds the shared state from the command line.
+pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
+    let metrics = metrics::Metrics::new().context("registering metrics")?;
+    let spool = spool::Spool::open(&args.spool_dir, args.spool_max_bytes)
+        .with_context(|| format!("opening the spool in {}", args.spool_dir.display()))?;
+    let connect_timeout = Duration::from_millis(args.target_timeout_ms.max(100));
+    let source = Endpoint {
+        host: args.source.clone(),
+        port: args.source_port,
+        tls: upstream_tls(
+            args.disable_source_tls,
+            &args.source_tls_ca,
+            &args.source_tls_cert,
+            &args.source_tls_key,
+            &args.source_tls_server_name,
+            &args.source,
+        )
+        .context("source TLS")?,
+        connect_timeout,
+    };
+    let target = Endpoint {
+        host: args.target.clone(),
+        port: args.target_port,
+        tls: upstream_tls(
+            args.disable_target_tls,
+            &args.target_tls_ca,
+            &args.target_tls_cert,
+            &args.target_tls_key,
+            &args.target_tls_server_name,
+            &args.target,
+        )
+        .context("target TLS")?,
+        connect_timeout,
+    };
+    metrics.mode.set(i64::from(args.mode.as_u8()));
+    Ok(Arc::new(ProxyContext {
+        metrics,
+        prepared: prepared::PreparedCache::new(args.prepared_cache_size),
+        mode: config::ModeCell::new(args.mode),
+        peers: RwLock::new(Arc::new(PeerMap::default())),
+        filter: config::MirrorFilter::from_args(args),
+        spool,
+        spool_full_policy: args.spool_full_policy,
+        source,
+        target,
+        target_credentials: target_credentials(args)?,
+        last_handshake: Mutex::new(None),
+        target_timeout: Duration::from_millis(args.target_timeout_ms.max(1)),
+        async_retries: args.async_retries,
+        retry_backoff: Duration::from_millis(args.retry_backoff_ms),
+        max_frame_bytes: args.max_frame_bytes,
+        protocol_version_cap: args.protocol_version,
+        cql_version: args.cql_version.clone(),
+        mirror_ddl: args.mirror_ddl,
+        shutting_down: AtomicBool::new(false),
+        mirrors_inflight: AtomicUsize::new(0),
+        source_reachable: AtomicBool::new(false),
+        target_reachable: AtomicBool::new(false),
+        self_peer: None,
+    }))
+}
+
+/// This proxy's own entry of the peer map: the source node it fronts →
+/// the address it advertises.
+async fn self_peer_entry(args: &ProxyArgs) -> Option<(std::net::IpAddr, SocketAddr)> {
+    let advertise = args.advertise_address.clone().or_else(|| {
+        let ip: std::net::IpAddr = args.proxy_address.parse().ok()?;
+        (!ip.is_unspecified()).then(|| args.proxy_address.clone())
+    })?;
+    let advertise: std::net::IpAddr = match advertise.parse() {
+        Ok(ip) => ip,
+        Err(_) => tokio::net::lookup_host((advertise.as_str(), 0))
+            .await
+            .ok()?
+            .next()?
+            .ip(),
+    };
+    let source = tokio::net::lookup_host((args.source.as_str(), args.source_port))
+        .await
+        .ok()?
+        .next()?
+        .ip();
+    Some((source, SocketAddr::new(advertise, args.proxy_port)))
+}
+
+/// Applies the runtime file (peer map and mode).
+fn apply_runtime_file(ctx: &ProxyContext, path: &std::path::Path) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let file = RuntimeFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(m) = &file.mode {
+        match Mode::parse(m) {
+            Some(mode) => {
+                if mode != ctx.mode() {
+                    info!(?mode, "mode changed");
+                }
+                ctx.mode.set(mode);
+                ctx.metrics.mode.set(i64::from(mode.as_u8()));
+            }
+            None => return Err(format!("{}: unknown mode {m:?}", path.display())),
+        }
+    }
+    let mut peers = file.peers;
+    if let Some((node, proxy)) = ctx.self_peer {
+        peers = peers.with_default(node, proxy);
+    }
+    let peers = Arc::new(peers);
+    let mut current = ctx.peers.write().unwrap_or_else(|p| p.into_inner());
+    if **current != *peers {
+        info!(entries = peers.len(), "peer map loaded");
+        *current = peers;
+    }
+    Ok(())
+}
+
+/// Re-reads the runtime file when its modification time or size changes
+/// (a ConfigMap update swaps a symlink; polling sees that too).
+async fn watch_runtime_file(ctx: Arc<ProxyContext>, path: PathBuf) {
+    let mut last: Option<(std::time::SystemTime, u64, String)> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let content = std::fs::read_to_string(&path).unwrap_or_default();
+        let stamp = (
+            meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+            meta.len(),
+            content,
+        );
+        if last.as_ref() == Some(&stamp) {
+            continue;
+        }
+        last = Some(stamp);
+        if let Err(e) = apply_runtime_file(&ctx, &path) {
+            error!(error = %e, "runtime file rejected; keeping the previous settings");
+        }
+    }
+}
+
+/// Runs the proxy until SIGTERM (or SIGINT).
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let signal = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    run_until(args, signal).await
+}
+
+/// Runs the proxy until `shutdown` completes, then drains gracefully.
+pub async fn run_until(
+    args: ProxyArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut ctx = build_context(&args)?;
+    if let Some(c) = Arc::get_mut(&mut ctx) {
+        c.self_peer = self_peer_entry(&args).await;
+        if let Some((node, proxy)) = c.self_peer {
+            info!(%node, %proxy, "advertising this proxy in place of its source node");
+            *c.peers.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(PeerMap::default().with_default(node, proxy));
+        }
+    }
+    if let Some(path) = &args.peer_map {
+        apply_runtime_file(&ctx, path).map_err(anyhow::Error::msg)?;
+        tokio::spawn(watch_runtime_file(ctx.clone(), path.clone()));
+    }
+    let acceptor = match (&args.proxy_tls_cert, &args.proxy_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tls::Acceptor::new(&tls::ListenerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.proxy_tls_client_ca.clone(),
+            })
+            .context("client-facing TLS")?,
+        ),
+        _ => None,
+    };
+    let bind = format!("{}:{}", bracket(&args.proxy_address), args.proxy_port);
+    let listener = TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("binding {bind}"))?;
+    let admin_bind = format!("{}:{}", bracket(&args.admin_address), args.admin_port);
+    let admin = TcpListener::bind(&admin_bind)
+        .await
+        .with_context(|| format!("binding the admin port {admin_bind}"))?;
+    info!(listen = %bind, admin = %admin_bind, source = ?ctx.source, target = ?ctx.target, mode = ?ctx.mode(), "ferry proxy started");
+    tokio::spawn(admin::serve(admin, ctx.clone()));
+    tokio::spawn(admin::probe_upstreams(ctx.clone()));
+    tokio::spawn(mirror::run_replayer(ctx.clone()));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                spawn_client(ctx.clone(), tcp, peer, acceptor.clone(), shutdown_rx.clone(), open.clone());
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    info!("shutting down: no new connections, finishing in-flight requests");
+    drop(listener);
+    ctx.shutting_down.store(true, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    let deadline = Instant::now() + Duration::from_secs(args.shutdown_grace_secs);
+    while (open.load(Ordering::Acquire) > 0 || ctx.mirrors_inflight.load(Ordering::Acquire) > 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.spool.sync().context("syncing the spool")?;
+    info!(
+        spooled = ctx.spool.records(),
+        unfinished_mirrors = ctx.mirrors_inflight.load(Ordering::Acquire),
+        "stopped"
+    );
+    Ok(())
+}
+
+fn bracket(addr: &str) -> String {
+    if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]")
+    } else {
+        addr.to_owned()
+    }
+}
+
+fn spawn_client(
+    ctx: Arc<ProxyContext>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tls::Acceptor>,
+    shutdown: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+) {
+    open.fetch_add(1, Ordering::AcqRel);
+    ctx.metrics.open_connections.inc();
+    tokio::spawn(async move {
+        let halves = match &acceptor {
+            Some(a) => a.accept(tcp).await.map_err(|e| e.to_string()),
+            None => Ok(tls::plain(tcp)),
+        };
+        match halves {
+            Ok(h) => connection::serve(ctx.clone(), h, peer, shutdown).await,
+            Err(e) => warn!(%peer, error = %e, "client TLS handshake failed"),
+        }
+        ctx.metrics.open_connections.dec();
+        open.fetch_sub(1, Ordering::AcqRel);
+    });
+}

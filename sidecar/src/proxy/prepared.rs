@@ -1,0 +1,308 @@
+//! The prepared-statement map: source statement id → statement text,
+//! keyspace, classification and the target's id for it. Shared by every
+//! connection (ids are per cluster, not per connection), bounded, and
+//! keeping the text so the proxy can re-prepare on the target by itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::classify::StatementClass;
+use super::peers::response_body_start;
+use super::wire::{Reader, WireError};
+
+/// The target's handle for a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPrepared {
+    pub id: Bytes,
+    /// v5 result metadata id, sent back in EXECUTE.
+    pub result_metadata_id: Option<Bytes>,
+}
+
+/// One prepared statement as the proxy knows it.
+#[derive(Debug)]
+pub struct PreparedStatement {
+    pub query: Arc<str>,
+    /// Keyspace in effect when it was prepared (`USE` or v5 keyspace).
+    pub keyspace: Option<String>,
+    pub class: StatementClass,
+    /// Some bind variable is a counter: a counter update.
+    pub counter: bool,
+    target: Mutex<Option<TargetPrepared>>,
+}
+
+impl PreparedStatement {
+    pub fn new(
+        query: &str,
+        keyspace: Option<String>,
+        class: StatementClass,
+        counter: bool,
+    ) -> Self {
+        Self {
+            query: Arc::from(query),
+            keyspace,
+            class,
+            counter,
+            target: Mutex::new(None),
+        }
+    }
+
+    pub fn target(&self) -> Option<TargetPrepared> {
+        self.target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_target(&self, t: Option<TargetPrepared>) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    pub fn is_write(&self) -> bool {
+        matches!(self.class, StatementClass::Write(_))
+    }
+}
+
+/// Bounded map; the oldest entry goes first when full. A client that
+/// executes an evicted id gets UNPREPARED and re-prepares through the proxy.
+#[derive(Debug)]
+pub struct PreparedCache {
+    capacity: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    map: HashMap<Bytes, Arc<PreparedStatement>>,
+    order: VecDeque<Bytes>,
+}
+
+impl PreparedCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::new(CacheInner::default()),
+        }
+    }
+
+    pub fn get(&self, source_id: &[u8]) -> Option<Arc<PreparedStatement>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.map.get(source_id).cloned()
+    }
+
+    /// Inserts (or refreshes) an entry; returns the entry kept.
+    pub fn insert(&self, source_id: Bytes, stmt: PreparedStatement) -> Arc<PreparedStatement> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = inner.map.get(&source_id) {
+            if *existing.query == *stmt.query && existing.keyspace == stmt.keyspace {
+                return existing.clone();
+            }
+        }
+        let stmt = Arc::new(stmt);
+        if inner.map.insert(source_id.clone(), stmt.clone()).is_none() {
+            inner.order.push_back(source_id);
+        }
+        while inner.map.len() > self.capacity {
+            match inner.order.pop_front() {
+                Some(old) => {
+                    inner.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        stmt
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every target id (the target lost its cache, e.g. restarted).
+    pub fn clear_target_ids(&self) {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for stmt in inner.map.values() {
+            stmt.set_target(None);
+        }
+    }
+}
+
+/// The fields of a RESULT Prepared body the proxy uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedResult {
+    pub id: Bytes,
+    pub result_metadata_id: Option<Bytes>,
+    /// Type ids of the bind variables (0x0005 = counter).
+    pub bind_types: Vec<u16>,
+}
+
+pub const COUNTER_TYPE: u16 = 0x0005;
+
+/// Parses a RESULT body of kind Prepared; `None` for other kinds.
+pub fn parse_prepared_result(
+    frame_flags: u8,
+    body: &Bytes,
+    version: u8,
+) -> Result<Option<PreparedResult>, WireError> {
+    let start = response_body_start(frame_flags, body)?;
+    let mut r = Reader::new(body);
+    r.skip(start)?;
+    if r.i32()? != 4 {
+        return Ok(None);
+    }
+    let id_start = r.position() + 2;
+    let id_len = r.short_bytes()?.len();
+    let id = body.slice(id_start..id_start + id_len);
+    let result_metadata_id = if version >= 5 {
+        let s = r.position() + 2;
+        let n = r.short_bytes()?.len();
+        Some(body.slice(s..s + n))
+    } else {
+        None
+    };
+    // Bind variable metadata: only the types matter (counter detection).
+    let mut bind_types = Vec::new();
+    let parsed: Result<(), WireError> = (|| {
+        let flags = r.i32()?;
+        let columns = r.i32()?;
+        if version >= 4 {
+            let pk = r.i32()?;
+            for _ in 0..pk.clamp(0, 4096) {
+                r.u16()?;
+            }
+        }
+        let global = flags & 0x0001 != 0;
+        if global {
+            r.string()?;
+            r.string()?;
+        }
+        for _ in 0..columns.clamp(0, 4096) {
+            if !global {
+                r.string()?;
+                r.string()?;
+            }
+            r.string()?;
+            let t = r.u16()?;
+            bind_types.push(t);
+            skip_type_rest(&mut r, t, 0)?;
+        }
+        Ok(())
+    })();
+    // Metadata we cannot read only loses counter detection, not the id.
+    let _ = parsed;
+    Ok(Some(PreparedResult {
+        id,
+        result_metadata_id,
+        bind_types,
+    }))
+}
+
+fn skip_type_rest(r: &mut Reader<'_>, type_id: u16, depth: u32) -> Result<(), WireError> {
+    if depth > 64 {
+        return Err(WireError::Truncated {
+            offset: r.position(),
+            needed: 0,
+            available: 0,
+        });
+    }
+    match type_id {
+        0x0000 => {
+            r.string()?;
+        }
+        0x0020 | 0x0022 => {
+            let t = r.u16()?;
+            skip_type_rest(r, t, depth + 1)?;
+        }
+        0x0021 => {
+            for _ in 0..2 {
+                let t = r.u16()?;
+                skip_type_rest(r, t, depth + 1)?;
+            }
+        }
+        0x0030 => {
+            r.string()?;
+            r.string()?;
+            let n = r.u16()?;
+            for _ in 0..n {
+                r.string()?;
+                let t = r.u16()?;
+                skip_type_rest(r, t, depth + 1)?;
+            }
+        }
+        0x0031 => {
+            let n = r.u16()?;
+            for _ in 0..n {
+                let t = r.u16()?;
+                skip_type_rest(r, t, depth + 1)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::classify::classify;
+    use crate::proxy::wire::{put_short_bytes, put_string};
+    use bytes::{BufMut, BytesMut};
+
+    #[test]
+    fn cache_is_bounded_and_keeps_text() {
+        let cache = PreparedCache::new(2);
+        for i in 0..3u8 {
+            let q = format!("INSERT INTO t (k) VALUES ({i})");
+            cache.insert(
+                Bytes::from(vec![i]),
+                PreparedStatement::new(&q, None, classify(&q), false),
+            );
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&[0]).is_none());
+        let e = cache.get(&[2]).unwrap();
+        assert_eq!(&*e.query, "INSERT INTO t (k) VALUES (2)");
+        e.set_target(Some(TargetPrepared {
+            id: Bytes::from_static(b"t"),
+            result_metadata_id: None,
+        }));
+        assert!(cache.get(&[2]).unwrap().target().is_some());
+        cache.clear_target_ids();
+        assert!(cache.get(&[2]).unwrap().target().is_none());
+    }
+
+    #[test]
+    fn parses_prepared_result_with_counter_bind() {
+        let mut b = BytesMut::new();
+        b.put_i32(4);
+        put_short_bytes(&mut b, &[9, 9, 9]);
+        b.put_i32(1); // global spec
+        b.put_i32(2);
+        b.put_i32(1);
+        b.put_u16(0);
+        put_string(&mut b, "ks");
+        put_string(&mut b, "c");
+        put_string(&mut b, "n");
+        b.put_u16(COUNTER_TYPE);
+        put_string(&mut b, "k");
+        b.put_u16(0x0020);
+        b.put_u16(0x0009);
+        b.put_i32(4); // result metadata: no metadata
+        b.put_i32(0);
+        let body = b.freeze();
+        let p = parse_prepared_result(0, &body, 4).unwrap().unwrap();
+        assert_eq!(&p.id[..], &[9, 9, 9]);
+        assert_eq!(p.bind_types, vec![COUNTER_TYPE, 0x0020]);
+        for cut in 0..body.len() {
+            let _ = parse_prepared_result(0, &body.slice(..cut), 4);
+        }
+    }
+}

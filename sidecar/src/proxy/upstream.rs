@@ -1,0 +1,406 @@
+//! Connections the proxy opens and handshakes itself (to the target, and
+//! for the spool replayer): request/response multiplexing over the proxy's
+//! own stream ids, with per-request timeouts.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::codec::{FrameDecoder, LinkState};
+use super::compression::Compression;
+use super::frame::{opcode, DecodeRules, Frame};
+use super::link::{spawn_writer, FrameReader, Outbound};
+use super::tls::{self, Connector};
+use super::wire::{put_long_string, put_string_map, Reader};
+
+/// Where an upstream listens and how to reach it.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Connector>,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}{}",
+            self.host,
+            self.port,
+            if self.tls.is_some() { " (tls)" } else { "" }
+        )
+    }
+}
+
+impl Endpoint {
+    pub fn address(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Opens the TCP (and TLS) connection.
+    pub async fn open(&self) -> Result<(tls::BoxRead, tls::BoxWrite), UpstreamError> {
+        let addr = self.address();
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(addr.clone()))?
+            .map_err(|source| UpstreamError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some(c) => c
+                .connect(tcp)
+                .await
+                .map_err(|e| UpstreamError::Tls(e.to_string())),
+            None => Ok(tls::plain(tcp)),
+        }
+    }
+}
+
+/// A username and password; the password never appears in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({}, <redacted>)", self.username)
+    }
+}
+
+impl Credentials {
+    /// Reads a SASL PLAIN token (`authzid \0 user \0 password`).
+    pub fn from_plain_token(token: &[u8]) -> Option<Self> {
+        let mut parts = token.split(|b| *b == 0);
+        let _authzid = parts.next()?;
+        let user = std::str::from_utf8(parts.next()?).ok()?;
+        let pass = std::str::from_utf8(parts.next()?).ok()?;
+        Some(Self {
+            username: user.to_owned(),
+            password: pass.to_owned(),
+        })
+    }
+
+    pub fn plain_token(&self) -> Vec<u8> {
+        let mut t = Vec::with_capacity(self.username.len() + self.password.len() + 2);
+        t.push(0);
+        t.extend_from_slice(self.username.as_bytes());
+        t.push(0);
+        t.extend_from_slice(self.password.as_bytes());
+        t
+    }
+}
+
+/// How the proxy introduces itself to an upstream.
+#[derive(Clone, Debug)]
+pub struct Handshake {
+    pub version: u8,
+    /// STARTUP options (CQL_VERSION, COMPRESSION, DRIVER_NAME, ...).
+    pub options: Vec<(String, String)>,
+    pub credentials: Option<Credentials>,
+    /// Keyspace to `USE` once connected.
+    pub keyspace: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("connection closed")]
+    Closed,
+    #[error("no free stream id (too many requests in flight)")]
+    Busy,
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("server asked for authentication and no credentials are known")]
+    NoCredentials,
+}
+
+#[derive(Default)]
+struct Waiters {
+    map: HashMap<i16, oneshot::Sender<Frame>>,
+    /// Ids whose caller gave up; kept reserved until the late answer comes.
+    orphans: HashSet<i16>,
+    next: i16,
+}
+
+/// One handshaken connection to an upstream node.
+pub struct Upstream {
+    tx: mpsc::Sender<Outbound>,
+    waiters: Arc<Mutex<Waiters>>,
+    closed: Arc<AtomicBool>,
+    pub version: u8,
+    pub keyspace: Mutex<Option<String>>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Connects and runs the handshake.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        handshake: &Handshake,
+        max_frame_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, UpstreamError> {
+        let (read, write) = endpoint.open().await?;
+        let state = Arc::new(LinkState::default());
+        state.set_compression(state_compression(&handshake.options));
+        let (tx, rx) = mpsc::channel(1024);
+        spawn_writer(write, state.clone(), rx);
+        let waiters = Arc::new(Mutex::new(Waiters::default()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let decoder = FrameDecoder::new(DecodeRules {
+            max_frame_bytes,
+            max_version: 5,
+            expect_response: true,
+        });
+        let mut reader = FrameReader::new(read, decoder, state.clone());
+        {
+            let waiters = waiters.clone();
+            let closed = closed.clone();
+            let version = handshake.version;
+            tokio::spawn(async move {
+                loop {
+                    match reader.next().await {
+                        Ok(Some(frame)) => {
+                            // Framing changes take effect before the next frame.
+                            match frame.opcode {
+                                opcode::READY | opcode::AUTHENTICATE if version >= 5 => {
+                                    state.set_segmented_in();
+                                    state.set_segmented_out();
+                                }
+                                opcode::READY | opcode::AUTH_SUCCESS if version < 5 => {
+                                    state.enable_compress_out();
+                                }
+                                _ => {}
+                            }
+                            if frame.stream < 0 {
+                                continue;
+                            }
+                            let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
+                            if w.orphans.remove(&frame.stream) {
+                                continue;
+                            }
+                            if let Some(tx) = w.map.remove(&frame.stream) {
+                                let _ = tx.send(frame);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(error = %e, "upstream read failed");
+                            break;
+                        }
+                    }
+                }
+                closed.store(true, Ordering::Release);
+                let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
+                w.map.clear();
+                w.orphans.clear();
+            });
+        }
+        let upstream = Arc::new(Self {
+            tx,
+            waiters,
+            closed,
+            version: handshake.version,
+            keyspace: Mutex::new(None),
+        });
+        upstream.handshake(handshake, timeout).await?;
+        Ok(upstream)
+    }
+
+    async fn handshake(&self, hs: &Handshake, timeout: Duration) -> Result<(), UpstreamError> {
+        let mut body = BytesMut::new();
+        put_string_map(&mut body, &hs.options);
+        let reply = self
+            .call(opcode::STARTUP, 0, body.freeze(), timeout)
+            .await?;
+        let reply = match reply.opcode {
+            opcode::READY => reply,
+            opcode::AUTHENTICATE => {
+                let creds = hs
+                    .credentials
+                    .as_ref()
+                    .ok_or(UpstreamError::NoCredentials)?;
+                let mut body = BytesMut::new();
+                let token = creds.plain_token();
+                body.put_i32(token.len() as i32);
+                body.put_slice(&token);
+                self.call(opcode::AUTH_RESPONSE, 0, body.freeze(), timeout)
+                    .await?
+            }
+            _ => reply,
+        };
+        if reply.opcode != opcode::READY && reply.opcode != opcode::AUTH_SUCCESS {
+            return Err(UpstreamError::Handshake(describe_error(&reply)));
+        }
+        if let Some(ks) = &hs.keyspace {
+            self.use_keyspace(ks, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `USE ks` and remembers it.
+    pub async fn use_keyspace(&self, ks: &str, timeout: Duration) -> Result<(), UpstreamError> {
+        let quoted = format!("USE \"{}\"", ks.replace('"', "\"\""));
+        let reply = self.query(&quoted, timeout).await?;
+        if reply.opcode != opcode::RESULT {
+            return Err(UpstreamError::Handshake(describe_error(&reply)));
+        }
+        *self.keyspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(ks.to_owned());
+        Ok(())
+    }
+
+    /// A simple QUERY at consistency ONE.
+    pub async fn query(&self, text: &str, timeout: Duration) -> Result<Frame, UpstreamError> {
+        let mut body = BytesMut::new();
+        put_long_string(&mut body, text);
+        body.put_u16(0x0001);
+        if self.version >= 5 {
+            body.put_u32(0);
+        } else {
+            body.put_u8(0);
+        }
+        self.call(opcode::QUERY, 0, body.freeze(), timeout).await
+    }
+
+    /// PREPAREs `text`; returns the RESULT (or ERROR) frame.
+    pub async fn prepare(&self, text: &str, timeout: Duration) -> Result<Frame, UpstreamError> {
+        let mut body = BytesMut::new();
+        put_long_string(&mut body, text);
+        if self.version >= 5 {
+            body.put_u32(0);
+        }
+        self.call(opcode::PREPARE, 0, body.freeze(), timeout).await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn call(
+        &self,
+        op: u8,
+        flags: u8,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Frame, UpstreamError> {
+        if self.is_closed() {
+            return Err(UpstreamError::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        let stream = {
+            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut found = None;
+            for _ in 0..=i16::MAX as usize {
+                let id = w.next;
+                w.next = if w.next == i16::MAX { 0 } else { w.next + 1 };
+                if !w.map.contains_key(&id) && !w.orphans.contains(&id) {
+                    found = Some(id);
+                    break;
+                }
+            }
+            let id = found.ok_or(UpstreamError::Busy)?;
+            w.map.insert(id, tx);
+            id
+        };
+        let mut frame = Frame::request(self.version, stream, op, body);
+        frame.flags = flags;
+        if self.tx.send(Outbound::Frame(frame)).await.is_err() {
+            self.forget(stream, false);
+            return Err(UpstreamError::Closed);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(_)) => Err(UpstreamError::Closed),
+            Err(_) => {
+                self.forget(stream, true);
+                Err(UpstreamError::Timeout(timeout))
+            }
+        }
+    }
+
+    fn forget(&self, stream: i16, orphan: bool) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if w.map.remove(&stream).is_some() && orphan && !self.is_closed() {
+            w.orphans.insert(stream);
+        }
+    }
+}
+
+fn state_compression(options: &[(String, String)]) -> Compression {
+    let value = options
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("COMPRESSION"))
+        .map(|(_, v)| v.as_str());
+    Compression::from_option(value).unwrap_or(Compression::None)
+}
+
+/// "code 0x2200: message" for an ERROR frame, or the opcode otherwise.
+pub fn describe_error(frame: &Frame) -> String {
+    if frame.opcode != opcode::ERROR {
+        return format!("unexpected {} response", opcode::name(frame.opcode));
+    }
+    let mut r = Reader::new(&frame.body);
+    match (r.i32(), r.string()) {
+        (Ok(code), Ok(msg)) => format!("error {code:#06x}: {msg}"),
+        _ => "malformed error response".to_owned(),
+    }
+}
+
+/// Logs and drops: used where a failure is only informative.
+pub fn warn_failure(what: &str, err: &UpstreamError) {
+    warn!(error = %err, "{what}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_tokens_round_trip_and_debug_hides_password() {
+        let c = Credentials {
+            username: "u".into(),
+            password: "secret".into(),
+        };
+        assert_eq!(
+            Credentials::from_plain_token(&c.plain_token()),
+            Some(c.clone())
+        );
+        assert!(!format!("{c:?}").contains("secret"));
+        assert_eq!(Credentials::from_plain_token(b"nonul"), None);
+    }
+}

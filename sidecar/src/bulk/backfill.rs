@@ -1,0 +1,378 @@
+//! The backfill: copies each token range of each table from the source to
+//! the target, keeping timestamps, checkpointing finished ranges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tracing::{error, info, info_span, warn, Instrument};
+
+use super::checkpoint::Checkpoints;
+use super::job::{now_micros, CommonArgs, JobTable};
+use super::progress::{self, Stats};
+use super::ratelimit::RateLimiter;
+use super::ring::TokenRange;
+use super::scan::{ScanError, TableScan};
+use super::write::{TableWriter, TimestampMode, WriteError, WritePlanner};
+
+/// What to do with counter tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CounterPolicy {
+    /// Refuse to start (the default): counters cannot be copied idempotently.
+    Fail,
+    /// Leave counter tables out, with a warning.
+    Skip,
+}
+
+/// Command-line arguments of the backfill mode.
+#[derive(Args, Debug, Clone)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// `preserve`: keep each cell's WRITETIME and TTL; `backdate`: write
+    /// everything at --start-timestamp.
+    #[arg(
+        long,
+        env = "FERRY_TIMESTAMP_MODE",
+        value_enum,
+        default_value = "preserve"
+    )]
+    pub timestamp_mode: TimestampMode,
+    /// Microseconds since the epoch: when the proxy started mirroring. The
+    /// backdate timestamp; in preserve mode the timestamp of primary-key-only
+    /// rows and the reference of the gc_grace_seconds check. Defaults to now.
+    #[arg(long, env = "FERRY_START_TIMESTAMP")]
+    pub start_timestamp: Option<i64>,
+    /// Keyspace on the target holding the checkpoint table.
+    #[arg(long, env = "FERRY_CHECKPOINT_KEYSPACE", default_value = "ferry_meta")]
+    pub checkpoint_keyspace: String,
+    /// Name of this backfill in the checkpoint table (one per migration).
+    #[arg(long, env = "FERRY_JOB_ID", default_value = "backfill")]
+    pub job_id: String,
+    /// Copy every range again, even those checkpointed as done.
+    #[arg(long, env = "FERRY_RESTART")]
+    pub restart: bool,
+    #[arg(long, env = "FERRY_COUNTERS", value_enum, default_value = "fail")]
+    pub counters: CounterPolicy,
+    /// Writes in flight per pod.
+    #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+    /// Attempts per write before the range fails.
+    #[arg(long, env = "FERRY_WRITE_ATTEMPTS", default_value_t = 8)]
+    pub write_attempts: u32,
+    /// Start even if the migration is older than a target table's gc_grace_seconds.
+    #[arg(long, env = "FERRY_IGNORE_GC_GRACE")]
+    pub ignore_gc_grace: bool,
+}
+
+/// Why the backfill stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("table {table} has counter columns: counters cannot be copied idempotently (a retried or re-run increment double-counts); exclude the table or pass --counters skip, and see docs/bulk.md")]
+    Counters { table: String },
+    #[error("the migration started {age_seconds} s ago, more than gc_grace_seconds ({gc_grace}) of target table {table}: tombstones of deletes mirrored since then may be gone, and the backfill could resurrect deleted rows. Raise gc_grace_seconds on the target, or pass --ignore-gc-grace")]
+    GcGrace {
+        table: String,
+        age_seconds: i64,
+        gc_grace: i32,
+    },
+    #[error("{failed} of {total} ranges failed (re-run to finish them; finished ranges are not copied again); first error: {first}")]
+    RangesFailed {
+        failed: u64,
+        total: u64,
+        first: String,
+    },
+}
+
+/// Why one range failed.
+#[derive(Debug, thiserror::Error)]
+enum RangeError {
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Checkpoint(#[from] super::checkpoint::CheckpointError),
+}
+
+/// Outcome figures of a backfill (also in the summary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillReport {
+    pub ranges_total: u64,
+    pub ranges_done: u64,
+    pub ranges_skipped: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub pages: u64,
+    pub pages_off_replica: u64,
+}
+
+struct TableJob {
+    table: JobTable,
+    scan: TableScan,
+    writer: Arc<TableWriter>,
+    planner: WritePlanner,
+}
+
+/// Runs a backfill and writes its summary; the CLI entry point.
+pub async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
+    let stats = Stats::new("backfill");
+    let summary = progress::summary_path(args.common.summary_file.as_deref());
+    let result = run(&args, stats.clone()).await;
+    progress::write_summary(&stats, summary.as_deref());
+    result.map(|_| ())
+}
+
+/// Runs a backfill, counting into `stats`.
+pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<BackfillReport> {
+    let common = &args.common;
+    let write_consistency = common.connection.write_consistency()?;
+    let setup = common.setup(write_consistency).await?;
+    let start_timestamp = args.start_timestamp.unwrap_or_else(now_micros);
+
+    let mut tables = Vec::new();
+    for table in setup.tables {
+        let name = table.schema.display_name();
+        if table.schema.has_counters() {
+            match args.counters {
+                CounterPolicy::Fail => return Err(BackfillError::Counters { table: name }.into()),
+                CounterPolicy::Skip => {
+                    warn!(table = %name, "skipping a counter table (--counters skip)");
+                    continue;
+                }
+            }
+        }
+        let age_seconds = (now_micros() - start_timestamp) / 1_000_000;
+        let gc_grace = table.target_gc_grace_seconds;
+        if age_seconds > i64::from(gc_grace) {
+            if !args.ignore_gc_grace {
+                return Err(BackfillError::GcGrace {
+                    table: name,
+                    age_seconds,
+                    gc_grace,
+                }
+                .into());
+            }
+            warn!(table = %name, age_seconds, gc_grace, "migration older than gc_grace_seconds (--ignore-gc-grace)");
+        } else {
+            info!(table = %name, gc_grace_seconds = gc_grace, deadline_in_seconds = i64::from(gc_grace) - age_seconds,
+                "the backfill and validation must finish before this deadline, or deleted rows may come back");
+        }
+        let scan = TableScan::prepare(
+            "source",
+            setup.source.clone(),
+            &table.schema,
+            common.connection.read_consistency()?,
+            common.page_size,
+            common.connection.source_local_dc.clone(),
+        )
+        .await?;
+        let writer = TableWriter::prepare(
+            setup.target.clone(),
+            &table.schema,
+            write_consistency,
+            args.write_attempts,
+        )
+        .await?;
+        let planner = WritePlanner::new(&table.schema, args.timestamp_mode, start_timestamp);
+        tables.push(Arc::new(TableJob {
+            table,
+            scan,
+            writer: Arc::new(writer),
+            planner,
+        }));
+    }
+
+    let target_dc = common
+        .connection
+        .target_local_dc
+        .clone()
+        .or_else(|| {
+            setup
+                .target
+                .get_cluster_state()
+                .get_nodes_info()
+                .first()
+                .and_then(|n| n.datacenter.clone())
+        })
+        .unwrap_or_else(|| "datacenter1".to_owned());
+    let checkpoints = Checkpoints::open(
+        setup.target.clone(),
+        &args.checkpoint_keyspace,
+        &args.job_id,
+        &target_dc,
+    )
+    .await?;
+    let recorded = checkpoints.load().await?;
+
+    let mut work: Vec<(Arc<TableJob>, TokenRange, i32)> = Vec::new();
+    for job in &tables {
+        let name = job.table.schema.display_name();
+        for range in &setup.ranges {
+            Stats::add(&stats.ranges_total, 1);
+            let record = recorded.get(&(name.clone(), *range));
+            if record.is_some_and(|r| r.done) && !args.restart {
+                Stats::add(&stats.ranges_skipped, 1);
+                Stats::add(&stats.ranges_done, 1);
+                continue;
+            }
+            let attempt = record.map_or(0, |r| r.attempt + 1);
+            work.push((job.clone(), *range, attempt));
+        }
+    }
+    info!(
+        ranges = work.len(),
+        skipped = Stats::get(&stats.ranges_skipped),
+        mode = ?args.timestamp_mode,
+        start_timestamp,
+        "backfill starting"
+    );
+
+    let progress_log = progress::spawn_progress_log(
+        stats.clone(),
+        Duration::from_secs(common.progress_interval.max(1)),
+    );
+    let metrics = match common.metrics_port {
+        Some(port) => Some(progress::serve_metrics(stats.clone(), port).await?),
+        None => None,
+    };
+    let rows_limit = Arc::new(RateLimiter::new(common.rows_per_second));
+    let bytes_limit = Arc::new(RateLimiter::new(common.bytes_per_second));
+    let concurrency = common.concurrency.max(1);
+    let in_flight_per_range = (args.max_in_flight / concurrency).max(1);
+    let first_error = std::sync::Mutex::new(None::<String>);
+
+    futures::stream::iter(work)
+        .for_each_concurrent(concurrency, |(job, range, attempt)| {
+            let stats = stats.clone();
+            let checkpoints = checkpoints.clone();
+            let rows_limit = rows_limit.clone();
+            let bytes_limit = bytes_limit.clone();
+            let first_error = &first_error;
+            let table = job.table.schema.display_name();
+            let span = info_span!("range", %table, %range, attempt);
+            async move {
+                let result = copy_range(
+                    &job,
+                    range,
+                    attempt,
+                    &checkpoints,
+                    &stats,
+                    &rows_limit,
+                    &bytes_limit,
+                    in_flight_per_range,
+                )
+                .await;
+                match result {
+                    Ok(()) => Stats::add(&stats.ranges_done, 1),
+                    Err(err) => {
+                        error!(error = %err, "range failed");
+                        Stats::add(&stats.ranges_failed, 1);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(|| err.to_string());
+                    }
+                }
+            }
+            .instrument(span)
+        })
+        .await;
+
+    progress_log.abort();
+    if let Some(handle) = metrics {
+        handle.abort();
+    }
+    stats.log_progress(&mut (stats.started, 0));
+    let failed = Stats::get(&stats.ranges_failed);
+    if failed > 0 {
+        return Err(BackfillError::RangesFailed {
+            failed,
+            total: Stats::get(&stats.ranges_total),
+            first: first_error
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_default(),
+        }
+        .into());
+    }
+    Ok(BackfillReport {
+        ranges_total: Stats::get(&stats.ranges_total),
+        ranges_done: Stats::get(&stats.ranges_done),
+        ranges_skipped: Stats::get(&stats.ranges_skipped),
+        rows: Stats::get(&stats.rows),
+        bytes: Stats::get(&stats.bytes),
+        pages: Stats::get(&stats.pages),
+        pages_off_replica: Stats::get(&stats.pages_off_replica),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_range(
+    job: &TableJob,
+    range: TokenRange,
+    attempt: i32,
+    checkpoints: &Checkpoints,
+    stats: &Stats,
+    rows_limit: &RateLimiter,
+    bytes_limit: &RateLimiter,
+    max_in_flight: usize,
+) -> Result<(), RangeError> {
+    let table = job.table.schema.display_name();
+    checkpoints
+        .mark(&table, range, false, attempt, 0, 0)
+        .await?;
+    let mut pages = job.scan.spawn(range);
+    let mut pending = FuturesUnordered::new();
+    let mut last_partition: Option<Vec<Option<Bytes>>> = None;
+    let mut ops = Vec::new();
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    while let Some(page) = pages.recv().await {
+        let page = page?;
+        Stats::add(&stats.pages, 1);
+        if !page.on_replica {
+            Stats::add(&stats.pages_off_replica, 1);
+        }
+        let page_bytes: u64 = page.rows.iter().map(|r| r.byte_size()).sum();
+        rows_limit.acquire(page.rows.len() as u64).await;
+        bytes_limit.acquire(page_bytes).await;
+        for row in &page.rows {
+            let partition: Vec<Option<Bytes>> = job
+                .planner
+                .layout
+                .partition_bytes(row)
+                .map(|b| b.cloned())
+                .collect();
+            let new_partition = last_partition.as_ref() != Some(&partition);
+            if new_partition {
+                last_partition = Some(partition);
+            }
+            ops.clear();
+            job.planner
+                .plan_row(row, new_partition, i64::from(attempt), &mut ops);
+            for op in ops.drain(..) {
+                while pending.len() >= max_in_flight {
+                    if let Some(result) = pending.next().await {
+                        result?;
+                    }
+                }
+                bytes += op.bytes;
+                let writer = job.writer.clone();
+                pending.push(async move { writer.execute(&op).await });
+            }
+            rows += 1;
+        }
+        Stats::add(&stats.rows, page.rows.len() as u64);
+    }
+    while let Some(result) = pending.next().await {
+        result?;
+    }
+    Stats::add(&stats.bytes, bytes);
+    checkpoints
+        .mark(&table, range, true, attempt, rows as i64, bytes as i64)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Raw CQL cells: rows read as undecoded bytes and written back as the same
+//! bytes, so the copy never converts a value through a Rust type (exact for
+//! every CQL type, and cheap).
+
+use bytes::Bytes;
+use scylla::deserialize::row::{ColumnIterator, DeserializeRow};
+use scylla::deserialize::{DeserializationError, TypeCheckError};
+use scylla::frame::response::result::ColumnSpec;
+use scylla::frame::response::result::ColumnType;
+use scylla::serialize::value::SerializeValue;
+use scylla::serialize::writers::{CellWriter, WrittenCellProof};
+use scylla::serialize::SerializationError;
+
+/// One result row, each column kept as its serialized bytes (`None` = null).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawRow(pub Vec<Option<Bytes>>);
+
+impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RawRow {
+    fn type_check(_specs: &[ColumnSpec]) -> Result<(), TypeCheckError> {
+        // Any column type is accepted: the bytes are passed through untouched.
+        Ok(())
+    }
+
+    fn deserialize(row: ColumnIterator<'frame, 'metadata>) -> Result<Self, DeserializationError> {
+        let mut cells = Vec::with_capacity(row.size_hint().0);
+        for column in row {
+            let column = column?;
+            cells.push(column.slice.map(|slice| slice.to_bytes()));
+        }
+        Ok(RawRow(cells))
+    }
+}
+
+impl RawRow {
+    /// The cell at `index`, `None` when null or absent.
+    pub fn cell(&self, index: usize) -> Option<&Bytes> {
+        self.0.get(index).and_then(Option::as_ref)
+    }
+
+    /// Serialized size of the row's values, the figure "bytes copied" counts.
+    pub fn byte_size(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|c| c.as_ref().map_or(0, |b| b.len() as u64))
+            .sum()
+    }
+}
+
+/// A value bound to a write statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindCell {
+    /// Serialized bytes read from the source, written back verbatim.
+    Raw(Bytes),
+    /// An explicit null: a tombstone for that cell (used only by repair).
+    Null,
+    /// Left out of the write (no tombstone, no change).
+    Unset,
+    /// A `bigint` (timestamps).
+    BigInt(i64),
+    /// An `int` (TTLs).
+    Int(i32),
+}
+
+impl SerializeValue for BindCell {
+    fn serialize<'b>(
+        &self,
+        _typ: &ColumnType,
+        writer: CellWriter<'b>,
+    ) -> Result<WrittenCellProof<'b>, SerializationError> {
+        let written = match self {
+            BindCell::Raw(bytes) => writer.set_value(bytes),
+            BindCell::Null => Ok(writer.set_null()),
+            BindCell::Unset => Ok(writer.set_unset()),
+            BindCell::BigInt(v) => writer.set_value(&v.to_be_bytes()),
+            BindCell::Int(v) => writer.set_value(&v.to_be_bytes()),
+        };
+        written.map_err(SerializationError::new)
+    }
+}
+
+/// Decodes a serialized `bigint`.
+pub fn decode_bigint(bytes: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Decodes a serialized `int`.
+pub fn decode_int(bytes: &[u8]) -> Option<i32> {
+    Some(i32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Decodes a serialized `list<int>` whose elements may be null, as Cassandra
+/// 5 returns `TTL(c)` of a non-frozen collection (one TTL per element, null
+/// for an element without TTL).
+pub fn decode_nullable_int_list(bytes: &[u8]) -> Option<Vec<Option<i32>>> {
+    let mut rest = bytes;
+    let count = take_i32(&mut rest)?;
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let len = take_i32(&mut rest)?;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let (element, tail) = rest.split_at_checked(len as usize)?;
+            out.push(decode_int(element));
+            rest = tail;
+        }
+    }
+    Some(out)
+}
+
+fn take_i32(rest: &mut &[u8]) -> Option<i32> {
+    let (head, tail) = rest.split_at_checked(4)?;
+    *rest = tail;
+    decode_int(head)
+}
+
+/// A short human-readable rendering of a key cell for reports: decoded for
+/// the common key types (named as `system_schema` spells them), hex otherwise.
+pub fn render_cell(cql_type: &str, bytes: Option<&Bytes>) -> String {
+    let Some(bytes) = bytes else {
+        return "null".to_owned();
+    };
+    let text = match cql_type {
+        "int" => decode_int(bytes).map(|v| v.to_string()),
+        "bigint" | "counter" | "timestamp" => decode_bigint(bytes).map(|v| v.to_string()),
+        "text" | "varchar" | "ascii" => std::str::from_utf8(bytes)
+            .ok()
+            .map(|s| format!("'{}'", s.chars().take(64).collect::<String>())),
+        "uuid" | "timeuuid" if bytes.len() == 16 => uuid_text(bytes),
+        _ => None,
+    };
+    text.unwrap_or_else(|| {
+        let hex: String = bytes.iter().take(32).map(|b| format!("{b:02x}")).collect();
+        format!("0x{hex}")
+    })
+}
+
+fn uuid_text(bytes: &[u8]) -> Option<String> {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        hex.get(0..8)?,
+        hex.get(8..12)?,
+        hex.get(12..16)?,
+        hex.get(16..20)?,
+        hex.get(20..32)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_ttl_list_with_null_elements() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&2i32.to_be_bytes());
+        bytes.extend_from_slice(&4i32.to_be_bytes());
+        bytes.extend_from_slice(&600i32.to_be_bytes());
+        bytes.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(
+            decode_nullable_int_list(&bytes),
+            Some(vec![Some(600), None])
+        );
+        assert_eq!(decode_nullable_int_list(&bytes[..6]), None);
+    }
+}

@@ -1,0 +1,274 @@
+//! Connecting to the source and target clusters.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::client::PoolSize;
+use scylla::frame::Compression;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::Consistency;
+
+/// Why a cluster could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no {0} contact point given")]
+    NoContactPoints(&'static str),
+    #[error("reading the {cluster} password file {path}: {source}")]
+    PasswordFile {
+        cluster: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("setting up TLS for the {cluster}: {reason}")]
+    Tls {
+        cluster: &'static str,
+        reason: String,
+    },
+    #[error("cannot connect to the {cluster} cluster at {contact_points}: {source}")]
+    Connect {
+        cluster: &'static str,
+        contact_points: String,
+        #[source]
+        source: Box<scylla::errors::NewSessionError>,
+    },
+    #[error("unknown consistency level `{0}`")]
+    Consistency(String),
+}
+
+/// Connection flags of both clusters.
+#[derive(Args, Clone)]
+pub struct ConnectionArgs {
+    /// Source contact points, `host[:port]`, comma-separated.
+    #[arg(
+        long,
+        env = "FERRY_SOURCE_CONTACT_POINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub source_contact_points: Vec<String>,
+    /// The source datacenter to read from (reads go to its replicas).
+    #[arg(long, env = "FERRY_SOURCE_LOCAL_DC")]
+    pub source_local_dc: Option<String>,
+    #[arg(long, env = "FERRY_SOURCE_USERNAME")]
+    pub source_username: Option<String>,
+    /// Source password (prefer --source-password-file or the env var).
+    #[arg(long, env = "FERRY_SOURCE_PASSWORD", hide_env_values = true)]
+    pub source_password: Option<String>,
+    #[arg(long, env = "FERRY_SOURCE_PASSWORD_FILE")]
+    pub source_password_file: Option<PathBuf>,
+    /// Connect to the source with TLS.
+    #[arg(long, env = "FERRY_SOURCE_TLS")]
+    pub source_tls: bool,
+    /// PEM CA bundle to verify the source's certificates (implies --source-tls).
+    #[arg(long, env = "FERRY_SOURCE_TLS_CA_FILE")]
+    pub source_tls_ca_file: Option<PathBuf>,
+
+    /// Target contact points, `host[:port]`, comma-separated.
+    #[arg(
+        long,
+        env = "FERRY_TARGET_CONTACT_POINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub target_contact_points: Vec<String>,
+    /// The target datacenter to write to.
+    #[arg(long, env = "FERRY_TARGET_LOCAL_DC")]
+    pub target_local_dc: Option<String>,
+    #[arg(long, env = "FERRY_TARGET_USERNAME")]
+    pub target_username: Option<String>,
+    /// Target password (prefer --target-password-file or the env var).
+    #[arg(long, env = "FERRY_TARGET_PASSWORD", hide_env_values = true)]
+    pub target_password: Option<String>,
+    #[arg(long, env = "FERRY_TARGET_PASSWORD_FILE")]
+    pub target_password_file: Option<PathBuf>,
+    #[arg(long, env = "FERRY_TARGET_TLS")]
+    pub target_tls: bool,
+    #[arg(long, env = "FERRY_TARGET_TLS_CA_FILE")]
+    pub target_tls_ca_file: Option<PathBuf>,
+
+    /// Consistency of reads (both clusters).
+    #[arg(long, env = "FERRY_READ_CONSISTENCY", default_value = "LOCAL_QUORUM")]
+    pub read_consistency: String,
+    /// Consistency of writes to the target.
+    #[arg(long, env = "FERRY_WRITE_CONSISTENCY", default_value = "LOCAL_QUORUM")]
+    pub write_consistency: String,
+    /// Connections per node.
+    #[arg(long, env = "FERRY_CONNECTIONS_PER_NODE", default_value_t = 2)]
+    pub connections_per_node: usize,
+}
+
+// Hand-written so that passwords never reach a log line.
+impl std::fmt::Debug for ConnectionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionArgs")
+            .field("source_contact_points", &self.source_contact_points)
+            .field("source_local_dc", &self.source_local_dc)
+            .field("source_username", &self.source_username)
+            .field("source_tls", &self.source_tls)
+            .field("target_contact_points", &self.target_contact_points)
+            .field("target_local_dc", &self.target_local_dc)
+            .field("target_username", &self.target_username)
+            .field("target_tls", &self.target_tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One cluster's connection settings.
+pub struct ClusterConfig<'a> {
+    pub name: &'static str,
+    pub contact_points: &'a [String],
+    pub local_dc: Option<&'a str>,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub password_file: Option<&'a PathBuf>,
+    pub tls: bool,
+    pub tls_ca_file: Option<&'a PathBuf>,
+    pub connections_per_node: usize,
+}
+
+impl ConnectionArgs {
+    pub fn source(&self) -> ClusterConfig<'_> {
+        ClusterConfig {
+            name: "source",
+            contact_points: &self.source_contact_points,
+            local_dc: self.source_local_dc.as_deref(),
+            username: self.source_username.as_deref(),
+            password: self.source_password.as_deref(),
+            password_file: self.source_password_file.as_ref(),
+            tls: self.source_tls,
+            tls_ca_file: self.source_tls_ca_file.as_ref(),
+            connections_per_node: self.connections_per_node,
+        }
+    }
+
+    pub fn target(&self) -> ClusterConfig<'_> {
+        ClusterConfig {
+            name: "target",
+            contact_points: &self.target_contact_points,
+            local_dc: self.target_local_dc.as_deref(),
+            username: self.target_username.as_deref(),
+            password: self.target_password.as_deref(),
+            password_file: self.target_password_file.as_ref(),
+            tls: self.target_tls,
+            tls_ca_file: self.target_tls_ca_file.as_ref(),
+            connections_per_node: self.connections_per_node,
+        }
+    }
+
+    pub fn read_consistency(&self) -> Result<Consistency, ConnectError> {
+        parse_consistency(&self.read_consistency)
+    }
+
+    pub fn write_consistency(&self) -> Result<Consistency, ConnectError> {
+        parse_consistency(&self.write_consistency)
+    }
+}
+
+/// Parses a consistency level name such as `LOCAL_QUORUM`.
+pub fn parse_consistency(name: &str) -> Result<Consistency, ConnectError> {
+    Ok(match name.to_ascii_uppercase().as_str() {
+        "ANY" => Consistency::Any,
+        "ONE" => Consistency::One,
+        "TWO" => Consistency::Two,
+        "THREE" => Consistency::Three,
+        "QUORUM" => Consistency::Quorum,
+        "ALL" => Consistency::All,
+        "LOCAL_QUORUM" => Consistency::LocalQuorum,
+        "EACH_QUORUM" => Consistency::EachQuorum,
+        "LOCAL_ONE" => Consistency::LocalOne,
+        _ => return Err(ConnectError::Consistency(name.to_owned())),
+    })
+}
+
+fn tls_config(cfg: &ClusterConfig<'_>) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+    let tls_error = |reason: String| ConnectError::Tls {
+        cluster: cfg.name,
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = cfg.tls_ca_file {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| tls_error(format!("reading {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| tls_error(format!("parsing {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(format!("adding a CA of {}: {e}", path.display())))?;
+        }
+    } else {
+        return Err(tls_error(
+            "TLS needs a CA bundle (--source-tls-ca-file / --target-tls-ca-file)".to_owned(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Opens a session to one cluster: token-aware, preferring the local DC,
+/// LZ4-compressed, with `connections_per_node` connections per node.
+pub async fn connect(
+    cfg: &ClusterConfig<'_>,
+    consistency: Consistency,
+) -> Result<Arc<Session>, ConnectError> {
+    if cfg.contact_points.is_empty() {
+        return Err(ConnectError::NoContactPoints(cfg.name));
+    }
+    let mut policy = DefaultPolicy::builder();
+    if let Some(dc) = cfg.local_dc {
+        policy = policy.prefer_datacenter(dc.to_owned());
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(consistency)
+        .load_balancing_policy(policy.build())
+        .request_timeout(Some(Duration::from_secs(30)))
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(cfg.contact_points)
+        .default_execution_profile_handle(profile.into_handle())
+        .compression(Some(Compression::Lz4))
+        .connection_timeout(Duration::from_secs(10))
+        .pool_size(PoolSize::PerHost(
+            std::num::NonZeroUsize::new(cfg.connections_per_node.max(1))
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+        ));
+    let password = match (cfg.password, cfg.password_file) {
+        (Some(p), _) => Some(p.to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| ConnectError::PasswordFile {
+                    cluster: cfg.name,
+                    path: path.clone(),
+                    source,
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(user) = cfg.username {
+        builder = builder.user(user, password.unwrap_or_default());
+    }
+    if cfg.tls || cfg.tls_ca_file.is_some() {
+        builder = builder.tls_context(Some(tls_config(cfg)?));
+    }
+    let session = builder
+        .build()
+        .await
+        .map_err(|source| ConnectError::Connect {
+            cluster: cfg.name,
+            contact_points: cfg.contact_points.join(","),
+            source: Box::new(source),
+        })?;
+    Ok(Arc::new(session))
+}

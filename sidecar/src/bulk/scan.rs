@@ -1,0 +1,367 @@
+//! Reading a table's token range: the SELECT with each cell's WRITETIME and
+//! TTL, paged, routed to a replica, prefetching one page ahead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use scylla::client::session::Session;
+use scylla::response::{PagingState, PagingStateResponse};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::cells::{decode_bigint, decode_int, decode_nullable_int_list, RawRow};
+use super::ring::{replicas_of, ReplicaRouting, TokenRange};
+use super::schema::{Column, TableSchema};
+
+/// Why a range could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("preparing the scan of {table}: {source}")]
+    Prepare {
+        table: String,
+        #[source]
+        source: Box<scylla::errors::PrepareError>,
+    },
+    #[error("reading {table} range {range} from the {cluster}: {source}")]
+    Read {
+        cluster: &'static str,
+        table: String,
+        range: TokenRange,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Where each column sits in a scan row.
+#[derive(Debug, Clone)]
+pub struct ScanLayout {
+    pub n_partition_key: usize,
+    pub n_clustering: usize,
+    /// One entry per value column, statics first then regulars.
+    pub values: Vec<ValueSlot>,
+}
+
+/// The positions of one non-key column's value, WRITETIME and TTL.
+#[derive(Debug, Clone)]
+pub struct ValueSlot {
+    pub column: Column,
+    pub value: usize,
+    /// Absent for counters (no WRITETIME/TTL on counters).
+    pub writetime: Option<usize>,
+    pub ttl: Option<usize>,
+    pub is_static: bool,
+}
+
+/// A cell's value with its timestamp metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CellMeta<'a> {
+    pub value: Option<&'a Bytes>,
+    /// WRITETIME, or for a non-frozen collection/UDT the newest element's.
+    pub writetime: Option<i64>,
+    /// Remaining TTL in seconds, 0 for none. For a non-frozen collection the
+    /// longest of its elements', and 0 if any element has none (see
+    /// docs/bulk.md: an element never expires earlier than on the source).
+    pub ttl: i32,
+}
+
+impl ScanLayout {
+    pub fn new(schema: &TableSchema) -> Self {
+        let n_partition_key = schema.partition_key.len();
+        let n_clustering = schema.clustering.len();
+        let mut next = 1 + n_partition_key + n_clustering;
+        let mut values = Vec::new();
+        for column in schema.value_columns() {
+            let value = next;
+            next += 1;
+            let (writetime, ttl) = if column.is_counter() {
+                (None, None)
+            } else {
+                next += 2;
+                (Some(value + 1), Some(value + 2))
+            };
+            values.push(ValueSlot {
+                column: column.clone(),
+                value,
+                writetime,
+                ttl,
+                is_static: schema.statics.iter().any(|s| s.name == column.name),
+            });
+        }
+        ScanLayout {
+            n_partition_key,
+            n_clustering,
+            values,
+        }
+    }
+
+    /// Index of the first partition key column.
+    pub fn partition_key_range(&self) -> std::ops::Range<usize> {
+        1..1 + self.n_partition_key
+    }
+
+    pub fn clustering_range(&self) -> std::ops::Range<usize> {
+        let start = 1 + self.n_partition_key;
+        start..start + self.n_clustering
+    }
+
+    /// The row's token.
+    pub fn token(&self, row: &RawRow) -> i64 {
+        row.cell(0)
+            .and_then(|b| decode_bigint(b))
+            .unwrap_or(i64::MIN)
+    }
+
+    /// Whether the row is the static row of a partition without clustering
+    /// rows (clustering columns null).
+    pub fn is_static_only(&self, row: &RawRow) -> bool {
+        self.n_clustering > 0 && self.clustering_range().all(|i| row.cell(i).is_none())
+    }
+
+    /// The cell of value slot `slot`.
+    pub fn cell<'a>(&self, row: &'a RawRow, slot: &ValueSlot) -> CellMeta<'a> {
+        let value = row.cell(slot.value);
+        let writetime = slot
+            .writetime
+            .and_then(|i| row.cell(i))
+            .and_then(|b| decode_bigint(b));
+        let ttl = slot.ttl.and_then(|i| row.cell(i)).map_or(0, |b| {
+            if slot.column.is_multi_cell() {
+                let ttls = decode_nullable_int_list(b).unwrap_or_default();
+                if ttls.iter().any(Option::is_none) {
+                    0
+                } else {
+                    ttls.into_iter().flatten().max().unwrap_or(0)
+                }
+            } else {
+                decode_int(b).unwrap_or(0)
+            }
+        });
+        CellMeta {
+            value,
+            writetime,
+            ttl,
+        }
+    }
+
+    /// The partition key and clustering bytes, length-prefixed: equal keys
+    /// give equal byte strings on both clusters.
+    pub fn key_bytes(&self, row: &RawRow) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 1..1 + self.n_partition_key + self.n_clustering {
+            match row.cell(i) {
+                Some(b) => {
+                    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                    out.extend_from_slice(b);
+                }
+                None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+            }
+        }
+        out
+    }
+
+    /// The partition key bytes alone.
+    pub fn partition_bytes<'a>(&self, row: &'a RawRow) -> impl Iterator<Item = Option<&'a Bytes>> {
+        self.partition_key_range().map(move |i| row.cell(i))
+    }
+}
+
+fn select_list(schema: &TableSchema) -> String {
+    let pk: Vec<String> = schema.partition_key.iter().map(Column::quoted).collect();
+    let mut cols = vec![format!("token({})", pk.join(", "))];
+    cols.extend(pk.iter().cloned());
+    cols.extend(schema.clustering.iter().map(Column::quoted));
+    for column in schema.value_columns() {
+        let q = column.quoted();
+        if column.is_counter() {
+            cols.push(q);
+        } else if column.is_multi_cell() {
+            cols.push(format!("{q}, MAXWRITETIME({q}), TTL({q})"));
+        } else {
+            cols.push(format!("{q}, WRITETIME({q}), TTL({q})"));
+        }
+    }
+    cols.join(", ")
+}
+
+/// `SELECT token, keys, cells... WHERE token(pk) > ? AND token(pk) <= ?`.
+pub fn range_query(schema: &TableSchema) -> String {
+    let pk: Vec<String> = schema.partition_key.iter().map(Column::quoted).collect();
+    format!(
+        "SELECT {} FROM {} WHERE token({pk}) > ? AND token({pk}) <= ?",
+        select_list(schema),
+        schema.qualified(),
+        pk = pk.join(", ")
+    )
+}
+
+/// The same columns for one row (`with_clustering`) or one partition.
+pub fn point_query(schema: &TableSchema, with_clustering: bool) -> String {
+    let mut conditions: Vec<String> = schema
+        .partition_key
+        .iter()
+        .map(|c| format!("{} = ?", c.quoted()))
+        .collect();
+    if with_clustering {
+        conditions.extend(
+            schema
+                .clustering
+                .iter()
+                .map(|c| format!("{} = ?", c.quoted())),
+        );
+    }
+    format!(
+        "SELECT {} FROM {} WHERE {}",
+        select_list(schema),
+        schema.qualified(),
+        conditions.join(" AND ")
+    )
+}
+
+/// A prepared range scan of one table on one cluster.
+#[derive(Clone)]
+pub struct TableScan {
+    pub cluster: &'static str,
+    pub session: Arc<Session>,
+    pub statement: PreparedStatement,
+    pub table: String,
+    pub keyspace: String,
+    pub table_name: String,
+    pub local_dc: Option<String>,
+}
+
+impl TableScan {
+    pub async fn prepare(
+        cluster: &'static str,
+        session: Arc<Session>,
+        schema: &TableSchema,
+        consistency: Consistency,
+        page_size: i32,
+        local_dc: Option<String>,
+    ) -> Result<Self, ScanError> {
+        let mut statement = session
+            .prepare(range_query(schema))
+            .await
+            .map_err(|source| ScanError::Prepare {
+                table: schema.display_name(),
+                source: Box::new(source),
+            })?;
+        statement.set_consistency(consistency);
+        statement.set_page_size(page_size);
+        statement.set_is_idempotent(true);
+        statement.set_request_timeout(Some(Duration::from_secs(60)));
+        Ok(TableScan {
+            cluster,
+            session,
+            statement,
+            table: schema.display_name(),
+            keyspace: schema.keyspace.clone(),
+            table_name: schema.table.clone(),
+            local_dc,
+        })
+    }
+
+    /// Starts reading `range` in the background; pages arrive on the
+    /// returned channel (at most one page read ahead). The reader stops when
+    /// the receiver is dropped.
+    pub fn spawn(&self, range: TokenRange) -> mpsc::Receiver<Result<Page, ScanError>> {
+        let (tx, rx) = mpsc::channel(1);
+        let scan = self.clone();
+        tokio::spawn(async move { scan.read_range(range, tx).await });
+        rx
+    }
+
+    async fn read_range(self, range: TokenRange, tx: mpsc::Sender<Result<Page, ScanError>>) {
+        let state = self.session.get_cluster_state();
+        let replicas = replicas_of(
+            &state,
+            &self.keyspace,
+            &self.table_name,
+            range,
+            self.local_dc.as_deref(),
+        );
+        let replica_ids: Vec<_> = replicas.iter().map(|n| n.host_id).collect();
+        let mut statement = self.statement.clone();
+        let fallback = self
+            .session
+            .get_default_execution_profile_handle()
+            .to_profile()
+            .get_load_balancing_policy()
+            .clone();
+        statement
+            .set_load_balancing_policy(Some(Arc::new(ReplicaRouting::new(replicas, fallback))));
+        let mut paging = PagingState::start();
+        loop {
+            let mut attempt = 0u32;
+            let fetched = loop {
+                match self
+                    .session
+                    .execute_single_page(&statement, (range.start, range.end), paging.clone())
+                    .await
+                {
+                    Ok(page) => break Ok(page),
+                    Err(err) if attempt < 5 => {
+                        attempt += 1;
+                        warn!(table = %self.table, %range, attempt, error = %err, "range read failed, retrying");
+                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    }
+                    Err(err) => break Err(err),
+                }
+            };
+            let read_error = |source: Box<dyn std::error::Error + Send + Sync>| ScanError::Read {
+                cluster: self.cluster,
+                table: self.table.clone(),
+                range,
+                source,
+            };
+            let (result, next) = match fetched {
+                Ok(page) => page,
+                Err(err) => {
+                    let _ = tx.send(Err(read_error(Box::new(err)))).await;
+                    return;
+                }
+            };
+            let coordinator = result.request_coordinator().node().host_id;
+            let on_replica = replica_ids.is_empty() || replica_ids.contains(&coordinator);
+            if !on_replica {
+                debug!(table = %self.table, %range, %coordinator, "range read served by a non-replica");
+            }
+            let rows = match result
+                .into_rows_result()
+                .map_err(|e| read_error(Box::new(e)))
+                .and_then(|rows| {
+                    rows.rows::<RawRow>()
+                        .map_err(|e| read_error(Box::new(e)))?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| read_error(Box::new(e)))
+                }) {
+                Ok(rows) => rows,
+                Err(err) => {
+                    let _ = tx.send(Err(err)).await;
+                    return;
+                }
+            };
+            let last = matches!(next, PagingStateResponse::NoMorePages);
+            if tx.send(Ok(Page { rows, on_replica })).await.is_err() {
+                return;
+            }
+            match next {
+                PagingStateResponse::HasMorePages { state } => paging = state,
+                PagingStateResponse::NoMorePages => {}
+            }
+            if last {
+                return;
+            }
+        }
+    }
+}
+
+/// One page of a range scan.
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<RawRow>,
+    /// Whether the coordinator that served the page was a replica.
+    pub on_replica: bool,
+}

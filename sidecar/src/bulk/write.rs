@@ -1,0 +1,614 @@
+//! Turning a source row into target writes that keep its timestamps, and
+//! executing them with retries.
+//!
+//! A row's cells are grouped by (WRITETIME, TTL); each group is one write
+//! `USING TIMESTAMP t AND TTL ttl`, so a row whose columns were written at
+//! different times or with different TTLs is copied exactly. The oldest
+//! group is an INSERT (it writes the row marker, as the row's first INSERT
+//! did on the source); later groups are UPDATEs (no marker). Static cells
+//! are written once per partition with their own UPDATEs. Null cells are
+//! left unset, never written as tombstones.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
+use tracing::warn;
+
+use super::cells::{BindCell, RawRow};
+use super::scan::{ScanLayout, ValueSlot};
+use super::schema::{Column, TableSchema};
+
+/// Which timestamps the copies carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampMode {
+    /// Each cell keeps its source WRITETIME and remaining TTL.
+    Preserve,
+    /// Every cell is written at `--start-timestamp` (TTLs are kept).
+    Backdate,
+}
+
+/// The three statement shapes a table needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    InsertRow,
+    UpdateRow,
+    UpdateStatic,
+    /// `DELETE FROM t USING TIMESTAMP ? WHERE <primary key>` (repair of extra rows).
+    DeleteRow,
+}
+
+/// One write to the target.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    pub kind: StatementKind,
+    pub values: Vec<BindCell>,
+    pub bytes: u64,
+}
+
+/// Plans the writes of a table's rows.
+#[derive(Debug, Clone)]
+pub struct WritePlanner {
+    pub layout: ScanLayout,
+    pub mode: TimestampMode,
+    /// The backdate timestamp, and in preserve mode the timestamp of what has
+    /// no readable WRITETIME (a primary-key-only row's marker): the migration
+    /// start, older than any write the proxy mirrors.
+    pub base_timestamp: i64,
+    n_static: usize,
+}
+
+impl WritePlanner {
+    pub fn new(schema: &TableSchema, mode: TimestampMode, base_timestamp: i64) -> Self {
+        WritePlanner {
+            layout: ScanLayout::new(schema),
+            mode,
+            base_timestamp,
+            n_static: schema.statics.len(),
+        }
+    }
+
+    fn static_slots(&self) -> &[ValueSlot] {
+        &self.layout.values[..self.n_static]
+    }
+
+    fn regular_slots(&self) -> &[ValueSlot] {
+        &self.layout.values[self.n_static..]
+    }
+
+    /// Groups the non-null cells of `slots` by (timestamp, ttl), oldest first.
+    fn groups(
+        &self,
+        row: &RawRow,
+        slots: &[ValueSlot],
+        attempt: i64,
+    ) -> BTreeMap<(i64, i32), Vec<usize>> {
+        let mut groups: BTreeMap<(i64, i32), Vec<usize>> = BTreeMap::new();
+        for (i, slot) in slots.iter().enumerate() {
+            let cell = self.layout.cell(row, slot);
+            if cell.value.is_none() {
+                continue;
+            }
+            let mut ts = match self.mode {
+                TimestampMode::Preserve => cell.writetime.unwrap_or(self.base_timestamp),
+                TimestampMode::Backdate => self.base_timestamp,
+            };
+            // A non-frozen list rewritten at the same timestamp gains a second
+            // copy of its elements (their cell names are fresh timeuuids, and
+            // the overwrite's tombstone is at ts-1). A re-copy therefore goes
+            // 1 µs later per attempt, so its tombstone covers the earlier copy.
+            if slot.column.is_multi_cell_list() {
+                ts += attempt;
+            }
+            groups.entry((ts, cell.ttl)).or_default().push(i);
+        }
+        groups
+    }
+
+    fn keys(&self, row: &RawRow, with_clustering: bool) -> Vec<BindCell> {
+        let end = if with_clustering {
+            self.layout.clustering_range().end
+        } else {
+            self.layout.partition_key_range().end
+        };
+        (1..end)
+            .map(|i| {
+                row.cell(i)
+                    .map_or(BindCell::Null, |b| BindCell::Raw(b.clone()))
+            })
+            .collect()
+    }
+
+    fn slot_values(
+        &self,
+        row: &RawRow,
+        slots: &[ValueSlot],
+        chosen: &[usize],
+    ) -> (Vec<BindCell>, u64) {
+        let mut bytes = 0;
+        let values = slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| match row.cell(slot.value) {
+                Some(b) if chosen.contains(&i) => {
+                    bytes += b.len() as u64;
+                    BindCell::Raw(b.clone())
+                }
+                _ => BindCell::Unset,
+            })
+            .collect();
+        (values, bytes)
+    }
+
+    /// The writes copying `row`; with `write_statics`, also its partition's
+    /// static cells (once per partition). `attempt` is how many times this
+    /// range was started before (see the list note in `groups`).
+    pub fn plan_row(
+        &self,
+        row: &RawRow,
+        write_statics: bool,
+        attempt: i64,
+        out: &mut Vec<WriteOp>,
+    ) {
+        let key_bytes: u64 = (1..self.layout.clustering_range().end)
+            .map(|i| row.cell(i).map_or(0, |b| b.len() as u64))
+            .sum();
+        if write_statics && self.n_static > 0 {
+            for ((ts, ttl), chosen) in self.groups(row, self.static_slots(), attempt) {
+                let (values, bytes) = self.slot_values(row, self.static_slots(), &chosen);
+                let mut bind = vec![BindCell::BigInt(ts), BindCell::Int(ttl)];
+                bind.extend(values);
+                bind.extend(self.keys(row, false));
+                out.push(WriteOp {
+                    kind: StatementKind::UpdateStatic,
+                    values: bind,
+                    bytes,
+                });
+            }
+        }
+        if self.layout.is_static_only(row) {
+            return;
+        }
+        let groups = self.groups(row, self.regular_slots(), attempt);
+        if groups.is_empty() {
+            // Only the primary key: the row exists through its marker, whose
+            // timestamp and TTL CQL cannot read; see docs/bulk.md.
+            let mut bind = self.keys(row, true);
+            bind.extend(self.regular_slots().iter().map(|_| BindCell::Unset));
+            bind.push(BindCell::BigInt(self.base_timestamp));
+            bind.push(BindCell::Int(0));
+            out.push(WriteOp {
+                kind: StatementKind::InsertRow,
+                values: bind,
+                bytes: key_bytes,
+            });
+            return;
+        }
+        for (n, ((ts, ttl), chosen)) in groups.into_iter().enumerate() {
+            let (values, bytes) = self.slot_values(row, self.regular_slots(), &chosen);
+            if n == 0 {
+                let mut bind = self.keys(row, true);
+                bind.extend(values);
+                bind.push(BindCell::BigInt(ts));
+                bind.push(BindCell::Int(ttl));
+                out.push(WriteOp {
+                    kind: StatementKind::InsertRow,
+                    values: bind,
+                    bytes: bytes + key_bytes,
+                });
+            } else {
+                let mut bind = vec![BindCell::BigInt(ts), BindCell::Int(ttl)];
+                bind.extend(values);
+                bind.extend(self.keys(row, true));
+                out.push(WriteOp {
+                    kind: StatementKind::UpdateRow,
+                    values: bind,
+                    bytes,
+                });
+            }
+        }
+    }
+
+    /// A row tombstone at `timestamp` (repair of a row only the target has).
+    pub fn plan_row_delete(&self, key_row: &RawRow, timestamp: i64) -> WriteOp {
+        let mut bind = vec![BindCell::BigInt(timestamp)];
+        bind.extend(self.keys(key_row, true));
+        WriteOp {
+            kind: StatementKind::DeleteRow,
+            values: bind,
+            bytes: 0,
+        }
+    }
+
+    /// A tombstone for one cell at exactly `timestamp` (repair of a cell the
+    /// target has and the source does not: it shadows that cell and nothing
+    /// newer).
+    pub fn plan_cell_delete(&self, key_row: &RawRow, slot_index: usize, timestamp: i64) -> WriteOp {
+        let is_static = slot_index < self.n_static;
+        let (slots, offset) = if is_static {
+            (self.static_slots(), 0)
+        } else {
+            (self.regular_slots(), self.n_static)
+        };
+        let mut bind = vec![BindCell::BigInt(timestamp), BindCell::Int(0)];
+        bind.extend((0..slots.len()).map(|i| {
+            if i + offset == slot_index {
+                BindCell::Null
+            } else {
+                BindCell::Unset
+            }
+        }));
+        bind.extend(self.keys(key_row, !is_static));
+        WriteOp {
+            kind: if is_static {
+                StatementKind::UpdateStatic
+            } else {
+                StatementKind::UpdateRow
+            },
+            values: bind,
+            bytes: 0,
+        }
+    }
+}
+
+fn names(columns: &[Column]) -> Vec<String> {
+    columns.iter().map(Column::quoted).collect()
+}
+
+/// `INSERT INTO t (keys, regulars) VALUES (...) USING TIMESTAMP ? AND TTL ?`.
+pub fn insert_row_cql(schema: &TableSchema) -> String {
+    let mut cols = names(&schema.partition_key);
+    cols.extend(names(&schema.clustering));
+    cols.extend(names(&schema.regulars));
+    let marks = vec!["?"; cols.len()].join(", ");
+    format!(
+        "INSERT INTO {} ({}) VALUES ({marks}) USING TIMESTAMP ? AND TTL ?",
+        schema.qualified(),
+        cols.join(", ")
+    )
+}
+
+fn update_cql(schema: &TableSchema, set: &[Column], with_clustering: bool) -> String {
+    let sets: Vec<String> = set.iter().map(|c| format!("{} = ?", c.quoted())).collect();
+    let mut conds: Vec<String> = schema
+        .partition_key
+        .iter()
+        .map(|c| format!("{} = ?", c.quoted()))
+        .collect();
+    if with_clustering {
+        conds.extend(
+            schema
+                .clustering
+                .iter()
+                .map(|c| format!("{} = ?", c.quoted())),
+        );
+    }
+    format!(
+        "UPDATE {} USING TIMESTAMP ? AND TTL ? SET {} WHERE {}",
+        schema.qualified(),
+        sets.join(", "),
+        conds.join(" AND ")
+    )
+}
+
+/// Why a write failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("preparing writes to {table} on the target: {source}")]
+    Prepare {
+        table: String,
+        #[source]
+        source: Box<scylla::errors::PrepareError>,
+    },
+    #[error("writing to {table} on the target failed after {attempts} attempts: {source}")]
+    Execute {
+        table: String,
+        attempts: u32,
+        #[source]
+        source: Box<scylla::errors::ExecutionError>,
+    },
+}
+
+/// Executes planned writes on the target.
+#[derive(Clone)]
+pub struct TableWriter {
+    session: Arc<Session>,
+    table: String,
+    insert_row: PreparedStatement,
+    update_row: Option<PreparedStatement>,
+    update_static: Option<PreparedStatement>,
+    delete_row: PreparedStatement,
+    max_attempts: u32,
+}
+
+impl TableWriter {
+    pub async fn prepare(
+        session: Arc<Session>,
+        schema: &TableSchema,
+        consistency: Consistency,
+        max_attempts: u32,
+    ) -> Result<Self, WriteError> {
+        let prepare = |cql: String| {
+            let session = session.clone();
+            let table = schema.display_name();
+            async move {
+                let mut statement =
+                    session
+                        .prepare(cql)
+                        .await
+                        .map_err(|source| WriteError::Prepare {
+                            table,
+                            source: Box::new(source),
+                        })?;
+                statement.set_consistency(consistency);
+                statement.set_is_idempotent(true);
+                Ok::<_, WriteError>(statement)
+            }
+        };
+        let insert_row = prepare(insert_row_cql(schema)).await?;
+        let update_row = if schema.regulars.is_empty() {
+            None
+        } else {
+            Some(prepare(update_cql(schema, &schema.regulars, true)).await?)
+        };
+        let update_static = if schema.statics.is_empty() {
+            None
+        } else {
+            Some(prepare(update_cql(schema, &schema.statics, false)).await?)
+        };
+        let mut conds: Vec<String> = schema
+            .partition_key
+            .iter()
+            .chain(&schema.clustering)
+            .map(|c| format!("{} = ?", c.quoted()))
+            .collect();
+        conds.dedup();
+        let delete_row = prepare(format!(
+            "DELETE FROM {} USING TIMESTAMP ? WHERE {}",
+            schema.qualified(),
+            conds.join(" AND ")
+        ))
+        .await?;
+        Ok(TableWriter {
+            delete_row,
+            session,
+            table: schema.display_name(),
+            insert_row,
+            update_row,
+            update_static,
+            max_attempts: max_attempts.max(1),
+        })
+    }
+
+    /// Executes one write, retrying with exponential backoff.
+    pub async fn execute(&self, op: &WriteOp) -> Result<(), WriteError> {
+        let statement = match op.kind {
+            StatementKind::InsertRow => Some(&self.insert_row),
+            StatementKind::UpdateRow => self.update_row.as_ref(),
+            StatementKind::UpdateStatic => self.update_static.as_ref(),
+            StatementKind::DeleteRow => Some(&self.delete_row),
+        };
+        // The planner only emits updates for tables that have such columns.
+        let Some(statement) = statement else {
+            return Ok(());
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.session.execute_unpaged(statement, &op.values).await {
+                Ok(_) => return Ok(()),
+                Err(source) if attempt >= self.max_attempts => {
+                    return Err(WriteError::Execute {
+                        table: self.table.clone(),
+                        attempts: attempt,
+                        source: Box::new(source),
+                    })
+                }
+                Err(err) => {
+                    let backoff = Duration::from_millis((50u64 << attempt.min(7)).min(5_000));
+                    warn!(table = %self.table, attempt, error = %err, ?backoff, "write failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bulk::schema::ColumnKind;
+    use bytes::Bytes;
+
+    fn col(name: &str, kind: ColumnKind, position: i32, cql_type: &str) -> Column {
+        Column {
+            name: name.into(),
+            kind,
+            position,
+            cql_type: cql_type.into(),
+            clustering_order: "none".into(),
+        }
+    }
+
+    fn schema() -> TableSchema {
+        TableSchema {
+            keyspace: "ks".into(),
+            table: "t".into(),
+            partition_key: vec![col("k", ColumnKind::PartitionKey, 0, "int")],
+            clustering: vec![col("c", ColumnKind::Clustering, 0, "int")],
+            statics: vec![col("s", ColumnKind::Static, -1, "int")],
+            regulars: vec![
+                col("a", ColumnKind::Regular, -1, "int"),
+                col("b", ColumnKind::Regular, -1, "int"),
+                col("l", ColumnKind::Regular, -1, "list<int>"),
+            ],
+            gc_grace_seconds: 864000,
+        }
+    }
+
+    fn b(v: &[u8]) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(v))
+    }
+
+    fn i64b(v: i64) -> Option<Bytes> {
+        b(&v.to_be_bytes())
+    }
+
+    fn i32b(v: i32) -> Option<Bytes> {
+        b(&v.to_be_bytes())
+    }
+
+    #[test]
+    fn groups_cells_by_timestamp_and_ttl() {
+        let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 5);
+        // token, k, c, s wt ttl, a wt ttl, b wt ttl, l maxwt ttl-list
+        let row = RawRow(vec![
+            i64b(1),
+            i32b(1),
+            i32b(2),
+            i32b(9),
+            i64b(300),
+            None,
+            i32b(7),
+            i64b(100),
+            None,
+            i32b(8),
+            i64b(200),
+            i32b(60),
+            None,
+            None,
+            None,
+        ]);
+        let mut ops = Vec::new();
+        planner.plan_row(&row, true, 0, &mut ops);
+        let kinds: Vec<_> = ops.iter().map(|o| o.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                StatementKind::UpdateStatic,
+                StatementKind::InsertRow,
+                StatementKind::UpdateRow
+            ]
+        );
+        // The INSERT carries `a` at 100 without TTL, `b` unset.
+        let insert = &ops[1].values;
+        assert_eq!(
+            insert[2],
+            BindCell::Raw(Bytes::copy_from_slice(&7i32.to_be_bytes()))
+        );
+        assert_eq!(insert[3], BindCell::Unset);
+        assert_eq!(&insert[5..], &[BindCell::BigInt(100), BindCell::Int(0)]);
+        // The UPDATE carries `b` at 200 with TTL 60.
+        assert_eq!(
+            &ops[2].values[..2],
+            &[BindCell::BigInt(200), BindCell::Int(60)]
+        );
+        assert_eq!(
+            ops[2].values[3],
+            BindCell::Raw(Bytes::copy_from_slice(&8i32.to_be_bytes()))
+        );
+    }
+
+    #[test]
+    fn primary_key_only_rows_and_static_only_partitions() {
+        let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 5);
+        let pk_only = RawRow(vec![
+            i64b(1),
+            i32b(1),
+            i32b(2),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]);
+        let mut ops = Vec::new();
+        planner.plan_row(&pk_only, true, 0, &mut ops);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].kind, StatementKind::InsertRow);
+        assert_eq!(ops[0].values.last(), Some(&BindCell::Int(0)));
+        assert_eq!(ops[0].values[ops[0].values.len() - 2], BindCell::BigInt(5));
+
+        let static_only = RawRow(vec![
+            i64b(1),
+            i32b(1),
+            None,
+            i32b(3),
+            i64b(50),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ]);
+        let mut ops = Vec::new();
+        planner.plan_row(&static_only, true, 0, &mut ops);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].kind, StatementKind::UpdateStatic);
+    }
+
+    #[test]
+    fn lists_move_one_microsecond_per_attempt_and_backdate_uses_the_start() {
+        let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 5);
+        let row = RawRow(vec![
+            i64b(1),
+            i32b(1),
+            i32b(2),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            b(&[0, 0, 0, 0]),
+            i64b(400),
+            None,
+        ]);
+        let mut ops = Vec::new();
+        planner.plan_row(&row, false, 2, &mut ops);
+        assert_eq!(ops[0].values[5], BindCell::BigInt(402));
+
+        let planner = WritePlanner::new(&schema(), TimestampMode::Backdate, 1_000);
+        let row = RawRow(vec![
+            i64b(1),
+            i32b(1),
+            i32b(2),
+            None,
+            None,
+            None,
+            i32b(7),
+            i64b(100),
+            None,
+            i32b(8),
+            i64b(200),
+            None,
+            None,
+            None,
+            None,
+        ]);
+        let mut ops = Vec::new();
+        planner.plan_row(&row, false, 0, &mut ops);
+        assert_eq!(ops.len(), 1, "one group: same timestamp, same TTL");
+        assert_eq!(ops[0].values[5], BindCell::BigInt(1_000));
+    }
+}

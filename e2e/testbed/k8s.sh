@@ -69,7 +69,7 @@ start_etcd() {
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "ferry0=http://127.0.0.1:$ETCD_PEER_PORT" --auto-compaction-retention=1 \
     --quota-backend-bytes=$((2 * 1024 * 1024 * 1024)) --listen-metrics-urls= \
-    >"$K/etcd.log" 2>&1 </dev/null &
+    >"$K/etcd.log" 2>&1 </dev/null 9>&- &
   echo $! >"$K/etcd.pid"
   wait_for "etcd" 30 tcp_open 127.0.0.1 "$ETCD_CLIENT_PORT"
 }
@@ -88,7 +88,7 @@ start_apiserver() {
     --service-cluster-ip-range=10.96.0.0/16 \
     --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,DefaultStorageClass,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,ResourceQuota \
     --profiling=false \
-    >"$K/apiserver.log" 2>&1 </dev/null &
+    >"$K/apiserver.log" 2>&1 </dev/null 9>&- &
   echo $! >"$K/apiserver.pid"
   local i
   for ((i = 0; i < 120; i++)); do
@@ -108,7 +108,7 @@ start_controller_manager() {
     --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
     --use-service-account-credentials=false --controllers='*' \
     --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
-    >"$K/kcm.log" 2>&1 </dev/null &
+    >"$K/kcm.log" 2>&1 </dev/null 9>&- &
   echo $! >"$K/kcm.pid"
   # The default ServiceAccount appearing proves the controllers run.
   wait_for "kube-controller-manager (default ServiceAccount)" 90 \

@@ -31,6 +31,9 @@ pub const SYSTEM_KEYSPACES: &[&str] = &[
 
 /// A live, zero-downtime migration of one Cassandra cluster (running as a
 /// StatefulSet in this namespace) to another Cassandra cluster.
+// Several printer columns share `type_ = "string"`; clippy reads that as a
+// duplicated attribute, but each belongs to its own `printcolumn(...)`.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ferry.dev",

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ferry_sidecar::{bulk, proxy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,32 +23,51 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// Dual-write CQL proxy: forwards to the source node, mirrors writes to the target.
-    Proxy,
+    Proxy(proxy::ProxyArgs),
     /// Copy historical data from the source to the target, token range by token range.
-    Backfill,
+    Backfill(bulk::BackfillArgs),
     /// Compare source and target and report (or repair) differences.
-    Validate,
+    Validate(bulk::ValidateArgs),
 }
 
-/// The error a mode returns until its issue lands: never a fake success.
-#[derive(Debug, thiserror::Error)]
-#[error("`ferry-sidecar {0}` is not implemented yet")]
-struct NotImplemented(&'static str);
-
-fn run(mode: Mode) -> Result<(), NotImplemented> {
-    match mode {
-        Mode::Proxy => Err(NotImplemented("proxy")),
-        Mode::Backfill => Err(NotImplemented("backfill")),
-        Mode::Validate => Err(NotImplemented("validate")),
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("FERRY_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.mode) {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.mode {
+            Mode::Proxy(args) => proxy::run(args).await,
+            Mode::Backfill(args) => bulk::backfill(args).await,
+            Mode::Validate(args) => bulk::validate(args).await,
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {err:#}");
             ExitCode::from(2)
         }
     }

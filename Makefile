@@ -1,0 +1,48 @@
+# Ferry's entry points. `make demo` runs the main job, `make test` runs every
+# test against the real local test bed (both bring up what they need).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Build outputs live with the test bed's caches, outside the clone, so a fresh
+# clone on the same machine (which is what CI is) builds incrementally.
+export FERRY_CACHE ?= $(HOME)/.cache/ferry
+export CARGO_TARGET_DIR ?= $(FERRY_CACHE)/target
+KUBECTL = $(FERRY_CACHE)/bin/kubectl --kubeconfig $(FERRY_CACHE)/run/kubeconfig
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install the machine packages the test bed needs (idempotent)
+	@bash e2e/testbed/deps.sh
+
+.PHONY: testbed
+testbed: deps ## bring up both Cassandra clusters and the Kubernetes control plane
+	@bash e2e/testbed/up.sh --source-nodes 3
+
+.PHONY: down
+down: ## stop the test bed (state kept; `bash e2e/testbed/down.sh --purge` deletes it)
+	@bash e2e/testbed/down.sh
+
+.PHONY: crds
+crds: ## regenerate crds/ and the chart's copy from operator/src/crd.rs
+	cargo run -q -p ferry-operator -- crd --write .
+
+.PHONY: lint
+lint: ## rustfmt and clippy, warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: test
+test: testbed lint ## every test, against the real test bed
+	cargo test --workspace --locked --no-fail-fast
+
+.PHONY: demo
+demo: testbed ## the main job: install the CRD and the example migration, then show it
+	cargo build -q -p ferry-operator --locked
+	$(KUBECTL) apply --server-side -f crds/
+	$(KUBECTL) wait --for condition=established --timeout=60s crd/cassandramigrations.ferry.dev
+	$(KUBECTL) apply --server-side -f manifests/examples/cassandramigration.yaml
+	$(KUBECTL) get cassandramigrations -o wide

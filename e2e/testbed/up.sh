@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Brings the whole local test bed up, idempotently:
+#   - a source Cassandra cluster (FERRY_SOURCE_NODES nodes, default 1, on
+#     127.0.0.11..) and an independent target cluster (127.0.0.21),
+#   - a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager).
+# A second run reuses every cache and every running process.
+#
+#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra]
+#
+# Afterwards $FERRY_RUN/testbed.env describes the bed (sourced by tests and
+# scripts): contact points, datacenters, kubeconfig.
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+here=$FERRY_ROOT/e2e/testbed
+
+source_nodes=${FERRY_SOURCE_NODES:-1}
+# Migrations usually go from an old cluster to a new one: the source may run
+# another Cassandra version (e.g. 4.1.10, on a Java 11 fetched from PyPI).
+source_version=${FERRY_SOURCE_CASSANDRA_VERSION:-$CASSANDRA_VERSION}
+want_k8s=1 want_cassandra=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --source-nodes) source_nodes=$2; shift 2 ;;
+    --no-k8s) want_k8s=0; shift ;;
+    --no-cassandra) want_cassandra=0; shift ;;
+    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra])" ;;
+  esac
+done
+[[ $source_nodes =~ ^[1-9]$ ]] || die "--source-nodes must be 1..9, got $source_nodes"
+
+SOURCE_SEED=127.0.0.11
+TARGET_IP=127.0.0.21
+
+# One up.sh at a time: parallel test binaries may all ask for the bed. The
+# daemons it starts close fd 9 (`9>&-`): an inherited lock would be held by a
+# Cassandra JVM for its whole life and block every later up.sh.
+exec 9>"$FERRY_RUN/up.lock"
+flock 9
+
+started=$(date +%s)
+if [ "$want_cassandra" = 1 ]; then
+  "$here/cassandra/cassandra.sh" fetch
+  CASSANDRA_VERSION=$source_version "$here/cassandra/cassandra.sh" fetch
+  # Seeds first: a node joins through them. The target is independent (its
+  # own cluster name, its own seed), so the two clusters never gossip.
+  CASSANDRA_VERSION=$source_version "$here/cassandra/cassandra.sh" start source1 "$SOURCE_SEED" ferry-source source-dc "$SOURCE_SEED"
+  "$here/cassandra/cassandra.sh" start target1 "$TARGET_IP" ferry-target target-dc "$TARGET_IP"
+fi
+if [ "$want_k8s" = 1 ]; then
+  "$here/k8s.sh" up
+fi
+if [ "$want_cassandra" = 1 ]; then
+  "$here/cassandra/cassandra.sh" wait source1 "$SOURCE_SEED"
+  # Further source nodes join one at a time: Cassandra refuses concurrent joins.
+  for ((n = 2; n <= source_nodes; n++)); do
+    CASSANDRA_VERSION=$source_version "$here/cassandra/cassandra.sh" start "source$n" "127.0.0.$((10 + n))" ferry-source source-dc "$SOURCE_SEED"
+    "$here/cassandra/cassandra.sh" wait "source$n" "127.0.0.$((10 + n))"
+  done
+  "$here/cassandra/cassandra.sh" wait target1 "$TARGET_IP"
+fi
+
+# Describe the bed for tests and scripts: every running source node, even
+# ones an earlier `up.sh --source-nodes N` started.
+contact=""
+for dir in "$FERRY_RUN"/cassandra/source*/; do
+  pid_alive "$dir/pid" && contact+="${contact:+,}$(cat "$dir/ip"):9042"
+done
+cat >"$FERRY_RUN/testbed.env" <<ENV
+FERRY_SOURCE_CONTACT_POINTS=$contact
+FERRY_SOURCE_DATACENTER=source-dc
+FERRY_TARGET_CONTACT_POINTS=$TARGET_IP:9042
+FERRY_TARGET_DATACENTER=target-dc
+FERRY_KUBECONFIG=$FERRY_RUN/kubeconfig
+FERRY_BIN=$FERRY_BIN
+ENV
+log "test bed up in $(($(date +%s) - started))s: source $contact, target $TARGET_IP:9042, KUBECONFIG=$FERRY_RUN/kubeconfig"

@@ -1,0 +1,189 @@
+//! The generated CRD on the real API server: a valid example is accepted and
+//! every kind of bad spec is refused with a message that says what is wrong.
+
+use ferry_e2e::kube_client::{self, TestNamespace};
+use ferry_e2e::testbed;
+use ferry_operator::crd::CassandraMigration;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+
+fn example() -> Value {
+    let path = testbed::repo_root().join("manifests/examples/cassandramigration.yaml");
+    let text = std::fs::read_to_string(&path).expect("example manifest");
+    serde_yaml::from_str(&text).expect("example is YAML")
+}
+
+/// Sets `pointer` (JSON pointer) in a copy of the example to `value`.
+fn with(pointer: &str, value: Value) -> Value {
+    let mut doc = example();
+    let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
+    let slot = doc
+        .pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .unwrap_or_else(|| panic!("example lacks {parent}"));
+    if value.is_null() {
+        slot.remove(key);
+    } else {
+        slot.insert(key.to_owned(), value);
+    }
+    doc
+}
+
+async fn setup() -> (kube::Client, TestNamespace) {
+    let bed = testbed::kubernetes().expect("test bed");
+    let client = kube_client::client(&bed.kubeconfig)
+        .await
+        .expect("kube client");
+    kube_client::install_crd(
+        &client,
+        &testbed::repo_root().join("crds/cassandramigrations.ferry.dev.yaml"),
+    )
+    .await
+    .expect("install CRD");
+    let ns = TestNamespace::create(&client, "ferry-crd")
+        .await
+        .expect("namespace");
+    (client, ns)
+}
+
+/// Creates the document as it is, untyped, so the API server (not serde) is
+/// what judges it.
+async fn create(api: &Api<CassandraMigration>, doc: Value, name: &str) -> Result<(), String> {
+    let mut doc = doc;
+    doc["metadata"]["name"] = json!(name);
+    let namespace = api.namespace().unwrap_or("default").to_owned();
+    let resource = ApiResource::erase::<CassandraMigration>(&());
+    let dynamic: Api<DynamicObject> =
+        Api::namespaced_with(api.clone().into_client(), &namespace, &resource);
+    let object: DynamicObject = serde_json::from_value(doc).map_err(|e| e.to_string())?;
+    dynamic
+        .create(&PostParams::default(), &object)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_example_is_accepted_and_defaults_are_filled() {
+    let (client, ns) = setup().await;
+    let api: Api<CassandraMigration> = Api::namespaced(client, &ns.name);
+    create(&api, example(), "valid")
+        .await
+        .expect("valid example accepted");
+    let stored = api.get("valid").await.expect("read back");
+    assert_eq!(stored.spec.source.stateful_set, "cassandra");
+    assert_eq!(stored.spec.backfill.splits, 64);
+    // A minimal spec gets the documented defaults from the API server.
+    let minimal = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+        "metadata": {"name": "minimal"},
+        "spec": {"source": {"statefulSet": "cassandra"},
+                 "target": {"contactPoints": ["10.0.0.1:9042"], "localDatacenter": "dc1"}}
+    });
+    create(&api, minimal, "minimal")
+        .await
+        .expect("minimal spec accepted");
+    let stored = api.get("minimal").await.expect("read back");
+    assert_eq!(stored.spec.proxy.listen_port, 29042);
+    assert_eq!(stored.spec.source.cql_port, 9042);
+    assert_eq!(stored.spec.backfill.splits, 256);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_specs_are_refused_with_clear_messages() {
+    let (client, ns) = setup().await;
+    let api: Api<CassandraMigration> = Api::namespaced(client, &ns.name);
+    let cases: Vec<(&str, Value, &[&str])> = vec![
+        (
+            "empty-target",
+            with("/spec/target/contactPoints", json!([])),
+            &["spec.target.contactPoints", "at least 1"],
+        ),
+        (
+            "negative-rate",
+            with("/spec/backfill/rowsPerSecond", json!(-5)),
+            &["spec.backfill.rowsPerSecond", "greater than or equal to 1"],
+        ),
+        (
+            "sample-over-100",
+            with(
+                "/spec/validation",
+                json!({"mode": "sample", "samplePercent": 101}),
+            ),
+            &["spec.validation.samplePercent", "less than or equal to 100"],
+        ),
+        (
+            "sample-without-percent",
+            with("/spec/validation", json!({"mode": "sample"})),
+            &["samplePercent is required when validation.mode is sample"],
+        ),
+        (
+            "system-keyspace",
+            with("/spec/keyspaces/include", json!(["orders", "system_auth"])),
+            &["system keyspaces are never migrated"],
+        ),
+        (
+            "splits-below-parallelism",
+            with("/spec/backfill", json!({"parallelism": 8, "splits": 4})),
+            &["backfill.splits must be at least backfill.parallelism"],
+        ),
+        (
+            "contact-point-port-out-of-range",
+            with("/spec/target/contactPoints", json!(["10.0.0.1:70000"])),
+            &["port between 1 and 65535"],
+        ),
+        (
+            "contact-point-without-port",
+            with("/spec/target/contactPoints", json!(["cassandra-target"])),
+            &["spec.target.contactPoints[0]", "should match"],
+        ),
+        (
+            "bad-write-mode",
+            with("/spec/proxy/writeMode", json!("eventually")),
+            &["spec.proxy.writeMode", "Unsupported value"],
+        ),
+        (
+            "missing-statefulset",
+            with("/spec/source/statefulSet", Value::Null),
+            &["statefulSet"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, doc, wanted) in cases {
+        match create(&api, doc, name).await {
+            Ok(()) => failures.push(format!("{name}: accepted, should be refused")),
+            Err(message) => {
+                for w in wanted {
+                    if !message.contains(w) {
+                        failures.push(format!("{name}: message lacks `{w}`: {message}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn source_and_target_are_immutable() {
+    let (client, ns) = setup().await;
+    let api: Api<CassandraMigration> = Api::namespaced(client, &ns.name);
+    create(&api, example(), "immutable").await.expect("created");
+    let patch = json!({"spec": {"source": {"statefulSet": "other"}}});
+    let err = api
+        .patch("immutable", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect_err("changing the source must be refused");
+    assert!(err.to_string().contains("source is immutable"), "{err}");
+    let patch = json!({"spec": {"target": {"localDatacenter": "dc2"}}});
+    let err = api
+        .patch("immutable", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect_err("changing the target must be refused");
+    assert!(err.to_string().contains("target is immutable"), "{err}");
+    // What may change does.
+    let patch = json!({"spec": {"proxy": {"writeMode": "async"}}});
+    api.patch("immutable", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("write mode may change");
+}

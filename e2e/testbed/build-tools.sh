@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Go parts of the test bed from the Go module proxy: etcd,
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl and
-# helm. Idempotent: a binary already in $FERRY_BIN with a matching stamp is
-# kept. Cold on 2 cores this is the slowest step of the test bed.
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
+# kubectl and helm. Idempotent: a binary already in $FERRY_BIN with a matching
+# stamp is kept. Cold on 2 cores this is the slowest step of the test bed.
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 here=$FERRY_ROOT/e2e/testbed
 export CGO_ENABLED=0
@@ -14,7 +14,7 @@ stamp_key() { sha256sum "$here/$1/go.mod" "$here/$1/go.sum" | sha256sum | cut -c
 build_k8s() {
   local key minor ldf p cmds=() c
   key=$(stamp_key k8s)
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
     stamp_ok "$c" "$key" || cmds+=("$c")
   done
   [ ${#cmds[@]} -eq 0 ] && return 0

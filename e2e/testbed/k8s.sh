@@ -16,6 +16,11 @@ APISERVER_PORT=${FERRY_APISERVER_PORT:-16443}
 ETCD_CLIENT_PORT=12379
 ETCD_PEER_PORT=12380
 KUBECONFIG_FILE=$FERRY_RUN/kubeconfig
+# Pods reach the API server through the `kubernetes` Service, whose endpoint
+# is the advertise address: the local node's address on its pod bridge
+# (node.sh). The API server never publishes a loopback endpoint, so it listens
+# on every address and clients on this machine keep using 127.0.0.1.
+ADVERTISE_ADDRESS=10.244.0.1
 
 gen_pki() {
   [ -s "$PKI/apiserver.crt" ] && return 0
@@ -79,7 +84,7 @@ start_apiserver() {
   log "starting kube-apiserver v$K8S_VERSION on 127.0.0.1:$APISERVER_PORT"
   setsid "$FERRY_BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" --etcd-prefix=/registry \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address=0.0.0.0 --advertise-address="$ADVERTISE_ADDRESS" --secure-port="$APISERVER_PORT" \
     --cert-dir="$PKI" --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" --token-auth-file="$PKI/tokens.csv" \
     --authorization-mode=Node,RBAC --allow-privileged=true \

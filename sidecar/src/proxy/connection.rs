@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::classify::{classify, StatementClass, WriteTraits};
+use super::classify::{classify, StatementClass, SystemTable, WriteTraits};
 use super::codec::{FrameDecoder, LinkState};
 use super::compression::Compression;
 use super::config::Mode;
@@ -35,8 +35,8 @@ use super::wire::{put_short_bytes, put_string, Reader, WireError};
 enum Pending {
     /// Hand the answer to a task that also waits for the target.
     Capture(oneshot::Sender<Frame>),
-    /// A system.local/peers read: rewrite addresses.
-    Peers,
+    /// A system.local/peers read: rewrite addresses (`true` for system.local).
+    Peers(bool),
     /// A PREPARE: record the statement when the id comes back.
     Prepare {
         query: String,
@@ -502,9 +502,10 @@ impl Session {
         let kind = kind_label(&class);
         match class {
             StatementClass::Read {
-                system: Some(_), ..
+                system: Some(table),
+                ..
             } => {
-                self.set_pending(frame.stream, Pending::Peers);
+                self.set_pending(frame.stream, Pending::Peers(table == SystemTable::Local));
                 self.count(kind, "source");
                 self.forward(frame).await
             }
@@ -888,10 +889,15 @@ impl Session {
                     Err(frame) => self.reply(frame).await,
                 };
             }
-            Some(Pending::Peers) => {
+            Some(Pending::Peers(local)) => {
                 let peers = self.ctx.peers();
                 if !peers.is_empty() {
-                    match rewrite_rows(frame.flags, &frame.body, frame.version, &peers) {
+                    let local = if local {
+                        self.ctx.self_peer.map(|(_, p)| p)
+                    } else {
+                        None
+                    };
+                    match rewrite_rows(frame.flags, &frame.body, frame.version, &peers, local) {
                         Ok(Some((body, stats))) => {
                             frame.body = body;
                             self.ctx

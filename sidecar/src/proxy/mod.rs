@@ -254,9 +254,11 @@ pub async fn run_until(
                 Arc::new(PeerMap::default().with_default(node, proxy));
         }
     }
+    // Tasks that live as long as the proxy; aborted when it stops.
+    let mut background = Vec::new();
     if let Some(path) = &args.peer_map {
         apply_runtime_file(&ctx, path).map_err(anyhow::Error::msg)?;
-        tokio::spawn(watch_runtime_file(ctx.clone(), path.clone()));
+        background.push(tokio::spawn(watch_runtime_file(ctx.clone(), path.clone())));
     }
     let acceptor = match (&args.proxy_tls_cert, &args.proxy_tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -278,9 +280,9 @@ pub async fn run_until(
         .await
         .with_context(|| format!("binding the admin port {admin_bind}"))?;
     info!(listen = %bind, admin = %admin_bind, source = ?ctx.source, target = ?ctx.target, mode = ?ctx.mode(), "ferry proxy started");
-    tokio::spawn(admin::serve(admin, ctx.clone()));
-    tokio::spawn(admin::probe_upstreams(ctx.clone()));
-    tokio::spawn(mirror::run_replayer(ctx.clone()));
+    background.push(tokio::spawn(admin::serve(admin, ctx.clone())));
+    background.push(tokio::spawn(admin::probe_upstreams(ctx.clone())));
+    let replayer = tokio::spawn(mirror::run_replayer(ctx.clone()));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
@@ -311,6 +313,11 @@ pub async fn run_until(
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replayer.abort();
+    let _ = replayer.await;
+    for task in background {
+        task.abort();
     }
     ctx.spool.sync().context("syncing the spool")?;
     info!(

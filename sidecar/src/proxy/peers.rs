@@ -152,6 +152,8 @@ pub struct RewriteStats {
 
 const ADDRESS_COLUMNS: &[&str] = &["rpc_address", "native_address"];
 const PORT_COLUMNS: &[&str] = &["native_port", "rpc_port"];
+/// Columns that say which node a row is about; never rewritten.
+const IDENTITY_COLUMNS: &[&str] = &["peer", "broadcast_address", "listen_address"];
 
 /// Skips one `[option]` type description.
 pub(crate) fn skip_type(r: &mut Reader<'_>, depth: u32) -> Result<(), WireError> {
@@ -216,6 +218,7 @@ pub fn rewrite_rows(
     body: &[u8],
     version: u8,
     map: &PeerMap,
+    local: Option<SocketAddr>,
 ) -> Result<Option<(Bytes, RewriteStats)>, WireError> {
     let start = response_body_start(frame_flags, body)?;
     let mut r = Reader::new(body);
@@ -247,6 +250,8 @@ pub fn rewrite_rows(
     #[derive(Clone, Copy)]
     enum Role {
         Keep,
+        /// An address identifying the node, kept as is (`peer`, ...).
+        Identity,
         Address,
         Port,
     }
@@ -262,6 +267,8 @@ pub fn rewrite_rows(
         let type_id = u16::from_be_bytes([body[type_at], body[type_at + 1]]);
         roles.push(if ADDRESS_COLUMNS.contains(&name) && type_id == 0x0010 {
             Role::Address
+        } else if IDENTITY_COLUMNS.contains(&name) && type_id == 0x0010 {
+            Role::Identity
         } else if PORT_COLUMNS.contains(&name) && type_id == 0x0009 {
             Role::Port
         } else {
@@ -279,14 +286,24 @@ pub fn rewrite_rows(
         let mut probe = r.clone();
         for role in &roles {
             let v = probe.bytes()?;
-            if let (Role::Address, Some(raw)) = (role, v) {
-                let ip = ip_from_bytes(raw)?;
-                match map.lookup(ip) {
-                    Some(proxy) => target = target.or(Some(proxy)),
-                    None => stats.unmapped += 1,
+            match (role, v) {
+                (Role::Address, Some(raw)) => {
+                    let ip = ip_from_bytes(raw)?;
+                    match map.lookup(ip) {
+                        Some(proxy) => target = target.or(Some(proxy)),
+                        None => stats.unmapped += 1,
+                    }
                 }
+                (Role::Identity, Some(raw)) => {
+                    if let Some(proxy) = map.lookup(ip_from_bytes(raw)?) {
+                        target = target.or(Some(proxy));
+                    }
+                }
+                _ => {}
             }
         }
+        // system.local without an address column is this proxy's own node.
+        let target = target.or(local);
         for role in &roles {
             let value = r.bytes()?;
             match (role, value, target) {
@@ -298,6 +315,7 @@ pub fn rewrite_rows(
                 (Role::Port, Some(_), Some(proxy)) => {
                     out.put_i32(4);
                     out.put_i32(i32::from(proxy.port()));
+                    stats.rewritten += 1;
                 }
                 (_, Some(raw), _) => {
                     out.put_i32(raw.len() as i32);
@@ -412,8 +430,8 @@ pub(crate) mod tests {
             "::1".parse().unwrap(),
             "127.0.0.99".parse().unwrap(),
         ]);
-        let (out, stats) = rewrite_rows(0, &body, 4, &m).unwrap().unwrap();
-        assert_eq!(stats.rewritten, 2);
+        let (out, stats) = rewrite_rows(0, &body, 4, &m, None).unwrap().unwrap();
+        assert_eq!(stats.rewritten, 4, "two addresses and their ports");
         assert_eq!(stats.unmapped, 1);
         // Read it back.
         let mut r = Reader::new(&out);
@@ -465,12 +483,12 @@ pub(crate) mod tests {
         let m = map();
         let body = peers_rows(&["127.0.0.11".parse().unwrap()]);
         for cut in 0..body.len() {
-            let _ = rewrite_rows(0, &body[..cut], 4, &m);
+            let _ = rewrite_rows(0, &body[..cut], 4, &m, None);
         }
         let mut flipped = body.to_vec();
         for i in 0..flipped.len() {
             flipped[i] ^= 0xFF;
-            let _ = rewrite_rows(0, &flipped, 4, &m);
+            let _ = rewrite_rows(0, &flipped, 4, &m, None);
             flipped[i] ^= 0xFF;
         }
     }

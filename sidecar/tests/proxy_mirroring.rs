@@ -1,0 +1,427 @@
+//! The proxy against the real test bed, driven by the scylla driver:
+//! writes of every shape are mirrored with the same WRITETIME and TTL,
+//! reads come from the source, the protocol edge cases are handled.
+
+mod proxy_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::TryStreamExt;
+use proxy_support::*;
+use scylla::client::session::Session;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::CqlValue;
+
+/// Every row of `table` with writetime and ttl of `col`, as comparable text.
+async fn dump(
+    session: &Session,
+    ks: &str,
+    table: &str,
+    key: &str,
+    col: &str,
+) -> BTreeMap<String, String> {
+    let q = format!("SELECT {key}, {col}, WRITETIME({col}), TTL({col}) FROM {ks}.{table}");
+    let rows = session
+        .query_unpaged(q.as_str(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .into_rows_result()
+        .expect("rows");
+    let mut out = BTreeMap::new();
+    for row in rows.rows::<scylla::value::Row>().expect("typed rows") {
+        let cols = row.expect("row").columns;
+        let n = cols.len();
+        // Key columns, the value, then WRITETIME and TTL.
+        let key: Vec<String> = cols[..n - 3].iter().map(|c| format!("{c:?}")).collect();
+        let ttl = match &cols[n - 1] {
+            // TTLs tick down; allow the two reads a few seconds apart.
+            Some(CqlValue::Int(t)) => Some((t + 5) / 10),
+            _ => None,
+        };
+        out.insert(
+            key.join(","),
+            format!("{:?} wt={:?} ttl~{ttl:?}", cols[n - 3], cols[n - 2]),
+        );
+    }
+    out
+}
+
+struct Bed {
+    source: Session,
+    target: Session,
+    source_addr: String,
+    target_addr: String,
+}
+
+async fn bed() -> Bed {
+    let tb = testbed(1);
+    let source_addr = tb.source_contact_points[0].clone();
+    let target_addr = tb.target_contact_points[0].clone();
+    Bed {
+        source: connect(&source_addr).await,
+        target: connect(&target_addr).await,
+        source_addr,
+        target_addr,
+    }
+}
+
+async fn setup_both(bed: &Bed, ks: &str, tables: &[&str]) {
+    create_keyspace(&bed.source, ks).await;
+    create_keyspace(&bed.target, ks).await;
+    let stmts: Vec<String> = tables.iter().map(|t| t.replace("{ks}", ks)).collect();
+    ddl_both(&bed.source, &bed.target, &stmts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_and_prepared_writes_mirror_with_same_writetime_and_ttl() {
+    let bed = bed().await;
+    let ks = keyspace("px_writes");
+    setup_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"],
+    )
+    .await;
+    let proxy = start_proxy(
+        "127.0.0.41",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "sync"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+
+    client
+        .query_unpaged(format!("INSERT INTO {ks}.kv (k, v) VALUES (1, 'one')"), &[])
+        .await
+        .expect("simple insert");
+    client
+        .query_unpaged(
+            format!("INSERT INTO {ks}.kv (k, v) VALUES (?, ?) USING TTL 3600"),
+            (2, "two"),
+        )
+        .await
+        .expect("simple insert with values and TTL");
+    let prepared = client
+        .prepare(format!("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    for k in 3..20 {
+        client
+            .execute_unpaged(&prepared, (k, format!("v{k}")))
+            .await
+            .expect("prepared insert");
+    }
+    let update = client
+        .prepare(format!(
+            "UPDATE {ks}.kv USING TTL 7200 SET v = ? WHERE k = ?"
+        ))
+        .await
+        .expect("prepare update");
+    client
+        .execute_unpaged(&update, ("updated", 5))
+        .await
+        .expect("update");
+    client
+        .query_unpaged(format!("DELETE FROM {ks}.kv WHERE k = 4"), &[])
+        .await
+        .expect("delete");
+    // USE goes to both sides, so unqualified statements work on both.
+    client.use_keyspace(&ks, false).await.expect("USE");
+    client
+        .query_unpaged("INSERT INTO kv (k, v) VALUES (100, 'unqualified')", &[])
+        .await
+        .expect("unqualified insert after USE");
+
+    let on_source = dump(&bed.source, &ks, "kv", "k", "v").await;
+    let on_target = dump(&bed.target, &ks, "kv", "k", "v").await;
+    assert_eq!(on_source.len(), 19, "source rows: {on_source:?}");
+    assert_eq!(
+        on_source, on_target,
+        "source and target differ (values, WRITETIME or TTL)"
+    );
+    let two = &on_source["Some(Int(2))"];
+    assert!(two.contains("ttl~Some(360)"), "{two}");
+
+    // Reads go to the source only.
+    let before = proxy
+        .metric("ferry_proxy_requests_total{kind=\"read\",side=\"target\"}")
+        .await;
+    client
+        .query_unpaged(format!("SELECT * FROM {ks}.kv WHERE k = 1"), &[])
+        .await
+        .expect("read");
+    assert_eq!(
+        before,
+        proxy
+            .metric("ferry_proxy_requests_total{kind=\"read\",side=\"target\"}")
+            .await
+    );
+    assert!(proxy.metric("ferry_proxy_timestamps_injected_total").await >= 20.0);
+    proxy.stop().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_collections_udts_and_paging() {
+    let bed = bed().await;
+    let ks = keyspace("px_shapes");
+    setup_both(
+        &bed,
+        &ks,
+        &[
+            "CREATE TYPE {ks}.addr (street text, zip int)",
+            "CREATE TABLE {ks}.rich (k int PRIMARY KEY, tags set<text>, scores map<text, int>, items list<int>, home frozen<addr>)",
+            "CREATE TABLE {ks}.wide (p int, c int, v text, PRIMARY KEY (p, c))",
+        ],
+    )
+    .await;
+    let proxy = start_proxy(
+        "127.0.0.42",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "sync"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+
+    let ins = client
+        .prepare(format!("INSERT INTO {ks}.wide (p, c, v) VALUES (?, ?, ?)"))
+        .await
+        .expect("prepare");
+    // Logged batch of prepared statements and a simple one.
+    let mut logged = Batch::new(BatchType::Logged);
+    logged.append_statement(ins.clone());
+    logged.append_statement(
+        format!("INSERT INTO {ks}.wide (p, c, v) VALUES (0, 1, 'simple-in-batch')").as_str(),
+    );
+    client
+        .batch(&logged, ((0, 0, "prepared-in-batch"), ()))
+        .await
+        .expect("logged batch");
+    // Unlogged batch of many prepared children.
+    let mut unlogged = Batch::new(BatchType::Unlogged);
+    let mut values = Vec::new();
+    for c in 0..50 {
+        unlogged.append_statement(ins.clone());
+        values.push((1, c, format!("row{c}")));
+    }
+    client
+        .batch(&unlogged, values)
+        .await
+        .expect("unlogged batch");
+    // Collections and a UDT, written with literals and updated in place.
+    client
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.rich (k, tags, scores, items, home) VALUES (1, {{'a', 'b'}}, {{'x': 1}}, [1, 2], {{street: 'main', zip: 75001}})"
+            ),
+            &[],
+        )
+        .await
+        .expect("collections insert");
+    client
+        .query_unpaged(
+            format!("UPDATE {ks}.rich SET items = items + [3], scores['y'] = 2 WHERE k = 1"),
+            &[],
+        )
+        .await
+        .expect("collection update");
+
+    // Paging through the proxy: 300 rows in pages of 7.
+    let mut pager = scylla::statement::unprepared::Statement::new(format!(
+        "SELECT c FROM {ks}.wide WHERE p = 2"
+    ));
+    pager.set_page_size(7);
+    let many = client
+        .prepare(format!(
+            "INSERT INTO {ks}.wide (p, c, v) VALUES (2, ?, 'x')"
+        ))
+        .await
+        .expect("prepare");
+    for c in 0..300 {
+        client
+            .execute_unpaged(&many, (c,))
+            .await
+            .expect("insert for paging");
+    }
+    let seen: Vec<(i32,)> = client
+        .query_iter(pager, &[])
+        .await
+        .expect("paged query")
+        .rows_stream::<(i32,)>()
+        .expect("typed")
+        .try_collect()
+        .await
+        .expect("all pages");
+    assert_eq!(seen.len(), 300);
+    assert_eq!(seen.iter().map(|r| r.0).collect::<BTreeSet<_>>().len(), 300);
+
+    let on_source = dump(&bed.source, &ks, "wide", "p, c", "v").await;
+    let on_target = dump(&bed.target, &ks, "wide", "p, c", "v").await;
+    assert_eq!(on_source.len(), 352);
+    assert_eq!(on_source, on_target);
+    for col in ["tags", "scores", "items", "home"] {
+        let q = format!("SELECT {col} FROM {ks}.rich WHERE k = 1");
+        let s = bed
+            .source
+            .query_unpaged(q.as_str(), &[])
+            .await
+            .expect("source read")
+            .into_rows_result()
+            .expect("rows");
+        let t = bed
+            .target
+            .query_unpaged(q.as_str(), &[])
+            .await
+            .expect("target read")
+            .into_rows_result()
+            .expect("rows");
+        let s: Vec<(Option<CqlValue>,)> = s
+            .rows()
+            .expect("typed")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let t: Vec<(Option<CqlValue>,)> = t
+            .rows()
+            .expect("typed")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(s, t, "column {col}");
+        assert!(s[0].0.is_some(), "column {col} empty");
+    }
+    let wt = format!("SELECT WRITETIME(home), WRITETIME(tags) FROM {ks}.rich WHERE k = 1");
+    let s = bed
+        .source
+        .query_unpaged(wt.as_str(), &[])
+        .await
+        .expect("wt")
+        .into_rows_result()
+        .expect("rows");
+    let t = bed
+        .target
+        .query_unpaged(wt.as_str(), &[])
+        .await
+        .expect("wt")
+        .into_rows_result()
+        .expect("rows");
+    let s: (Option<i64>, Option<Vec<i64>>) = s.first_row().expect("row");
+    let t: (Option<i64>, Option<Vec<i64>>) = t.first_row().expect("row");
+    assert_eq!(s, t, "collection/UDT writetimes");
+    proxy.stop().await.expect("stop");
+}
+
+async fn counter(s: &Session, ks: &str, k: i32) -> i64 {
+    let q = format!("SELECT n FROM {ks}.c WHERE k = {k}");
+    let r = s
+        .query_unpaged(q.as_str(), &[])
+        .await
+        .expect("count")
+        .into_rows_result()
+        .expect("rows");
+    r.first_row::<(scylla::value::Counter,)>()
+        .expect("row")
+        .0
+         .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_lwt_follow_their_policies() {
+    let bed = bed().await;
+    let ks = keyspace("px_policies");
+    setup_both(
+        &bed,
+        &ks,
+        &[
+            "CREATE TABLE {ks}.c (k int PRIMARY KEY, n counter)",
+            "CREATE TABLE {ks}.l (k int PRIMARY KEY, v int)",
+        ],
+    )
+    .await;
+    let proxy = start_proxy(
+        "127.0.0.43",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "sync"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+
+    client
+        .query_unpaged(format!("UPDATE {ks}.c SET n = n + 5 WHERE k = 1"), &[])
+        .await
+        .expect("counter update");
+    let inc = client
+        .prepare(format!("UPDATE {ks}.c SET n = n + ? WHERE k = ?"))
+        .await
+        .expect("prepare counter");
+    client
+        .execute_unpaged(&inc, (scylla::value::Counter(3), 1))
+        .await
+        .expect("prepared counter");
+    let mut counter_batch = Batch::new(BatchType::Counter);
+    counter_batch.append_statement(inc.clone());
+    counter_batch.append_statement(inc.clone());
+    client
+        .batch(
+            &counter_batch,
+            (
+                (scylla::value::Counter(1), 1),
+                (scylla::value::Counter(1), 2),
+            ),
+        )
+        .await
+        .expect("counter batch");
+
+    let applied = client
+        .query_unpaged(
+            format!("INSERT INTO {ks}.l (k, v) VALUES (1, 1) IF NOT EXISTS"),
+            &[],
+        )
+        .await
+        .expect("lwt insert")
+        .into_rows_result()
+        .expect("lwt rows");
+    let (first,): (bool,) = applied
+        .first_row::<(bool,)>()
+        .or_else(|_| {
+            // [applied] plus the existing columns when not applied.
+            applied
+                .first_row::<(bool, Option<i32>, Option<i32>)>()
+                .map(|(a, _, _)| (a,))
+        })
+        .expect("[applied]");
+    assert!(first);
+    client
+        .query_unpaged(format!("UPDATE {ks}.l SET v = 2 WHERE k = 1 IF v = 1"), &[])
+        .await
+        .expect("lwt update");
+
+    assert_eq!(counter(&bed.source, &ks, 1).await, 9);
+    assert_eq!(counter(&bed.target, &ks, 1).await, 9);
+    assert_eq!(counter(&bed.source, &ks, 2).await, 1);
+    assert_eq!(counter(&bed.target, &ks, 2).await, 1);
+    let lwt = format!("SELECT v FROM {ks}.l WHERE k = 1");
+    for s in [&bed.source, &bed.target] {
+        let r = s
+            .query_unpaged(lwt.as_str(), &[])
+            .await
+            .expect("lwt read")
+            .into_rows_result()
+            .expect("rows");
+        assert_eq!(r.first_row::<(i32,)>().expect("row").0, 2);
+    }
+    assert!(
+        proxy
+            .metric("ferry_proxy_policy_writes_total{kind=\"counter\"}")
+            .await
+            >= 3.0
+    );
+    assert!(
+        proxy
+            .metric("ferry_proxy_policy_writes_total{kind=\"lwt\"}")
+            .await
+            >= 2.0
+    );
+    assert_eq!(proxy.metric("ferry_proxy_lwt_divergence_total").await, 0.0);
+    proxy.stop().await.expect("stop");
+}

@@ -522,6 +522,9 @@ pub struct SidecarPodStatus {
     /// Why the pod is in this state, when it is not `Ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the pod entered this state (the roll's timeout counts from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// Backfill figures, summed over the Job's pods.

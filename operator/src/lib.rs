@@ -2,8 +2,21 @@
 //!
 //! - [`crd`]: the `CassandraMigration` API, the single source of the CRD YAML.
 //! - [`crdgen`]: renders that YAML for `crds/` and the Helm chart.
-//!
-//! The controller and the sidecar-injection webhook arrive with their issues.
+//! - [`controller`]: the reconcile loop (phases, roll, Jobs, status).
+//! - [`roll`], [`sidecar`], [`jobs`], [`status`]: the pure decisions it makes.
+//! - [`webhook`] and [`certs`]: the sidecar-injection admission webhook and its TLS.
+//! - [`leader`]: Lease-based leader election so two replicas never roll at once.
 
+pub mod certs;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod http;
+pub mod jobs;
+pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod roll;
+pub mod sidecar;
+pub mod status;
+pub mod webhook;

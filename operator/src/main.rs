@@ -1,11 +1,20 @@
 //! `ferry-operator`: the CassandraMigration controller and sidecar webhook.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use futures::FutureExt;
+use hyper::{Method, StatusCode};
+use tracing::{error, info};
 
-use ferry_operator::crdgen;
+use ferry_operator::controller::{self, Context, Settings};
+use ferry_operator::sidecar::InjectionSettings;
+use ferry_operator::webhook::Webhook;
+use ferry_operator::{certs, crdgen, http, leader, metrics};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,7 +36,70 @@ enum Command {
         write: Option<PathBuf>,
     },
     /// Run the controller and the sidecar-injection webhook.
-    Run,
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Namespace the operator runs in (its Lease and webhook Secret live there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
+    namespace: String,
+    /// This replica's name, for the Lease and Events.
+    #[arg(long, env = "POD_NAME", default_value = "ferry-operator")]
+    pod_name: String,
+    /// Image of the proxy sidecar and the bulk Jobs.
+    #[arg(
+        long,
+        env = "FERRY_SIDECAR_IMAGE",
+        default_value = "ferry.dev/ferry-sidecar:dev"
+    )]
+    sidecar_image: String,
+    /// Image of the iptables redirect init container (needs `sh` and `iptables`).
+    #[arg(
+        long,
+        env = "FERRY_REDIRECT_IMAGE",
+        default_value = "ferry.dev/ferry-redirect:dev"
+    )]
+    redirect_image: String,
+    /// Inject a plain container instead of a native sidecar (Kubernetes < 1.29).
+    #[arg(long, env = "FERRY_LEGACY_SIDECAR")]
+    legacy_sidecar: bool,
+    /// Metrics and health: /metrics, /healthz, /readyz.
+    #[arg(long, env = "FERRY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// The webhook's HTTPS address.
+    #[arg(long, env = "FERRY_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    webhook_addr: SocketAddr,
+    /// DNS names (or IPs) of the webhook's certificate; default the Service's names.
+    #[arg(long, env = "FERRY_WEBHOOK_SANS", value_delimiter = ',')]
+    webhook_sans: Vec<String>,
+    /// The webhook Service's name (for the default certificate names).
+    #[arg(long, env = "FERRY_WEBHOOK_SERVICE", default_value = "ferry-webhook")]
+    webhook_service: String,
+    /// Secret holding the webhook certificate (made by the operator).
+    #[arg(
+        long,
+        env = "FERRY_WEBHOOK_SECRET",
+        default_value = "ferry-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(
+        long,
+        env = "FERRY_WEBHOOK_CONFIG",
+        default_value = "ferry-sidecar-injector"
+    )]
+    webhook_config: String,
+    /// Use certificates mounted here (tls.crt, tls.key; e.g. from cert-manager)
+    /// instead of making them.
+    #[arg(long, env = "FERRY_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<PathBuf>,
+    /// Take part in leader election (turn off only for a single replica).
+    #[arg(long, env = "FERRY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// How long a rolled pod may take to come back, in seconds.
+    #[arg(long, env = "FERRY_ROLL_TIMEOUT_SECS", default_value_t = 600)]
+    roll_timeout_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,13 +113,134 @@ fn main() -> anyhow::Result<()> {
             let yaml = crdgen::render()?;
             for rel in crdgen::CRD_PATHS {
                 let path = root.join(rel);
-                std::fs::write(&path, &yaml).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, &yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!("wrote {}", path.display());
             }
             Ok(())
         }
-        Command::Run => bail!(
-            "`ferry-operator run` is not implemented yet: the controller and webhook land with the operator issue"
-        ),
+        Command::Run(args) => {
+            init_tracing();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run(*args))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .json()
+        .init();
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = metrics::Metrics::new().context("registering metrics")?;
+
+    // Metrics and health, on every replica.
+    let m = metrics.clone();
+    let health: http::Handler = Arc::new(move |method, path, _body| {
+        let m = m.clone();
+        async move {
+            match (method, path.as_str()) {
+                (Method::GET, "/metrics") => (
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    m.render().into_bytes(),
+                ),
+                (Method::GET, "/healthz" | "/readyz" | "/livez") => {
+                    (StatusCode::OK, "text/plain", b"ok\n".to_vec())
+                }
+                _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+            }
+        }
+        .boxed()
+    });
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tokio::spawn(http::serve(listener, None, health));
+
+    // The webhook, on every replica (the API server may call any of them).
+    let cert = match &args.webhook_cert_dir {
+        Some(dir) => certs::WebhookCert {
+            ca_pem: std::fs::read_to_string(dir.join("ca.crt")).unwrap_or_default(),
+            cert_pem: std::fs::read_to_string(dir.join("tls.crt")).context("reading tls.crt")?,
+            key_pem: std::fs::read_to_string(dir.join("tls.key")).context("reading tls.key")?,
+            not_after: 0,
+            sans: vec![],
+        },
+        None => {
+            let sans = if args.webhook_sans.is_empty() {
+                let (svc, ns) = (&args.webhook_service, &args.namespace);
+                vec![
+                    format!("{svc}.{ns}.svc"),
+                    format!("{svc}.{ns}.svc.cluster.local"),
+                    format!("{svc}.{ns}"),
+                ]
+            } else {
+                args.webhook_sans.clone()
+            };
+            let cert = certs::ensure(&client, &args.namespace, &args.webhook_secret, &sans)
+                .await
+                .context("making the webhook certificate")?;
+            certs::publish_ca_bundle(&client, &args.webhook_config, &cert.ca_pem)
+                .await
+                .context("publishing the webhook caBundle")?;
+            cert
+        }
+    };
+    let webhook = Arc::new(Webhook {
+        client: client.clone(),
+        settings: InjectionSettings {
+            sidecar_image: args.sidecar_image.clone(),
+            redirect_image: args.redirect_image.clone(),
+            native_sidecar: !args.legacy_sidecar,
+        },
+    });
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("binding {}", args.webhook_addr))?;
+    let tls = certs::server_config(&cert).context("webhook TLS")?;
+    tokio::spawn(http::serve(listener, Some(tls), webhook.handler()));
+    info!(addr = %args.webhook_addr, "webhook serving");
+
+    let settings = Settings {
+        sidecar_image: args.sidecar_image.clone(),
+        roll_timeout: Duration::from_secs(args.roll_timeout_secs),
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        metrics,
+        Some(args.pod_name.clone()),
+    ));
+    if !args.leader_election {
+        controller::run(ctx).await;
+        return Ok(());
+    }
+    let election = leader::LeaderElection::new(
+        client,
+        &args.namespace,
+        "ferry-operator-leader",
+        &args.pod_name,
+        Duration::from_secs(15),
+    );
+    election.acquire().await.context("leader election")?;
+    tokio::select! {
+        () = controller::run(ctx) => Ok(()),
+        why = election.hold() => {
+            error!(%why, "lost leadership; stopping");
+            anyhow::bail!("lost leadership: {why}")
+        }
     }
 }

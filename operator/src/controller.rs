@@ -1,0 +1,1180 @@
+//! The CassandraMigration controller: fetch → validate → act → status.
+//!
+//! Each reconcile reads the world (the migration, its source StatefulSet and
+//! pods, its Jobs), takes at most one step (evict one pod, create one Job,
+//! move one phase) and writes the whole status with server-side apply. Every
+//! decision is recomputed from what the API server says, so a restarted
+//! operator picks up mid-roll or mid-backfill where the last one stopped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::crd::{
+    CassandraMigration, CassandraMigrationStatus, Phase, SidecarPodStatus, SidecarState,
+};
+use crate::jobs::{self, JobInputs, JobKind, JobState};
+use crate::labels;
+use crate::metrics::Metrics;
+use crate::roll::{self, Direction, PodView, RollStep};
+use crate::status::{self, condition};
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "ferry-operator";
+
+/// Settings of the controller that do not come from the CR.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Image of the bulk Jobs (and the default sidecar image).
+    pub sidecar_image: String,
+    /// How long a rolled pod may take to come back Ready with its sidecar.
+    pub roll_timeout: Duration,
+    /// How often to look again while waiting on pods or Jobs.
+    pub poll: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            sidecar_image: "ferry.dev/ferry-sidecar:dev".to_owned(),
+            roll_timeout: Duration::from_secs(600),
+            poll: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Consecutive failures per migration, for the error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Metrics,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_owned(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building an object: {0}")]
+    Build(#[from] serde_json::Error),
+    #[error("migration has no namespace")]
+    NoNamespace,
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A stable, low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Build(_) => "build",
+            Error::NoNamespace => "no_namespace",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let migrations: Api<CassandraMigration> = Api::all(client.clone());
+    let controller = Controller::new(migrations, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns(
+            Api::<Job>::all(client.clone()),
+            watcher::Config::default().labels(labels::MIGRATION_LABEL),
+        )
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(labels::STS_POD_NAME_LABEL),
+            move |pod: Pod| {
+                // A source pod changed: wake the migrations of its StatefulSet.
+                let ns = pod.namespace();
+                let sts = pod
+                    .owner_references()
+                    .iter()
+                    .find(|o| o.kind == "StatefulSet")
+                    .map(|o| o.name.clone());
+                store
+                    .state()
+                    .into_iter()
+                    .filter(move |cm| {
+                        cm.namespace() == ns && Some(&cm.spec.source.stateful_set) == sts.as_ref()
+                    })
+                    .map(|cm| ObjectRef::from_obj(&*cm))
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                warn!(error = %err, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+#[instrument(skip(cm, ctx), fields(migration = %cm.name_any(), namespace = cm.namespace().unwrap_or_default()))]
+async fn reconcile(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = cm.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<CassandraMigration> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, labels::FINALIZER, cm, |event| async {
+        match event {
+            finalizer::Event::Apply(cm) => apply(cm, ctx.clone()).await,
+            finalizer::Event::Cleanup(cm) => cleanup(cm, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe_reconcile(started.elapsed());
+    if result.is_ok() {
+        if let Ok(mut failures) = ctx.failures.lock() {
+            failures.remove(&ns);
+        }
+    }
+    result
+}
+
+fn error_policy(cm: Arc<CassandraMigration>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(error.metric_label());
+    let key = format!("{}/{}", cm.namespace().unwrap_or_default(), cm.name_any());
+    let failures = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    // 1s, 2s, 4s ... capped at 5 minutes.
+    let delay = Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300));
+    warn!(error = %error, ?delay, "reconcile error; retrying");
+    Action::requeue(delay)
+}
+
+/// One reconcile's view of the world and its pending status.
+struct Step<'a> {
+    cm: &'a CassandraMigration,
+    ctx: &'a Context,
+    ns: String,
+    name: String,
+    status: CassandraMigrationStatus,
+    now: Time,
+}
+
+impl Step<'_> {
+    async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.cm.object_ref(&()))
+            .await
+        {
+            warn!(error = %err, reason, "could not publish an event");
+        }
+    }
+
+    async fn enter(&mut self, phase: Phase) {
+        let from = self.status.phase;
+        if status::enter_phase(&mut self.status, phase, &self.now) {
+            info!(%from, to = %phase, "phase");
+            self.event(
+                EventType::Normal,
+                &phase.to_string(),
+                "Phase",
+                format!("{from} → {phase}"),
+            )
+            .await;
+        }
+    }
+
+    async fn fail(&mut self, reason: &str, message: String) {
+        let generation = self.cm.metadata.generation;
+        status::set_condition(
+            &mut self.status,
+            condition::FAILED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+            &self.now,
+        );
+        status::set_condition(
+            &mut self.status,
+            condition::READY,
+            false,
+            reason,
+            message.clone(),
+            generation,
+            &self.now,
+        );
+        self.event(EventType::Warning, reason, "Fail", message)
+            .await;
+        self.enter(Phase::Failed).await;
+    }
+
+    async fn write_status(&mut self) -> Result<()> {
+        self.status.observed_generation = self.cm.metadata.generation;
+        self.status.progress = Some(status::progress_text(&self.status));
+        let api: Api<CassandraMigration> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let patch = json!({
+            "apiVersion": "ferry.dev/v1alpha1",
+            "kind": "CassandraMigration",
+            "status": self.status,
+        });
+        api.patch_status(
+            &self.name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn apply(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cm.namespace().ok_or(Error::NoNamespace)?;
+    let mut step = Step {
+        cm: &cm,
+        ctx: &ctx,
+        name: cm.name_any(),
+        ns: ns.clone(),
+        status: cm.status.clone().unwrap_or_default(),
+        now: now(),
+    };
+    if step.status.phase_history.is_empty() {
+        step.enter(Phase::Pending).await;
+    }
+    set_namespace_injection(&ctx.client, &ns, true).await?;
+
+    // Fetch the source.
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(sts) = sts_api.get_opt(&cm.spec.source.stateful_set).await? else {
+        let msg = format!(
+            "StatefulSet {} not found in namespace {ns}",
+            cm.spec.source.stateful_set
+        );
+        if step.status.phase != Phase::Failed {
+            step.fail("SourceNotFound", msg).await;
+        }
+        step.write_status().await?;
+        ctx.metrics.set_phase(&ns, &step.name, step.status.phase);
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    let pods = source_pods(&ctx.client, &ns, &sts).await?;
+    let replicas = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as usize;
+    write_peer_map(&step, &pods).await?;
+    ensure_pdb(&step, &sts).await?;
+    step.status.sidecars = sidecar_states(&step.status.sidecars, &pods, &step.now);
+
+    // A failed migration resumes once its spec changed (or its source is back).
+    if step.status.phase == Phase::Failed {
+        let spec_changed = step.status.observed_generation < cm.metadata.generation;
+        let source_back = step.status.conditions.iter().any(|c| {
+            c.type_ == condition::FAILED && c.status == "True" && c.reason == "SourceNotFound"
+        });
+        if spec_changed || source_back {
+            let resume = status::resume_phase(&step.status);
+            let generation = cm.metadata.generation;
+            status::set_condition(
+                &mut step.status,
+                condition::FAILED,
+                false,
+                "Resumed",
+                format!("resumed in {resume}"),
+                generation,
+                &step.now,
+            );
+            step.enter(resume).await;
+        } else {
+            step.write_status().await?;
+            ctx.metrics.set_phase(&ns, &step.name, Phase::Failed);
+            return Ok(Action::requeue(Duration::from_secs(120)));
+        }
+    }
+
+    let poll = ctx.settings.poll;
+    let action = match step.status.phase {
+        Phase::Pending => roll_sidecars(&mut step, &pods, replicas, Direction::Inject).await?,
+        Phase::Mirroring => {
+            if check_sidecars(&mut step, &pods, replicas).await? {
+                start_job(&mut step, &pods, JobKind::Backfill, 1).await?;
+                step.enter(Phase::Backfilling).await;
+            }
+            Action::requeue(poll)
+        }
+        Phase::Backfilling => {
+            check_sidecars(&mut step, &pods, replicas).await?;
+            follow_backfill(&mut step).await?
+        }
+        Phase::Validating => {
+            check_sidecars(&mut step, &pods, replicas).await?;
+            follow_validation(&mut step, &pods).await?
+        }
+        Phase::Ready => {
+            check_sidecars(&mut step, &pods, replicas).await?;
+            Action::requeue(Duration::from_secs(300))
+        }
+        Phase::Failed => Action::requeue(Duration::from_secs(120)),
+    };
+    step.write_status().await?;
+    ctx.metrics.set_phase(&ns, &step.name, step.status.phase);
+    Ok(action)
+}
+
+/// The source StatefulSet's pods (by its selector).
+async fn source_pods(client: &Client, ns: &str, sts: &StatefulSet) -> Result<Vec<Pod>> {
+    let selector = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let sts_name = sts.name_any();
+    let pods = api.list(&ListParams::default().labels(&selector)).await?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.kind == "StatefulSet" && o.name == sts_name)
+        })
+        .collect())
+}
+
+/// The per-pod roll state, carrying `since` over from the last status.
+fn sidecar_states(
+    previous: &[SidecarPodStatus],
+    pods: &[Pod],
+    now: &Time,
+) -> Vec<SidecarPodStatus> {
+    let prev: BTreeMap<&str, &SidecarPodStatus> =
+        previous.iter().map(|s| (s.pod.as_str(), s)).collect();
+    let mut names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    // A pod that was being rolled and is gone right now is still Rolling.
+    for s in previous {
+        if s.state == SidecarState::Rolling && !names.contains(&s.pod) {
+            names.push(s.pod.clone());
+        }
+    }
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let pod = pods.iter().find(|p| p.name_any() == name);
+            let before = prev.get(name.as_str()).copied();
+            let (state, message, address) = match pod {
+                None => (
+                    SidecarState::Rolling,
+                    Some("pod is gone; waiting for it to come back".to_owned()),
+                    None,
+                ),
+                Some(p) => {
+                    let view = PodView::of(p);
+                    let address = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.pod_ip.clone())
+                        .filter(|ip| !ip.is_empty());
+                    if view.has_sidecar && view.sidecar_ready && view.ready {
+                        (SidecarState::Ready, None, address)
+                    } else if view.terminating
+                        || (before.is_some_and(|b| b.state == SidecarState::Rolling) && !view.ready)
+                    {
+                        (
+                            SidecarState::Rolling,
+                            Some("evicted; coming back".to_owned()),
+                            address,
+                        )
+                    } else if view.has_sidecar {
+                        (
+                            SidecarState::Rolling,
+                            Some("proxy not ready yet".to_owned()),
+                            address,
+                        )
+                    } else if before.is_some_and(|b| b.state == SidecarState::Rolling) {
+                        (
+                            SidecarState::Failed,
+                            Some(
+                                "came back without the sidecar: is the webhook reachable?"
+                                    .to_owned(),
+                            ),
+                            address,
+                        )
+                    } else {
+                        (SidecarState::Waiting, None, address)
+                    }
+                }
+            };
+            let since = match before {
+                Some(b) if b.state == state => b.since.clone(),
+                _ => Some(now.clone()),
+            };
+            SidecarPodStatus {
+                pod: name,
+                state,
+                proxy_address: address,
+                message,
+                since,
+            }
+        })
+        .collect()
+}
+
+async fn roll_sidecars(
+    step: &mut Step<'_>,
+    pods: &[Pod],
+    replicas: usize,
+    direction: Direction,
+) -> Result<Action> {
+    let views: Vec<PodView> = pods.iter().map(PodView::of).collect();
+    let generation = step.cm.metadata.generation;
+    let poll = step.ctx.settings.poll;
+    match roll::plan(&views, replicas, direction) {
+        RollStep::Done => {
+            if direction == Direction::Inject {
+                status::set_condition(
+                    &mut step.status,
+                    condition::SIDECARS_READY,
+                    true,
+                    "AllPodsProxied",
+                    format!("{replicas} pods run a ready proxy"),
+                    generation,
+                    &step.now,
+                );
+                step.enter(Phase::Mirroring).await;
+            }
+            Ok(Action::requeue(Duration::from_millis(200)))
+        }
+        RollStep::Wait { pod, reason } => {
+            status::set_condition(
+                &mut step.status,
+                condition::SIDECARS_READY,
+                false,
+                "Rolling",
+                reason.clone(),
+                generation,
+                &step.now,
+            );
+            // A pod that does not come back stops the roll: never take down another.
+            let timeout = step.ctx.settings.roll_timeout;
+            let stuck = step.status.sidecars.iter().find(|s| {
+                s.state == SidecarState::Rolling
+                    && pod.as_ref().is_none_or(|p| *p == s.pod)
+                    && s.since.as_ref().is_some_and(|t| {
+                        let elapsed = step.now.0.duration_since(t.0);
+                        elapsed.as_secs() > timeout.as_secs() as i64
+                    })
+            });
+            if let Some(s) = stuck {
+                let msg = format!("pod {} did not come back Ready with its proxy within {}s ({reason}); the roll is stopped", s.pod, timeout.as_secs());
+                step.fail("PodNotBack", msg).await;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            Ok(Action::requeue(poll))
+        }
+        RollStep::Evict(name) => {
+            let api: Api<Pod> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+            match api.evict(&name, &EvictParams::default()).await {
+                Ok(_) => {
+                    info!(pod = %name, ?direction, "evicted");
+                    if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
+                        s.state = SidecarState::Rolling;
+                        s.since = Some(step.now.clone());
+                        s.message = Some("evicted; coming back".to_owned());
+                    }
+                    let what = if direction == Direction::Inject {
+                        "inject"
+                    } else {
+                        "remove"
+                    };
+                    step.event(
+                        EventType::Normal,
+                        "EvictedPod",
+                        "Roll",
+                        format!("evicted {name} to {what} the proxy sidecar"),
+                    )
+                    .await;
+                }
+                // 429: a PodDisruptionBudget says not now.
+                Err(kube::Error::Api(status)) if status.code == 429 => {
+                    info!(pod = %name, "eviction refused by a PodDisruptionBudget; waiting");
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => return Err(err.into()),
+            }
+            Ok(Action::requeue(poll))
+        }
+    }
+}
+
+/// After the roll: every pod must still carry a ready sidecar (pods replaced
+/// by someone else come back through the webhook). Re-rolls a pod that lacks
+/// it and reports `Degraded` meanwhile. Returns whether all is well.
+async fn check_sidecars(step: &mut Step<'_>, pods: &[Pod], replicas: usize) -> Result<bool> {
+    let generation = step.cm.metadata.generation;
+    let views: Vec<PodView> = pods.iter().map(PodView::of).collect();
+    let missing: Vec<&str> = views
+        .iter()
+        .filter(|v| !v.has_sidecar)
+        .map(|v| v.name.as_str())
+        .collect();
+    if missing.is_empty() && views.len() >= replicas {
+        status::set_condition(
+            &mut step.status,
+            condition::DEGRADED,
+            false,
+            "AllPodsProxied",
+            "every source pod runs the proxy",
+            generation,
+            &step.now,
+        );
+        return Ok(true);
+    }
+    let msg = if missing.is_empty() {
+        format!("{} of {replicas} source pods exist", views.len())
+    } else {
+        format!(
+            "pods without the proxy: {}; re-rolling them",
+            missing.join(", ")
+        )
+    };
+    status::set_condition(
+        &mut step.status,
+        condition::DEGRADED,
+        true,
+        "SidecarMissing",
+        msg,
+        generation,
+        &step.now,
+    );
+    roll_sidecars_quiet(step, &views, replicas).await?;
+    Ok(false)
+}
+
+/// The roll without phase changes (used to heal after the roll is done).
+async fn roll_sidecars_quiet(
+    step: &mut Step<'_>,
+    views: &[PodView],
+    replicas: usize,
+) -> Result<()> {
+    if let RollStep::Evict(name) = roll::plan(views, replicas, Direction::Inject) {
+        let api: Api<Pod> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+        match api.evict(&name, &EvictParams::default()).await {
+            Ok(_) => {
+                step.event(
+                    EventType::Warning,
+                    "ReRolledPod",
+                    "Roll",
+                    format!("{name} ran without the proxy; evicted it"),
+                )
+                .await
+            }
+            Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Source contact points for the Jobs: each pod's IP (or its stable DNS name).
+fn source_contact_points(
+    cm: &CassandraMigration,
+    pods: &[Pod],
+    ns: &str,
+    service: Option<&str>,
+) -> Vec<String> {
+    let port = cm.spec.source.cql_port;
+    pods.iter()
+        .filter_map(|p| {
+            let ip = p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .filter(|ip| !ip.is_empty());
+            let host = match (ip, service) {
+                (Some(ip), _) if ip.contains(':') => format!("[{ip}]"),
+                (Some(ip), _) => ip,
+                (None, Some(svc)) => format!("{}.{svc}.{ns}.svc", p.name_any()),
+                (None, None) => return None,
+            };
+            Some(format!("{host}:{port}"))
+        })
+        .collect()
+}
+
+async fn start_job(
+    step: &mut Step<'_>,
+    pods: &[Pod],
+    kind: JobKind,
+    attempt: u32,
+) -> Result<String> {
+    let name = match kind {
+        JobKind::Backfill => labels::backfill_job_name(&step.name),
+        JobKind::Validate => labels::validate_job_name(&step.name, attempt),
+    };
+    let start = match kind {
+        JobKind::Backfill => {
+            let existing = step
+                .status
+                .backfill
+                .as_ref()
+                .and_then(|b| b.start_timestamp_micros);
+            existing.unwrap_or_else(|| jiff::Timestamp::now().as_microsecond())
+        }
+        JobKind::Validate => step
+            .status
+            .backfill
+            .as_ref()
+            .and_then(|b| b.start_timestamp_micros)
+            .unwrap_or_else(|| jiff::Timestamp::now().as_microsecond()),
+    };
+    let sts_api: Api<StatefulSet> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    let service = sts_api
+        .get_opt(&step.cm.spec.source.stateful_set)
+        .await?
+        .and_then(|s| s.spec.and_then(|s| s.service_name));
+    let inputs = JobInputs {
+        name: name.clone(),
+        image: step
+            .cm
+            .spec
+            .proxy
+            .image
+            .clone()
+            .unwrap_or_else(|| step.ctx.settings.sidecar_image.clone()),
+        source_contact_points: source_contact_points(step.cm, pods, &step.ns, service.as_deref()),
+        source_datacenter: None,
+        start_timestamp_micros: start,
+    };
+    let job = jobs::build_job(step.cm, kind, &inputs)?;
+    let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    match api.create(&PostParams::default(), &job).await {
+        Ok(_) => {
+            step.event(
+                EventType::Normal,
+                "CreatedJob",
+                "CreateJob",
+                format!("created {} Job {name}", kind.as_str()),
+            )
+            .await;
+        }
+        // Already there: an earlier reconcile (or operator) made it.
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(err) => return Err(err.into()),
+    }
+    match kind {
+        JobKind::Backfill => {
+            let mut progress = step.status.backfill.clone().unwrap_or_default();
+            progress.job_name = Some(name.clone());
+            progress.start_timestamp_micros = Some(start);
+            progress.ranges_total = i64::from(step.cm.spec.backfill.splits);
+            step.status.backfill = Some(progress);
+        }
+        JobKind::Validate => {
+            step.status.validation = Some(crate::crd::ValidationResults {
+                job_name: Some(name.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    Ok(name)
+}
+
+async fn job_pods(client: &Client, ns: &str, job: &str) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await?
+        .items)
+}
+
+async fn follow_backfill(step: &mut Step<'_>) -> Result<Action> {
+    let name = labels::backfill_job_name(&step.name);
+    let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    let Some(job) = api.get_opt(&name).await? else {
+        // Deleted by hand, or lost: make it again (finished ranges are checkpointed).
+        let pods = Vec::new();
+        start_job(step, &pods, JobKind::Backfill, 1).await?;
+        return Ok(Action::requeue(step.ctx.settings.poll));
+    };
+    let sums = jobs::summaries(&job_pods(&step.ctx.client, &step.ns, &name).await?);
+    let start = step
+        .status
+        .backfill
+        .as_ref()
+        .and_then(|b| b.start_timestamp_micros)
+        .unwrap_or_default();
+    step.status.backfill = Some(jobs::backfill_progress(
+        &name,
+        start,
+        i64::from(step.cm.spec.backfill.splits),
+        &sums,
+    ));
+    let generation = step.cm.metadata.generation;
+    match jobs::job_state(&job) {
+        JobState::Running => Ok(Action::requeue(step.ctx.settings.poll)),
+        JobState::Complete => {
+            let rows = step
+                .status
+                .backfill
+                .as_ref()
+                .map(|b| b.rows_copied)
+                .unwrap_or_default();
+            status::set_condition(
+                &mut step.status,
+                condition::BACKFILL_COMPLETE,
+                true,
+                "Copied",
+                format!("{rows} rows copied"),
+                generation,
+                &step.now,
+            );
+            step.enter(Phase::Validating).await;
+            Ok(Action::requeue(Duration::from_millis(200)))
+        }
+        JobState::Failed(why) => {
+            step.fail(
+                "BackfillFailed",
+                format!("backfill Job {name} failed: {why}"),
+            )
+            .await;
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+    }
+}
+
+fn validation_attempt(status: &CassandraMigrationStatus) -> Option<u32> {
+    status
+        .validation
+        .as_ref()?
+        .job_name
+        .as_ref()?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// How many validations (the first plus re-validations after repair) may run.
+const MAX_VALIDATIONS: u32 = 3;
+
+async fn follow_validation(step: &mut Step<'_>, pods: &[Pod]) -> Result<Action> {
+    let Some(attempt) = validation_attempt(&step.status) else {
+        start_job(step, pods, JobKind::Validate, 1).await?;
+        return Ok(Action::requeue(step.ctx.settings.poll));
+    };
+    let name = labels::validate_job_name(&step.name, attempt);
+    let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    let Some(job) = api.get_opt(&name).await? else {
+        start_job(step, pods, JobKind::Validate, attempt).await?;
+        return Ok(Action::requeue(step.ctx.settings.poll));
+    };
+    let sums = jobs::summaries(&job_pods(&step.ctx.client, &step.ns, &name).await?);
+    let results = jobs::validation_results(&name, &sums);
+    let generation = step.cm.metadata.generation;
+    match jobs::job_state(&job) {
+        JobState::Running => {
+            step.status.validation = Some(results);
+            Ok(Action::requeue(step.ctx.settings.poll))
+        }
+        JobState::Failed(why) => {
+            step.status.validation = Some(results);
+            step.fail(
+                "ValidationFailed",
+                format!("validation Job {name} failed: {why}"),
+            )
+            .await;
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+        JobState::Complete => {
+            let differences = results.missing + results.extra + results.mismatched;
+            let repaired = results.repaired;
+            step.status.validation = Some(results);
+            if differences == 0 {
+                status::set_condition(
+                    &mut step.status,
+                    condition::VALIDATED,
+                    true,
+                    "NoDifferences",
+                    format!("validation {attempt} found no difference"),
+                    generation,
+                    &step.now,
+                );
+                status::set_condition(&mut step.status, condition::READY, true, "InSync", "the target holds everything; mirroring goes on until you cut the applications over", generation, &step.now);
+                step.enter(Phase::Ready).await;
+                Ok(Action::requeue(Duration::from_secs(300)))
+            } else if step.cm.spec.validation.repair && repaired > 0 && attempt < MAX_VALIDATIONS {
+                // Repaired: validate again; only a clean pass is Ready.
+                step.event(
+                    EventType::Normal,
+                    "Repaired",
+                    "Validate",
+                    format!("repaired {repaired} rows; validating again"),
+                )
+                .await;
+                start_job(step, pods, JobKind::Validate, attempt + 1).await?;
+                Ok(Action::requeue(step.ctx.settings.poll))
+            } else {
+                status::set_condition(
+                    &mut step.status,
+                    condition::VALIDATED,
+                    false,
+                    "Differences",
+                    format!("{differences} rows differ"),
+                    generation,
+                    &step.now,
+                );
+                step.fail("Mismatches", format!("validation found {differences} differing rows (repaired {repaired}); set validation.repair or fix and re-run")).await;
+                Ok(Action::requeue(Duration::from_secs(120)))
+            }
+        }
+    }
+}
+
+/// Keeps the peer map ConfigMap current: source node address → its proxy.
+async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> {
+    let port = step.cm.spec.proxy.listen_port;
+    let peers: BTreeMap<String, String> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| {
+            let proxy = if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            };
+            (ip, proxy)
+        })
+        .collect();
+    let mode = match step.cm.spec.proxy.write_mode {
+        crate::crd::WriteMode::Sync => "sync",
+        crate::crd::WriteMode::Async => "async",
+    };
+    let body = serde_json::to_string_pretty(&json!({"peers": peers, "mode": mode}))?;
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": labels::peer_map_name(&step.name),
+            "labels": {labels::MIGRATION_LABEL: step.name},
+            "ownerReferences": [owner_ref(step.cm)],
+        },
+        "data": {labels::PEER_MAP_KEY: body},
+    });
+    let api: Api<ConfigMap> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    api.patch(
+        &labels::peer_map_name(&step.name),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
+    Ok(())
+}
+
+fn owner_ref(cm: &CassandraMigration) -> serde_json::Value {
+    json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+        "name": cm.name_any(), "uid": cm.metadata.uid.clone().unwrap_or_default(),
+        "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+/// Makes sure a PodDisruptionBudget guards the source pods: the roll evicts
+/// through the Eviction API, so a budget is what makes "one at a time" hold
+/// even against other actors. Ferry makes one (maxUnavailable 1) only when
+/// none selects the pods already.
+async fn ensure_pdb(step: &Step<'_>, sts: &StatefulSet) -> Result<()> {
+    let Some(selector) = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+    else {
+        return Ok(());
+    };
+    let api: Api<PodDisruptionBudget> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    let name = format!("{}-ferry", sts.name_any());
+    let existing = api.list(&ListParams::default()).await?;
+    let covered = existing.items.iter().any(|pdb| {
+        pdb.name_any() != name
+            && pdb
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| s.match_labels.as_ref())
+                .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| selector.get(k) == Some(v)))
+    });
+    if covered {
+        return Ok(());
+    }
+    let pdb = json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "labels": {labels::MIGRATION_LABEL: step.name}, "ownerReferences": [owner_ref(step.cm)]},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    });
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&pdb),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Labels (or unlabels) the namespace so the webhook sees its pods.
+async fn set_namespace_injection(client: &Client, ns: &str, enabled: bool) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let value = if enabled {
+        json!(labels::INJECTION_ENABLED)
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = json!({"metadata": {"labels": {labels::INJECTION_LABEL: value}}});
+    api.patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Deleting a migration: take the sidecars out with the same one-at-a-time
+/// roll, delete the Jobs and what else Ferry made, never touch data.
+async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cm.namespace().ok_or(Error::NoNamespace)?;
+    let name = cm.name_any();
+    let step = Step {
+        cm: &cm,
+        ctx: &ctx,
+        name: name.clone(),
+        ns: ns.clone(),
+        status: cm.status.clone().unwrap_or_default(),
+        now: now(),
+    };
+    // Jobs first: no copy may go on while the proxies go away.
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let dp = DeleteParams::background();
+    let owned = jobs_api
+        .list(&ListParams::default().labels(&format!("{}={name}", labels::MIGRATION_LABEL)))
+        .await?;
+    for job in owned.items {
+        match jobs_api.delete(&job.name_any(), &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(sts) = sts_api.get_opt(&cm.spec.source.stateful_set).await? {
+        let pods = source_pods(&ctx.client, &ns, &sts).await?;
+        let replicas = sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(0) as usize;
+        // Only pods that serve this migration.
+        let ours: Vec<Pod> = pods
+            .into_iter()
+            .filter(|p| {
+                p.annotations()
+                    .get(labels::MIGRATION_ANNOTATION)
+                    .is_none_or(|m| *m == name)
+            })
+            .collect();
+        let views: Vec<PodView> = ours.iter().map(PodView::of).collect();
+        match roll::plan(&views, replicas, Direction::Remove) {
+            RollStep::Done => {}
+            RollStep::Wait { reason, .. } => {
+                info!(%reason, "removing sidecars: waiting");
+                return Ok(Action::requeue(ctx.settings.poll));
+            }
+            RollStep::Evict(pod) => {
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                match api.evict(&pod, &EvictParams::default()).await {
+                    Ok(_) => {
+                        step.event(
+                            EventType::Normal,
+                            "EvictedPod",
+                            "RemoveSidecar",
+                            format!("evicted {pod} to remove the proxy sidecar"),
+                        )
+                        .await
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return Ok(Action::requeue(ctx.settings.poll));
+            }
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    match cms
+        .delete(&labels::peer_map_name(&name), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+    let ours = pdbs
+        .list(&ListParams::default().labels(&format!("{}={name}", labels::MIGRATION_LABEL)))
+        .await?;
+    for pdb in ours.items {
+        match pdbs.delete(&pdb.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Stop injecting in this namespace when no other migration lives there.
+    let others = Api::<CassandraMigration>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|m| m.name_any() != name && m.metadata.deletion_timestamp.is_none())
+        .count();
+    if others == 0 {
+        set_namespace_injection(&ctx.client, &ns, false).await?;
+    }
+    step.event(
+        EventType::Normal,
+        "Removed",
+        "Cleanup",
+        "sidecars removed, Jobs deleted; data untouched".to_owned(),
+    )
+    .await;
+    ctx.metrics.forget(&ns, &name);
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ready: bool, sidecar: bool, ip: &str) -> Pod {
+        let mut init = vec![];
+        if sidecar {
+            init.push(json!({"name": labels::SIDECAR_CONTAINER, "image": "x"}));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "cassandra", "image": "c"}], "initContainers": init},
+            "status": {"podIP": ip,
+                "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}],
+                "initContainerStatuses": if sidecar {json!([{"name": labels::SIDECAR_CONTAINER, "ready": ready, "restartCount": 0, "image": "x", "imageID": ""}])} else {json!([])}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn sidecar_states_follow_the_roll() {
+        let t0 = Time("2026-01-01T00:00:00Z".parse().unwrap());
+        let t1 = Time("2026-01-01T00:01:00Z".parse().unwrap());
+        let pods = [
+            pod("c-0", true, true, "10.0.0.1"),
+            pod("c-1", true, false, "10.0.0.2"),
+        ];
+        let s = sidecar_states(&[], &pods, &t0);
+        assert_eq!(s[0].state, SidecarState::Ready);
+        assert_eq!(s[0].proxy_address.as_deref(), Some("10.0.0.1"));
+        assert_eq!(s[1].state, SidecarState::Waiting);
+        // c-1 evicted and gone: still Rolling, since kept.
+        let mut rolling = s.clone();
+        rolling[1].state = SidecarState::Rolling;
+        rolling[1].since = Some(t0.clone());
+        let s2 = sidecar_states(&rolling, &pods[..1], &t1);
+        assert_eq!(s2[1].state, SidecarState::Rolling);
+        assert_eq!(s2[1].since, Some(t0.clone()));
+        // Back and Ready without the sidecar: Failed, visible.
+        let s3 = sidecar_states(&rolling, &pods, &t1);
+        assert_eq!(s3[1].state, SidecarState::Failed);
+    }
+
+    #[test]
+    fn contact_points_prefer_pod_ips() {
+        let cm = CassandraMigration::new(
+            "m",
+            serde_json::from_value(json!({"source": {"statefulSet": "c", "cqlPort": 9142},
+                "target": {"contactPoints": ["t:9042"], "localDatacenter": "dc"}}))
+            .unwrap(),
+        );
+        let pods = [
+            pod("c-0", true, true, "10.0.0.1"),
+            pod("c-1", true, true, ""),
+            pod("c-2", true, true, "fd00::2"),
+        ];
+        assert_eq!(
+            source_contact_points(&cm, &pods, "ns", Some("c-svc")),
+            vec!["10.0.0.1:9142", "c-1.c-svc.ns.svc:9142", "[fd00::2]:9142"]
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! The backfill and validation Jobs: their spec (pure, unit tested), their
+//! state, and the figures their pods leave in their termination messages.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::crd::{
+    BackfillProgress, CassandraMigration, TimestampMode, ValidationMode, ValidationResults,
+};
+use crate::labels;
+
+/// Which of Ferry's two Jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Backfill,
+    Validate,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backfill => "backfill",
+            JobKind::Validate => "validate",
+        }
+    }
+}
+
+/// What the Job needs that the CR does not say.
+#[derive(Debug, Clone)]
+pub struct JobInputs {
+    pub name: String,
+    pub image: String,
+    /// Source contact points (`ip:port`), the source pods' addresses.
+    pub source_contact_points: Vec<String>,
+    /// The source datacenter, if known.
+    pub source_datacenter: Option<String>,
+    /// Backfill start timestamp (micros), for `backdate` and for the record.
+    pub start_timestamp_micros: i64,
+}
+
+fn env(name: &str, value: impl ToString) -> Value {
+    json!({"name": name, "value": value.to_string()})
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> Value {
+    json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+}
+
+/// The Job's environment: the sidecar's bulk modes read every flag from env.
+pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Vec<Value> {
+    let spec = &cm.spec;
+    let mut env_vars = vec![
+        env(
+            "FERRY_SOURCE_CONTACT_POINTS",
+            inputs.source_contact_points.join(","),
+        ),
+        env(
+            "FERRY_TARGET_CONTACT_POINTS",
+            spec.target.contact_points.join(","),
+        ),
+        env("FERRY_TARGET_LOCAL_DC", &spec.target.local_datacenter),
+        env("FERRY_SPLITS", spec.backfill.splits),
+        env("FERRY_SPLIT_COUNT", spec.backfill.parallelism),
+        env("FERRY_CONCURRENCY", spec.backfill.concurrency),
+        env("FERRY_SUMMARY_FILE", "/dev/termination-log"),
+        env("FERRY_JOB_ID", &inputs.name),
+    ];
+    if let Some(dc) = &inputs.source_datacenter {
+        env_vars.push(env("FERRY_SOURCE_LOCAL_DC", dc));
+    }
+    if let Some(s) = &spec.source.credentials_secret {
+        env_vars.push(secret_env(
+            "FERRY_SOURCE_USERNAME",
+            &s.name,
+            &s.username_key,
+        ));
+        env_vars.push(secret_env(
+            "FERRY_SOURCE_PASSWORD",
+            &s.name,
+            &s.password_key,
+        ));
+    }
+    if let Some(s) = &spec.target.credentials_secret {
+        env_vars.push(secret_env(
+            "FERRY_TARGET_USERNAME",
+            &s.name,
+            &s.username_key,
+        ));
+        env_vars.push(secret_env(
+            "FERRY_TARGET_PASSWORD",
+            &s.name,
+            &s.password_key,
+        ));
+    }
+    let lists = [
+        ("FERRY_KEYSPACES", &spec.keyspaces.include),
+        ("FERRY_EXCLUDE_KEYSPACES", &spec.keyspaces.exclude),
+        ("FERRY_TABLES", &spec.tables.include),
+        ("FERRY_EXCLUDE_TABLES", &spec.tables.exclude),
+    ];
+    for (name, list) in lists {
+        if !list.is_empty() {
+            env_vars.push(env(name, list.join(",")));
+        }
+    }
+    match kind {
+        JobKind::Backfill => {
+            let mode = match spec.backfill.timestamp_mode {
+                TimestampMode::Preserve => "preserve",
+                TimestampMode::Backdate => "backdate",
+            };
+            env_vars.push(env("FERRY_TIMESTAMP_MODE", mode));
+            env_vars.push(env("FERRY_START_TIMESTAMP", inputs.start_timestamp_micros));
+            if let Some(rate) = spec.backfill.rows_per_second {
+                // The limit is for the whole migration: each pod takes its share.
+                let per_pod = (rate / i64::from(spec.backfill.parallelism.max(1))).max(1);
+                env_vars.push(env("FERRY_ROWS_PER_SECOND", per_pod));
+            }
+        }
+        JobKind::Validate => {
+            let mode = match spec.validation.mode {
+                ValidationMode::Full => "full",
+                ValidationMode::Sample => "sample",
+            };
+            env_vars.push(env("FERRY_VALIDATE_MODE", mode));
+            if let Some(p) = spec.validation.sample_percent {
+                env_vars.push(env("FERRY_SAMPLE_PERCENT", p));
+            }
+            if spec.validation.repair {
+                env_vars.push(env("FERRY_REPAIR", "true"));
+            }
+        }
+    }
+    env_vars
+}
+
+/// The Indexed Job: one pod per share of the token ranges.
+pub fn build_job(
+    cm: &CassandraMigration,
+    kind: JobKind,
+    inputs: &JobInputs,
+) -> Result<Job, serde_json::Error> {
+    let spec = &cm.spec;
+    let name = cm.metadata.name.clone().unwrap_or_default();
+    let owner = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+        "name": name, "uid": cm.metadata.uid.clone().unwrap_or_default(),
+        "controller": true, "blockOwnerDeletion": true,
+    });
+    let labels = json!({labels::MIGRATION_LABEL: name, labels::JOB_KIND_LABEL: kind.as_str()});
+    let mut container = json!({
+        "name": kind.as_str(),
+        "image": inputs.image,
+        "args": [kind.as_str()],
+        "env": job_env(cm, kind, inputs),
+        "terminationMessagePolicy": "File",
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
+        },
+    });
+    if let Some(resources) = &spec.backfill.resources {
+        container["resources"] = serde_json::to_value(resources)?;
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": inputs.name, "labels": labels, "ownerReferences": [owner]},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": spec.backfill.parallelism,
+            "parallelism": spec.backfill.parallelism,
+            "backoffLimitPerIndex": 3,
+            "maxFailedIndexes": 0,
+            "podFailurePolicy": {"rules": [
+                // Exit 2 is the sidecar's answer to bad input: retrying cannot help.
+                {"action": "FailJob", "onExitCodes": {"containerName": kind.as_str(), "operator": "In", "values": [2]}}
+            ]},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"restartPolicy": "Never", "containers": [container]},
+            },
+        },
+    }))
+}
+
+/// Where a Job stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Complete,
+    Failed(String),
+}
+
+/// Reads the Job's conditions.
+pub fn job_state(job: &Job) -> JobState {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    for c in &conditions {
+        if c.status != "True" {
+            continue;
+        }
+        match c.type_.as_str() {
+            "Complete" => return JobState::Complete,
+            "Failed" => {
+                return JobState::Failed(format!(
+                    "{}: {}",
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default()
+                ))
+            }
+            _ => {}
+        }
+    }
+    JobState::Running
+}
+
+/// The JSON one bulk pod writes to its termination message.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Summary {
+    pub mode: String,
+    pub ranges_done: i64,
+    pub ranges_total: i64,
+    pub rows_copied: i64,
+    pub bytes_copied: i64,
+    pub rows_per_second: f64,
+    pub rows_compared: i64,
+    pub missing: i64,
+    pub extra: i64,
+    pub mismatched: i64,
+    pub in_flight: i64,
+    pub repaired: i64,
+    pub examples: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The summaries of the Job's succeeded pods, one per completion index (the
+/// newest pod of an index wins: a retried index must not count twice).
+pub fn summaries(pods: &[Pod]) -> Vec<Summary> {
+    let mut by_index: std::collections::BTreeMap<String, (String, Summary)> = Default::default();
+    for pod in pods {
+        let Some(status) = &pod.status else { continue };
+        if status.phase.as_deref() != Some("Succeeded") {
+            continue;
+        }
+        let index = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("batch.kubernetes.io/job-completion-index").cloned())
+            .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
+        let created = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        let message = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+            .next();
+        let Some(summary) = message.and_then(|m| serde_json::from_str::<Summary>(m.trim()).ok())
+        else {
+            continue;
+        };
+        match by_index.get(&index) {
+            Some((seen, _)) if *seen >= created => {}
+            _ => {
+                by_index.insert(index, (created, summary));
+            }
+        }
+    }
+    by_index.into_values().map(|(_, s)| s).collect()
+}
+
+/// Adds up backfill summaries.
+pub fn backfill_progress(
+    job_name: &str,
+    start: i64,
+    ranges_total: i64,
+    sums: &[Summary],
+) -> BackfillProgress {
+    let mut p = BackfillProgress {
+        job_name: Some(job_name.to_owned()),
+        start_timestamp_micros: Some(start),
+        ranges_total,
+        ..Default::default()
+    };
+    let mut reported_total = 0;
+    for s in sums {
+        p.ranges_done += s.ranges_done;
+        reported_total += s.ranges_total;
+        p.rows_copied += s.rows_copied;
+        p.bytes_copied += s.bytes_copied;
+        p.rows_per_second += s.rows_per_second.round() as i64;
+    }
+    if reported_total > p.ranges_total {
+        p.ranges_total = reported_total;
+    }
+    p
+}
+
+/// At most this many example keys per kind in the status.
+const MAX_EXAMPLES: usize = 10;
+
+/// Adds up validation summaries.
+pub fn validation_results(job_name: &str, sums: &[Summary]) -> ValidationResults {
+    let mut r = ValidationResults {
+        job_name: Some(job_name.to_owned()),
+        ..Default::default()
+    };
+    for s in sums {
+        r.rows_compared += s.rows_compared;
+        r.missing += s.missing;
+        r.extra += s.extra;
+        r.mismatched += s.mismatched;
+        r.in_flight += s.in_flight;
+        r.repaired += s.repaired;
+        for (kind, keys) in &s.examples {
+            let slot = r.examples.entry(kind.clone()).or_default();
+            for k in keys {
+                if slot.len() < MAX_EXAMPLES {
+                    slot.push(k.clone());
+                }
+            }
+        }
+    }
+    r.unresolved = (r.missing + r.extra + r.mismatched - r.repaired).max(0);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::CassandraMigrationSpec;
+
+    fn migration() -> CassandraMigration {
+        let spec: CassandraMigrationSpec = serde_json::from_value(json!({
+            "source": {"statefulSet": "cassandra", "credentialsSecret": {"name": "src"}},
+            "target": {"contactPoints": ["t0:9042", "t1:9042"], "localDatacenter": "dc1"},
+            "keyspaces": {"include": ["shop", "users"]},
+            "backfill": {"parallelism": 4, "splits": 64, "rowsPerSecond": 1000, "timestampMode": "backdate"},
+            "validation": {"mode": "sample", "samplePercent": 10, "repair": true},
+        }))
+        .unwrap();
+        let mut cm = CassandraMigration::new("mig", spec);
+        cm.metadata.uid = Some("uid-1".into());
+        cm
+    }
+
+    fn inputs() -> JobInputs {
+        JobInputs {
+            name: "mig-backfill".into(),
+            image: "ferry-sidecar:dev".into(),
+            source_contact_points: vec!["10.0.0.1:9042".into(), "10.0.0.2:9042".into()],
+            source_datacenter: Some("dc0".into()),
+            start_timestamp_micros: 1_700_000_000_000_000,
+        }
+    }
+
+    fn env_of(job: &Job) -> std::collections::BTreeMap<String, String> {
+        let c = &job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        c.env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn backfill_job_is_indexed_and_carries_the_spec() {
+        let job = build_job(&migration(), JobKind::Backfill, &inputs()).unwrap();
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!(spec.completions, Some(4));
+        assert_eq!(spec.parallelism, Some(4));
+        let env = env_of(&job);
+        assert_eq!(env["FERRY_SPLITS"], "64");
+        assert_eq!(env["FERRY_SPLIT_COUNT"], "4");
+        assert_eq!(env["FERRY_TIMESTAMP_MODE"], "backdate");
+        assert_eq!(env["FERRY_START_TIMESTAMP"], "1700000000000000");
+        assert_eq!(
+            env["FERRY_ROWS_PER_SECOND"], "250",
+            "the rate is shared by the pods"
+        );
+        assert_eq!(env["FERRY_KEYSPACES"], "shop,users");
+        assert_eq!(
+            env["FERRY_SOURCE_CONTACT_POINTS"],
+            "10.0.0.1:9042,10.0.0.2:9042"
+        );
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.uid, "uid-1");
+        assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn validate_job_carries_the_validation_settings() {
+        let job = build_job(&migration(), JobKind::Validate, &inputs()).unwrap();
+        let env = env_of(&job);
+        assert_eq!(env["FERRY_VALIDATE_MODE"], "sample");
+        assert_eq!(env["FERRY_SAMPLE_PERCENT"], "10");
+        assert_eq!(env["FERRY_REPAIR"], "true");
+        assert!(!env.contains_key("FERRY_TIMESTAMP_MODE"));
+    }
+
+    fn pod(index: &str, created: &str, phase: &str, message: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("p-{index}-{created}"), "creationTimestamp": created,
+                         "annotations": {"batch.kubernetes.io/job-completion-index": index}},
+            "status": {"phase": phase, "containerStatuses": [{
+                "name": "backfill", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "message": message}}}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn summaries_count_each_index_once_and_add_up() {
+        let pods = [
+            pod(
+                "0",
+                "2026-01-01T00:00:00Z",
+                "Succeeded",
+                r#"{"mode":"backfill","rangesDone":10,"rangesTotal":32,"rowsCopied":100,"bytesCopied":1000,"rowsPerSecond":50.4}"#,
+            ),
+            pod(
+                "0",
+                "2026-01-01T00:05:00Z",
+                "Succeeded",
+                r#"{"mode":"backfill","rangesDone":32,"rangesTotal":32,"rowsCopied":300,"bytesCopied":3000,"rowsPerSecond":60}"#,
+            ),
+            pod(
+                "1",
+                "2026-01-01T00:00:00Z",
+                "Succeeded",
+                r#"{"mode":"backfill","rangesDone":32,"rangesTotal":32,"rowsCopied":200,"bytesCopied":2000,"rowsPerSecond":40}"#,
+            ),
+            pod(
+                "2",
+                "2026-01-01T00:00:00Z",
+                "Failed",
+                r#"{"mode":"backfill","rowsCopied":999}"#,
+            ),
+            pod("3", "2026-01-01T00:00:00Z", "Succeeded", "not json"),
+        ];
+        let sums = summaries(&pods);
+        assert_eq!(sums.len(), 2);
+        let p = backfill_progress("j", 1, 64, &sums);
+        assert_eq!(
+            (
+                p.ranges_done,
+                p.ranges_total,
+                p.rows_copied,
+                p.bytes_copied,
+                p.rows_per_second
+            ),
+            (64, 64, 500, 5000, 100)
+        );
+    }
+
+    #[test]
+    fn validation_results_add_up_and_bound_examples() {
+        let many: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+        let sums = vec![
+            Summary {
+                rows_compared: 10,
+                missing: 2,
+                mismatched: 1,
+                repaired: 3,
+                examples: [("missing".to_owned(), many.clone())].into(),
+                ..Default::default()
+            },
+            Summary {
+                rows_compared: 5,
+                extra: 1,
+                ..Default::default()
+            },
+        ];
+        let r = validation_results("v", &sums);
+        assert_eq!(
+            (
+                r.rows_compared,
+                r.missing,
+                r.extra,
+                r.mismatched,
+                r.repaired,
+                r.unresolved
+            ),
+            (15, 2, 1, 1, 3, 1)
+        );
+        assert_eq!(r.examples["missing"].len(), MAX_EXAMPLES);
+    }
+
+    #[test]
+    fn job_state_reads_conditions() {
+        let job: Job = serde_json::from_value(json!({"status": {"conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "too many"}]}})).unwrap();
+        assert_eq!(
+            job_state(&job),
+            JobState::Failed("BackoffLimitExceeded: too many".into())
+        );
+        let job: Job = serde_json::from_value(
+            json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}),
+        )
+        .unwrap();
+        assert_eq!(job_state(&job), JobState::Complete);
+        assert_eq!(job_state(&Job::default()), JobState::Running);
+    }
+}

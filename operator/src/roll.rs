@@ -1,0 +1,178 @@
+//! The sidecar roll: which source pod to evict next, if any. Pure, so the
+//! one-pod-at-a-time rule is unit tested on its own.
+//!
+//! The rule (as cass-operator rolls Cassandra): never touch a pod while any
+//! pod of the StatefulSet is missing, terminating or not Ready, so at most one
+//! Cassandra node is ever down and quorum holds for any RF >= 3.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::sidecar;
+
+/// What the planner needs to know of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub ready: bool,
+    pub terminating: bool,
+    pub has_sidecar: bool,
+    pub sidecar_ready: bool,
+}
+
+impl PodView {
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            ready: sidecar::pod_ready(pod),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            has_sidecar: sidecar::has_sidecar(pod),
+            sidecar_ready: sidecar::sidecar_ready(pod),
+        }
+    }
+}
+
+/// Which way the roll goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Every pod must end up with the sidecar.
+    Inject,
+    /// Every pod must end up without it (the migration is being deleted).
+    Remove,
+}
+
+/// The next step of the roll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollStep {
+    /// Nothing may be touched now; the reason says what we wait for.
+    Wait { pod: Option<String>, reason: String },
+    /// Evict this pod so it comes back with (or without) the sidecar.
+    Evict(String),
+    /// Every pod is as it should be.
+    Done,
+}
+
+fn ordinal(name: &str) -> u64 {
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// Plans the next step for a StatefulSet of `replicas` pods.
+pub fn plan(pods: &[PodView], replicas: usize, direction: Direction) -> RollStep {
+    let mut pods: Vec<&PodView> = pods.iter().collect();
+    pods.sort_by_key(|p| (ordinal(&p.name), p.name.clone()));
+    if pods.len() < replicas {
+        return RollStep::Wait {
+            pod: None,
+            reason: format!("{} of {replicas} pods exist", pods.len()),
+        };
+    }
+    if let Some(p) = pods.iter().find(|p| p.terminating) {
+        return RollStep::Wait {
+            pod: Some(p.name.clone()),
+            reason: format!("pod {} is terminating", p.name),
+        };
+    }
+    if let Some(p) = pods.iter().find(|p| !p.ready) {
+        return RollStep::Wait {
+            pod: Some(p.name.clone()),
+            reason: format!("pod {} is not Ready", p.name),
+        };
+    }
+    match direction {
+        Direction::Inject => {
+            if let Some(p) = pods.iter().find(|p| p.has_sidecar && !p.sidecar_ready) {
+                return RollStep::Wait {
+                    pod: Some(p.name.clone()),
+                    reason: format!("the proxy of pod {} is not ready", p.name),
+                };
+            }
+            match pods.iter().find(|p| !p.has_sidecar) {
+                Some(p) => RollStep::Evict(p.name.clone()),
+                None => RollStep::Done,
+            }
+        }
+        Direction::Remove => match pods.iter().find(|p| p.has_sidecar) {
+            Some(p) => RollStep::Evict(p.name.clone()),
+            None => RollStep::Done,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ready: bool, has: bool) -> PodView {
+        PodView {
+            name: name.into(),
+            ready,
+            terminating: false,
+            has_sidecar: has,
+            sidecar_ready: has && ready,
+        }
+    }
+
+    #[test]
+    fn evicts_one_pod_at_a_time_in_ordinal_order() {
+        let pods = [
+            pod("c-10", true, false),
+            pod("c-2", true, false),
+            pod("c-1", true, true),
+        ];
+        assert_eq!(
+            plan(&pods, 3, Direction::Inject),
+            RollStep::Evict("c-2".into())
+        );
+    }
+
+    #[test]
+    fn never_touches_a_pod_while_another_is_down() {
+        let pods = [
+            pod("c-0", true, true),
+            pod("c-1", false, true),
+            pod("c-2", true, false),
+        ];
+        assert!(
+            matches!(plan(&pods, 3, Direction::Inject), RollStep::Wait { pod: Some(p), .. } if p == "c-1")
+        );
+        let missing = [pod("c-0", true, true), pod("c-2", true, false)];
+        assert!(matches!(
+            plan(&missing, 3, Direction::Inject),
+            RollStep::Wait { pod: None, .. }
+        ));
+        let mut terminating = pod("c-0", true, false);
+        terminating.terminating = true;
+        assert!(matches!(
+            plan(
+                &[terminating, pod("c-1", true, false)],
+                2,
+                Direction::Inject
+            ),
+            RollStep::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn waits_for_the_proxy_to_be_ready() {
+        let mut p = pod("c-0", true, true);
+        p.sidecar_ready = false;
+        assert!(matches!(
+            plan(&[p, pod("c-1", true, false)], 2, Direction::Inject),
+            RollStep::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn done_when_all_have_it_and_removal_goes_the_other_way() {
+        let pods = [pod("c-0", true, true), pod("c-1", true, true)];
+        assert_eq!(plan(&pods, 2, Direction::Inject), RollStep::Done);
+        assert_eq!(
+            plan(&pods, 2, Direction::Remove),
+            RollStep::Evict("c-0".into())
+        );
+        let bare = [pod("c-0", true, false)];
+        assert_eq!(plan(&bare, 1, Direction::Remove), RollStep::Done);
+    }
+}

@@ -1,0 +1,338 @@
+//! The proxy sidecar the webhook injects into each source pod: what it looks
+//! like (pure functions, unit tested) and how to tell whether a pod has it.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{json, Value};
+
+use crate::crd::{CassandraMigration, TrafficRedirect, WriteMode};
+use crate::labels;
+
+/// Settings of the injection that do not come from the CR.
+#[derive(Debug, Clone)]
+pub struct InjectionSettings {
+    /// Default proxy image (the CR's `proxy.image` wins).
+    pub sidecar_image: String,
+    /// Image of the iptables redirect init container.
+    pub redirect_image: String,
+    /// Use a native sidecar (init container with `restartPolicy: Always`,
+    /// Kubernetes 1.29+); otherwise a plain container.
+    pub native_sidecar: bool,
+}
+
+/// The proxy's arguments for a migration.
+pub fn proxy_args(cm: &CassandraMigration) -> Vec<String> {
+    let spec = &cm.spec;
+    let (target_host, target_port) = spec
+        .target
+        .contact_points
+        .first()
+        .and_then(|cp| split_host_port(cp))
+        .unwrap_or_else(|| ("".to_owned(), 9042));
+    let mode = match spec.proxy.write_mode {
+        WriteMode::Sync => "sync",
+        WriteMode::Async => "async",
+    };
+    let mut args = vec![
+        "proxy".to_owned(),
+        "127.0.0.1".to_owned(),
+        target_host,
+        format!("--source-port={}", spec.source.cql_port),
+        format!("--target-port={target_port}"),
+        format!("--proxy-port={}", spec.proxy.listen_port),
+        format!("--mode={mode}"),
+        format!("--admin-port={}", labels::PROXY_ADMIN_PORT),
+        format!(
+            "--peer-map={}/{}",
+            labels::PEER_MAP_DIR,
+            labels::PEER_MAP_KEY
+        ),
+        "--advertise-address=$(POD_IP)".to_owned(),
+        "--spool-dir=/var/lib/ferry/spool".to_owned(),
+    ];
+    if let Some(v) = spec.proxy.protocol_version {
+        args.push(format!("--protocol-version={v}"));
+    }
+    if !spec.keyspaces.include.is_empty() {
+        args.push(format!(
+            "--include-keyspaces={}",
+            spec.keyspaces.include.join(",")
+        ));
+    }
+    if !spec.keyspaces.exclude.is_empty() {
+        args.push(format!(
+            "--exclude-keyspaces={}",
+            spec.keyspaces.exclude.join(",")
+        ));
+    }
+    if !spec.tables.exclude.is_empty() {
+        args.push(format!(
+            "--exclude-tables={}",
+            spec.tables.exclude.join(",")
+        ));
+    }
+    args
+}
+
+/// Splits `host:port` (IPv6 as `[addr]:port`).
+pub fn split_host_port(cp: &str) -> Option<(String, u16)> {
+    let (host, port) = cp.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_owned(), port))
+}
+
+/// The sidecar container as JSON.
+pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) -> Value {
+    let spec = &cm.spec;
+    let image = spec
+        .proxy
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.sidecar_image.clone());
+    let mut env =
+        vec![json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})];
+    if let Some(secret) = &spec.target.credentials_secret {
+        env.push(json!({"name": "FERRY_PROXY_TARGET_USERNAME", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.username_key}}}));
+        env.push(json!({"name": "FERRY_PROXY_TARGET_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.password_key}}}));
+    }
+    let mut container = json!({
+        "name": labels::SIDECAR_CONTAINER,
+        "image": image,
+        "args": proxy_args(cm),
+        "env": env,
+        "ports": [
+            {"name": "ferry-cql", "containerPort": spec.proxy.listen_port},
+            {"name": "ferry-admin", "containerPort": labels::PROXY_ADMIN_PORT},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": labels::PROXY_ADMIN_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": labels::PROXY_ADMIN_PORT}, "periodSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": [
+            {"name": "ferry-peers", "mountPath": labels::PEER_MAP_DIR, "readOnly": true},
+            {"name": "ferry-spool", "mountPath": "/var/lib/ferry/spool"},
+        ],
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
+        },
+    });
+    if let Some(resources) = &spec.proxy.resources {
+        container["resources"] = serde_json::to_value(resources).unwrap_or(Value::Null);
+    }
+    if settings.native_sidecar {
+        container["restartPolicy"] = json!("Always");
+    }
+    container
+}
+
+/// The init container that redirects inbound CQL traffic to the proxy. It
+/// needs NET_ADMIN (and NET_RAW for iptables) in this container only; the
+/// proxy's own connection to Cassandra goes over loopback (OUTPUT chain), so
+/// it is not redirected.
+pub fn redirect_container(cm: &CassandraMigration, settings: &InjectionSettings) -> Value {
+    let spec = &cm.spec;
+    let rule = format!(
+        "iptables -t nat -C PREROUTING -p tcp --dport {src} -j REDIRECT --to-ports {proxy} 2>/dev/null || iptables -t nat -A PREROUTING -p tcp --dport {src} -j REDIRECT --to-ports {proxy}",
+        src = spec.source.cql_port,
+        proxy = spec.proxy.listen_port
+    );
+    json!({
+        "name": labels::REDIRECT_CONTAINER,
+        "image": settings.redirect_image,
+        "command": ["sh", "-c", rule],
+        "securityContext": {
+            "runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+        },
+    })
+}
+
+fn add(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(path.iter().copied()),
+        value,
+    })
+}
+
+/// The JSON patch that injects the sidecar into `pod`.
+pub fn injection_patch(pod: &Pod, cm: &CassandraMigration, settings: &InjectionSettings) -> Patch {
+    let mut ops = Vec::new();
+    let name = cm.metadata.name.clone().unwrap_or_default();
+    if pod.metadata.annotations.is_none() {
+        ops.push(add(&["metadata", "annotations"], json!({})));
+    }
+    ops.push(add(
+        &["metadata", "annotations", labels::MIGRATION_ANNOTATION],
+        json!(name),
+    ));
+    let spec = pod.spec.as_ref();
+    let mut init = Vec::new();
+    if cm.spec.proxy.redirect == TrafficRedirect::Iptables {
+        init.push(redirect_container(cm, settings));
+    }
+    let sidecar = sidecar_container(cm, settings);
+    if settings.native_sidecar {
+        init.push(sidecar);
+    } else {
+        let has_containers = spec.is_some_and(|s| !s.containers.is_empty());
+        if has_containers {
+            ops.push(add(&["spec", "containers", "-"], sidecar));
+        } else {
+            ops.push(add(&["spec", "containers"], json!([sidecar])));
+        }
+    }
+    let has_init = spec.is_some_and(|s| s.init_containers.is_some());
+    if has_init {
+        for c in init {
+            ops.push(add(&["spec", "initContainers", "-"], c));
+        }
+    } else if !init.is_empty() {
+        ops.push(add(&["spec", "initContainers"], Value::Array(init)));
+    }
+    let volumes = [
+        json!({"name": "ferry-peers", "configMap": {"name": labels::peer_map_name(&name), "optional": true}}),
+        json!({"name": "ferry-spool", "emptyDir": {}}),
+    ];
+    if spec.is_some_and(|s| s.volumes.is_some()) {
+        for v in volumes {
+            ops.push(add(&["spec", "volumes", "-"], v));
+        }
+    } else {
+        ops.push(add(&["spec", "volumes"], Value::Array(volumes.to_vec())));
+    }
+    Patch(ops)
+}
+
+/// Whether the pod carries Ferry's proxy (as init or plain container).
+pub fn has_sidecar(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == labels::SIDECAR_CONTAINER)
+    })
+}
+
+/// Whether the pod's proxy container reports ready.
+pub fn sidecar_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.container_statuses
+            .iter()
+            .flatten()
+            .chain(s.init_container_statuses.iter().flatten())
+            .any(|c| c.name == labels::SIDECAR_CONTAINER && c.ready)
+    })
+}
+
+/// Whether the pod is Ready (its Ready condition is True).
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::CassandraMigrationSpec;
+
+    fn migration(redirect: TrafficRedirect) -> CassandraMigration {
+        let spec: CassandraMigrationSpec = serde_json::from_value(json!({
+            "source": {"statefulSet": "cassandra"},
+            "target": {"contactPoints": ["[fd00::1]:9142", "10.0.0.2:9042"], "localDatacenter": "dc1",
+                       "credentialsSecret": {"name": "target-creds"}},
+            "keyspaces": {"include": ["shop"]},
+            "proxy": {"redirect": redirect, "writeMode": "async", "protocolVersion": 4},
+        }))
+        .unwrap();
+        CassandraMigration::new("mig", spec)
+    }
+
+    fn settings(native: bool) -> InjectionSettings {
+        InjectionSettings {
+            sidecar_image: "ferry-sidecar:dev".into(),
+            redirect_image: "ferry-redirect:dev".into(),
+            native_sidecar: native,
+        }
+    }
+
+    fn apply(pod: &Pod, patch: &Patch) -> Pod {
+        let mut doc = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut doc, patch).unwrap();
+        serde_json::from_value(doc).unwrap()
+    }
+
+    fn bare_pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "cassandra-0"},
+            "spec": {"containers": [{"name": "cassandra", "image": "cassandra:5"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn native_sidecar_with_redirect_is_injected() {
+        let cm = migration(TrafficRedirect::Iptables);
+        let pod = apply(
+            &bare_pod(),
+            &injection_patch(&bare_pod(), &cm, &settings(true)),
+        );
+        assert!(has_sidecar(&pod));
+        let spec = pod.spec.unwrap();
+        let init = spec.init_containers.unwrap();
+        assert_eq!(init[0].name, labels::REDIRECT_CONTAINER);
+        assert_eq!(init[1].name, labels::SIDECAR_CONTAINER);
+        assert_eq!(init[1].restart_policy.as_deref(), Some("Always"));
+        let args = init[1].args.clone().unwrap();
+        assert_eq!(&args[..3], &["proxy", "127.0.0.1", "fd00::1"]);
+        assert!(args.contains(&"--target-port=9142".to_owned()));
+        assert!(args.contains(&"--mode=async".to_owned()));
+        assert!(args.contains(&"--protocol-version=4".to_owned()));
+        assert!(args.contains(&"--include-keyspaces=shop".to_owned()));
+        assert_eq!(spec.containers.len(), 1, "the app container is untouched");
+        assert_eq!(spec.volumes.unwrap().len(), 2);
+        let ann = pod.metadata.annotations.unwrap();
+        assert_eq!(
+            ann.get(labels::MIGRATION_ANNOTATION).map(String::as_str),
+            Some("mig")
+        );
+    }
+
+    #[test]
+    fn plain_container_without_redirect_on_old_clusters() {
+        let cm = migration(TrafficRedirect::Port);
+        let pod = apply(
+            &bare_pod(),
+            &injection_patch(&bare_pod(), &cm, &settings(false)),
+        );
+        let spec = pod.spec.unwrap();
+        assert!(spec.init_containers.is_none());
+        assert_eq!(spec.containers[1].name, labels::SIDECAR_CONTAINER);
+        assert!(spec.containers[1].restart_policy.is_none());
+    }
+
+    #[test]
+    fn target_credentials_come_from_the_secret() {
+        let cm = migration(TrafficRedirect::Port);
+        let c = sidecar_container(&cm, &settings(true));
+        let env = c["env"].as_array().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e["name"] == "FERRY_PROXY_TARGET_PASSWORD"
+                && e["valueFrom"]["secretKeyRef"]["name"] == "target-creds"
+                && e["valueFrom"]["secretKeyRef"]["key"] == "password"));
+        assert!(
+            !c.to_string().contains("\"value\":\"cassandra\""),
+            "no literal secret"
+        );
+    }
+
+    #[test]
+    fn host_port_splitting() {
+        assert_eq!(split_host_port("a.b:9042"), Some(("a.b".into(), 9042)));
+        assert_eq!(split_host_port("[::1]:9042"), Some(("::1".into(), 9042)));
+        assert_eq!(split_host_port("nohost"), None);
+    }
+}

@@ -71,8 +71,83 @@ build_pause() {
 }
 
 # --- cassandra ---------------------------------------------------------------
+# A Java 17 runtime cut by jlink from Debian's openjdk-17-jdk-headless: the
+# Java SE modules plus the JDK ones Cassandra touches (Unsafe, management,
+# attach, JFR, crypto). Cached per JDK build.
+jre() {
+  local key dir
+  key=$(sha256sum "$JDK/release" "$JDK/lib/modules" | sha256sum | cut -c1-12)
+  dir=$OUT/jre17-$key
+  if [ ! -x "$dir/bin/java" ]; then
+    log "jlink: Java 17 runtime from $JDK"
+    rm -rf "$dir" "$dir.tmp"
+    "$JDK/bin/jlink" --output "$dir.tmp" --strip-debug --no-man-pages --no-header-files --compress=2 \
+      --add-modules java.se,jdk.unsupported,jdk.management,jdk.management.agent,jdk.attach,jdk.jfr,jdk.crypto.ec,jdk.crypto.cryptoki,jdk.naming.dns,jdk.naming.rmi,jdk.net,jdk.sctp,jdk.zipfs,jdk.jcmd,jdk.localedata \
+      --include-locales=en >&2
+    mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+
+# copy_libs ROOT ELF...: copies the shared libraries the ELF files need (as
+# ldd resolves them on this machine, Debian 12) into ROOT at the same paths.
+copy_libs() {
+  local root=$1 lib; shift
+  for lib in $(ldd "$@" 2>/dev/null | awk '/=> \// {print $3} /^\t\/lib64/ {print $1}' | sort -u); do
+    mkdir -p "$root$(dirname "$lib")"
+    [ -e "$root$lib" ] || cp -L "$lib" "$root$lib"
+  done
+}
+
 build_cassandra() {
-  :
+  local key archive lib base jars conf jre_dir uid=999
+  "$FERRY_ROOT/e2e/testbed/cassandra/cassandra.sh" fetch >&2
+  lib=$FERRY_CACHE/cassandra-$CASSANDRA_VERSION/lib
+  key=$(hash_inputs "$images_dir/cassandra" "$lib" "$JDK/release" /bin/busybox)
+  archive=$OUT/cassandra-$key.tar
+  if [ -s "$archive" ]; then echo "$archive"; return 0; fi
+  log "building image $REPO/cassandra:$TAG (Cassandra $CASSANDRA_VERSION)"
+  jre_dir=$(jre)
+  # Layer 1: busybox, the C libraries, the Java runtime, a cassandra user.
+  base=$(staging cassandra-base)
+  base_files "$base" "$uid" cassandra
+  printf 'hosts: files dns\n' >"$base/etc/nsswitch.conf"
+  mkdir -p "$base/bin" "$base/opt"
+  cp /bin/busybox "$base/bin/busybox"
+  /bin/busybox --list | while read -r applet; do
+    [ -e "$base/bin/$applet" ] || ln -s busybox "$base/bin/$applet"
+  done
+  cp -a "$jre_dir" "$base/opt/java"
+  # shellcheck disable=SC2046 # one word per file
+  copy_libs "$base" $(find "$base/opt/java" -type f \( -name '*.so' -o -perm -u+x \) )
+  # Native code unpacked from jars at run time (netty epoll, JNA, zstd, lz4,
+  # snappy) links against these without the JRE needing them.
+  local l
+  for l in libdl.so.2 libpthread.so.0 librt.so.1 libm.so.6 libresolv.so.2 libgcc_s.so.1 libstdc++.so.6 libz.so.1; do
+    [ -e "$base/lib/x86_64-linux-gnu/$l" ] || cp -L "/lib/x86_64-linux-gnu/$l" "$base/lib/x86_64-linux-gnu/$l"
+  done
+  # Layer 2: the jars Maven resolved. Layer 3: entrypoint and configuration.
+  jars=$(staging cassandra-jars)
+  mkdir -p "$jars/opt/cassandra/lib"
+  cp "$lib"/*.jar "$jars/opt/cassandra/lib/"
+  conf=$(staging cassandra-conf)
+  mkdir -p "$conf/opt/cassandra/bin" "$conf/opt/cassandra/conf" "$conf/var/lib/cassandra"
+  cp "$images_dir/cassandra/entrypoint.sh" "$images_dir/cassandra/nodetool" "$conf/opt/cassandra/bin/"
+  cp "$images_dir/cassandra/cassandra.yaml.in" "$images_dir/cassandra/logback.xml" \
+    "$images_dir/cassandra/logback-tools.xml" "$images_dir/cassandra/jvm17.options" "$conf/opt/cassandra/conf/"
+  chmod 755 "$conf/opt/cassandra/bin/"*
+  chown "$uid:$uid" "$conf/var/lib/cassandra"
+  oci_image "$archive" "$REPO/cassandra:$TAG" "$(jq -nc --arg v "$CASSANDRA_VERSION" --arg uid "$uid:$uid" '{
+      User: $uid, WorkingDir: "/var/lib/cassandra",
+      Env: ["PATH=/opt/java/bin:/opt/cassandra/bin:/bin", "JAVA_HOME=/opt/java", "CASSANDRA_HOME=/opt/cassandra"],
+      Entrypoint: ["/opt/cassandra/bin/entrypoint.sh"],
+      ExposedPorts: {"7000/tcp": {}, "9042/tcp": {}},
+      Volumes: {"/var/lib/cassandra": {}},
+      Labels: {"org.opencontainers.image.title": "Apache Cassandra (Ferry test image)",
+               "org.apache.cassandra.version": $v}}')" \
+    "$base" "$jars" "$conf"
+  rm -rf "$base" "$jars" "$conf"
+  echo "$archive"
 }
 
 # --- operator and sidecar ----------------------------------------------------

@@ -87,8 +87,8 @@ setup_network() {
     iptables -I FORWARD 1 -s "$CLUSTER_CIDR" -j FERRY-POD-EGRESS
   # The kubelet's API trusts its callers (see write_kubelet_config): only the
   # host (the API server) may call it, not pods.
-  iptables -C INPUT -s "$CLUSTER_CIDR" -p tcp --dport 10250 -j DROP 2>/dev/null ||
-    iptables -I INPUT 1 -s "$CLUSTER_CIDR" -p tcp --dport 10250 -j DROP
+  iptables -C INPUT -i "$BRIDGE" -p tcp --dport 10250 -j DROP 2>/dev/null ||
+    iptables -I INPUT 1 -i "$BRIDGE" -p tcp --dport 10250 -j DROP
 }
 
 write_cni_config() {

@@ -108,6 +108,37 @@ pub fn decode_nullable_int_list(bytes: &[u8]) -> Option<Vec<Option<i32>>> {
     Some(out)
 }
 
+/// Splits a serialized list or set into its elements' bytes (`None` for a
+/// null element).
+pub fn split_collection(bytes: &Bytes) -> Option<Vec<Option<Bytes>>> {
+    let mut rest: &[u8] = bytes;
+    let count = take_i32(&mut rest)?;
+    let mut out = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let len = take_i32(&mut rest)?;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let start = bytes.len() - rest.len();
+            let (_, tail) = rest.split_at_checked(len as usize)?;
+            out.push(Some(bytes.slice(start..start + len as usize)));
+            rest = tail;
+        }
+    }
+    Some(out)
+}
+
+/// Serializes elements back into a list.
+pub fn join_collection(elements: &[&Bytes]) -> Bytes {
+    let mut out = Vec::with_capacity(4 + elements.iter().map(|e| 4 + e.len()).sum::<usize>());
+    out.extend_from_slice(&(elements.len() as i32).to_be_bytes());
+    for element in elements {
+        out.extend_from_slice(&(element.len() as i32).to_be_bytes());
+        out.extend_from_slice(element);
+    }
+    Bytes::from(out)
+}
+
 fn take_i32(rest: &mut &[u8]) -> Option<i32> {
     let (head, tail) = rest.split_at_checked(4)?;
     *rest = tail;
@@ -163,5 +194,10 @@ mod tests {
             Some(vec![Some(600), None])
         );
         assert_eq!(decode_nullable_int_list(&bytes[..6]), None);
+        let list = join_collection(&[&Bytes::from_static(b"ab"), &Bytes::from_static(b"")]);
+        assert_eq!(
+            split_collection(&list),
+            Some(vec![Some(Bytes::from_static(b"ab")), Some(Bytes::new())])
+        );
     }
 }

@@ -102,7 +102,7 @@ impl Stats {
                 "rowsCopied": g(&self.rows),
                 "bytesCopied": g(&self.bytes),
                 "rowsPerSecond": self.rows_per_second(),
-                "seconds": self.started.elapsed().as_secs(),
+                "elapsedMillis": self.started.elapsed().as_millis() as u64,
             });
         }
         let differences = g(&self.missing) + g(&self.extra) + g(&self.mismatched);
@@ -125,7 +125,8 @@ impl Stats {
                 "repaired": g(&self.repaired),
                 "unresolved": differences.saturating_sub(g(&self.repaired)),
                 "rowsPerSecond": self.rows_per_second(),
-                "seconds": self.started.elapsed().as_secs(),
+                "bytesRead": g(&self.bytes),
+                "elapsedMillis": self.started.elapsed().as_millis() as u64,
                 "examples": examples,
             });
             if value.to_string().len() <= SUMMARY_LIMIT || examples.is_empty() {

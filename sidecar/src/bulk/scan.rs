@@ -12,7 +12,7 @@ use scylla::statement::Consistency;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::cells::{decode_bigint, decode_int, decode_nullable_int_list, RawRow};
+use super::cells::{decode_bigint, decode_int, decode_nullable_int_list, split_collection, RawRow};
 use super::ring::{replicas_of, ReplicaRouting, TokenRange};
 use super::schema::{Column, TableSchema};
 
@@ -53,6 +53,14 @@ pub struct ValueSlot {
     pub writetime: Option<usize>,
     pub ttl: Option<usize>,
     pub is_static: bool,
+}
+
+/// One element of a non-frozen list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListElement {
+    pub value: Bytes,
+    pub writetime: Option<i64>,
+    pub ttl: Option<i32>,
 }
 
 /// A cell's value with its timestamp metadata.
@@ -123,10 +131,17 @@ impl ScanLayout {
     /// The cell of value slot `slot`.
     pub fn cell<'a>(&self, row: &'a RawRow, slot: &ValueSlot) -> CellMeta<'a> {
         let value = row.cell(slot.value);
-        let writetime = slot
-            .writetime
-            .and_then(|i| row.cell(i))
-            .and_then(|b| decode_bigint(b));
+        let writetime = slot.writetime.and_then(|i| row.cell(i)).and_then(|b| {
+            if slot.column.is_multi_cell_list() {
+                // Per-element WRITETIMEs of a non-frozen list: the newest.
+                split_collection(b)?
+                    .iter()
+                    .filter_map(|e| e.as_ref().and_then(|e| decode_bigint(e)))
+                    .max()
+            } else {
+                decode_bigint(b)
+            }
+        });
         let ttl = slot.ttl.and_then(|i| row.cell(i)).map_or(0, |b| {
             if slot.column.is_multi_cell() {
                 let ttls = decode_nullable_int_list(b).unwrap_or_default();
@@ -144,6 +159,38 @@ impl ScanLayout {
             writetime,
             ttl,
         }
+    }
+
+    /// A non-frozen list's elements with each one's WRITETIME and TTL
+    /// (Cassandra 5 returns both per element).
+    pub fn list_elements(&self, row: &RawRow, slot: &ValueSlot) -> Option<Vec<ListElement>> {
+        let values = split_collection(row.cell(slot.value)?)?;
+        let writetimes = slot
+            .writetime
+            .and_then(|i| row.cell(i))
+            .and_then(split_collection)
+            .unwrap_or_default();
+        let ttls = slot
+            .ttl
+            .and_then(|i| row.cell(i))
+            .and_then(|b| decode_nullable_int_list(b))
+            .unwrap_or_default();
+        Some(
+            values
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, value)| {
+                    Some(ListElement {
+                        value: value?,
+                        writetime: writetimes
+                            .get(i)
+                            .and_then(|w| w.as_ref())
+                            .and_then(|w| decode_bigint(w)),
+                        ttl: ttls.get(i).copied().flatten(),
+                    })
+                })
+                .collect(),
+        )
     }
 
     /// The partition key and clustering bytes, length-prefixed: equal keys
@@ -177,7 +224,7 @@ fn select_list(schema: &TableSchema) -> String {
         let q = column.quoted();
         if column.is_counter() {
             cols.push(q);
-        } else if column.is_multi_cell() {
+        } else if column.is_multi_cell() && !column.is_multi_cell_list() {
             cols.push(format!("{q}, MAXWRITETIME({q}), TTL({q})"));
         } else {
             cols.push(format!("{q}, WRITETIME({q}), TTL({q})"));

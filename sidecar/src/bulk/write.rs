@@ -19,9 +19,10 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use tracing::warn;
 
-use super::cells::{BindCell, RawRow};
+use super::cells::{join_collection, BindCell, RawRow};
 use super::scan::{ScanLayout, ValueSlot};
 use super::schema::{Column, TableSchema};
+use bytes::Bytes;
 
 /// Which timestamps the copies carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -87,27 +88,73 @@ impl WritePlanner {
         row: &RawRow,
         slots: &[ValueSlot],
         attempt: i64,
-    ) -> BTreeMap<(i64, i32), Vec<usize>> {
-        let mut groups: BTreeMap<(i64, i32), Vec<usize>> = BTreeMap::new();
+    ) -> BTreeMap<(i64, i32), Vec<(usize, Bytes)>> {
+        let mut groups: BTreeMap<(i64, i32), Vec<(usize, Bytes)>> = BTreeMap::new();
         for (i, slot) in slots.iter().enumerate() {
-            let cell = self.layout.cell(row, slot);
-            if cell.value.is_none() {
+            if slot.column.is_multi_cell_list() {
+                if let Some((key, value)) = self.list_group(row, slot, attempt) {
+                    groups.entry(key).or_default().push((i, value));
+                }
                 continue;
             }
-            let mut ts = match self.mode {
+            let cell = self.layout.cell(row, slot);
+            let Some(value) = cell.value else {
+                continue;
+            };
+            let ts = match self.mode {
                 TimestampMode::Preserve => cell.writetime.unwrap_or(self.base_timestamp),
                 TimestampMode::Backdate => self.base_timestamp,
             };
-            // A non-frozen list rewritten at the same timestamp gains a second
-            // copy of its elements (their cell names are fresh timeuuids, and
-            // the overwrite's tombstone is at ts-1). A re-copy therefore goes
-            // 1 µs later per attempt, so its tombstone covers the earlier copy.
-            if slot.column.is_multi_cell_list() {
-                ts += attempt;
-            }
-            groups.entry((ts, cell.ttl)).or_default().push(i);
+            groups
+                .entry((ts, cell.ttl))
+                .or_default()
+                .push((i, value.clone()));
         }
         groups
+    }
+
+    /// A non-frozen list's write. Its elements' cell names are timeuuids the
+    /// coordinator makes up at write time, so a list cannot be rewritten
+    /// idempotently:
+    /// - elements written at or after the base timestamp (the proxy start)
+    ///   are left out: the proxy mirrored them, and writing them again
+    ///   would duplicate them;
+    /// - the overwrite's tombstone is at ts-1, so a second copy at the same
+    ///   ts would keep both copies; a re-copy (attempt n) therefore goes
+    ///   n µs later, and its tombstone covers the earlier copy.
+    fn list_group(
+        &self,
+        row: &RawRow,
+        slot: &ValueSlot,
+        attempt: i64,
+    ) -> Option<((i64, i32), Bytes)> {
+        let elements = self.layout.list_elements(row, slot)?;
+        let kept: Vec<_> = elements
+            .iter()
+            .filter(|e| e.writetime.is_none_or(|w| w < self.base_timestamp))
+            .collect();
+        if kept.is_empty() {
+            return None;
+        }
+        let value = if kept.len() == elements.len() {
+            row.cell(slot.value)?.clone()
+        } else {
+            join_collection(&kept.iter().map(|e| &e.value).collect::<Vec<_>>())
+        };
+        let ts = match self.mode {
+            TimestampMode::Preserve => kept
+                .iter()
+                .filter_map(|e| e.writetime)
+                .max()
+                .unwrap_or(self.base_timestamp),
+            TimestampMode::Backdate => self.base_timestamp,
+        };
+        let ttl = if kept.iter().any(|e| e.ttl.is_none()) {
+            0
+        } else {
+            kept.iter().filter_map(|e| e.ttl).max().unwrap_or(0)
+        };
+        Some(((ts + attempt, ttl), value))
     }
 
     fn keys(&self, row: &RawRow, with_clustering: bool) -> Vec<BindCell> {
@@ -124,24 +171,13 @@ impl WritePlanner {
             .collect()
     }
 
-    fn slot_values(
-        &self,
-        row: &RawRow,
-        slots: &[ValueSlot],
-        chosen: &[usize],
-    ) -> (Vec<BindCell>, u64) {
+    fn slot_values(&self, slots: &[ValueSlot], chosen: &[(usize, Bytes)]) -> (Vec<BindCell>, u64) {
+        let mut values = vec![BindCell::Unset; slots.len()];
         let mut bytes = 0;
-        let values = slots
-            .iter()
-            .enumerate()
-            .map(|(i, slot)| match row.cell(slot.value) {
-                Some(b) if chosen.contains(&i) => {
-                    bytes += b.len() as u64;
-                    BindCell::Raw(b.clone())
-                }
-                _ => BindCell::Unset,
-            })
-            .collect();
+        for (i, value) in chosen {
+            bytes += value.len() as u64;
+            values[*i] = BindCell::Raw(value.clone());
+        }
         (values, bytes)
     }
 
@@ -160,7 +196,7 @@ impl WritePlanner {
             .sum();
         if write_statics && self.n_static > 0 {
             for ((ts, ttl), chosen) in self.groups(row, self.static_slots(), attempt) {
-                let (values, bytes) = self.slot_values(row, self.static_slots(), &chosen);
+                let (values, bytes) = self.slot_values(self.static_slots(), &chosen);
                 let mut bind = vec![BindCell::BigInt(ts), BindCell::Int(ttl)];
                 bind.extend(values);
                 bind.extend(self.keys(row, false));
@@ -190,7 +226,7 @@ impl WritePlanner {
             return;
         }
         for (n, ((ts, ttl), chosen)) in groups.into_iter().enumerate() {
-            let (values, bytes) = self.slot_values(row, self.regular_slots(), &chosen);
+            let (values, bytes) = self.slot_values(self.regular_slots(), &chosen);
             if n == 0 {
                 let mut bind = self.keys(row, true);
                 bind.extend(values);
@@ -566,27 +602,27 @@ mod tests {
 
     #[test]
     fn lists_move_one_microsecond_per_attempt_and_backdate_uses_the_start() {
-        let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 5);
-        let row = RawRow(vec![
-            i64b(1),
-            i32b(1),
-            i32b(2),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            b(&[0, 0, 0, 0]),
-            i64b(400),
-            None,
+        let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 450);
+        let one = Bytes::copy_from_slice(&1i32.to_be_bytes());
+        let two = Bytes::copy_from_slice(&2i32.to_be_bytes());
+        let list = crate::bulk::cells::join_collection(&[&one, &two]);
+        let writetimes = crate::bulk::cells::join_collection(&[
+            &Bytes::copy_from_slice(&400i64.to_be_bytes()),
+            &Bytes::copy_from_slice(&500i64.to_be_bytes()),
         ]);
+        let mut row = RawRow(vec![i64b(1), i32b(1), i32b(2)]);
+        row.0.extend(vec![None; 9]);
+        row.0.extend([Some(list), Some(writetimes), None]);
         let mut ops = Vec::new();
         planner.plan_row(&row, false, 2, &mut ops);
+        assert_eq!(ops.len(), 1);
+        // The element written at 500 (after the proxy start, 450) is left
+        // to the proxy; the other is written at 400 + attempt 2.
         assert_eq!(ops[0].values[5], BindCell::BigInt(402));
+        assert_eq!(
+            ops[0].values[4],
+            BindCell::Raw(crate::bulk::cells::join_collection(&[&one]))
+        );
 
         let planner = WritePlanner::new(&schema(), TimestampMode::Backdate, 1_000);
         let row = RawRow(vec![

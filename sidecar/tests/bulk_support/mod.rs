@@ -16,6 +16,13 @@ pub struct Bed {
 }
 
 pub async fn bed() -> Bed {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let testbed = tokio::task::spawn_blocking(|| ferry_e2e::testbed::cassandra(1))
         .await
         .expect("join")

@@ -1,0 +1,283 @@
+//! Benchmark of the bulk modes against the local test bed.
+//!
+//! For each table size, on the same rows: the target's raw ingest rate (a
+//! plain writer of the same rows, same driver, many writes in flight), the
+//! backfill's rate and the validation's rate, each run `--runs` times; it
+//! prints the medians (rows/s, MB/s of cell values) and the peak RSS of
+//! the backfill and validate processes (measured with /usr/bin/time).
+//!
+//! ```text
+//! cargo build --release -p ferry-sidecar --bins
+//! target/release/bulk-bench --sizes 100000,1000000 --runs 3
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use futures::StreamExt;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(
+        long,
+        env = "FERRY_SOURCE_CONTACT_POINTS",
+        default_value = "127.0.0.11:9042"
+    )]
+    source_contact_points: String,
+    #[arg(long, env = "FERRY_SOURCE_DATACENTER", default_value = "source-dc")]
+    source_dc: String,
+    #[arg(
+        long,
+        env = "FERRY_TARGET_CONTACT_POINTS",
+        default_value = "127.0.0.21:9042"
+    )]
+    target_contact_points: String,
+    #[arg(long, env = "FERRY_TARGET_DATACENTER", default_value = "target-dc")]
+    target_dc: String,
+    /// Table sizes in rows.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    sizes: Vec<u64>,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Writes in flight of the raw writer.
+    #[arg(long, default_value_t = 512)]
+    raw_in_flight: usize,
+    /// Extra flags passed to `ferry-sidecar backfill`.
+    #[arg(
+        long,
+        default_value = "--concurrency 8 --max-in-flight 512 --splits 256"
+    )]
+    backfill_flags: String,
+    /// Extra flags passed to `ferry-sidecar validate`.
+    #[arg(long, default_value = "--concurrency 8 --splits 256")]
+    validate_flags: String,
+    /// The ferry-sidecar binary (default: next to this one).
+    #[arg(long)]
+    sidecar: Option<PathBuf>,
+}
+
+/// Row `i` of the benchmark table: 10 rows per partition, ~100 bytes of values.
+fn row(i: u64) -> (i64, i32, String, i64, f64) {
+    (
+        (i / 10) as i64,
+        (i % 10) as i32,
+        format!("{i:0>64}"),
+        i as i64,
+        i as f64 * 0.5,
+    )
+}
+
+fn row_bytes(i: u64) -> u64 {
+    let (_, _, text, _, _) = row(i);
+    8 + 4 + text.len() as u64 + 8 + 8
+}
+
+async fn exec(session: &Session, cql: &str) -> anyhow::Result<()> {
+    session.query_unpaged(cql, ()).await?;
+    Ok(())
+}
+
+async fn write_rows(
+    session: Arc<Session>,
+    table: &str,
+    rows: u64,
+    in_flight: usize,
+) -> anyhow::Result<f64> {
+    let mut insert = session
+        .prepare(format!("INSERT INTO {table} (k, c, v1, v2, v3) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP 1700000000000000"))
+        .await?;
+    insert.set_is_idempotent(true);
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..rows)
+        .map(|i| {
+            let (session, insert) = (session.clone(), insert.clone());
+            async move {
+                session.execute_unpaged(&insert, row(i)).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+struct ChildRun {
+    summary: serde_json::Value,
+    max_rss_kb: u64,
+}
+
+fn run_child(
+    sidecar: &Path,
+    mode: &str,
+    args: &Args,
+    keyspace: &str,
+    extra: &str,
+    dir: &Path,
+) -> anyhow::Result<ChildRun> {
+    let summary = dir.join(format!("{mode}-summary.json"));
+    let time_out = dir.join(format!("{mode}-time.txt"));
+    let mut command = Command::new("/usr/bin/time");
+    command
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&time_out)
+        .arg(sidecar)
+        .arg(mode)
+        .args(["--source-contact-points", &args.source_contact_points])
+        .args(["--source-local-dc", &args.source_dc])
+        .args(["--target-contact-points", &args.target_contact_points])
+        .args(["--target-local-dc", &args.target_dc])
+        .args(["--tables", &format!("{keyspace}.t")])
+        .arg("--summary-file")
+        .arg(&summary)
+        .args(extra.split_whitespace())
+        .env("FERRY_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    let status = command.status()?;
+    anyhow::ensure!(status.success(), "ferry-sidecar {mode} failed ({status})");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+    let max_rss_kb = std::fs::read_to_string(&time_out)?
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(ChildRun {
+        summary,
+        max_rss_kb,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sidecar = match &args.sidecar {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("ferry-sidecar"),
+    };
+    let source = Arc::new(
+        SessionBuilder::new()
+            .known_nodes(args.source_contact_points.split(','))
+            .build()
+            .await?,
+    );
+    let target = Arc::new(
+        SessionBuilder::new()
+            .known_nodes(args.target_contact_points.split(','))
+            .build()
+            .await?,
+    );
+    let dir = std::env::temp_dir().join(format!("ferry-bulk-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!("| rows | phase | rows/s (median) | MB/s (median) | % of raw ingest | peak RSS MiB (max) | runs (rows/s) |");
+    println!("|---:|---|---:|---:|---:|---:|---|");
+    for &size in &args.sizes {
+        let ks = format!("ferry_bench_{size}");
+        for (session, dc) in [(&source, &args.source_dc), (&target, &args.target_dc)] {
+            exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
+            exec(session, &format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{dc}': 1}}")).await?;
+            for table in ["t", "raw"] {
+                exec(session, &format!("CREATE TABLE {ks}.{table} (k bigint, c int, v1 text, v2 bigint, v3 double, PRIMARY KEY (k, c))")).await?;
+            }
+            session.await_schema_agreement().await?;
+        }
+        eprintln!("loading {size} rows into the source");
+        write_rows(source.clone(), &format!("{ks}.t"), size, args.raw_in_flight).await?;
+        let bytes: u64 = (0..size).map(row_bytes).sum();
+        let (mut raw, mut backfill, mut validate) = (vec![], vec![], vec![]);
+        let (mut backfill_mb, mut validate_mb) = (vec![], vec![]);
+        let (mut backfill_rss, mut validate_rss) = (0u64, 0u64);
+        for run in 0..args.runs {
+            exec(&target, &format!("TRUNCATE {ks}.raw")).await?;
+            exec(&target, &format!("TRUNCATE {ks}.t")).await?;
+            let secs = write_rows(
+                target.clone(),
+                &format!("{ks}.raw"),
+                size,
+                args.raw_in_flight,
+            )
+            .await?;
+            raw.push(size as f64 / secs);
+            let job = format!("bench-{size}-{}-{run}", std::process::id());
+            let b = run_child(
+                &sidecar,
+                "backfill",
+                &args,
+                &ks,
+                &format!("{} --job-id {job}", args.backfill_flags),
+                &dir,
+            )?;
+            let ms = b.summary["elapsedMillis"].as_f64().unwrap_or(1.0).max(1.0);
+            anyhow::ensure!(
+                b.summary["rowsCopied"].as_u64() == Some(size),
+                "backfill copied {}",
+                b.summary
+            );
+            backfill.push(size as f64 / ms * 1000.0);
+            backfill_mb.push(b.summary["bytesCopied"].as_f64().unwrap_or(0.0) / ms / 1000.0);
+            backfill_rss = backfill_rss.max(b.max_rss_kb);
+            let v = run_child(&sidecar, "validate", &args, &ks, &args.validate_flags, &dir)?;
+            let ms = v.summary["elapsedMillis"].as_f64().unwrap_or(1.0).max(1.0);
+            anyhow::ensure!(
+                v.summary["rowsCompared"].as_u64() == Some(size)
+                    && v.summary["missing"] == 0
+                    && v.summary["mismatched"] == 0,
+                "validation: {}",
+                v.summary
+            );
+            validate.push(size as f64 / ms * 1000.0);
+            validate_mb.push(v.summary["bytesRead"].as_f64().unwrap_or(0.0) / ms / 1000.0);
+            validate_rss = validate_rss.max(v.max_rss_kb);
+            eprintln!("size {size} run {run}: raw {:.0} rows/s, backfill {:.0} rows/s, validate {:.0} rows/s", raw[run], backfill[run], validate[run]);
+        }
+        let raw_median = median(raw.clone());
+        let fmt = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let raw_mb: Vec<f64> = raw
+            .iter()
+            .map(|r| r * bytes as f64 / size as f64 / 1e6)
+            .collect();
+        println!(
+            "| {size} | raw ingest (target) | {:.0} | {:.1} | 100% | - | {} |",
+            raw_median,
+            median(raw_mb),
+            fmt(&raw)
+        );
+        println!(
+            "| {size} | backfill | {:.0} | {:.1} | {:.0}% | {:.0} | {} |",
+            median(backfill.clone()),
+            median(backfill_mb),
+            median(backfill.clone()) / raw_median * 100.0,
+            backfill_rss as f64 / 1024.0,
+            fmt(&backfill)
+        );
+        println!(
+            "| {size} | validate | {:.0} | {:.1} | {:.0}% | {:.0} | {} |",
+            median(validate.clone()),
+            median(validate_mb),
+            median(validate.clone()) / raw_median * 100.0,
+            validate_rss as f64 / 1024.0,
+            fmt(&validate)
+        );
+        for session in [&source, &target] {
+            exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Bad input: a clear error naming the problem, a non-zero exit, nothing
+//! written.
+
+mod bulk_support;
+
+use bulk_support::*;
+
+/// Runs the CLI; returns (success, stderr).
+async fn cli(
+    bed: &Bed,
+    mode: &str,
+    extra: &[&str],
+    replace_target: Option<&str>,
+) -> (bool, String) {
+    let mut argv = vec![mode.to_owned()];
+    let mut flags = connection_flags(bed);
+    if let Some(target) = replace_target {
+        let i = flags
+            .iter()
+            .position(|f| f == "--target-contact-points")
+            .expect("flag");
+        flags[i + 1] = target.to_owned();
+    }
+    argv.extend(flags);
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
+        .args(&argv)
+        .env("FERRY_LOG", "error")
+        .output()
+        .await
+        .expect("run ferry-sidecar");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn checkpoint_rows(bed: &Bed, job: &str) -> usize {
+    match bed
+        .target
+        .query_unpaged(
+            "SELECT range_start FROM ferry_meta.backfill_ranges WHERE job = ?",
+            (job,),
+        )
+        .await
+    {
+        Ok(result) => result.into_rows_result().map(|r| r.rows_num()).unwrap_or(0),
+        // The checkpoint table does not exist yet: nothing was written.
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_clearly_and_writes_nothing() {
+    let bed = bed().await;
+    let ks = unique("bad");
+    create_on_both(
+        &bed,
+        &ks,
+        &[
+            "CREATE TABLE {ks}.ok (k int PRIMARY KEY, v text)",
+            "CREATE TABLE {ks}.counts (k int PRIMARY KEY, n counter)",
+        ],
+    )
+    .await;
+    // Same name, different schema.
+    exec(
+        &bed.source,
+        &format!("CREATE TABLE {ks}.drift (k int PRIMARY KEY, v text)"),
+    )
+    .await;
+    exec(
+        &bed.target,
+        &format!("CREATE TABLE {ks}.drift (k int PRIMARY KEY, v int)"),
+    )
+    .await;
+    exec(
+        &bed.source,
+        &format!("INSERT INTO {ks}.drift (k, v) VALUES (1, 'x')"),
+    )
+    .await;
+    // Only on the source.
+    exec(
+        &bed.source,
+        &format!("CREATE TABLE {ks}.only_source (k int PRIMARY KEY)"),
+    )
+    .await;
+    // A short gc_grace_seconds on the target.
+    exec(
+        &bed.source,
+        &format!("CREATE TABLE {ks}.short_grace (k int PRIMARY KEY)"),
+    )
+    .await;
+    exec(
+        &bed.target,
+        &format!("CREATE TABLE {ks}.short_grace (k int PRIMARY KEY) WITH gc_grace_seconds = 10"),
+    )
+    .await;
+    bed.source
+        .await_schema_agreement()
+        .await
+        .expect("agreement");
+    bed.target
+        .await_schema_agreement()
+        .await
+        .expect("agreement");
+    let job = |name: &str| format!("{ks}-{name}");
+
+    let cases: Vec<(&str, Vec<String>, Option<&str>, &str)> = vec![
+        (
+            "unknown keyspace",
+            vec!["--keyspaces".into(), format!("{ks}_nope")],
+            None,
+            "does not exist on the source",
+        ),
+        (
+            "unknown table",
+            vec!["--tables".into(), format!("{ks}.nope")],
+            None,
+            "does not exist on the source",
+        ),
+        (
+            "system keyspace",
+            vec!["--keyspaces".into(), "system".into()],
+            None,
+            "system keyspace",
+        ),
+        (
+            "schema drift",
+            vec!["--tables".into(), format!("{ks}.drift")],
+            None,
+            "differs between source and target: column `v`",
+        ),
+        (
+            "missing on target",
+            vec!["--tables".into(), format!("{ks}.only_source")],
+            None,
+            "does not exist on the target",
+        ),
+        (
+            "counters",
+            vec!["--tables".into(), format!("{ks}.counts")],
+            None,
+            "counter columns",
+        ),
+        (
+            "unreachable target",
+            vec!["--tables".into(), format!("{ks}.ok")],
+            Some("127.0.0.99:9042"),
+            "cannot connect to the target cluster at 127.0.0.99:9042",
+        ),
+        (
+            "gc grace",
+            vec![
+                "--tables".into(),
+                format!("{ks}.short_grace"),
+                "--start-timestamp".into(),
+                (now_micros() - 60_000_000).to_string(),
+            ],
+            None,
+            "gc_grace_seconds (10)",
+        ),
+        (
+            "bad split",
+            vec![
+                "--tables".into(),
+                format!("{ks}.ok"),
+                "--split".into(),
+                "3/3".into(),
+            ],
+            None,
+            "invalid split",
+        ),
+    ];
+    for (name, flags, target, expected) in &cases {
+        let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let job_id = job(&name.replace(' ', "_"));
+        extra.extend(["--job-id", &job_id]);
+        let (ok, stderr) = cli(&bed, "backfill", &extra, *target).await;
+        assert!(!ok, "{name}: must fail");
+        assert!(
+            stderr.contains(expected),
+            "{name}: expected `{expected}` in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        assert_eq!(
+            checkpoint_rows(&bed, &job_id).await,
+            0,
+            "{name}: nothing may be written"
+        );
+    }
+    // The unknown table is named.
+    let (_, stderr) = cli(&bed, "validate", &["--tables", &format!("{ks}.nope")], None).await;
+    assert!(
+        stderr.contains(&format!("table `{ks}.nope` does not exist on the source")),
+        "{stderr}"
+    );
+    // Nothing of the drifting table reached the target.
+    assert_eq!(
+        scalar::<i32>(
+            &bed.target,
+            &format!("SELECT v FROM {ks}.drift WHERE k = 1")
+        )
+        .await,
+        None
+    );
+    // Counter tables can be skipped explicitly.
+    let skip_job = job("skip");
+    let (ok, stderr) = cli(
+        &bed,
+        "backfill",
+        &[
+            "--keyspaces",
+            &ks,
+            "--exclude-tables",
+            &format!("{ks}.drift,{ks}.only_source,{ks}.short_grace"),
+            "--counters",
+            "skip",
+            "--job-id",
+            &skip_job,
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{stderr}");
+}

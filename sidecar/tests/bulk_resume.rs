@@ -1,0 +1,120 @@
+//! A backfill killed halfway resumes without copying finished ranges again.
+
+mod bulk_support;
+
+use std::time::Duration;
+
+use bulk_support::*;
+use futures::StreamExt;
+
+const ROWS: i32 = 20_000;
+
+async fn checkpointed(bed: &Bed, job: &str) -> (i64, i64) {
+    let rows = bed
+        .target
+        .query_unpaged(
+            "SELECT status, rows FROM ferry_meta.backfill_ranges WHERE job = ?",
+            (job,),
+        )
+        .await
+        .expect("checkpoints")
+        .into_rows_result()
+        .expect("rows");
+    let mut done = 0;
+    let mut done_rows = 0;
+    for row in rows.rows::<(Option<String>, Option<i64>)>().expect("typed") {
+        let (status, n) = row.expect("row");
+        if status.as_deref() == Some("done") {
+            done += 1;
+            done_rows += n.unwrap_or(0);
+        }
+    }
+    (done, done_rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backfill_resumes_without_recopying_finished_ranges() {
+    let bed = bed().await;
+    let ks = unique("resume");
+    create_on_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.t (k int, c int, v text, PRIMARY KEY (k, c))"],
+    )
+    .await;
+    let insert = bed
+        .source
+        .prepare(format!("INSERT INTO {ks}.t (k, c, v) VALUES (?, ?, ?)"))
+        .await
+        .expect("prepare");
+    futures::stream::iter(0..ROWS)
+        .map(|i| {
+            let (session, insert) = (bed.source.clone(), insert.clone());
+            async move {
+                session
+                    .execute_unpaged(&insert, (i / 4, i % 4, format!("value {i}")))
+                    .await
+                    .expect("insert")
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+
+    let mut argv = vec!["backfill".to_owned()];
+    argv.extend(connection_flags(&bed));
+    for flag in [
+        "--keyspaces",
+        &ks,
+        "--job-id",
+        &ks,
+        "--splits",
+        "64",
+        "--concurrency",
+        "2",
+        "--rows-per-second",
+        "2500",
+    ] {
+        argv.push(flag.to_owned());
+    }
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
+        .args(&argv)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn backfill");
+    // Kill it (SIGKILL: no chance to clean up) once some ranges are done.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if checkpointed(&bed, &ks).await.0 >= 8 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    child.kill().await.expect("kill");
+    let (done, done_rows) = checkpointed(&bed, &ks).await;
+    assert!(done >= 8, "killed after {done} ranges");
+
+    let resumed = run_backfill(
+        &bed,
+        &["--keyspaces", &ks, "--job-id", &ks, "--splits", "64"],
+    )
+    .await;
+    assert_eq!(resumed.ranges_skipped as i64, done, "{resumed:?}");
+    assert_eq!(
+        resumed.rows as i64,
+        i64::from(ROWS) - done_rows,
+        "finished ranges must not be copied again: {resumed:?}"
+    );
+    // Killed before the end: some ranges were left to the second run.
+    assert!(done < resumed.ranges_total as i64, "{done} {resumed:?}");
+    assert_eq!(
+        checkpointed(&bed, &ks).await,
+        (resumed.ranges_total as i64, i64::from(ROWS))
+    );
+
+    let validation = run_validate(&bed, &["--keyspaces", &ks]).await;
+    assert_eq!(validation.differences(), 0, "{validation:?}");
+    assert_eq!(validation.compared, ROWS as u64);
+}

@@ -151,8 +151,45 @@ build_cassandra() {
 }
 
 # --- operator and sidecar ----------------------------------------------------
+# rust_target: musl when rustup has (or can add) it, for a static binary;
+# otherwise the host's glibc target, and the image gets the few shared
+# libraries the binary links.
+rust_target() {
+  if rustup target list --installed 2>/dev/null | grep -qx "$RUST_TARGET" ||
+    rustup target add "$RUST_TARGET" >&2 2>/dev/null; then
+    command -v musl-gcc >/dev/null && { echo "$RUST_TARGET"; return 0; }
+  fi
+  rustc -vV | awk '/^host:/ {print $2}'
+}
+
 build_rust() {
-  :
+  local comp=$1 target bin key archive root cmd='[]' uid=65532
+  target=$(rust_target)
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERRY_CACHE/target}
+  log "cargo build --release -p ferry-$comp --target $target"
+  (cd "$FERRY_ROOT" && CC_x86_64_unknown_linux_musl=musl-gcc \
+    cargo build -q --release --locked --target "$target" -p "ferry-$comp") >&2
+  bin=$CARGO_TARGET_DIR/$target/release/ferry-$comp
+  key=$(hash_inputs "$bin")
+  archive=$OUT/$comp-$key.tar
+  if [ -s "$archive" ]; then echo "$archive"; return 0; fi
+  log "building image $REPO/ferry-$comp:$TAG"
+  root=$(staging "$comp")
+  base_files "$root" "$uid" ferry
+  install -m 0755 "$bin" "$root/ferry-$comp"
+  [ "$target" = "$RUST_TARGET" ] || copy_libs "$root" "$bin"
+  if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
+    mkdir -p "$root/etc/ssl/certs"
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+  fi
+  [ "$comp" = operator ] && cmd='["run"]'
+  oci_image "$archive" "$REPO/ferry-$comp:$TAG" "$(jq -nc --arg c "$comp" --argjson cmd "$cmd" --arg u "$uid:$uid" '{
+      User: $u, Entrypoint: ["/ferry-\($c)"], Cmd: $cmd,
+      Labels: {"org.opencontainers.image.title": "ferry-\($c)",
+               "org.opencontainers.image.source": "https://github.com/ferry-dev/ferry",
+               "org.opencontainers.image.licenses": "Apache-2.0"}}')" "$root"
+  rm -rf "$root"
+  echo "$archive"
 }
 
 # import ARCHIVE REF: imports into containerd unless it already has that digest.

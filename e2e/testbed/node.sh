@@ -74,6 +74,9 @@ setup_network() {
   fi
   ip addr show dev "$BRIDGE" | grep -q "inet $NODE_IP/24" || ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
+  # Service IPs are only meaningful to kube-proxy's rules: route them to the
+  # bridge so that nothing addressed to them can ever leave the machine.
+  ip route replace "$SERVICE_CIDR" dev "$BRIDGE" src "$NODE_IP"
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 \
     net.bridge.bridge-nf-call-ip6tables=1 >/dev/null
   # Pods may talk to pods, Services (DNAT happens before FORWARD) and the
@@ -152,7 +155,12 @@ start_containerd() {
   if pid_alive "$N/containerd.pid"; then return 0; fi
   log "starting containerd"
   mkdir -p "$N/containerd"
-  setsid containerd --config "$N/containerd/config.toml" \
+  # There is no registry here: every image is built locally and imported.
+  # Pointing containerd's HTTP client at a closed loopback port makes a pull
+  # of anything else fail at once instead of sending traffic off the machine.
+  HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+    http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 no_proxy= \
+    setsid containerd --config "$N/containerd/config.toml" \
     >"$N/containerd.log" 2>&1 </dev/null 9>&- &
   echo $! >"$N/containerd.pid"
   wait_for "containerd" 30 ctr_ version
@@ -277,12 +285,22 @@ YAML
 }
 
 # --- CoreDNS -----------------------------------------------------------------
+# Built from its Go module with only the plugins used here (coredns/main.go).
+build_coredns() {
+  local key
+  key=$(sha256sum "$here/coredns/go.mod" "$here/coredns/go.sum" "$here/coredns/main.go" | sed 's# .*/# #' | sha256sum | cut -c1-16)
+  [ -x "$FERRY_BIN/coredns" ] && [ "$(cat "$FERRY_BIN/.coredns.stamp" 2>/dev/null)" = "$key" ] && return 0
+  log "building CoreDNS from its Go module (cold: a few minutes)"
+  (cd "$here/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$FERRY_BIN/coredns" .)
+  echo "$key" >"$FERRY_BIN/.coredns.stamp"
+}
+
 start_dns() {
-  [ -x "$FERRY_BIN/coredns" ] || return 0
   if pid_alive "$N/coredns.pid"; then return 0; fi
   cat >"$N/Corefile" <<COREFILE
 cluster.local:53 in-addr.arpa:53 {
     bind $DNS_IP
+    ready 127.0.0.1:20281
     errors
     kubernetes cluster.local in-addr.arpa {
         kubeconfig $KUBECONFIG_FILE
@@ -304,6 +322,8 @@ COREFILE
   setsid "$FERRY_BIN/coredns" -conf "$N/Corefile" \
     >"$N/coredns.log" 2>&1 </dev/null 9>&- &
   echo $! >"$N/coredns.pid"
+  # Ready once the kubernetes plugin has synced with the API server.
+  wait_for "CoreDNS" 60 curl -sf http://127.0.0.1:20281/ready
 }
 
 node_ready() {
@@ -315,12 +335,13 @@ up() {
   started=$(date +%s)
   install_packages
   "$here/build-tools.sh" all
+  build_coredns
   "$here/k8s.sh" status || die "the control plane is not running (run k8s.sh up first)"
   setup_network
   write_cni_config
   write_containerd_config
   start_containerd
-  "$FERRY_ROOT/e2e/images/build.sh" pause
+  "$FERRY_ROOT/e2e/images/build.sh" pause cassandra
   write_kubelet_credentials
   write_kubelet_config
   start_scheduler
@@ -355,6 +376,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) node_ready ;;
+  name) echo "$NODE_NAME" ;;
   ctr) shift; ctr_ "$@" ;;
   *) die "usage: $0 up|down|status|ctr ARGS..." ;;
 esac

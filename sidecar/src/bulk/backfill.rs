@@ -329,7 +329,7 @@ async fn copy_range(
     let mut pending = FuturesUnordered::new();
     let mut last_partition: Option<Vec<Option<Bytes>>> = None;
     let mut ops = Vec::new();
-    let (mut rows, mut bytes) = (0u64, 0u64);
+    let (mut rows, mut bytes, mut bytes_reported) = (0u64, 0u64, 0u64);
     while let Some(page) = pages.recv().await {
         let page = page?;
         Stats::add(&stats.pages, 1);
@@ -366,11 +366,12 @@ async fn copy_range(
             rows += 1;
         }
         Stats::add(&stats.rows, page.rows.len() as u64);
+        Stats::add(&stats.bytes, bytes - bytes_reported);
+        bytes_reported = bytes;
     }
     while let Some(result) = pending.next().await {
         result?;
     }
-    Stats::add(&stats.bytes, bytes);
     checkpoints
         .mark(&table, range, true, attempt, rows as i64, bytes as i64)
         .await?;

@@ -16,6 +16,11 @@ pub struct Bed {
 }
 
 pub async fn bed() -> Bed {
+    bed_with(1).await
+}
+
+/// The bed with at least `source_nodes` source nodes.
+pub async fn bed_with(source_nodes: u8) -> Bed {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -23,7 +28,7 @@ pub async fn bed() -> Bed {
         )
         .with_test_writer()
         .try_init();
-    let testbed = tokio::task::spawn_blocking(|| ferry_e2e::testbed::cassandra(1))
+    let testbed = tokio::task::spawn_blocking(move || ferry_e2e::testbed::cassandra(source_nodes))
         .await
         .expect("join")
         .expect("test bed");

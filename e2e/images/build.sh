@@ -155,7 +155,7 @@ build_cassandra() {
 # otherwise the host's glibc target, and the image gets the few shared
 # libraries the binary links.
 rust_target() {
-  if rustup target list --installed 2>/dev/null | grep -qx "$RUST_TARGET" ||
+  if [[ $'\n'$(rustup target list --installed 2>/dev/null)$'\n' == *$'\n'"$RUST_TARGET"$'\n'* ]] ||
     rustup target add "$RUST_TARGET" >&2 2>/dev/null; then
     command -v musl-gcc >/dev/null && { echo "$RUST_TARGET"; return 0; }
   fi

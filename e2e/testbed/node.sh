@@ -45,12 +45,27 @@ install_packages() {
   command -v ip >/dev/null || missing+=(iproute2)
   command -v jq >/dev/null || missing+=(jq)
   command -v gcc >/dev/null || missing+=(gcc libc6-dev)
-  [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx sh || missing+=(busybox-static)
+  [[ $'\n'$(/bin/busybox --list 2>/dev/null)$'\n' == *$'\nsh\n'* ]] || missing+=(busybox-static)
   command -v musl-gcc >/dev/null || missing+=(musl-tools)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]} from Debian"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# write_config FILE DAEMON: writes stdin to FILE; when that changes the file
+# and DAEMON runs (its pid file), the daemon is stopped so that the next
+# start_* picks the new configuration up. Unchanged files keep it running.
+write_config() {
+  local file=$1 daemon=$2 tmp
+  tmp=$(mktemp "$file.XXXXXX")
+  cat >"$tmp"
+  if cmp -s "$tmp" "$file"; then rm -f "$tmp"; return 0; fi
+  mv "$tmp" "$file"
+  if pid_alive "$N/$daemon.pid"; then
+    log "$(basename "$file") changed: restarting $daemon"
+    stop_pidfile "$daemon" "$N/$daemon.pid"
+  fi
 }
 
 stop_pidfile() {
@@ -72,7 +87,7 @@ setup_network() {
     log "creating bridge $BRIDGE ($NODE_IP/24)"
     ip link add "$BRIDGE" type bridge
   fi
-  ip addr show dev "$BRIDGE" | grep -q "inet $NODE_IP/24" || ip addr add "$NODE_IP/24" dev "$BRIDGE"
+  [[ $(ip -4 addr show dev "$BRIDGE") == *"inet $NODE_IP/24"* ]] || ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   # Service IPs are only meaningful to kube-proxy's rules: route them to the
   # bridge so that nothing addressed to them can ever leave the machine.
@@ -118,7 +133,7 @@ JSON
 # --- containerd --------------------------------------------------------------
 write_containerd_config() {
   mkdir -p "$N/containerd"
-  cat >"$N/containerd/config.toml" <<TOML
+  write_config "$N/containerd/config.toml" containerd <<TOML
 # Written by e2e/testbed/node.sh. containerd $(containerd --version | awk '{print $3}') from Debian.
 version = 2
 root = "$N/containerd/root"
@@ -182,7 +197,7 @@ write_kubelet_credentials() {
   fi
   local server
   server=$(awk '/server:/ {print $2; exit}' "$KUBECONFIG_FILE")
-  cat >"$N/kubelet.kubeconfig" <<KC
+  write_config "$N/kubelet.kubeconfig" kubelet <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -201,7 +216,7 @@ KC
 # --- kubelet -----------------------------------------------------------------
 write_kubelet_config() {
   mkdir -p "$N/kubelet" "$N/pod-logs"
-  cat >"$N/kubelet.yaml" <<YAML
+  write_config "$N/kubelet.yaml" kubelet <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 # This machine has cgroup v1 (hybrid) and no systemd.
@@ -233,7 +248,7 @@ registerNode: true
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
-maxPods: 60
+maxPods: 200
 serializeImagePulls: false
 YAML
   # Pods get cluster DNS; the node's resolver is only the fallback for
@@ -263,8 +278,7 @@ start_scheduler() {
 }
 
 start_proxy() {
-  if pid_alive "$N/proxy.pid"; then return 0; fi
-  cat >"$N/kube-proxy.yaml" <<YAML
+  write_config "$N/kube-proxy.yaml" proxy <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -278,6 +292,7 @@ nodePortAddresses: ["$NODE_IP/32"]
 # Leave the machine's conntrack table settings alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 YAML
+  if pid_alive "$N/proxy.pid"; then return 0; fi
   log "starting kube-proxy v$K8S_VERSION (iptables)"
   setsid "$FERRY_BIN/kube-proxy" --config="$N/kube-proxy.yaml" \
     >"$N/proxy.log" 2>&1 </dev/null 9>&- &
@@ -296,8 +311,7 @@ build_coredns() {
 }
 
 start_dns() {
-  if pid_alive "$N/coredns.pid"; then return 0; fi
-  cat >"$N/Corefile" <<COREFILE
+  write_config "$N/Corefile" coredns <<COREFILE
 cluster.local:53 in-addr.arpa:53 {
     bind $DNS_IP
     ready 127.0.0.1:20281
@@ -318,6 +332,7 @@ cluster.local:53 in-addr.arpa:53 {
     }
 }
 COREFILE
+  if pid_alive "$N/coredns.pid"; then return 0; fi
   log "starting CoreDNS on $DNS_IP:53"
   setsid "$FERRY_BIN/coredns" -conf "$N/Corefile" \
     >"$N/coredns.log" 2>&1 </dev/null 9>&- &
@@ -348,8 +363,9 @@ up() {
   start_proxy
   start_kubelet
   start_dns
+  # The kubelet answers its health check before the node's status is fresh.
   for ((i = 0; i < 120; i++)); do
-    node_ready && break
+    curl -sf http://127.0.0.1:20248/healthz >/dev/null && node_ready && break
     pid_alive "$N/kubelet.pid" || die "kubelet exited: $(tail -5 "$N/kubelet.log")"
     sleep 1
   done

@@ -15,7 +15,7 @@ use super::progress::{self, Stats};
 use super::ratelimit::RateLimiter;
 use super::ring::TokenRange;
 use super::scan::{ScanError, TableScan};
-use super::write::{TableWriter, TimestampMode, WriteError, WritePlanner};
+use super::write::{TableWriter, TimestampMode, WriteError, WriteOp, WritePlanner};
 
 /// What to do with counter tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,6 +60,10 @@ pub struct BackfillArgs {
     /// Writes in flight per pod.
     #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
+    /// Writes of one partition sent as one UNLOGGED batch, at most this
+    /// many bytes of values (Cassandra warns above 5 KiB); 0 disables.
+    #[arg(long, env = "FERRY_BATCH_BYTES", default_value_t = 5000)]
+    pub batch_bytes: u64,
     /// Attempts per write before the range fails.
     #[arg(long, env = "FERRY_WRITE_ATTEMPTS", default_value_t = 8)]
     pub write_attempts: u32,
@@ -243,6 +247,7 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
     let bytes_limit = Arc::new(RateLimiter::new(common.bytes_per_second));
     let concurrency = common.concurrency.max(1);
     let in_flight_per_range = (args.max_in_flight / concurrency).max(1);
+    let batch_bytes = args.batch_bytes;
     let first_error = std::sync::Mutex::new(None::<String>);
 
     futures::stream::iter(work)
@@ -264,6 +269,7 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
                     &rows_limit,
                     &bytes_limit,
                     in_flight_per_range,
+                    batch_bytes,
                 )
                 .await;
                 match result {
@@ -310,6 +316,10 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
     })
 }
 
+async fn send_batch(writer: Arc<TableWriter>, batch: Vec<WriteOp>) -> Result<(), WriteError> {
+    writer.execute_batch(&batch).await
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn copy_range(
     job: &TableJob,
@@ -320,6 +330,7 @@ async fn copy_range(
     rows_limit: &RateLimiter,
     bytes_limit: &RateLimiter,
     max_in_flight: usize,
+    batch_bytes: u64,
 ) -> Result<(), RangeError> {
     let table = job.table.schema.display_name();
     checkpoints
@@ -328,8 +339,21 @@ async fn copy_range(
     let mut pages = job.scan.spawn(range);
     let mut pending = FuturesUnordered::new();
     let mut last_partition: Option<Vec<Option<Bytes>>> = None;
-    let mut ops = Vec::new();
+    let mut ops: Vec<WriteOp> = Vec::new();
     let (mut rows, mut bytes, mut bytes_reported) = (0u64, 0u64, 0u64);
+    // Sends a batch, first waiting while `max_in_flight` are pending.
+    macro_rules! submit {
+        ($batch:expr) => {{
+            let batch: Vec<WriteOp> = $batch;
+            while pending.len() >= max_in_flight {
+                if let Some(result) = pending.next().await {
+                    result?;
+                }
+            }
+            bytes += batch.iter().map(|o| o.bytes).sum::<u64>();
+            pending.push(send_batch(job.writer.clone(), batch));
+        }};
+    }
     while let Some(page) = pages.recv().await {
         let page = page?;
         Stats::add(&stats.pages, 1);
@@ -350,24 +374,28 @@ async fn copy_range(
             if new_partition {
                 last_partition = Some(partition);
             }
-            ops.clear();
+            let planned = ops.len();
             job.planner
                 .plan_row(row, new_partition, i64::from(attempt), &mut ops);
-            for op in ops.drain(..) {
-                while pending.len() >= max_in_flight {
-                    if let Some(result) = pending.next().await {
-                        result?;
-                    }
-                }
-                bytes += op.bytes;
-                let writer = job.writer.clone();
-                pending.push(async move { writer.execute(&op).await });
+            // A batch holds the writes of one partition only (one mutation
+            // on one replica set), and at most `batch_bytes` of values.
+            if new_partition && planned > 0 {
+                let batch: Vec<WriteOp> = ops.drain(..planned).collect();
+                submit!(batch);
+            }
+            if ops.iter().map(|o| o.bytes).sum::<u64>() > batch_bytes {
+                let batch = std::mem::take(&mut ops);
+                submit!(batch);
             }
             rows += 1;
         }
         Stats::add(&stats.rows, page.rows.len() as u64);
         Stats::add(&stats.bytes, bytes - bytes_reported);
         bytes_reported = bytes;
+    }
+    if !ops.is_empty() {
+        let batch = std::mem::take(&mut ops);
+        submit!(batch);
     }
     while let Some(result) = pending.next().await {
         result?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use scylla::client::session::Session;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use tracing::warn;
@@ -359,6 +360,7 @@ pub struct TableWriter {
     update_row: Option<PreparedStatement>,
     update_static: Option<PreparedStatement>,
     delete_row: PreparedStatement,
+    consistency: Consistency,
     max_attempts: u32,
 }
 
@@ -412,6 +414,7 @@ impl TableWriter {
         .await?;
         Ok(TableWriter {
             delete_row,
+            consistency,
             session,
             table: schema.display_name(),
             insert_row,
@@ -419,6 +422,53 @@ impl TableWriter {
             update_static,
             max_attempts: max_attempts.max(1),
         })
+    }
+
+    fn statement(&self, kind: StatementKind) -> Option<&PreparedStatement> {
+        match kind {
+            StatementKind::InsertRow => Some(&self.insert_row),
+            StatementKind::UpdateRow => self.update_row.as_ref(),
+            StatementKind::UpdateStatic => self.update_static.as_ref(),
+            StatementKind::DeleteRow => Some(&self.delete_row),
+        }
+    }
+
+    /// Executes the writes of one partition as one UNLOGGED batch (one
+    /// mutation on the replica instead of one request per row; each
+    /// statement keeps its own USING TIMESTAMP), retrying the whole batch.
+    pub async fn execute_batch(&self, ops: &[WriteOp]) -> Result<(), WriteError> {
+        if let [op] = ops {
+            return self.execute(op).await;
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_consistency(self.consistency);
+        batch.set_is_idempotent(true);
+        let mut values: Vec<&Vec<BindCell>> = Vec::with_capacity(ops.len());
+        for op in ops {
+            if let Some(statement) = self.statement(op.kind) {
+                batch.append_statement(statement.clone());
+                values.push(&op.values);
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.session.batch(&batch, &values).await {
+                Ok(_) => return Ok(()),
+                Err(source) if attempt >= self.max_attempts => {
+                    return Err(WriteError::Execute {
+                        table: self.table.clone(),
+                        attempts: attempt,
+                        source: Box::new(source),
+                    })
+                }
+                Err(err) => {
+                    let backoff = Duration::from_millis((50u64 << attempt.min(7)).min(5_000));
+                    warn!(table = %self.table, attempt, error = %err, ?backoff, "batch write failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
     }
 
     /// Executes one write, retrying with exponential backoff.

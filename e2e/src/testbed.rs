@@ -94,6 +94,13 @@ pub fn kubernetes() -> Result<Testbed, TestbedError> {
     up(&["--no-cassandra".to_owned()])
 }
 
+/// Brings up the Kubernetes control plane and a real node where pods run
+/// (`up.sh --node`: containerd, kubelet, kube-scheduler, kube-proxy, CoreDNS),
+/// with the pause and Cassandra images imported, if they are not running.
+pub fn node() -> Result<Testbed, TestbedError> {
+    up(&["--no-cassandra".to_owned(), "--node".to_owned()])
+}
+
 fn up(args: &[String]) -> Result<Testbed, TestbedError> {
     let _guard = UP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let script = repo_root().join("e2e/testbed/up.sh");

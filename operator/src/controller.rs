@@ -47,6 +47,8 @@ pub struct Settings {
     pub roll_timeout: Duration,
     /// How often to look again while waiting on pods or Jobs.
     pub poll: Duration,
+    /// Watch only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -55,6 +57,7 @@ impl Default for Settings {
             sidecar_image: "ferry.dev/ferry-sidecar:dev".to_owned(),
             roll_timeout: Duration::from_secs(600),
             poll: Duration::from_secs(3),
+            namespace: None,
         }
     }
 }
@@ -101,6 +104,10 @@ pub enum Error {
     NoNamespace,
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// Cleanup is under way (a pod is being rolled back). Not a failure: the
+    /// finalizer helper only keeps the finalizer while cleanup returns an error.
+    #[error("cleanup in progress: {0}")]
+    CleanupInProgress(String),
 }
 
 impl Error {
@@ -111,7 +118,13 @@ impl Error {
             Error::Build(_) => "build",
             Error::NoNamespace => "no_namespace",
             Error::Finalizer(_) => "finalizer",
+            Error::CleanupInProgress(_) => "cleanup_in_progress",
         }
+    }
+
+    /// Whether this only means "look again soon".
+    fn is_waiting(&self) -> bool {
+        matches!(self, Error::Finalizer(e) if matches!(**e, finalizer::Error::CleanupFailed(Error::CleanupInProgress(_))))
     }
 }
 
@@ -120,16 +133,28 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let migrations: Api<CassandraMigration> = Api::all(client.clone());
+    let (migrations, jobs, pods): (Api<CassandraMigration>, Api<Job>, Api<Pod>) =
+        match &ctx.settings.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
     let controller = Controller::new(migrations, watcher::Config::default());
     let store = controller.store();
     controller
         .owns(
-            Api::<Job>::all(client.clone()),
+            jobs,
             watcher::Config::default().labels(labels::MIGRATION_LABEL),
         )
         .watches(
-            Api::<Pod>::all(client.clone()),
+            pods,
             watcher::Config::default().labels(labels::STS_POD_NAME_LABEL),
             move |pod: Pod| {
                 // A source pod changed: wake the migrations of its StatefulSet.
@@ -151,8 +176,11 @@ pub async fn run(ctx: Arc<Context>) {
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(err) = result {
-                warn!(error = %err, "reconcile failed");
+            match result {
+                Err(kube::runtime::controller::Error::ReconcilerFailed(err, _))
+                    if err.is_waiting() => {}
+                Err(err) => warn!(error = %err, "reconcile failed"),
+                Ok(_) => {}
             }
         })
         .await;
@@ -185,6 +213,9 @@ async fn reconcile(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
 }
 
 fn error_policy(cm: Arc<CassandraMigration>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_waiting() {
+        return Action::requeue(ctx.settings.poll);
+    }
     ctx.metrics.reconcile_error(error.metric_label());
     let key = format!("{}/{}", cm.namespace().unwrap_or_default(), cm.name_any());
     let failures = ctx
@@ -289,8 +320,14 @@ impl Step<'_> {
     }
 }
 
-async fn apply(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = cm.namespace().ok_or(Error::NoNamespace)?;
+async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cached.namespace().ok_or(Error::NoNamespace)?;
+    // The watch cache may not have seen our last status write yet; acting on
+    // a stale phase would repeat a step. One GET makes every step idempotent.
+    let api: Api<CassandraMigration> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cm) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
     let mut step = Step {
         cm: &cm,
         ctx: &ctx,
@@ -338,6 +375,9 @@ async fn apply(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action>
         if spec_changed || source_back {
             let resume = status::resume_phase(&step.status);
             let generation = cm.metadata.generation;
+            // A failed Job stays failed: remove it so the phase makes a new
+            // one (the backfill's checkpoints keep finished ranges done).
+            delete_failed_jobs(&ctx.client, &ns, &step.name).await?;
             status::set_condition(
                 &mut step.status,
                 condition::FAILED,
@@ -901,6 +941,26 @@ async fn follow_validation(step: &mut Step<'_>, pods: &[Pod]) -> Result<Action> 
     }
 }
 
+async fn delete_failed_jobs(client: &Client, ns: &str, migration: &str) -> Result<()> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let owned = api
+        .list(&ListParams::default().labels(&format!("{}={migration}", labels::MIGRATION_LABEL)))
+        .await?;
+    for job in owned.items {
+        if matches!(jobs::job_state(&job), JobState::Failed(_)) {
+            match api
+                .delete(&job.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => info!(job = %job.name_any(), "deleted the failed Job to retry it"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Keeps the peer map ConfigMap current: source node address → its proxy.
 async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> {
     let port = step.cm.spec.proxy.listen_port;
@@ -1052,8 +1112,7 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
         match roll::plan(&views, replicas, Direction::Remove) {
             RollStep::Done => {}
             RollStep::Wait { reason, .. } => {
-                info!(%reason, "removing sidecars: waiting");
-                return Ok(Action::requeue(ctx.settings.poll));
+                return Err(Error::CleanupInProgress(reason));
             }
             RollStep::Evict(pod) => {
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1070,7 +1129,9 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
                     Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => {}
                     Err(e) => return Err(e.into()),
                 }
-                return Ok(Action::requeue(ctx.settings.poll));
+                return Err(Error::CleanupInProgress(format!(
+                    "removing the sidecar of {pod}"
+                )));
             }
         }
     }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -352,6 +352,15 @@ pub struct BackfillSpec {
     /// CPU and memory for each Job pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the backfill and validation pods must run on (e.g. nodes
+    /// close to the clusters, away from the Cassandra nodes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the backfill and validation pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 impl Default for BackfillSpec {
@@ -363,6 +372,8 @@ impl Default for BackfillSpec {
             rows_per_second: None,
             timestamp_mode: TimestampMode::default(),
             resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
         }
     }
 }

@@ -179,7 +179,12 @@ pub fn build_job(
             ]},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"restartPolicy": "Never", "containers": [container]},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "nodeSelector": spec.backfill.node_selector,
+                    "tolerations": spec.backfill.tolerations,
+                },
             },
         },
     }))

@@ -1,0 +1,673 @@
+//! The operator against the real API server and controller-manager of the
+//! test bed: the webhook patches real pod creations, the controller rolls the
+//! source StatefulSet one pod at a time, runs its Jobs and writes status.
+//!
+//! No kubelet runs on this bed, so the test plays the kubelet: it marks pods
+//! Ready, and Job pods Succeeded (or Failed) with the termination message a
+//! real bulk pod would leave. Everything else (StatefulSet and Job
+//! controllers, evictions, admission, garbage collection) is the real thing.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_e2e::kube_client::{self, TestNamespace};
+use ferry_e2e::testbed;
+use ferry_operator::controller::{self, Context, Settings};
+use ferry_operator::crd::{CassandraMigration, Phase};
+use ferry_operator::labels;
+use ferry_operator::metrics::Metrics;
+use ferry_operator::sidecar::{self, InjectionSettings};
+use ferry_operator::webhook::Webhook;
+use ferry_operator::{certs, http};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+const STS: &str = "cassandra";
+const REPLICAS: usize = 3;
+/// A node label no node has: when the bed runs a real node, its scheduler
+/// and kubelet must leave this test's pods to the test's fake kubelet.
+const NO_NODE_LABEL: &str = "ferry.dev/test-no-node";
+
+/// The in-process webhook, registered with the API server for one namespace.
+struct WebhookGuard {
+    client: Client,
+    name: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for WebhookGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let name = self.name.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            });
+        }
+    }
+}
+
+async fn start_webhook(client: &Client, ns: &str) -> WebhookGuard {
+    let cert = certs::generate(&["127.0.0.1".to_owned()]).expect("certificate");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let webhook = Arc::new(Webhook {
+        client: client.clone(),
+        settings: InjectionSettings {
+            sidecar_image: "ferry.dev/ferry-sidecar:test".into(),
+            redirect_image: "ferry.dev/ferry-redirect:test".into(),
+            native_sidecar: true,
+        },
+    });
+    let tls = certs::server_config(&cert).expect("tls");
+    let task = tokio::spawn(http::serve(listener, Some(tls), webhook.handler()));
+    let name = format!("ferry-test-{ns}");
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "sidecar.ferry.dev",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"),
+                             "caBundle": k8s_openapi::ByteString(cert.ca_pem.as_bytes().to_vec())},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {labels::INJECTION_LABEL: labels::INJECTION_ENABLED,
+                                                  "kubernetes.io/metadata.name": ns}},
+            "objectSelector": {"matchExpressions": [{"key": labels::STS_POD_NAME_LABEL, "operator": "Exists"}]},
+            "failurePolicy": "Ignore", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
+        }],
+    }))
+    .expect("webhook config");
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("register webhook");
+    WebhookGuard {
+        client: client.clone(),
+        name,
+        task,
+    }
+}
+
+fn start_controller(client: &Client, ns: &str) -> JoinHandle<()> {
+    let settings = Settings {
+        sidecar_image: "ferry.dev/ferry-sidecar:test".into(),
+        roll_timeout: Duration::from_secs(120),
+        poll: Duration::from_millis(500),
+        namespace: Some(ns.to_owned()),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        Metrics::new().expect("metrics"),
+        None,
+    ));
+    tokio::spawn(controller::run(ctx))
+}
+
+/// How the fake kubelet finishes Job pods.
+#[derive(Default)]
+struct KubeletScript {
+    fail_backfill: AtomicBool,
+    /// Source pods seen unavailable at once, at most.
+    max_unavailable: AtomicUsize,
+    /// What the pods looked like whenever more than one was unavailable.
+    trace: std::sync::Mutex<Vec<String>>,
+}
+
+const BACKFILL_SUMMARY: &str = r#"{"mode":"backfill","rangesDone":4,"rangesTotal":4,"rowsCopied":1000,"bytesCopied":64000,"rowsPerSecond":500}"#;
+const VALIDATE_SUMMARY: &str = r#"{"mode":"validate","rangesDone":4,"rangesTotal":4,"rowsCompared":1000,"missing":0,"extra":0,"mismatched":0,"inFlight":2,"repaired":0,"examples":{}}"#;
+
+/// Plays the kubelet for the namespace until aborted.
+fn start_kubelet(client: &Client, ns: &str, script: Arc<KubeletScript>) -> JoinHandle<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    tokio::spawn(async move {
+        let mut first_seen: std::collections::HashMap<String, Instant> = Default::default();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let Ok(pods) = api.list(&ListParams::default()).await else {
+                continue;
+            };
+            let mut ready_sts = 0;
+            let mut seen_state = Vec::new();
+            for pod in &pods.items {
+                if pod.labels().contains_key(labels::STS_POD_NAME_LABEL) {
+                    seen_state.push(format!(
+                        "{}(ready={},deleting={},sidecar={})",
+                        pod.name_any(),
+                        sidecar::pod_ready(pod),
+                        pod.metadata.deletion_timestamp.is_some(),
+                        sidecar::has_sidecar(pod)
+                    ));
+                }
+                let name = pod.name_any();
+                let uid = pod.uid().unwrap_or_default();
+                let seen = *first_seen.entry(uid).or_insert_with(Instant::now);
+                let labels = pod.labels();
+                let phase = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_default();
+                if labels.contains_key(labels::STS_POD_NAME_LABEL) {
+                    if sidecar::pod_ready(pod) && pod.metadata.deletion_timestamp.is_none() {
+                        ready_sts += 1;
+                        continue;
+                    }
+                    // A node takes a moment to start: Ready after a second.
+                    if seen.elapsed() < Duration::from_secs(1) {
+                        continue;
+                    }
+                    let spec = pod.spec.clone().unwrap_or_default();
+                    let statuses = |cs: &[k8s_openapi::api::core::v1::Container]| {
+                        cs.iter()
+                            .map(|c| json!({"name": c.name, "image": c.image, "imageID": "", "ready": true,
+                                            "restartCount": 0, "started": true, "state": {"running": {}}}))
+                            .collect::<Vec<_>>()
+                    };
+                    let init: Vec<_> = spec.init_containers.clone().unwrap_or_default();
+                    let status = json!({"status": {
+                        "phase": "Running", "podIP": "127.0.0.1",
+                        "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}],
+                        "containerStatuses": statuses(&spec.containers),
+                        "initContainerStatuses": statuses(&init),
+                    }});
+                    let _ = api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await;
+                } else if let Some(job) = labels.get("batch.kubernetes.io/job-name") {
+                    if phase == "Succeeded"
+                        || phase == "Failed"
+                        || seen.elapsed() < Duration::from_millis(500)
+                    {
+                        continue;
+                    }
+                    let backfill = job.ends_with("-backfill");
+                    let failing = backfill && script.fail_backfill.load(Ordering::SeqCst);
+                    let (phase, code, message) = match (backfill, failing) {
+                        (true, true) => (
+                            "Failed",
+                            2,
+                            "error: target table shop.orders has a different schema",
+                        ),
+                        (true, false) => ("Succeeded", 0, BACKFILL_SUMMARY),
+                        (false, _) => ("Succeeded", 0, VALIDATE_SUMMARY),
+                    };
+                    let container = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.containers.first())
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default();
+                    let status = json!({"status": {
+                        "phase": phase,
+                        "conditions": [{"type": "Ready", "status": "False"}],
+                        "containerStatuses": [{"name": container, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                            "state": {"terminated": {"exitCode": code, "reason": if code == 0 {"Completed"} else {"Error"}, "message": message,
+                                                     "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}}}],
+                    }});
+                    let _ = api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await;
+                }
+            }
+            let unavailable = REPLICAS.saturating_sub(ready_sts);
+            if unavailable > 1 {
+                if let Ok(mut t) = script.trace.lock() {
+                    t.push(seen_state.join(" "));
+                }
+            }
+            script
+                .max_unavailable
+                .fetch_max(unavailable, Ordering::SeqCst);
+        }
+    })
+}
+
+async fn create_statefulset(client: &Client, ns: &str) {
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": STS},
+        "spec": {
+            "replicas": REPLICAS, "serviceName": STS, "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": STS}},
+            "template": {"metadata": {"labels": {"app": STS}},
+                         "spec": {"nodeSelector": {NO_NODE_LABEL: "true"},
+                                  "containers": [{"name": "cassandra", "image": "cassandra:test"}]}},
+        },
+    }))
+    .expect("sts");
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("create sts");
+}
+
+async fn source_pods(client: &Client, ns: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("app={STS}")))
+        .await
+        .expect("list pods")
+        .items
+}
+
+/// Polls `check` every 250ms until it returns Some, or panics after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn phase_of(api: &Api<CassandraMigration>, name: &str) -> Option<Phase> {
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()?
+        .status
+        .map(|s| s.phase)
+}
+
+fn migration(name: &str) -> CassandraMigration {
+    serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"statefulSet": STS},
+            "target": {"contactPoints": ["127.0.0.21:9042"], "localDatacenter": "target-dc"},
+            "keyspaces": {"include": ["shop"]},
+            "proxy": {"redirect": "port", "writeMode": "sync"},
+            "backfill": {"parallelism": 2, "splits": 8, "rowsPerSecond": 10000,
+                         "nodeSelector": {NO_NODE_LABEL: "true"}},
+            "validation": {"mode": "full", "repair": true},
+        },
+    }))
+    .expect("migration")
+}
+
+struct Bed {
+    client: Client,
+    ns: TestNamespace,
+    _webhook: WebhookGuard,
+    kubelet: JoinHandle<()>,
+    script: Arc<KubeletScript>,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.kubelet.abort();
+    }
+}
+
+async fn bed(prefix: &str) -> Bed {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| "ferry_operator=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let tb = testbed::kubernetes().expect("test bed");
+    let client = kube_client::client(&tb.kubeconfig).await.expect("client");
+    kube_client::install_crd(
+        &client,
+        &testbed::repo_root().join("crds/cassandramigrations.ferry.dev.yaml"),
+    )
+    .await
+    .expect("CRD");
+    let ns = TestNamespace::create(&client, prefix)
+        .await
+        .expect("namespace");
+    let webhook = start_webhook(&client, &ns.name).await;
+    let script = Arc::new(KubeletScript::default());
+    let kubelet = start_kubelet(&client, &ns.name, script.clone());
+    create_statefulset(&client, &ns.name).await;
+    eventually(60, "3 Ready source pods", || async {
+        let pods = source_pods(&client, &ns.name).await;
+        (pods.len() == REPLICAS && pods.iter().all(sidecar::pod_ready)).then_some(())
+    })
+    .await;
+    // Only what happens from now on counts (the pods were all down at birth).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    script.max_unavailable.store(0, Ordering::SeqCst);
+    Bed {
+        client,
+        ns,
+        _webhook: webhook,
+        kubelet,
+        script,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migration_rolls_one_pod_at_a_time_runs_jobs_reaches_ready_and_backs_out() {
+    let bed = bed("ferry-op").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    assert!(
+        source_pods(client, ns)
+            .await
+            .iter()
+            .all(|p| !sidecar::has_sidecar(p)),
+        "no sidecar before the migration"
+    );
+
+    let mut operator = start_controller(client, ns);
+    api.create(&PostParams::default(), &migration("mig"))
+        .await
+        .expect("create migration");
+
+    // The operator is restarted in the middle of the roll and picks up.
+    eventually(60, "the first pod rolled", || async {
+        let with = source_pods(client, ns)
+            .await
+            .iter()
+            .filter(|p| sidecar::has_sidecar(p))
+            .count();
+        (with >= 1).then_some(())
+    })
+    .await;
+    operator.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    operator = start_controller(client, ns);
+
+    eventually(120, "phase Ready", || async {
+        (phase_of(&api, "mig").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+
+    let cm = api.get("mig").await.expect("migration");
+    assert!(
+        cm.finalizers().iter().any(|f| f == labels::FINALIZER),
+        "no finalizer: {:?}",
+        cm.metadata
+    );
+    let status = cm.status.clone().expect("status");
+    let phases: Vec<Phase> = status.phase_history.iter().map(|t| t.phase).collect();
+    assert_eq!(
+        phases,
+        vec![
+            Phase::Pending,
+            Phase::Mirroring,
+            Phase::Backfilling,
+            Phase::Validating,
+            Phase::Ready
+        ]
+    );
+    assert_eq!(status.observed_generation, cm.metadata.generation);
+    assert!(
+        bed.script.max_unavailable.load(Ordering::SeqCst) <= 1,
+        "more than one source pod was down at once: {:?}",
+        bed.script.trace.lock().map(|t| t.clone())
+    );
+    let pods = source_pods(client, ns).await;
+    assert_eq!(pods.len(), REPLICAS);
+    for pod in &pods {
+        assert!(
+            sidecar::has_sidecar(pod),
+            "{} lacks the sidecar",
+            pod.name_any()
+        );
+        assert_eq!(
+            pod.annotations()
+                .get(labels::MIGRATION_ANNOTATION)
+                .map(String::as_str),
+            Some("mig")
+        );
+    }
+    assert!(
+        status
+            .sidecars
+            .iter()
+            .all(|s| s.state == ferry_operator::crd::SidecarState::Ready),
+        "{:?}",
+        status.sidecars
+    );
+    let backfill = status.backfill.expect("backfill status");
+    assert_eq!(
+        (backfill.rows_copied, backfill.ranges_done),
+        (2000, 8),
+        "summed over both Job pods"
+    );
+    assert!(backfill.start_timestamp_micros.is_some());
+    let validation = status.validation.expect("validation status");
+    assert_eq!(
+        (
+            validation.rows_compared,
+            validation.unresolved,
+            validation.in_flight
+        ),
+        (2000, 0, 4)
+    );
+    for c in ["SidecarsReady", "BackfillComplete", "Validated", "Ready"] {
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|x| x.type_ == c && x.status == "True"),
+            "condition {c} not True"
+        );
+    }
+    assert_eq!(
+        status.progress.as_deref(),
+        Some("in sync; mirroring until cut-over")
+    );
+
+    // The Jobs carry the spec.
+    let job = Api::<Job>::namespaced(client.clone(), ns)
+        .get("mig-backfill")
+        .await
+        .expect("backfill job");
+    let spec = job.spec.expect("job spec");
+    assert_eq!(
+        (
+            spec.completion_mode.as_deref(),
+            spec.parallelism,
+            spec.completions
+        ),
+        (Some("Indexed"), Some(2), Some(2))
+    );
+    let env: BTreeSet<String> = spec.template.spec.expect("pod spec").containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| format!("{}={}", e.name, e.value.clone().unwrap_or_default()))
+        .collect();
+    for want in [
+        "FERRY_SPLITS=8",
+        "FERRY_SPLIT_COUNT=2",
+        "FERRY_ROWS_PER_SECOND=5000",
+        "FERRY_KEYSPACES=shop",
+        "FERRY_TIMESTAMP_MODE=preserve",
+    ] {
+        assert!(env.contains(want), "backfill Job env lacks {want}: {env:?}");
+    }
+    Api::<Job>::namespaced(client.clone(), ns)
+        .get("mig-validate-1")
+        .await
+        .expect("validation job");
+    // The peer map lists every source pod's proxy.
+    let peers = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get("mig-ferry-peers")
+        .await
+        .expect("peer map");
+    let body = peers.data.expect("data")[labels::PEER_MAP_KEY].clone();
+    assert!(
+        body.contains("\"127.0.0.1\": \"127.0.0.1:29042\"") && body.contains("\"mode\": \"sync\""),
+        "{body}"
+    );
+    // Events tell the story.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    let reasons: BTreeSet<String> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    for r in ["EvictedPod", "CreatedJob", "Mirroring", "Ready"] {
+        assert!(reasons.contains(r), "no {r} event: {reasons:?}");
+    }
+
+    // Deleting the migration takes the sidecars out, one at a time, and
+    // removes what Ferry made.
+    bed.script.max_unavailable.store(0, Ordering::SeqCst);
+    api.delete("mig", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(120, "the migration gone", || async {
+        api.get_opt("mig").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let pods = source_pods(client, ns).await;
+    assert!(
+        pods.iter().all(|p| !sidecar::has_sidecar(p)),
+        "sidecars left after deletion"
+    );
+    assert!(
+        bed.script.max_unavailable.load(Ordering::SeqCst) <= 1,
+        "more than one pod down while removing sidecars"
+    );
+    let jobs = Api::<Job>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("jobs");
+    assert!(
+        jobs.items
+            .iter()
+            .all(|j| j.metadata.deletion_timestamp.is_some()),
+        "Jobs left after deletion"
+    );
+    operator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_backfill_is_reported_and_resumes_after_a_spec_fix() {
+    let bed = bed("ferry-fail").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    bed.script.fail_backfill.store(true, Ordering::SeqCst);
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    let operator = start_controller(client, ns);
+    api.create(&PostParams::default(), &migration("broken"))
+        .await
+        .expect("create");
+
+    eventually(120, "phase Failed", || async {
+        (phase_of(&api, "broken").await == Some(Phase::Failed)).then_some(())
+    })
+    .await;
+    let status = api
+        .get("broken")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("Failed condition");
+    assert_eq!(
+        (failed.status.as_str(), failed.reason.as_str()),
+        ("True", "BackfillFailed")
+    );
+    assert!(
+        failed.message.contains("mig") || failed.message.contains("broken-backfill"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(status.progress.as_deref(), Some("BackfillFailed"));
+
+    // Fix (the test's kubelet stops failing) and change the spec: resumes in
+    // Backfilling, not from the start.
+    bed.script.fail_backfill.store(false, Ordering::SeqCst);
+    let patch = json!({"spec": {"backfill": {"concurrency": 16}}});
+    api.patch("broken", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    eventually(120, "phase Ready after resume", || async {
+        (phase_of(&api, "broken").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    let status = api
+        .get("broken")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    let phases: Vec<Phase> = status.phase_history.iter().map(|t| t.phase).collect();
+    assert_eq!(
+        phases,
+        vec![
+            Phase::Pending,
+            Phase::Mirroring,
+            Phase::Backfilling,
+            Phase::Failed,
+            Phase::Backfilling,
+            Phase::Validating,
+            Phase::Ready
+        ]
+    );
+    assert!(status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Failed" && c.status == "False" && c.reason == "Resumed"));
+    operator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_leaves_pods_of_other_statefulsets_alone() {
+    let bed = bed("ferry-other").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    // A migration of a different StatefulSet: this one's pods stay untouched.
+    let mut other = migration("other");
+    other.spec.source.stateful_set = "not-this-one".into();
+    Api::<CassandraMigration>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("create");
+    // Opt the namespace in by hand (no controller runs here) and recreate a pod.
+    let patch =
+        json!({"metadata": {"labels": {labels::INJECTION_LABEL: labels::INJECTION_ENABLED}}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("label ns");
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .delete(&format!("{STS}-0"), &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    let pod = eventually(60, "the pod recreated", || async {
+        let p = Api::<Pod>::namespaced(client.clone(), ns)
+            .get_opt(&format!("{STS}-0"))
+            .await
+            .ok()??;
+        p.metadata.deletion_timestamp.is_none().then_some(p)
+    })
+    .await;
+    assert!(
+        !sidecar::has_sidecar(&pod),
+        "a pod of another StatefulSet got the sidecar"
+    );
+}

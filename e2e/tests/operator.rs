@@ -671,3 +671,29 @@ async fn webhook_leaves_pods_of_other_statefulsets_alone() {
         "a pod of another StatefulSet got the sidecar"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_one_replica_leads_and_a_dead_leader_is_replaced() {
+    use ferry_operator::leader::LeaderElection;
+    let tb = testbed::kubernetes().expect("test bed");
+    let client = kube_client::client(&tb.kubeconfig).await.expect("client");
+    let ns = TestNamespace::create(&client, "ferry-lease").await.expect("namespace");
+    let lease = Duration::from_secs(3);
+    let a = LeaderElection::new(client.clone(), &ns.name, "ferry-operator-leader", "replica-a", lease);
+    let b = LeaderElection::new(client.clone(), &ns.name, "ferry-operator-leader", "replica-b", lease);
+    assert!(a.try_acquire().await.expect("a"), "the first replica takes the free lease");
+    assert!(!b.try_acquire().await.expect("b"), "the second must not lead while the first renews");
+    assert!(a.try_acquire().await.expect("a renews"), "the leader renews");
+    assert!(!b.try_acquire().await.expect("b"), "still not b");
+    // a stops renewing (it died): after the lease runs out, b takes over.
+    tokio::time::sleep(lease + Duration::from_millis(1500)).await;
+    assert!(b.try_acquire().await.expect("b"), "b takes over an expired lease");
+    assert!(!a.try_acquire().await.expect("a"), "a, back, does not steal it");
+    let held = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns.name)
+        .get("ferry-operator-leader")
+        .await
+        .expect("lease");
+    let spec = held.spec.expect("spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+}

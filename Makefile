@@ -30,6 +30,15 @@ down: ## stop the test bed (state kept; `bash e2e/testbed/down.sh --purge` delet
 crds: ## regenerate crds/ and the chart's copy from operator/src/crd.rs
 	cargo run -q -p ferry-operator -- crd --write .
 
+.PHONY: manifests
+manifests: ## regenerate manifests/install.yaml and the chart README's values table
+	bash hack/render-install.sh
+	python3 charts/ferry/hack/values-table.py
+
+.PHONY: chart-docs
+chart-docs: ## regenerate the chart README's values table
+	python3 charts/ferry/hack/values-table.py
+
 .PHONY: lint
 lint: ## rustfmt and clippy, warnings as errors
 	cargo fmt --all -- --check

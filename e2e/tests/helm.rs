@@ -1,5 +1,6 @@
-//! The chart passes `helm lint` and renders with `helm template`, using the
-//! helm built by the test bed.
+//! The chart: `helm lint`, `helm template` with several value sets, its
+//! values schema refusing bad values, and the generated files that must stay
+//! in step with it (manifests/install.yaml, the README's values table).
 
 use std::process::Command;
 
@@ -25,45 +26,164 @@ fn helm(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn chart_lints_clean() {
-    let (ok, out) = helm(&["lint", "--strict", "charts/ferry"]);
-    assert!(ok, "helm lint failed:\n{out}");
-}
-
-#[test]
-fn chart_renders_the_operator_and_its_rbac() {
-    let (ok, out) = helm(&[
+fn template(sets: &[&str]) -> String {
+    let mut args = vec![
         "template",
         "ferry",
         "charts/ferry",
         "--namespace",
         "ferry-system",
         "--include-crds",
-    ]);
-    assert!(ok, "helm template failed:\n{out}");
+    ];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    let (ok, out) = helm(&args);
+    assert!(ok, "helm template {sets:?} failed:\n{out}");
+    out
+}
+
+#[test]
+fn chart_lints_clean() {
+    let (ok, out) = helm(&["lint", "--strict", "charts/ferry"]);
+    assert!(ok, "helm lint failed:\n{out}");
+    let (ok, out) = helm(&["lint", "--strict", "charts/ferry", "--set", "replicaCount=2,certManager.enabled=true,metrics.serviceMonitor.enabled=true,dashboard.enabled=true"]);
+    assert!(ok, "helm lint with every option failed:\n{out}");
+}
+
+#[test]
+fn default_render_has_everything_the_operator_needs() {
+    let out = template(&[]);
     for kind in [
         "kind: Deployment",
         "kind: ClusterRole",
+        "kind: Role",
         "kind: ServiceAccount",
         "kind: CustomResourceDefinition",
+        "kind: MutatingWebhookConfiguration",
+        "kind: PodDisruptionBudget",
+        "kind: Service",
     ] {
         assert!(out.contains(kind), "rendered chart lacks `{kind}`");
     }
-    // Values reach the manifests.
-    let (ok, out) = helm(&[
-        "template",
-        "ferry",
-        "charts/ferry",
-        "--set",
-        "image.tag=v9.9.9",
-        "--set",
-        "replicaCount=2",
-    ]);
-    assert!(ok, "helm template with values failed:\n{out}");
+    for absent in [
+        "kind: ServiceMonitor",
+        "kind: Certificate",
+        "grafana_dashboard",
+    ] {
+        assert!(
+            !out.contains(absent),
+            "`{absent}` rendered though not enabled"
+        );
+    }
+    // Restricted pod security.
+    for needle in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "type: RuntimeDefault",
+        "failurePolicy: Ignore",
+    ] {
+        assert!(out.contains(needle), "rendered chart lacks `{needle}`");
+    }
     assert!(
-        out.contains("ferry-operator:v9.9.9"),
+        out.contains("image: \"ghcr.io/ferry-dev/ferry-operator:0.1.0\""),
+        "default image"
+    );
+}
+
+#[test]
+fn values_reach_the_manifests() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let out = template(&[
+        "image.tag=v9.9.9",
+        "replicaCount=2",
+        &format!("sidecarImage.digest={digest}"),
+        "sidecarImage.registry=registry.example.com",
+        "imagePullSecrets[0]=regcred",
+        "nodeSelector.pool=system",
+    ]);
+    assert!(
+        out.contains("ghcr.io/ferry-dev/ferry-operator:v9.9.9"),
         "image.tag not applied"
     );
     assert!(out.contains("replicas: 2"), "replicaCount not applied");
+    assert!(
+        out.contains("minAvailable: 1"),
+        "2 replicas get a minAvailable budget"
+    );
+    assert!(
+        out.contains(&format!(
+            "registry.example.com/ferry-dev/ferry-sidecar@{digest}"
+        )),
+        "sidecar digest not applied"
+    );
+    assert!(out.contains("- name: regcred"), "pull secret not applied");
+    assert!(out.contains("pool: system"), "nodeSelector not applied");
+
+    let out = template(&[
+        "certManager.enabled=true",
+        "metrics.serviceMonitor.enabled=true",
+        "dashboard.enabled=true",
+    ]);
+    for needle in [
+        "kind: Certificate",
+        "kind: Issuer",
+        "cert-manager.io/inject-ca-from",
+        "FERRY_WEBHOOK_CERT_DIR",
+        "kind: ServiceMonitor",
+        "grafana_dashboard",
+    ] {
+        assert!(out.contains(needle), "optional feature lacks `{needle}`");
+    }
+}
+
+#[test]
+fn schema_refuses_bad_values() {
+    for (set, wanted) in [
+        ("webhook.failurePolicy=Sometimes", "failurePolicy"),
+        ("replicaCount=-1", "replicaCount"),
+        ("image.pullPolicy=Maybe", "pullPolicy"),
+        ("image.digest=notadigest", "digest"),
+        ("metrics.port=70000", "port"),
+        ("noSuchValue=1", "noSuchValue"),
+    ] {
+        let (ok, out) = helm(&["template", "ferry", "charts/ferry", "--set", set]);
+        assert!(!ok, "`{set}` was accepted");
+        assert!(
+            out.contains(wanted),
+            "`{set}` refused without naming `{wanted}`:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn generated_files_are_fresh() {
+    let root = testbed::repo_root();
+    let out = Command::new("bash")
+        .arg(root.join("hack/render-install.sh"))
+        .arg("--stdout")
+        .output()
+        .expect("render install.yaml");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed =
+        std::fs::read(root.join("manifests/install.yaml")).expect("manifests/install.yaml");
+    assert!(
+        committed == out.stdout,
+        "manifests/install.yaml is stale: run `make manifests`"
+    );
+    let status = Command::new("python3")
+        .arg(root.join("charts/ferry/hack/values-table.py"))
+        .arg("--check")
+        .status()
+        .expect("values-table.py");
+    assert!(
+        status.success(),
+        "charts/ferry/README.md is stale: run `make chart-docs`"
+    );
 }

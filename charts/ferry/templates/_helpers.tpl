@@ -20,5 +20,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "ferry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
 {{- default (include "ferry.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
+{{- end -}}
+
+{{/* An image reference from {registry, repository, tag, digest}. */}}
+{{- define "ferry.image" -}}
+{{- $img := index . 0 -}}{{- $ctx := index . 1 -}}
+{{- $repo := $img.repository -}}
+{{- if $img.registry -}}{{- $repo = printf "%s/%s" $img.registry $img.repository -}}{{- end -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default $ctx.Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ferry.webhookService" -}}{{ include "ferry.fullname" . }}-webhook{{- end -}}
+{{- define "ferry.webhookSecret" -}}{{ include "ferry.fullname" . }}-webhook-tls{{- end -}}
+{{- define "ferry.webhookConfig" -}}{{ include "ferry.fullname" . }}-sidecar-injector{{- end -}}

@@ -174,6 +174,12 @@ async fn target_outage_in_async_and_sync_modes() {
     // Let in-flight mirrors reach the spool, then restart the proxy on the
     // same spool while the target is still down.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Async mode with room in the spool stays ready while the target is down.
+    let (status, detail) = proxy.admin_get("/readyz").await;
+    assert!(
+        status.contains("200"),
+        "async + spool room must be ready: {status} {detail}"
+    );
     let spooled = proxy
         .metric("ferry_proxy_mirrored_writes_total{outcome=\"spooled\"}")
         .await;
@@ -233,6 +239,17 @@ async fn target_outage_in_async_and_sync_modes() {
         !failures.is_empty(),
         "writes during a target outage must fail in sync mode"
     );
+    // Sync mode needs the target: not ready while it is down (probed every 2 s).
+    let mut unready = false;
+    for _ in 0..20 {
+        let (status, _) = proxy.admin_get("/readyz").await;
+        if status.contains("503") {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(unready, "sync mode with the target down must not be ready");
     outage.start();
     // The proxy reconnects by itself; the client sees success again.
     let deadline = Instant::now() + Duration::from_secs(30);

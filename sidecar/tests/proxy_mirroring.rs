@@ -545,3 +545,71 @@ async fn mode_switches_at_run_time_without_reconnecting() {
     proxy.stop().await.expect("stop");
     let _ = std::fs::remove_file(&runtime);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_reads_count_matches_and_differences() {
+    let bed = bed().await;
+    let ks = keyspace("px_shadow");
+    setup_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"],
+    )
+    .await;
+    let proxy = start_proxy(
+        "127.0.0.52",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "sync", "--shadow-read-percent", "100"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    client
+        .query_unpaged(
+            format!("INSERT INTO {ks}.kv (k, v) VALUES (1, 'same')"),
+            &[],
+        )
+        .await
+        .expect("mirrored write");
+    let read = client
+        .prepare(format!("SELECT v FROM {ks}.kv WHERE k = ?"))
+        .await
+        .expect("prepare");
+    let r = client.execute_unpaged(&read, (1,)).await.expect("read");
+    assert_eq!(r.into_rows_result().expect("rows").rows_num(), 1);
+    // Diverge on purpose: a row only the source has.
+    bed.source
+        .query_unpaged(
+            format!("INSERT INTO {ks}.kv (k, v) VALUES (2, 'source only')"),
+            &[],
+        )
+        .await
+        .expect("direct source write");
+    let r = client.execute_unpaged(&read, (2,)).await.expect("read");
+    assert_eq!(
+        r.into_rows_result().expect("rows").rows_num(),
+        1,
+        "the client gets the source's answer"
+    );
+    let mut counted = (0.0, 0.0);
+    for _ in 0..40 {
+        counted = (
+            proxy
+                .metric("ferry_proxy_shadow_reads_total{outcome=\"match\"}")
+                .await,
+            proxy
+                .metric("ferry_proxy_shadow_reads_total{outcome=\"mismatch\"}")
+                .await,
+        );
+        if counted.0 >= 1.0 && counted.1 >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        counted.0 >= 1.0 && counted.1 >= 1.0,
+        "match/mismatch counts: {counted:?}"
+    );
+    drop(client);
+    proxy.stop().await.expect("stop");
+}

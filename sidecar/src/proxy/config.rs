@@ -141,6 +141,10 @@ pub struct ProxyArgs {
     /// Never mirror writes to these tables (`keyspace.table`, comma-separated).
     #[arg(long, env = "FERRY_PROXY_EXCLUDE_TABLES", value_delimiter = ',')]
     pub exclude_tables: Vec<String>,
+    /// Percentage of reads (0-100) also sent to the target and compared
+    /// (live validation); the client always gets the source's answer.
+    #[arg(long, env = "FERRY_PROXY_SHADOW_READ_PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub shadow_read_percent: u64,
     /// Timeout of one target request, in milliseconds.
     #[arg(long, env = "FERRY_PROXY_TARGET_TIMEOUT_MS", default_value_t = 2000)]
     pub target_timeout_ms: u64,

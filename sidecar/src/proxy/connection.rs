@@ -514,6 +514,11 @@ impl Session {
                 self.read_from_target(frame, statements);
                 Ok(())
             }
+            StatementClass::Read { .. } if self.sample_shadow_read(mode) => {
+                self.count(kind, "source");
+                self.count(kind, "target");
+                self.shadow_read(frame, statements).await
+            }
             StatementClass::Read { .. } => {
                 self.count(kind, "source");
                 self.forward(frame).await
@@ -686,6 +691,61 @@ impl Session {
                 Answer::Target => target,
             };
             let _ = session.reply(reply).await;
+        });
+        Ok(())
+    }
+
+    fn sample_shadow_read(&self, mode: Mode) -> bool {
+        let pct = self.ctx.shadow_read_percent;
+        if pct == 0 || mode == Mode::SourceOnly {
+            return false;
+        }
+        self.ctx.read_counter.fetch_add(1, Ordering::Relaxed) % 100 < pct
+    }
+
+    /// A sampled read: the client gets the source's answer as usual; the
+    /// target's answer to the same read is compared with it and counted.
+    async fn shadow_read(
+        self: &Arc<Self>,
+        frame: Frame,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+    ) -> Result<(), SessionError> {
+        let req = self.mirror_request(&frame, statements, true);
+        let (tx, rx) = oneshot::channel();
+        self.set_pending(frame.stream, Pending::Capture(tx));
+        self.forward(frame).await?;
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let ctx = session.ctx.clone();
+            let link = session.target.clone();
+            let target = tokio::spawn(async move {
+                let conn = link.get().await?;
+                send_to_target(&ctx, &conn, &req, false).await
+            });
+            let Ok(source) = rx.await else {
+                return;
+            };
+            let source_rows = super::mirror::rows_section(&source).map(Bytes::copy_from_slice);
+            let _ = session.reply(source).await;
+            let outcome = match target.await {
+                Ok(Ok(t)) => match (source_rows, super::mirror::rows_section(&t)) {
+                    (Some(a), Some(b)) if a[..] == *b => "match",
+                    (Some(_), Some(_)) => "mismatch",
+                    _ => "error",
+                },
+                _ => "error",
+            };
+            if outcome == "mismatch" {
+                debug!("shadow read differs between source and target");
+            }
+            session
+                .ctx
+                .metrics
+                .shadow_reads
+                .with_label_values(&[outcome])
+                .inc();
         });
         Ok(())
     }

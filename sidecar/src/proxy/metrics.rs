@@ -33,6 +33,7 @@ pub struct Metrics {
     pub reprepares: IntCounter,
     pub mode: IntGauge,
     pub replay_latency: Histogram,
+    pub shadow_reads: IntCounterVec,
 }
 
 impl Metrics {
@@ -133,7 +134,15 @@ impl Metrics {
         registry.register(Box::new(timestamps_injected.clone()))?;
         registry.register(Box::new(reprepares.clone()))?;
         registry.register(Box::new(mode.clone()))?;
+        let shadow_reads = IntCounterVec::new(
+            Opts::new(
+                "shadow_reads_total",
+                "Sampled reads also sent to the target, by outcome (match, mismatch, error)",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(replay_latency.clone()))?;
+        registry.register(Box::new(shadow_reads.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -153,6 +162,7 @@ impl Metrics {
             reprepares,
             mode,
             replay_latency,
+            shadow_reads,
         })
     }
 

@@ -42,6 +42,9 @@ pub struct ProxyContext {
     pub protocol_version_cap: u8,
     pub cql_version: Option<String>,
     pub mirror_ddl: bool,
+    /// Percentage of reads also sent to the target and compared.
+    pub shadow_read_percent: u64,
+    pub read_counter: std::sync::atomic::AtomicU64,
     pub shutting_down: AtomicBool,
     pub mirrors_inflight: AtomicUsize,
     pub source_reachable: AtomicBool,
@@ -317,8 +320,8 @@ pub fn is_retryable_error(frame: &Frame) -> bool {
     )
 }
 
-/// `[applied]` of a conditional write's result (first column, first row).
-pub fn lwt_applied(frame: &Frame) -> Option<bool> {
+/// Offset of the rows (`rows_count` onwards) of a RESULT Rows body.
+fn rows_start(frame: &Frame) -> Option<usize> {
     if frame.opcode != opcode::RESULT {
         return None;
     }
@@ -351,6 +354,19 @@ pub fn lwt_applied(frame: &Frame) -> Option<bool> {
             super::peers::skip_type(&mut r, 0).ok()?;
         }
     }
+    Some(r.position())
+}
+
+/// The rows of a RESULT Rows body, without metadata and paging state
+/// (which legitimately differ between clusters).
+pub fn rows_section(frame: &Frame) -> Option<&[u8]> {
+    rows_start(frame).map(|at| &frame.body[at..])
+}
+
+/// `[applied]` of a conditional write's result (first column, first row).
+pub fn lwt_applied(frame: &Frame) -> Option<bool> {
+    let at = rows_start(frame)?;
+    let mut r = Reader::new(&frame.body[at..]);
     if r.i32().ok()? < 1 {
         return None;
     }

@@ -141,6 +141,8 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         protocol_version_cap: args.protocol_version,
         cql_version: args.cql_version.clone(),
         mirror_ddl: args.mirror_ddl,
+        shadow_read_percent: args.shadow_read_percent,
+        read_counter: std::sync::atomic::AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         mirrors_inflight: AtomicUsize::new(0),
         source_reachable: AtomicBool::new(false),

@@ -1,0 +1,254 @@
+//! `ferry-loadgen`: the example application. It writes rows with sequential
+//! ids and reads earlier ones back, continuously, at a consistency level
+//! (QUORUM by default), and counts exactly what it was told was written, so a
+//! migration can be checked against it: every acknowledged id must be on the
+//! target, and no request may fail while pods are rolled.
+//!
+//! Every `--report-secs` it prints one JSON line of counters to stdout (the
+//! last line is the final tally after SIGTERM/SIGINT or `--duration-secs`).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::Consistency;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry-loadgen",
+    about = "Writes and reads continuously, counting every acknowledged write"
+)]
+struct Args {
+    /// Contact points, `host:port`, comma-separated.
+    #[arg(
+        long,
+        env = "LOADGEN_CONTACT_POINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    contact_points: Vec<String>,
+    /// Keyspace (created with `--replication` if missing).
+    #[arg(long, env = "LOADGEN_KEYSPACE", default_value = "ferry_demo")]
+    keyspace: String,
+    /// Replication map of the keyspace, as CQL.
+    #[arg(
+        long,
+        env = "LOADGEN_REPLICATION",
+        default_value = "{'class': 'SimpleStrategy', 'replication_factor': 3}"
+    )]
+    replication: String,
+    /// Writes per second (reads are half as many).
+    #[arg(long, env = "LOADGEN_RATE", default_value_t = 50)]
+    rate: u64,
+    /// Stop after this many seconds (0: run until SIGTERM).
+    #[arg(long, env = "LOADGEN_DURATION_SECS", default_value_t = 0)]
+    duration_secs: u64,
+    /// Seconds between counter lines.
+    #[arg(long, env = "LOADGEN_REPORT_SECS", default_value_t = 5)]
+    report_secs: u64,
+    /// `quorum`, `local_quorum`, `one` or `all`.
+    #[arg(long, env = "LOADGEN_CONSISTENCY", default_value = "quorum")]
+    consistency: String,
+}
+
+#[derive(Default)]
+struct Counters {
+    next_id: AtomicU64,
+    acked: AtomicU64,
+    write_failures: AtomicU64,
+    reads: AtomicU64,
+    read_failures: AtomicU64,
+    read_missing: AtomicU64,
+    /// Ids whose write failed (bounded): the only ones not owed to the target.
+    failed_ids: Mutex<BTreeSet<u64>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn report(&self, started: Instant, last: bool) -> String {
+        let failed: Vec<u64> = self
+            .failed_ids
+            .lock()
+            .map(|f| f.iter().copied().take(100).collect())
+            .unwrap_or_default();
+        json!({
+            "final": last,
+            "seconds": started.elapsed().as_secs(),
+            "issued": self.next_id.load(Ordering::SeqCst),
+            "acked": self.acked.load(Ordering::SeqCst),
+            "writeFailures": self.write_failures.load(Ordering::SeqCst),
+            "reads": self.reads.load(Ordering::SeqCst),
+            "readFailures": self.read_failures.load(Ordering::SeqCst),
+            "readMissing": self.read_missing.load(Ordering::SeqCst),
+            "failedIds": failed,
+            "lastError": self.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+        .to_string()
+    }
+}
+
+fn consistency(name: &str) -> anyhow::Result<Consistency> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "one" => Consistency::One,
+        "quorum" => Consistency::Quorum,
+        "local_quorum" => Consistency::LocalQuorum,
+        "all" => Consistency::All,
+        other => anyhow::bail!("unknown consistency {other}"),
+    })
+}
+
+async fn connect(args: &Args) -> anyhow::Result<Session> {
+    // Cassandra may still be starting: retry for a while.
+    let mut last = None;
+    for _ in 0..60 {
+        match SessionBuilder::new()
+            .known_nodes(&args.contact_points)
+            .build()
+            .await
+        {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    anyhow::bail!(
+        "cannot connect to {:?}: {}",
+        args.contact_points,
+        last.unwrap_or_default()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cl = consistency(&args.consistency)?;
+    let session = Arc::new(connect(&args).await?);
+    let ks = &args.keyspace;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}",
+                args.replication
+            ),
+            &[],
+        )
+        .await
+        .context("creating the keyspace")?;
+    session
+        .query_unpaged(format!("CREATE TABLE IF NOT EXISTS {ks}.events (id bigint PRIMARY KEY, payload text, written_at timestamp)"), &[])
+        .await
+        .context("creating the table")?;
+    session
+        .await_schema_agreement()
+        .await
+        .context("schema agreement")?;
+    let mut insert = session
+        .prepare(format!(
+            "INSERT INTO {ks}.events (id, payload, written_at) VALUES (?, ?, toTimestamp(now()))"
+        ))
+        .await?;
+    insert.set_consistency(cl);
+    let mut select = session
+        .prepare(format!("SELECT payload FROM {ks}.events WHERE id = ?"))
+        .await?;
+    select.set_consistency(cl);
+
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    {
+        let (counters, stop) = (counters.clone(), stop.clone());
+        let every = Duration::from_secs(args.report_secs.max(1));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(every).await;
+                println!("{}", counters.report(started, false));
+            }
+        });
+    }
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    let deadline =
+        (args.duration_secs > 0).then(|| started + Duration::from_secs(args.duration_secs));
+    let mut inflight = tokio::task::JoinSet::new();
+    while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+        ticker.tick().await;
+        let id = counters.next_id.fetch_add(1, Ordering::SeqCst);
+        let (session, insert, select, counters) = (
+            session.clone(),
+            insert.clone(),
+            select.clone(),
+            counters.clone(),
+        );
+        inflight.spawn(async move {
+            match session
+                .execute_unpaged(&insert, (id as i64, format!("event-{id}")))
+                .await
+            {
+                Ok(_) => {
+                    counters.acked.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    counters.write_failures.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut f) = counters.failed_ids.lock() {
+                        f.insert(id);
+                    }
+                    if let Ok(mut l) = counters.last_error.lock() {
+                        *l = Some(e.to_string());
+                    }
+                }
+            }
+            if id % 2 == 0 && id > 0 {
+                let earlier = id / 2;
+                counters.reads.fetch_add(1, Ordering::SeqCst);
+                match session.execute_unpaged(&select, (earlier as i64,)).await {
+                    Ok(r) => {
+                        let found = r
+                            .into_rows_result()
+                            .map(|rows| rows.rows_num() > 0)
+                            .unwrap_or(false);
+                        let failed_write = counters
+                            .failed_ids
+                            .lock()
+                            .map(|f| f.contains(&earlier))
+                            .unwrap_or(false);
+                        if !found && !failed_write {
+                            counters.read_missing.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Err(e) => {
+                        counters.read_failures.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut l) = counters.last_error.lock() {
+                            *l = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+        });
+        while inflight.try_join_next().is_some() {}
+    }
+    while inflight.join_next().await.is_some() {}
+    println!("{}", counters.report(started, true));
+    Ok(())
+}

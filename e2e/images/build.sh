@@ -222,6 +222,8 @@ for name in "${names[@]}"; do
     operator) archive=$(build_rust operator); ref=$REPO/ferry-operator:$TAG ;;
     sidecar) archive=$(build_rust sidecar); ref=$REPO/ferry-sidecar:$TAG ;;
   esac
+  # Keep only the newest archive of each image.
+  find "$OUT" -maxdepth 1 -name "$(basename "${archive%-*}")-*.tar*" ! -name "${archive##*/}*" -delete
   [ "$do_import" = 1 ] && import "$archive" "$ref"
   log "image $ref: $archive ($(du -h "$archive" | cut -f1))"
 done

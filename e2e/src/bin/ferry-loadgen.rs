@@ -52,6 +52,16 @@ struct Args {
     /// Seconds between counter lines.
     #[arg(long, env = "LOADGEN_REPORT_SECS", default_value_t = 5)]
     report_secs: u64,
+    /// Only create the keyspace and table (e.g. on the target), then exit.
+    #[arg(long)]
+    schema_only: bool,
+    /// Instead of writing: check that ids 0..N (less `--skip-ids`) are all
+    /// present, print `{"checked":..,"missing":..}` and exit non-zero if any is missing.
+    #[arg(long, value_name = "N")]
+    verify_upto: Option<u64>,
+    /// Ids whose write failed (not owed), with `--verify-upto`.
+    #[arg(long, value_delimiter = ',')]
+    skip_ids: Vec<u64>,
     /// `quorum`, `local_quorum`, `one` or `all`.
     #[arg(long, env = "LOADGEN_CONSISTENCY", default_value = "quorum")]
     consistency: String,
@@ -124,6 +134,51 @@ async fn connect(args: &Args) -> anyhow::Result<Session> {
     )
 }
 
+/// Reads every owed id back, in parallel batches, and reports what is missing.
+async fn verify(
+    session: &Session,
+    ks: &str,
+    upto: u64,
+    skip: &[u64],
+    cl: Consistency,
+) -> anyhow::Result<()> {
+    let mut select = session
+        .prepare(format!("SELECT id FROM {ks}.events WHERE id = ?"))
+        .await?;
+    select.set_consistency(cl);
+    let skip: BTreeSet<u64> = skip.iter().copied().collect();
+    let ids: Vec<u64> = (0..upto).filter(|i| !skip.contains(i)).collect();
+    let mut missing = Vec::new();
+    for chunk in ids.chunks(256) {
+        let lookups = chunk.iter().map(|&id| {
+            let select = select.clone();
+            async move { (id, session.execute_unpaged(&select, (id as i64,)).await) }
+        });
+        for (id, result) in futures::future::join_all(lookups).await {
+            let found = result?
+                .into_rows_result()
+                .map(|r| r.rows_num() > 0)
+                .unwrap_or(false);
+            if !found {
+                missing.push(id);
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({"checked": ids.len(), "missing": missing.len(), "missingIds": missing.iter().take(50).collect::<Vec<_>>()})
+    );
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of {} acknowledged ids are missing",
+            missing.len(),
+            ids.len()
+        )
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -148,6 +203,13 @@ async fn main() -> anyhow::Result<()> {
         .await_schema_agreement()
         .await
         .context("schema agreement")?;
+    if args.schema_only {
+        println!("{}", json!({"schema": format!("{ks}.events")}));
+        return Ok(());
+    }
+    if let Some(upto) = args.verify_upto {
+        return verify(&session, ks, upto, &args.skip_ids, cl).await;
+    }
     let mut insert = session
         .prepare(format!(
             "INSERT INTO {ks}.events (id, payload, written_at) VALUES (?, ?, toTimestamp(now()))"

@@ -677,23 +677,115 @@ async fn only_one_replica_leads_and_a_dead_leader_is_replaced() {
     use ferry_operator::leader::LeaderElection;
     let tb = testbed::kubernetes().expect("test bed");
     let client = kube_client::client(&tb.kubeconfig).await.expect("client");
-    let ns = TestNamespace::create(&client, "ferry-lease").await.expect("namespace");
+    let ns = TestNamespace::create(&client, "ferry-lease")
+        .await
+        .expect("namespace");
     let lease = Duration::from_secs(3);
-    let a = LeaderElection::new(client.clone(), &ns.name, "ferry-operator-leader", "replica-a", lease);
-    let b = LeaderElection::new(client.clone(), &ns.name, "ferry-operator-leader", "replica-b", lease);
-    assert!(a.try_acquire().await.expect("a"), "the first replica takes the free lease");
-    assert!(!b.try_acquire().await.expect("b"), "the second must not lead while the first renews");
-    assert!(a.try_acquire().await.expect("a renews"), "the leader renews");
+    let a = LeaderElection::new(
+        client.clone(),
+        &ns.name,
+        "ferry-operator-leader",
+        "replica-a",
+        lease,
+    );
+    let b = LeaderElection::new(
+        client.clone(),
+        &ns.name,
+        "ferry-operator-leader",
+        "replica-b",
+        lease,
+    );
+    assert!(
+        a.try_acquire().await.expect("a"),
+        "the first replica takes the free lease"
+    );
+    assert!(
+        !b.try_acquire().await.expect("b"),
+        "the second must not lead while the first renews"
+    );
+    assert!(
+        a.try_acquire().await.expect("a renews"),
+        "the leader renews"
+    );
     assert!(!b.try_acquire().await.expect("b"), "still not b");
     // a stops renewing (it died): after the lease runs out, b takes over.
     tokio::time::sleep(lease + Duration::from_millis(1500)).await;
-    assert!(b.try_acquire().await.expect("b"), "b takes over an expired lease");
-    assert!(!a.try_acquire().await.expect("a"), "a, back, does not steal it");
-    let held = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns.name)
-        .get("ferry-operator-leader")
-        .await
-        .expect("lease");
+    assert!(
+        b.try_acquire().await.expect("b"),
+        "b takes over an expired lease"
+    );
+    assert!(
+        !a.try_acquire().await.expect("a"),
+        "a, back, does not steal it"
+    );
+    let held =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), &ns.name)
+            .get("ferry-operator-leader")
+            .await
+            .expect("lease");
     let spec = held.spec.expect("spec");
     assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
     assert_eq!(spec.lease_transitions, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_certificate_is_kept_in_a_secret_and_published_as_ca_bundle() {
+    let tb = testbed::kubernetes().expect("test bed");
+    let client = kube_client::client(&tb.kubeconfig).await.expect("client");
+    let ns = TestNamespace::create(&client, "ferry-cert")
+        .await
+        .expect("namespace");
+    let sans = vec![format!("ferry-webhook.{}.svc", ns.name)];
+    let first = certs::ensure(&client, &ns.name, "ferry-webhook-tls", &sans)
+        .await
+        .expect("first");
+    let again = certs::ensure(&client, &ns.name, "ferry-webhook-tls", &sans)
+        .await
+        .expect("again");
+    assert_eq!(
+        first.cert_pem, again.cert_pem,
+        "a fresh certificate is reused, not remade"
+    );
+    let other = certs::ensure(
+        &client,
+        &ns.name,
+        "ferry-webhook-tls",
+        &["other.svc".to_owned()],
+    )
+    .await
+    .expect("other names");
+    assert_ne!(
+        first.cert_pem, other.cert_pem,
+        "new names make a new certificate"
+    );
+
+    let name = format!("ferry-cert-test-{}", ns.name);
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "sidecar.ferry.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "clientConfig": {"service": {"name": "ferry-webhook", "namespace": ns.name, "path": "/mutate"}},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+        }],
+    }))
+    .expect("config");
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    api.create(&PostParams::default(), &config)
+        .await
+        .expect("create config");
+    certs::publish_ca_bundle(&client, &name, &other.ca_pem)
+        .await
+        .expect("publish");
+    let stored = api.get(&name).await.expect("get");
+    let bundle = stored.webhooks.expect("webhooks")[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .expect("caBundle");
+    assert_eq!(bundle.0, other.ca_pem.as_bytes());
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
 }

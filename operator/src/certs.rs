@@ -3,7 +3,7 @@
 //! rotates before it expires, and publishes as the webhook's `caBundle`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
@@ -13,6 +13,8 @@ use kube::Client;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use serde_json::json;
 
 /// A serving certificate and the CA that signed it, PEM-encoded.
@@ -91,17 +93,59 @@ pub fn generate(sans: &[String]) -> Result<WebhookCert, CertError> {
     })
 }
 
-/// The rustls server configuration for a certificate.
-pub fn server_config(cert: &WebhookCert) -> Result<Arc<rustls::ServerConfig>, CertError> {
+fn certified_key(cert: &WebhookCert) -> Result<Arc<CertifiedKey>, CertError> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())?;
+    let provider = rustls::crypto::ring::default_provider();
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider)?))
+}
+
+/// The serving certificate, swappable while the server runs, so a rotated
+/// certificate is served without a restart.
+#[derive(Debug)]
+pub struct RotatingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl RotatingCert {
+    pub fn new(cert: &WebhookCert) -> Result<Arc<Self>, CertError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(certified_key(cert)?),
+        }))
+    }
+
+    /// Serves `cert` from now on.
+    pub fn replace(&self, cert: &WebhookCert) -> Result<(), CertError> {
+        let key = certified_key(cert)?;
+        if let Ok(mut current) = self.current.write() {
+            *current = key;
+        }
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for RotatingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|k| k.clone())
+    }
+}
+
+/// The rustls server configuration serving whatever `cert` holds.
+pub fn rotating_server_config(
+    cert: Arc<RotatingCert>,
+) -> Result<Arc<rustls::ServerConfig>, CertError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(cert);
     Ok(Arc::new(config))
+}
+
+/// The rustls server configuration for a fixed certificate.
+pub fn server_config(cert: &WebhookCert) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    rotating_server_config(RotatingCert::new(cert)?)
 }
 
 fn get(secret: &Secret, key: &str) -> Option<String> {
@@ -211,5 +255,16 @@ mod tests {
         assert_ne!(cert.ca_pem, cert.cert_pem);
         assert!(cert.not_after > jiff::Timestamp::now().as_second() + 300 * 24 * 3600);
         server_config(&cert).unwrap();
+    }
+
+    #[test]
+    fn rotation_swaps_the_served_certificate() {
+        let first = generate(&["a.example".to_owned()]).unwrap();
+        let second = generate(&["a.example".to_owned()]).unwrap();
+        let rotating = RotatingCert::new(&first).unwrap();
+        let served = |r: &RotatingCert| r.current.read().unwrap().cert[0].to_vec();
+        let before = served(&rotating);
+        rotating.replace(&second).unwrap();
+        assert_ne!(before, served(&rotating));
     }
 }

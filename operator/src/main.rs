@@ -139,6 +139,38 @@ fn init_tracing() {
         .init();
 }
 
+/// Hourly: renew the webhook certificate when it nears expiry (or another
+/// replica renewed it), serve the new one, and re-publish the caBundle (a
+/// `helm upgrade` may have reset it).
+async fn keep_certificate_fresh(
+    client: kube::Client,
+    namespace: String,
+    secret: String,
+    config: String,
+    mut current: certs::WebhookCert,
+    rotating: Arc<certs::RotatingCert>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let sans = current.sans.clone();
+        match certs::ensure(&client, &namespace, &secret, &sans).await {
+            Ok(fresh) => {
+                if fresh.cert_pem != current.cert_pem {
+                    match rotating.replace(&fresh) {
+                        Ok(()) => info!("webhook certificate rotated"),
+                        Err(err) => error!(error = %err, "cannot use the rotated certificate"),
+                    }
+                }
+                if let Err(err) = certs::publish_ca_bundle(&client, &config, &fresh.ca_pem).await {
+                    error!(error = %err, "cannot publish the webhook caBundle");
+                }
+                current = fresh;
+            }
+            Err(err) => error!(error = %err, "cannot renew the webhook certificate"),
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
@@ -209,8 +241,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .with_context(|| format!("binding {}", args.webhook_addr))?;
-    let tls = certs::server_config(&cert).context("webhook TLS")?;
+    let rotating = certs::RotatingCert::new(&cert).context("webhook TLS")?;
+    let tls = certs::rotating_server_config(rotating.clone()).context("webhook TLS")?;
     tokio::spawn(http::serve(listener, Some(tls), webhook.handler()));
+    if args.webhook_cert_dir.is_none() {
+        tokio::spawn(keep_certificate_fresh(
+            client.clone(),
+            args.namespace.clone(),
+            args.webhook_secret.clone(),
+            args.webhook_config.clone(),
+            cert.clone(),
+            rotating,
+        ));
+    }
     info!(addr = %args.webhook_addr, "webhook serving");
 
     let settings = Settings {

@@ -583,34 +583,28 @@ async fn roll_sidecars(
             Ok(Action::requeue(poll))
         }
         RollStep::Evict(name) => {
-            let api: Api<Pod> = Api::namespaced(step.ctx.client.clone(), &step.ns);
-            match api.evict(&name, &EvictParams::default()).await {
-                Ok(_) => {
-                    info!(pod = %name, ?direction, "evicted");
-                    if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
-                        s.state = SidecarState::Rolling;
-                        s.since = Some(step.now.clone());
-                        s.message = Some("evicted; coming back".to_owned());
-                    }
-                    let what = if direction == Direction::Inject {
-                        "inject"
-                    } else {
-                        "remove"
-                    };
-                    step.event(
-                        EventType::Normal,
-                        "EvictedPod",
-                        "Roll",
-                        format!("evicted {name} to {what} the proxy sidecar"),
-                    )
-                    .await;
+            if evict(&step.ctx.client, &step.ns, &name).await? {
+                info!(pod = %name, ?direction, "evicted");
+                if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
+                    s.state = SidecarState::Rolling;
+                    s.since = Some(step.now.clone());
+                    s.message = Some("evicted; coming back".to_owned());
                 }
-                // 429: a PodDisruptionBudget says not now.
-                Err(kube::Error::Api(status)) if status.code == 429 => {
-                    info!(pod = %name, "eviction refused by a PodDisruptionBudget; waiting");
-                }
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(err) => return Err(err.into()),
+                let what = if direction == Direction::Inject {
+                    "inject"
+                } else {
+                    "remove"
+                };
+                step.event(
+                    EventType::Normal,
+                    "EvictedPod",
+                    "Roll",
+                    format!("evicted {name} to {what} the proxy sidecar"),
+                )
+                .await;
+            } else {
+                // A PodDisruptionBudget says not now (or the pod is gone).
+                info!(pod = %name, "eviction not possible now; waiting");
             }
             Ok(Action::requeue(poll))
         }
@@ -668,22 +662,40 @@ async fn roll_sidecars_quiet(
     replicas: usize,
 ) -> Result<()> {
     if let RollStep::Evict(name) = roll::plan(views, replicas, Direction::Inject) {
-        let api: Api<Pod> = Api::namespaced(step.ctx.client.clone(), &step.ns);
-        match api.evict(&name, &EvictParams::default()).await {
-            Ok(_) => {
-                step.event(
-                    EventType::Warning,
-                    "ReRolledPod",
-                    "Roll",
-                    format!("{name} ran without the proxy; evicted it"),
-                )
-                .await
-            }
-            Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => {}
-            Err(err) => return Err(err.into()),
+        if evict(&step.ctx.client, &step.ns, &name).await? {
+            step.event(
+                EventType::Warning,
+                "ReRolledPod",
+                "Roll",
+                format!("{name} ran without the proxy; evicted it"),
+            )
+            .await;
         }
     }
     Ok(())
+}
+
+/// Evicts a pod through the Eviction API. `Ok(false)` when a
+/// PodDisruptionBudget refuses for now (429) or the pod is already gone.
+async fn evict(client: &Client, ns: &str, pod: &str) -> Result<bool> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    match api.evict(pod, &EvictParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Deletes an object, treating "already gone" as done.
+async fn delete_if_present<K>(api: &Api<K>, name: &str, dp: &DeleteParams) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Source contact points for the Jobs: each pod's IP (or its stable DNS name).
@@ -948,14 +960,8 @@ async fn delete_failed_jobs(client: &Client, ns: &str, migration: &str) -> Resul
         .await?;
     for job in owned.items {
         if matches!(jobs::job_state(&job), JobState::Failed(_)) {
-            match api
-                .delete(&job.name_any(), &DeleteParams::background())
-                .await
-            {
-                Ok(_) => info!(job = %job.name_any(), "deleted the failed Job to retry it"),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_if_present(&api, &job.name_any(), &DeleteParams::background()).await?;
+            info!(job = %job.name_any(), "deleted the failed Job to retry it");
         }
     }
     Ok(())
@@ -1084,11 +1090,7 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
         .list(&ListParams::default().labels(&format!("{}={name}", labels::MIGRATION_LABEL)))
         .await?;
     for job in owned.items {
-        match jobs_api.delete(&job.name_any(), &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_if_present(&jobs_api, &job.name_any(), &dp).await?;
     }
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     if let Some(sts) = sts_api.get_opt(&cm.spec.source.stateful_set).await? {
@@ -1115,19 +1117,14 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
                 return Err(Error::CleanupInProgress(reason));
             }
             RollStep::Evict(pod) => {
-                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-                match api.evict(&pod, &EvictParams::default()).await {
-                    Ok(_) => {
-                        step.event(
-                            EventType::Normal,
-                            "EvictedPod",
-                            "RemoveSidecar",
-                            format!("evicted {pod} to remove the proxy sidecar"),
-                        )
-                        .await
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
+                if evict(&ctx.client, &ns, &pod).await? {
+                    step.event(
+                        EventType::Normal,
+                        "EvictedPod",
+                        "RemoveSidecar",
+                        format!("evicted {pod} to remove the proxy sidecar"),
+                    )
+                    .await;
                 }
                 return Err(Error::CleanupInProgress(format!(
                     "removing the sidecar of {pod}"
@@ -1136,24 +1133,18 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
         }
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    match cms
-        .delete(&labels::peer_map_name(&name), &DeleteParams::default())
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
+    delete_if_present(
+        &cms,
+        &labels::peer_map_name(&name),
+        &DeleteParams::default(),
+    )
+    .await?;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
     let ours = pdbs
         .list(&ListParams::default().labels(&format!("{}={name}", labels::MIGRATION_LABEL)))
         .await?;
     for pdb in ours.items {
-        match pdbs.delete(&pdb.name_any(), &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_if_present(&pdbs, &pdb.name_any(), &DeleteParams::default()).await?;
     }
     // Stop injecting in this namespace when no other migration lives there.
     let others = Api::<CassandraMigration>::namespaced(ctx.client.clone(), &ns)

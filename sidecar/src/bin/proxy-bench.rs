@@ -56,6 +56,10 @@ struct Args {
     /// Percentage of writes (the rest are reads by primary key).
     #[arg(long, default_value_t = 50)]
     write_percent: u64,
+    /// Tokio worker threads of the proxy process (TOKIO_WORKER_THREADS);
+    /// 0 leaves the runtime's default (one per core).
+    #[arg(long, default_value_t = 0)]
+    proxy_threads: usize,
     /// Driver connections for the memory measurement.
     #[arg(long, default_value_t = 100)]
     rss_connections: usize,
@@ -277,7 +281,11 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| a.to_owned())
     };
     let spool = std::env::temp_dir().join(format!("ferry-bench-spool-{}", std::process::id()));
-    let child = Command::new(&proxy_bin)
+    let mut command = Command::new(&proxy_bin);
+    if args.proxy_threads > 0 {
+        command.env("TOKIO_WORKER_THREADS", args.proxy_threads.to_string());
+    }
+    let child = command
         .args(["proxy", &host(&args.source), &host(&args.target)])
         .args([
             "--proxy-address",

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::classify::{classify, StatementClass, SystemTable, WriteTraits};
@@ -17,7 +17,7 @@ use super::codec::{FrameDecoder, LinkState};
 use super::compression::Compression;
 use super::config::Mode;
 use super::frame::{error_code, opcode, DecodeRules, Frame, FrameError};
-use super::link::{spawn_writer, FrameReader, Outbound, ReadError};
+use super::link::{FrameReader, FrameWriter, Outbound, ReadError};
 use super::mirror::{
     lwt_applied, mirror_async, send_to_target, MirrorRequest, ProxyContext, TargetLink,
 };
@@ -53,8 +53,12 @@ enum Answer {
 
 struct Session {
     ctx: Arc<ProxyContext>,
-    client_tx: mpsc::Sender<Outbound>,
-    source_tx: mpsc::Sender<Outbound>,
+    /// Client-facing writer: the source reader writes answers in batches,
+    /// other tasks one at a time.
+    client_out: tokio::sync::Mutex<FrameWriter>,
+    /// Requests for the source, queued while the client reader works
+    /// through a batch; it then writes them with one syscall.
+    source_queue: Mutex<Vec<Frame>>,
     client_state: Arc<LinkState>,
     source_state: Arc<LinkState>,
     pending: Mutex<HashMap<i16, Pending>>,
@@ -73,8 +77,6 @@ struct Session {
 enum SessionError {
     #[error("the client went away")]
     ClientGone,
-    #[error("the source connection closed")]
-    SourceGone,
 }
 
 struct TaskGuard(Arc<AtomicUsize>);
@@ -114,15 +116,13 @@ pub async fn serve(
         let (client_read, client_write) = client;
         let client_state = Arc::new(LinkState::default());
         let source_state = Arc::new(LinkState::default());
-        let (client_tx, client_rx) = mpsc::channel(1024);
-        let (source_tx, source_rx) = mpsc::channel(1024);
-        spawn_writer(client_write, client_state.clone(), client_rx);
-        spawn_writer(source_write, source_state.clone(), source_rx);
+        let client_out = tokio::sync::Mutex::new(FrameWriter::new(client_write, client_state.clone()));
+        let mut source_out = FrameWriter::new(source_write, source_state.clone());
         let session = Arc::new(Session {
             target: Arc::new(TargetLink::new(ctx.clone())),
             ctx: ctx.clone(),
-            client_tx,
-            source_tx,
+            client_out,
+            source_queue: Mutex::new(Vec::new()),
             client_state: client_state.clone(),
             source_state: source_state.clone(),
             pending: Mutex::new(HashMap::new()),
@@ -155,22 +155,47 @@ pub async fn serve(
         let mut draining = false;
         loop {
             tokio::select! {
-                next = client_reader.next() => match next {
-                    Ok(Some(frame)) => {
-                        if session.on_client_frame(frame).await.is_err() {
-                            break;
+                next = client_reader.next() => {
+                    let mut next = next;
+                    let mut keep_going = true;
+                    // Work through every request already buffered, then
+                    // write what they produced for the source at once.
+                    loop {
+                        match next {
+                            Ok(Some(frame)) => {
+                                if session.on_client_frame(frame).await.is_err() {
+                                    keep_going = false;
+                                    break;
+                                }
+                            }
+                            Ok(None) => {
+                                keep_going = false;
+                                break;
+                            }
+                            Err(ReadError::Frame(e)) => {
+                                session.protocol_error(e).await;
+                                keep_going = false;
+                                break;
+                            }
+                            Err(ReadError::Io(e)) => {
+                                debug!(error = %e, "client read failed");
+                                keep_going = false;
+                                break;
+                            }
                         }
+                        next = match client_reader.try_next() {
+                            Ok(None) => break,
+                            other => other,
+                        };
                     }
-                    Ok(None) => break,
-                    Err(ReadError::Frame(e)) => {
-                        session.protocol_error(e).await;
+                    let queued = std::mem::take(&mut *session.source_queue.lock().unwrap_or_else(|p| p.into_inner()));
+                    for frame in queued {
+                        source_out.queue(Outbound::Frame(frame));
+                    }
+                    if source_out.flush().await.is_err() || !keep_going {
                         break;
                     }
-                    Err(ReadError::Io(e)) => {
-                        debug!(error = %e, "client read failed");
-                        break;
-                    }
-                },
+                }
                 _ = &mut source_loop => break,
                 _ = shutdown.changed() => {
                     draining = true;
@@ -207,22 +232,24 @@ impl Session {
     }
 
     async fn to_client(&self, msg: Outbound) -> Result<(), SessionError> {
-        self.client_tx
-            .send(msg)
-            .await
-            .map_err(|_| SessionError::ClientGone)
+        let mut out = self.client_out.lock().await;
+        out.queue(msg);
+        out.flush().await.map_err(|_| SessionError::ClientGone)
     }
 
     async fn reply(&self, frame: Frame) -> Result<(), SessionError> {
         self.to_client(Outbound::Frame(frame)).await
     }
 
+    /// Queues a request for the source; the client reader writes the
+    /// queue after its current batch.
     async fn forward(&self, frame: Frame) -> Result<(), SessionError> {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
-        self.source_tx
-            .send(Outbound::Frame(frame))
-            .await
-            .map_err(|_| SessionError::SourceGone)
+        self.source_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(frame);
+        Ok(())
     }
 
     fn set_pending(&self, stream: i16, p: Pending) {
@@ -866,22 +893,51 @@ impl Session {
     }
 
     async fn source_loop(self: Arc<Self>, mut reader: FrameReader) {
+        let mut batch = Vec::new();
         loop {
-            let frame = match reader.next().await {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(error = %e, "source link failed");
+            let mut next = reader.next().await;
+            let mut keep_going = true;
+            // Every answer already buffered goes out in one write.
+            loop {
+                match next {
+                    Ok(Some(frame)) => {
+                        if let Some(msg) = self.on_source_frame(frame) {
+                            batch.push(msg);
+                        }
+                    }
+                    Ok(None) => {
+                        keep_going = false;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "source link failed");
+                        keep_going = false;
+                        break;
+                    }
+                }
+                next = match reader.try_next() {
+                    Ok(None) => break,
+                    other => other,
+                };
+            }
+            if !batch.is_empty() {
+                let mut out = self.client_out.lock().await;
+                for msg in batch.drain(..) {
+                    out.queue(msg);
+                }
+                if out.flush().await.is_err() {
                     break;
                 }
-            };
-            if self.on_source_frame(frame).await.is_err() {
+            }
+            if !keep_going {
                 break;
             }
         }
     }
 
-    async fn on_source_frame(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
+    /// Handles one answer from the source; returns what to send the client
+    /// (`None` when a waiting task takes it).
+    fn on_source_frame(self: &Arc<Self>, mut frame: Frame) -> Option<Outbound> {
         if frame.stream >= 0 {
             let _ = self
                 .outstanding
@@ -944,10 +1000,7 @@ impl Session {
         match pending {
             None => {}
             Some(Pending::Capture(tx)) => {
-                return match tx.send(frame) {
-                    Ok(()) => Ok(()),
-                    Err(frame) => self.reply(frame).await,
-                };
+                return tx.send(frame).err().map(Outbound::Frame);
             }
             Some(Pending::Peers(local)) => {
                 let peers = self.ctx.peers();
@@ -984,12 +1037,11 @@ impl Session {
                 self.record_prepared(&frame, &query, keyspace)
             }
         }
-        let msg = match switch {
+        Some(match switch {
             Some(true) => Outbound::FrameThenSegments(frame),
             Some(false) => Outbound::FrameThenCompress(frame),
             None => Outbound::Frame(frame),
-        };
-        self.to_client(msg).await
+        })
     }
 
     fn record_prepared(self: &Arc<Self>, frame: &Frame, query: &str, keyspace: Option<String>) {

@@ -55,6 +55,11 @@ impl FrameReader {
         &mut self.decoder
     }
 
+    /// A frame already buffered, without reading from the socket.
+    pub fn try_next(&mut self) -> Result<Option<Frame>, ReadError> {
+        Ok(self.decoder.decode(&self.state, &mut self.buf)?)
+    }
+
     /// The next frame, or `None` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
@@ -68,6 +73,65 @@ impl FrameReader {
                 return Ok(None);
             }
         }
+    }
+}
+
+/// Writes frames to one side of a link from the task that produced them:
+/// callers queue any number of frames, then flush them with one write.
+/// Used where a task wake-up per frame would cost more than the lock.
+pub struct FrameWriter {
+    write: BoxWrite,
+    state: Arc<LinkState>,
+    encoder: FrameEncoder,
+    buf: BytesMut,
+}
+
+impl FrameWriter {
+    pub fn new(write: BoxWrite, state: Arc<LinkState>) -> Self {
+        Self {
+            write,
+            state,
+            encoder: FrameEncoder::default(),
+            buf: BytesMut::with_capacity(WRITE_BATCH),
+        }
+    }
+
+    /// Encodes a frame into the pending bytes.
+    pub fn queue(&mut self, msg: Outbound) {
+        match msg {
+            Outbound::Frame(f) => self.encoder.encode(&self.state, &f, &mut self.buf),
+            Outbound::FrameThenSegments(f) => {
+                self.encoder.encode(&self.state, &f, &mut self.buf);
+                self.encoder.flush(&self.state, &mut self.buf);
+                self.state.set_segmented_out();
+            }
+            Outbound::FrameThenCompress(f) => {
+                self.encoder.encode(&self.state, &f, &mut self.buf);
+                self.state.enable_compress_out();
+            }
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.encoder.flush(&self.state, &mut self.buf);
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.write.write_all(&self.buf).await;
+        self.buf.clear();
+        if self.buf.capacity() > 4 * WRITE_BATCH {
+            self.buf = BytesMut::with_capacity(WRITE_BATCH);
+        }
+        result
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.write.shutdown().await;
     }
 }
 

@@ -613,3 +613,65 @@ async fn shadow_reads_count_matches_and_differences() {
     drop(client);
     proxy.stop().await.expect("stop");
 }
+
+/// Every row of `q` as sorted text.
+async fn rows_text(s: &Session, q: &str) -> Vec<String> {
+    let r = s
+        .query_unpaged(q, &[])
+        .await
+        .expect("read")
+        .into_rows_result()
+        .expect("rows");
+    let mut v: Vec<String> = r
+        .rows::<scylla::value::Row>()
+        .expect("typed")
+        .map(|row| format!("{:?}", row.expect("row").columns))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_and_uuid_get_the_same_value_on_both_sides() {
+    let bed = bed().await;
+    let ks = keyspace("px_nondet");
+    setup_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.ev (k int PRIMARY KEY, t timeuuid, u uuid, ts timestamp)"],
+    )
+    .await;
+    let proxy = start_proxy(
+        "127.0.0.53",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "sync"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    for k in 0..5 {
+        client
+            .query_unpaged(
+                format!("INSERT INTO {ks}.ev (k, t, u, ts) VALUES ({k}, now(), uuid(), currentTimestamp())"),
+                &[],
+            )
+            .await
+            .expect("insert with server-side functions");
+    }
+    let q = format!("SELECT k, t, u, ts FROM {ks}.ev");
+    let on_source = rows_text(&bed.source, &q).await;
+    let on_target = rows_text(&bed.target, &q).await;
+    assert_eq!(on_source.len(), 5);
+    assert_eq!(
+        on_source, on_target,
+        "generated values must match on both sides"
+    );
+    assert!(
+        proxy
+            .metric("ferry_proxy_policy_writes_total{kind=\"replaced\"}")
+            .await
+            >= 15.0
+    );
+    drop(client);
+    proxy.stop().await.expect("stop");
+}

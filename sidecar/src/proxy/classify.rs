@@ -63,11 +63,17 @@ enum Token<'a> {
 }
 
 fn tokenize(text: &str) -> Vec<Token<'_>> {
+    tokenize_spans(text).into_iter().map(|(t, _)| t).collect()
+}
+
+/// Tokens with the byte offset where each starts.
+fn tokenize_spans(text: &str) -> Vec<(Token<'_>, usize)> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
+        let at = i;
         match c {
             b' ' | b'\t' | b'\r' | b'\n' => i += 1,
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
@@ -100,7 +106,7 @@ fn tokenize(text: &str) -> Vec<Token<'_>> {
                     i += 1;
                 }
                 i += 1;
-                out.push(Token::Str);
+                out.push((Token::Str, at));
             }
             b'$' if bytes.get(i + 1) == Some(&b'$') => {
                 i += 2;
@@ -108,7 +114,7 @@ fn tokenize(text: &str) -> Vec<Token<'_>> {
                     i += 1;
                 }
                 i += 2;
-                out.push(Token::Str);
+                out.push((Token::Str, at));
             }
             b'"' => {
                 let start = i + 1;
@@ -124,7 +130,7 @@ fn tokenize(text: &str) -> Vec<Token<'_>> {
                     i += 1;
                 }
                 let end = i.min(bytes.len());
-                out.push(Token::Quoted(text.get(start..end).unwrap_or("")));
+                out.push((Token::Quoted(text.get(start..end).unwrap_or("")), at));
                 i += 1;
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
@@ -132,7 +138,7 @@ fn tokenize(text: &str) -> Vec<Token<'_>> {
                 while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                     i += 1;
                 }
-                out.push(Token::Word(&text[start..i]));
+                out.push((Token::Word(&text[start..i]), at));
             }
             c if c.is_ascii_digit() => {
                 while i < bytes.len()
@@ -140,12 +146,12 @@ fn tokenize(text: &str) -> Vec<Token<'_>> {
                 {
                     i += 1;
                 }
-                out.push(Token::Number);
+                out.push((Token::Number, at));
             }
             _ => {
                 // Multi-byte UTF-8 outside quotes is not valid CQL; skip it.
                 let ch = text[i..].chars().next().unwrap_or(' ');
-                out.push(Token::Punct(ch));
+                out.push((Token::Punct(ch), at));
                 i += ch.len_utf8().max(1);
             }
         }
@@ -265,6 +271,95 @@ fn nondeterministic_call(toks: &[Token<'_>]) -> Option<&'static str> {
     })
 }
 
+/// Replaces `now()`, `currentTimeUUID()`, `uuid()` and `currentTimestamp()`
+/// in a statement's text with literals the proxy generates, so source and
+/// target store the same value. Returns the new text and the functions
+/// replaced, or `None` when there is nothing to replace. (Prepared
+/// statements cannot be rewritten this way; they are only counted.)
+pub fn replace_nondeterministic(
+    text: &str,
+    now_micros: i64,
+) -> Option<(String, Vec<&'static str>)> {
+    let toks = tokenize_spans(text);
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut copied = 0;
+    let mut replaced = Vec::new();
+    let mut i = 0;
+    while i + 2 < toks.len() {
+        let (Token::Word(name), start) = toks[i] else {
+            i += 1;
+            continue;
+        };
+        let call = matches!(toks[i + 1].0, Token::Punct('('))
+            && matches!(toks[i + 2].0, Token::Punct(')'));
+        let lower = name.to_ascii_lowercase();
+        let literal = match lower.as_str() {
+            _ if !call => None,
+            "now" | "currenttimeuuid" => Some(("now", timeuuid(now_micros))),
+            "uuid" => Some(("uuid", random_uuid())),
+            "currenttimestamp" => Some(("currenttimestamp", (now_micros / 1000).to_string())),
+            _ => None,
+        };
+        match literal {
+            Some((kind, lit)) => {
+                let end = toks[i + 2].1 + 1;
+                out.push_str(&text[copied..start]);
+                out.push_str(&lit);
+                copied = end;
+                replaced.push(kind);
+                i += 3;
+            }
+            None => i += 1,
+        }
+    }
+    if replaced.is_empty() {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some((out, replaced))
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+fn format_uuid(hi: u64, lo: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xFFFF,
+        hi & 0xFFFF,
+        lo >> 48,
+        lo & 0xFFFF_FFFF_FFFF
+    )
+}
+
+/// A version-1 (time-based) UUID for `micros` since the Unix epoch.
+pub fn timeuuid(micros: i64) -> String {
+    // 100 ns intervals since 1582-10-15.
+    let ts = (micros.max(0) as u64) * 10 + 0x01B2_1DD2_1381_4000;
+    let time_low = ts & 0xFFFF_FFFF;
+    let time_mid = (ts >> 32) & 0xFFFF;
+    let time_hi = ((ts >> 48) & 0x0FFF) | 0x1000;
+    let hi = time_low << 32 | time_mid << 16 | time_hi;
+    let r = random_u64();
+    let clock_seq = ((r >> 48) & 0x3FFF) | 0x8000;
+    let node = (r & 0xFFFF_FFFF_FFFF) | 0x0100_0000_0000;
+    format_uuid(hi, clock_seq << 48 | node)
+}
+
+/// A random (version 4) UUID.
+pub fn random_uuid() -> String {
+    let hi = (random_u64() & !0xF000) | 0x4000;
+    let lo = (random_u64() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+    format_uuid(hi, lo)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +422,27 @@ mod tests {
         assert!(w.counter);
         assert_eq!(w.keyspace.as_deref(), Some("ks"));
         assert_eq!(write("TRUNCATE TABLE ks.t").table.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn replaces_nondeterministic_calls_outside_strings() {
+        let (text, kinds) = replace_nondeterministic(
+            "INSERT INTO t (k, id, u, ts, s) VALUES (1, now(), UUID( ), currentTimestamp(), 'now()')",
+            1_700_000_000_123_456,
+        )
+        .unwrap();
+        assert_eq!(kinds, vec!["now", "uuid", "currenttimestamp"]);
+        assert!(text.ends_with(", 1700000000123, 'now()')"), "{text}");
+        assert!(!text.contains("now()") || text.contains("'now()'"));
+        let uuids: Vec<&str> = text
+            .split([',', '(', ')', ' '])
+            .filter(|w| w.len() == 36 && w.matches('-').count() == 4)
+            .collect();
+        assert_eq!(uuids.len(), 2, "{text}");
+        assert_eq!(&uuids[0][14..15], "1", "version-1 timeuuid: {}", uuids[0]);
+        assert_eq!(&uuids[1][14..15], "4", "version-4 uuid: {}", uuids[1]);
+        assert_eq!(replace_nondeterministic("SELECT now FROM t", 0), None);
+        assert_eq!(replace_nondeterministic("now(", 0), None);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::classify::{classify, StatementClass, SystemTable, WriteTraits};
+use super::classify::{
+    classify, replace_nondeterministic, StatementClass, SystemTable, WriteTraits,
+};
 use super::codec::{FrameDecoder, LinkState};
 use super::compression::Compression;
 use super::config::Mode;
@@ -378,11 +380,38 @@ impl Session {
         }
     }
 
-    async fn on_query(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
-        let (class, params) = match parse_query(&frame) {
-            Ok(q) => (classify(q.query), q.params),
+    async fn on_query(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
+        let (class, mut params, rewritten) = match parse_query(&frame) {
+            Ok(q) => {
+                let class = classify(q.query);
+                // now()/uuid()/currentTimestamp() in a mirrored write become
+                // literals, so both sides store the same value.
+                let rewritten = match &class {
+                    StatementClass::Write(w)
+                        if w.nondeterministic.is_some() && self.ctx.mode() != Mode::SourceOnly =>
+                    {
+                        replace_nondeterministic(q.query, next_timestamp_micros())
+                    }
+                    _ => None,
+                };
+                (class, q.params, rewritten)
+            }
             Err(e) => return self.malformed(&frame, e).await,
         };
+        if let Some((text, replaced)) = rewritten {
+            if let Some(body) = replace_query_text(&frame, &text) {
+                frame.body = body;
+                match parse_query(&frame) {
+                    Ok(q) => params = q.params,
+                    Err(e) => return self.malformed(&frame, e).await,
+                }
+                self.ctx
+                    .metrics
+                    .policy_writes
+                    .with_label_values(&["replaced"])
+                    .inc_by(replaced.len() as u64);
+            }
+        }
         self.route(frame, class, params, Vec::new(), false).await
     }
 
@@ -1072,6 +1101,18 @@ impl Session {
             });
         }
     }
+}
+
+/// A QUERY body with its statement text replaced.
+fn replace_query_text(frame: &Frame, text: &str) -> Option<Bytes> {
+    let start = super::request::body_start(frame).ok()?;
+    let old_len = i32::from_be_bytes(frame.body.get(start..start + 4)?.try_into().ok()?);
+    let rest = start + 4 + usize::try_from(old_len).ok()?;
+    let mut b = BytesMut::with_capacity(frame.body.len() + text.len());
+    b.put_slice(&frame.body[..start]);
+    super::wire::put_long_string(&mut b, text);
+    b.put_slice(frame.body.get(rest..)?);
+    Some(b.freeze())
 }
 
 /// Clears one query-parameter flag bit.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ferry_e2e::kube_client::{self, TestNamespace};
 use ferry_e2e::testbed::{self, Testbed};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use scylla::client::session_builder::SessionBuilder;
 use serde_json::json;
@@ -121,10 +121,41 @@ fn exec(bed: &Testbed, namespace: &str, pod: &str, command: &[&str]) -> (bool, S
     (out.status.success(), text)
 }
 
+/// Deletes namespaces this file's tests left behind (a failed run, or a
+/// drop that did not finish) once they are older than ten minutes: their
+/// pods would otherwise keep running on the node.
+async fn delete_stale_namespaces(client: &Client, prefix: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for ns in list.items {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        let old = ns
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| now.duration_since(std::time::SystemTime::from(t.0)).ok())
+            .is_some_and(|age| age > Duration::from_secs(600));
+        if name.starts_with(prefix) && old {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+}
+
+/// Deletes the namespace now and waits for the request (the drop of
+/// `TestNamespace` is best effort when the runtime is shutting down).
+async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_from_a_local_image_runs_on_the_node() {
     let bed = testbed::node().expect("test bed with a node");
     let client = kube_client::client(&bed.kubeconfig).await.expect("client");
+    delete_stale_namespaces(&client, "ferry-node-pod-").await;
     let ns = TestNamespace::create(&client, "ferry-node-pod")
         .await
         .expect("namespace");
@@ -160,12 +191,14 @@ async fn a_pod_from_a_local_image_runs_on_the_node() {
         "pod IP {ip} outside the node's pod network"
     );
     assert!(pod.spec.and_then(|s| s.node_name).is_some());
+    delete_namespace(&client, &ns.name).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cassandra_statefulset_becomes_ready_and_answers_cql() {
     let bed = testbed::node().expect("test bed with a node");
     let client = kube_client::client(&bed.kubeconfig).await.expect("client");
+    delete_stale_namespaces(&client, "ferry-node-cass-").await;
     let ns = TestNamespace::create(&client, "ferry-node-cass")
         .await
         .expect("namespace");
@@ -295,6 +328,23 @@ async fn a_cassandra_statefulset_becomes_ready_and_answers_cql() {
     let (v,): (String,) = rows.single_row().expect("one row");
     assert_eq!(v, namespace);
 
+    // From the host to a ClusterIP (what the API server does to call a
+    // webhook Service): kube-proxy's OUTPUT rules, the route to the bridge.
+    let cluster_ip = services
+        .get("cass-cql")
+        .await
+        .expect("service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("a ClusterIP");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((cluster_ip.as_str(), 9042)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("connecting to Service cass-cql at {cluster_ip}:9042 timed out"))
+    .unwrap_or_else(|e| panic!("connecting to Service cass-cql at {cluster_ip}:9042: {e}"));
+
     // Inside the pod network: cluster DNS names and Services (kube-proxy),
     // including the API server's `kubernetes` Service.
     let (ok, out) = exec(&bed, &namespace, "cass-0", &["nslookup", &seed]);
@@ -308,4 +358,5 @@ async fn a_cassandra_statefulset_becomes_ready_and_answers_cql() {
         let (ok, out) = exec(&bed, &namespace, "cass-0", &["sh", "-c", &probe]);
         assert!(ok, "{probe} in the pod: {out}");
     }
+    delete_namespace(&client, &namespace).await;
 }

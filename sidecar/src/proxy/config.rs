@@ -91,6 +91,11 @@ pub struct ProxyArgs {
     /// Target cluster contact point (host or IP) writes are mirrored to.
     #[arg(env = "FERRY_PROXY_TARGET")]
     pub target: String,
+    /// Config file: `flag-name = value` (or `flag-name: value`) lines, any
+    /// flag of this command. Command-line flags and environment variables
+    /// take precedence over it.
+    #[arg(long, env = "FERRY_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
     #[arg(long, env = "FERRY_PROXY_SOURCE_PORT", default_value_t = 9042)]
     pub source_port: u16,
     #[arg(long, env = "FERRY_PROXY_TARGET_PORT", default_value_t = 9042)]
@@ -220,6 +225,83 @@ pub struct ProxyArgs {
     pub disable_target_tls: bool,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: expected `name = value`")]
+    Syntax { path: PathBuf, line: usize },
+    #[error("{path} line {line}: unknown setting {name:?}")]
+    Unknown {
+        path: PathBuf,
+        line: usize,
+        name: String,
+    },
+}
+
+/// Reads a config file into the environment variables of the flags it
+/// names, leaving variables that are already set alone (so the command line
+/// beats the environment, which beats the file). Returns how many it set.
+/// Call before other threads read the environment.
+pub fn apply_config_file(path: &std::path::Path) -> Result<usize, ConfigFileError> {
+    use clap::CommandFactory;
+    #[derive(clap::Parser)]
+    struct Probe {
+        #[command(flatten)]
+        args: ProxyArgs,
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let cmd = Probe::command();
+    // Check every line before setting anything.
+    let mut pairs = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=').or_else(|| line.split_once(':')) else {
+            return Err(ConfigFileError::Syntax {
+                path: path.to_owned(),
+                line: i + 1,
+            });
+        };
+        let name = name
+            .trim()
+            .trim_start_matches("--")
+            .replace('_', "-")
+            .to_ascii_lowercase();
+        let value = value.trim().trim_matches('"');
+        let env = cmd
+            .get_arguments()
+            .find(|a| {
+                a.get_long() == Some(name.as_str()) || a.get_id().as_str().replace('_', "-") == name
+            })
+            .and_then(|a| a.get_env())
+            .ok_or_else(|| ConfigFileError::Unknown {
+                path: path.to_owned(),
+                line: i + 1,
+                name: name.clone(),
+            })?;
+        pairs.push((env.to_owned(), value.to_owned()));
+    }
+    let mut set = 0;
+    for (env, value) in pairs {
+        if std::env::var_os(&env).is_none() {
+            // Edition 2021: set_var is safe; called at start-up, before the
+            // proxy spawns anything that reads the environment.
+            std::env::set_var(&env, value);
+            set += 1;
+        }
+    }
+    Ok(set)
+}
+
 /// Keyspaces whose writes are never mirrored (node-local or managed by
 /// each cluster itself).
 pub const SYSTEM_KEYSPACES: &[&str] = &[
@@ -287,6 +369,32 @@ impl MirrorFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_file_fills_unset_flags_only() {
+        let path =
+            std::env::temp_dir().join(format!("ferry-proxy-config-{}.conf", std::process::id()));
+        std::fs::write(
+            &path,
+            "# comment\ntarget-timeout-ms = 1234\nshadow_read_percent: 7\nFERRY-unknown = 1\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            apply_config_file(&path),
+            Err(ConfigFileError::Unknown { line: 4, .. })
+        ));
+        std::fs::write(&path, "target-timeout-ms = 1234\nsource: 10.0.0.1\n").unwrap();
+        std::env::set_var("FERRY_PROXY_SOURCE", "from-env");
+        assert_eq!(apply_config_file(&path).unwrap(), 1);
+        assert_eq!(
+            std::env::var("FERRY_PROXY_TARGET_TIMEOUT_MS").unwrap(),
+            "1234"
+        );
+        assert_eq!(std::env::var("FERRY_PROXY_SOURCE").unwrap(), "from-env");
+        std::env::remove_var("FERRY_PROXY_TARGET_TIMEOUT_MS");
+        std::env::remove_var("FERRY_PROXY_SOURCE");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn filters() {

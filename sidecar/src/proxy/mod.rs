@@ -229,8 +229,34 @@ async fn watch_runtime_file(ctx: Arc<ProxyContext>, path: PathBuf) {
     }
 }
 
+/// Re-reads the command line after a config file filled the environment.
+fn reparse_with_config(args: ProxyArgs) -> anyhow::Result<ProxyArgs> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let n = config::apply_config_file(&path)?;
+    info!(file = %path.display(), settings = n, "config file applied");
+    #[derive(clap::Parser)]
+    struct Reparse {
+        #[command(flatten)]
+        args: ProxyArgs,
+    }
+    // argv is `ferry-sidecar proxy ...`: keep what follows the subcommand.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let rest = argv
+        .iter()
+        .position(|a| a == "proxy")
+        .map(|i| argv[i + 1..].to_vec())
+        .unwrap_or_default();
+    let parsed =
+        <Reparse as clap::Parser>::try_parse_from(std::iter::once("proxy".into()).chain(rest))
+            .context("command line with the config file applied")?;
+    Ok(parsed.args)
+}
+
 /// Runs the proxy until SIGTERM (or SIGINT).
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let args = reparse_with_config(args)?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let signal = async move {

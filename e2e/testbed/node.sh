@@ -9,8 +9,9 @@
 #                   and import the images, wait until the node is Ready
 #   node.sh down    stop the node's daemons (containers are stopped too;
 #                   images and state are kept for the next `up`)
+#   node.sh purge   down, then delete the node's state, network and Node object
 #   node.sh status  exit 0 when the node is Ready
-#   node.sh ctr ... / node.sh crictl-env: run ctr against the node's containerd
+#   node.sh ctr ... run ctr against the node's containerd
 #
 # Network: pods get 10.244.0.0/24 on the bridge ferry0, whose address
 # 10.244.0.1 is the node's InternalIP (the kubelet refuses a loopback node IP)
@@ -388,11 +389,35 @@ down() {
   stop_pidfile containerd "$N/containerd.pid"
 }
 
+# purge: down, then remove every trace of the node from this machine: its
+# mounts, the pods' network namespaces, state, bridge, iptables rules, and
+# the Node object. Caches (binaries, image archives) are kept.
+purge() {
+  local m ns
+  down
+  if [ -d "$N" ]; then
+    awk -v d="$N/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+      umount -l "$m" 2>/dev/null || true
+    done
+  fi
+  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
+  [ -x "$FERRY_BIN/kube-proxy" ] && "$FERRY_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  iptables -D FORWARD -s "$CLUSTER_CIDR" -j FERRY-POD-EGRESS 2>/dev/null || true
+  iptables -F FERRY-POD-EGRESS 2>/dev/null && iptables -X FERRY-POD-EGRESS 2>/dev/null || true
+  iptables -D INPUT -i "$BRIDGE" -p tcp --dport 10250 -j DROP 2>/dev/null || true
+  ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true
+  ip link del "$BRIDGE" 2>/dev/null || true
+  rm -rf "$N"
+  "$here/k8s.sh" status && "${KUBECTL[@]}" delete node "$NODE_NAME" --ignore-not-found >/dev/null
+  log "node $NODE_NAME purged (caches kept in $FERRY_CACHE)"
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  purge) purge ;;
   status) node_ready ;;
   name) echo "$NODE_NAME" ;;
   ctr) shift; ctr_ "$@" ;;
-  *) die "usage: $0 up|down|status|ctr ARGS..." ;;
+  *) die "usage: $0 up|down|purge|status|name|ctr ARGS..." ;;
 esac

@@ -28,9 +28,12 @@ mkdir -p "$OUT"
 
 # hash_inputs FILE_OR_DIR...: one hash over the contents of every file given
 # (directories recursively, in name order) plus this script and oci.sh.
+# Paths are made relative to the clone and the cache, so every clone on a
+# machine shares the same archives.
 hash_inputs() {
   { find "$@" "$images_dir/build.sh" "$images_dir/oci.sh" -type f -print0 | LC_ALL=C sort -z |
-    xargs -0 sha256sum; echo "$TAG $REPO"; } | sha256sum | cut -c1-16
+    xargs -0 sha256sum | sed -e "s#  $FERRY_ROOT/#  ./#" -e "s#  $FERRY_CACHE/#  cache/#"
+    echo "$TAG $REPO"; } | sha256sum | cut -c1-16
 }
 
 # staging NAME: a fresh folder for one layer's files (mode 755: it becomes /).

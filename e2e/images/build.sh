@@ -32,7 +32,7 @@ mkdir -p "$OUT"
 # machine shares the same archives.
 hash_inputs() {
   { find "$@" "$images_dir/build.sh" "$images_dir/oci.sh" -type f -print0 | LC_ALL=C sort -z |
-    xargs -0 sha256sum | sed -e "s#  $FERRY_ROOT/#  ./#" -e "s#  $FERRY_CACHE/#  cache/#"
+    xargs -0 sha256sum | sed -e "s#  $FERRY_ROOT/#  ./#" -e "s#  $FERRY_CACHE/#  cache/#" | LC_ALL=C sort -k2
     echo "$TAG $REPO"; } | sha256sum | cut -c1-16
 }
 
@@ -97,6 +97,7 @@ jre() {
 copy_libs() {
   local root=$1 lib; shift
   for lib in $(ldd "$@" 2>/dev/null | awk '/=> \// {print $3} /^\t\/lib64/ {print $1}' | sort -u); do
+    case $lib in "$root"/*) continue ;; esac # the JRE's own, found through $ORIGIN
     mkdir -p "$root$(dirname "$lib")"
     [ -e "$root$lib" ] || cp -L "$lib" "$root$lib"
   done

@@ -45,7 +45,9 @@ oci_image() {
     layers=$(jq -c --arg d "$digest" --argjson s "$size" \
       '. + [{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $d, size: $s}]' <<<"$layers")
     diff_ids=$(jq -c --arg d "$diff_id" '. + [$d]' <<<"$diff_ids")
-    history=$(jq -c --arg c "ferry e2e/images/build.sh: $(basename "$d")" \
+    # The layer's name without the staging folder's random suffix, so that
+    # the config, hence the image digest, is the same on every build.
+    history=$(jq -c --arg c "ferry e2e/images/build.sh: $(basename "${d%.*}")" \
       '. + [{created: "1970-01-01T00:00:00Z", created_by: $c}]' <<<"$history")
   done
   cfg=$layout/config.json

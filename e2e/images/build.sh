@@ -2,14 +2,16 @@
 # Builds Ferry's container images as OCI archives, without Docker, and imports
 # them into the local node's containerd (namespace k8s.io) when it runs.
 #
-#   build.sh [--no-import] [pause|cassandra|operator|sidecar|all]...
+#   build.sh [--no-import] [pause|cassandra|operator|sidecar|loadgen|redirect|all]...
 #
 # Images (tag $FERRY_IMAGE_TAG, default dev):
 #   ferry.dev/pause       the pod sandbox: a static C binary that sleeps
 #   ferry.dev/cassandra   Cassandra $CASSANDRA_VERSION: a jlink'ed Java 17 from
 #                         Debian's JDK, the Maven-resolved jars, busybox
-#   ferry.dev/ferry-operator, ferry.dev/ferry-sidecar
+#   ferry.dev/ferry-operator, ferry.dev/ferry-sidecar, ferry.dev/ferry-loadgen
 #                         static musl binaries on an empty root, uid 65532
+#   ferry.dev/ferry-redirect  busybox sh + Debian's iptables, for the proxy's
+#                         iptables redirect init container
 #
 # Archives are cached in $FERRY_CACHE/images/NAME-KEY.tar, KEY being a hash
 # of everything that goes into the image; a rebuild with the same inputs is a
@@ -82,6 +84,7 @@ jre() {
   key=$(sha256sum "$JDK/release" "$JDK/lib/modules" | sha256sum | cut -c1-12)
   dir=$OUT/jre17-$key
   if [ ! -x "$dir/bin/java" ]; then
+    [ -x "$JDK/bin/jlink" ] || die "no jlink in $JDK: install openjdk-17-jdk-headless (make deps) or set FERRY_IMAGE_JDK"
     log "jlink: Java 17 runtime from $JDK"
     rm -rf "$dir" "$dir.tmp"
     "$JDK/bin/jlink" --output "$dir.tmp" --strip-debug --no-man-pages --no-header-files --compress=2 \
@@ -166,13 +169,17 @@ rust_target() {
   rustc -vV | awk '/^host:/ {print $2}'
 }
 
+# build_rust COMPONENT: operator, sidecar (packages ferry-COMPONENT) or
+# loadgen (the example application, binary ferry-loadgen of ferry-e2e).
 build_rust() {
-  local comp=$1 target bin key archive root cmd='[]' uid=65532
+  local comp=$1 target bin key archive root cmd='[]' uid=65532 pkg
+  pkg=ferry-$comp
+  [ "$comp" = loadgen ] && pkg=ferry-e2e
   target=$(rust_target)
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERRY_CACHE/target}
-  log "cargo build --release -p ferry-$comp --target $target"
+  log "cargo build --release -p $pkg --bin ferry-$comp --target $target"
   (cd "$FERRY_ROOT" && CC_x86_64_unknown_linux_musl=musl-gcc \
-    cargo build -q --release --locked --target "$target" -p "ferry-$comp") >&2
+    cargo build -q --release --locked --target "$target" -p "$pkg" --bin "ferry-$comp") >&2
   bin=$CARGO_TARGET_DIR/$target/release/ferry-$comp
   key=$(hash_inputs "$bin")
   archive=$OUT/$comp-$key.tar
@@ -196,6 +203,39 @@ build_rust() {
   echo "$archive"
 }
 
+# --- redirect ----------------------------------------------------------------
+# The init container that installs the iptables redirect of
+# `proxy.redirect: iptables` (operator/src/sidecar.rs): busybox `sh` and
+# Debian's iptables (nf_tables backend) with its extensions. Runs as root with
+# NET_ADMIN and NET_RAW, in the pod's network namespace only.
+build_redirect() {
+  local key archive root xt=/usr/lib/x86_64-linux-gnu/xtables multi=/usr/sbin/xtables-nft-multi t
+  [ -x "$multi" ] || die "$multi missing: apt-get install iptables"
+  key=$(hash_inputs "$multi" "$xt" /bin/busybox)
+  archive=$OUT/redirect-$key.tar
+  if [ -s "$archive" ]; then echo "$archive"; return 0; fi
+  log "building image $REPO/ferry-redirect:$TAG"
+  root=$(staging redirect)
+  base_files "$root" 65532 ferry
+  mkdir -p "$root/bin" "$root/usr/sbin" "$root$xt" "$root/run" "$root/var/lib"
+  cp /bin/busybox "$root/bin/busybox"
+  for t in sh ash cat echo grep sed ls sleep true false; do ln -s busybox "$root/bin/$t"; done
+  cp "$multi" "$root/usr/sbin/"
+  for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    ln -s xtables-nft-multi "$root/usr/sbin/$t"
+  done
+  cp -a "$xt/." "$root$xt/"
+  # shellcheck disable=SC2046 # one word per file
+  copy_libs "$root" "$multi" $(find "$xt" -name '*.so')
+  oci_image "$archive" "$REPO/ferry-redirect:$TAG" '{
+      "User": "0:0", "Env": ["PATH=/usr/sbin:/bin"], "Entrypoint": ["/bin/sh", "-c"],
+      "Labels": {"org.opencontainers.image.title": "ferry-redirect",
+                 "org.opencontainers.image.description": "sh and iptables for the Ferry proxy redirect init container"}}' \
+    "$root"
+  rm -rf "$root"
+  echo "$archive"
+}
+
 # import ARCHIVE REF: imports into containerd unless it already has that digest.
 import() {
   local archive=$1 ref=$2 want have
@@ -212,12 +252,12 @@ names=()
 for a in "$@"; do
   case $a in
     --no-import) do_import=0 ;;
-    all) names+=(pause cassandra operator sidecar) ;;
-    pause | cassandra | operator | sidecar) names+=("$a") ;;
-    *) die "usage: $0 [--no-import] [pause|cassandra|operator|sidecar|all]..." ;;
+    all) names+=(pause cassandra operator sidecar loadgen redirect) ;;
+    pause | cassandra | operator | sidecar | loadgen | redirect) names+=("$a") ;;
+    *) die "usage: $0 [--no-import] [pause|cassandra|operator|sidecar|loadgen|redirect|all]..." ;;
   esac
 done
-[ ${#names[@]} -eq 0 ] && names=(pause cassandra operator sidecar)
+[ ${#names[@]} -eq 0 ] && names=(pause cassandra operator sidecar loadgen redirect)
 
 for name in "${names[@]}"; do
   case $name in
@@ -225,6 +265,8 @@ for name in "${names[@]}"; do
     cassandra) archive=$(build_cassandra); ref=$REPO/cassandra:$TAG ;;
     operator) archive=$(build_rust operator); ref=$REPO/ferry-operator:$TAG ;;
     sidecar) archive=$(build_rust sidecar); ref=$REPO/ferry-sidecar:$TAG ;;
+    loadgen) archive=$(build_rust loadgen); ref=$REPO/ferry-loadgen:$TAG ;;
+    redirect) archive=$(build_redirect); ref=$REPO/ferry-redirect:$TAG ;;
   esac
   # Keep only the newest archive of each image.
   find "$OUT" -maxdepth 1 -name "$(basename "${archive%-*}")-*.tar*" ! -name "${archive##*/}*" -delete

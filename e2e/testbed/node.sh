@@ -93,6 +93,10 @@ setup_network() {
   # Service IPs are only meaningful to kube-proxy's rules: route them to the
   # bridge so that nothing addressed to them can ever leave the machine.
   ip route replace "$SERVICE_CIDR" dev "$BRIDGE" src "$NODE_IP"
+  # Bridged pod-to-pod traffic must traverse iptables for Services to work
+  # between pods on this bridge (kube-proxy's DNAT and its conntrack).
+  [ -d /proc/sys/net/bridge ] || modprobe br_netfilter 2>/dev/null || true
+  [ -d /proc/sys/net/bridge ] || die "br_netfilter is not available in this kernel (needed for Services between pods)"
   sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 \
     net.bridge.bridge-nf-call-ip6tables=1 >/dev/null
   # Pods may talk to pods, Services (DNAT happens before FORWARD) and the

@@ -223,4 +223,51 @@ async fn bad_input_fails_clearly_and_writes_nothing() {
     )
     .await;
     assert!(ok, "{stderr}");
+
+    // The backfill's summary (termination message).
+    let summary = std::env::temp_dir().join(format!("{ks}-backfill.json"));
+    let summary_flag = summary.display().to_string();
+    let (ok, stderr) = cli(
+        &bed,
+        "backfill",
+        &[
+            "--tables",
+            &format!("{ks}.ok"),
+            "--job-id",
+            &job("summary"),
+            "--summary-file",
+            &summary_flag,
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
+    assert_eq!(json["mode"], "backfill", "{json}");
+    assert_eq!(json["rowsCopied"], 0, "{json}");
+    assert_eq!(json["rangesDone"], json["rangesTotal"], "{json}");
+    assert!(
+        json["rangesTotal"].as_u64().is_some_and(|n| n >= 256),
+        "{json}"
+    );
+    // A failed run writes its summary too.
+    let (ok, _) = cli(
+        &bed,
+        "backfill",
+        &[
+            "--tables",
+            &format!("{ks}.counts"),
+            "--job-id",
+            &job("summary2"),
+            "--summary-file",
+            &summary_flag,
+        ],
+        None,
+    )
+    .await;
+    assert!(!ok);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
+    assert_eq!(json["rangesDone"], 0, "{json}");
 }

@@ -116,6 +116,10 @@ async fn injected_differences_are_found_and_repaired() {
         "{json}"
     );
     assert!(json.to_string().len() < 4096);
+    let per_table = &json["tables"][format!("{ks}.t")];
+    assert_eq!(per_table["missing"], 3, "{json}");
+    assert_eq!(per_table["extra"], 1, "{json}");
+    assert_eq!(per_table["rowsCompared"], 504, "{json}");
 
     // Sampling: the same seed picks the same ranges, and only some.
     let a = run_validate(

@@ -118,3 +118,54 @@ async fn a_killed_backfill_resumes_without_recopying_finished_ranges() {
     assert_eq!(validation.differences(), 0, "{validation:?}");
     assert_eq!(validation.compared, ROWS as u64);
 }
+
+/// The pods of an Indexed Job (`--split i/N`, or `JOB_COMPLETION_INDEX`
+/// with `--split-count`) copy disjoint shares that add up to the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_job_pods_share_the_ranges() {
+    let bed = bed().await;
+    let ks = unique("split");
+    create_on_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)"],
+    )
+    .await;
+    let insert = bed
+        .source
+        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    for k in 0..2000 {
+        bed.source
+            .execute_unpaged(&insert, (k, "v"))
+            .await
+            .expect("insert");
+    }
+    let first = run_backfill(
+        &bed,
+        &["--keyspaces", &ks, "--job-id", &ks, "--split", "0/2"],
+    )
+    .await;
+    let half = run_validate(&bed, &["--keyspaces", &ks]).await;
+    assert_eq!(half.missing, 2000 - first.rows, "{half:?}");
+    let second = run_backfill(
+        &bed,
+        &[
+            "--keyspaces",
+            &ks,
+            "--job-id",
+            &ks,
+            "--job-completion-index",
+            "1",
+            "--split-count",
+            "2",
+        ],
+    )
+    .await;
+    assert!(first.rows > 0 && second.rows > 0, "{first:?} {second:?}");
+    assert_eq!(first.rows + second.rows, 2000);
+    assert_eq!(second.ranges_skipped, 0, "the shares are disjoint");
+    let validation = run_validate(&bed, &["--keyspaces", &ks]).await;
+    assert_eq!(validation.differences(), 0, "{validation:?}");
+}

@@ -3,7 +3,8 @@
 //! For each table size, on the same rows: the target's raw ingest rate (a
 //! plain writer of the same rows, same driver, many writes in flight), the
 //! backfill's rate and the validation's rate, each run `--runs` times; it
-//! prints the medians (rows/s, MB/s of cell values) and the peak RSS of
+//! prints the medians (rows/s, and MB/s of the rows' key and cell values,
+//! 92 bytes a row, the same basis for all three phases) and the peak RSS of
 //! the backfill and validate processes (measured with /usr/bin/time).
 //!
 //! ```text
@@ -20,6 +21,7 @@ use clap::Parser;
 use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::batch::{Batch, BatchType};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -108,6 +110,54 @@ async fn write_rows(
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// The same rows as `write_rows`, one UNLOGGED batch per partition (10
+/// rows), the way the backfill writes them.
+async fn write_partition_batches(
+    session: Arc<Session>,
+    table: &str,
+    rows: u64,
+    in_flight: usize,
+) -> anyhow::Result<f64> {
+    let mut insert = session
+        .prepare(format!("INSERT INTO {table} (k, c, v1, v2, v3) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP 1700000000000000"))
+        .await?;
+    insert.set_is_idempotent(true);
+    let mut batch = Batch::new(BatchType::Unlogged);
+    for _ in 0..10 {
+        batch.append_statement(insert.clone());
+    }
+    batch.set_is_idempotent(true);
+    let start = Instant::now();
+    let partitions = rows.div_ceil(10);
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..partitions)
+        .map(|p| {
+            let (session, batch) = (session.clone(), batch.clone());
+            async move {
+                let values: Vec<_> = (p * 10..(p * 10 + 10).min(rows)).map(row).collect();
+                if values.len() == 10 {
+                    session.batch(&batch, &values).await?;
+                } else {
+                    for v in values {
+                        session
+                            .query_unpaged(
+                                format!(
+                                    "INSERT INTO {table} (k, c, v1, v2, v3) VALUES (?, ?, ?, ?, ?)"
+                                ),
+                                v,
+                            )
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(in_flight / 4)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
 struct ChildRun {
     summary: serde_json::Value,
     max_rss_kb: u64,
@@ -188,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
         for (session, dc) in [(&source, &args.source_dc), (&target, &args.target_dc)] {
             exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
             exec(session, &format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{dc}': 1}}")).await?;
-            for table in ["t", "raw"] {
+            for table in ["t", "raw", "raw_batched"] {
                 exec(session, &format!("CREATE TABLE {ks}.{table} (k bigint, c int, v1 text, v2 bigint, v3 double, PRIMARY KEY (k, c))")).await?;
             }
             session.await_schema_agreement().await?;
@@ -196,11 +246,21 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("loading {size} rows into the source");
         write_rows(source.clone(), &format!("{ks}.t"), size, args.raw_in_flight).await?;
         let bytes: u64 = (0..size).map(row_bytes).sum();
-        let (mut raw, mut backfill, mut validate) = (vec![], vec![], vec![]);
+        let (mut raw, mut raw_batched, mut backfill, mut validate) =
+            (vec![], vec![], vec![], vec![]);
         let (mut backfill_mb, mut validate_mb) = (vec![], vec![]);
         let (mut backfill_rss, mut validate_rss) = (0u64, 0u64);
         for run in 0..args.runs {
             exec(&target, &format!("TRUNCATE {ks}.raw")).await?;
+            exec(&target, &format!("TRUNCATE {ks}.raw_batched")).await?;
+            let secs = write_partition_batches(
+                target.clone(),
+                &format!("{ks}.raw_batched"),
+                size,
+                args.raw_in_flight,
+            )
+            .await?;
+            raw_batched.push(size as f64 / secs);
             exec(&target, &format!("TRUNCATE {ks}.t")).await?;
             let secs = write_rows(
                 target.clone(),
@@ -226,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
                 b.summary
             );
             backfill.push(size as f64 / ms * 1000.0);
-            backfill_mb.push(b.summary["bytesCopied"].as_f64().unwrap_or(0.0) / ms / 1000.0);
+            backfill_mb.push(bytes as f64 / ms / 1000.0);
             backfill_rss = backfill_rss.max(b.max_rss_kb);
             let v = run_child(&sidecar, "validate", &args, &ks, &args.validate_flags, &dir)?;
             let ms = v.summary["elapsedMillis"].as_f64().unwrap_or(1.0).max(1.0);
@@ -238,26 +298,38 @@ async fn main() -> anyhow::Result<()> {
                 v.summary
             );
             validate.push(size as f64 / ms * 1000.0);
-            validate_mb.push(v.summary["bytesRead"].as_f64().unwrap_or(0.0) / ms / 1000.0);
+            validate_mb.push(bytes as f64 / ms / 1000.0);
             validate_rss = validate_rss.max(v.max_rss_kb);
-            eprintln!("size {size} run {run}: raw {:.0} rows/s, backfill {:.0} rows/s, validate {:.0} rows/s", raw[run], backfill[run], validate[run]);
+            eprintln!("size {size} run {run}: raw {:.0} rows/s, raw batched {:.0} rows/s, backfill {:.0} rows/s, validate {:.0} rows/s", raw[run], raw_batched[run], backfill[run], validate[run]);
         }
-        let raw_median = median(raw.clone());
+        // The % column compares with the faster of the two raw writers.
+        let raw_median = median(raw.clone()).max(median(raw_batched.clone()));
         let fmt = |v: &[f64]| {
             v.iter()
                 .map(|x| format!("{x:.0}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let raw_mb: Vec<f64> = raw
-            .iter()
-            .map(|r| r * bytes as f64 / size as f64 / 1e6)
-            .collect();
+        let mb = |v: &[f64]| {
+            median(
+                v.iter()
+                    .map(|r| r * bytes as f64 / size as f64 / 1e6)
+                    .collect(),
+            )
+        };
         println!(
-            "| {size} | raw ingest (target) | {:.0} | {:.1} | 100% | - | {} |",
-            raw_median,
-            median(raw_mb),
+            "| {size} | raw ingest, one INSERT per row | {:.0} | {:.1} | {:.0}% | - | {} |",
+            median(raw.clone()),
+            mb(&raw),
+            median(raw.clone()) / raw_median * 100.0,
             fmt(&raw)
+        );
+        println!(
+            "| {size} | raw ingest, one UNLOGGED batch per partition | {:.0} | {:.1} | {:.0}% | - | {} |",
+            median(raw_batched.clone()),
+            mb(&raw_batched),
+            median(raw_batched.clone()) / raw_median * 100.0,
+            fmt(&raw_batched)
         );
         println!(
             "| {size} | backfill | {:.0} | {:.1} | {:.0}% | {:.0} | {} |",

@@ -397,6 +397,7 @@ async fn copy_range(
         let batch = std::mem::take(&mut ops);
         submit!(batch);
     }
+    Stats::add(&stats.bytes, bytes - bytes_reported);
     while let Some(result) = pending.next().await {
         result?;
     }

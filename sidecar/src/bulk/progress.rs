@@ -37,6 +37,20 @@ pub struct Stats {
     pub in_flight: AtomicU64,
     pub repaired: AtomicU64,
     pub examples: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Validation figures per table.
+    pub tables: Mutex<BTreeMap<String, TableCounts>>,
+}
+
+/// Validation figures of one table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableCounts {
+    pub rows_compared: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub mismatched: u64,
+    pub in_flight: u64,
+    pub repaired: u64,
 }
 
 impl Stats {
@@ -59,6 +73,7 @@ impl Stats {
             in_flight: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
             examples: Mutex::new(BTreeMap::new()),
+            tables: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -76,6 +91,29 @@ impl Stats {
         let list = examples.entry(kind.to_owned()).or_default();
         if list.len() < EXAMPLES_PER_KIND {
             list.push(key.chars().take(200).collect());
+        }
+    }
+
+    /// Adds to a table's figures.
+    pub fn table(&self, table: &str, add: impl FnOnce(&mut TableCounts)) {
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        add(tables.entry(table.to_owned()).or_default());
+    }
+
+    /// Logs one line per table (validation).
+    pub fn log_tables(&self) {
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        for (table, c) in tables.iter() {
+            info!(
+                table = %table,
+                rows_compared = c.rows_compared,
+                missing = c.missing,
+                extra = c.extra,
+                mismatched = c.mismatched,
+                in_flight = c.in_flight,
+                repaired = c.repaired,
+                "table validated"
+            );
         }
     }
 
@@ -111,6 +149,12 @@ impl Stats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let mut tables = Some(
+            self.tables
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
         loop {
             let value = json!({
                 "mode": "validate",
@@ -128,8 +172,16 @@ impl Stats {
                 "bytesRead": g(&self.bytes),
                 "elapsedMillis": self.started.elapsed().as_millis() as u64,
                 "examples": examples,
+                "tables": tables,
             });
-            if value.to_string().len() <= SUMMARY_LIMIT || examples.is_empty() {
+            if value.to_string().len() <= SUMMARY_LIMIT {
+                return value;
+            }
+            // Too long: per-table figures go first (they are in the log).
+            if tables.take().is_some() {
+                continue;
+            }
+            if examples.is_empty() {
                 return value;
             }
             // Too long for a termination message: drop examples until it fits.

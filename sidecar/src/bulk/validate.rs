@@ -378,6 +378,7 @@ pub async fn run(args: &ValidateArgs, stats: Arc<Stats>) -> anyhow::Result<Valid
         in_flight: g(&stats.in_flight),
         repaired: g(&stats.repaired),
     };
+    stats.log_tables();
     info!(?report, "validation finished");
     Ok(report)
 }
@@ -528,6 +529,7 @@ async fn compare_range(
     let mut source = TokenGroups::new(check.source_scan.spawn(range));
     let mut target = TokenGroups::new(check.target_scan.spawn(range));
     let mut suspects: Vec<Suspect> = Vec::new();
+    let mut compared = 0u64;
     let mut next_source = source.next(layout, Some(stats)).await?;
     let mut next_target = target.next(layout, None).await?;
     loop {
@@ -551,7 +553,7 @@ async fn compare_range(
             .map(|row| (layout.key_bytes(&row), row))
             .collect();
         for row in source_rows {
-            Stats::add(&stats.compared, 1);
+            compared += 1;
             match by_key.remove(&layout.key_bytes(&row)) {
                 Some(t) if difference(check, &row, &t, args).is_none() => {}
                 Some(t) => suspects.push(Suspect {
@@ -565,7 +567,7 @@ async fn compare_range(
             }
         }
         for (_, t) in by_key {
-            Stats::add(&stats.compared, 1);
+            compared += 1;
             suspects.push(Suspect {
                 source: None,
                 target: Some(t),
@@ -578,6 +580,10 @@ async fn compare_range(
             next_target = target.next(layout, None).await?;
         }
     }
+    Stats::add(&stats.compared, compared);
+    stats.table(&check.schema.display_name(), |t| {
+        t.rows_compared += compared
+    });
     for (n, suspect) in suspects.into_iter().enumerate() {
         resolve(
             check,
@@ -648,6 +654,7 @@ async fn resolve(
         .unwrap_or(i64::MIN);
     if newest >= validation_start {
         Stats::add(&stats.in_flight, 1);
+        stats.table(&table, |t| t.in_flight += 1);
         stats.example("inFlight", described);
         return Ok(());
     }
@@ -661,6 +668,11 @@ async fn resolve(
         Kind::Extra => Stats::add(&stats.extra, 1),
         Kind::Mismatched => Stats::add(&stats.mismatched, 1),
     }
+    stats.table(&table, |t| match kind {
+        Kind::Missing => t.missing += 1,
+        Kind::Extra => t.extra += 1,
+        Kind::Mismatched => t.mismatched += 1,
+    });
     let example = if detail.is_empty() {
         described
     } else {
@@ -680,6 +692,7 @@ async fn resolve(
         )
         .await?;
         Stats::add(&stats.repaired, 1);
+        stats.table(&table, |t| t.repaired += 1);
     }
     Ok(())
 }

@@ -169,3 +169,113 @@ async fn indexed_job_pods_share_the_ranges() {
     let validation = run_validate(&bed, &["--keyspaces", &ks]).await;
     assert_eq!(validation.differences(), 0, "{validation:?}");
 }
+
+/// A running backfill serves Prometheus metrics, and on SIGTERM (a pod
+/// being deleted) exits non-zero with its summary written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_and_sigterm_writes_the_summary() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let bed = bed().await;
+    let ks = unique("sigterm");
+    create_on_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)"],
+    )
+    .await;
+    let insert = bed
+        .source
+        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    for k in 0..3000 {
+        bed.source
+            .execute_unpaged(&insert, (k, "v"))
+            .await
+            .expect("insert");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let summary = std::env::temp_dir().join(format!("{ks}-summary.json"));
+    let mut argv = vec!["backfill".to_owned()];
+    argv.extend(connection_flags(&bed));
+    for flag in [
+        "--keyspaces",
+        &ks,
+        "--job-id",
+        &ks,
+        "--rows-per-second",
+        "300",
+        "--metrics-port",
+        &port.to_string(),
+    ] {
+        argv.push(flag.to_owned());
+    }
+    argv.push("--summary-file".to_owned());
+    argv.push(summary.display().to_string());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
+        .args(&argv)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn backfill");
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(mut socket) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            continue;
+        };
+        socket
+            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("request");
+        metrics.clear();
+        socket.read_to_string(&mut metrics).await.expect("response");
+        let rows = metrics
+            .lines()
+            .find(|l| l.starts_with("ferry_bulk_rows{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if rows > 0 {
+            break;
+        }
+    }
+    assert!(metrics.starts_with("HTTP/1.0 200 OK"), "{metrics}");
+    assert!(
+        metrics.contains("ferry_bulk_ranges_total{mode=\"backfill\"}"),
+        "{metrics}"
+    );
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    assert!(
+        !exit.success(),
+        "an interrupted backfill must not report success"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary written"))
+            .expect("json");
+    assert_eq!(json["mode"], "backfill");
+    assert!(
+        json["rowsCopied"]
+            .as_u64()
+            .is_some_and(|n| n > 0 && n < 3000),
+        "{json}"
+    );
+    assert!(
+        json["rangesDone"].as_u64() < json["rangesTotal"].as_u64(),
+        "{json}"
+    );
+}

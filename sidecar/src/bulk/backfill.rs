@@ -125,9 +125,16 @@ struct TableJob {
 pub async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     let stats = Stats::new("backfill");
     let summary = progress::summary_path(args.common.summary_file.as_deref());
-    let result = run(&args, stats.clone()).await;
+    // On SIGTERM the summary is still written; ranges in flight stay
+    // `started` and the next run redoes them.
+    let result = tokio::select! {
+        result = run(&args, stats.clone()) => result.map(|_| ()),
+        signal = progress::stop_requested() => Err(anyhow::anyhow!(
+            "stopped by {signal}; finished ranges are checkpointed and a re-run continues from them"
+        )),
+    };
     progress::write_summary(&stats, summary.as_deref());
-    result.map(|_| ())
+    result
 }
 
 /// Runs a backfill, counting into `stats`.

@@ -355,6 +355,25 @@ pub async fn serve_metrics(
     }))
 }
 
+/// Resolves when the process is asked to stop (SIGTERM, as Kubernetes does
+/// when it deletes a pod, or Ctrl-C), naming the signal.
+pub async fn stop_requested() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => return "SIGTERM",
+                _ = tokio::signal::ctrl_c() => return "SIGINT",
+            }
+        }
+    }
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => "SIGINT",
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// `--summary-file`, else `/dev/termination-log` when it exists.
 pub fn summary_path(flag: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = flag {

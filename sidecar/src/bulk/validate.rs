@@ -209,7 +209,10 @@ struct Suspect {
 pub async fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     let stats = Stats::new("validate");
     let summary = progress::summary_path(args.common.summary_file.as_deref());
-    let result = run(&args, stats.clone()).await;
+    let result = tokio::select! {
+        result = run(&args, stats.clone()) => result,
+        signal = progress::stop_requested() => Err(anyhow::anyhow!("stopped by {signal}")),
+    };
     progress::write_summary(&stats, summary.as_deref());
     let report = result?;
     let unresolved = report.differences().saturating_sub(report.repaired);

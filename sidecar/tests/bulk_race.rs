@@ -119,7 +119,7 @@ async fn race(mode: &str, list_appends: bool) -> (Bed, String) {
     stop.store(true, Ordering::Relaxed);
     let mirrored = load.await.expect("load");
     assert!(
-        mirrored > 100,
+        mirrored > 50,
         "the live load must overlap the backfill: {mirrored} writes"
     );
     assert!(report.rows > 0);

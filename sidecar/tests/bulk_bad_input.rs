@@ -271,3 +271,73 @@ async fn bad_input_fails_clearly_and_writes_nothing() {
         serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
     assert_eq!(json["rangesDone"], 0, "{json}");
 }
+
+/// A backfill whose ETA crosses the migration start + gc_grace_seconds of a
+/// target table warns while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_outliving_gc_grace_warns() {
+    let bed = bed().await;
+    let ks = unique("grace");
+    exec(
+        &bed.source,
+        &format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{}': 1}}", bed.testbed.source_datacenter),
+    )
+    .await;
+    exec(
+        &bed.target,
+        &format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{}': 1}}", bed.testbed.target_datacenter),
+    )
+    .await;
+    exec(
+        &bed.source,
+        &format!("CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)"),
+    )
+    .await;
+    exec(
+        &bed.target,
+        &format!("CREATE TABLE {ks}.t (k int PRIMARY KEY, v text) WITH gc_grace_seconds = 20"),
+    )
+    .await;
+    bed.source
+        .await_schema_agreement()
+        .await
+        .expect("agreement");
+    bed.target
+        .await_schema_agreement()
+        .await
+        .expect("agreement");
+    for k in 0..1000 {
+        exec(
+            &bed.source,
+            &format!("INSERT INTO {ks}.t (k, v) VALUES ({k}, 'v')"),
+        )
+        .await;
+    }
+    let start = (now_micros() - 14_000_000).to_string();
+    let job = format!("{ks}-grace");
+    let mut argv = vec!["backfill".to_owned()];
+    argv.extend(connection_flags(&bed));
+    for flag in [
+        "--keyspaces",
+        &ks,
+        "--job-id",
+        &job,
+        "--start-timestamp",
+        &start,
+        "--rows-per-second",
+        "100",
+    ] {
+        argv.push(flag.to_owned());
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
+        .args(&argv)
+        .env("FERRY_LOG", "warn")
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("gc_grace_seconds of a target table"),
+        "{stderr}"
+    );
+}

@@ -219,6 +219,12 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
     .await?;
     let recorded = checkpoints.load().await?;
 
+    if let Some(min_gc_grace) = tables.iter().map(|t| t.table.target_gc_grace_seconds).min() {
+        stats.deadline_micros.store(
+            start_timestamp + i64::from(min_gc_grace) * 1_000_000,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let mut work: Vec<(Arc<TableJob>, TokenRange, i32)> = Vec::new();
     for job in &tables {
         let name = job.table.schema.display_name();

@@ -39,6 +39,9 @@ pub struct Stats {
     pub examples: Mutex<BTreeMap<String, Vec<String>>>,
     /// Validation figures per table.
     pub tables: Mutex<BTreeMap<String, TableCounts>>,
+    /// µs since the epoch by which the run must end (the migration start
+    /// plus the smallest target gc_grace_seconds); 0 when unknown.
+    pub deadline_micros: std::sync::atomic::AtomicI64,
 }
 
 /// Validation figures of one table.
@@ -74,6 +77,7 @@ impl Stats {
             repaired: AtomicU64::new(0),
             examples: Mutex::new(BTreeMap::new()),
             tables: Mutex::new(BTreeMap::new()),
+            deadline_micros: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -228,6 +232,18 @@ impl Stats {
             differences = g(&self.missing) + g(&self.extra) + g(&self.mismatched),
             "progress"
         );
+        let deadline = self.deadline_micros.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        if deadline > 0 && now + eta_seconds as i64 * 1_000_000 > deadline {
+            warn!(
+                eta_seconds,
+                seconds_to_deadline = (deadline - now) / 1_000_000,
+                "the backfill will end after the migration start + gc_grace_seconds of a target table: deletes mirrored early may be resurrected; raise gc_grace_seconds on the target"
+            );
+        }
     }
 }
 

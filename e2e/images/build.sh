@@ -3,6 +3,7 @@
 # them into the local node's containerd (namespace k8s.io) when it runs.
 #
 #   build.sh [--no-import] [pause|cassandra|operator|sidecar|loadgen|redirect|all]...
+#   build.sh --cached    import every cached archive containerd lacks; no build
 #
 # Images (tag $FERRY_IMAGE_TAG, default dev):
 #   ferry.dev/pause       the pod sandbox: a static C binary that sleeps
@@ -247,10 +248,22 @@ import() {
   ctr --address "$CTR_SOCK" -n k8s.io images import --all-platforms "$archive" >/dev/null
 }
 
+# import_cached: imports every archive already in the cache that containerd
+# lacks (after `node.sh purge`, say), without building anything.
+import_cached() {
+  local archive ref
+  for archive in "$OUT"/*.tar; do
+    [ -s "$archive.digest" ] || continue
+    ref=$(tar -xOf "$archive" index.json | jq -r '.manifests[0].annotations["io.containerd.image.name"]')
+    import "$archive" "$ref"
+  done
+}
+
 do_import=1
 names=()
 for a in "$@"; do
   case $a in
+    --cached) import_cached; exit 0 ;;
     --no-import) do_import=0 ;;
     all) names+=(pause cassandra operator sidecar loadgen redirect) ;;
     pause | cassandra | operator | sidecar | loadgen | redirect) names+=("$a") ;;

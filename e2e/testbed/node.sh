@@ -362,6 +362,8 @@ up() {
   write_containerd_config
   start_containerd
   "$FERRY_ROOT/e2e/images/build.sh" pause cassandra
+  # Images built earlier (operator, sidecar...) that this containerd lacks.
+  "$FERRY_ROOT/e2e/images/build.sh" --cached
   write_kubelet_credentials
   write_kubelet_config
   start_scheduler

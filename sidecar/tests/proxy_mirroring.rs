@@ -254,6 +254,15 @@ async fn batches_collections_udts_and_paging() {
         .await
         .expect("all pages");
     assert_eq!(seen.len(), 300);
+    // Latency histograms are fed on both sides.
+    for side in ["source", "target"] {
+        let n = proxy
+            .metric(&format!(
+                "ferry_proxy_request_duration_seconds_count{{side=\"{side}\"}}"
+            ))
+            .await;
+        assert!(n > 0.0, "no {side} latency observed");
+    }
     assert_eq!(seen.iter().map(|r| r.0).collect::<BTreeSet<_>>().len(), 300);
 
     let on_source = dump(&bed.source, &ks, "wide", "p, c", "v").await;

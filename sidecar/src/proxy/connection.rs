@@ -33,6 +33,10 @@ use super::tls::{BoxRead, BoxWrite};
 use super::upstream::{Credentials, Handshake};
 use super::wire::{put_short_bytes, put_string, Reader, WireError};
 
+/// Source latency is sampled on stream ids that are multiples of 16: cheap,
+/// and unbiased since drivers pick ids without regard to the request.
+const LATENCY_SAMPLE_MASK: i16 = 0x0F;
+
 /// What the source reader must do with the answer to a stream.
 enum Pending {
     /// Hand the answer to a task that also waits for the target.
@@ -61,6 +65,9 @@ struct Session {
     /// Requests for the source, queued while the client reader works
     /// through a batch; it then writes them with one syscall.
     source_queue: Mutex<Vec<Frame>>,
+    /// Send times of sampled source requests (stream ids that are a
+    /// multiple of 16), for the source latency histogram.
+    source_started: Mutex<HashMap<i16, Instant>>,
     client_state: Arc<LinkState>,
     source_state: Arc<LinkState>,
     pending: Mutex<HashMap<i16, Pending>>,
@@ -125,6 +132,7 @@ pub async fn serve(
             ctx: ctx.clone(),
             client_out,
             source_queue: Mutex::new(Vec::new()),
+            source_started: Mutex::new(HashMap::new()),
             client_state: client_state.clone(),
             source_state: source_state.clone(),
             pending: Mutex::new(HashMap::new()),
@@ -247,6 +255,12 @@ impl Session {
     /// queue after its current batch.
     async fn forward(&self, frame: Frame) -> Result<(), SessionError> {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
+        if frame.stream & LATENCY_SAMPLE_MASK == 0 {
+            self.source_started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(frame.stream, Instant::now());
+        }
         self.source_queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -967,6 +981,20 @@ impl Session {
     /// Handles one answer from the source; returns what to send the client
     /// (`None` when a waiting task takes it).
     fn on_source_frame(self: &Arc<Self>, mut frame: Frame) -> Option<Outbound> {
+        if frame.stream >= 0 && frame.stream & LATENCY_SAMPLE_MASK == 0 {
+            let started = self
+                .source_started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&frame.stream);
+            if let Some(t) = started {
+                self.ctx
+                    .metrics
+                    .latency
+                    .with_label_values(&["source"])
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
         if frame.stream >= 0 {
             let _ = self
                 .outstanding

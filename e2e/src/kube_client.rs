@@ -45,6 +45,34 @@ pub async fn install_crd(client: &Client, crd_file: &Path) -> anyhow::Result<()>
     anyhow::bail!("CRD {name} not Established after 15s")
 }
 
+/// Label on every namespace a test makes.
+pub const TEST_NAMESPACE_LABEL: &str = "ferry.dev/test-namespace";
+
+/// Deletes test namespaces older than half an hour: a test process that
+/// ended before its namespace's deletion ran (the drop below is best effort)
+/// must not leave pods on the bed's node for ever.
+async fn delete_stale(api: &Api<Namespace>) {
+    let Ok(list) = api
+        .list(&kube::api::ListParams::default().labels(TEST_NAMESPACE_LABEL))
+        .await
+    else {
+        return;
+    };
+    let now = jiff::Timestamp::now();
+    for ns in list.items {
+        let old = ns
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| now.as_second() - t.0.as_second() > 1800);
+        if old && ns.metadata.deletion_timestamp.is_none() {
+            if let Some(name) = ns.metadata.name.as_deref() {
+                let _ = api.delete(name, &DeleteParams::default()).await;
+            }
+        }
+    }
+}
+
 /// A namespace that is deleted (with everything in it) when dropped.
 pub struct TestNamespace {
     pub name: String,
@@ -59,8 +87,10 @@ impl TestNamespace {
             .as_nanos();
         let name = format!("{prefix}-{}", nanos % 1_000_000_000);
         let api: Api<Namespace> = Api::all(client.clone());
+        delete_stale(&api).await;
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {TEST_NAMESPACE_LABEL: "true"}}
         }))?;
         api.create(&PostParams::default(), &ns).await?;
         Ok(Self {

@@ -13,6 +13,10 @@ for dir in "$FERRY_RUN"/cassandra/*/; do
   [ -d "$dir" ] || continue
   "$here/cassandra/cassandra.sh" stop "$(basename "$dir")"
 done
+# The node first: its kubelet needs the API server to stop its pods cleanly.
+if [ -d "$FERRY_RUN/node" ]; then
+  if [ "$purge" = 1 ]; then "$here/node.sh" purge; else "$here/node.sh" down; fi
+fi
 if [ "$purge" = 1 ]; then
   "$here/k8s.sh" purge
   rm -rf "$FERRY_RUN/cassandra" "$FERRY_RUN/testbed.env"

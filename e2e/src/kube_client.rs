@@ -10,8 +10,17 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+/// Picks rustls' ring provider for the process. The scylla driver turns on
+/// rustls' aws-lc-rs default while kube uses ring; with both compiled in,
+/// rustls refuses to guess, so every process that talks to Kubernetes
+/// chooses once. A second call is a no-op.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client authenticated as the test bed's admin.
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
+    install_crypto_provider();
     let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)

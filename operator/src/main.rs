@@ -172,6 +172,9 @@ async fn keep_certificate_fresh(
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // In a workspace build another crate may also turn on rustls'
+    // aws-lc-rs; choose ring (what kube and the webhook use) explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;

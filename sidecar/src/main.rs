@@ -47,6 +47,9 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // The scylla driver turns on rustls' aws-lc-rs provider and our own TLS
+    // uses ring: with both compiled in, rustls needs the process to choose.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -276,11 +276,19 @@ pub fn rewrite_rows(
         });
     }
     let rows_count = r.i32()?;
+    // Every row holds at least a 4-byte length per column: a count beyond
+    // that is a lie, and zero columns leave nothing to rewrite.
+    if columns == 0
+        || rows_count < 0
+        || rows_count as usize > r.remaining() / (4 * columns as usize)
+    {
+        return Ok(None);
+    }
     let rows_at = r.position();
     let mut out = BytesMut::with_capacity(body.len() + 64);
     out.put_slice(&body[..rows_at]);
     let mut stats = RewriteStats::default();
-    for _ in 0..rows_count.max(0) {
+    for _ in 0..rows_count {
         // A row's port follows its address, so find the row's mapping first.
         let mut target: Option<SocketAddr> = None;
         let mut probe = r.clone();

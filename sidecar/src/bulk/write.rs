@@ -450,43 +450,33 @@ impl TableWriter {
                 values.push(&op.values);
             }
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.session.batch(&batch, &values).await {
-                Ok(_) => return Ok(()),
-                Err(source) if attempt >= self.max_attempts => {
-                    return Err(WriteError::Execute {
-                        table: self.table.clone(),
-                        attempts: attempt,
-                        source: Box::new(source),
-                    })
-                }
-                Err(err) => {
-                    let backoff = Duration::from_millis((50u64 << attempt.min(7)).min(5_000));
-                    warn!(table = %self.table, attempt, error = %err, ?backoff, "batch write failed, retrying");
-                    tokio::time::sleep(backoff).await;
-                }
-            }
-        }
+        self.with_retries("batch write", || self.session.batch(&batch, &values))
+            .await
     }
 
     /// Executes one write, retrying with exponential backoff.
     pub async fn execute(&self, op: &WriteOp) -> Result<(), WriteError> {
-        let statement = match op.kind {
-            StatementKind::InsertRow => Some(&self.insert_row),
-            StatementKind::UpdateRow => self.update_row.as_ref(),
-            StatementKind::UpdateStatic => self.update_static.as_ref(),
-            StatementKind::DeleteRow => Some(&self.delete_row),
-        };
         // The planner only emits updates for tables that have such columns.
-        let Some(statement) = statement else {
+        let Some(statement) = self.statement(op.kind) else {
             return Ok(());
         };
+        self.with_retries("write", || {
+            self.session.execute_unpaged(statement, &op.values)
+        })
+        .await
+    }
+
+    /// Runs `request` until it succeeds or `max_attempts` are used, backing
+    /// off 100 ms, 200 ms, ... up to 5 s between attempts.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut request: F) -> Result<(), WriteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, scylla::errors::ExecutionError>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.session.execute_unpaged(statement, &op.values).await {
+            match request().await {
                 Ok(_) => return Ok(()),
                 Err(source) if attempt >= self.max_attempts => {
                     return Err(WriteError::Execute {
@@ -497,7 +487,7 @@ impl TableWriter {
                 }
                 Err(err) => {
                     let backoff = Duration::from_millis((50u64 << attempt.min(7)).min(5_000));
-                    warn!(table = %self.table, attempt, error = %err, ?backoff, "write failed, retrying");
+                    warn!(table = %self.table, attempt, error = %err, ?backoff, "{what} failed, retrying");
                     tokio::time::sleep(backoff).await;
                 }
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::checkpoint::Checkpoints;
 use super::job::{now_micros, CommonArgs, JobTable};
@@ -261,7 +261,6 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
     let concurrency = common.concurrency.max(1);
     let in_flight_per_range = (args.max_in_flight / concurrency).max(1);
     let batch_bytes = args.batch_bytes;
-    let first_error = std::sync::Mutex::new(None::<String>);
 
     futures::stream::iter(work)
         .for_each_concurrent(concurrency, |(job, range, attempt)| {
@@ -269,7 +268,6 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
             let checkpoints = checkpoints.clone();
             let rows_limit = rows_limit.clone();
             let bytes_limit = bytes_limit.clone();
-            let first_error = &first_error;
             let table = job.table.schema.display_name();
             let span = info_span!("range", %table, %range, attempt);
             async move {
@@ -285,17 +283,7 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
                     batch_bytes,
                 )
                 .await;
-                match result {
-                    Ok(()) => Stats::add(&stats.ranges_done, 1),
-                    Err(err) => {
-                        error!(error = %err, "range failed");
-                        Stats::add(&stats.ranges_failed, 1);
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_with(|| err.to_string());
-                    }
-                }
+                stats.record_range(result);
             }
             .instrument(span)
         })
@@ -311,10 +299,7 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
         return Err(BackfillError::RangesFailed {
             failed,
             total: Stats::get(&stats.ranges_total),
-            first: first_error
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_default(),
+            first: stats.first_error().unwrap_or_default(),
         }
         .into());
     }

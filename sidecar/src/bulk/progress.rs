@@ -42,6 +42,8 @@ pub struct Stats {
     /// µs since the epoch by which the run must end (the migration start
     /// plus the smallest target gc_grace_seconds); 0 when unknown.
     pub deadline_micros: std::sync::atomic::AtomicI64,
+    /// The first range error, kept for the run's final error message.
+    first_error: Mutex<Option<String>>,
 }
 
 /// Validation figures of one table.
@@ -78,6 +80,7 @@ impl Stats {
             examples: Mutex::new(BTreeMap::new()),
             tables: Mutex::new(BTreeMap::new()),
             deadline_micros: std::sync::atomic::AtomicI64::new(0),
+            first_error: Mutex::new(None),
         })
     }
 
@@ -87,6 +90,31 @@ impl Stats {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts the outcome of one token range (copied or compared): done, or
+    /// failed with its error logged and the first error kept, so a run goes
+    /// on with its other ranges and reports the failure at the end.
+    pub fn record_range<E: std::fmt::Display>(&self, result: Result<(), E>) {
+        match result {
+            Ok(()) => Self::add(&self.ranges_done, 1),
+            Err(err) => {
+                tracing::error!(error = %err, "range failed");
+                Self::add(&self.ranges_failed, 1);
+                self.first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+
+    /// The first range error recorded, if any range failed.
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Keeps `key` as an example of `kind` if fewer than the bound are kept.

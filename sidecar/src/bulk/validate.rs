@@ -11,7 +11,7 @@ use futures::stream::StreamExt;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use tokio::sync::mpsc;
-use tracing::{error, info, info_span, Instrument};
+use tracing::{info, info_span, Instrument};
 
 use super::cells::{render_cell, BindCell, RawRow};
 use super::job::{now_micros, CommonArgs};
@@ -326,16 +326,14 @@ pub async fn run(args: &ValidateArgs, stats: Arc<Stats>) -> anyhow::Result<Valid
     };
     let rows_limit = Arc::new(RateLimiter::new(common.rows_per_second));
     let bytes_limit = Arc::new(RateLimiter::new(common.bytes_per_second));
-    let first_error = std::sync::Mutex::new(None::<String>);
     futures::stream::iter(work)
         .for_each_concurrent(common.concurrency.max(1), |(check, range)| {
             let stats = stats.clone();
             let rows_limit = rows_limit.clone();
             let bytes_limit = bytes_limit.clone();
-            let first_error = &first_error;
             let span = info_span!("range", table = %check.schema.display_name(), %range);
             async move {
-                match compare_range(
+                let result = compare_range(
                     &check,
                     range,
                     args,
@@ -344,18 +342,8 @@ pub async fn run(args: &ValidateArgs, stats: Arc<Stats>) -> anyhow::Result<Valid
                     &rows_limit,
                     &bytes_limit,
                 )
-                .await
-                {
-                    Ok(()) => Stats::add(&stats.ranges_done, 1),
-                    Err(err) => {
-                        error!(error = %err, "range validation failed");
-                        Stats::add(&stats.ranges_failed, 1);
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_with(|| err.to_string());
-                    }
-                }
+                .await;
+                stats.record_range(result);
             }
             .instrument(span)
         })
@@ -365,7 +353,7 @@ pub async fn run(args: &ValidateArgs, stats: Arc<Stats>) -> anyhow::Result<Valid
         handle.abort();
     }
     stats.log_progress(&mut (stats.started, 0));
-    if let Some(err) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(err) = stats.first_error() {
         anyhow::bail!(
             "{} ranges could not be validated; first error: {err}",
             Stats::get(&stats.ranges_failed)

@@ -145,8 +145,9 @@ build_cassandra() {
     "$images_dir/cassandra/logback-tools.xml" "$images_dir/cassandra/jvm17.options" "$conf/opt/cassandra/conf/"
   chmod 755 "$conf/opt/cassandra/bin/"*
   chown "$uid:$uid" "$conf/var/lib/cassandra"
-  oci_image "$archive" "$REPO/cassandra:$TAG" "$(jq -nc --arg v "$CASSANDRA_VERSION" --arg uid "$uid:$uid" '{
-      User: $uid, WorkingDir: "/var/lib/cassandra",
+  # Root by default, as the official image: the entrypoint drops to $uid.
+  oci_image "$archive" "$REPO/cassandra:$TAG" "$(jq -nc --arg v "$CASSANDRA_VERSION" '{
+      User: "0:0", WorkingDir: "/var/lib/cassandra",
       Env: ["PATH=/opt/java/bin:/opt/cassandra/bin:/bin", "JAVA_HOME=/opt/java", "CASSANDRA_HOME=/opt/cassandra"],
       Entrypoint: ["/opt/cassandra/bin/entrypoint.sh"],
       ExposedPorts: {"7000/tcp": {}, "9042/tcp": {}},

@@ -105,16 +105,27 @@ start_apiserver() {
 }
 
 start_controller_manager() {
-  pid_alive "$K/kcm.pid" && return 0
+  local args=(--kubeconfig="$KUBECONFIG_FILE"
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port=20257
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics
+    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt"
+    --use-service-account-credentials=false --controllers='*'
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key"
+    # The node's default StorageClass provisions hostPath volumes (under
+    # /tmp/hostpath_pv) with this built-in provisioner: a single node needs
+    # no more, and StatefulSets keep their data when their pods are rolled.
+    --enable-hostpath-provisioner)
+  # A running controller-manager started with other flags (an older clone)
+  # is restarted so the bed always matches this script.
+  if pid_alive "$K/kcm.pid"; then
+    [ "$(cat "$K/kcm.args" 2>/dev/null)" = "${args[*]}" ] && return 0
+    stop_pidfile kube-controller-manager "$K/kcm.pid"
+  fi
   log "starting kube-controller-manager v$K8S_VERSION"
-  setsid "$FERRY_BIN/kube-controller-manager" --kubeconfig="$KUBECONFIG_FILE" \
-    --leader-elect=false --bind-address=127.0.0.1 --secure-port=20257 \
-    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
-    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
-    --use-service-account-credentials=false --controllers='*' \
-    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+  setsid "$FERRY_BIN/kube-controller-manager" "${args[@]}" \
     >"$K/kcm.log" 2>&1 </dev/null 9>&- &
   echo $! >"$K/kcm.pid"
+  echo "${args[*]}" >"$K/kcm.args"
   # The default ServiceAccount appearing proves the controllers run.
   wait_for "kube-controller-manager (default ServiceAccount)" 90 \
     "$FERRY_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" -n default get serviceaccount default

@@ -377,6 +377,20 @@ up() {
     sleep 1
   done
   node_ready || die "node $NODE_NAME not Ready after 120s; see $N/kubelet.log"
+  # The default StorageClass, named as kind names its own so manifests with
+  # volumeClaimTemplates run unchanged: the controller-manager's built-in
+  # hostPath provisioner (k8s.sh enables it) makes a directory per claim
+  # under /tmp/hostpath_pv and deletes it with the claim.
+  "${KUBECTL[@]}" apply -f - >/dev/null <<'SC'
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+SC
   log "node $NODE_NAME Ready after $(($(date +%s) - started))s"
 }
 

@@ -15,7 +15,18 @@
 #   MAX_HEAP_SIZE, HEAP_NEWSIZE  -Xmx/-Xms and -Xmn       (512M, 128M)
 #   JVM_EXTRA_OPTS           appended to the JVM's options
 # Extra arguments are passed to the JVM before the main class.
+#
+# Like the official image, it starts as root by default: it makes the data
+# directory the cassandra user's (a fresh volume may be root-owned, as the
+# hostPath volumes of the local test bed are) and then drops to that user.
+# Started as any other user (runAsUser), it runs as that user.
 set -eu
+
+if [ "$(id -u)" = 0 ]; then
+  chown cassandra:cassandra /var/lib/cassandra
+  find /var/lib/cassandra -xdev ! -user cassandra -exec chown cassandra:cassandra {} +
+  exec su -p -s /bin/sh cassandra -c 'exec "$0" "$@"' "$0" "$@"
+fi
 
 CASSANDRA_HOME=/opt/cassandra
 CONF=/var/lib/cassandra/conf

@@ -7,6 +7,7 @@
 #   docker build --target ferry-operator -t ghcr.io/ferry-dev/ferry-operator:dev .
 #   docker build --target ferry-sidecar  -t ghcr.io/ferry-dev/ferry-sidecar:dev .
 #   docker build --target ferry-loadgen  -t ghcr.io/ferry-dev/ferry-loadgen:dev .
+#   docker build --target ferry-redirect -t ghcr.io/ferry-dev/ferry-redirect:dev .
 #
 # Without Docker, e2e/images/build.sh builds the same images as OCI archives.
 
@@ -46,6 +47,18 @@ COPY --from=build /out/ferry-sidecar/ /
 LABEL org.opencontainers.image.title="ferry-sidecar" \
       org.opencontainers.image.description="Ferry's data plane: the dual-write CQL proxy and the backfill and validate Jobs."
 ENTRYPOINT ["/ferry-sidecar"]
+
+# The init container of `proxy.redirect: iptables`: a shell and iptables
+# (nf_tables backend). It runs as root with NET_ADMIN and NET_RAW, in the
+# pod's network namespace only, and exits once the rule is installed.
+FROM debian:bookworm-slim AS ferry-redirect
+RUN apt-get update && apt-get install -y --no-install-recommends iptables \
+ && rm -rf /var/lib/apt/lists/*
+LABEL org.opencontainers.image.title="ferry-redirect" \
+      org.opencontainers.image.description="sh and iptables for the Ferry proxy redirect init container" \
+      org.opencontainers.image.source="https://github.com/ferry-dev/ferry" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENTRYPOINT ["/bin/sh", "-c"]
 
 # Last, so that a plain `docker build .` gives the operator.
 FROM base AS ferry-operator

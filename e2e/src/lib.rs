@@ -6,4 +6,5 @@
 //! is not running yet, and returns where its parts listen.
 
 pub mod kube_client;
+pub mod migration;
 pub mod testbed;

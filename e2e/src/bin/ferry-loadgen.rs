@@ -179,6 +179,15 @@ async fn verify(
     }
 }
 
+/// This client's clock as a CQL timestamp.
+fn now_millis() -> scylla::value::CqlTimestamp {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    scylla::value::CqlTimestamp(millis)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -212,7 +221,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut insert = session
         .prepare(format!(
-            "INSERT INTO {ks}.events (id, payload, written_at) VALUES (?, ?, toTimestamp(now()))"
+            // The time comes from this client, not from `toTimestamp(now())`:
+            // a prepared now() is evaluated by each cluster on its own, so
+            // the proxy's mirrored copy would differ (docs/proxy.md).
+            "INSERT INTO {ks}.events (id, payload, written_at) VALUES (?, ?, ?)"
         ))
         .await?;
     insert.set_consistency(cl);
@@ -265,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
         );
         inflight.spawn(async move {
             match session
-                .execute_unpaged(&insert, (id as i64, format!("event-{id}")))
+                .execute_unpaged(&insert, (id as i64, format!("event-{id}"), now_millis()))
                 .await
             {
                 Ok(_) => {

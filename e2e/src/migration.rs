@@ -1,0 +1,1061 @@
+//! The whole migration, end to end, as a user runs it: `helm install` Ferry,
+//! start the example source (3 nodes) and target clusters and the example
+//! application, `kubectl apply` the example `CassandraMigration`, follow it to
+//! `Ready`, then check what the user relies on.
+//!
+//! It only needs a kubeconfig, `kubectl`, `helm` and the images loaded into
+//! the cluster, so the same code runs on the local real node (`make demo`,
+//! `e2e/tests/migration.rs`) and on kind (`e2e/kind.sh`). It drives the
+//! cluster through kubectl and helm, as the README tells users to, and reads
+//! the migration's status with the typed client.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ferry_operator::crd::{CassandraMigration, Phase, SidecarState};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::Client;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::testbed;
+
+/// Where the cluster is and the tools that drive it.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub helm: PathBuf,
+}
+
+impl Cluster {
+    /// The local test bed's node (`e2e/testbed/up.sh --node`).
+    pub fn local() -> Self {
+        let bin = testbed::cache_dir().join("bin");
+        Cluster {
+            kubeconfig: testbed::run_dir().join("kubeconfig"),
+            kubectl: bin.join("kubectl"),
+            helm: bin.join("helm"),
+        }
+    }
+
+    /// From `KUBECONFIG` (default `~/.kube/config`), with `kubectl` and `helm`
+    /// from the `PATH`: kind, or any cluster.
+    pub fn from_env() -> Self {
+        let kubeconfig = std::env::var_os("KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube/config")
+            });
+        Cluster {
+            kubeconfig,
+            kubectl: "kubectl".into(),
+            helm: "helm".into(),
+        }
+    }
+}
+
+/// The images the run uses. They must be loaded in the cluster already.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub operator: String,
+    pub sidecar: String,
+    pub redirect: String,
+    pub loadgen: String,
+    /// Cassandra for the example clusters; `None` keeps the examples' own
+    /// (the official `cassandra` image).
+    pub cassandra: Option<String>,
+    /// Pull policy of the example pods and of Ferry's own.
+    pub pull_policy: String,
+}
+
+impl Images {
+    /// What `e2e/images/build.sh` imports into the local node's containerd.
+    pub fn local() -> Self {
+        let tag = std::env::var("FERRY_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
+        let repo = std::env::var("FERRY_IMAGE_REPO").unwrap_or_else(|_| "ferry.dev".into());
+        Images {
+            operator: format!("{repo}/ferry-operator:{tag}"),
+            sidecar: format!("{repo}/ferry-sidecar:{tag}"),
+            redirect: format!("{repo}/ferry-redirect:{tag}"),
+            loadgen: format!("{repo}/ferry-loadgen:{tag}"),
+            cassandra: Some(format!("{repo}/cassandra:{tag}")),
+            pull_policy: "Never".into(),
+        }
+    }
+
+    /// `$FERRY_E2E_IMAGE_PREFIX/ferry-*:$FERRY_E2E_IMAGE_TAG` (defaults
+    /// `ghcr.io/ferry-dev` and `dev`), as `e2e/kind.sh` builds and loads them;
+    /// `FERRY_E2E_CASSANDRA_IMAGE` overrides the examples' Cassandra image.
+    pub fn from_env() -> Self {
+        let prefix =
+            std::env::var("FERRY_E2E_IMAGE_PREFIX").unwrap_or_else(|_| "ghcr.io/ferry-dev".into());
+        let tag = std::env::var("FERRY_E2E_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
+        Images {
+            operator: format!("{prefix}/ferry-operator:{tag}"),
+            sidecar: format!("{prefix}/ferry-sidecar:{tag}"),
+            redirect: format!("{prefix}/ferry-redirect:{tag}"),
+            loadgen: format!("{prefix}/ferry-loadgen:{tag}"),
+            cassandra: std::env::var("FERRY_E2E_CASSANDRA_IMAGE").ok(),
+            pull_policy: "IfNotPresent".into(),
+        }
+    }
+}
+
+/// A failure injected during the run; the migration must still end `Ready`
+/// with every acknowledged write on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Delete the operator's pod while a source pod is being rolled.
+    OperatorKilledDuringRoll,
+    /// Delete the operator's pod while the backfill Job runs.
+    OperatorKilledDuringBackfill,
+    /// Delete one pod of the backfill Job while it copies.
+    BackfillPodKilled,
+    /// Scale the target to zero for this long once the backfill runs.
+    TargetDown(Duration),
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Namespace of the example clusters, the application and the migration.
+    pub namespace: String,
+    /// Whether to create the namespace labelled as a test namespace
+    /// (deleted by later runs when stale).
+    pub test_namespace: bool,
+    /// How long the migration may take to reach `Ready`.
+    pub timeout: Duration,
+    pub faults: Vec<Fault>,
+    /// Start Cassandra with the JVM options that skip gossip settling
+    /// (seconds instead of a minute per node; fine for test clusters).
+    pub fast_cassandra: bool,
+    /// Rows the application writes before the migration starts (history for
+    /// the backfill), at its normal rate plus a burst.
+    pub history_rows: u64,
+    /// After `Ready`: delete the migration and check that the sidecars go
+    /// and the data stays.
+    pub check_teardown: bool,
+    /// Print phase changes and steps as they happen.
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            namespace: "ferry-demo".into(),
+            test_namespace: false,
+            timeout: Duration::from_secs(1500),
+            faults: Vec::new(),
+            fast_cassandra: false,
+            history_rows: 2000,
+            check_teardown: true,
+            verbose: true,
+        }
+    }
+}
+
+/// The application's final tally (its last JSON line).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppTally {
+    pub issued: u64,
+    pub acked: u64,
+    pub write_failures: u64,
+    pub reads: u64,
+    pub read_failures: u64,
+    pub read_missing: u64,
+    #[serde(default)]
+    pub failed_ids: Vec<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// What the run saw; [`Outcome::problems`] lists what is wrong with it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Phases in the order the status recorded them, with seconds since the
+    /// migration was applied.
+    pub phases: Vec<(Phase, f64)>,
+    /// The final status.
+    pub status: Value,
+    /// The application's tally once it was stopped.
+    pub app: AppTally,
+    /// The most source pods seen not Ready at the same time during the roll.
+    pub max_source_pods_down: usize,
+    /// Acknowledged ids checked on the target, and how many were missing.
+    pub target_checked: u64,
+    pub target_missing: u64,
+    /// After teardown: acknowledged ids missing on the source (None: not checked).
+    pub source_missing_after_teardown: Option<u64>,
+    /// After teardown: source pods still carrying Ferry containers.
+    pub sidecars_left: Option<usize>,
+    /// Faults injected, with the phase they hit.
+    pub faults_injected: Vec<(Fault, Phase)>,
+    /// Seconds from `kubectl apply` of the migration to `Ready`.
+    pub seconds_to_ready: f64,
+    /// Seconds for the whole run (clusters included).
+    pub seconds_total: f64,
+}
+
+impl Outcome {
+    /// Every way this run falls short of a correct zero-downtime migration.
+    /// Empty means it passed.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let order: Vec<Phase> = self.phases.iter().map(|(p, _)| *p).collect();
+        let wanted = [
+            Phase::Pending,
+            Phase::Mirroring,
+            Phase::Backfilling,
+            Phase::Validating,
+            Phase::Ready,
+        ];
+        let mut next = 0;
+        for phase in &order {
+            if next < wanted.len() && *phase == wanted[next] {
+                next += 1;
+            }
+        }
+        if next < wanted.len() {
+            problems.push(format!(
+                "phases {order:?} do not go Pending → Mirroring → Backfilling → Validating → Ready"
+            ));
+        }
+        if order.contains(&Phase::Failed) {
+            problems.push(format!("the migration went through Failed: {order:?}"));
+        }
+        if self.max_source_pods_down > 1 {
+            problems.push(format!(
+                "{} source pods were down at once during the roll (quorum needs at most 1)",
+                self.max_source_pods_down
+            ));
+        }
+        let target_fault = self
+            .faults_injected
+            .iter()
+            .any(|(f, _)| matches!(f, Fault::TargetDown(_)));
+        // With the target down, a sync-mode proxy refuses writes it cannot
+        // mirror: those fail at the client and are not owed. Otherwise the
+        // application must not have seen a single failure.
+        if !target_fault && (self.app.write_failures > 0 || self.app.read_failures > 0) {
+            problems.push(format!(
+                "the application saw {} failed writes and {} failed reads at QUORUM (last error: {:?})",
+                self.app.write_failures, self.app.read_failures, self.app.last_error
+            ));
+        }
+        if self.app.read_missing > 0 {
+            problems.push(format!(
+                "the application read {} acknowledged rows back as missing",
+                self.app.read_missing
+            ));
+        }
+        if self.app.acked == 0 {
+            problems.push("the application acknowledged no write".into());
+        }
+        if self.target_missing > 0 || self.target_checked < self.app.acked {
+            problems.push(format!(
+                "{} of {} acknowledged writes are missing on the target (checked {})",
+                self.target_missing, self.app.acked, self.target_checked
+            ));
+        }
+        let validation = &self.status["validation"];
+        let unresolved = validation["unresolved"].as_i64().unwrap_or(-1);
+        if unresolved != 0 {
+            problems.push(format!(
+                "validation left {unresolved} unresolved differences: {validation}"
+            ));
+        }
+        if validation["rowsCompared"].as_i64().unwrap_or(0) == 0 {
+            problems.push("validation compared no row".into());
+        }
+        if self.status["backfill"]["rowsCopied"].as_i64().unwrap_or(0) == 0 {
+            problems.push("the backfill copied no row".into());
+        }
+        if let Some(missing) = self.source_missing_after_teardown {
+            if missing > 0 {
+                problems.push(format!(
+                    "{missing} acknowledged writes are missing on the source after teardown"
+                ));
+            }
+        }
+        if let Some(left) = self.sidecars_left {
+            if left > 0 {
+                problems.push(format!(
+                    "{left} source pods still run Ferry containers after the migration was deleted"
+                ));
+            }
+        }
+        problems
+    }
+
+    /// A few lines for people: phases with their durations, figures.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "migration Ready {:.0}s after kubectl apply ({:.0}s in all, clusters included)\n",
+            self.seconds_to_ready, self.seconds_total
+        ));
+        for (i, (phase, at)) in self.phases.iter().enumerate() {
+            let took = self
+                .phases
+                .get(i + 1)
+                .map(|(_, next)| format!("{:.0}s", next - at))
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!("  {phase:<12} at {at:>5.0}s  took {took}\n"));
+        }
+        let b = &self.status["backfill"];
+        out.push_str(&format!(
+            "backfill: {} rows, {} bytes, {} ranges, {} rows/s\n",
+            b["rowsCopied"], b["bytesCopied"], b["rangesDone"], b["rowsPerSecond"]
+        ));
+        let v = &self.status["validation"];
+        out.push_str(&format!(
+            "validation: {} rows compared, {} missing, {} extra, {} mismatched, {} repaired, {} unresolved\n",
+            v["rowsCompared"], v["missing"], v["extra"], v["mismatched"], v["repaired"], v["unresolved"]
+        ));
+        out.push_str(&format!(
+            "application: {} writes acknowledged, {} failed; {} reads, {} failed, {} missing\n",
+            self.app.acked,
+            self.app.write_failures,
+            self.app.reads,
+            self.app.read_failures,
+            self.app.read_missing
+        ));
+        out.push_str(&format!(
+            "target: {} acknowledged ids checked, {} missing; at most {} source pod down at once\n",
+            self.target_checked, self.target_missing, self.max_source_pods_down
+        ));
+        if let Some(missing) = self.source_missing_after_teardown {
+            out.push_str(&format!(
+                "teardown: sidecars left {}, acknowledged ids missing on the source {missing}\n",
+                self.sidecars_left.unwrap_or(0)
+            ));
+        }
+        for (fault, phase) in &self.faults_injected {
+            out.push_str(&format!("fault injected: {fault:?} during {phase}\n"));
+        }
+        out
+    }
+}
+
+/// Runs the migration. `Err` when a step could not be carried out at all;
+/// `Ok` with [`Outcome::problems`] to judge the result.
+pub async fn run(cluster: &Cluster, images: &Images, opts: &Options) -> anyhow::Result<Outcome> {
+    let run = Run {
+        cluster,
+        images,
+        opts,
+        client: crate::kube_client::client(&cluster.kubeconfig).await?,
+        started: Instant::now(),
+    };
+    run.go().await
+}
+
+struct Run<'a> {
+    cluster: &'a Cluster,
+    images: &'a Images,
+    opts: &'a Options,
+    client: Client,
+    started: Instant,
+}
+
+const MIGRATION: &str = "demo";
+const SOURCE_CONTACT: &str = "cassandra-0.cassandra:9042,cassandra-1.cassandra:9042";
+const TARGET_CONTACT: &str = "cassandra-target-0.cassandra-target:9042";
+const KEYSPACE: &str = "ferry_demo";
+const SOURCE_REPLICATION: &str = "{'class': 'NetworkTopologyStrategy', 'dc1': 3}";
+const TARGET_REPLICATION: &str = "{'class': 'NetworkTopologyStrategy', 'dc1': 1}";
+
+impl Run<'_> {
+    fn say(&self, what: impl std::fmt::Display) {
+        if self.opts.verbose {
+            eprintln!(
+                "[e2e {:>5.0}s] {what}",
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    async fn go(&self) -> anyhow::Result<Outcome> {
+        let ns = &self.opts.namespace;
+        self.install_ferry().await?;
+        self.create_namespace().await?;
+        self.say("starting the source (3 nodes) and target clusters");
+        for file in ["source-cluster.yaml", "target-cluster.yaml"] {
+            let docs = self.example(file)?;
+            self.apply(&docs).await?;
+        }
+        self.kubectl(&[
+            "rollout",
+            "status",
+            "statefulset/cassandra",
+            "--timeout=900s",
+        ])
+        .await?;
+        self.kubectl(&[
+            "rollout",
+            "status",
+            "statefulset/cassandra-target",
+            "--timeout=600s",
+        ])
+        .await?;
+
+        self.say("creating the schema on the target, then starting the application");
+        let schema = self
+            .run_loadgen(
+                "target-schema",
+                &[
+                    "--contact-points",
+                    TARGET_CONTACT,
+                    "--keyspace",
+                    KEYSPACE,
+                    "--replication",
+                    TARGET_REPLICATION,
+                    "--schema-only",
+                ],
+            )
+            .await?;
+        if !schema.0 {
+            bail!("creating the schema on the target failed: {}", schema.1);
+        }
+        let app = self.example("load-app.yaml")?;
+        self.apply(&app).await?;
+        self.kubectl(&["rollout", "status", "deployment/load-app", "--timeout=300s"])
+            .await?;
+        self.wait_for_history().await?;
+
+        self.say("applying the migration");
+        let migration = std::fs::read_to_string(examples_dir().join("cassandramigration.yaml"))?;
+        self.apply(&migration).await?;
+        let applied = Instant::now();
+        let watch = self.follow(applied).await?;
+        let seconds_to_ready = applied.elapsed().as_secs_f64();
+
+        self.say("stopping the application and checking its acknowledged writes on the target");
+        let app = self.stop_app().await?;
+        let skip = join_ids(&app.failed_ids);
+        let upto = app.issued.to_string();
+        let mut args = vec![
+            "--contact-points",
+            TARGET_CONTACT,
+            "--keyspace",
+            KEYSPACE,
+            "--replication",
+            TARGET_REPLICATION,
+            "--consistency",
+            "one",
+            "--verify-upto",
+            &upto,
+        ];
+        if !skip.is_empty() {
+            args.extend(["--skip-ids", &skip]);
+        }
+        let (_, line) = self.run_loadgen("verify-target", &args).await?;
+        let (target_checked, target_missing) = parse_verify(&line)?;
+
+        let api: Api<CassandraMigration> = Api::namespaced(self.client.clone(), ns);
+        let status = serde_json::to_value(
+            api.get(MIGRATION)
+                .await?
+                .status
+                .context("the migration has no status")?,
+        )?;
+
+        let (mut sidecars_left, mut source_missing) = (None, None);
+        if self.opts.check_teardown {
+            self.say("deleting the migration: the sidecars must go, the data must stay");
+            self.kubectl(&[
+                "delete",
+                "cassandramigration",
+                MIGRATION,
+                "--wait=true",
+                "--timeout=900s",
+            ])
+            .await?;
+            sidecars_left = Some(self.wait_sidecars_gone().await?);
+            let mut args = vec![
+                "--contact-points",
+                SOURCE_CONTACT,
+                "--keyspace",
+                KEYSPACE,
+                "--replication",
+                SOURCE_REPLICATION,
+                "--consistency",
+                "quorum",
+                "--verify-upto",
+                &upto,
+            ];
+            if !skip.is_empty() {
+                args.extend(["--skip-ids", &skip]);
+            }
+            let (_, line) = self.run_loadgen("verify-source", &args).await?;
+            source_missing = Some(parse_verify(&line)?.1);
+        }
+
+        Ok(Outcome {
+            phases: watch.phases,
+            status,
+            app,
+            max_source_pods_down: watch.max_down,
+            target_checked,
+            target_missing,
+            source_missing_after_teardown: source_missing,
+            sidecars_left,
+            faults_injected: watch.faults,
+            seconds_to_ready,
+            seconds_total: self.started.elapsed().as_secs_f64(),
+        })
+    }
+
+    async fn install_ferry(&self) -> anyhow::Result<()> {
+        self.say("installing Ferry with Helm");
+        let chart = testbed::repo_root().join("charts/ferry");
+        let (op_repo, op_tag) = split_image(&self.images.operator);
+        let (sc_repo, sc_tag) = split_image(&self.images.sidecar);
+        let sets = [
+            "image.registry=".to_string(),
+            format!("image.repository={op_repo}"),
+            format!("image.tag={op_tag}"),
+            format!("image.pullPolicy={}", self.images.pull_policy),
+            "sidecarImage.registry=".to_string(),
+            format!("sidecarImage.repository={sc_repo}"),
+            format!("sidecarImage.tag={sc_tag}"),
+            format!("redirectImage.reference={}", self.images.redirect),
+        ];
+        let mut args: Vec<String> = [
+            "upgrade",
+            "--install",
+            "ferry",
+            &chart.to_string_lossy(),
+            "--namespace",
+            "ferry-system",
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "5m",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for set in sets {
+            args.push("--set".into());
+            args.push(set);
+        }
+        let mut cmd = Command::new(&self.cluster.helm);
+        cmd.arg("--kubeconfig")
+            .arg(&self.cluster.kubeconfig)
+            .args(&args);
+        output(cmd, "helm upgrade --install ferry").await?;
+        Ok(())
+    }
+
+    async fn create_namespace(&self) -> anyhow::Result<()> {
+        let mut labels = json!({});
+        if self.opts.test_namespace {
+            labels[crate::kube_client::TEST_NAMESPACE_LABEL] = json!("true");
+        }
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": self.opts.namespace, "labels": labels}});
+        self.apply_global(&serde_json::to_string(&ns)?).await
+    }
+
+    /// An example manifest with the images and options of this run.
+    fn example(&self, file: &str) -> anyhow::Result<String> {
+        let path = examples_dir().join(file);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut out = String::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut value: Value = serde::Deserialize::deserialize(doc)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            if let Some(containers) = value
+                .pointer_mut("/spec/template/spec/containers")
+                .and_then(Value::as_array_mut)
+            {
+                for c in containers {
+                    self.localise_container(c);
+                }
+            }
+            out.push_str(&serde_json::to_string(&value)?);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    fn localise_container(&self, c: &mut Value) {
+        let image = c["image"].as_str().unwrap_or_default().to_string();
+        let replacement = if image.starts_with("cassandra:") {
+            self.images.cassandra.clone()
+        } else if image.contains("ferry-loadgen") {
+            Some(self.images.loadgen.clone())
+        } else {
+            None
+        };
+        if let Some(new) = replacement {
+            c["image"] = json!(new);
+            c["imagePullPolicy"] = json!(self.images.pull_policy);
+        }
+        if image.starts_with("cassandra:") && self.opts.fast_cassandra {
+            if let Some(env) = c["env"].as_array_mut() {
+                env.push(json!({"name": "JVM_EXTRA_OPTS", "value":
+                    "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=2000"}));
+            }
+        }
+    }
+
+    async fn apply(&self, manifests: &str) -> anyhow::Result<()> {
+        self.kubectl_stdin(&["apply", "-f", "-"], manifests).await
+    }
+
+    async fn apply_global(&self, manifests: &str) -> anyhow::Result<()> {
+        let mut cmd = self.kubectl_cmd();
+        cmd.args(["apply", "-f", "-"]);
+        with_stdin(cmd, manifests, "kubectl apply").await
+    }
+
+    fn kubectl_cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.cluster.kubectl);
+        cmd.arg("--kubeconfig").arg(&self.cluster.kubeconfig);
+        cmd
+    }
+
+    /// kubectl in the run's namespace; its stdout.
+    async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = self.kubectl_cmd();
+        cmd.args(["-n", &self.opts.namespace]).args(args);
+        output(cmd, &format!("kubectl {}", args.join(" "))).await
+    }
+
+    async fn kubectl_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<()> {
+        let mut cmd = self.kubectl_cmd();
+        cmd.args(["-n", &self.opts.namespace]).args(args);
+        with_stdin(cmd, input, &format!("kubectl {}", args.join(" "))).await
+    }
+
+    /// Runs the load generator once as a pod (schema, verify) and returns
+    /// whether it succeeded and its last output line.
+    async fn run_loadgen(&self, name: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {
+        let _ = self
+            .kubectl(&["delete", "pod", name, "--ignore-not-found", "--wait=true"])
+            .await;
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "ferry-e2e"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "loadgen", "image": self.images.loadgen,
+                    "imagePullPolicy": self.images.pull_policy, "args": args,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                        "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                        "capabilities": {"drop": ["ALL"]}}
+                }]
+            }
+        });
+        self.apply(&serde_json::to_string(&pod)?).await?;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let phase = loop {
+            let phase = api
+                .get(name)
+                .await?
+                .status
+                .and_then(|s| s.phase)
+                .unwrap_or_default();
+            if phase == "Succeeded" || phase == "Failed" {
+                break phase;
+            }
+            if Instant::now() > deadline {
+                bail!("pod {name} still {phase} after 300s");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let logs = self.kubectl(&["logs", name]).await.unwrap_or_default();
+        let last = logs.lines().last().unwrap_or_default().to_string();
+        Ok((phase == "Succeeded", last))
+    }
+
+    /// Waits until the application has written `history_rows` rows, so the
+    /// backfill has history to copy.
+    async fn wait_for_history(&self) -> anyhow::Result<()> {
+        self.say(format!(
+            "letting the application write {} rows of history",
+            self.opts.history_rows
+        ));
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let logs = self
+                .kubectl(&["logs", "deployment/load-app", "--tail=1"])
+                .await
+                .unwrap_or_default();
+            let acked = logs
+                .lines()
+                .last()
+                .and_then(|l| serde_json::from_str::<AppTally>(l).ok())
+                .map(|t| t.acked)
+                .unwrap_or(0);
+            if acked >= self.opts.history_rows {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the application acknowledged only {acked} writes in 600s");
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Follows the migration until `Ready` (or `Failed`, or the timeout),
+    /// watching the source pods and injecting the faults.
+    async fn follow(&self, applied: Instant) -> anyhow::Result<Watched> {
+        let ns = &self.opts.namespace;
+        let api: Api<CassandraMigration> = Api::namespaced(self.client.clone(), ns);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let operator_pods: Api<Pod> = Api::namespaced(self.client.clone(), "ferry-system");
+        let mut watched = Watched::default();
+        let mut pending_faults = self.opts.faults.clone();
+        let mut target_back_at: Option<Instant> = None;
+        let mut last_line = String::new();
+        let deadline = applied + self.opts.timeout;
+        loop {
+            let cm = api.get(MIGRATION).await?;
+            let status = cm.status.clone().unwrap_or_default();
+            let line = format!(
+                "{} {}",
+                status.phase,
+                status.progress.clone().unwrap_or_default()
+            );
+            if line != last_line {
+                self.say(format!("migration: {line}"));
+                last_line = line;
+            }
+            // Source pods down at once: of the StatefulSet's 3, how many are
+            // missing or not Ready right now.
+            let list = pods
+                .list(&ListParams::default().labels("app=cassandra"))
+                .await?;
+            let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+            watched.max_down = watched.max_down.max(3usize.saturating_sub(ready));
+
+            let rolling = status
+                .sidecars
+                .iter()
+                .any(|s| s.state == SidecarState::Rolling);
+            let mut fired = Vec::new();
+            for (i, fault) in pending_faults.iter().enumerate() {
+                let due = match fault {
+                    Fault::OperatorKilledDuringRoll => status.phase == Phase::Pending && rolling,
+                    Fault::OperatorKilledDuringBackfill
+                    | Fault::BackfillPodKilled
+                    | Fault::TargetDown(_) => status.phase == Phase::Backfilling,
+                };
+                if !due {
+                    continue;
+                }
+                let done = match fault {
+                    Fault::OperatorKilledDuringRoll | Fault::OperatorKilledDuringBackfill => {
+                        let ops = operator_pods
+                            .list(&ListParams::default().labels("app.kubernetes.io/name=ferry"))
+                            .await?;
+                        for p in &ops.items {
+                            let name = p.metadata.name.clone().unwrap_or_default();
+                            self.say(format!("fault: deleting operator pod {name}"));
+                            let mut cmd = self.kubectl_cmd();
+                            cmd.args([
+                                "-n",
+                                "ferry-system",
+                                "delete",
+                                "pod",
+                                &name,
+                                "--wait=false",
+                            ]);
+                            output(cmd, "kubectl delete pod").await?;
+                        }
+                        !ops.items.is_empty()
+                    }
+                    Fault::BackfillPodKilled => {
+                        let job = status
+                            .backfill
+                            .as_ref()
+                            .and_then(|b| b.job_name.clone())
+                            .unwrap_or_default();
+                        let running = pods
+                            .list(&ListParams::default().labels(&format!("job-name={job}")))
+                            .await?
+                            .items
+                            .into_iter()
+                            .find(|p| {
+                                p.status.as_ref().and_then(|s| s.phase.as_deref())
+                                    == Some("Running")
+                            });
+                        match running.and_then(|p| p.metadata.name) {
+                            Some(name) if !job.is_empty() => {
+                                self.say(format!("fault: deleting backfill pod {name}"));
+                                self.kubectl(&["delete", "pod", &name, "--wait=false"])
+                                    .await?;
+                                true
+                            }
+                            _ => false,
+                        }
+                    }
+                    Fault::TargetDown(for_how_long) => {
+                        self.say(format!(
+                            "fault: target down for {}s",
+                            for_how_long.as_secs()
+                        ));
+                        self.kubectl(&["scale", "statefulset/cassandra-target", "--replicas=0"])
+                            .await?;
+                        target_back_at = Some(Instant::now() + *for_how_long);
+                        true
+                    }
+                };
+                if done {
+                    fired.push(i);
+                    watched.faults.push((*fault, status.phase));
+                }
+            }
+            for i in fired.into_iter().rev() {
+                pending_faults.remove(i);
+            }
+            if target_back_at.is_some_and(|t| Instant::now() >= t) {
+                self.say("fault over: target scaled back to 1");
+                self.kubectl(&["scale", "statefulset/cassandra-target", "--replicas=1"])
+                    .await?;
+                target_back_at = None;
+            }
+
+            let ended = matches!(status.phase, Phase::Ready | Phase::Failed);
+            if ended || Instant::now() > deadline {
+                let base = status
+                    .phase_history
+                    .first()
+                    .map(|t| t.started_at.0.as_second() as f64)
+                    .unwrap_or(0.0);
+                watched.phases = status
+                    .phase_history
+                    .iter()
+                    .map(|t| (t.phase, t.started_at.0.as_second() as f64 - base))
+                    .collect();
+                if status.phase == Phase::Failed {
+                    let conditions = serde_json::to_string(&status.conditions)?;
+                    bail!("the migration failed: {conditions}");
+                }
+                if !ended {
+                    bail!(
+                        "the migration is still {} after {}s; phases so far {:?}",
+                        status.phase,
+                        self.opts.timeout.as_secs(),
+                        watched.phases
+                    );
+                }
+                if target_back_at.is_some() {
+                    self.kubectl(&["scale", "statefulset/cassandra-target", "--replicas=1"])
+                        .await?;
+                }
+                return Ok(watched);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Stops the application (SIGTERM through a scale to zero) and reads
+    /// the final tally it prints on the way out.
+    async fn stop_app(&self) -> anyhow::Result<AppTally> {
+        let pod = self
+            .kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                "app=load-app",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .await?;
+        let mut follow = self.kubectl_cmd();
+        follow
+            .args(["-n", &self.opts.namespace, "logs", "-f", pod.trim()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let follower = follow.spawn().context("kubectl logs -f")?;
+        self.kubectl(&["scale", "deployment/load-app", "--replicas=0"])
+            .await?;
+        let out = tokio::time::timeout(Duration::from_secs(120), follower.wait_with_output())
+            .await
+            .context("the application did not stop within 120s")??;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"final\":true"))
+            .context("the application printed no final tally")?;
+        serde_json::from_str(last).with_context(|| format!("parsing the final tally {last}"))
+    }
+
+    /// Waits until every source pod runs without Ferry's containers and is
+    /// Ready; returns how many still had them when the wait ended.
+    async fn wait_sidecars_gone(&self) -> anyhow::Result<usize> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let list = pods
+                .list(&ListParams::default().labels("app=cassandra"))
+                .await?;
+            let with_ferry = list.items.iter().filter(|p| has_ferry_container(p)).count();
+            let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+            if (with_ferry == 0 && ready == 3) || Instant::now() > deadline {
+                return Ok(with_ferry);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Watched {
+    phases: Vec<(Phase, f64)>,
+    max_down: usize,
+    faults: Vec<(Fault, Phase)>,
+}
+
+fn examples_dir() -> PathBuf {
+    testbed::repo_root().join("manifests/examples")
+}
+
+/// `registry/path:tag` → (`registry/path`, `tag`); a reference without a
+/// tag gets `latest`.
+fn split_image(reference: &str) -> (String, String) {
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+        _ => (reference.to_string(), "latest".to_string()),
+    }
+}
+
+fn join_ids(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// `{"checked":N,"missing":M,...}`, the verify mode's last line.
+fn parse_verify(line: &str) -> anyhow::Result<(u64, u64)> {
+    let v: Value = serde_json::from_str(line)
+        .with_context(|| format!("the verify pod printed {line:?}, not its JSON result"))?;
+    Ok((
+        v["checked"].as_u64().unwrap_or(0),
+        v["missing"].as_u64().unwrap_or(u64::MAX),
+    ))
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn has_ferry_container(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name.starts_with("ferry"))
+}
+
+async fn output(mut cmd: Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn with_stdin(mut cmd: Command, input: &str, what: &str) -> anyhow::Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {what}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_image_references() {
+        assert_eq!(
+            split_image("ferry.dev/ferry-operator:dev"),
+            ("ferry.dev/ferry-operator".into(), "dev".into())
+        );
+        assert_eq!(
+            split_image("localhost:5000/ferry-sidecar"),
+            ("localhost:5000/ferry-sidecar".into(), "latest".into())
+        );
+    }
+
+    #[test]
+    fn an_outcome_with_a_missing_write_or_a_skipped_phase_has_problems() {
+        let good = Outcome {
+            phases: vec![
+                (Phase::Pending, 0.0),
+                (Phase::Mirroring, 60.0),
+                (Phase::Backfilling, 65.0),
+                (Phase::Validating, 90.0),
+                (Phase::Ready, 120.0),
+            ],
+            status: json!({"validation": {"unresolved": 0, "rowsCompared": 10},
+                           "backfill": {"rowsCopied": 10}}),
+            app: AppTally {
+                issued: 10,
+                acked: 10,
+                ..Default::default()
+            },
+            max_source_pods_down: 1,
+            target_checked: 10,
+            target_missing: 0,
+            source_missing_after_teardown: Some(0),
+            sidecars_left: Some(0),
+            faults_injected: vec![],
+            seconds_to_ready: 120.0,
+            seconds_total: 300.0,
+        };
+        assert!(good.problems().is_empty(), "{:?}", good.problems());
+        let mut missing = good.clone();
+        missing.target_missing = 1;
+        assert_eq!(missing.problems().len(), 1);
+        let mut skipped = good.clone();
+        skipped.phases.remove(2);
+        assert_eq!(skipped.problems().len(), 1);
+        let mut two_down = good.clone();
+        two_down.max_source_pods_down = 2;
+        assert_eq!(two_down.problems().len(), 1);
+        let mut failures = good;
+        failures.app.write_failures = 3;
+        assert_eq!(failures.problems().len(), 1);
+    }
+}

@@ -1,0 +1,107 @@
+//! The whole migration on the local real node, as `make demo` runs it and
+//! as `e2e/kind.sh` runs it on kind: Helm install, the example clusters and
+//! application, the example migration to `Ready`, then the checks of
+//! `ferry_e2e::migration::Outcome::problems` (phases in order, at most one
+//! source pod down at once, no failed request at QUORUM, every acknowledged
+//! write on the target, zero unresolved differences, sidecars gone and the
+//! data kept after the migration is deleted).
+//!
+//! The runs are long (a 3-node Cassandra StatefulSet is started and rolled
+//! twice), so they share one test process and run one after the other.
+
+use std::time::Duration;
+
+use ferry_e2e::kube_client;
+use ferry_e2e::migration::{self, Cluster, Fault, Images, Options};
+use ferry_e2e::testbed;
+
+/// Builds the images (a no-op when cached) and brings the node up.
+fn prepare() {
+    testbed::node().expect("the local node comes up");
+    let build = testbed::repo_root().join("e2e/images/build.sh");
+    let status = std::process::Command::new("bash")
+        .arg(build)
+        .status()
+        .expect("running e2e/images/build.sh");
+    assert!(status.success(), "building the images failed");
+}
+
+/// One run at a time: each installs the same Helm release and starts four
+/// Cassandra JVMs.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Removes the Helm release at the end of a run, pass or fail: a Ferry left
+/// watching every namespace would reconcile the migrations of the operator
+/// tests, which run their own controller.
+struct Uninstall(Cluster);
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0.helm)
+            .arg("--kubeconfig")
+            .arg(&self.0.kubeconfig)
+            .args(["uninstall", "ferry", "-n", "ferry-system", "--wait"])
+            .status();
+    }
+}
+
+async fn migrate(prefix: &str, faults: Vec<Fault>) {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::local();
+    let _uninstall = Uninstall(cluster.clone());
+    let client = kube_client::client(&cluster.kubeconfig)
+        .await
+        .expect("client");
+    // A fresh, labelled namespace: stale ones are deleted by later runs.
+    let ns = kube_client::TestNamespace::create(&client, prefix)
+        .await
+        .expect("namespace");
+    let opts = Options {
+        namespace: ns.name.clone(),
+        test_namespace: true,
+        timeout: Duration::from_secs(1500),
+        faults,
+        fast_cassandra: true,
+        history_rows: 1000,
+        check_teardown: true,
+        verbose: true,
+    };
+    let outcome = migration::run(&cluster, &Images::local(), &opts)
+        .await
+        .unwrap_or_else(|e| panic!("the migration in {} did not complete: {e:#}", ns.name));
+    eprintln!("{}", outcome.summary());
+    let problems = outcome.problems();
+    assert!(problems.is_empty(), "problems: {problems:#?}");
+    for fault in &opts.faults {
+        assert!(
+            outcome.faults_injected.iter().any(|(f, _)| f == fault),
+            "fault {fault:?} was never injected: {:?}",
+            outcome.faults_injected
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_migration_reaches_ready_with_every_write_on_the_target() {
+    prepare();
+    migrate("ferry-mig", Vec::new()).await;
+}
+
+/// The fault cases of the real-node issue in one run: the operator killed
+/// mid-roll and mid-backfill, a backfill pod killed, the target down for a
+/// minute. Long; `make e2e` runs it (`cargo test -- --ignored`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "about 20 minutes; run by make e2e"]
+async fn a_migration_survives_operator_backfill_and_target_failures() {
+    prepare();
+    migrate(
+        "ferry-mig-faults",
+        vec![
+            Fault::OperatorKilledDuringRoll,
+            Fault::OperatorKilledDuringBackfill,
+            Fault::BackfillPodKilled,
+            Fault::TargetDown(Duration::from_secs(60)),
+        ],
+    )
+    .await;
+}

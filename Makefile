@@ -49,9 +49,14 @@ test: testbed lint ## every test, against the real test bed
 	cargo test --workspace --locked --no-fail-fast
 
 .PHONY: demo
-demo: testbed ## the main job: install the CRD and the example migration, then show it
-	cargo build -q -p ferry-operator --locked
-	$(KUBECTL) apply --server-side -f crds/
-	$(KUBECTL) wait --for condition=established --timeout=60s crd/cassandramigrations.ferry.dev
-	$(KUBECTL) apply --server-side -f manifests/examples/cassandramigration.yaml
-	$(KUBECTL) get cassandramigrations -o wide
+demo: deps ## the main job: a whole live migration on the local real node, with a summary
+	bash e2e/demo.sh
+
+.PHONY: demo-clean
+demo-clean: ## remove the demo's migration, clusters and Ferry release
+	bash e2e/demo.sh --clean
+
+.PHONY: e2e
+e2e: deps ## the end-to-end migration tests, the long fault cases included
+	bash e2e/testbed/up.sh --no-cassandra --node
+	cargo test -p ferry-e2e --locked --test migration -- --include-ignored --test-threads=1

@@ -946,7 +946,21 @@ async fn follow_validation(step: &mut Step<'_>, pods: &[Pod]) -> Result<Action> 
                     generation,
                     &step.now,
                 );
-                step.fail("Mismatches", format!("validation found {differences} differing rows (repaired {repaired}); set validation.repair or fix and re-run")).await;
+                // Say what the user can do: turn repair on, or find out why
+                // repaired rows keep differing (the examples name them).
+                let why = if step.cm.spec.validation.repair {
+                    format!(
+                        "validation {attempt} still found {differences} differing rows after repairing; \
+                         they keep diverging (status.validation.examples names some; a non-deterministic \
+                         function in a prepared write is one cause, see docs/proxy.md)"
+                    )
+                } else {
+                    format!(
+                        "validation found {differences} differing rows; set validation.repair: true \
+                         to repair them, or fix them and re-run"
+                    )
+                };
+                step.fail("Mismatches", why).await;
                 Ok(Action::requeue(Duration::from_secs(120)))
             }
         }

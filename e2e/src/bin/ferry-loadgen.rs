@@ -228,10 +228,15 @@ async fn main() -> anyhow::Result<()> {
         ))
         .await?;
     insert.set_consistency(cl);
+    // Both statements are idempotent (an insert of fixed values, a read), and
+    // saying so lets the driver retry them on another node when one is
+    // restarting, as it is during any rolling restart (Ferry's roll included).
+    insert.set_is_idempotent(true);
     let mut select = session
         .prepare(format!("SELECT payload FROM {ks}.events WHERE id = ?"))
         .await?;
     select.set_consistency(cl);
+    select.set_is_idempotent(true);
 
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));

@@ -667,10 +667,37 @@ async fn now_and_uuid_get_the_same_value_on_both_sides() {
             .await
             .expect("insert with server-side functions");
     }
+    // Prepared: the proxy turns the calls into markers it fills, and the
+    // driver sees only the statement's own marker (one value to bind).
+    let prepared = client
+        .prepare(format!(
+            "INSERT INTO {ks}.ev (k, t, u, ts) VALUES (?, now(), uuid(), toTimestamp(now()))"
+        ))
+        .await
+        .expect("prepare with server-side functions");
+    assert_eq!(
+        prepared.get_variable_col_specs().len(),
+        1,
+        "the proxy's markers must be hidden from the driver"
+    );
+    for k in 5..10 {
+        client
+            .execute_unpaged(&prepared, (k,))
+            .await
+            .expect("execute with server-side functions");
+    }
+    // The same prepared statement inside a BATCH.
+    let mut batch = scylla::statement::batch::Batch::default();
+    batch.append_statement(prepared.clone());
+    batch.append_statement(prepared.clone());
+    client
+        .batch(&batch, ((10,), (11,)))
+        .await
+        .expect("batch of prepared statements with server-side functions");
     let q = format!("SELECT k, t, u, ts FROM {ks}.ev");
     let on_source = rows_text(&bed.source, &q).await;
     let on_target = rows_text(&bed.target, &q).await;
-    assert_eq!(on_source.len(), 5);
+    assert_eq!(on_source.len(), 12);
     assert_eq!(
         on_source, on_target,
         "generated values must match on both sides"
@@ -679,7 +706,7 @@ async fn now_and_uuid_get_the_same_value_on_both_sides() {
         proxy
             .metric("ferry_proxy_policy_writes_total{kind=\"replaced\"}")
             .await
-            >= 15.0
+            >= 36.0
     );
     drop(client);
     proxy.stop().await.expect("stop");

@@ -54,7 +54,7 @@ pub struct WriteTraits {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Token<'a> {
+pub(crate) enum Token<'a> {
     Word(&'a str),
     Quoted(&'a str),
     Str,
@@ -67,7 +67,7 @@ fn tokenize(text: &str) -> Vec<Token<'_>> {
 }
 
 /// Tokens with the byte offset where each starts.
-fn tokenize_spans(text: &str) -> Vec<(Token<'_>, usize)> {
+pub(crate) fn tokenize_spans(text: &str) -> Vec<(Token<'_>, usize)> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -341,6 +341,12 @@ fn format_uuid(hi: u64, lo: u64) -> String {
 
 /// A version-1 (time-based) UUID for `micros` since the Unix epoch.
 pub fn timeuuid(micros: i64) -> String {
+    let (hi, lo) = timeuuid_parts(micros);
+    format_uuid(hi, lo)
+}
+
+/// A version-1 UUID for `micros` as its two big-endian halves.
+pub fn timeuuid_parts(micros: i64) -> (u64, u64) {
     // 100 ns intervals since 1582-10-15.
     let ts = (micros.max(0) as u64) * 10 + 0x01B2_1DD2_1381_4000;
     let time_low = ts & 0xFFFF_FFFF;
@@ -350,14 +356,20 @@ pub fn timeuuid(micros: i64) -> String {
     let r = random_u64();
     let clock_seq = ((r >> 48) & 0x3FFF) | 0x8000;
     let node = (r & 0xFFFF_FFFF_FFFF) | 0x0100_0000_0000;
-    format_uuid(hi, clock_seq << 48 | node)
+    (hi, clock_seq << 48 | node)
 }
 
 /// A random (version 4) UUID.
 pub fn random_uuid() -> String {
+    let (hi, lo) = random_uuid_parts();
+    format_uuid(hi, lo)
+}
+
+/// A random (version 4) UUID as its two big-endian halves.
+pub fn random_uuid_parts() -> (u64, u64) {
     let hi = (random_u64() & !0xF000) | 0x4000;
     let lo = (random_u64() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-    format_uuid(hi, lo)
+    (hi, lo)
 }
 
 #[cfg(test)]

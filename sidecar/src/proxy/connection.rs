@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, warn, Instrument};
 
+use super::bound::{bind_nondeterministic, splice_values, strip_bind_metadata, BoundFunction};
 use super::classify::{
     classify, replace_nondeterministic, StatementClass, SystemTable, WriteTraits,
 };
@@ -27,7 +28,8 @@ use super::peers::{rewrite_event, rewrite_rows};
 use super::prepared::{parse_prepared_result, PreparedStatement, COUNTER_TYPE};
 use super::request::{
     next_timestamp_micros, param_flags, parse_batch, parse_execute, parse_prepare, parse_query,
-    with_timestamp, BatchChild, ParamsLayout, COUNTER_BATCH,
+    replace_ranges, with_timestamp, with_values, BatchChild, ParamsLayout, RangeEdit,
+    COUNTER_BATCH,
 };
 use super::tls::{BoxRead, BoxWrite};
 use super::upstream::{Credentials, Handshake};
@@ -47,6 +49,8 @@ enum Pending {
     Prepare {
         query: String,
         keyspace: Option<String>,
+        /// Calls turned into markers the proxy fills (hidden from the client).
+        bound: Vec<BoundFunction>,
     },
 }
 
@@ -327,6 +331,23 @@ impl Session {
         .await
     }
 
+    /// Answers a request the proxy cannot carry out as sent with an Invalid
+    /// error (the client's fault, not the protocol's).
+    async fn invalid(&self, frame: &Frame, message: &str) -> Result<(), SessionError> {
+        self.ctx
+            .metrics
+            .client_errors
+            .with_label_values(&["invalid_request"])
+            .inc();
+        self.reply(Frame::error(
+            frame.version,
+            frame.stream,
+            error_code::INVALID,
+            message,
+        ))
+        .await
+    }
+
     async fn on_client_frame(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
         self.version.store(frame.version, Ordering::Relaxed);
         match frame.opcode {
@@ -429,12 +450,33 @@ impl Session {
         self.route(frame, class, params, Vec::new(), false).await
     }
 
-    async fn on_prepare(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
-        let (query, keyspace) = match parse_prepare(&frame) {
+    async fn on_prepare(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
+        let (mut query, keyspace) = match parse_prepare(&frame) {
             Ok(p) => (p.query.to_owned(), p.keyspace.or_else(|| self.keyspace())),
             Err(e) => return self.malformed(&frame, e).await,
         };
-        self.set_pending(frame.stream, Pending::Prepare { query, keyspace });
+        // now()/uuid()/currentTimestamp() in a write become bind markers the
+        // proxy fills at each EXECUTE, so source and target store the same
+        // value (bound.rs). Done in every mode: the mode can change while
+        // the statement lives in the driver's cache.
+        let mut bound = Vec::new();
+        if matches!(classify(&query), StatementClass::Write(w) if w.nondeterministic.is_some()) {
+            if let Some((text, calls)) = bind_nondeterministic(&query) {
+                if let Some(body) = replace_query_text(&frame, &text) {
+                    frame.body = body;
+                    query = text;
+                    bound = calls;
+                }
+            }
+        }
+        self.set_pending(
+            frame.stream,
+            Pending::Prepare {
+                query,
+                keyspace,
+                bound,
+            },
+        );
         self.count("prepare", "source");
         self.forward(frame).await
     }
@@ -459,13 +501,36 @@ impl Session {
     }
 
     async fn on_execute(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
-        let (id, params) = match parse_execute(&frame) {
+        let (id, mut params) = match parse_execute(&frame) {
             Ok(e) => (Bytes::copy_from_slice(e.id), e.params),
             Err(e) => return self.malformed(&frame, e).await,
         };
         let Some(stmt) = self.ctx.prepared.get(&id) else {
             return self.unprepared(&frame, &id).await;
         };
+        if !stmt.bound.is_empty() {
+            if params.flags & param_flags::NAMES_FOR_VALUES != 0 {
+                return self
+                    .invalid(
+                        &frame,
+                        "ferry proxy: this statement's now()/uuid() calls are filled by the proxy \
+                         as positional values; execute it with positional values, not named ones",
+                    )
+                    .await;
+            }
+            let section = params.values.map(|(s, e)| &frame.body[s..e]);
+            match splice_values(section, &stmt.bound, next_timestamp_micros()) {
+                Ok(values) => {
+                    frame.body = with_values(&frame.body, &params, &values);
+                    self.count_bound(&stmt.bound);
+                }
+                Err(e) => return self.malformed(&frame, e).await,
+            }
+            params = match parse_execute(&frame) {
+                Ok(e) => e.params,
+                Err(e) => return self.malformed(&frame, e).await,
+            };
+        }
         let mut class = stmt.class.clone();
         if let StatementClass::Write(w) = &mut class {
             w.counter |= stmt.counter;
@@ -485,7 +550,19 @@ impl Session {
             .await
     }
 
-    async fn on_batch(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
+    async fn on_batch(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
+        // Children prepared with proxy-filled markers get their values first.
+        let edits = match parse_batch(&frame) {
+            Ok(batch) => self.bound_batch_values(&batch, &frame.body),
+            Err(e) => return self.malformed(&frame, e).await,
+        };
+        match edits {
+            Ok(edits) if !edits.is_empty() => {
+                frame.body = replace_ranges(&frame.body, &edits);
+            }
+            Ok(_) => {}
+            Err(e) => return self.malformed(&frame, e).await,
+        }
         let session_ks = self.keyspace();
         let outcome = match parse_batch(&frame) {
             Ok(batch) => self.batch_plan(&batch, session_ks),
@@ -504,6 +581,40 @@ impl Session {
                 .await
             }
         }
+    }
+
+    /// New values sections for the BATCH children whose statements have
+    /// proxy-filled markers, as (byte range, section) edits in order.
+    fn bound_batch_values(
+        &self,
+        batch: &super::request::BatchRequest<'_>,
+        body: &[u8],
+    ) -> Result<Vec<RangeEdit>, WireError> {
+        let mut edits = Vec::new();
+        let micros = next_timestamp_micros();
+        for child in &batch.children {
+            let BatchChild::Prepared { id, values, .. } = child else {
+                continue;
+            };
+            let Some(stmt) = self.ctx.prepared.get(id) else {
+                continue; // batch_plan answers UNPREPARED
+            };
+            if stmt.bound.is_empty() {
+                continue;
+            }
+            let section = body.get(values.0..values.1);
+            edits.push((*values, splice_values(section, &stmt.bound, micros)?));
+            self.count_bound(&stmt.bound);
+        }
+        Ok(edits)
+    }
+
+    fn count_bound(&self, bound: &[BoundFunction]) {
+        self.ctx
+            .metrics
+            .policy_writes
+            .with_label_values(&["replaced"])
+            .inc_by(bound.len() as u64);
     }
 
     /// What a BATCH writes: combined traits, whether any child is mirrored,
@@ -1090,8 +1201,23 @@ impl Session {
                     }
                 }
             }
-            Some(Pending::Prepare { query, keyspace }) => {
-                self.record_prepared(&frame, &query, keyspace)
+            Some(Pending::Prepare {
+                query,
+                keyspace,
+                bound,
+            }) => {
+                if !bound.is_empty() {
+                    // The client sees the statement it wrote: without the
+                    // markers the proxy fills.
+                    let positions: Vec<usize> = bound.iter().map(|b| b.position).collect();
+                    match strip_bind_metadata(frame.flags, &frame.body, frame.version, &positions) {
+                        Ok(body) => frame.body = body,
+                        Err(e) => {
+                            warn!(error = %e, "cannot read a PREPARED result; forwarded as is")
+                        }
+                    }
+                }
+                self.record_prepared(&frame, &query, keyspace, bound)
             }
         }
         Some(match switch {
@@ -1101,7 +1227,13 @@ impl Session {
         })
     }
 
-    fn record_prepared(self: &Arc<Self>, frame: &Frame, query: &str, keyspace: Option<String>) {
+    fn record_prepared(
+        self: &Arc<Self>,
+        frame: &Frame,
+        query: &str,
+        keyspace: Option<String>,
+        bound: Vec<BoundFunction>,
+    ) {
         let Ok(Some(result)) = parse_prepared_result(frame.flags, &frame.body, frame.version)
         else {
             return;
@@ -1109,7 +1241,7 @@ impl Session {
         let counter = result.bind_types.contains(&COUNTER_TYPE);
         let stmt = self.ctx.prepared.insert(
             result.id.clone(),
-            PreparedStatement::new(query, keyspace, classify(query), counter),
+            PreparedStatement::new(query, keyspace, classify(query), counter).with_bound(bound),
         );
         self.ctx
             .metrics

@@ -70,6 +70,7 @@ pub mod opcode {
 pub mod error_code {
     pub const SERVER_ERROR: i32 = 0x0000;
     pub const PROTOCOL_ERROR: i32 = 0x000A;
+    pub const INVALID: i32 = 0x2200;
     pub const UNPREPARED: i32 = 0x2500;
 }
 

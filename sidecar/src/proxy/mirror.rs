@@ -242,7 +242,9 @@ fn rewrite_ids(req: &MirrorRequest, ids: &[(Bytes, TargetPrepared)]) -> Result<B
                 .children
                 .iter()
                 .filter_map(|c| match c {
-                    BatchChild::Prepared { id, range } => lookup(id).map(|t| (*range, &t.id[..])),
+                    BatchChild::Prepared { id, range, .. } => {
+                        lookup(id).map(|t| (*range, &t.id[..]))
+                    }
                     BatchChild::Query(_) => None,
                 })
                 .collect();

@@ -11,6 +11,7 @@
 //! maps statement ids, `admin`/`metrics` are for operators.
 
 pub mod admin;
+pub mod bound;
 pub mod classify;
 pub mod codec;
 pub mod compression;

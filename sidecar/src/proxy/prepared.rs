@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::bound::BoundFunction;
 use super::classify::StatementClass;
 use super::peers::response_body_start;
 use super::wire::{Reader, WireError};
@@ -29,6 +30,9 @@ pub struct PreparedStatement {
     pub class: StatementClass,
     /// Some bind variable is a counter: a counter update.
     pub counter: bool,
+    /// Non-deterministic calls the proxy turned into bind markers it fills
+    /// at each execution (bound.rs); `query` is the rewritten text.
+    pub bound: Vec<BoundFunction>,
     target: Mutex<Option<TargetPrepared>>,
 }
 
@@ -44,8 +48,15 @@ impl PreparedStatement {
             keyspace,
             class,
             counter,
+            bound: Vec::new(),
             target: Mutex::new(None),
         }
+    }
+
+    /// The same statement with markers the proxy fills.
+    pub fn with_bound(mut self, bound: Vec<BoundFunction>) -> Self {
+        self.bound = bound;
+        self
     }
 
     pub fn target(&self) -> Option<TargetPrepared> {
@@ -205,7 +216,11 @@ pub fn parse_prepared_result(
     }))
 }
 
-fn skip_type_rest(r: &mut Reader<'_>, type_id: u16, depth: u32) -> Result<(), WireError> {
+pub(crate) fn skip_type_rest(
+    r: &mut Reader<'_>,
+    type_id: u16,
+    depth: u32,
+) -> Result<(), WireError> {
     if depth > 64 {
         return Err(WireError::Truncated {
             offset: r.position(),

@@ -31,6 +31,8 @@ pub struct ParamsLayout {
     pub timestamp_at: usize,
     /// v5 per-request keyspace.
     pub keyspace: Option<String>,
+    /// Byte range of the `[short n][value]*` section, when the values flag is set.
+    pub values: Option<(usize, usize)>,
 }
 
 impl ParamsLayout {
@@ -62,7 +64,9 @@ fn read_flags(r: &mut Reader<'_>, version: u8) -> Result<(usize, bool, u32), Wir
 fn parse_params(r: &mut Reader<'_>, version: u8) -> Result<ParamsLayout, WireError> {
     r.u16()?; // consistency
     let (flags_at, flags_wide, f) = read_flags(r, version)?;
+    let mut values = None;
     if f & param_flags::VALUES != 0 {
+        let start = r.position();
         let n = r.u16()?;
         for _ in 0..n {
             if f & param_flags::NAMES_FOR_VALUES != 0 {
@@ -70,6 +74,7 @@ fn parse_params(r: &mut Reader<'_>, version: u8) -> Result<ParamsLayout, WireErr
             }
             r.bytes()?;
         }
+        values = Some((start, r.position()));
     }
     if f & param_flags::PAGE_SIZE != 0 {
         r.i32()?;
@@ -96,6 +101,7 @@ fn parse_params(r: &mut Reader<'_>, version: u8) -> Result<ParamsLayout, WireErr
         flags: f,
         timestamp_at,
         keyspace,
+        values,
     })
 }
 
@@ -176,6 +182,8 @@ pub enum BatchChild<'a> {
         id: &'a [u8],
         /// Byte range of the `[short bytes]` id.
         range: (usize, usize),
+        /// Byte range of the child's `[short n][value]*` section.
+        values: (usize, usize),
     },
 }
 
@@ -197,20 +205,28 @@ pub fn parse_batch(frame: &Frame) -> Result<BatchRequest<'_>, WireError> {
     let n = r.u16()?;
     let mut children = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        match r.u8()? {
-            0 => children.push(BatchChild::Query(r.long_string()?)),
+        let prepared = match r.u8()? {
+            0 => {
+                children.push(BatchChild::Query(r.long_string()?));
+                None
+            }
             _ => {
                 let s = r.position();
                 let id = r.short_bytes()?;
-                children.push(BatchChild::Prepared {
-                    id,
-                    range: (s, r.position()),
-                });
+                Some((id, (s, r.position())))
             }
-        }
+        };
+        let values_at = r.position();
         let values = r.u16()?;
         for _ in 0..values {
             r.bytes()?;
+        }
+        if let Some((id, range)) = prepared {
+            children.push(BatchChild::Prepared {
+                id,
+                range,
+                values: (values_at, r.position()),
+            });
         }
     }
     r.u16()?; // consistency
@@ -237,6 +253,7 @@ pub fn parse_batch(frame: &Frame) -> Result<BatchRequest<'_>, WireError> {
             flags: f,
             timestamp_at,
             keyspace,
+            values: None,
         },
     })
 }
@@ -257,6 +274,51 @@ pub fn with_timestamp(body: &[u8], layout: &ParamsLayout, micros: i64) -> Bytes 
     out.put_slice(&body[flags_end..layout.timestamp_at]);
     out.put_i64(micros);
     out.put_slice(&body[layout.timestamp_at..]);
+    out.freeze()
+}
+
+/// Returns `body` with its values section replaced by `section` (a
+/// `[short n][value]*`), setting the values flag when it was not set.
+pub fn with_values(body: &[u8], layout: &ParamsLayout, section: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + section.len());
+    match layout.values {
+        Some((start, end)) => {
+            out.put_slice(&body[..start]);
+            out.put_slice(section);
+            out.put_slice(&body[end..]);
+        }
+        None => {
+            let new_flags = layout.flags | param_flags::VALUES;
+            out.put_slice(&body[..layout.flags_at]);
+            let flags_end = if layout.flags_wide {
+                out.put_u32(new_flags);
+                layout.flags_at + 4
+            } else {
+                out.put_u8(new_flags as u8);
+                layout.flags_at + 1
+            };
+            out.put_slice(section);
+            out.put_slice(&body[flags_end..]);
+        }
+    }
+    out.freeze()
+}
+
+/// A byte range of a body and what replaces it.
+pub type RangeEdit = ((usize, usize), Bytes);
+
+/// Returns `body` with the given byte ranges replaced, in order. Ranges
+/// must be sorted and non-overlapping.
+pub fn replace_ranges(body: &[u8], edits: &[RangeEdit]) -> Bytes {
+    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = BytesMut::with_capacity(body.len() + extra);
+    let mut at = 0;
+    for ((start, end), bytes) in edits {
+        out.put_slice(&body[at..*start]);
+        out.put_slice(bytes);
+        at = *end;
+    }
+    out.put_slice(&body[at..]);
     out.freeze()
 }
 
@@ -376,7 +438,7 @@ pub(crate) mod tests {
         let frame = Frame::request(4, 1, opcode::BATCH, body.clone());
         let batch = parse_batch(&frame).unwrap();
         assert_eq!(batch.children.len(), 2);
-        let BatchChild::Prepared { id, range } = batch.children[1].clone() else {
+        let BatchChild::Prepared { id, range, .. } = batch.children[1].clone() else {
             panic!("second child should be prepared");
         };
         assert_eq!(id, &[0xAB, 0xCD]);

@@ -1,0 +1,394 @@
+//! Non-deterministic functions in prepared writes, made deterministic.
+//!
+//! `INSERT ... VALUES (?, now())` prepared and executed through the proxy
+//! would be evaluated by each cluster on its own: the source and the target
+//! would store different timeuuids, and since both cells carry the same
+//! WRITETIME no repair could make them agree (at equal timestamps Cassandra
+//! keeps the larger value). So, as for QUERY texts, the proxy chooses the
+//! value itself: at PREPARE it turns each `now()`, `currentTimeUUID()`,
+//! `uuid()` and `currentTimestamp()` into a typed bind marker (`(timeuuid)?`
+//! ...), hides those markers from the client in the PREPARED result, and at
+//! EXECUTE (and in BATCH children) inserts the value it generated, the same
+//! bytes for source and target.
+//!
+//! Statements with named bind markers (`:name`) are left as they are: a
+//! statement cannot mix named and positional markers. They stay counted by
+//! the detection metric, as before.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::classify::{random_uuid_parts, timeuuid_parts, tokenize_spans, Token};
+use super::peers::response_body_start;
+use super::prepared::skip_type_rest;
+use super::wire::{Reader, WireError};
+
+/// The value a bound function stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundKind {
+    /// `now()`, `currentTimeUUID()`: a version-1 timeuuid.
+    TimeUuid,
+    /// `uuid()`: a random version-4 uuid.
+    Uuid,
+    /// `currentTimestamp()`: milliseconds since the epoch.
+    Timestamp,
+}
+
+impl BoundKind {
+    /// The metric label of the function (as the detection metric names it).
+    pub fn function(self) -> &'static str {
+        match self {
+            BoundKind::TimeUuid => "now",
+            BoundKind::Uuid => "uuid",
+            BoundKind::Timestamp => "currenttimestamp",
+        }
+    }
+
+    /// The value's bytes for `micros` since the epoch.
+    pub fn value(self, micros: i64) -> Vec<u8> {
+        match self {
+            BoundKind::TimeUuid => uuid_bytes(timeuuid_parts(micros)),
+            BoundKind::Uuid => uuid_bytes(random_uuid_parts()),
+            BoundKind::Timestamp => (micros / 1000).to_be_bytes().to_vec(),
+        }
+    }
+}
+
+fn uuid_bytes((hi, lo): (u64, u64)) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&hi.to_be_bytes());
+    v.extend_from_slice(&lo.to_be_bytes());
+    v
+}
+
+/// One function turned into a bind marker: its index among all the
+/// statement's markers, and what it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundFunction {
+    pub position: usize,
+    pub kind: BoundKind,
+}
+
+/// Rewrites a statement's text, turning each non-deterministic call into a
+/// typed positional bind marker. `None` when there is none, or when the
+/// statement uses named markers (or any `:`), which cannot be mixed with
+/// positional ones.
+pub fn bind_nondeterministic(text: &str) -> Option<(String, Vec<BoundFunction>)> {
+    let toks = tokenize_spans(text);
+    if toks.iter().any(|(t, _)| matches!(t, Token::Punct(':'))) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut copied = 0;
+    let mut bound = Vec::new();
+    let mut markers = 0;
+    let mut i = 0;
+    while i < toks.len() {
+        match toks[i] {
+            (Token::Punct('?'), _) => {
+                markers += 1;
+                i += 1;
+            }
+            (Token::Word(name), start)
+                if i + 2 < toks.len()
+                    && matches!(toks[i + 1].0, Token::Punct('('))
+                    && matches!(toks[i + 2].0, Token::Punct(')')) =>
+            {
+                let kind = match name.to_ascii_lowercase().as_str() {
+                    "now" | "currenttimeuuid" => Some((BoundKind::TimeUuid, "(timeuuid)?")),
+                    "uuid" => Some((BoundKind::Uuid, "(uuid)?")),
+                    "currenttimestamp" => Some((BoundKind::Timestamp, "(timestamp)?")),
+                    _ => None,
+                };
+                match kind {
+                    Some((kind, marker)) => {
+                        out.push_str(&text[copied..start]);
+                        out.push_str(marker);
+                        copied = toks[i + 2].1 + 1;
+                        bound.push(BoundFunction {
+                            position: markers,
+                            kind,
+                        });
+                        markers += 1;
+                        i += 3;
+                    }
+                    None => i += 1,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    if bound.is_empty() {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some((out, bound))
+}
+
+/// Returns a `[short n][bytes]*n` values section with the bound values
+/// inserted at their positions. `section` is `None` when the request had
+/// no values (the statement's only markers are the proxy's).
+pub fn splice_values(
+    section: Option<&[u8]>,
+    bound: &[BoundFunction],
+    micros: i64,
+) -> Result<Bytes, WireError> {
+    let mut client_values: Vec<&[u8]> = Vec::new();
+    if let Some(section) = section {
+        let mut r = Reader::new(section);
+        let n = r.u16()?;
+        for _ in 0..n {
+            let start = r.position();
+            r.bytes()?;
+            client_values.push(&section[start..r.position()]);
+        }
+    }
+    let mut values = BytesMut::with_capacity(section.map_or(0, <[u8]>::len) + bound.len() * 20);
+    let mut count: u16 = 0;
+    let mut client = client_values.into_iter().peekable();
+    let mut pending = bound.iter().peekable();
+    let mut position = 0;
+    // The client's values fill the positions the proxy's do not; a client
+    // that sent too few still gets every generated value, and the source
+    // reports the count mismatch as it would without the proxy.
+    while client.peek().is_some() || pending.peek().is_some() {
+        match pending.peek() {
+            Some(b) if b.position == position || client.peek().is_none() => {
+                let value = b.kind.value(micros);
+                values.put_i32(value.len() as i32);
+                values.put_slice(&value);
+                pending.next();
+            }
+            _ => {
+                if let Some(v) = client.next() {
+                    values.put_slice(v);
+                }
+            }
+        }
+        position += 1;
+        count = count.checked_add(1).ok_or(WireError::NegativeLength {
+            offset: 0,
+            length: i64::from(u16::MAX) + 1,
+        })?;
+    }
+    let mut out = BytesMut::with_capacity(values.len() + 2);
+    out.put_u16(count);
+    out.put_slice(&values);
+    Ok(out.freeze())
+}
+
+/// A PREPARED result (RESULT kind 4) with the bind variables at `positions`
+/// removed from its metadata, so the client sees the statement it wrote.
+/// The partition-key indices are renumbered; when a partition-key column is
+/// itself bound to a function, the indices are dropped (the driver then
+/// routes without a token, which only costs a hop).
+pub fn strip_bind_metadata(
+    frame_flags: u8,
+    body: &Bytes,
+    version: u8,
+    positions: &[usize],
+) -> Result<Bytes, WireError> {
+    let start = response_body_start(frame_flags, body)?;
+    let mut r = Reader::new(body);
+    r.skip(start)?;
+    if r.i32()? != 4 {
+        return Ok(body.clone());
+    }
+    r.short_bytes()?; // id
+    if version >= 5 {
+        r.short_bytes()?; // result metadata id
+    }
+    let metadata_at = r.position();
+    let flags = r.i32()?;
+    let columns = usize::try_from(r.i32()?).unwrap_or(0).min(65_535);
+    let mut pk = Vec::new();
+    if version >= 4 {
+        let n = usize::try_from(r.i32()?).unwrap_or(0).min(65_535);
+        for _ in 0..n {
+            pk.push(usize::from(r.u16()?));
+        }
+    }
+    let global_at = r.position();
+    let global = flags & 0x0001 != 0;
+    if global {
+        r.string()?;
+        r.string()?;
+    }
+    let global_end = r.position();
+    let mut specs = Vec::with_capacity(columns);
+    for _ in 0..columns {
+        let s = r.position();
+        if !global {
+            r.string()?;
+            r.string()?;
+        }
+        r.string()?;
+        let t = r.u16()?;
+        skip_type_rest(&mut r, t, 0)?;
+        specs.push((s, r.position()));
+    }
+    let rest = r.position();
+
+    let kept = |i: usize| !positions.contains(&i);
+    let new_pk: Option<Vec<u16>> = pk
+        .iter()
+        .map(|&i| kept(i).then(|| (i - positions.iter().filter(|&&p| p < i).count()) as u16))
+        .collect();
+    let new_pk = new_pk.unwrap_or_default();
+    let new_columns = (0..columns).filter(|&i| kept(i)).count();
+
+    let mut out = BytesMut::with_capacity(body.len());
+    out.put_slice(&body[..metadata_at]);
+    out.put_i32(flags);
+    out.put_i32(new_columns as i32);
+    if version >= 4 {
+        out.put_i32(new_pk.len() as i32);
+        for i in &new_pk {
+            out.put_u16(*i);
+        }
+    }
+    out.put_slice(&body[global_at..global_end]);
+    for (i, (s, e)) in specs.iter().enumerate() {
+        if kept(i) {
+            out.put_slice(&body[*s..*e]);
+        }
+    }
+    out.put_slice(&body[rest..]);
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::wire::{put_short_bytes, put_string};
+
+    #[test]
+    fn turns_calls_into_typed_markers_and_counts_positions() {
+        let (text, bound) = bind_nondeterministic(
+            "INSERT INTO t (k, id, at, u, s) VALUES (?, now(), toTimestamp(now()), UUID( ), 'now()')",
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "INSERT INTO t (k, id, at, u, s) VALUES (?, (timeuuid)?, toTimestamp((timeuuid)?), (uuid)?, 'now()')"
+        );
+        assert_eq!(
+            bound,
+            vec![
+                BoundFunction {
+                    position: 1,
+                    kind: BoundKind::TimeUuid
+                },
+                BoundFunction {
+                    position: 2,
+                    kind: BoundKind::TimeUuid
+                },
+                BoundFunction {
+                    position: 3,
+                    kind: BoundKind::Uuid
+                },
+            ]
+        );
+        let (_, bound) =
+            bind_nondeterministic("UPDATE t SET at = currentTimestamp() WHERE k = ?").unwrap();
+        assert_eq!(
+            bound,
+            vec![BoundFunction {
+                position: 0,
+                kind: BoundKind::Timestamp
+            }]
+        );
+    }
+
+    #[test]
+    fn leaves_statements_without_calls_or_with_named_markers() {
+        assert!(bind_nondeterministic("INSERT INTO t (k) VALUES (?)").is_none());
+        assert!(bind_nondeterministic("INSERT INTO t (k, t) VALUES (:k, now())").is_none());
+        assert!(bind_nondeterministic("INSERT INTO t (k, s) VALUES (1, 'now()')").is_none());
+    }
+
+    fn section(values: &[&[u8]]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_u16(values.len() as u16);
+        for v in values {
+            b.put_i32(v.len() as i32);
+            b.put_slice(v);
+        }
+        b.to_vec()
+    }
+
+    #[test]
+    fn splices_generated_values_at_their_positions() {
+        let bound = [
+            BoundFunction {
+                position: 1,
+                kind: BoundKind::Timestamp,
+            },
+            BoundFunction {
+                position: 3,
+                kind: BoundKind::TimeUuid,
+            },
+        ];
+        let client = section(&[b"a", b"bb"]);
+        let out = splice_values(Some(&client), &bound, 1_700_000_000_123_456).unwrap();
+        let mut r = Reader::new(&out);
+        assert_eq!(r.u16().unwrap(), 4);
+        assert_eq!(r.bytes().unwrap(), Some(&b"a"[..]));
+        assert_eq!(
+            r.bytes().unwrap(),
+            Some(&1_700_000_000_123i64.to_be_bytes()[..])
+        );
+        assert_eq!(r.bytes().unwrap(), Some(&b"bb"[..]));
+        let uuid = r.bytes().unwrap().unwrap();
+        assert_eq!(uuid.len(), 16);
+        assert_eq!(uuid[6] >> 4, 1, "version 1");
+        assert!(r.is_empty());
+        // Only the proxy's markers: no client section at all.
+        let only = splice_values(None, &bound[..1], 5_000).unwrap();
+        assert_eq!(&only[..], &section(&[&5i64.to_be_bytes()])[..]);
+        // A truncated client section is an error, not a panic.
+        assert!(splice_values(Some(&client[..3]), &bound, 0).is_err());
+    }
+
+    fn prepared_body(pk: &[u16], columns: &[(&str, u16)]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_i32(4);
+        put_short_bytes(&mut b, &[7, 7]);
+        b.put_i32(1); // global table spec
+        b.put_i32(columns.len() as i32);
+        b.put_i32(pk.len() as i32);
+        for i in pk {
+            b.put_u16(*i);
+        }
+        put_string(&mut b, "ks");
+        put_string(&mut b, "t");
+        for (name, t) in columns {
+            put_string(&mut b, name);
+            b.put_u16(*t);
+            if *t == 0x0020 {
+                b.put_u16(0x000D); // list<varchar>
+            }
+        }
+        b.put_i32(4); // result metadata: no metadata
+        b.put_i32(0);
+        b.freeze()
+    }
+
+    #[test]
+    fn strips_the_proxy_markers_from_prepared_metadata() {
+        let body = prepared_body(&[0, 2], &[("k", 9), ("t", 0x0F), ("c", 9), ("l", 0x0020)]);
+        let out = strip_bind_metadata(0, &body, 4, &[1]).unwrap();
+        assert_eq!(
+            out,
+            prepared_body(&[0, 1], &[("k", 9), ("c", 9), ("l", 0x0020)])
+        );
+        // A partition-key column bound to a function: no routing indices.
+        let out = strip_bind_metadata(0, &body, 4, &[0]).unwrap();
+        assert_eq!(
+            out,
+            prepared_body(&[], &[("t", 0x0F), ("c", 9), ("l", 0x0020)])
+        );
+        for cut in 0..body.len() {
+            let _ = strip_bind_metadata(0, &body.slice(..cut), 4, &[1]);
+        }
+    }
+}

@@ -30,16 +30,27 @@ fn prepare() {
 /// Cassandra JVMs.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Removes the Helm release at the end of a run, pass or fail: a Ferry left
-/// watching every namespace would reconcile the migrations of the operator
-/// tests, which run their own controller.
-struct Uninstall(Cluster);
+/// At the end of a run, pass or fail: deletes the run's namespace (its four
+/// Cassandra pods would slow every later test) and removes the Helm release
+/// (a Ferry left watching every namespace would reconcile the migrations of
+/// the operator tests, which run their own controller). Synchronous, since
+/// the test's runtime is shutting down by then.
+struct CleanUp {
+    cluster: Cluster,
+    namespace: String,
+}
 
-impl Drop for Uninstall {
+impl Drop for CleanUp {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.0.helm)
+        let kubeconfig = self.cluster.kubeconfig.clone();
+        let _ = std::process::Command::new(&self.cluster.kubectl)
             .arg("--kubeconfig")
-            .arg(&self.0.kubeconfig)
+            .arg(&kubeconfig)
+            .args(["delete", "namespace", &self.namespace, "--wait=false"])
+            .status();
+        let _ = std::process::Command::new(&self.cluster.helm)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
             .args(["uninstall", "ferry", "-n", "ferry-system", "--wait"])
             .status();
     }
@@ -48,7 +59,6 @@ impl Drop for Uninstall {
 async fn migrate(prefix: &str, faults: Vec<Fault>) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::local();
-    let _uninstall = Uninstall(cluster.clone());
     let client = kube_client::client(&cluster.kubeconfig)
         .await
         .expect("client");
@@ -56,6 +66,10 @@ async fn migrate(prefix: &str, faults: Vec<Fault>) {
     let ns = kube_client::TestNamespace::create(&client, prefix)
         .await
         .expect("namespace");
+    let _clean_up = CleanUp {
+        cluster: cluster.clone(),
+        namespace: ns.name.clone(),
+    };
     let opts = Options {
         namespace: ns.name.clone(),
         test_namespace: true,

@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use scylla::client::session::Session;
+use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, RequestAttemptError};
+use scylla::policies::retry::{
+    DefaultRetrySession, RequestInfo, RetryDecision, RetryPolicy, RetrySession,
+};
 use scylla::statement::Consistency;
 use serde_json::json;
 
@@ -113,12 +118,65 @@ fn consistency(name: &str) -> anyhow::Result<Consistency> {
     })
 }
 
+/// Retries an idempotent request that timed out, was refused or lost its
+/// connection, on the next node, up to three times; everything else as the
+/// driver's default policy does. This is how an application should treat
+/// idempotent writes while a cluster restarts node by node: with one node
+/// down, a QUORUM write needs both others, and one slow answer is a timeout.
+#[derive(Debug)]
+struct RetryIdempotent;
+
+struct RetryIdempotentSession {
+    retries: u32,
+    default: DefaultRetrySession,
+}
+
+impl RetryPolicy for RetryIdempotent {
+    fn new_session(&self) -> Box<dyn RetrySession> {
+        Box::new(RetryIdempotentSession {
+            retries: 0,
+            default: DefaultRetrySession::new(),
+        })
+    }
+}
+
+impl RetrySession for RetryIdempotentSession {
+    fn decide_should_retry(&mut self, info: RequestInfo) -> RetryDecision {
+        let transient = matches!(
+            info.error,
+            RequestAttemptError::BrokenConnectionError(_)
+                | RequestAttemptError::DbError(
+                    DbError::WriteTimeout { .. }
+                        | DbError::ReadTimeout { .. }
+                        | DbError::Unavailable { .. }
+                        | DbError::Overloaded
+                        | DbError::IsBootstrapping,
+                    _
+                )
+        );
+        if info.is_idempotent && transient && self.retries < 3 {
+            self.retries += 1;
+            return RetryDecision::RetryNextTarget(None);
+        }
+        self.default.decide_should_retry(info)
+    }
+
+    fn reset(&mut self) {
+        self.retries = 0;
+        self.default.reset();
+    }
+}
+
 async fn connect(args: &Args) -> anyhow::Result<Session> {
+    let profile = ExecutionProfile::builder()
+        .retry_policy(Arc::new(RetryIdempotent))
+        .build();
     // Cassandra may still be starting: retry for a while.
     let mut last = None;
     for _ in 0..60 {
         match SessionBuilder::new()
             .known_nodes(&args.contact_points)
+            .default_execution_profile_handle(profile.clone().into_handle())
             .build()
             .await
         {

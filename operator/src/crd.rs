@@ -451,7 +451,8 @@ impl std::fmt::Display for Phase {
             Phase::Ready => "Ready",
             Phase::Failed => "Failed",
         };
-        f.write_str(name)
+        // pad, not write_str: honours widths such as {:<12}
+        f.pad(name)
     }
 }
 

@@ -3,7 +3,11 @@
 //!
 //! The rule (as cass-operator rolls Cassandra): never touch a pod while any
 //! pod of the StatefulSet is missing, terminating or not Ready, so at most one
-//! Cassandra node is ever down and quorum holds for any RF >= 3.
+//! Cassandra node is ever down and quorum holds for any RF >= 3. A pod that
+//! has just become Ready is given [`SETTLE_SECS`] before the next eviction:
+//! it answers CQL at once, but the other nodes mark it Up only when gossip
+//! reaches them, and evicting the next node before that would leave them
+//! seeing two nodes down.
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -17,16 +21,31 @@ pub struct PodView {
     pub terminating: bool,
     pub has_sidecar: bool,
     pub sidecar_ready: bool,
+    /// Ready for less than [`SETTLE_SECS`]: the ring may not know it is Up.
+    pub settling: bool,
 }
+
+/// Seconds a pod must have been Ready before the next pod is evicted.
+pub const SETTLE_SECS: i64 = 10;
 
 impl PodView {
     pub fn of(pod: &Pod) -> Self {
+        let ready = sidecar::pod_ready(pod);
+        let ready_since = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0.as_second());
+        let now = jiff::Timestamp::now().as_second();
         Self {
             name: pod.metadata.name.clone().unwrap_or_default(),
-            ready: sidecar::pod_ready(pod),
+            ready,
             terminating: pod.metadata.deletion_timestamp.is_some(),
             has_sidecar: sidecar::has_sidecar(pod),
             sidecar_ready: sidecar::sidecar_ready(pod),
+            settling: ready && ready_since.is_some_and(|since| now - since < SETTLE_SECS),
         }
     }
 }
@@ -80,6 +99,15 @@ pub fn plan(pods: &[PodView], replicas: usize, direction: Direction) -> RollStep
             reason: format!("pod {} is not Ready", p.name),
         };
     }
+    if let Some(p) = pods.iter().find(|p| p.settling) {
+        return RollStep::Wait {
+            pod: Some(p.name.clone()),
+            reason: format!(
+                "pod {} became Ready less than {SETTLE_SECS}s ago; letting the other nodes see it Up",
+                p.name
+            ),
+        };
+    }
     match direction {
         Direction::Inject => {
             if let Some(p) = pods.iter().find(|p| p.has_sidecar && !p.sidecar_ready) {
@@ -111,7 +139,23 @@ mod tests {
             terminating: false,
             has_sidecar: has,
             sidecar_ready: has && ready,
+            settling: false,
         }
+    }
+
+    #[test]
+    fn waits_for_a_pod_that_just_became_ready() {
+        let mut pods = [pod("c-0", true, true), pod("c-1", true, false)];
+        pods[0].settling = true;
+        assert!(matches!(
+            plan(&pods, 2, Direction::Inject),
+            RollStep::Wait { pod: Some(p), .. } if p == "c-0"
+        ));
+        pods[0].settling = false;
+        assert_eq!(
+            plan(&pods, 2, Direction::Inject),
+            RollStep::Evict("c-1".into())
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use scylla::client::session::Session;
 use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, RequestAttemptError};
 use scylla::policies::retry::{

@@ -174,8 +174,13 @@ pub fn build_job(
             "backoffLimitPerIndex": 3,
             "maxFailedIndexes": 0,
             "podFailurePolicy": {"rules": [
-                // Exit 2 is the sidecar's answer to bad input: retrying cannot help.
-                {"action": "FailJob", "onExitCodes": {"containerName": kind.as_str(), "operator": "In", "values": [2]}}
+                // A pod deleted, evicted or preempted is not the work's fault:
+                // its replacement redoes only the unfinished ranges.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                // Exit 2 is bad input and 3 differences found (sidecar
+                // bulk::exit): retrying cannot help. Anything else (a cluster
+                // down, a signal) is retried.
+                {"action": "FailJob", "onExitCodes": {"containerName": kind.as_str(), "operator": "In", "values": [2, 3]}}
             ]},
             "template": {
                 "metadata": {"labels": labels},

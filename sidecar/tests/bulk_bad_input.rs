@@ -145,7 +145,12 @@ async fn bad_input_fails_clearly_and_writes_nothing() {
         ),
         (
             "unreachable target",
-            vec!["--tables".into(), format!("{ks}.ok")],
+            vec![
+                "--tables".into(),
+                format!("{ks}.ok"),
+                "--connect-wait-secs".into(),
+                "0".into(),
+            ],
             Some("127.0.0.99:9042"),
             "cannot connect to the target cluster at 127.0.0.99:9042",
         ),

@@ -100,6 +100,10 @@ pub struct ConnectionArgs {
     /// Connections per node.
     #[arg(long, env = "FERRY_CONNECTIONS_PER_NODE", default_value_t = 2)]
     pub connections_per_node: usize,
+    /// How long to keep trying to reach a cluster that does not answer (a
+    /// node restarting, a target briefly down) before giving up, in seconds.
+    #[arg(long, env = "FERRY_CONNECT_WAIT_SECS", default_value_t = 180)]
+    pub connect_wait_secs: u64,
 }
 
 // Hand-written so that passwords never reach a log line.
@@ -129,6 +133,8 @@ pub struct ClusterConfig<'a> {
     pub tls: bool,
     pub tls_ca_file: Option<&'a PathBuf>,
     pub connections_per_node: usize,
+    /// How long to keep trying an unreachable cluster.
+    pub connect_wait: Duration,
 }
 
 impl ConnectionArgs {
@@ -143,6 +149,7 @@ impl ConnectionArgs {
             tls: self.source_tls,
             tls_ca_file: self.source_tls_ca_file.as_ref(),
             connections_per_node: self.connections_per_node,
+            connect_wait: Duration::from_secs(self.connect_wait_secs),
         }
     }
 
@@ -157,6 +164,7 @@ impl ConnectionArgs {
             tls: self.target_tls,
             tls_ca_file: self.target_tls_ca_file.as_ref(),
             connections_per_node: self.connections_per_node,
+            connect_wait: Duration::from_secs(self.connect_wait_secs),
         }
     }
 
@@ -262,13 +270,23 @@ pub async fn connect(
     if cfg.tls || cfg.tls_ca_file.is_some() {
         builder = builder.tls_context(Some(tls_config(cfg)?));
     }
-    let session = builder
-        .build()
-        .await
-        .map_err(|source| ConnectError::Connect {
-            cluster: cfg.name,
-            contact_points: cfg.contact_points.join(","),
-            source: Box::new(source),
-        })?;
-    Ok(Arc::new(session))
+    // A cluster that does not answer may be restarting: keep trying for
+    // `connect_wait` before giving up, so a Job outlives a short outage.
+    let deadline = std::time::Instant::now() + cfg.connect_wait;
+    loop {
+        match builder.build().await {
+            Ok(session) => return Ok(Arc::new(session)),
+            Err(source) if std::time::Instant::now() < deadline => {
+                tracing::warn!(cluster = cfg.name, error = %source, "cannot connect yet; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(source) => {
+                return Err(ConnectError::Connect {
+                    cluster: cfg.name,
+                    contact_points: cfg.contact_points.join(","),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
 }

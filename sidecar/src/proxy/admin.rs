@@ -10,23 +10,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-use super::config::Mode;
 use super::mirror::ProxyContext;
 
-/// Readiness: the source is reachable, and the target is reachable or the
-/// mode does not need it (source-only) or async mode can spool.
+/// Readiness: the proxy can serve its clients. The source is reachable, the
+/// spool is not full and the proxy is not shutting down. The target's state
+/// is reported in the body but does not decide: the proxy's readiness is the
+/// source pod's, and a target outage must not make the source cluster look
+/// down (every pod unready would empty Services, block every disruption and
+/// stop reads that do not need the target). In sync mode writes fail while
+/// the target is down; the metrics say so.
 pub fn readiness(ctx: &ProxyContext) -> (bool, String) {
     let source = ctx.source_reachable.load(Ordering::Acquire);
     let target = ctx.target_reachable.load(Ordering::Acquire);
     let mode = ctx.mode();
     let spool_full = ctx.spool.is_full();
-    let target_ok = match mode {
-        Mode::SourceOnly => true,
-        Mode::Async => target || !spool_full,
-        Mode::Sync | Mode::TargetPrimary => target,
-    };
-    // A full spool is always reported, whatever the policy does with writes.
-    let ready = source && target_ok && !spool_full && !ctx.shutting_down.load(Ordering::Acquire);
+    let ready = source && !spool_full && !ctx.shutting_down.load(Ordering::Acquire);
     let detail = format!(
         "source_reachable={source} target_reachable={target} mode={mode:?} spool_records={} spool_full={spool_full} shutting_down={}\n",
         ctx.spool.records(),

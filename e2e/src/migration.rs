@@ -438,25 +438,15 @@ impl Run<'_> {
 
         self.say("stopping the application and checking its acknowledged writes on the target");
         let app = self.stop_app().await?;
-        let skip = join_ids(&app.failed_ids);
-        let upto = app.issued.to_string();
-        let mut args = vec![
-            "--contact-points",
-            TARGET_CONTACT,
-            "--keyspace",
-            KEYSPACE,
-            "--replication",
-            TARGET_REPLICATION,
-            "--consistency",
-            "one",
-            "--verify-upto",
-            &upto,
-        ];
-        if !skip.is_empty() {
-            args.extend(["--skip-ids", &skip]);
-        }
-        let (_, line) = self.run_loadgen("verify-target", &args).await?;
-        let (target_checked, target_missing) = parse_verify(&line)?;
+        let (target_checked, target_missing) = self
+            .verify(
+                "verify-target",
+                TARGET_CONTACT,
+                TARGET_REPLICATION,
+                "one",
+                &app,
+            )
+            .await?;
 
         let api: Api<CassandraMigration> = Api::namespaced(self.client.clone(), ns);
         let status = serde_json::to_value(
@@ -478,23 +468,16 @@ impl Run<'_> {
             ])
             .await?;
             sidecars_left = Some(self.wait_sidecars_gone().await?);
-            let mut args = vec![
-                "--contact-points",
-                SOURCE_CONTACT,
-                "--keyspace",
-                KEYSPACE,
-                "--replication",
-                SOURCE_REPLICATION,
-                "--consistency",
-                "quorum",
-                "--verify-upto",
-                &upto,
-            ];
-            if !skip.is_empty() {
-                args.extend(["--skip-ids", &skip]);
-            }
-            let (_, line) = self.run_loadgen("verify-source", &args).await?;
-            source_missing = Some(parse_verify(&line)?.1);
+            let (_, missing) = self
+                .verify(
+                    "verify-source",
+                    SOURCE_CONTACT,
+                    SOURCE_REPLICATION,
+                    "quorum",
+                    &app,
+                )
+                .await?;
+            source_missing = Some(missing);
         }
 
         Ok(Outcome {
@@ -678,6 +661,37 @@ impl Run<'_> {
         let logs = self.kubectl(&["logs", name]).await.unwrap_or_default();
         let last = logs.lines().last().unwrap_or_default().to_string();
         Ok((phase == "Succeeded", last))
+    }
+
+    /// Checks with a pod that every id the application acknowledged is in
+    /// a cluster; returns (ids checked, ids missing).
+    async fn verify(
+        &self,
+        pod: &str,
+        contact_points: &str,
+        replication: &str,
+        consistency: &str,
+        app: &AppTally,
+    ) -> anyhow::Result<(u64, u64)> {
+        let skip = join_ids(&app.failed_ids);
+        let upto = app.issued.to_string();
+        let mut args = vec![
+            "--contact-points",
+            contact_points,
+            "--keyspace",
+            KEYSPACE,
+            "--replication",
+            replication,
+            "--consistency",
+            consistency,
+            "--verify-upto",
+            &upto,
+        ];
+        if !skip.is_empty() {
+            args.extend(["--skip-ids", &skip]);
+        }
+        let (_, line) = self.run_loadgen(pod, &args).await?;
+        parse_verify(&line)
     }
 
     /// Waits until the application has written `history_rows` rows, so the

@@ -258,19 +258,25 @@ pub fn parse_batch(frame: &Frame) -> Result<BatchRequest<'_>, WireError> {
     })
 }
 
-/// Returns `body` with a default timestamp (microseconds) set, when the
-/// layout shows none. The caller keeps the original when it had one.
-pub fn with_timestamp(body: &[u8], layout: &ParamsLayout, micros: i64) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() + 8);
-    let new_flags = layout.flags | param_flags::DEFAULT_TIMESTAMP;
+/// Copies `body` up to its flags, then the flags with `flag` added; returns
+/// the offset in `body` just past the flags.
+fn put_up_to_flags(out: &mut BytesMut, body: &[u8], layout: &ParamsLayout, flag: u32) -> usize {
+    let new_flags = layout.flags | flag;
     out.put_slice(&body[..layout.flags_at]);
-    let flags_end = if layout.flags_wide {
+    if layout.flags_wide {
         out.put_u32(new_flags);
         layout.flags_at + 4
     } else {
         out.put_u8(new_flags as u8);
         layout.flags_at + 1
-    };
+    }
+}
+
+/// Returns `body` with a default timestamp (microseconds) set, when the
+/// layout shows none. The caller keeps the original when it had one.
+pub fn with_timestamp(body: &[u8], layout: &ParamsLayout, micros: i64) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + 8);
+    let flags_end = put_up_to_flags(&mut out, body, layout, param_flags::DEFAULT_TIMESTAMP);
     out.put_slice(&body[flags_end..layout.timestamp_at]);
     out.put_i64(micros);
     out.put_slice(&body[layout.timestamp_at..]);
@@ -288,15 +294,7 @@ pub fn with_values(body: &[u8], layout: &ParamsLayout, section: &[u8]) -> Bytes 
             out.put_slice(&body[end..]);
         }
         None => {
-            let new_flags = layout.flags | param_flags::VALUES;
-            out.put_slice(&body[..layout.flags_at]);
-            let flags_end = if layout.flags_wide {
-                out.put_u32(new_flags);
-                layout.flags_at + 4
-            } else {
-                out.put_u8(new_flags as u8);
-                layout.flags_at + 1
-            };
+            let flags_end = put_up_to_flags(&mut out, body, layout, param_flags::VALUES);
             out.put_slice(section);
             out.put_slice(&body[flags_end..]);
         }
@@ -390,6 +388,44 @@ pub(crate) mod tests {
             b.put_i64(42);
         }
         b.freeze()
+    }
+
+    #[test]
+    fn replaces_or_adds_the_values_section() {
+        let section = |values: &[&[u8]]| {
+            let mut b = BytesMut::new();
+            b.put_u16(values.len() as u16);
+            for v in values {
+                b.put_i32(v.len() as i32);
+                b.put_slice(v);
+            }
+            b.freeze()
+        };
+        for version in [4u8, 5] {
+            let text = "INSERT INTO t (k, v) VALUES (?, ?)";
+            let with = param_flags::VALUES | param_flags::PAGE_SIZE;
+            // A values section is replaced.
+            let body = query_body(version, text, with, &[b"a"]);
+            let frame = Frame::request(version, 1, opcode::QUERY, body.clone());
+            let layout = parse_query(&frame).unwrap().params;
+            let edited = with_values(&body, &layout, &section(&[b"a", b"bb"]));
+            assert_eq!(
+                edited,
+                query_body(version, text, with, &[b"a", b"bb"]),
+                "v{version}"
+            );
+            // Without one, it is added and the flag set.
+            let body = query_body(version, text, param_flags::PAGE_SIZE, &[]);
+            let frame = Frame::request(version, 1, opcode::QUERY, body.clone());
+            let layout = parse_query(&frame).unwrap().params;
+            assert_eq!(layout.values, None);
+            let edited = with_values(&body, &layout, &section(&[b"x"]));
+            assert_eq!(
+                edited,
+                query_body(version, text, with, &[b"x"]),
+                "v{version}"
+            );
+        }
     }
 
     #[test]

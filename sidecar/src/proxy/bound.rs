@@ -17,7 +17,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::classify::{random_uuid_parts, timeuuid_parts, tokenize_spans, Token};
+use super::classify::{
+    random_uuid, random_uuid_parts, timeuuid, timeuuid_parts, tokenize_spans, Token,
+};
 use super::peers::response_body_start;
 use super::prepared::skip_type_rest;
 use super::wire::{Reader, WireError};
@@ -34,6 +36,34 @@ pub enum BoundKind {
 }
 
 impl BoundKind {
+    /// The kind a function name (any case) stands for, if the proxy replaces it.
+    fn of_function(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "now" | "currenttimeuuid" => Some(BoundKind::TimeUuid),
+            "uuid" => Some(BoundKind::Uuid),
+            "currenttimestamp" => Some(BoundKind::Timestamp),
+            _ => None,
+        }
+    }
+
+    /// The typed bind marker that stands for the call in a prepared text.
+    fn marker(self) -> &'static str {
+        match self {
+            BoundKind::TimeUuid => "(timeuuid)?",
+            BoundKind::Uuid => "(uuid)?",
+            BoundKind::Timestamp => "(timestamp)?",
+        }
+    }
+
+    /// The CQL literal that stands for the call in a QUERY text.
+    pub fn literal(self, micros: i64) -> String {
+        match self {
+            BoundKind::TimeUuid => timeuuid(micros),
+            BoundKind::Uuid => random_uuid(),
+            BoundKind::Timestamp => (micros / 1000).to_string(),
+        }
+    }
+
     /// The metric label of the function (as the detection metric names it).
     pub fn function(self) -> &'static str {
         match self {
@@ -68,6 +98,60 @@ pub struct BoundFunction {
     pub kind: BoundKind,
 }
 
+/// A call the proxy replaces: its byte span in the text, what it stands
+/// for, and how many of the text's own `?` markers come before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub span: (usize, usize),
+    pub kind: BoundKind,
+    pub markers_before: usize,
+}
+
+/// The calls of `now()`, `currentTimeUUID()`, `uuid()` and
+/// `currentTimestamp()` in a tokenized text, in order (calls inside string
+/// literals are not tokens, so they are not found).
+pub(crate) fn replaceable_calls(toks: &[(Token<'_>, usize)]) -> Vec<Call> {
+    let mut calls = Vec::new();
+    let mut markers = 0;
+    let mut i = 0;
+    while i < toks.len() {
+        match toks[i] {
+            (Token::Punct('?'), _) => markers += 1,
+            (Token::Word(name), start)
+                if i + 2 < toks.len()
+                    && matches!(toks[i + 1].0, Token::Punct('('))
+                    && matches!(toks[i + 2].0, Token::Punct(')')) =>
+            {
+                if let Some(kind) = BoundKind::of_function(name) {
+                    calls.push(Call {
+                        span: (start, toks[i + 2].1 + 1),
+                        kind,
+                        markers_before: markers,
+                    });
+                    i += 3;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    calls
+}
+
+/// `text` with each call's span replaced by what `replacement` gives.
+pub fn rewrite_calls(text: &str, calls: &[Call], replacement: impl Fn(&Call) -> String) -> String {
+    let mut out = String::with_capacity(text.len() + 32 * calls.len());
+    let mut copied = 0;
+    for call in calls {
+        out.push_str(&text[copied..call.span.0]);
+        out.push_str(&replacement(call));
+        copied = call.span.1;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 /// Rewrites a statement's text, turning each non-deterministic call into a
 /// typed positional bind marker. `None` when there is none, or when the
 /// statement uses named markers (or any `:`), which cannot be mixed with
@@ -77,50 +161,21 @@ pub fn bind_nondeterministic(text: &str) -> Option<(String, Vec<BoundFunction>)>
     if toks.iter().any(|(t, _)| matches!(t, Token::Punct(':'))) {
         return None;
     }
-    let mut out = String::with_capacity(text.len() + 32);
-    let mut copied = 0;
-    let mut bound = Vec::new();
-    let mut markers = 0;
-    let mut i = 0;
-    while i < toks.len() {
-        match toks[i] {
-            (Token::Punct('?'), _) => {
-                markers += 1;
-                i += 1;
-            }
-            (Token::Word(name), start)
-                if i + 2 < toks.len()
-                    && matches!(toks[i + 1].0, Token::Punct('('))
-                    && matches!(toks[i + 2].0, Token::Punct(')')) =>
-            {
-                let kind = match name.to_ascii_lowercase().as_str() {
-                    "now" | "currenttimeuuid" => Some((BoundKind::TimeUuid, "(timeuuid)?")),
-                    "uuid" => Some((BoundKind::Uuid, "(uuid)?")),
-                    "currenttimestamp" => Some((BoundKind::Timestamp, "(timestamp)?")),
-                    _ => None,
-                };
-                match kind {
-                    Some((kind, marker)) => {
-                        out.push_str(&text[copied..start]);
-                        out.push_str(marker);
-                        copied = toks[i + 2].1 + 1;
-                        bound.push(BoundFunction {
-                            position: markers,
-                            kind,
-                        });
-                        markers += 1;
-                        i += 3;
-                    }
-                    None => i += 1,
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    if bound.is_empty() {
+    let calls = replaceable_calls(&toks);
+    if calls.is_empty() {
         return None;
     }
-    out.push_str(&text[copied..]);
+    let out = rewrite_calls(text, &calls, |c| c.kind.marker().to_owned());
+    // Each call's marker comes after the client's markers before it and
+    // after the proxy's own markers for the calls before it.
+    let bound = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| BoundFunction {
+            position: c.markers_before + i,
+            kind: c.kind,
+        })
+        .collect();
     Some((out, bound))
 }
 

@@ -2,6 +2,8 @@
 //! CQL grammar): read or write, which table, and the traits that need a
 //! policy (LWT, counters, non-deterministic functions).
 
+use super::bound::{replaceable_calls, rewrite_calls};
+
 /// Which system table a read targets, for peer substitution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SystemTable {
@@ -275,48 +277,17 @@ fn nondeterministic_call(toks: &[Token<'_>]) -> Option<&'static str> {
 /// in a statement's text with literals the proxy generates, so source and
 /// target store the same value. Returns the new text and the functions
 /// replaced, or `None` when there is nothing to replace. (Prepared
-/// statements cannot be rewritten this way; they are only counted.)
+/// statements get bind markers instead: `bound::bind_nondeterministic`.)
 pub fn replace_nondeterministic(
     text: &str,
     now_micros: i64,
 ) -> Option<(String, Vec<&'static str>)> {
-    let toks = tokenize_spans(text);
-    let mut out = String::with_capacity(text.len() + 64);
-    let mut copied = 0;
-    let mut replaced = Vec::new();
-    let mut i = 0;
-    while i + 2 < toks.len() {
-        let (Token::Word(name), start) = toks[i] else {
-            i += 1;
-            continue;
-        };
-        let call = matches!(toks[i + 1].0, Token::Punct('('))
-            && matches!(toks[i + 2].0, Token::Punct(')'));
-        let lower = name.to_ascii_lowercase();
-        let literal = match lower.as_str() {
-            _ if !call => None,
-            "now" | "currenttimeuuid" => Some(("now", timeuuid(now_micros))),
-            "uuid" => Some(("uuid", random_uuid())),
-            "currenttimestamp" => Some(("currenttimestamp", (now_micros / 1000).to_string())),
-            _ => None,
-        };
-        match literal {
-            Some((kind, lit)) => {
-                let end = toks[i + 2].1 + 1;
-                out.push_str(&text[copied..start]);
-                out.push_str(&lit);
-                copied = end;
-                replaced.push(kind);
-                i += 3;
-            }
-            None => i += 1,
-        }
-    }
-    if replaced.is_empty() {
+    let calls = replaceable_calls(&tokenize_spans(text));
+    if calls.is_empty() {
         return None;
     }
-    out.push_str(&text[copied..]);
-    Some((out, replaced))
+    let out = rewrite_calls(text, &calls, |c| c.kind.literal(now_micros));
+    Some((out, calls.iter().map(|c| c.kind.function()).collect()))
 }
 
 fn random_u64() -> u64 {

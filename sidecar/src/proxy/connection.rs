@@ -314,38 +314,41 @@ impl Session {
     }
 
     async fn malformed(&self, frame: &Frame, e: WireError) -> Result<(), SessionError> {
-        self.ctx
-            .metrics
-            .client_errors
-            .with_label_values(&["malformed_body"])
-            .inc();
-        self.reply(Frame::error(
-            frame.version,
-            frame.stream,
+        let message = format!(
+            "ferry proxy: malformed {} body: {e}",
+            opcode::name(frame.opcode)
+        );
+        self.refuse(
+            frame,
+            "malformed_body",
             error_code::PROTOCOL_ERROR,
-            &format!(
-                "ferry proxy: malformed {} body: {e}",
-                opcode::name(frame.opcode)
-            ),
-        ))
+            &message,
+        )
         .await
     }
 
     /// Answers a request the proxy cannot carry out as sent with an Invalid
     /// error (the client's fault, not the protocol's).
     async fn invalid(&self, frame: &Frame, message: &str) -> Result<(), SessionError> {
+        self.refuse(frame, "invalid_request", error_code::INVALID, message)
+            .await
+    }
+
+    /// Counts a refused request under `reason` and answers it with an error.
+    async fn refuse(
+        &self,
+        frame: &Frame,
+        reason: &str,
+        code: i32,
+        message: &str,
+    ) -> Result<(), SessionError> {
         self.ctx
             .metrics
             .client_errors
-            .with_label_values(&["invalid_request"])
+            .with_label_values(&[reason])
             .inc();
-        self.reply(Frame::error(
-            frame.version,
-            frame.stream,
-            error_code::INVALID,
-            message,
-        ))
-        .await
+        self.reply(Frame::error(frame.version, frame.stream, code, message))
+            .await
     }
 
     async fn on_client_frame(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
@@ -551,22 +554,28 @@ impl Session {
     }
 
     async fn on_batch(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
-        // Children prepared with proxy-filled markers get their values first.
-        let edits = match parse_batch(&frame) {
-            Ok(batch) => self.bound_batch_values(&batch, &frame.body),
+        let session_ks = self.keyspace();
+        // Children prepared with proxy-filled markers get their values
+        // first; only then (offsets moved) is the batch read a second time.
+        let (edits, planned) = match parse_batch(&frame) {
+            Ok(batch) => match self.bound_batch_values(&batch, &frame.body) {
+                Ok(edits) if edits.is_empty() => {
+                    (edits, Some(self.batch_plan(&batch, session_ks.clone())))
+                }
+                Ok(edits) => (edits, None),
+                Err(e) => return self.malformed(&frame, e).await,
+            },
             Err(e) => return self.malformed(&frame, e).await,
         };
-        match edits {
-            Ok(edits) if !edits.is_empty() => {
+        let outcome = match planned {
+            Some(outcome) => outcome,
+            None => {
                 frame.body = replace_ranges(&frame.body, &edits);
+                match parse_batch(&frame) {
+                    Ok(batch) => self.batch_plan(&batch, session_ks),
+                    Err(e) => return self.malformed(&frame, e).await,
+                }
             }
-            Ok(_) => {}
-            Err(e) => return self.malformed(&frame, e).await,
-        }
-        let session_ks = self.keyspace();
-        let outcome = match parse_batch(&frame) {
-            Ok(batch) => self.batch_plan(&batch, session_ks),
-            Err(e) => return self.malformed(&frame, e).await,
         };
         match outcome {
             Err(missing) => self.unprepared(&frame, &missing).await,

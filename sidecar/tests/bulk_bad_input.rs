@@ -314,13 +314,12 @@ async fn a_backfill_outliving_gc_grace_warns() {
         .await_schema_agreement()
         .await
         .expect("agreement");
-    for k in 0..1000 {
-        exec(
-            &bed.source,
-            &format!("INSERT INTO {ks}.t (k, v) VALUES ({k}, 'v')"),
-        )
-        .await;
-    }
+    insert_on_source(
+        &bed,
+        &format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"),
+        (0..1000).map(|k| (k, "v")),
+    )
+    .await;
     let start = (now_micros() - 14_000_000).to_string();
     let job = format!("{ks}-grace");
     let mut argv = vec!["backfill".to_owned()];

@@ -131,17 +131,12 @@ async fn indexed_job_pods_share_the_ranges() {
         &["CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)"],
     )
     .await;
-    let insert = bed
-        .source
-        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
-        .await
-        .expect("prepare");
-    for k in 0..2000 {
-        bed.source
-            .execute_unpaged(&insert, (k, "v"))
-            .await
-            .expect("insert");
-    }
+    insert_on_source(
+        &bed,
+        &format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"),
+        (0..2000).map(|k| (k, "v")),
+    )
+    .await;
     let first = run_backfill(
         &bed,
         &["--keyspaces", &ks, "--job-id", &ks, "--split", "0/2"],
@@ -184,17 +179,12 @@ async fn metrics_are_served_and_sigterm_writes_the_summary() {
         &["CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)"],
     )
     .await;
-    let insert = bed
-        .source
-        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
-        .await
-        .expect("prepare");
-    for k in 0..3000 {
-        bed.source
-            .execute_unpaged(&insert, (k, "v"))
-            .await
-            .expect("insert");
-    }
+    insert_on_source(
+        &bed,
+        &format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"),
+        (0..3000).map(|k| (k, "v")),
+    )
+    .await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")

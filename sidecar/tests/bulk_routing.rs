@@ -24,17 +24,12 @@ async fn range_reads_are_served_by_replicas() {
         &["CREATE TABLE {ks}.t (k int PRIMARY KEY, v int)"],
     )
     .await;
-    let insert = bed
-        .source
-        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
-        .await
-        .expect("prepare");
-    for k in 0..300 {
-        bed.source
-            .execute_unpaged(&insert, (k, k))
-            .await
-            .expect("insert");
-    }
+    insert_on_source(
+        &bed,
+        &format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"),
+        (0..300).map(|k| (k, k)),
+    )
+    .await;
     bed.source.refresh_metadata().await.expect("metadata");
     let state = bed.source.get_cluster_state();
     let nodes: HashSet<_> = state.get_nodes_info().iter().map(|n| n.host_id).collect();

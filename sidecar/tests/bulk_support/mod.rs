@@ -69,6 +69,25 @@ pub async fn exec(session: &Session, cql: &str) {
         .unwrap_or_else(|e| panic!("{cql}: {e}"));
 }
 
+/// Inserts one row per item of `rows` into the source, one prepared
+/// statement `cql` executed in turn.
+pub async fn insert_on_source<V>(bed: &Bed, cql: &str, rows: impl IntoIterator<Item = V>)
+where
+    V: scylla::serialize::row::SerializeRow,
+{
+    let insert = bed
+        .source
+        .prepare(cql)
+        .await
+        .unwrap_or_else(|e| panic!("{cql}: {e}"));
+    for row in rows {
+        bed.source
+            .execute_unpaged(&insert, row)
+            .await
+            .unwrap_or_else(|e| panic!("{cql}: {e}"));
+    }
+}
+
 /// Creates `keyspace` on both clusters and runs `ddl` (with `{ks}`
 /// replaced) on both.
 pub async fn create_on_both(bed: &Bed, keyspace: &str, ddl: &[&str]) {

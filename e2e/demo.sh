@@ -28,10 +28,20 @@ fi
 
 started=$(date +%s)
 bash "$FERRY_ROOT/e2e/testbed/deps.sh"
+bash "$FERRY_ROOT/e2e/testbed/node.sh" packages
+# The images (Rust and Java) build while up.sh builds the Go binaries: on a
+# cold machine neither keeps both cores busy all the time on its own.
+build=$FERRY_ROOT/e2e/images/build.sh
+log "building the images in the background (logs: $FERRY_RUN/demo-build-*.log)"
+bash "$build" --no-import cassandra pause redirect >"$FERRY_RUN/demo-build-java.log" 2>&1 &
+java_build=$!
+bash "$build" --no-import --e2e-bin operator sidecar loadgen >"$FERRY_RUN/demo-build-rust.log" 2>&1 &
+rust_build=$!
 bash "$FERRY_ROOT/e2e/testbed/up.sh" --no-cassandra --node
-bash "$FERRY_ROOT/e2e/images/build.sh"
-log "building the e2e driver"
-cargo build -q --locked -p ferry-e2e --bin ferry-e2e
+log "test bed up after $(($(date +%s) - started))s; waiting for the image builds"
+wait "$java_build" || { tail -20 "$FERRY_RUN/demo-build-java.log"; die "the Cassandra image build failed"; }
+wait "$rust_build" || { tail -40 "$FERRY_RUN/demo-build-rust.log"; die "the Rust build failed"; }
+e2e_bin=$(bash "$build" --e2e-bin all) # imports what containerd lacks
 ready_at=$(date +%s)
 
 "${KUBECTL[@]}" get namespace "$NS" >/dev/null 2>&1 || "${KUBECTL[@]}" create namespace "$NS" >/dev/null
@@ -41,6 +51,6 @@ trap 'kill $watcher 2>/dev/null || true' EXIT
 
 args=(migrate --cluster local --namespace "$NS")
 [ "${FERRY_DEMO_TEARDOWN:-0}" = 1 ] || args+=(--keep)
-"${CARGO_TARGET_DIR:-$FERRY_ROOT/target}/debug/ferry-e2e" "${args[@]}" "$@"
+"$e2e_bin" "${args[@]}" "$@"
 
 log "demo done in $(($(date +%s) - started))s ($((ready_at - started))s of it to bring up the bed and build)"

@@ -2,8 +2,11 @@
 # Builds Ferry's container images as OCI archives, without Docker, and imports
 # them into the local node's containerd (namespace k8s.io) when it runs.
 #
-#   build.sh [--no-import] [pause|cassandra|operator|sidecar|loadgen|redirect|all]...
+#   build.sh [--no-import] [--e2e-bin] [pause|cassandra|operator|sidecar|loadgen|redirect|all]...
 #   build.sh --cached    import every cached archive containerd lacks; no build
+#
+# --e2e-bin also prints the path of the ferry-e2e driver, built with the
+# images' binaries. Several build.sh may run at once (a lock per image).
 #
 # Images (tag $FERRY_IMAGE_TAG, default dev):
 #   ferry.dev/pause       the pod sandbox: a static C binary that sleeps
@@ -20,6 +23,7 @@
 . "$(dirname "${BASH_SOURCE[0]}")/../testbed/lib.sh"
 images_dir=$FERRY_ROOT/e2e/images
 . "$images_dir/oci.sh"
+shopt -s inherit_errexit # a failing step inside $(build_...) stops the build
 
 OUT=$FERRY_CACHE/images
 TAG=${FERRY_IMAGE_TAG:-dev}
@@ -171,18 +175,36 @@ rust_target() {
   rustc -vV | awk '/^host:/ {print $2}'
 }
 
-# build_rust COMPONENT: operator, sidecar (packages ferry-COMPONENT) or
-# loadgen (the example application, binary ferry-loadgen of ferry-e2e).
-build_rust() {
-  local comp=$1 target bin key archive root cmd='[]' uid=65532 pkg
-  pkg=ferry-$comp
-  [ "$comp" = loadgen ] && pkg=ferry-e2e
+# RUST_BINS: every Rust binary the images and the demo need. They are built in
+# one cargo invocation, so each dependency compiles once, with one feature
+# set, for all of them (ferry-e2e, the demo's driver, runs on the host).
+RUST_BINS=(ferry-operator ferry-sidecar ferry-loadgen ferry-e2e)
+# The `image` profile (Cargo.toml): release without LTO, so a cold build on a
+# small machine takes minutes less. Published images use `release` (Dockerfile).
+RUST_PROFILE=${FERRY_IMAGE_PROFILE:-image}
+
+# rust_bin_dir: where cargo puts the binaries of build_rust_bins.
+rust_bin_dir() { echo "${CARGO_TARGET_DIR:-$FERRY_CACHE/target}/$(rust_target)/$RUST_PROFILE"; }
+
+# build_rust_bins: builds RUST_BINS (incremental; a no-op when nothing changed).
+build_rust_bins() {
+  local target bin args=()
   target=$(rust_target)
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERRY_CACHE/target}
-  log "cargo build --release -p $pkg --bin ferry-$comp --target $target"
+  for bin in "${RUST_BINS[@]}"; do args+=(--bin "$bin"); done
+  log "cargo build --profile $RUST_PROFILE --target $target: ${RUST_BINS[*]}"
   (cd "$FERRY_ROOT" && CC_x86_64_unknown_linux_musl=musl-gcc \
-    cargo build -q --release --locked --target "$target" -p "$pkg" --bin "ferry-$comp") >&2
-  bin=$CARGO_TARGET_DIR/$target/release/ferry-$comp
+    cargo build -q --locked --profile "$RUST_PROFILE" --target "$target" \
+    -p ferry-operator -p ferry-sidecar -p ferry-e2e "${args[@]}") >&2
+}
+
+# build_rust COMPONENT: the image of operator, sidecar or loadgen (the example
+# application) from the binary build_rust_bins made.
+build_rust() {
+  local comp=$1 target bin key archive root cmd='[]' uid=65532
+  target=$(rust_target)
+  bin=$(rust_bin_dir)/ferry-$comp
+  [ -x "$bin" ] || die "$bin missing: build_rust_bins did not build it"
   key=$(hash_inputs "$bin")
   archive=$OUT/$comp-$key.tar
   if [ -s "$archive" ]; then echo "$archive"; return 0; fi
@@ -260,30 +282,41 @@ import_cached() {
   done
 }
 
-do_import=1
+# locked NAME COMMAND...: runs COMMAND holding NAME's lock, so that two
+# build.sh at once (demo.sh builds in the background while node.sh asks for
+# pause and cassandra) never write the same archive together.
+locked() {
+  local name=$1; shift
+  (flock 8; "$@") 8>"$OUT/.$name.lock"
+}
+
+do_import=1 print_e2e=0
 names=()
 for a in "$@"; do
   case $a in
     --cached) import_cached; exit 0 ;;
     --no-import) do_import=0 ;;
+    --e2e-bin) print_e2e=1 ;;
     all) names+=(pause cassandra operator sidecar loadgen redirect) ;;
     pause | cassandra | operator | sidecar | loadgen | redirect) names+=("$a") ;;
-    *) die "usage: $0 [--no-import] [pause|cassandra|operator|sidecar|loadgen|redirect|all]..." ;;
+    *) die "usage: $0 [--no-import] [--e2e-bin] [pause|cassandra|operator|sidecar|loadgen|redirect|all]... | --cached" ;;
   esac
 done
-[ ${#names[@]} -eq 0 ] && names=(pause cassandra operator sidecar loadgen redirect)
+[ ${#names[@]} -eq 0 ] && [ "$print_e2e" = 0 ] && names=(pause cassandra operator sidecar loadgen redirect)
 
+if [ "$print_e2e" = 1 ] || [[ " ${names[*]} " =~ \ (operator|sidecar|loadgen)\  ]]; then
+  locked rust build_rust_bins
+fi
 for name in "${names[@]}"; do
   case $name in
-    pause) archive=$(build_pause); ref=$REPO/pause:$TAG ;;
-    cassandra) archive=$(build_cassandra); ref=$REPO/cassandra:$TAG ;;
-    operator) archive=$(build_rust operator); ref=$REPO/ferry-operator:$TAG ;;
-    sidecar) archive=$(build_rust sidecar); ref=$REPO/ferry-sidecar:$TAG ;;
-    loadgen) archive=$(build_rust loadgen); ref=$REPO/ferry-loadgen:$TAG ;;
-    redirect) archive=$(build_redirect); ref=$REPO/ferry-redirect:$TAG ;;
+    pause) archive=$(locked "$name" build_pause); ref=$REPO/pause:$TAG ;;
+    cassandra) archive=$(locked "$name" build_cassandra); ref=$REPO/cassandra:$TAG ;;
+    operator | sidecar | loadgen) archive=$(locked "$name" build_rust "$name"); ref=$REPO/ferry-$name:$TAG ;;
+    redirect) archive=$(locked "$name" build_redirect); ref=$REPO/ferry-redirect:$TAG ;;
   esac
   # Keep only the newest archive of each image.
   find "$OUT" -maxdepth 1 -name "$(basename "${archive%-*}")-*.tar*" ! -name "${archive##*/}*" -delete
   [ "$do_import" = 1 ] && import "$archive" "$ref"
   log "image $ref: $archive ($(du -h "$archive" | cut -f1))"
 done
+if [ "$print_e2e" = 1 ]; then echo "$(rust_bin_dir)/ferry-e2e"; fi

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Builds the Go parts of the test bed from the Go module proxy: etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
-# kubectl and helm. Idempotent: a binary already in $FERRY_BIN with a matching
-# stamp is kept. Cold on 2 cores this is the slowest step of the test bed.
+# kubectl, helm and (for the node) CoreDNS. Idempotent: a binary already in
+# $FERRY_BIN with a matching stamp is kept. Cold on 2 cores this is the
+# slowest step of the test bed.
+#
+#   build-tools.sh [all|etcd|k8s|helm|coredns]...   (all = etcd helm k8s)
+#
+# The builds named run at once: each `go build` leaves a core idle while it
+# links or waits on a large package, and they share one build cache.
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 here=$FERRY_ROOT/e2e/testbed
 export CGO_ENABLED=0
 
 # stamp_ok NAME KEY: the binary exists and was built from the same inputs.
 stamp_ok() { [ -x "$FERRY_BIN/$1" ] && [ "$(cat "$FERRY_BIN/.$1.stamp" 2>/dev/null)" = "$2" ]; }
-stamp_key() { sha256sum "$here/$1/go.mod" "$here/$1/go.sum" | sha256sum | cut -c1-16; }
+# stamp_key DIR: a hash of DIR's Go sources, the same from any clone's path.
+stamp_key() { (cd "$here/$1" && shopt -s nullglob && sha256sum go.mod go.sum ./*.go) | sha256sum | cut -c1-16; }
 
 build_k8s() {
   local key minor ldf p cmds=() c
@@ -54,10 +61,29 @@ build_helm() {
   echo "$key" >"$FERRY_BIN/.helm.stamp"
 }
 
-case "${1:-all}" in
-  etcd) build_etcd ;;
-  k8s) build_k8s ;;
-  helm) build_helm ;;
-  all) build_etcd; build_helm; build_k8s ;;
-  *) die "usage: $0 [all|etcd|k8s|helm]" ;;
-esac
+# Built from its Go module with only the plugins used here (coredns/main.go).
+build_coredns() {
+  local key
+  key=$(stamp_key coredns)
+  stamp_ok coredns "$key" && return 0
+  log "building CoreDNS from its Go module (cold: a few minutes)"
+  (cd "$here/coredns" && go build -trimpath -ldflags "-s -w" -o "$FERRY_BIN/coredns" .)
+  echo "$key" >"$FERRY_BIN/.coredns.stamp"
+}
+
+names=()
+for a in "${@:-all}"; do
+  case $a in
+    all) names+=(etcd helm k8s) ;;
+    etcd | k8s | helm | coredns) names+=("$a") ;;
+    *) die "usage: $0 [all|etcd|k8s|helm|coredns]..." ;;
+  esac
+done
+pids=()
+for name in "${names[@]}"; do
+  "build_$name" &
+  pids+=($!)
+done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || die "a Go build failed (see above)"

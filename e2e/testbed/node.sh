@@ -11,6 +11,7 @@
 #                   images and state are kept for the next `up`)
 #   node.sh purge   down, then delete the node's state, network and Node object
 #   node.sh status  exit 0 when the node is Ready
+#   node.sh packages  install the Debian packages the node needs, nothing else
 #   node.sh ctr ... run ctr against the node's containerd
 #
 # Network: pods get 10.244.0.0/24 on the bridge ferry0, whose address
@@ -305,16 +306,6 @@ YAML
 }
 
 # --- CoreDNS -----------------------------------------------------------------
-# Built from its Go module with only the plugins used here (coredns/main.go).
-build_coredns() {
-  local key
-  key=$(sha256sum "$here/coredns/go.mod" "$here/coredns/go.sum" "$here/coredns/main.go" | sed 's# .*/# #' | sha256sum | cut -c1-16)
-  [ -x "$FERRY_BIN/coredns" ] && [ "$(cat "$FERRY_BIN/.coredns.stamp" 2>/dev/null)" = "$key" ] && return 0
-  log "building CoreDNS from its Go module (cold: a few minutes)"
-  (cd "$here/coredns" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$FERRY_BIN/coredns" .)
-  echo "$key" >"$FERRY_BIN/.coredns.stamp"
-}
-
 start_dns() {
   write_config "$N/Corefile" coredns <<COREFILE
 cluster.local:53 in-addr.arpa:53 {
@@ -354,8 +345,7 @@ up() {
   local started i
   started=$(date +%s)
   install_packages
-  "$here/build-tools.sh" all
-  build_coredns
+  "$here/build-tools.sh" all coredns
   "$here/k8s.sh" status || die "the control plane is not running (run k8s.sh up first)"
   setup_network
   write_cni_config
@@ -437,6 +427,7 @@ case "${1:-}" in
   down) down ;;
   purge) purge ;;
   status) node_ready ;;
+  packages) install_packages ;;
   name) echo "$NODE_NAME" ;;
   ctr) shift; ctr_ "$@" ;;
   *) die "usage: $0 up|down|purge|status|name|ctr ARGS..." ;;

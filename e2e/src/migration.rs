@@ -500,7 +500,7 @@ impl Run<'_> {
         let chart = testbed::repo_root().join("charts/ferry");
         let (op_repo, op_tag) = split_image(&self.images.operator);
         let (sc_repo, sc_tag) = split_image(&self.images.sidecar);
-        let sets = [
+        let mut sets = vec![
             "image.registry=".to_string(),
             format!("image.repository={op_repo}"),
             format!("image.tag={op_tag}"),
@@ -510,6 +510,11 @@ impl Run<'_> {
             format!("sidecarImage.tag={sc_tag}"),
             format!("redirectImage.reference={}", self.images.redirect),
         ];
+        if self.opts.test_namespace {
+            // A test's Ferry leaves the CRs of other tests (which run their
+            // own controllers) alone.
+            sets.push(format!("watchNamespace={}", self.opts.namespace));
+        }
         let mut args: Vec<String> = [
             "upgrade",
             "--install",

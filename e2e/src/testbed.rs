@@ -25,6 +25,19 @@ pub struct Testbed {
     pub kubeconfig: PathBuf,
     /// Folder of the test bed's binaries (kubectl, helm, etcd, ...).
     pub bin_dir: PathBuf,
+    /// The secure node (password authentication, client TLS), when running.
+    pub secure: Option<SecureNode>,
+}
+
+/// The test bed's single-node cluster with password authentication (user
+/// `cassandra`, password `cassandra`) and client TLS (`up.sh --secure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureNode {
+    /// `ip:port`; the port takes TLS and, optionally, plain CQL.
+    pub contact_point: String,
+    pub datacenter: String,
+    /// The CA (PEM) that signed the node's certificate.
+    pub ca_file: PathBuf,
 }
 
 /// Why the test bed could not be brought up or read.
@@ -87,6 +100,12 @@ pub fn cassandra(source_nodes: u8) -> Result<Testbed, TestbedError> {
         "--source-nodes".to_owned(),
         source_nodes.to_string(),
     ])
+}
+
+/// Brings up the two Cassandra clusters and the secure node if they are not
+/// running, and returns the bed (its `secure` is then set).
+pub fn secure() -> Result<Testbed, TestbedError> {
+    up(&["--no-k8s".to_owned(), "--secure".to_owned()])
 }
 
 /// Brings up the Kubernetes control plane if it is not running.
@@ -157,6 +176,18 @@ pub fn read_env(path: &Path) -> Result<Testbed, TestbedError> {
         target_datacenter: get("FERRY_TARGET_DATACENTER")?,
         kubeconfig: PathBuf::from(get("FERRY_KUBECONFIG")?),
         bin_dir: PathBuf::from(get("FERRY_BIN")?),
+        secure: match (
+            vars.get("FERRY_SECURE_CONTACT_POINTS"),
+            vars.get("FERRY_SECURE_DATACENTER"),
+            vars.get("FERRY_SECURE_CA_FILE"),
+        ) {
+            (Some(cp), Some(dc), Some(ca)) => Some(SecureNode {
+                contact_point: cp.to_string(),
+                datacenter: dc.to_string(),
+                ca_file: PathBuf::from(ca),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -180,6 +211,12 @@ mod tests {
             vec!["127.0.0.11:9042", "127.0.0.12:9042"]
         );
         assert_eq!(bed.target_datacenter, "target-dc");
+        assert_eq!(bed.secure, None);
+        let with_secure = "FERRY_SOURCE_CONTACT_POINTS=a:1\nFERRY_SOURCE_DATACENTER=s\nFERRY_TARGET_CONTACT_POINTS=b:1\nFERRY_TARGET_DATACENTER=t\nFERRY_KUBECONFIG=/k\nFERRY_BIN=/b\nFERRY_SECURE_CONTACT_POINTS=127.0.0.23:9042\nFERRY_SECURE_DATACENTER=secure-dc\nFERRY_SECURE_CA_FILE=/ca.pem\n";
+        std::fs::write(&path, with_secure).unwrap();
+        let secure = read_env(&path).unwrap().secure.expect("secure node");
+        assert_eq!(secure.contact_point, "127.0.0.23:9042");
+        assert_eq!(secure.ca_file, PathBuf::from("/ca.pem"));
         std::fs::write(&path, "FERRY_SOURCE_DATACENTER=x\n").unwrap();
         assert!(matches!(
             read_env(&path),

@@ -7,7 +7,11 @@
 #     kube-scheduler, kube-proxy, CoreDNS) and the images it needs.
 # A second run reuses every cache and every running process.
 #
-#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node]
+#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure]
+#
+# --secure adds a third, single-node cluster on 127.0.0.23 with password
+# authentication (cassandra/cassandra) and client TLS, for the tests of
+# credentials and TLS.
 #
 # Afterwards $FERRY_RUN/testbed.env describes the bed (sourced by tests and
 # scripts): contact points, datacenters, kubeconfig.
@@ -18,20 +22,22 @@ source_nodes=${FERRY_SOURCE_NODES:-1}
 # Migrations usually go from an old cluster to a new one: the source may run
 # another Cassandra version (e.g. 4.1.10, on a Java 11 fetched from PyPI).
 source_version=${FERRY_SOURCE_CASSANDRA_VERSION:-$CASSANDRA_VERSION}
-want_k8s=1 want_cassandra=1 want_node=0
+want_k8s=1 want_cassandra=1 want_node=0 want_secure=0
 while [ $# -gt 0 ]; do
   case $1 in
     --source-nodes) source_nodes=$2; shift 2 ;;
     --no-k8s) want_k8s=0; shift ;;
     --no-cassandra) want_cassandra=0; shift ;;
     --node) want_node=1; shift ;;
-    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node])" ;;
+    --secure) want_secure=1; shift ;;
+    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure])" ;;
   esac
 done
 [[ $source_nodes =~ ^[1-9]$ ]] || die "--source-nodes must be 1..9, got $source_nodes"
 
 SOURCE_SEED=127.0.0.11
 TARGET_IP=127.0.0.21
+SECURE_IP=127.0.0.23
 
 # One up.sh at a time: parallel test binaries may all ask for the bed. The
 # daemons it starts close fd 9 (`9>&-`): an inherited lock would be held by a
@@ -63,6 +69,11 @@ if [ "$want_cassandra" = 1 ]; then
   done
   "$here/cassandra/cassandra.sh" wait target1 "$TARGET_IP"
 fi
+if [ "$want_secure" = 1 ]; then
+  FERRY_CASSANDRA_AUTH=1 FERRY_CASSANDRA_TLS=1 \
+    "$here/cassandra/cassandra.sh" start secure1 "$SECURE_IP" ferry-secure secure-dc "$SECURE_IP"
+  "$here/cassandra/cassandra.sh" wait secure1 "$SECURE_IP"
+fi
 
 # Describe the bed for tests and scripts: every running source node, even
 # ones an earlier `up.sh --source-nodes N` started.
@@ -78,6 +89,14 @@ FERRY_TARGET_DATACENTER=target-dc
 FERRY_KUBECONFIG=$FERRY_RUN/kubeconfig
 FERRY_BIN=$FERRY_BIN
 ENV
+# The secure node, once some up.sh started it (later runs keep describing it).
+if pid_alive "$FERRY_RUN/cassandra/secure1/pid"; then
+  cat >>"$FERRY_RUN/testbed.env" <<ENV
+FERRY_SECURE_CONTACT_POINTS=$SECURE_IP:9042
+FERRY_SECURE_DATACENTER=secure-dc
+FERRY_SECURE_CA_FILE=$FERRY_RUN/cassandra/secure1/tls/ca.pem
+ENV
+fi
 if "$here/node.sh" status; then
   echo "FERRY_NODE_NAME=$(bash "$here/node.sh" name)" >>"$FERRY_RUN/testbed.env"
 fi

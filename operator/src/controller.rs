@@ -26,6 +26,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
+use crate::cql::{self, RingHealth};
 use crate::crd::{
     CassandraMigration, CassandraMigrationStatus, Phase, SidecarPodStatus, SidecarState,
 };
@@ -49,6 +50,14 @@ pub struct Settings {
     pub poll: Duration,
     /// Watch only this namespace (all namespaces when `None`).
     pub namespace: Option<String>,
+    /// Before each eviction, ask every source node over CQL how it sees the
+    /// others and evict only when all see all Up/Normal ([`cql::ring_health`]).
+    pub ring_check: bool,
+    /// Before `Mirroring`, write a row through a proxy and wait for it on the
+    /// target ([`cql::probe_write`]).
+    pub probe_write: bool,
+    /// The keyspace of that probe row, created on both clusters.
+    pub probe_keyspace: String,
 }
 
 impl Default for Settings {
@@ -58,6 +67,9 @@ impl Default for Settings {
             roll_timeout: Duration::from_secs(600),
             poll: Duration::from_secs(3),
             namespace: None,
+            ring_check: true,
+            probe_write: true,
+            probe_keyspace: "ferry".to_owned(),
         }
     }
 }
@@ -551,6 +563,9 @@ async fn roll_sidecars(
                     generation,
                     &step.now,
                 );
+                if !probe_gate(step, pods).await {
+                    return Ok(Action::requeue(Duration::from_secs(10)));
+                }
                 step.enter(Phase::Mirroring).await;
             }
             Ok(Action::requeue(Duration::from_millis(200)))
@@ -583,6 +598,18 @@ async fn roll_sidecars(
             Ok(Action::requeue(poll))
         }
         RollStep::Evict(name) => {
+            if let Some(reason) = ring_gate(step.ctx, &step.ns, step.cm, pods).await {
+                status::set_condition(
+                    &mut step.status,
+                    condition::SIDECARS_READY,
+                    false,
+                    "WaitingForRing",
+                    format!("not evicting {name} yet: {reason}"),
+                    generation,
+                    &step.now,
+                );
+                return Ok(Action::requeue(poll));
+            }
             if evict(&step.ctx.client, &step.ns, &name).await? {
                 info!(pod = %name, ?direction, "evicted");
                 if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
@@ -982,8 +1009,172 @@ async fn delete_failed_jobs(client: &Client, ns: &str, migration: &str) -> Resul
 }
 
 /// Keeps the peer map ConfigMap current: source node address → its proxy.
+/// Whether the roll may evict a pod now, as the source nodes see their ring:
+/// `None` when every node sees every other one Up/Normal (or the check is
+/// off, or the nodes are too old to tell), else why not.
+async fn ring_gate(
+    ctx: &Context,
+    ns: &str,
+    cm: &CassandraMigration,
+    pods: &[Pod],
+) -> Option<String> {
+    if !ctx.settings.ring_check {
+        return None;
+    }
+    let ips: Vec<std::net::IpAddr> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
+        .collect();
+    if ips.len() < pods.len() {
+        return Some("a source pod has no IP yet".to_owned());
+    }
+    let source = &cm.spec.source;
+    let access = match cql::Access::from_secrets(
+        &ctx.client,
+        ns,
+        source.credentials_secret.as_ref(),
+        source.tls_secret.as_ref(),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => return Some(format!("cannot log in to the source: {e}")),
+    };
+    let port = u16::try_from(source.cql_port).unwrap_or(9042);
+    match cql::ring_health(&ips, port, &access).await {
+        Ok(RingHealth::Healthy) => None,
+        Ok(RingHealth::Unsupported(why)) => {
+            info!(%why, "no gossip view over CQL; the roll relies on readiness and the settle time");
+            None
+        }
+        Ok(RingHealth::Unhealthy(problems)) => Some(format!(
+            "the source nodes do not all see each other Up/Normal: {}",
+            problems.join("; ")
+        )),
+        Err(e) => Some(format!(
+            "cannot ask the source nodes how they see the ring: {e}"
+        )),
+    }
+}
+
+/// Condition type of the probe write.
+const PROBE_WRITE: &str = "ProbeWrite";
+/// How long one probe waits for its row on the target.
+const PROBE_WAIT: Duration = Duration::from_secs(20);
+
+/// The last gate before `Mirroring`: a row written through a proxy is read
+/// back from the target. Returns whether it was; sets the `ProbeWrite`
+/// condition either way, and fails the migration when the probe has not
+/// passed for longer than the roll timeout.
+async fn probe_gate(step: &mut Step<'_>, pods: &[Pod]) -> bool {
+    if !step.ctx.settings.probe_write {
+        return true;
+    }
+    let generation = step.cm.metadata.generation;
+    let spec = &step.cm.spec;
+    let port = spec.proxy.listen_port;
+    let proxies: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
+        .map(|ip: std::net::IpAddr| std::net::SocketAddr::new(ip, port as u16).to_string())
+        .collect();
+    let accesses = futures::future::try_join(
+        cql::Access::from_secrets(
+            &step.ctx.client,
+            &step.ns,
+            spec.source.credentials_secret.as_ref(),
+            spec.source.tls_secret.as_ref(),
+        ),
+        cql::Access::from_secrets(
+            &step.ctx.client,
+            &step.ns,
+            spec.target.credentials_secret.as_ref(),
+            spec.target.tls_secret.as_ref(),
+        ),
+    )
+    .await;
+    let probe_id = format!("{}/{}/{}", step.ns, step.name, step.now.0.as_millisecond());
+    let outcome = match accesses {
+        Err(e) => Err(e.to_string()),
+        Ok((source, target)) => cql::probe_write(
+            &proxies,
+            &source,
+            &spec.target.contact_points,
+            &target,
+            &step.ctx.settings.probe_keyspace,
+            &probe_id,
+            PROBE_WAIT,
+        )
+        .await
+        .map_err(|e| e.to_string()),
+    };
+    let (passed, reason, message) = match outcome {
+        Ok(Some(took)) => (
+            true,
+            "SeenOnTarget",
+            format!(
+                "a row written through the proxies was on the target after {} ms",
+                took.as_millis()
+            ),
+        ),
+        Ok(None) => (
+            false,
+            "NotSeenOnTarget",
+            format!(
+                "a row written through the proxies was not on the target after {}s: do the proxies reach the target?",
+                PROBE_WAIT.as_secs()
+            ),
+        ),
+        Err(e) => (false, "ProbeFailed", format!("the probe write failed: {e}")),
+    };
+    status::set_condition(
+        &mut step.status,
+        PROBE_WRITE,
+        passed,
+        reason,
+        message.clone(),
+        generation,
+        &step.now,
+    );
+    if passed {
+        info!(%message, "probe write seen on the target");
+        step.event(EventType::Normal, "ProbeWriteSeen", "Probe", message)
+            .await;
+        return true;
+    }
+    warn!(%message, "probe write not seen on the target");
+    let failing_for = step
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PROBE_WRITE)
+        .map(|c| {
+            step.now
+                .0
+                .duration_since(c.last_transition_time.0)
+                .as_secs()
+        })
+        .unwrap_or(0);
+    if failing_for > step.ctx.settings.roll_timeout.as_secs() as i64 {
+        step.fail(reason, format!("{message} (for {failing_for}s)"))
+            .await;
+    }
+    false
+}
+
+/// The port drivers are told to use for a source node: with the iptables
+/// redirect, the CQL port itself (it reaches the proxy once the pod has one
+/// and Cassandra before, so a node not rolled yet stays reachable); with
+/// `redirect: port`, the proxy's own port.
+fn advertised_port(spec: &crate::crd::CassandraMigrationSpec) -> i32 {
+    match spec.proxy.redirect {
+        crate::crd::TrafficRedirect::Iptables => spec.source.cql_port,
+        crate::crd::TrafficRedirect::Port => spec.proxy.listen_port,
+    }
+}
+
 async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> {
-    let port = step.cm.spec.proxy.listen_port;
+    let port = advertised_port(&step.cm.spec);
     let peers: BTreeMap<String, String> = pods
         .iter()
         .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
@@ -1117,12 +1308,13 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
             .max(0) as usize;
         // Only pods that serve this migration.
         let ours: Vec<Pod> = pods
-            .into_iter()
+            .iter()
             .filter(|p| {
                 p.annotations()
                     .get(labels::MIGRATION_ANNOTATION)
                     .is_none_or(|m| *m == name)
             })
+            .cloned()
             .collect();
         let views: Vec<PodView> = ours.iter().map(PodView::of).collect();
         match roll::plan(&views, replicas, Direction::Remove) {
@@ -1131,6 +1323,12 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
                 return Err(Error::CleanupInProgress(reason));
             }
             RollStep::Evict(pod) => {
+                // The whole ring, not only this migration's pods.
+                if let Some(reason) = ring_gate(&ctx, &ns, &cm, &pods).await {
+                    return Err(Error::CleanupInProgress(format!(
+                        "not evicting {pod} yet: {reason}"
+                    )));
+                }
                 if evict(&ctx.client, &ns, &pod).await? {
                     step.event(
                         EventType::Normal,
@@ -1185,6 +1383,20 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drivers_are_told_the_cql_port_with_iptables_and_the_proxy_port_otherwise() {
+        let spec = |redirect: &str| -> crate::crd::CassandraMigrationSpec {
+            serde_json::from_value(json!({
+                "source": {"statefulSet": "c"},
+                "target": {"contactPoints": ["t:9042"], "localDatacenter": "dc1"},
+                "proxy": {"redirect": redirect, "listenPort": 29042},
+            }))
+            .expect("spec")
+        };
+        assert_eq!(advertised_port(&spec("iptables")), 9042);
+        assert_eq!(advertised_port(&spec("port")), 29042);
+    }
 
     fn pod(name: &str, ready: bool, sidecar: bool, ip: &str) -> Pod {
         let mut init = vec![];

@@ -5,10 +5,12 @@
 //! - [`controller`]: the reconcile loop (phases, roll, Jobs, status).
 //! - [`roll`], [`sidecar`], [`jobs`], [`status`]: the pure decisions it makes.
 //! - [`webhook`] and [`certs`]: the sidecar-injection admission webhook and its TLS.
+//! - [`cql`]: the operator's own CQL checks (ring health before evictions, the probe write).
 //! - [`leader`]: Lease-based leader election so two replicas never roll at once.
 
 pub mod certs;
 pub mod controller;
+pub mod cql;
 pub mod crd;
 pub mod crdgen;
 pub mod http;

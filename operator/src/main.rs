@@ -44,6 +44,9 @@ struct RunArgs {
     /// Namespace the operator runs in (its Lease and webhook Secret live there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "ferry-system")]
     namespace: String,
+    /// Reconcile migrations of this namespace only (default: every namespace).
+    #[arg(long, env = "FERRY_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// This replica's name, for the Lease and Events.
     #[arg(long, env = "POD_NAME", default_value = "ferry-operator")]
     pod_name: String,
@@ -100,6 +103,17 @@ struct RunArgs {
     /// How long a rolled pod may take to come back, in seconds.
     #[arg(long, env = "FERRY_ROLL_TIMEOUT_SECS", default_value_t = 600)]
     roll_timeout_secs: u64,
+    /// Before each eviction, check over CQL that every source node sees every
+    /// other one Up/Normal (needs the operator to reach the pods' CQL port).
+    #[arg(long, env = "FERRY_RING_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    ring_check: bool,
+    /// Before Mirroring, write a row through a proxy and wait for it on the
+    /// target (needs the operator to reach the proxies and the target).
+    #[arg(long, env = "FERRY_PROBE_WRITE", default_value_t = true, action = clap::ArgAction::Set)]
+    probe_write: bool,
+    /// Keyspace of the probe row, created on both clusters.
+    #[arg(long, env = "FERRY_PROBE_KEYSPACE", default_value = "ferry")]
+    probe_keyspace: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -262,6 +276,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         sidecar_image: args.sidecar_image.clone(),
         roll_timeout: Duration::from_secs(args.roll_timeout_secs),
+        ring_check: args.ring_check,
+        probe_write: args.probe_write,
+        probe_keyspace: args.probe_keyspace.clone(),
+        namespace: args.watch_namespace.clone().filter(|n| !n.is_empty()),
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(

@@ -10,7 +10,9 @@
 #
 # Environment: CASSANDRA_VERSION (5.0.9; 4.1.x runs on a JDK 11 if one is
 # found), FERRY_CASSANDRA_HEAP (default 640m), FERRY_CASSANDRA_AUTH=1 for
-# PasswordAuthenticator (user cassandra/cassandra), FERRY_NUM_TOKENS (16).
+# PasswordAuthenticator (user cassandra/cassandra), FERRY_CASSANDRA_TLS=1 for
+# client TLS on the native port (optional: plain CQL is still accepted; the
+# node's CA is NODE_DIR/tls/ca.pem), FERRY_NUM_TOKENS (16).
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 here=$FERRY_ROOT/e2e/testbed/cassandra
 
@@ -93,6 +95,24 @@ fetch() {
   touch "$lib/.done"
 }
 
+# client_tls DIR IP: a test CA and a certificate for IP signed by it, as the
+# PKCS12 keystore Cassandra reads (DIR/tls/node.p12) and the CA clients
+# trust (DIR/tls/ca.pem). Kept across restarts.
+client_tls() {
+  local dir=$1/tls ip=$2
+  [ -s "$dir/node.p12" ] && [ -s "$dir/ca.pem" ] && return 0
+  mkdir -p "$dir"
+  (cd "$dir" &&
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+      -subj "/CN=ferry test CA" 2>/dev/null &&
+    openssl req -newkey rsa:2048 -nodes -keyout node.key -out node.csr -subj "/CN=$ip" 2>/dev/null &&
+    printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' "$ip" >node.ext &&
+    openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out node.pem \
+      -days 3650 -extfile node.ext 2>/dev/null &&
+    openssl pkcs12 -export -in node.pem -inkey node.key -certfile ca.pem -name node \
+      -out node.p12 -passout pass:ferrytest) || die "could not make the TLS material in $dir"
+}
+
 start() {
   local name=$1 ip=$2 cluster=$3 dc=$4 seeds=$5
   local dir lib java jamm jmx auth=AllowAllAuthenticator authz=AllowAllAuthorizer
@@ -108,6 +128,17 @@ start() {
   sed -e "s#@IP@#$ip#g" -e "s#@CLUSTER@#$cluster#g" -e "s#@DIR@#$dir#g" -e "s#@SEEDS@#$seeds#g" \
     -e "s#@NUM_TOKENS@#${FERRY_NUM_TOKENS:-16}#g" -e "s#@AUTHENTICATOR@#$auth#g" -e "s#@AUTHORIZER@#$authz#g" \
     "$here/cassandra.yaml.in" >"$dir/conf/cassandra.yaml"
+  if [ "${FERRY_CASSANDRA_TLS:-0}" = 1 ]; then
+    client_tls "$dir" "$ip"
+    cat >>"$dir/conf/cassandra.yaml" <<TLS
+client_encryption_options:
+  enabled: true
+  optional: true
+  keystore: $dir/tls/node.p12
+  keystore_password: ferrytest
+  store_type: PKCS12
+TLS
+  fi
   cp "$here/logback.xml" "$dir/conf/logback.xml"
   printf 'dc=%s\nrack=rack1\n' "$dc" >"$dir/conf/cassandra-rackdc.properties"
   echo "$ip" >"$dir/ip"

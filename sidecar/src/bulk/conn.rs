@@ -36,8 +36,25 @@ pub enum ConnectError {
         #[source]
         source: Box<scylla::errors::NewSessionError>,
     },
+    /// The cluster refused the username or password: retrying cannot help.
+    #[error("the {cluster} cluster at {contact_points} refused the credentials (check the username and password{hint}): {reason}")]
+    BadCredentials {
+        cluster: &'static str,
+        contact_points: String,
+        hint: &'static str,
+        reason: String,
+    },
     #[error("unknown consistency level `{0}`")]
     Consistency(String),
+}
+
+/// Whether a session error is the server refusing the login (an
+/// AuthenticationError, or a server that wants a login none was given).
+fn is_auth_failure(err: &scylla::errors::NewSessionError) -> bool {
+    let text = format!("{err} {err:?}").to_ascii_lowercase();
+    text.contains("authentication")
+        || text.contains("bad credentials")
+        || text.contains("authenticator")
 }
 
 /// Connection flags of both clusters.
@@ -276,6 +293,18 @@ pub async fn connect(
     loop {
         match builder.build().await {
             Ok(session) => return Ok(Arc::new(session)),
+            Err(source) if is_auth_failure(&source) => {
+                return Err(ConnectError::BadCredentials {
+                    cluster: cfg.name,
+                    contact_points: cfg.contact_points.join(","),
+                    hint: if cfg.username.is_none() {
+                        ": none was given, and the cluster requires a login"
+                    } else {
+                        ""
+                    },
+                    reason: source.to_string(),
+                })
+            }
             Err(source) if std::time::Instant::now() < deadline => {
                 tracing::warn!(cluster = cfg.name, error = %source, "cannot connect yet; retrying in 5 s");
                 tokio::time::sleep(Duration::from_secs(5)).await;

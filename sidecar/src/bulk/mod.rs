@@ -85,5 +85,17 @@ mod tests {
         }
         .into();
         assert_eq!(exit_code(&differences), exit::DIFFERENCES);
+        let refused: anyhow::Error = conn::ConnectError::BadCredentials {
+            cluster: "target",
+            contact_points: "t:9042".into(),
+            hint: "",
+            reason: "Authentication failed".into(),
+        }
+        .into();
+        assert_eq!(
+            exit_code(&refused.context("connecting")),
+            exit::BAD_INPUT,
+            "a refused login is not retried"
+        );
     }
 }

@@ -1,0 +1,240 @@
+//! Credentials and TLS, against the test bed's secure node (`up.sh
+//! --secure`: password authentication, user cassandra/cassandra, client TLS
+//! with a test CA): the backfill and validation with a password over TLS, a
+//! refused password, an untrusted certificate, and the operator's CQL checks
+//! logging in the same way.
+
+mod bulk_support;
+
+use std::time::Duration;
+
+use bulk_support::*;
+use ferry_e2e::testbed::SecureNode;
+use ferry_operator::cql::{self, Access, RingHealth};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+
+const USER: &str = "cassandra";
+const PASSWORD: &str = "cassandra";
+
+async fn secure_node() -> SecureNode {
+    tokio::task::spawn_blocking(ferry_e2e::testbed::secure)
+        .await
+        .expect("join")
+        .expect("the secure node must start")
+        .secure
+        .expect("up.sh --secure describes the secure node")
+}
+
+fn tls(ca_file: &std::path::Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).expect("CA file") {
+        roots.add(cert.expect("CA cert")).expect("add CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// A session to the secure node over TLS, retrying while the node sets up
+/// its default superuser (a few seconds after it starts answering).
+async fn secure_session(node: &SecureNode) -> Session {
+    let mut last = String::new();
+    for _ in 0..60 {
+        match SessionBuilder::new()
+            .known_node(&node.contact_point)
+            .user(USER, PASSWORD)
+            .tls_context(Some(tls(&node.ca_file)))
+            .build()
+            .await
+        {
+            Ok(s) => return s,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("cannot log in to the secure node over TLS: {last}");
+}
+
+/// `ferry-sidecar MODE` from the bed's source into the secure node.
+async fn cli(bed: &Bed, node: &SecureNode, mode: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let mut argv = vec![mode.to_owned()];
+    let mut flags = connection_flags(bed);
+    let at =
+        |flags: &Vec<String>, name: &str| flags.iter().position(|f| f == name).expect("flag") + 1;
+    let i = at(&flags, "--target-contact-points");
+    flags[i] = node.contact_point.clone();
+    let i = at(&flags, "--target-local-dc");
+    flags[i] = node.datacenter.clone();
+    argv.extend(flags);
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
+        .args(&argv)
+        .env("FERRY_LOG", "error")
+        .output()
+        .await
+        .expect("run ferry-sidecar");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn table_on_both(bed: &Bed, secure: &Session, ks: &str) {
+    for session in [&*bed.source, secure] {
+        exec(
+            session,
+            &format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+        )
+        .await;
+        exec(
+            session,
+            &format!("CREATE TABLE IF NOT EXISTS {ks}.t (k int PRIMARY KEY, v text)"),
+        )
+        .await;
+        session
+            .await_schema_agreement()
+            .await
+            .expect("schema agreement");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_into_a_tls_target_with_a_password_copies_and_validates() {
+    let bed = bed().await;
+    let node = secure_node().await;
+    let secure = secure_session(&node).await;
+    let ks = unique("secure");
+    table_on_both(&bed, &secure, &ks).await;
+    insert_on_source(
+        &bed,
+        &format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"),
+        (0..500).map(|k| (k, format!("row {k}"))),
+    )
+    .await;
+    let ca = node.ca_file.display().to_string();
+    let login = [
+        "--target-username",
+        USER,
+        "--target-password",
+        PASSWORD,
+        "--target-tls-ca-file",
+        &ca,
+        "--keyspaces",
+        &ks,
+    ];
+    let (code, stderr) = cli(&bed, &node, "backfill", &login).await;
+    assert_eq!(code, Some(0), "backfill failed: {stderr}");
+    let copied: Option<i64> = scalar(&secure, &format!("SELECT COUNT(*) FROM {ks}.t")).await;
+    assert_eq!(copied, Some(500));
+    let (code, stderr) = cli(&bed, &node, "validate", &login).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "validation found differences or failed: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_password_fails_at_once_naming_the_credentials() {
+    let bed = bed().await;
+    let node = secure_node().await;
+    // Make sure the node's roles are set up, so a refusal is a real one.
+    drop(secure_session(&node).await);
+    let ca = node.ca_file.display().to_string();
+    let flags = [
+        "--target-username",
+        USER,
+        "--target-password",
+        "not-the-password",
+        "--target-tls-ca-file",
+        &ca,
+        "--keyspaces",
+        "system_auth_does_not_matter",
+        // A refused login must not wait this out.
+        "--connect-wait-secs",
+        "600",
+    ];
+    let run = cli(&bed, &node, "backfill", &flags);
+    let (code, stderr) = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("a refused password is not retried for ten minutes");
+    assert_eq!(code, Some(2), "bad input, not a retry: {stderr}");
+    assert!(
+        stderr.contains("refused the credentials"),
+        "the error names the credentials: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_an_untrusted_ca_is_refused() {
+    let bed = bed().await;
+    let node = secure_node().await;
+    drop(secure_session(&node).await);
+    // The system's public CAs did not sign the test node's certificate.
+    let (code, stderr) = cli(
+        &bed,
+        &node,
+        "backfill",
+        &[
+            "--target-username",
+            USER,
+            "--target-password",
+            PASSWORD,
+            "--target-tls-ca-file",
+            "/etc/ssl/certs/ca-certificates.crt",
+            "--keyspaces",
+            "any",
+            "--connect-wait-secs",
+            "0",
+        ],
+    )
+    .await;
+    assert_ne!(code, Some(0), "an untrusted certificate must not connect");
+    let lower = stderr.to_ascii_lowercase();
+    assert!(
+        lower.contains("certificate") || lower.contains("tls"),
+        "the error says why: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_checks_log_in_with_a_password_over_tls() {
+    let node = secure_node().await;
+    drop(secure_session(&node).await);
+    let ca = std::fs::read(&node.ca_file).expect("CA file");
+    let ip: std::net::IpAddr = node
+        .contact_point
+        .rsplit_once(':')
+        .map_or(node.contact_point.as_str(), |(h, _)| h)
+        .parse()
+        .expect("ip");
+    let good = Access::with_password(USER, PASSWORD)
+        .with_tls_ca("test", &ca, false)
+        .expect("TLS from the CA");
+    assert_eq!(
+        cql::ring_health(&[ip], 9042, &good)
+            .await
+            .expect("check runs"),
+        RingHealth::Healthy
+    );
+    let refused = Access::with_password(USER, "wrong")
+        .with_tls_ca("test", &ca, false)
+        .expect("TLS from the CA");
+    let RingHealth::Unhealthy(problems) = cql::ring_health(&[ip], 9042, &refused)
+        .await
+        .expect("check runs")
+    else {
+        panic!("a refused login must not pass the ring check");
+    };
+    assert!(
+        problems[0].to_ascii_lowercase().contains("authentication"),
+        "{problems:?}"
+    );
+}

@@ -54,6 +54,11 @@ if [ "$want_cassandra" = 1 ]; then
   CASSANDRA_VERSION=$source_version "$here/cassandra/cassandra.sh" start source1 "$SOURCE_SEED" ferry-source source-dc "$SOURCE_SEED"
   "$here/cassandra/cassandra.sh" start target1 "$TARGET_IP" ferry-target target-dc "$TARGET_IP"
 fi
+if [ "$want_node" = 1 ]; then
+  # Every Go binary at once, CoreDNS included (k8s.sh and node.sh then find
+  # them built): on a cold machine that overlaps their links and downloads.
+  "$here/build-tools.sh" all coredns
+fi
 if [ "$want_k8s" = 1 ] || [ "$want_node" = 1 ]; then
   "$here/k8s.sh" up
 fi

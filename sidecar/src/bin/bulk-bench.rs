@@ -249,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
         let (mut raw, mut raw_batched, mut backfill, mut validate) =
             (vec![], vec![], vec![], vec![]);
         let (mut backfill_mb, mut validate_mb) = (vec![], vec![]);
+        let (mut backfill_copy, mut validate_copy) = (vec![], vec![]);
         let (mut backfill_rss, mut validate_rss) = (0u64, 0u64);
         for run in 0..args.runs {
             exec(&target, &format!("TRUNCATE {ks}.raw")).await?;
@@ -286,6 +287,8 @@ async fn main() -> anyhow::Result<()> {
                 b.summary
             );
             backfill.push(size as f64 / ms * 1000.0);
+            let copy_ms = b.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
+            backfill_copy.push(size as f64 / copy_ms * 1000.0);
             backfill_mb.push(bytes as f64 / ms / 1000.0);
             backfill_rss = backfill_rss.max(b.max_rss_kb);
             let v = run_child(&sidecar, "validate", &args, &ks, &args.validate_flags, &dir)?;
@@ -298,6 +301,8 @@ async fn main() -> anyhow::Result<()> {
                 v.summary
             );
             validate.push(size as f64 / ms * 1000.0);
+            let copy_ms = v.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
+            validate_copy.push(size as f64 / copy_ms * 1000.0);
             validate_mb.push(bytes as f64 / ms / 1000.0);
             validate_rss = validate_rss.max(v.max_rss_kb);
             eprintln!("size {size} run {run}: raw {:.0} rows/s, raw batched {:.0} rows/s, backfill {:.0} rows/s, validate {:.0} rows/s", raw[run], raw_batched[run], backfill[run], validate[run]);
@@ -340,12 +345,26 @@ async fn main() -> anyhow::Result<()> {
             fmt(&backfill)
         );
         println!(
+            "| {size} | backfill, copy phase (after connecting and reading schemas) | {:.0} | {:.1} | {:.0}% | - | {} |",
+            median(backfill_copy.clone()),
+            mb(&backfill_copy),
+            median(backfill_copy.clone()) / raw_median * 100.0,
+            fmt(&backfill_copy)
+        );
+        println!(
             "| {size} | validate | {:.0} | {:.1} | {:.0}% | {:.0} | {} |",
             median(validate.clone()),
             median(validate_mb),
             median(validate.clone()) / raw_median * 100.0,
             validate_rss as f64 / 1024.0,
             fmt(&validate)
+        );
+        println!(
+            "| {size} | validate, compare phase | {:.0} | {:.1} | {:.0}% | - | {} |",
+            median(validate_copy.clone()),
+            mb(&validate_copy),
+            median(validate_copy.clone()) / raw_median * 100.0,
+            fmt(&validate_copy)
         );
         for session in [&source, &target] {
             exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;

@@ -240,6 +240,7 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
             work.push((job.clone(), *range, attempt));
         }
     }
+    stats.mark_copy_started();
     info!(
         ranges = work.len(),
         skipped = Stats::get(&stats.ranges_skipped),

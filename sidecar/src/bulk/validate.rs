@@ -314,6 +314,7 @@ pub async fn run(args: &ValidateArgs, stats: Arc<Stats>) -> anyhow::Result<Valid
         }
     }
     Stats::add(&stats.ranges_total, work.len() as u64);
+    stats.mark_copy_started();
     info!(ranges = work.len(), mode = ?args.mode, repair = args.repair, validation_start, "validation starting");
 
     let progress_log = progress::spawn_progress_log(

@@ -1099,7 +1099,7 @@ async fn probe_gate(step: &mut Step<'_>, pods: &[Pod]) -> bool {
         Ok((source, target)) => cql::probe_write(
             &proxies,
             &source,
-            &spec.target.contact_points,
+            &cql::contact_points_in(&step.ns, &spec.target.contact_points),
             &target,
             &step.ctx.settings.probe_keyspace,
             &probe_id,

@@ -441,6 +441,29 @@ pub async fn ring_health(
     Ok(judge_ring(nodes, &views, &unreachable))
 }
 
+/// Contact points as the operator must give them to the driver. A host name
+/// in a migration is written as the migration's pods see it, so a short
+/// in-cluster name (`cassandra-target-0.cassandra-target:9042`) resolves
+/// there through the pod's DNS search list but not from the operator's own
+/// namespace: each name also gets its `<name>.<namespace>.svc` form. The
+/// driver uses whichever resolves and ignores the other.
+pub fn contact_points_in(namespace: &str, contact_points: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for cp in contact_points {
+        out.push(cp.clone());
+        let (host, port) = cp.rsplit_once(':').unwrap_or((cp.as_str(), "9042"));
+        let is_ip = host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
+        let qualified = host.ends_with(".svc")
+            || host.contains(".svc.")
+            || host.ends_with('.')
+            || host.ends_with(".cluster.local");
+        if !is_ip && !qualified && !host.is_empty() {
+            out.push(format!("{host}.{namespace}.svc:{port}"));
+        }
+    }
+    out
+}
+
 fn socket(ip: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }
@@ -551,6 +574,28 @@ mod tests {
         [(ip(1), all()), (ip(2), all()), (ip(3), all())]
             .into_iter()
             .collect()
+    }
+
+    #[test]
+    fn short_in_cluster_names_also_get_their_namespace_qualified_form() {
+        let cps = [
+            "cassandra-target-0.cassandra-target:9042".to_owned(),
+            "10.0.0.7:9042".to_owned(),
+            "[fd00::7]:9042".to_owned(),
+            "target.other.svc:9142".to_owned(),
+            "target.other.svc.cluster.local:9042".to_owned(),
+        ];
+        assert_eq!(
+            contact_points_in("shop", &cps),
+            vec![
+                "cassandra-target-0.cassandra-target:9042",
+                "cassandra-target-0.cassandra-target.shop.svc:9042",
+                "10.0.0.7:9042",
+                "[fd00::7]:9042",
+                "target.other.svc:9142",
+                "target.other.svc.cluster.local:9042",
+            ]
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ async fn start_webhook(client: &Client, ns: &str) -> WebhookGuard {
             sidecar_image: "ferry.dev/ferry-sidecar:test".into(),
             redirect_image: "ferry.dev/ferry-redirect:test".into(),
             native_sidecar: true,
+            probe_keyspace: None,
         },
     });
     let tls = certs::server_config(&cert).expect("tls");

@@ -253,6 +253,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             sidecar_image: args.sidecar_image.clone(),
             redirect_image: args.redirect_image.clone(),
             native_sidecar: !args.legacy_sidecar,
+            probe_keyspace: args.probe_write.then(|| args.probe_keyspace.clone()),
         },
     });
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)

@@ -19,10 +19,13 @@ pub struct InjectionSettings {
     /// Use a native sidecar (init container with `restartPolicy: Always`,
     /// Kubernetes 1.29+); otherwise a plain container.
     pub native_sidecar: bool,
+    /// The keyspace of the operator's probe write, mirrored even when the
+    /// migration names the keyspaces to mirror (`None`: no probe).
+    pub probe_keyspace: Option<String>,
 }
 
 /// The proxy's arguments for a migration.
-pub fn proxy_args(cm: &CassandraMigration) -> Vec<String> {
+pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<String> {
     let spec = &cm.spec;
     let (target_host, target_port) = spec
         .target
@@ -55,10 +58,14 @@ pub fn proxy_args(cm: &CassandraMigration) -> Vec<String> {
         args.push(format!("--protocol-version={v}"));
     }
     if !spec.keyspaces.include.is_empty() {
-        args.push(format!(
-            "--include-keyspaces={}",
-            spec.keyspaces.include.join(",")
-        ));
+        let mut include = spec.keyspaces.include.clone();
+        // The probe row must reach the target whatever the migration copies.
+        if let Some(ks) = probe_keyspace {
+            if !include.iter().any(|k| k == ks) {
+                include.push(ks.to_owned());
+            }
+        }
+        args.push(format!("--include-keyspaces={}", include.join(",")));
     }
     if !spec.keyspaces.exclude.is_empty() {
         args.push(format!(
@@ -100,7 +107,7 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
     let mut container = json!({
         "name": labels::SIDECAR_CONTAINER,
         "image": image,
-        "args": proxy_args(cm),
+        "args": proxy_args(cm, settings.probe_keyspace.as_deref()),
         "env": env,
         "ports": [
             {"name": "ferry-cql", "containerPort": spec.proxy.listen_port},
@@ -255,6 +262,7 @@ mod tests {
             sidecar_image: "ferry-sidecar:dev".into(),
             redirect_image: "ferry-redirect:dev".into(),
             native_sidecar: native,
+            probe_keyspace: Some("ferry".into()),
         }
     }
 
@@ -290,7 +298,8 @@ mod tests {
         assert!(args.contains(&"--target-port=9142".to_owned()));
         assert!(args.contains(&"--mode=async".to_owned()));
         assert!(args.contains(&"--protocol-version=4".to_owned()));
-        assert!(args.contains(&"--include-keyspaces=shop".to_owned()));
+        // The probe keyspace is mirrored too, or the probe could never pass.
+        assert!(args.contains(&"--include-keyspaces=shop,ferry".to_owned()));
         assert_eq!(spec.containers.len(), 1, "the app container is untouched");
         assert_eq!(spec.volumes.unwrap().len(), 2);
         let ann = pod.metadata.annotations.unwrap();

@@ -1009,6 +1009,13 @@ async fn delete_failed_jobs(client: &Client, ns: &str, migration: &str) -> Resul
 }
 
 /// Keeps the peer map ConfigMap current: source node address → its proxy.
+/// The IPs of the pods that have one.
+fn pod_ips(pods: &[Pod]) -> Vec<std::net::IpAddr> {
+    pods.iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
+        .collect()
+}
+
 /// Whether the roll may evict a pod now, as the source nodes see their ring:
 /// `None` when every node sees every other one Up/Normal (or the check is
 /// off, or the nodes are too old to tell), else why not.
@@ -1021,10 +1028,7 @@ async fn ring_gate(
     if !ctx.settings.ring_check {
         return None;
     }
-    let ips: Vec<std::net::IpAddr> = pods
-        .iter()
-        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
-        .collect();
+    let ips = pod_ips(pods);
     if ips.len() < pods.len() {
         return Some("a source pod has no IP yet".to_owned());
     }
@@ -1073,10 +1077,9 @@ async fn probe_gate(step: &mut Step<'_>, pods: &[Pod]) -> bool {
     let generation = step.cm.metadata.generation;
     let spec = &step.cm.spec;
     let port = spec.proxy.listen_port;
-    let proxies: Vec<String> = pods
-        .iter()
-        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
-        .map(|ip: std::net::IpAddr| std::net::SocketAddr::new(ip, port as u16).to_string())
+    let proxies: Vec<String> = pod_ips(pods)
+        .into_iter()
+        .map(|ip| std::net::SocketAddr::new(ip, port as u16).to_string())
         .collect();
     let accesses = futures::future::try_join(
         cql::Access::from_secrets(

@@ -451,8 +451,11 @@ pub fn contact_points_in(namespace: &str, contact_points: &[String]) -> Vec<Stri
     let mut out = Vec::new();
     for cp in contact_points {
         out.push(cp.clone());
-        let (host, port) = cp.rsplit_once(':').unwrap_or((cp.as_str(), "9042"));
-        let is_ip = host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
+        // The CRD requires a port on every contact point.
+        let Some((host, port)) = crate::sidecar::split_host_port(cp) else {
+            continue;
+        };
+        let is_ip = host.parse::<IpAddr>().is_ok();
         let qualified = host.ends_with(".svc")
             || host.contains(".svc.")
             || host.ends_with('.')

@@ -5,34 +5,17 @@ mod bulk_support;
 
 use bulk_support::*;
 
-/// Runs the CLI; returns (success, stderr).
+/// Runs the CLI, optionally against another target; returns (code, stderr).
 async fn cli(
     bed: &Bed,
     mode: &str,
     extra: &[&str],
     replace_target: Option<&str>,
 ) -> (Option<i32>, String) {
-    let mut argv = vec![mode.to_owned()];
-    let mut flags = connection_flags(bed);
-    if let Some(target) = replace_target {
-        let i = flags
-            .iter()
-            .position(|f| f == "--target-contact-points")
-            .expect("flag");
-        flags[i + 1] = target.to_owned();
+    match replace_target {
+        Some(target) => run_cli(bed, mode, &[("--target-contact-points", target)], extra).await,
+        None => run_cli(bed, mode, &[], extra).await,
     }
-    argv.extend(flags);
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
-        .args(&argv)
-        .env("FERRY_LOG", "error")
-        .output()
-        .await
-        .expect("run ferry-sidecar");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 async fn checkpoint_rows(bed: &Bed, job: &str) -> usize {

@@ -64,26 +64,11 @@ async fn secure_session(node: &SecureNode) -> Session {
 
 /// `ferry-sidecar MODE` from the bed's source into the secure node.
 async fn cli(bed: &Bed, node: &SecureNode, mode: &str, extra: &[&str]) -> (Option<i32>, String) {
-    let mut argv = vec![mode.to_owned()];
-    let mut flags = connection_flags(bed);
-    let at =
-        |flags: &Vec<String>, name: &str| flags.iter().position(|f| f == name).expect("flag") + 1;
-    let i = at(&flags, "--target-contact-points");
-    flags[i] = node.contact_point.clone();
-    let i = at(&flags, "--target-local-dc");
-    flags[i] = node.datacenter.clone();
-    argv.extend(flags);
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
-        .args(&argv)
-        .env("FERRY_LOG", "error")
-        .output()
-        .await
-        .expect("run ferry-sidecar");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let target = [
+        ("--target-contact-points", node.contact_point.as_str()),
+        ("--target-local-dc", node.datacenter.as_str()),
+    ];
+    run_cli(bed, mode, &target, extra).await
 }
 
 async fn table_on_both(bed: &Bed, secure: &Session, ks: &str) {

@@ -248,7 +248,6 @@ async fn main() -> anyhow::Result<()> {
         let bytes: u64 = (0..size).map(row_bytes).sum();
         let (mut raw, mut raw_batched, mut backfill, mut validate) =
             (vec![], vec![], vec![], vec![]);
-        let (mut backfill_mb, mut validate_mb) = (vec![], vec![]);
         let (mut backfill_copy, mut validate_copy) = (vec![], vec![]);
         let (mut backfill_rss, mut validate_rss) = (0u64, 0u64);
         for run in 0..args.runs {
@@ -289,7 +288,6 @@ async fn main() -> anyhow::Result<()> {
             backfill.push(size as f64 / ms * 1000.0);
             let copy_ms = b.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
             backfill_copy.push(size as f64 / copy_ms * 1000.0);
-            backfill_mb.push(bytes as f64 / ms / 1000.0);
             backfill_rss = backfill_rss.max(b.max_rss_kb);
             let v = run_child(&sidecar, "validate", &args, &ks, &args.validate_flags, &dir)?;
             let ms = v.summary["elapsedMillis"].as_f64().unwrap_or(1.0).max(1.0);
@@ -303,7 +301,6 @@ async fn main() -> anyhow::Result<()> {
             validate.push(size as f64 / ms * 1000.0);
             let copy_ms = v.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
             validate_copy.push(size as f64 / copy_ms * 1000.0);
-            validate_mb.push(bytes as f64 / ms / 1000.0);
             validate_rss = validate_rss.max(v.max_rss_kb);
             eprintln!("size {size} run {run}: raw {:.0} rows/s, raw batched {:.0} rows/s, backfill {:.0} rows/s, validate {:.0} rows/s", raw[run], raw_batched[run], backfill[run], validate[run]);
         }
@@ -322,50 +319,31 @@ async fn main() -> anyhow::Result<()> {
                     .collect(),
             )
         };
-        println!(
-            "| {size} | raw ingest, one INSERT per row | {:.0} | {:.1} | {:.0}% | - | {} |",
-            median(raw.clone()),
-            mb(&raw),
-            median(raw.clone()) / raw_median * 100.0,
-            fmt(&raw)
+        // One table row per phase; RSS only for the ferry-sidecar processes.
+        let row = |phase: &str, v: &[f64], rss_kb: Option<u64>| {
+            let rss = rss_kb.map_or("-".to_owned(), |kb| format!("{:.0}", kb as f64 / 1024.0));
+            println!(
+                "| {size} | {phase} | {:.0} | {:.1} | {:.0}% | {rss} | {} |",
+                median(v.to_vec()),
+                mb(v),
+                median(v.to_vec()) / raw_median * 100.0,
+                fmt(v)
+            );
+        };
+        row("raw ingest, one INSERT per row", &raw, None);
+        row(
+            "raw ingest, one UNLOGGED batch per partition",
+            &raw_batched,
+            None,
         );
-        println!(
-            "| {size} | raw ingest, one UNLOGGED batch per partition | {:.0} | {:.1} | {:.0}% | - | {} |",
-            median(raw_batched.clone()),
-            mb(&raw_batched),
-            median(raw_batched.clone()) / raw_median * 100.0,
-            fmt(&raw_batched)
+        row("backfill", &backfill, Some(backfill_rss));
+        row(
+            "backfill, copy phase (after connecting and reading schemas)",
+            &backfill_copy,
+            None,
         );
-        println!(
-            "| {size} | backfill | {:.0} | {:.1} | {:.0}% | {:.0} | {} |",
-            median(backfill.clone()),
-            median(backfill_mb),
-            median(backfill.clone()) / raw_median * 100.0,
-            backfill_rss as f64 / 1024.0,
-            fmt(&backfill)
-        );
-        println!(
-            "| {size} | backfill, copy phase (after connecting and reading schemas) | {:.0} | {:.1} | {:.0}% | - | {} |",
-            median(backfill_copy.clone()),
-            mb(&backfill_copy),
-            median(backfill_copy.clone()) / raw_median * 100.0,
-            fmt(&backfill_copy)
-        );
-        println!(
-            "| {size} | validate | {:.0} | {:.1} | {:.0}% | {:.0} | {} |",
-            median(validate.clone()),
-            median(validate_mb),
-            median(validate.clone()) / raw_median * 100.0,
-            validate_rss as f64 / 1024.0,
-            fmt(&validate)
-        );
-        println!(
-            "| {size} | validate, compare phase | {:.0} | {:.1} | {:.0}% | - | {} |",
-            median(validate_copy.clone()),
-            mb(&validate_copy),
-            median(validate_copy.clone()) / raw_median * 100.0,
-            fmt(&validate_copy)
-        );
+        row("validate", &validate, Some(validate_rss));
+        row("validate, compare phase", &validate_copy, None);
         for session in [&source, &target] {
             exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
         }

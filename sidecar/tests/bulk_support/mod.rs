@@ -127,6 +127,37 @@ pub fn connection_flags(bed: &Bed) -> Vec<String> {
     ]
 }
 
+/// Runs `ferry-sidecar MODE` as a child process with the bed's connection
+/// flags, each flag of `replace` given its new value, then `extra`.
+/// Returns (exit code, stderr).
+pub async fn run_cli(
+    bed: &Bed,
+    mode: &str,
+    replace: &[(&str, &str)],
+    extra: &[&str],
+) -> (Option<i32>, String) {
+    let mut flags = connection_flags(bed);
+    for (name, value) in replace {
+        let i = flags
+            .iter()
+            .position(|f| f == name)
+            .unwrap_or_else(|| panic!("no flag {name}"));
+        flags[i + 1] = (*value).to_owned();
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
+        .arg(mode)
+        .args(&flags)
+        .args(extra)
+        .env("FERRY_LOG", "error")
+        .output()
+        .await
+        .expect("run ferry-sidecar");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[derive(Parser)]
 struct BackfillCli {
     #[command(flatten)]

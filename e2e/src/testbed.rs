@@ -63,11 +63,22 @@ pub enum TestbedError {
     MissingKey { path: PathBuf, key: &'static str },
 }
 
-/// The repository root (this crate lives in `<root>/e2e`).
+/// The repository root (every crate lives one level below it).
+///
+/// `cargo test` and `cargo run` set `CARGO_MANIFEST_DIR` at run time too;
+/// that one is tried first. The compile-time value is the clone that built
+/// the binary, and with a shared `CARGO_TARGET_DIR` a build made in one clone
+/// is reused by another whose sources are older, so it may point at a clone
+/// that is gone.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
+    let runtime = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    runtime
+        .into_iter()
+        .chain([built.clone()])
+        .filter_map(|dir| dir.parent().map(Path::to_path_buf))
+        .find(|root| root.join("e2e/testbed/up.sh").is_file())
+        .or_else(|| built.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 

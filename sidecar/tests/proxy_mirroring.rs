@@ -711,3 +711,65 @@ async fn now_and_uuid_get_the_same_value_on_both_sides() {
     drop(client);
     proxy.stop().await.expect("stop");
 }
+
+/// `--mirror-max-in-flight` holds client writes back while that many target
+/// writes are pending, and none of the held writes is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mirroring_is_bounded_and_loses_nothing() {
+    let bed = bed().await;
+    let ks = keyspace("px_bound");
+    setup_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"],
+    )
+    .await;
+    let proxy = start_proxy(
+        "127.0.0.54",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "async", "--mirror-max-in-flight", "1"],
+    )
+    .await;
+    let client = std::sync::Arc::new(connect(&proxy.addr.to_string()).await);
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    const ROWS: i32 = 400;
+    let writes = (0..ROWS).map(|k| {
+        let (client, insert) = (client.clone(), insert.clone());
+        async move { client.execute_unpaged(&insert, (k, "v")).await }
+    });
+    for r in futures::future::join_all(writes).await {
+        r.expect("write through the proxy");
+    }
+    let waits = proxy.metric("ferry_proxy_mirror_waits_total").await;
+    assert!(
+        waits >= 1.0,
+        "{ROWS} concurrent writes with one place in flight never waited: {waits}"
+    );
+    let count = format!("SELECT COUNT(*) FROM {ks}.kv");
+    let mut on_target = 0;
+    for _ in 0..100 {
+        let r = bed.target.query_unpaged(count.clone(), &[]).await.expect("count");
+        let (n,): (i64,) = r
+            .into_rows_result()
+            .expect("rows")
+            .single_row()
+            .expect("one row");
+        on_target = n;
+        if n == i64::from(ROWS) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(on_target, i64::from(ROWS), "rows on the target");
+    assert_eq!(
+        proxy
+            .metric("ferry_proxy_mirrored_writes_total{outcome=\"ok\"}")
+            .await,
+        f64::from(ROWS)
+    );
+    proxy.stop().await.expect("stop");
+}

@@ -24,6 +24,7 @@ use clap::Parser;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::client::PoolSize;
+use scylla::policies::host_filter::AllowListHostFilter;
 use scylla::statement::prepared::PreparedStatement;
 
 #[derive(Parser, Debug)]
@@ -50,6 +51,10 @@ struct Args {
     /// Seconds per measured phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Seconds of unmeasured load on each path before the first round, so a
+    /// freshly started JVM has compiled its hot paths.
+    #[arg(long, default_value_t = 10)]
+    warmup_seconds: u64,
     /// Alternating direct/proxy rounds; medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -78,11 +83,21 @@ struct Workload {
     insert: PreparedStatement,
     select: PreparedStatement,
     write_percent: u64,
+    /// The client's own dual write, without a proxy: each write also goes
+    /// to this session (the target) and the request ends when both answer.
+    also: Option<(Arc<Session>, PreparedStatement)>,
 }
 
+/// A session that only ever talks to `addr`: the other nodes of a ring
+/// (which a driver discovers through `system.peers`, and which a proxy
+/// without a peer map does not hide) would otherwise take part of one path's
+/// load and not the other's.
 async fn session(addr: &str, pool: usize) -> anyhow::Result<Session> {
+    let only = AllowListHostFilter::new([addr])
+        .with_context(|| format!("resolving {addr} for the host filter"))?;
     SessionBuilder::new()
         .known_node(addr)
+        .host_filter(Arc::new(only))
         .pool_size(PoolSize::PerHost(
             NonZeroUsize::new(pool.max(1)).unwrap_or(NonZeroUsize::MIN),
         ))
@@ -117,6 +132,7 @@ async fn workload(s: &Session, ks: &str, write_percent: u64) -> anyhow::Result<W
             .prepare(format!("SELECT v FROM {ks}.kv WHERE k = ?"))
             .await?,
         write_percent,
+        also: None,
     })
 }
 
@@ -128,12 +144,15 @@ fn key_for(i: u64) -> i64 {
 async fn one_request(s: &Session, w: &Workload, i: u64) -> bool {
     let k = key_for(i);
     if i % 100 < w.write_percent {
-        s.execute_unpaged(
-            &w.insert,
-            (k, "benchmark value of a modest size, 64 bytes or so......"),
-        )
-        .await
-        .is_ok()
+        let value = (k, "benchmark value of a modest size, 64 bytes or so......");
+        let source = s.execute_unpaged(&w.insert, value);
+        match &w.also {
+            None => source.await.is_ok(),
+            Some((target, insert)) => {
+                let (a, b) = tokio::join!(source, target.execute_unpaged(insert, value));
+                a.is_ok() && b.is_ok()
+            }
+        }
     } else {
         s.execute_unpaged(&w.select, (k,)).await.is_ok()
     }
@@ -321,29 +340,94 @@ async fn main() -> anyhow::Result<()> {
     let proxied = Arc::new(session(&proxy_addr, 1).await?);
     let wd = Arc::new(workload(&direct, &ks, args.write_percent).await?);
     let wp = Arc::new(workload(&proxied, &ks, args.write_percent).await?);
+    let target = Arc::new(session(&args.target, 1).await?);
+    let mut dual = workload(&direct, &ks, args.write_percent).await?;
+    dual.also = Some((target.clone(), workload(&target, &ks, 100).await?.insert));
+    let wdual = Arc::new(dual);
 
     // Warm up both paths (JIT on Cassandra, pools, prepared maps).
-    closed_loop(direct.clone(), wd.clone(), args.concurrency, 3).await;
-    closed_loop(proxied.clone(), wp.clone(), args.concurrency, 3).await;
+    closed_loop(
+        direct.clone(),
+        wd.clone(),
+        args.concurrency,
+        args.warmup_seconds,
+    )
+    .await;
+    if args.mode != "source-only" {
+        closed_loop(
+            direct.clone(),
+            wdual.clone(),
+            args.concurrency,
+            args.warmup_seconds,
+        )
+        .await;
+    }
+    closed_loop(
+        proxied.clone(),
+        wp.clone(),
+        args.concurrency,
+        args.warmup_seconds,
+    )
+    .await;
 
-    let mut rows = Vec::new();
+    let (mut dual_tput, mut dual_ratio) = (vec![], vec![]);
+    let (mut dual50, mut dual99, mut dual_added99) = (vec![], vec![], vec![]);
     let (mut d_tput, mut p_tput, mut ratio, mut cpu_us) = (vec![], vec![], vec![], vec![]);
     let (mut d50, mut d99, mut p50, mut p99, mut added99) =
         (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..args.rounds {
         let d = closed_loop(direct.clone(), wd.clone(), args.concurrency, args.seconds).await;
+        // The same writes to both clusters by the client itself: the work
+        // the proxy's mirroring adds, without the proxy (not in
+        // source-only mode, which mirrors nothing).
+        let dd = if args.mode == "source-only" {
+            None
+        } else {
+            Some(
+                closed_loop(
+                    direct.clone(),
+                    wdual.clone(),
+                    args.concurrency,
+                    args.seconds,
+                )
+                .await,
+            )
+        };
         let cpu0 = cpu_seconds(pid);
         let p = closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds).await;
         let cpu1 = cpu_seconds(pid);
         let per_req = (cpu1 - cpu0) * 1e6 / p.requests.max(1) as f64;
-        let half = d.ops_per_sec / 2.0;
+        // Half of the saturation of the same work: with mirroring, that of
+        // the client's own dual write (the target's writes share this box).
+        let half = dd.map_or(d.ops_per_sec, |x| x.ops_per_sec.min(d.ops_per_sec)) / 2.0;
         let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
         let pl = open_loop(proxied.clone(), wp.clone(), half, args.seconds).await;
+        let ddl = match dd {
+            Some(_) => Some(open_loop(direct.clone(), wdual.clone(), half, args.seconds).await),
+            None => None,
+        };
         println!(
             "round {round}: closed loop c={}: direct {:.0} ops/s (p99 {:.0} us, {} errors), proxy {:.0} ops/s (p99 {:.0} us, {} errors), ratio {:.3}, proxy CPU {:.1} us/request; open loop at {:.0} ops/s: direct p50 {:.0} p99 {:.0} us, proxy p50 {:.0} p99 {:.0} us",
             args.concurrency, d.ops_per_sec, d.p99_us, d.errors, p.ops_per_sec, p.p99_us, p.errors,
             p.ops_per_sec / d.ops_per_sec, per_req, half, dl.p50_us, dl.p99_us, pl.p50_us, pl.p99_us
         );
+        if let Some(dd) = dd {
+            println!(
+                "round {round}: closed loop c={}: client writing to both clusters itself {:.0} ops/s ({} errors), proxy/that {:.3}",
+                args.concurrency, dd.ops_per_sec, dd.errors, p.ops_per_sec / dd.ops_per_sec
+            );
+            dual_tput.push(dd.ops_per_sec);
+            dual_ratio.push(p.ops_per_sec / dd.ops_per_sec);
+        }
+        if let Some(ddl) = ddl {
+            println!(
+                "round {round}: open loop at {half:.0} ops/s: client writing to both itself p50 {:.0} p99 {:.0} us",
+                ddl.p50_us, ddl.p99_us
+            );
+            dual50.push(ddl.p50_us);
+            dual99.push(ddl.p99_us);
+            dual_added99.push(pl.p99_us - ddl.p99_us);
+        }
         d_tput.push(d.ops_per_sec);
         p_tput.push(p.ops_per_sec);
         ratio.push(p.ops_per_sec / d.ops_per_sec);
@@ -353,7 +437,6 @@ async fn main() -> anyhow::Result<()> {
         p50.push(pl.p50_us);
         p99.push(pl.p99_us);
         added99.push(pl.p99_us - dl.p99_us);
-        rows.push((d, p, dl, pl));
     }
     // Memory with many client connections.
     let many = session(&proxy_addr, args.rss_connections).await?;
@@ -363,6 +446,12 @@ async fn main() -> anyhow::Result<()> {
     closed_loop(many.clone(), wm, args.concurrency, 3).await;
     let rss = rss_mib(pid);
     let mirrored = reqwest_metric(&args.proxy_ip, "ferry_proxy_mirrored_writes_total").await;
+    let spooled = reqwest_metric(
+        &args.proxy_ip,
+        "ferry_proxy_mirrored_writes_total{outcome=\"spooled\"}",
+    )
+    .await;
+    let waits = reqwest_metric(&args.proxy_ip, "ferry_proxy_mirror_waits_total").await;
     println!();
     println!(
         "| metric (median of {} rounds) | direct | through proxy |",
@@ -376,6 +465,14 @@ async fn main() -> anyhow::Result<()> {
         median(p_tput),
         median(ratio)
     );
+    if !dual_tput.is_empty() {
+        println!(
+            "| throughput, closed loop, {} in flight, the client writing to both clusters itself | {:.0} ops/s | ratio {:.3} |",
+            args.concurrency,
+            median(dual_tput),
+            median(dual_ratio)
+        );
+    }
     println!(
         "| p50 at half saturation (open loop) | {:.0} us | {:.0} us |",
         median(d50),
@@ -387,6 +484,14 @@ async fn main() -> anyhow::Result<()> {
         median(p99),
         median(added99)
     );
+    if !dual99.is_empty() {
+        println!(
+            "| p50 / p99 at the same rate, the client writing to both clusters itself | {:.0} / {:.0} us | added to p99 by the proxy: {:.0} us |",
+            median(dual50),
+            median(dual99),
+            median(dual_added99)
+        );
+    }
     println!(
         "| proxy CPU time per request | | {:.1} us |",
         median(cpu_us)
@@ -396,6 +501,8 @@ async fn main() -> anyhow::Result<()> {
         args.rss_connections, rss
     );
     println!("| writes mirrored to the target (all phases) | | {mirrored:.0} |");
+    println!("| of which spooled (target too slow or down) | | {spooled:.0} |");
+    println!("| client writes held back by --mirror-max-in-flight | | {waits:.0} |");
     let _ = source_admin
         .query_unpaged(format!("DROP KEYSPACE {ks}"), &[])
         .await;

@@ -159,6 +159,12 @@ pub struct ProxyArgs {
     /// Async mode: first retry delay (doubles each time), milliseconds.
     #[arg(long, env = "FERRY_PROXY_RETRY_BACKOFF_MS", default_value_t = 50)]
     pub retry_backoff_ms: u64,
+    /// Async mode: writes on their way to the target at once, over all
+    /// client connections. A client write beyond it waits (back-pressure):
+    /// without a bound a target slower than the source would let the
+    /// backlog, the proxy's memory and the target's lag grow without end.
+    #[arg(long, env = "FERRY_PROXY_MIRROR_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub mirror_max_in_flight: u32,
     /// Directory of the on-disk spool.
     #[arg(
         long,

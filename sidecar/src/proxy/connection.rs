@@ -22,7 +22,8 @@ use super::config::Mode;
 use super::frame::{error_code, opcode, DecodeRules, Frame, FrameError};
 use super::link::{FrameReader, FrameWriter, Outbound, ReadError};
 use super::mirror::{
-    lwt_applied, mirror_async, send_to_target, MirrorRequest, ProxyContext, TargetLink,
+    lwt_applied, mirror_async, mirror_permit, send_to_target, MirrorRequest, ProxyContext,
+    TargetLink,
 };
 use super::peers::{rewrite_event, rewrite_rows};
 use super::prepared::{parse_prepared_result, PreparedStatement, COUNTER_TYPE};
@@ -803,8 +804,9 @@ impl Session {
         let req = self.mirror_request(&frame, statements, !traits.counter);
         match mode {
             Mode::Async => {
+                let permit = mirror_permit(&self.ctx).await;
                 self.forward(frame).await?;
-                mirror_async(self.ctx.clone(), self.target.clone(), req);
+                mirror_async(self.ctx.clone(), self.target.clone(), req, permit);
                 Ok(())
             }
             Mode::TargetPrimary => self.dual(frame, req, Answer::Target, traits.lwt).await,

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub client_errors: IntCounterVec,
     pub peer_rewrites: IntCounterVec,
     pub timestamps_injected: IntCounter,
+    pub mirror_waits: IntCounter,
     pub reprepares: IntCounter,
     pub mode: IntGauge,
     pub replay_latency: Histogram,
@@ -102,6 +103,10 @@ impl Metrics {
             ),
             &["what"],
         )?;
+        let mirror_waits = IntCounter::new(
+            "mirror_waits_total",
+            "Async-mode client writes held back because --mirror-max-in-flight target writes were pending",
+        )?;
         let timestamps_injected = IntCounter::new(
             "timestamps_injected_total",
             "Writes given a client-side timestamp by the proxy",
@@ -132,6 +137,7 @@ impl Metrics {
         registry.register(Box::new(client_errors.clone()))?;
         registry.register(Box::new(peer_rewrites.clone()))?;
         registry.register(Box::new(timestamps_injected.clone()))?;
+        registry.register(Box::new(mirror_waits.clone()))?;
         registry.register(Box::new(reprepares.clone()))?;
         registry.register(Box::new(mode.clone()))?;
         let shadow_reads = IntCounterVec::new(
@@ -159,6 +165,7 @@ impl Metrics {
             client_errors,
             peer_rewrites,
             timestamps_injected,
+            mirror_waits,
             reprepares,
             mode,
             replay_latency,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
 use super::config::{MirrorFilter, Mode, ModeCell, SpoolFullPolicy};
@@ -47,6 +48,8 @@ pub struct ProxyContext {
     pub read_counter: std::sync::atomic::AtomicU64,
     pub shutting_down: AtomicBool,
     pub mirrors_inflight: AtomicUsize,
+    /// Async mode's bound on `mirrors_inflight` (`--mirror-max-in-flight`).
+    pub mirror_permits: Arc<tokio::sync::Semaphore>,
     pub source_reachable: AtomicBool,
     pub target_reachable: AtomicBool,
     /// Source node this proxy fronts → its advertised address.
@@ -383,11 +386,33 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+/// A place among the async mirrors in flight; waits (and counts the wait)
+/// when all `--mirror-max-in-flight` places are taken, which holds back the
+/// client connection asking for it.
+pub async fn mirror_permit(ctx: &ProxyContext) -> Option<OwnedSemaphorePermit> {
+    match ctx.mirror_permits.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            ctx.metrics.mirror_waits.inc();
+            // The semaphore is never closed, so this only fails if that
+            // changes; then the write goes on unbounded rather than lost.
+            ctx.mirror_permits.clone().acquire_owned().await.ok()
+        }
+    }
+}
+
 /// `async` mode: sends `req` to the target in the background; retries
-/// with backoff, then spools it.
-pub fn mirror_async(ctx: Arc<ProxyContext>, link: Arc<TargetLink>, req: MirrorRequest) {
+/// with backoff, then spools it. `permit` is held until the write is on the
+/// target or in the spool.
+pub fn mirror_async(
+    ctx: Arc<ProxyContext>,
+    link: Arc<TargetLink>,
+    req: MirrorRequest,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     ctx.mirrors_inflight.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
+        let _permit = permit;
         let _guard = InflightGuard(&ctx.mirrors_inflight);
         // Keep order: while older writes wait in the spool, newer ones queue
         // behind them.

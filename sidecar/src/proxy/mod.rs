@@ -146,6 +146,9 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         read_counter: std::sync::atomic::AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         mirrors_inflight: AtomicUsize::new(0),
+        mirror_permits: Arc::new(tokio::sync::Semaphore::new(
+            args.mirror_max_in_flight as usize,
+        )),
         source_reachable: AtomicBool::new(false),
         target_reachable: AtomicBool::new(false),
         self_peer: None,

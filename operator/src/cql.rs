@@ -258,6 +258,9 @@ async fn session(contact: &[String], access: &Access, reach: Reach) -> Result<Se
     let mut builder = SessionBuilder::new()
         .known_nodes(contact)
         .default_execution_profile_handle(profile.into_handle())
+        // The checks name their tables; fetching every column of every
+        // keyspace at each check would load the clusters for nothing.
+        .fetch_full_schema_metadata(false)
         .connection_timeout(Duration::from_secs(5))
         .pool_size(scylla::client::PoolSize::PerHost(
             std::num::NonZeroUsize::MIN,

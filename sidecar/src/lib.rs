@@ -4,6 +4,7 @@
 //! - [`bulk`]: the `backfill` and `validate` modes the operator's Jobs run.
 
 pub mod bulk;
+pub mod procstat;
 pub mod proxy;
 
 /// The error a mode returns until its issue lands: never a fake success.

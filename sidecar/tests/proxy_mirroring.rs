@@ -619,6 +619,13 @@ async fn shadow_reads_count_matches_and_differences() {
         counted.0 >= 1.0 && counted.1 >= 1.0,
         "match/mismatch counts: {counted:?}"
     );
+    let per_table =
+        format!("ferry_proxy_shadow_read_mismatches_total{{keyspace=\"{ks}\",table=\"kv\"}}");
+    assert_eq!(
+        proxy.metric(&per_table).await,
+        1.0,
+        "the differing read is counted against its table"
+    );
     drop(client);
     proxy.stop().await.expect("stop");
 }
@@ -752,7 +759,11 @@ async fn async_mirroring_is_bounded_and_loses_nothing() {
     let count = format!("SELECT COUNT(*) FROM {ks}.kv");
     let mut on_target = 0;
     for _ in 0..100 {
-        let r = bed.target.query_unpaged(count.clone(), &[]).await.expect("count");
+        let r = bed
+            .target
+            .query_unpaged(count.clone(), &[])
+            .await
+            .expect("count");
         let (n,): (i64,) = r
             .into_rows_result()
             .expect("rows")

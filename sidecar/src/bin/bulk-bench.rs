@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+use ferry_sidecar::procstat::{machine_busy_seconds, process_cpu_seconds};
 use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -161,6 +162,94 @@ async fn write_partition_batches(
 struct ChildRun {
     summary: serde_json::Value,
     max_rss_kb: u64,
+    /// user + system CPU seconds of the child.
+    cpu_seconds: f64,
+}
+
+/// CPU spent over one phase, per row: by the process doing the phase (the
+/// bench itself for the raw writers, `ferry-sidecar` for the others) and by
+/// the whole machine (Cassandra JVMs included).
+#[derive(Clone, Copy)]
+struct Cost {
+    client_us_per_row: f64,
+    machine_us_per_row: f64,
+    source_jvms_us_per_row: f64,
+    target_jvms_us_per_row: f64,
+}
+
+/// The test bed's Cassandra JVMs: (source?, pid), from the `pid` file of each
+/// node's directory under `$FERRY_RUN/cassandra` (named `source*` or
+/// `target*`). Empty when the bench runs against other clusters.
+fn bed_jvms() -> Vec<(bool, u32)> {
+    let run = std::env::var_os("FERRY_RUN")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ferry/run")))
+        .unwrap_or_default();
+    let Ok(nodes) = std::fs::read_dir(run.join("cassandra")) else {
+        return Vec::new();
+    };
+    nodes
+        .flatten()
+        .filter_map(|node| {
+            let name = node.file_name().to_string_lossy().into_owned();
+            let source = name.starts_with("source");
+            if !source && !name.starts_with("target") {
+                return None;
+            }
+            let pid = std::fs::read_to_string(node.path().join("pid")).ok()?;
+            Some((source, pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU seconds of the bed's source JVMs and target JVMs.
+fn jvm_cpu_seconds(jvms: &[(bool, u32)]) -> (f64, f64) {
+    jvms.iter().fold((0.0, 0.0), |(s, t), &(source, pid)| {
+        let cpu = process_cpu_seconds(Some(pid));
+        if source {
+            (s + cpu, t)
+        } else {
+            (s, t + cpu)
+        }
+    })
+}
+
+/// Where the CPU counters stood when a phase began.
+struct Meter {
+    machine: f64,
+    own: f64,
+    jvms: Vec<(bool, u32)>,
+    source_jvms: f64,
+    target_jvms: f64,
+}
+
+impl Meter {
+    fn start() -> Self {
+        let jvms = bed_jvms();
+        let (source_jvms, target_jvms) = jvm_cpu_seconds(&jvms);
+        Meter {
+            machine: machine_busy_seconds(),
+            own: process_cpu_seconds(None),
+            jvms,
+            source_jvms,
+            target_jvms,
+        }
+    }
+
+    /// The phase's cost; `child_cpu` is the CPU of the child that did it,
+    /// else this process's own.
+    fn done(&self, rows: u64, child_cpu: Option<f64>) -> Cost {
+        let per_row = |secs: f64| secs * 1e6 / rows.max(1) as f64;
+        let (source_jvms, target_jvms) = jvm_cpu_seconds(&self.jvms);
+        Cost {
+            source_jvms_us_per_row: per_row(source_jvms - self.source_jvms),
+            target_jvms_us_per_row: per_row(target_jvms - self.target_jvms),
+            client_us_per_row: per_row(
+                child_cpu.unwrap_or_else(|| process_cpu_seconds(None) - self.own),
+            ),
+            machine_us_per_row: per_row(machine_busy_seconds() - self.machine),
+        }
+    }
 }
 
 fn run_child(
@@ -176,7 +265,7 @@ fn run_child(
     let mut command = Command::new("/usr/bin/time");
     command
         .arg("-f")
-        .arg("%M")
+        .arg("%M %U %S")
         .arg("-o")
         .arg(&time_out)
         .arg(sidecar)
@@ -194,15 +283,33 @@ fn run_child(
     let status = command.status()?;
     anyhow::ensure!(status.success(), "ferry-sidecar {mode} failed ({status})");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
-    let max_rss_kb = std::fs::read_to_string(&time_out)?
+    // "%M %U %S": peak RSS in KiB, user and system seconds.
+    let times = std::fs::read_to_string(&time_out)?;
+    let fields: Vec<&str> = times
         .lines()
         .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
     Ok(ChildRun {
         summary,
-        max_rss_kb,
+        max_rss_kb: field(0).unwrap_or(0.0) as u64,
+        cpu_seconds: field(1).unwrap_or(0.0) + field(2).unwrap_or(0.0),
     })
+}
+
+/// Waits (at most 30 s) until the machine is nearly idle: the JVMs flush
+/// memtables, compact and collect garbage after a phase, and that work
+/// would otherwise slow, and be charged to, the next phase.
+async fn settle() {
+    for _ in 0..30 {
+        let before = machine_busy_seconds();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if machine_busy_seconds() - before < 0.3 {
+            return;
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -231,8 +338,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let dir = std::env::temp_dir().join(format!("ferry-bulk-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    println!("| rows | phase | rows/s (median) | MB/s (median) | % of raw ingest | peak RSS MiB (max) | runs (rows/s) |");
-    println!("|---:|---|---:|---:|---:|---:|---|");
+    println!("| rows | phase | rows/s (median) | MB/s (median) | % of raw ingest | peak RSS MiB (max) | CPU µs/row: client | source JVMs | target JVM | machine | runs (rows/s) |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for &size in &args.sizes {
         let ks = format!("ferry_bench_{size}");
         for (session, dc) in [(&source, &args.source_dc), (&target, &args.target_dc)] {
@@ -250,9 +357,13 @@ async fn main() -> anyhow::Result<()> {
             (vec![], vec![], vec![], vec![]);
         let (mut backfill_copy, mut validate_copy) = (vec![], vec![]);
         let (mut backfill_rss, mut validate_rss) = (0u64, 0u64);
+        // Per phase, in the order of the table: one cost per run.
+        let mut costs: [Vec<Cost>; 4] = Default::default();
         for run in 0..args.runs {
             exec(&target, &format!("TRUNCATE {ks}.raw")).await?;
             exec(&target, &format!("TRUNCATE {ks}.raw_batched")).await?;
+            settle().await;
+            let meter = Meter::start();
             let secs = write_partition_batches(
                 target.clone(),
                 &format!("{ks}.raw_batched"),
@@ -261,7 +372,10 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             raw_batched.push(size as f64 / secs);
+            costs[1].push(meter.done(size, None));
             exec(&target, &format!("TRUNCATE {ks}.t")).await?;
+            settle().await;
+            let meter = Meter::start();
             let secs = write_rows(
                 target.clone(),
                 &format!("{ks}.raw"),
@@ -270,7 +384,10 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             raw.push(size as f64 / secs);
+            costs[0].push(meter.done(size, None));
             let job = format!("bench-{size}-{}-{run}", std::process::id());
+            settle().await;
+            let meter = Meter::start();
             let b = run_child(
                 &sidecar,
                 "backfill",
@@ -286,9 +403,12 @@ async fn main() -> anyhow::Result<()> {
                 b.summary
             );
             backfill.push(size as f64 / ms * 1000.0);
+            costs[2].push(meter.done(size, Some(b.cpu_seconds)));
             let copy_ms = b.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
             backfill_copy.push(size as f64 / copy_ms * 1000.0);
             backfill_rss = backfill_rss.max(b.max_rss_kb);
+            settle().await;
+            let meter = Meter::start();
             let v = run_child(&sidecar, "validate", &args, &ks, &args.validate_flags, &dir)?;
             let ms = v.summary["elapsedMillis"].as_f64().unwrap_or(1.0).max(1.0);
             anyhow::ensure!(
@@ -299,6 +419,7 @@ async fn main() -> anyhow::Result<()> {
                 v.summary
             );
             validate.push(size as f64 / ms * 1000.0);
+            costs[3].push(meter.done(size, Some(v.cpu_seconds)));
             let copy_ms = v.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
             validate_copy.push(size as f64 / copy_ms * 1000.0);
             validate_rss = validate_rss.max(v.max_rss_kb);
@@ -320,30 +441,46 @@ async fn main() -> anyhow::Result<()> {
             )
         };
         // One table row per phase; RSS only for the ferry-sidecar processes.
-        let row = |phase: &str, v: &[f64], rss_kb: Option<u64>| {
+        let row = |phase: &str, v: &[f64], rss_kb: Option<u64>, cost: Option<&[Cost]>| {
             let rss = rss_kb.map_or("-".to_owned(), |kb| format!("{:.0}", kb as f64 / 1024.0));
+            let cpu = |f: fn(&Cost) -> f64| {
+                cost.map_or("-".to_owned(), |c| {
+                    format!("{:.1}", median(c.iter().map(f).collect()))
+                })
+            };
             println!(
-                "| {size} | {phase} | {:.0} | {:.1} | {:.0}% | {rss} | {} |",
+                "| {size} | {phase} | {:.0} | {:.1} | {:.0}% | {rss} | {} | {} | {} | {} | {} |",
                 median(v.to_vec()),
                 mb(v),
                 median(v.to_vec()) / raw_median * 100.0,
+                cpu(|c| c.client_us_per_row),
+                cpu(|c| c.source_jvms_us_per_row),
+                cpu(|c| c.target_jvms_us_per_row),
+                cpu(|c| c.machine_us_per_row),
                 fmt(v)
             );
         };
-        row("raw ingest, one INSERT per row", &raw, None);
+        row(
+            "raw ingest, one INSERT per row",
+            &raw,
+            None,
+            Some(&costs[0]),
+        );
         row(
             "raw ingest, one UNLOGGED batch per partition",
             &raw_batched,
             None,
+            Some(&costs[1]),
         );
-        row("backfill", &backfill, Some(backfill_rss));
+        row("backfill", &backfill, Some(backfill_rss), Some(&costs[2]));
         row(
             "backfill, copy phase (after connecting and reading schemas)",
             &backfill_copy,
             None,
+            None,
         );
-        row("validate", &validate, Some(validate_rss));
-        row("validate, compare phase", &validate_copy, None);
+        row("validate", &validate, Some(validate_rss), Some(&costs[3]));
+        row("validate, compare phase", &validate_copy, None, None);
         for session in [&source, &target] {
             exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
         }

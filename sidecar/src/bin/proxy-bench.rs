@@ -13,7 +13,7 @@
 //! ```
 
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use ferry_sidecar::procstat::{process_cpu_seconds, process_rss_mib};
+use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::client::PoolSize;
@@ -65,6 +67,10 @@ struct Args {
     /// 0 leaves the runtime's default (one per core).
     #[arg(long, default_value_t = 0)]
     proxy_threads: usize,
+    /// Writes spooled during a simulated target outage, then replayed one at
+    /// a time and with the default window, to time the drain (0: skip).
+    #[arg(long, default_value_t = 20_000)]
+    drain_records: u64,
     /// Driver connections for the memory measurement.
     #[arg(long, default_value_t = 100)]
     rss_connections: usize,
@@ -248,25 +254,140 @@ async fn open_loop(s: Arc<Session>, w: Arc<Workload>, rate: f64, secs: u64) -> P
     }
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" of the command name; utime is field 14, stime 15.
-    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+/// Starts `ferry-sidecar proxy` in front of the source, mirroring to
+/// `target_host`, and waits until it listens.
+async fn spawn_proxy(
+    args: &Args,
+    proxy_bin: &Path,
+    target_host: &str,
+    spool: &Path,
+    extra: &[&str],
+) -> anyhow::Result<ProxyChild> {
+    let source_host = args
+        .source
+        .rsplit_once(':')
+        .map_or(args.source.as_str(), |(h, _)| h);
+    let mut command = Command::new(proxy_bin);
+    if args.proxy_threads > 0 {
+        command.env("TOKIO_WORKER_THREADS", args.proxy_threads.to_string());
+    }
+    let child = command
+        .args(["proxy", source_host, target_host])
+        .args([
+            "--proxy-address",
+            &args.proxy_ip,
+            "--admin-address",
+            &args.proxy_ip,
+        ])
+        .arg("--spool-dir")
+        .arg(spool)
+        .args(extra)
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", proxy_bin.display()))?;
+    let proxy = ProxyChild(child);
+    let addr = format!("{}:29042", args.proxy_ip);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(proxy)
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+/// How fast a spool of `records` writes drains into the target with
+/// `--replay-window window`: the writes are made while the proxy mirrors
+/// to an address where nothing listens, so they all go to the spool; then a
+/// proxy on the same spool, mirroring to the real target, replays them.
+/// Returns records/s, after checking they are all on the target.
+async fn spool_drain(
+    args: &Args,
+    proxy_bin: &Path,
+    ks: &str,
+    records: u64,
+    window: usize,
+) -> anyhow::Result<f64> {
+    let spool =
+        std::env::temp_dir().join(format!("ferry-bench-drain-{}-{window}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let table = format!("{ks}.drain_{window}");
+    let create = format!("CREATE TABLE IF NOT EXISTS {table} (k bigint PRIMARY KEY, v text)");
+    let source = session(&args.source, 1).await?;
+    let target = session(&args.target, 1).await?;
+    for s in [&source, &target] {
+        s.query_unpaged(create.as_str(), &[]).await?;
+        s.await_schema_agreement().await?;
+    }
+    let window_arg = window.to_string();
+    let flags = ["--mode", "async", "--replay-window", &window_arg];
+    let proxy_addr = format!("{}:29042", args.proxy_ip);
+    let metric = |name: &'static str| reqwest_metric(&args.proxy_ip, name);
+    {
+        let _down = spawn_proxy(args, proxy_bin, UNREACHABLE_TARGET, &spool, &flags).await?;
+        let client = session(&proxy_addr, 1).await?;
+        let insert = client
+            .prepare(format!("INSERT INTO {table} (k, v) VALUES (?, ?)"))
+            .await?;
+        let results: Vec<_> = futures::stream::iter(0..records)
+            .map(|k| {
+                let (client, insert) = (&client, &insert);
+                async move {
+                    client
+                        .execute_unpaged(insert, (k as i64, "spooled while the target was away"))
+                        .await
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for r in results {
+            r.context("a write through the proxy while the target was away")?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while metric("ferry_proxy_spool_records").await < records as f64 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the writes did not all reach the spool"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The spool is synced every 100 ms.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _up = spawn_proxy(args, proxy_bin, &target_host(args), &spool, &flags).await?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    while metric("ferry_proxy_mirrored_writes_total{outcome=\"replayed\"}").await < records as f64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the spool did not drain in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let count = target
+        .query_unpaged(format!("SELECT COUNT(*) FROM {table}"), &[])
+        .await?
+        .into_rows_result()?
+        .single_row::<(i64,)>()?
+        .0;
+    anyhow::ensure!(
+        count == records as i64,
+        "{count} of {records} replayed rows on the target"
+    );
+    let _ = std::fs::remove_dir_all(&spool);
+    Ok(records as f64 / secs)
+}
+
+/// Where nothing listens: the proxy's target while its spool fills.
+const UNREACHABLE_TARGET: &str = "127.0.0.98";
+
+fn target_host(args: &Args) -> String {
+    args.target
+        .rsplit_once(':')
+        .map_or(args.target.clone(), |(h, _)| h.to_owned())
 }
 
 struct ProxyChild(Child);
@@ -294,43 +415,17 @@ async fn main() -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("ferry-sidecar"),
     };
-    let host = |a: &str| {
-        a.rsplit_once(':')
-            .map(|(h, _)| h.to_owned())
-            .unwrap_or_else(|| a.to_owned())
-    };
     let spool = std::env::temp_dir().join(format!("ferry-bench-spool-{}", std::process::id()));
-    let mut command = Command::new(&proxy_bin);
-    if args.proxy_threads > 0 {
-        command.env("TOKIO_WORKER_THREADS", args.proxy_threads.to_string());
-    }
-    let child = command
-        .args(["proxy", &host(&args.source), &host(&args.target)])
-        .args([
-            "--proxy-address",
-            &args.proxy_ip,
-            "--admin-address",
-            &args.proxy_ip,
-        ])
-        .args([
-            "--mode",
-            &args.mode,
-            "--spool-dir",
-            &spool.display().to_string(),
-        ])
-        .env("FERRY_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", proxy_bin.display()))?;
-    let proxy = ProxyChild(child);
+    let proxy = spawn_proxy(
+        &args,
+        &proxy_bin,
+        &target_host(&args),
+        &spool,
+        &["--mode", &args.mode],
+    )
+    .await?;
     let pid = proxy.0.id();
     let proxy_addr = format!("{}:29042", args.proxy_ip);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(&proxy_addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let ks = format!("ferry_bench_{}", std::process::id());
     let source_admin = session(&args.source, 1).await?;
@@ -393,9 +488,9 @@ async fn main() -> anyhow::Result<()> {
                 .await,
             )
         };
-        let cpu0 = cpu_seconds(pid);
+        let cpu0 = process_cpu_seconds(Some(pid));
         let p = closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds).await;
-        let cpu1 = cpu_seconds(pid);
+        let cpu1 = process_cpu_seconds(Some(pid));
         let per_req = (cpu1 - cpu0) * 1e6 / p.requests.max(1) as f64;
         // Half of the saturation of the same work: with mirroring, that of
         // the client's own dual write (the target's writes share this box).
@@ -444,7 +539,7 @@ async fn main() -> anyhow::Result<()> {
     let wm = Arc::new(workload(&many, &ks, args.write_percent).await?);
     let many = Arc::new(many);
     closed_loop(many.clone(), wm, args.concurrency, 3).await;
-    let rss = rss_mib(pid);
+    let rss = process_rss_mib(pid);
     let mirrored = reqwest_metric(&args.proxy_ip, "ferry_proxy_mirrored_writes_total").await;
     let spooled = reqwest_metric(
         &args.proxy_ip,
@@ -503,6 +598,20 @@ async fn main() -> anyhow::Result<()> {
     println!("| writes mirrored to the target (all phases) | | {mirrored:.0} |");
     println!("| of which spooled (target too slow or down) | | {spooled:.0} |");
     println!("| client writes held back by --mirror-max-in-flight | | {waits:.0} |");
+    if args.drain_records > 0 {
+        drop(proxy);
+        let one = spool_drain(&args, &proxy_bin, &ks, args.drain_records, 1).await?;
+        let many = spool_drain(&args, &proxy_bin, &ks, args.drain_records, 128).await?;
+        println!(
+            "| spool replay after an outage, {} records: one at a time | | {one:.0} records/s |",
+            args.drain_records
+        );
+        println!(
+            "| spool replay after an outage, {} records: --replay-window 128 | | {many:.0} records/s ({:.1}x) |",
+            args.drain_records,
+            many / one
+        );
+    }
     let _ = source_admin
         .query_unpaged(format!("DROP KEYSPACE {ks}"), &[])
         .await;

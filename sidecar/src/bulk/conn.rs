@@ -262,6 +262,13 @@ pub async fn connect(
         .known_nodes(cfg.contact_points)
         .default_execution_profile_handle(profile.into_handle())
         .compression(Some(Compression::Lz4))
+        // Keyspace strategies and table partitioners only (enough for
+        // token-aware routing): the jobs read the schemas they need from
+        // system_schema themselves, and the driver's full fetch (every
+        // column and type of every keyspace, at connect and again after
+        // each schema change, such as creating the checkpoint table) cost
+        // the clusters' CPU for nothing.
+        .fetch_full_schema_metadata(false)
         .connection_timeout(Duration::from_secs(10))
         .pool_size(PoolSize::PerHost(
             std::num::NonZeroUsize::new(cfg.connections_per_node.max(1))

@@ -165,6 +165,10 @@ pub struct ProxyArgs {
     /// backlog, the proxy's memory and the target's lag grow without end.
     #[arg(long, env = "FERRY_PROXY_MIRROR_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub mirror_max_in_flight: u32,
+    /// Spooled writes replayed to the target at once (1 replays them one at a
+    /// time, strictly in order).
+    #[arg(long, env = "FERRY_PROXY_REPLAY_WINDOW", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replay_window: u32,
     /// Directory of the on-disk spool.
     #[arg(
         long,

@@ -234,6 +234,12 @@ pub async fn serve(
     .await
 }
 
+/// The table a read names, for per-table counters (empty when unknown).
+struct TableName {
+    keyspace: String,
+    table: String,
+}
+
 impl Session {
     fn version(&self) -> u8 {
         self.version.load(Ordering::Relaxed)
@@ -705,10 +711,19 @@ impl Session {
                 self.read_from_target(frame, statements);
                 Ok(())
             }
-            StatementClass::Read { .. } if self.sample_shadow_read(mode) => {
+            StatementClass::Read {
+                keyspace, table, ..
+            } if self.sample_shadow_read(mode) => {
                 self.count(kind, "source");
                 self.count(kind, "target");
-                self.shadow_read(frame, statements).await
+                let keyspace = keyspace
+                    .or_else(|| params.keyspace.clone())
+                    .or_else(|| self.keyspace());
+                let table = TableName {
+                    keyspace: keyspace.unwrap_or_default(),
+                    table: table.unwrap_or_default(),
+                };
+                self.shadow_read(frame, statements, table).await
             }
             StatementClass::Read { .. } => {
                 self.count(kind, "source");
@@ -901,6 +916,7 @@ impl Session {
         self: &Arc<Self>,
         frame: Frame,
         statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        table: TableName,
     ) -> Result<(), SessionError> {
         let req = self.mirror_request(&frame, statements, true);
         let (tx, rx) = oneshot::channel();
@@ -930,7 +946,13 @@ impl Session {
                 _ => "error",
             };
             if outcome == "mismatch" {
-                debug!("shadow read differs between source and target");
+                debug!(keyspace = %table.keyspace, table = %table.table, "shadow read differs between source and target");
+                session
+                    .ctx
+                    .metrics
+                    .shadow_read_mismatches
+                    .with_label_values(&[&table.keyspace, &table.table])
+                    .inc();
             }
             session
                 .ctx

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub mode: IntGauge,
     pub replay_latency: Histogram,
     pub shadow_reads: IntCounterVec,
+    pub shadow_read_mismatches: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,8 +148,16 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let shadow_read_mismatches = IntCounterVec::new(
+            Opts::new(
+                "shadow_read_mismatches_total",
+                "Sampled reads whose target answer differed from the source's, by table (where the two clusters diverge)",
+            ),
+            &["keyspace", "table"],
+        )?;
         registry.register(Box::new(replay_latency.clone()))?;
         registry.register(Box::new(shadow_reads.clone()))?;
+        registry.register(Box::new(shadow_read_mismatches.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -170,6 +179,7 @@ impl Metrics {
             mode,
             replay_latency,
             shadow_reads,
+            shadow_read_mismatches,
         })
     }
 

@@ -16,7 +16,7 @@ use super::frame::{error_code, opcode, Frame};
 use super::metrics::Metrics;
 use super::peers::{response_body_start, PeerMap};
 use super::prepared::{parse_prepared_result, PreparedCache, PreparedStatement, TargetPrepared};
-use super::request::{parse_batch, parse_execute, replace_short_bytes, BatchChild};
+use super::request::{parse_batch, parse_execute, parse_query, replace_short_bytes, BatchChild};
 use super::spool::{Spool, SpoolRecord, SpooledStatement};
 use super::upstream::{describe_error, Credentials, Endpoint, Handshake, Upstream, UpstreamError};
 use super::wire::{Reader, WireError};
@@ -48,6 +48,8 @@ pub struct ProxyContext {
     pub read_counter: std::sync::atomic::AtomicU64,
     pub shutting_down: AtomicBool,
     pub mirrors_inflight: AtomicUsize,
+    /// Spooled writes replayed at once (`--replay-window`).
+    pub replay_window: usize,
     /// Async mode's bound on `mirrors_inflight` (`--mirror-max-in-flight`).
     pub mirror_permits: Arc<tokio::sync::Semaphore>,
     pub source_reachable: AtomicBool,
@@ -521,7 +523,7 @@ pub fn update_spool_gauges(ctx: &ProxyContext) {
     ctx.metrics.spool_bytes.set(ctx.spool.bytes() as i64);
 }
 
-/// Drains the spool in order, forever.
+/// Drains the spool, forever.
 pub async fn run_replayer(ctx: Arc<ProxyContext>) {
     let mut conn: Option<Arc<Upstream>> = None;
     let mut backoff = Duration::from_millis(200);
@@ -530,29 +532,19 @@ pub async fn run_replayer(ctx: Arc<ProxyContext>) {
             error!(error = %e, "syncing the spool");
         }
         update_spool_gauges(&ctx);
-        let next = match ctx.spool.peek() {
-            Ok(n) => n,
-            Err(e) => {
-                error!(error = %e, "reading the spool");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Some((record, next_offset)) = next else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        match replay_one(&ctx, &mut conn, &record).await {
-            Ok(()) => {
-                if let Err(e) = ctx.spool.ack(next_offset) {
-                    error!(error = %e, "acknowledging a spool record");
-                }
+        match replay_window(&ctx, &mut conn).await {
+            Ok(0) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(_) => {
                 backoff = Duration::from_millis(200);
                 if ctx.spool.is_empty() {
                     info!("spool drained; the target is up to date");
                 }
             }
-            Err(e) => {
+            Err(ReplayError::Spool(e)) => {
+                error!(error = %e, "spool read or acknowledgement failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(ReplayError::Target(e)) => {
                 debug!(error = %e, "spool replay failed; will retry");
                 if conn.as_ref().is_some_and(|c| c.is_closed()) {
                     conn = None;
@@ -564,40 +556,138 @@ pub async fn run_replayer(ctx: Arc<ProxyContext>) {
     }
 }
 
-async fn replay_one(
+#[derive(Debug, thiserror::Error)]
+enum ReplayError {
+    #[error(transparent)]
+    Spool(#[from] super::spool::SpoolError),
+    #[error(transparent)]
+    Target(#[from] MirrorError),
+}
+
+/// Replays the spool from its head with up to `--replay-window` records on
+/// the wire at once, acknowledging them in order; returns how many were
+/// acknowledged before the spool ran dry or a replay failed.
+///
+/// One at a time, a replay costs a round trip, so a spool that filled
+/// during an outage drained at about 1,000 records/s while new writes kept
+/// joining it behind the old ones. Order does not matter for records that
+/// carry a client timestamp (every write the proxy timestamped, and any the
+/// client did): the target keeps the newest cell whatever order they
+/// arrive in, and replaying one twice after a failure changes nothing. A
+/// record without one (a conditional write: Paxos picks its timestamp) goes
+/// alone, after everything before it and before anything after it.
+async fn replay_window(
     ctx: &Arc<ProxyContext>,
     conn: &mut Option<Arc<Upstream>>,
+) -> Result<usize, ReplayError> {
+    let mut offset = ctx.spool.head();
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    // What every record in flight shares: protocol version and keyspace.
+    let mut window: Option<(u8, Option<String>)> = None;
+    // A record that must go alone is in flight: nothing joins it.
+    let mut alone = false;
+    let mut acked = 0;
+    loop {
+        while !alone && in_flight.len() < ctx.replay_window {
+            let Some((record, next)) = ctx.spool.read(offset)? else {
+                break;
+            };
+            let key = (record.version, record.keyspace.clone());
+            let must_go_alone = must_replay_alone(&record);
+            if !in_flight.is_empty() && (must_go_alone || window.as_ref() != Some(&key)) {
+                break;
+            }
+            let c = replay_connection(ctx, conn, record.version).await?;
+            window = Some(key);
+            alone = must_go_alone;
+            offset = next;
+            let ctx = ctx.clone();
+            in_flight.push_back(async move { replay_one(&ctx, &c, &record).await.map(|()| next) });
+        }
+        let Some(done) = futures::StreamExt::next(&mut in_flight).await else {
+            return Ok(acked);
+        };
+        // A failure drops the window; the next one starts again at the
+        // head, the first record not acknowledged.
+        let next = done?;
+        ctx.spool.ack(next)?;
+        acked += 1;
+        if in_flight.is_empty() {
+            alone = false;
+            window = None;
+        }
+    }
+}
+
+/// Whether a record must be replayed with nothing else in flight: it has
+/// no timestamp of its own (its order matters), or one of its statements
+/// was prepared in another keyspace than the record's (the shared link
+/// switches keyspace to prepare it, which would race with the others).
+fn must_replay_alone(record: &SpoolRecord) -> bool {
+    !carries_timestamp(record)
+        || record
+            .statements
+            .iter()
+            .any(|s| s.keyspace.is_some() && s.keyspace != record.keyspace)
+}
+
+/// Whether a spooled write carries its own timestamp (the client's or the
+/// proxy's), which makes its replay order free.
+fn carries_timestamp(record: &SpoolRecord) -> bool {
+    let frame = Frame {
+        version: record.version,
+        response: false,
+        flags: record.flags,
+        stream: 0,
+        opcode: record.opcode,
+        body: record.body.clone(),
+    };
+    match record.opcode {
+        opcode::QUERY => parse_query(&frame).is_ok_and(|q| q.params.has_timestamp()),
+        opcode::EXECUTE => parse_execute(&frame).is_ok_and(|e| e.params.has_timestamp()),
+        opcode::BATCH => parse_batch(&frame).is_ok_and(|b| b.params.has_timestamp()),
+        _ => false,
+    }
+}
+
+/// The replayer's own link to the target, (re)connected for `version`.
+async fn replay_connection(
+    ctx: &Arc<ProxyContext>,
+    conn: &mut Option<Arc<Upstream>>,
+    version: u8,
+) -> Result<Arc<Upstream>, MirrorError> {
+    if let Some(c) = conn {
+        if !c.is_closed() && c.version == version {
+            return Ok(c.clone());
+        }
+    }
+    let base = ctx
+        .last_handshake
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let hs = Handshake {
+        version,
+        options: base
+            .as_ref()
+            .map(|h| h.options.clone())
+            .unwrap_or_else(|| vec![("CQL_VERSION".into(), "3.0.0".into())]),
+        credentials: ctx
+            .target_credentials
+            .clone()
+            .or_else(|| base.and_then(|h| h.credentials)),
+        keyspace: None,
+    };
+    let c = Upstream::connect(&ctx.target, &hs, ctx.max_frame_bytes, ctx.target_timeout).await?;
+    *conn = Some(c.clone());
+    Ok(c)
+}
+
+async fn replay_one(
+    ctx: &Arc<ProxyContext>,
+    c: &Upstream,
     record: &SpoolRecord,
 ) -> Result<(), MirrorError> {
-    let needs_new = match conn {
-        Some(c) => c.is_closed() || c.version != record.version,
-        None => true,
-    };
-    if needs_new {
-        let base = ctx
-            .last_handshake
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let hs = Handshake {
-            version: record.version,
-            options: base
-                .as_ref()
-                .map(|h| h.options.clone())
-                .unwrap_or_else(|| vec![("CQL_VERSION".into(), "3.0.0".into())]),
-            credentials: ctx
-                .target_credentials
-                .clone()
-                .or_else(|| base.and_then(|h| h.credentials)),
-            keyspace: None,
-        };
-        *conn = Some(
-            Upstream::connect(&ctx.target, &hs, ctx.max_frame_bytes, ctx.target_timeout).await?,
-        );
-    }
-    let Some(c) = conn.as_ref() else {
-        return Err(MirrorError::Upstream(UpstreamError::Closed));
-    };
     let statements = record
         .statements
         .iter()
@@ -647,4 +737,62 @@ async fn replay_one(
         .with_label_values(&["replayed"])
         .inc();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::request::tests::query_body;
+
+    fn query_record(body: Bytes, keyspace: Option<&str>) -> SpoolRecord {
+        SpoolRecord {
+            version: 4,
+            opcode: opcode::QUERY,
+            flags: 0,
+            keyspace: keyspace.map(str::to_owned),
+            statements: Vec::new(),
+            body,
+        }
+    }
+
+    #[test]
+    fn only_timestamped_writes_in_one_keyspace_share_the_replay_window() {
+        let text = "INSERT INTO t (k) VALUES (1)";
+        let plain = query_body(4, text, 0, &[]);
+        let layout = parse_query(&Frame {
+            version: 4,
+            response: false,
+            flags: 0,
+            stream: 0,
+            opcode: opcode::QUERY,
+            body: plain.clone(),
+        })
+        .expect("query")
+        .params;
+        let stamped = crate::proxy::request::with_timestamp(&plain, &layout, 1_700_000_000_000_000);
+
+        let timestamped = query_record(stamped.clone(), Some("ks"));
+        assert!(carries_timestamp(&timestamped));
+        assert!(!must_replay_alone(&timestamped));
+
+        // A conditional write has no timestamp: its order matters.
+        let conditional = query_record(plain, Some("ks"));
+        assert!(!carries_timestamp(&conditional));
+        assert!(must_replay_alone(&conditional));
+
+        // A statement prepared in another keyspace needs the link to switch.
+        let mut elsewhere = query_record(stamped, Some("ks"));
+        elsewhere.statements.push(SpooledStatement {
+            source_id: Bytes::from_static(&[1; 16]),
+            keyspace: Some("other".into()),
+            query: text.into(),
+        });
+        assert!(must_replay_alone(&elsewhere));
+        elsewhere.statements[0].keyspace = Some("ks".into());
+        assert!(!must_replay_alone(&elsewhere));
+
+        // Garbage is never reordered.
+        let garbage = query_record(Bytes::from_static(b"\x00\x00"), None);
+        assert!(must_replay_alone(&garbage));
+    }
 }

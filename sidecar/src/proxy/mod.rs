@@ -146,6 +146,7 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         read_counter: std::sync::atomic::AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         mirrors_inflight: AtomicUsize::new(0),
+        replay_window: args.replay_window as usize,
         mirror_permits: Arc::new(tokio::sync::Semaphore::new(
             args.mirror_max_in_flight as usize,
         )),

@@ -260,8 +260,18 @@ impl Spool {
 
     /// The oldest record not yet replayed, with the offset to `ack` with.
     pub fn peek(&self) -> Result<Option<(SpoolRecord, u64)>, SpoolError> {
-        let head = self.lock().head;
-        match self.read_at(head) {
+        self.read(self.head())
+    }
+
+    /// Offset of the oldest record not yet replayed.
+    pub fn head(&self) -> u64 {
+        self.lock().head
+    }
+
+    /// The record at `offset` (the head, or an offset a previous read
+    /// returned), with the offset of the record after it.
+    pub fn read(&self, offset: u64) -> Result<Option<(SpoolRecord, u64)>, SpoolError> {
+        match self.read_at(offset) {
             Err(SpoolError::Corrupt { offset, reason }) => {
                 // A torn last record (crash mid-write) is dropped, loudly.
                 tracing::error!(offset, reason, "dropping corrupt spool tail");
@@ -373,6 +383,26 @@ mod tests {
         }
         assert!(spool.peek().unwrap().is_none());
         assert!(spool.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reads_ahead_of_the_head_without_moving_it() {
+        let dir = temp_dir("ahead");
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        for i in 0..3 {
+            spool.append(&record(i)).unwrap();
+        }
+        let head = spool.head();
+        let (_, second_at) = spool.read(head).unwrap().unwrap();
+        let (second, third_at) = spool.read(second_at).unwrap().unwrap();
+        assert_eq!(second, record(1));
+        let (third, end) = spool.read(third_at).unwrap().unwrap();
+        assert_eq!(third, record(2));
+        assert!(spool.read(end).unwrap().is_none());
+        // Reading ahead acknowledged nothing.
+        assert_eq!(spool.head(), head);
+        assert_eq!(spool.records(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

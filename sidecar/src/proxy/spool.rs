@@ -287,9 +287,14 @@ impl Spool {
     /// Marks everything before `next` as delivered; empties the files when
     /// all is delivered.
     pub fn ack(&self, next: u64) -> Result<(), SpoolError> {
+        self.ack_many(next, 1)
+    }
+
+    /// Marks everything before `next`, `records` records, as delivered.
+    pub fn ack_many(&self, next: u64, records: u64) -> Result<(), SpoolError> {
         let mut f = self.lock();
         f.head = next.min(f.tail);
-        f.records = f.records.saturating_sub(1);
+        f.records = f.records.saturating_sub(records);
         if f.head == f.tail {
             f.log.set_len(0).map_err(|e| self.io(e))?;
             f.head = 0;

@@ -165,6 +165,11 @@ pub struct ProxyArgs {
     /// backlog, the proxy's memory and the target's lag grow without end.
     #[arg(long, env = "FERRY_PROXY_MIRROR_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub mirror_max_in_flight: u32,
+    /// Seconds between heartbeats (OPTIONS) on each link to the target; a
+    /// link that does not answer within --target-timeout-ms is replaced.
+    /// 0 turns them off.
+    #[arg(long, env = "FERRY_PROXY_HEARTBEAT_SECS", default_value_t = 30)]
+    pub heartbeat_secs: u64,
     /// Spooled writes replayed to the target at once (1 replays them one at a
     /// time, strictly in order).
     #[arg(long, env = "FERRY_PROXY_REPLAY_WINDOW", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]

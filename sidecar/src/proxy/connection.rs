@@ -713,19 +713,27 @@ impl Session {
             }
             StatementClass::Read {
                 keyspace, table, ..
-            } if self.sample_shadow_read(mode) => {
-                self.count(kind, "source");
-                self.count(kind, "target");
+            } => {
                 let keyspace = keyspace
                     .or_else(|| params.keyspace.clone())
                     .or_else(|| self.keyspace());
-                let table = TableName {
-                    keyspace: keyspace.unwrap_or_default(),
-                    table: table.unwrap_or_default(),
-                };
-                self.shadow_read(frame, statements, table).await
-            }
-            StatementClass::Read { .. } => {
+                // Only tables the proxy mirrors are compared: the others
+                // (system keyspaces, which each cluster keeps for itself,
+                // and tables filtered out) differ by design.
+                if self
+                    .ctx
+                    .filter
+                    .mirrors(keyspace.as_deref(), table.as_deref())
+                    && self.sample_shadow_read(mode)
+                {
+                    self.count(kind, "source");
+                    self.count(kind, "target");
+                    let table = TableName {
+                        keyspace: keyspace.unwrap_or_default(),
+                        table: table.unwrap_or_default(),
+                    };
+                    return self.shadow_read(frame, statements, table).await;
+                }
                 self.count(kind, "source");
                 self.forward(frame).await
             }

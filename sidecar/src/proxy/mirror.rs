@@ -48,6 +48,8 @@ pub struct ProxyContext {
     pub read_counter: std::sync::atomic::AtomicU64,
     pub shutting_down: AtomicBool,
     pub mirrors_inflight: AtomicUsize,
+    /// Heartbeat interval on target links (`--heartbeat-secs`; None: off).
+    pub heartbeat: Option<Duration>,
     /// Spooled writes replayed at once (`--replay-window`).
     pub replay_window: usize,
     /// Async mode's bound on `mirrors_inflight` (`--mirror-max-in-flight`).
@@ -137,6 +139,7 @@ impl TargetLink {
         .await
         {
             Ok(c) => {
+                keep_alive(&self.ctx, &c);
                 *guard = Some(c.clone());
                 *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(c)
@@ -146,6 +149,17 @@ impl TargetLink {
                 Err(e)
             }
         }
+    }
+}
+
+/// Heartbeats on a new target link (`--heartbeat-secs`); a failed one counts
+/// as `target_failures_total{reason="heartbeat"}`.
+fn keep_alive(ctx: &ProxyContext, link: &Arc<Upstream>) {
+    if let Some(every) = ctx.heartbeat {
+        let failures = ctx.metrics.target_failures.clone();
+        link.keep_alive(every, ctx.target_timeout, move || {
+            failures.with_label_values(&["heartbeat"]).inc();
+        });
     }
 }
 
@@ -700,6 +714,7 @@ async fn replay_connection(
         keyspace: None,
     };
     let c = Upstream::connect(&ctx.target, &hs, ctx.max_frame_bytes, ctx.target_timeout).await?;
+    keep_alive(ctx, &c);
     *conn = Some(c.clone());
     Ok(c)
 }

@@ -147,6 +147,7 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         shutting_down: AtomicBool::new(false),
         mirrors_inflight: AtomicUsize::new(0),
         replay_window: args.replay_window as usize,
+        heartbeat: (args.heartbeat_secs > 0).then(|| Duration::from_secs(args.heartbeat_secs)),
         mirror_permits: Arc::new(tokio::sync::Semaphore::new(
             args.mirror_max_in_flight as usize,
         )),

@@ -310,6 +310,44 @@ impl Upstream {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Sends OPTIONS on this link every `every` while it is in use.
+    ///
+    /// A link whose peer is gone without a FIN or RST (a node frozen or
+    /// partitioned away) otherwise looks open until a write waits out its
+    /// timeout on it; and middleboxes drop connections idle for long. When
+    /// a heartbeat is not answered within `timeout` the link is marked
+    /// closed, so the next request opens a new one, and `on_failure` is
+    /// called. The task ends with the link.
+    pub fn keep_alive(
+        self: &Arc<Self>,
+        every: Duration,
+        timeout: Duration,
+        on_failure: impl Fn() + Send + 'static,
+    ) {
+        let link = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(up) = link.upgrade() else {
+                    return;
+                };
+                if up.is_closed() {
+                    return;
+                }
+                let answer = up.call(opcode::OPTIONS, 0, Bytes::new(), timeout).await;
+                if !matches!(answer, Ok(ref f) if f.opcode == opcode::SUPPORTED) {
+                    warn!(
+                        answer = ?answer.map(|f| opcode::name(f.opcode)),
+                        "target link failed its heartbeat; it will be replaced"
+                    );
+                    up.closed.store(true, Ordering::Release);
+                    on_failure();
+                    return;
+                }
+            }
+        });
+    }
+
     /// Sends one request and waits for its answer.
     pub async fn call(
         &self,

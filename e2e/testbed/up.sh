@@ -47,6 +47,24 @@ flock 9
 
 started=$(date +%s)
 if [ "$want_cassandra" = 1 ]; then
+  # Tests leave their keyspaces behind, and a few hundred of them fill a
+  # node's 640 MB heap: source3 died of it after a day of runs. Past
+  # FERRY_BED_MAX_KEYSPACES (250) on any node, the clusters' state is deleted
+  # and they start empty. All they hold is test data.
+  max_keyspaces=${FERRY_BED_MAX_KEYSPACES:-250}
+  most=0
+  for data in "$FERRY_RUN"/cassandra/*/data; do
+    [ -d "$data" ] || continue
+    n=$(find "$data" -mindepth 1 -maxdepth 1 -type d | wc -l)
+    [ "$n" -gt "$most" ] && most=$n
+  done
+  if [ "$most" -gt "$max_keyspaces" ]; then
+    log "a node holds $most keyspaces left by earlier runs (more than $max_keyspaces): starting the clusters afresh"
+    for dir in "$FERRY_RUN"/cassandra/*/; do
+      "$here/cassandra/cassandra.sh" stop "$(basename "$dir")"
+    done
+    rm -rf "$FERRY_RUN/cassandra"
+  fi
   "$here/cassandra/cassandra.sh" fetch
   CASSANDRA_VERSION=$source_version "$here/cassandra/cassandra.sh" fetch
   # Seeds first: a node joins through them. The target is independent (its

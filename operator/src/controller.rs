@@ -1008,7 +1008,6 @@ async fn delete_failed_jobs(client: &Client, ns: &str, migration: &str) -> Resul
     Ok(())
 }
 
-/// Keeps the peer map ConfigMap current: source node address → its proxy.
 /// The IPs of the pods that have one.
 fn pod_ips(pods: &[Pod]) -> Vec<std::net::IpAddr> {
     pods.iter()
@@ -1176,6 +1175,7 @@ fn advertised_port(spec: &crate::crd::CassandraMigrationSpec) -> i32 {
     }
 }
 
+/// Keeps the peer map ConfigMap current: source node address → its proxy.
 async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> {
     let port = advertised_port(&step.cm.spec);
     let peers: BTreeMap<String, String> = pods

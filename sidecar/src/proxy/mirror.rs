@@ -585,10 +585,12 @@ enum ReplayError {
 ///
 /// One at a time, each replay cost a round trip and a write of the head
 /// file: a spool that filled during an outage drained at about 1,650
-/// records/s (`proxy-bench`), slower than clients can add to it. Order does not matter for records that
-/// carry a client timestamp (every write the proxy timestamped, and any the
-/// client did): the target keeps the newest cell whatever order they
-/// arrive in, and replaying one twice after a failure changes nothing. A
+/// records/s (`proxy-bench`), slower than clients can add to it.
+///
+/// Order does not matter for records that carry a client timestamp (every
+/// write the proxy timestamped, and any the client did): the target keeps
+/// the newest cell whatever order they arrive in, and replaying one twice
+/// after a failure changes nothing. A
 /// record without one (a conditional write: Paxos picks its timestamp) goes
 /// alone, after everything before it and before anything after it.
 async fn replay_window(
@@ -640,12 +642,12 @@ async fn replay_window(
                     done_now += 1;
                 }
                 Err(e) => {
-                    ctx.spool.ack_many(next, done_now)?;
+                    ctx.spool.ack(next, done_now)?;
                     return Err(e.into());
                 }
             }
         }
-        ctx.spool.ack_many(next, done_now)?;
+        ctx.spool.ack(next, done_now)?;
         acked += done_now as usize;
         if in_flight.is_empty() {
             alone = false;

@@ -258,18 +258,14 @@ impl Spool {
         Ok(Some((record, offset + 8 + len)))
     }
 
-    /// The oldest record not yet replayed, with the offset to `ack` with.
-    pub fn peek(&self) -> Result<Option<(SpoolRecord, u64)>, SpoolError> {
-        self.read(self.head())
-    }
-
     /// Offset of the oldest record not yet replayed.
     pub fn head(&self) -> u64 {
         self.lock().head
     }
 
     /// The record at `offset` (the head, or an offset a previous read
-    /// returned), with the offset of the record after it.
+    /// returned), with the offset of the record after it, which is what
+    /// `ack` takes.
     pub fn read(&self, offset: u64) -> Result<Option<(SpoolRecord, u64)>, SpoolError> {
         match self.read_at(offset) {
             Err(SpoolError::Corrupt { offset, reason }) => {
@@ -284,14 +280,9 @@ impl Spool {
         }
     }
 
-    /// Marks everything before `next` as delivered; empties the files when
-    /// all is delivered.
-    pub fn ack(&self, next: u64) -> Result<(), SpoolError> {
-        self.ack_many(next, 1)
-    }
-
-    /// Marks everything before `next`, `records` records, as delivered.
-    pub fn ack_many(&self, next: u64, records: u64) -> Result<(), SpoolError> {
+    /// Marks everything before `next`, `records` records, as delivered;
+    /// empties the files when all is delivered.
+    pub fn ack(&self, next: u64, records: u64) -> Result<(), SpoolError> {
         let mut f = self.lock();
         f.head = next.min(f.tail);
         f.records = f.records.saturating_sub(records);
@@ -374,19 +365,19 @@ mod tests {
             for i in 0..5 {
                 spool.append(&record(i)).unwrap();
             }
-            let (first, next) = spool.peek().unwrap().unwrap();
+            let (first, next) = spool.read(spool.head()).unwrap().unwrap();
             assert_eq!(first, record(0));
-            spool.ack(next).unwrap();
+            spool.ack(next, 1).unwrap();
             spool.sync().unwrap();
         }
         let spool = Spool::open(&dir, 1 << 20).unwrap();
         assert_eq!(spool.records(), 4);
         for i in 1..5 {
-            let (r, next) = spool.peek().unwrap().unwrap();
+            let (r, next) = spool.read(spool.head()).unwrap().unwrap();
             assert_eq!(r, record(i));
-            spool.ack(next).unwrap();
+            spool.ack(next, 1).unwrap();
         }
-        assert!(spool.peek().unwrap().is_none());
+        assert!(spool.read(spool.head()).unwrap().is_none());
         assert!(spool.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -434,11 +425,11 @@ mod tests {
                 // Records 1 and 2 fit under the limit, 3 did not; the torn tail is gone.
                 assert_eq!(s.records(), 2);
                 for i in 1..=2 {
-                    let (r, next) = s.peek().unwrap().unwrap();
+                    let (r, next) = s.read(s.head()).unwrap().unwrap();
                     assert_eq!(r, record(i));
-                    s.ack(next).unwrap();
+                    s.ack(next, 1).unwrap();
                 }
-                assert!(s.peek().unwrap().is_none());
+                assert!(s.read(s.head()).unwrap().is_none());
             }
             Err(e) => panic!("open failed: {e}"),
         }

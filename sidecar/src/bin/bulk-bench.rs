@@ -224,7 +224,9 @@ struct Meter {
 }
 
 impl Meter {
-    fn start() -> Self {
+    /// Starts metering once the machine has settled (see `settle`).
+    async fn start_when_idle() -> Self {
+        settle().await;
         let jvms = bed_jvms();
         let (source_jvms, target_jvms) = jvm_cpu_seconds(&jvms);
         Meter {
@@ -362,8 +364,7 @@ async fn main() -> anyhow::Result<()> {
         for run in 0..args.runs {
             exec(&target, &format!("TRUNCATE {ks}.raw")).await?;
             exec(&target, &format!("TRUNCATE {ks}.raw_batched")).await?;
-            settle().await;
-            let meter = Meter::start();
+            let meter = Meter::start_when_idle().await;
             let secs = write_partition_batches(
                 target.clone(),
                 &format!("{ks}.raw_batched"),
@@ -374,8 +375,7 @@ async fn main() -> anyhow::Result<()> {
             raw_batched.push(size as f64 / secs);
             costs[1].push(meter.done(size, None));
             exec(&target, &format!("TRUNCATE {ks}.t")).await?;
-            settle().await;
-            let meter = Meter::start();
+            let meter = Meter::start_when_idle().await;
             let secs = write_rows(
                 target.clone(),
                 &format!("{ks}.raw"),
@@ -386,8 +386,7 @@ async fn main() -> anyhow::Result<()> {
             raw.push(size as f64 / secs);
             costs[0].push(meter.done(size, None));
             let job = format!("bench-{size}-{}-{run}", std::process::id());
-            settle().await;
-            let meter = Meter::start();
+            let meter = Meter::start_when_idle().await;
             let b = run_child(
                 &sidecar,
                 "backfill",
@@ -407,8 +406,7 @@ async fn main() -> anyhow::Result<()> {
             let copy_ms = b.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
             backfill_copy.push(size as f64 / copy_ms * 1000.0);
             backfill_rss = backfill_rss.max(b.max_rss_kb);
-            settle().await;
-            let meter = Meter::start();
+            let meter = Meter::start_when_idle().await;
             let v = run_child(&sidecar, "validate", &args, &ks, &args.validate_flags, &dir)?;
             let ms = v.summary["elapsedMillis"].as_f64().unwrap_or(1.0).max(1.0);
             anyhow::ensure!(

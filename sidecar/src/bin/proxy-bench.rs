@@ -263,16 +263,12 @@ async fn spawn_proxy(
     spool: &Path,
     extra: &[&str],
 ) -> anyhow::Result<ProxyChild> {
-    let source_host = args
-        .source
-        .rsplit_once(':')
-        .map_or(args.source.as_str(), |(h, _)| h);
     let mut command = Command::new(proxy_bin);
     if args.proxy_threads > 0 {
         command.env("TOKIO_WORKER_THREADS", args.proxy_threads.to_string());
     }
     let child = command
-        .args(["proxy", source_host, target_host])
+        .args(["proxy", host(&args.source), target_host])
         .args([
             "--proxy-address",
             &args.proxy_ip,
@@ -356,7 +352,7 @@ async fn spool_drain(
         // The spool is synced every 100 ms.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let _up = spawn_proxy(args, proxy_bin, &target_host(args), &spool, &flags).await?;
+    let _up = spawn_proxy(args, proxy_bin, host(&args.target), &spool, &flags).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
     while metric("ferry_proxy_mirrored_writes_total{outcome=\"replayed\"}").await < records as f64 {
@@ -384,10 +380,9 @@ async fn spool_drain(
 /// Where nothing listens: the proxy's target while its spool fills.
 const UNREACHABLE_TARGET: &str = "127.0.0.98";
 
-fn target_host(args: &Args) -> String {
-    args.target
-        .rsplit_once(':')
-        .map_or(args.target.clone(), |(h, _)| h.to_owned())
+/// The host of an `ip:port` address (the proxy takes ports as flags).
+fn host(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }
 
 struct ProxyChild(Child);
@@ -419,7 +414,7 @@ async fn main() -> anyhow::Result<()> {
     let proxy = spawn_proxy(
         &args,
         &proxy_bin,
-        &target_host(&args),
+        host(&args.target),
         &spool,
         &["--mode", &args.mode],
     )
@@ -435,10 +430,17 @@ async fn main() -> anyhow::Result<()> {
     let proxied = Arc::new(session(&proxy_addr, 1).await?);
     let wd = Arc::new(workload(&direct, &ks, args.write_percent).await?);
     let wp = Arc::new(workload(&proxied, &ks, args.write_percent).await?);
-    let target = Arc::new(session(&args.target, 1).await?);
-    let mut dual = workload(&direct, &ks, args.write_percent).await?;
-    dual.also = Some((target.clone(), workload(&target, &ks, 100).await?.insert));
-    let wdual = Arc::new(dual);
+    // The same writes to both clusters by the client itself: the work the
+    // proxy's mirroring adds, without the proxy. Not in source-only mode,
+    // which mirrors nothing.
+    let wdual = if args.mode == "source-only" {
+        None
+    } else {
+        let target = Arc::new(session(&args.target, 1).await?);
+        let mut dual = workload(&direct, &ks, args.write_percent).await?;
+        dual.also = Some((target.clone(), workload(&target, &ks, 100).await?.insert));
+        Some(Arc::new(dual))
+    };
 
     // Warm up both paths (JIT on Cassandra, pools, prepared maps).
     closed_loop(
@@ -448,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
         args.warmup_seconds,
     )
     .await;
-    if args.mode != "source-only" {
+    if let Some(wdual) = &wdual {
         closed_loop(
             direct.clone(),
             wdual.clone(),
@@ -472,21 +474,11 @@ async fn main() -> anyhow::Result<()> {
         (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..args.rounds {
         let d = closed_loop(direct.clone(), wd.clone(), args.concurrency, args.seconds).await;
-        // The same writes to both clusters by the client itself: the work
-        // the proxy's mirroring adds, without the proxy (not in
-        // source-only mode, which mirrors nothing).
-        let dd = if args.mode == "source-only" {
-            None
-        } else {
-            Some(
-                closed_loop(
-                    direct.clone(),
-                    wdual.clone(),
-                    args.concurrency,
-                    args.seconds,
-                )
-                .await,
-            )
+        let dd = match &wdual {
+            Some(w) => {
+                Some(closed_loop(direct.clone(), w.clone(), args.concurrency, args.seconds).await)
+            }
+            None => None,
         };
         let cpu0 = process_cpu_seconds(Some(pid));
         let p = closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds).await;
@@ -497,8 +489,8 @@ async fn main() -> anyhow::Result<()> {
         let half = dd.map_or(d.ops_per_sec, |x| x.ops_per_sec.min(d.ops_per_sec)) / 2.0;
         let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
         let pl = open_loop(proxied.clone(), wp.clone(), half, args.seconds).await;
-        let ddl = match dd {
-            Some(_) => Some(open_loop(direct.clone(), wdual.clone(), half, args.seconds).await),
+        let ddl = match &wdual {
+            Some(w) => Some(open_loop(direct.clone(), w.clone(), half, args.seconds).await),
             None => None,
         };
         println!(

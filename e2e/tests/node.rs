@@ -353,10 +353,49 @@ async fn a_cassandra_statefulset_becomes_ready_and_answers_cql() {
         (format!("cass-cql.{namespace}.svc.cluster.local"), "9042"),
         ("kubernetes.default.svc.cluster.local".to_owned(), "443"),
     ] {
-        // busybox nc: connects, sends nothing, exits 0 when the port answered.
-        let probe = format!("nc -w 5 {host} {port} </dev/null");
-        let (ok, out) = exec(&bed, &namespace, "cass-0", &["sh", "-c", &probe]);
-        assert!(ok, "{probe} in the pod: {out}");
+        connect_from_pod(&bed, &namespace, "cass-0", &host, port);
     }
     delete_namespace(&client, &namespace).await;
+}
+
+/// Asserts that `host:port` answers a TCP connection from inside the pod
+/// within a minute. One attempt is not enough on this 2-core machine: a CI
+/// run saw a single `nc -w 5` time out right after a long test had loaded
+/// it, and the failure could not tell a slow DNS answer from a missing
+/// kube-proxy rule. So attempts repeat until the deadline, and a failure
+/// reports the name's resolution and the node's logs, which do tell.
+fn connect_from_pod(bed: &Testbed, namespace: &str, pod: &str, host: &str, port: &str) {
+    // busybox nc: connects, sends nothing, exits 0 when the port answered;
+    // -w bounds the name lookup and the connect together.
+    let probe = format!("nc -w 10 {host} {port} </dev/null");
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        let (ok, out) = exec(bed, namespace, pod, &["sh", "-c", &probe]);
+        if ok {
+            if !failures.is_empty() {
+                eprintln!(
+                    "{probe} in {pod} answered after {:?}; earlier attempts: {failures:?}",
+                    started.elapsed()
+                );
+            }
+            return;
+        }
+        failures.push(format!("at {:?}: {}", started.elapsed(), out.trim()));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let (_, lookup) = exec(bed, namespace, pod, &["nslookup", host]);
+    let node_logs = testbed::run_dir().join("node");
+    let tail = |log: &str| {
+        let text = std::fs::read_to_string(node_logs.join(log)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
+    panic!(
+        "{probe} in {pod} failed for {:?}: {failures:#?}\nnslookup {host}:\n{lookup}\n\
+         coredns.log:\n{}\nproxy.log:\n{}",
+        started.elapsed(),
+        tail("coredns.log"),
+        tail("proxy.log"),
+    );
 }

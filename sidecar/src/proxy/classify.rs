@@ -273,8 +273,8 @@ fn nondeterministic_call(toks: &[Token<'_>]) -> Option<&'static str> {
     })
 }
 
-/// Replaces `now()`, `currentTimeUUID()`, `uuid()` and `currentTimestamp()`
-/// in a statement's text with literals the proxy generates, so source and
+/// Replaces `now()`, `currentTimeUUID()`, `uuid()`, `currentTimestamp()`,
+/// `currentDate()` and `currentTime()` in a statement's text with literals the proxy generates, so source and
 /// target store the same value. Returns the new text and the functions
 /// replaced, or `None` when there is nothing to replace. (Prepared
 /// statements get bind markers instead: `bound::bind_nondeterministic`.)
@@ -282,7 +282,7 @@ pub fn replace_nondeterministic(
     text: &str,
     now_micros: i64,
 ) -> Option<(String, Vec<&'static str>)> {
-    let calls = replaceable_calls(&tokenize_spans(text));
+    let (calls, _) = replaceable_calls(&tokenize_spans(text));
     if calls.is_empty() {
         return None;
     }

@@ -123,6 +123,11 @@ async fn bad_specs_are_refused_with_clear_messages() {
             &["system keyspaces are never migrated"],
         ),
         (
+            "dse-keyspace",
+            with("/spec/keyspaces/include", json!(["solr_admin"])),
+            &["system keyspaces are never migrated"],
+        ),
+        (
             "splits-below-parallelism",
             with("/spec/backfill", json!({"parallelism": 8, "splits": 4})),
             &["backfill.splits must be at least backfill.parallelism"],

@@ -10,12 +10,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Keyspaces that hold Cassandra's own state. They are never migrated: each
-/// cluster owns its own, and copying them would corrupt the target.
+/// Keyspaces that hold each cluster's own state (Cassandra's, and DSE's).
+/// They are never migrated: each cluster owns its own, and copying them
+/// would corrupt the target. The CEL rule on `keyspaces.include` is built
+/// from this list; the data plane keeps the same list
+/// (`ferry_sidecar::SYSTEM_KEYSPACES`, tested equal).
 pub const SYSTEM_KEYSPACES: &[&str] = &[
     "system",
     "system_auth",
@@ -25,9 +29,26 @@ pub const SYSTEM_KEYSPACES: &[&str] = &[
     "system_views",
     "system_virtual_schema",
     "dse_system",
+    "dse_system_local",
     "dse_security",
     "dse_auth",
+    "dse_perf",
+    "dse_leases",
+    "dse_insights",
+    "dse_insights_local",
+    "solr_admin",
 ];
+
+/// The CEL rule that refuses a system keyspace in `keyspaces.include`.
+fn no_system_keyspace_rule() -> Rule {
+    let list = SYSTEM_KEYSPACES
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Rule::new(format!("self.include.all(k, !(k in [{list}]))"))
+        .message("system keyspaces are never migrated; remove them from keyspaces.include")
+}
 
 /// A live, zero-downtime migration of one Cassandra cluster (running as a
 /// StatefulSet in this namespace) to another Cassandra cluster.
@@ -81,9 +102,7 @@ pub struct CassandraMigrationSpec {
 
     /// Which keyspaces to migrate. Empty `include` means every non-system keyspace.
     #[serde(default)]
-    #[x_kube(validation = Rule::new(
-        "self.include.all(k, !(k in ['system', 'system_auth', 'system_distributed', 'system_schema', 'system_traces', 'system_views', 'system_virtual_schema', 'dse_system', 'dse_security', 'dse_auth']))"
-    ).message("system keyspaces are never migrated; remove them from keyspaces.include"))]
+    #[x_kube(validation = no_system_keyspace_rule())]
     pub keyspaces: KeyspaceSelector,
 
     /// Which tables to migrate, as `keyspace.table`. Applied after `keyspaces`.

@@ -7,7 +7,26 @@ pub mod bulk;
 pub mod procstat;
 pub mod proxy;
 
-/// The error a mode returns until its issue lands: never a fake success.
-#[derive(Debug, thiserror::Error)]
-#[error("`ferry-sidecar {0}` is not implemented yet")]
-pub struct NotImplemented(pub &'static str);
+/// Keyspaces that hold each cluster's own state (Cassandra's, and DSE's):
+/// never mirrored by the proxy, never copied nor validated by the Jobs.
+/// The operator refuses them in `keyspaces.include` from its own copy
+/// (`ferry_operator::crd::SYSTEM_KEYSPACES`, which the CRD's CEL rule is
+/// built from); `tests/system_keyspaces.rs` keeps the two equal.
+pub const SYSTEM_KEYSPACES: &[&str] = &[
+    "system",
+    "system_auth",
+    "system_distributed",
+    "system_schema",
+    "system_traces",
+    "system_views",
+    "system_virtual_schema",
+    "dse_system",
+    "dse_system_local",
+    "dse_security",
+    "dse_auth",
+    "dse_perf",
+    "dse_leases",
+    "dse_insights",
+    "dse_insights_local",
+    "solr_admin",
+];

@@ -4,20 +4,7 @@
 use scylla::client::session::Session;
 use scylla::value::Row;
 
-/// Keyspaces never copied nor validated.
-pub const SYSTEM_KEYSPACES: &[&str] = &[
-    "system",
-    "system_schema",
-    "system_auth",
-    "system_distributed",
-    "system_traces",
-    "system_views",
-    "system_virtual_schema",
-    "dse_system",
-    "dse_security",
-    "dse_perf",
-    "solr_admin",
-];
+use crate::SYSTEM_KEYSPACES;
 
 /// Why a schema could not be read or does not match.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use clap::{Args, ValueEnum};
 
+use crate::SYSTEM_KEYSPACES;
+
 /// How writes are mirrored and which side serves reads. Changed at run
 /// time through the watched runtime file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -316,18 +318,6 @@ pub fn apply_config_file(path: &std::path::Path) -> Result<usize, ConfigFileErro
     }
     Ok(set)
 }
-
-/// Keyspaces whose writes are never mirrored (node-local or managed by
-/// each cluster itself).
-pub const SYSTEM_KEYSPACES: &[&str] = &[
-    "system",
-    "system_schema",
-    "system_auth",
-    "system_traces",
-    "system_distributed",
-    "system_views",
-    "system_virtual_schema",
-];
 
 /// Include/exclude rules deciding which writes are mirrored.
 #[derive(Debug, Clone, Default)]

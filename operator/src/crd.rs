@@ -15,29 +15,12 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Keyspaces that hold each cluster's own state (Cassandra's, and DSE's).
-/// They are never migrated: each cluster owns its own, and copying them
-/// would corrupt the target. The CEL rule on `keyspaces.include` is built
-/// from this list; the data plane keeps the same list
-/// (`ferry_sidecar::SYSTEM_KEYSPACES`, tested equal).
-pub const SYSTEM_KEYSPACES: &[&str] = &[
-    "system",
-    "system_auth",
-    "system_distributed",
-    "system_schema",
-    "system_traces",
-    "system_views",
-    "system_virtual_schema",
-    "dse_system",
-    "dse_system_local",
-    "dse_security",
-    "dse_auth",
-    "dse_perf",
-    "dse_leases",
-    "dse_insights",
-    "dse_insights_local",
-    "solr_admin",
-];
+/// Keyspaces that hold each cluster's own state. They are never migrated:
+/// each cluster owns its own, and copying them would corrupt the target.
+/// The data plane's list, so that what the API refuses in
+/// `keyspaces.include` is exactly what the proxy never mirrors and the Jobs
+/// never copy; the CEL rule on `keyspaces.include` is built from it.
+pub use ferry_sidecar::SYSTEM_KEYSPACES;
 
 /// The CEL rule that refuses a system keyspace in `keyspaces.include`.
 fn no_system_keyspace_rule() -> Rule {

@@ -8,10 +8,9 @@ pub mod procstat;
 pub mod proxy;
 
 /// Keyspaces that hold each cluster's own state (Cassandra's, and DSE's):
-/// never mirrored by the proxy, never copied nor validated by the Jobs.
-/// The operator refuses them in `keyspaces.include` from its own copy
-/// (`ferry_operator::crd::SYSTEM_KEYSPACES`, which the CRD's CEL rule is
-/// built from); `tests/system_keyspaces.rs` keeps the two equal.
+/// never mirrored by the proxy, never copied nor validated by the Jobs, and
+/// refused in a migration's `keyspaces.include` (the operator's CRD builds
+/// its CEL rule from this list).
 pub const SYSTEM_KEYSPACES: &[&str] = &[
     "system",
     "system_auth",

@@ -87,6 +87,23 @@ async fn valid_example_is_accepted_and_defaults_are_filled() {
     assert_eq!(stored.spec.proxy.listen_port, 29042);
     assert_eq!(stored.spec.source.cql_port, 9042);
     assert_eq!(stored.spec.backfill.splits, 256);
+    // A TLS source is accepted when the proxy serves TLS too, or when
+    // clients connect to the proxy's own port.
+    for (name, proxy) in [
+        ("tls-proxy", json!({"tlsSecret": {"name": "node-tls"}})),
+        ("tls-port", json!({"redirect": "port"})),
+    ] {
+        let spec = json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+            "metadata": {"name": name},
+            "spec": {"source": {"statefulSet": "cassandra", "tlsSecret": {"name": "source-ca"}},
+                     "target": {"contactPoints": ["10.0.0.1:9042"], "localDatacenter": "dc1"},
+                     "proxy": proxy}
+        });
+        create(&api, spec, name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} refused: {e}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -121,6 +138,11 @@ async fn bad_specs_are_refused_with_clear_messages() {
             "system-keyspace",
             with("/spec/keyspaces/include", json!(["orders", "system_auth"])),
             &["system keyspaces are never migrated"],
+        ),
+        (
+            "source-tls-without-proxy-tls",
+            with("/spec/source/tlsSecret", json!({"name": "source-ca"})),
+            &["source.tlsSecret with proxy.redirect iptables needs proxy.tlsSecret"],
         ),
         (
             "dse-keyspace",

@@ -29,6 +29,7 @@ use tracing::{info, instrument, warn};
 use crate::cql::{self, RingHealth};
 use crate::crd::{
     CassandraMigration, CassandraMigrationStatus, Phase, SidecarPodStatus, SidecarState,
+    TlsSecretRef,
 };
 use crate::jobs::{self, JobInputs, JobKind, JobState};
 use crate::labels;
@@ -1080,12 +1081,25 @@ async fn probe_gate(step: &mut Step<'_>, pods: &[Pod]) -> bool {
         .into_iter()
         .map(|ip| std::net::SocketAddr::new(ip, port as u16).to_string())
         .collect();
+    // Clients of the proxies speak TLS only when the proxies serve it
+    // (`proxy.tlsSecret`), whatever the source itself speaks. The proxies
+    // serve the source nodes' certificate, so the source's CA verifies it
+    // (the proxy Secret's own `ca.crt` without one); pod IPs are not names
+    // a certificate carries.
+    let proxy_tls = spec.proxy.tls_secret.as_ref().map(|proxy| TlsSecretRef {
+        name: spec
+            .source
+            .tls_secret
+            .as_ref()
+            .map_or_else(|| proxy.name.clone(), |s| s.name.clone()),
+        insecure_skip_hostname_verification: true,
+    });
     let accesses = futures::future::try_join(
         cql::Access::from_secrets(
             &step.ctx.client,
             &step.ns,
             spec.source.credentials_secret.as_ref(),
-            spec.source.tls_secret.as_ref(),
+            proxy_tls.as_ref(),
         ),
         cql::Access::from_secrets(
             &step.ctx.client,

@@ -74,6 +74,7 @@ fn no_system_keyspace_rule() -> Rule {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.source.tlsSecret) || (has(self.proxy) && (has(self.proxy.tlsSecret) || (has(self.proxy.redirect) && self.proxy.redirect == 'port')))").message("source.tlsSecret with proxy.redirect iptables needs proxy.tlsSecret: clients that reach a source node's CQL port reach the proxy, which must then serve TLS as the node does"))]
 pub struct CassandraMigrationSpec {
     /// The cluster to migrate from. It cannot change once the migration exists.
     #[x_kube(validation = Rule::new("self == oldSelf").message("source is immutable: create a new CassandraMigration to migrate another cluster"))]
@@ -294,6 +295,13 @@ pub struct ProxySpec {
     /// CPU and memory for the sidecar container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// TLS the proxy serves to clients, for a source whose clients speak
+    /// TLS: a Secret with `tls.crt` and `tls.key` (a `kubernetes.io/tls`
+    /// Secret, typically holding the source nodes' own certificate). Without
+    /// it the proxy speaks plain CQL to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<ProxyTlsSecretRef>,
 }
 
 impl Default for ProxySpec {
@@ -305,8 +313,21 @@ impl Default for ProxySpec {
             redirect: TrafficRedirect::default(),
             protocol_version: None,
             resources: None,
+            tls_secret: None,
         }
     }
+}
+
+/// The proxy's client-facing certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyTlsSecretRef {
+    /// Name of the Secret (`tls.crt`, `tls.key`), in the migration's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Require clients to present a certificate signed by the Secret's `ca.crt`.
+    #[serde(default)]
+    pub require_client_certificates: bool,
 }
 
 /// Which WRITETIME the backfill gives the cells it copies.

@@ -10,6 +10,7 @@ use crate::crd::{
     BackfillProgress, CassandraMigration, TimestampMode, ValidationMode, ValidationResults,
 };
 use crate::labels;
+use crate::tls_mount::{TlsMount, TlsUse};
 
 /// Which of Ferry's two Jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,19 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
             &s.password_key,
         ));
     }
+    for mount in TlsMount::clusters(spec) {
+        let (prefix, skip) = match mount.tls_use {
+            TlsUse::Source => ("FERRY_SOURCE", spec.source.tls_secret.as_ref()),
+            _ => ("FERRY_TARGET", spec.target.tls_secret.as_ref()),
+        };
+        env_vars.push(env(&format!("{prefix}_TLS_CA_FILE"), mount.file("ca.crt")));
+        if skip.is_some_and(|s| s.insecure_skip_hostname_verification) {
+            env_vars.push(env(
+                &format!("{prefix}_TLS_SKIP_HOSTNAME_VERIFICATION"),
+                "true",
+            ));
+        }
+    }
     let lists = [
         ("FERRY_KEYSPACES", &spec.keyspaces.include),
         ("FERRY_EXCLUDE_KEYSPACES", &spec.keyspaces.exclude),
@@ -161,6 +175,10 @@ pub fn build_job(
             "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
         },
     });
+    let tls = TlsMount::clusters(spec);
+    if !tls.is_empty() {
+        container["volumeMounts"] = tls.iter().map(TlsMount::volume_mount).collect();
+    }
     if let Some(resources) = &spec.backfill.resources {
         container["resources"] = serde_json::to_value(resources)?;
     }
@@ -187,6 +205,7 @@ pub fn build_job(
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [container],
+                    "volumes": (!tls.is_empty()).then(|| tls.iter().map(TlsMount::volume).collect::<Vec<_>>()),
                     "nodeSelector": spec.backfill.node_selector,
                     "tolerations": spec.backfill.tolerations,
                 },
@@ -415,6 +434,51 @@ mod tests {
         let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(owner.uid, "uid-1");
         assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn tls_secrets_are_mounted_and_named_to_the_bulk_modes() {
+        let mut cm = migration();
+        cm.spec.source.tls_secret =
+            Some(serde_json::from_value(json!({"name": "src-ca"})).unwrap());
+        cm.spec.target.tls_secret = Some(
+            serde_json::from_value(
+                json!({"name": "tgt-ca", "insecureSkipHostnameVerification": true}),
+            )
+            .unwrap(),
+        );
+        let job = build_job(&cm, JobKind::Backfill, &inputs()).unwrap();
+        let env = env_of(&job);
+        assert_eq!(
+            env["FERRY_SOURCE_TLS_CA_FILE"],
+            "/etc/ferry/tls/source/ca.crt"
+        );
+        assert!(!env.contains_key("FERRY_SOURCE_TLS_SKIP_HOSTNAME_VERIFICATION"));
+        assert_eq!(
+            env["FERRY_TARGET_TLS_CA_FILE"],
+            "/etc/ferry/tls/target/ca.crt"
+        );
+        assert_eq!(env["FERRY_TARGET_TLS_SKIP_HOSTNAME_VERIFICATION"], "true");
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let volumes: Vec<_> = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.name, v.secret.unwrap().secret_name.unwrap()))
+            .collect();
+        assert_eq!(
+            volumes,
+            [
+                ("ferry-source-tls".to_owned(), "src-ca".to_owned()),
+                ("ferry-target-tls".to_owned(), "tgt-ca".to_owned())
+            ]
+        );
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert_eq!(mounts[1].mount_path, "/etc/ferry/tls/target");
+        // Without TLS the Job has no volumes at all.
+        let plain = build_job(&migration(), JobKind::Backfill, &inputs()).unwrap();
+        let plain = plain.spec.unwrap().template.spec.unwrap();
+        assert!(plain.volumes.is_none() && plain.containers[0].volume_mounts.is_none());
     }
 
     #[test]

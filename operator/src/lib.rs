@@ -7,6 +7,7 @@
 //! - [`webhook`] and [`certs`]: the sidecar-injection admission webhook and its TLS.
 //! - [`cql`]: the operator's own CQL checks (ring health before evictions, the probe write).
 //! - [`leader`]: Lease-based leader election so two replicas never roll at once.
+//! - [`tls_mount`]: the TLS Secrets a migration names, mounted into the proxy and the Jobs.
 
 pub mod certs;
 pub mod controller;
@@ -21,4 +22,5 @@ pub mod metrics;
 pub mod roll;
 pub mod sidecar;
 pub mod status;
+pub mod tls_mount;
 pub mod webhook;

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::crd::{CassandraMigration, TrafficRedirect, WriteMode};
 use crate::labels;
+use crate::tls_mount::{TlsMount, TlsUse};
 
 /// Settings of the injection that do not come from the CR.
 #[derive(Debug, Clone)]
@@ -79,6 +80,34 @@ pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<
             spec.tables.exclude.join(",")
         ));
     }
+    for mount in TlsMount::proxy(spec) {
+        match mount.tls_use {
+            // The proxy reaches its own node over loopback: no name a node
+            // certificate carries, so the chain alone is checked.
+            TlsUse::Source => args.extend([
+                format!("--source-tls-ca={}", mount.file("ca.crt")),
+                "--source-tls-skip-hostname-verification".to_owned(),
+            ]),
+            TlsUse::Target => {
+                args.push(format!("--target-tls-ca={}", mount.file("ca.crt")));
+                if spec
+                    .target
+                    .tls_secret
+                    .as_ref()
+                    .is_some_and(|s| s.insecure_skip_hostname_verification)
+                {
+                    args.push("--target-tls-skip-hostname-verification".to_owned());
+                }
+            }
+            TlsUse::Proxy => {
+                args.push(format!("--proxy-tls-cert={}", mount.file("tls.crt")));
+                args.push(format!("--proxy-tls-key={}", mount.file("tls.key")));
+                if mount.keys.contains(&"ca.crt") {
+                    args.push(format!("--proxy-tls-client-ca={}", mount.file("ca.crt")));
+                }
+            }
+        }
+    }
     args
 }
 
@@ -124,6 +153,12 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
             "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
         },
     });
+    if let (Some(mounts), tls) = (
+        container["volumeMounts"].as_array_mut(),
+        TlsMount::proxy(spec),
+    ) {
+        mounts.extend(tls.iter().map(TlsMount::volume_mount));
+    }
     if let Some(resources) = &spec.proxy.resources {
         container["resources"] = serde_json::to_value(resources).unwrap_or(Value::Null);
     }
@@ -197,16 +232,17 @@ pub fn injection_patch(pod: &Pod, cm: &CassandraMigration, settings: &InjectionS
     } else if !init.is_empty() {
         ops.push(add(&["spec", "initContainers"], Value::Array(init)));
     }
-    let volumes = [
+    let mut volumes = vec![
         json!({"name": "ferry-peers", "configMap": {"name": labels::peer_map_name(&name), "optional": true}}),
         json!({"name": "ferry-spool", "emptyDir": {}}),
     ];
+    volumes.extend(TlsMount::proxy(&cm.spec).iter().map(TlsMount::volume));
     if spec.is_some_and(|s| s.volumes.is_some()) {
         for v in volumes {
             ops.push(add(&["spec", "volumes", "-"], v));
         }
     } else {
-        ops.push(add(&["spec", "volumes"], Value::Array(volumes.to_vec())));
+        ops.push(add(&["spec", "volumes"], Value::Array(volumes)));
     }
     Patch(ops)
 }
@@ -335,6 +371,61 @@ mod tests {
         assert!(
             !c.to_string().contains("\"value\":\"cassandra\""),
             "no literal secret"
+        );
+    }
+
+    #[test]
+    fn tls_secrets_reach_the_proxy_as_mounted_files() {
+        let mut cm = migration(TrafficRedirect::Iptables);
+        let tls = |v| serde_json::from_value(v).unwrap();
+        cm.spec.source.tls_secret = Some(tls(json!({"name": "src-ca"})));
+        cm.spec.target.tls_secret = Some(tls(json!({"name": "tgt-ca"})));
+        cm.spec.proxy.tls_secret =
+            Some(serde_json::from_value(json!({"name": "node-cert"})).unwrap());
+        let pod = apply(
+            &bare_pod(),
+            &injection_patch(&bare_pod(), &cm, &settings(true)),
+        );
+        let spec = pod.spec.unwrap();
+        let proxy = &spec.init_containers.unwrap()[1];
+        let args = proxy.args.clone().unwrap();
+        for expected in [
+            "--source-tls-ca=/etc/ferry/tls/source/ca.crt",
+            "--source-tls-skip-hostname-verification",
+            "--target-tls-ca=/etc/ferry/tls/target/ca.crt",
+            "--proxy-tls-cert=/etc/ferry/tls/proxy/tls.crt",
+            "--proxy-tls-key=/etc/ferry/tls/proxy/tls.key",
+        ] {
+            assert!(
+                args.contains(&expected.to_owned()),
+                "{expected} in {args:?}"
+            );
+        }
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--target-tls-skip")
+                    || a.starts_with("--proxy-tls-client-ca")),
+            "names are checked on the target, client certificates not required: {args:?}"
+        );
+        let mounts: Vec<_> = proxy
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mount_path)
+            .collect();
+        assert!(mounts.contains(&"/etc/ferry/tls/proxy".to_owned()));
+        let volumes: Vec<_> = spec.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(
+            volumes,
+            [
+                "ferry-peers",
+                "ferry-spool",
+                "ferry-source-tls",
+                "ferry-target-tls",
+                "ferry-proxy-tls"
+            ]
         );
     }
 

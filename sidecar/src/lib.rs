@@ -2,10 +2,13 @@
 //!
 //! - [`proxy`]: the dual-write CQL proxy injected next to each source node.
 //! - [`bulk`]: the `backfill` and `validate` modes the operator's Jobs run.
+//! - [`tls`]: the TLS client configuration all of them (and the operator)
+//!   use to reach a cluster.
 
 pub mod bulk;
 pub mod procstat;
 pub mod proxy;
+pub mod tls;
 
 /// Keyspaces that hold each cluster's own state (Cassandra's, and DSE's):
 /// never mirrored by the proxy, never copied nor validated by the Jobs, and

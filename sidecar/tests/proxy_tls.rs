@@ -2,6 +2,8 @@
 //! CQL to proxy B, whose source and target links are TLS (with a client
 //! certificate) to proxy A, whose listener requires mTLS; A talks to the
 //! real clusters. Data must flow end to end, and plain TCP to A must fail.
+//! B's source link verifies A's name; its target link asks for another name
+//! and checks the chain only.
 
 mod proxy_support;
 
@@ -99,6 +101,12 @@ async fn tls_on_client_source_and_target_sides() {
             &p("client.pem"),
             "--target-tls-key",
             &p("client-key.pem"),
+            // The target link checks the chain only: the name it asks for
+            // is not the certificate's (what the operator sets for
+            // `insecureSkipHostnameVerification`).
+            "--target-tls-server-name",
+            "not-the-node.example",
+            "--target-tls-skip-hostname-verification",
             "--admin-port",
             "28001",
         ],

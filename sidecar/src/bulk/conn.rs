@@ -84,6 +84,10 @@ pub struct ConnectionArgs {
     /// PEM CA bundle to verify the source's certificates (implies --source-tls).
     #[arg(long, env = "FERRY_SOURCE_TLS_CA_FILE")]
     pub source_tls_ca_file: Option<PathBuf>,
+    /// Verify the source certificates' chain only, not their names (the
+    /// driver reaches nodes at the IP addresses the ring lists).
+    #[arg(long, env = "FERRY_SOURCE_TLS_SKIP_HOSTNAME_VERIFICATION")]
+    pub source_tls_skip_hostname_verification: bool,
 
     /// Target contact points, `host[:port]`, comma-separated.
     #[arg(
@@ -107,6 +111,9 @@ pub struct ConnectionArgs {
     pub target_tls: bool,
     #[arg(long, env = "FERRY_TARGET_TLS_CA_FILE")]
     pub target_tls_ca_file: Option<PathBuf>,
+    /// Verify the target certificates' chain only, not their names.
+    #[arg(long, env = "FERRY_TARGET_TLS_SKIP_HOSTNAME_VERIFICATION")]
+    pub target_tls_skip_hostname_verification: bool,
 
     /// Consistency of reads (both clusters).
     #[arg(long, env = "FERRY_READ_CONSISTENCY", default_value = "LOCAL_QUORUM")]
@@ -149,6 +156,7 @@ pub struct ClusterConfig<'a> {
     pub password_file: Option<&'a PathBuf>,
     pub tls: bool,
     pub tls_ca_file: Option<&'a PathBuf>,
+    pub tls_skip_hostname_verification: bool,
     pub connections_per_node: usize,
     /// How long to keep trying an unreachable cluster.
     pub connect_wait: Duration,
@@ -165,6 +173,7 @@ impl ConnectionArgs {
             password_file: self.source_password_file.as_ref(),
             tls: self.source_tls,
             tls_ca_file: self.source_tls_ca_file.as_ref(),
+            tls_skip_hostname_verification: self.source_tls_skip_hostname_verification,
             connections_per_node: self.connections_per_node,
             connect_wait: Duration::from_secs(self.connect_wait_secs),
         }
@@ -180,6 +189,7 @@ impl ConnectionArgs {
             password_file: self.target_password_file.as_ref(),
             tls: self.target_tls,
             tls_ca_file: self.target_tls_ca_file.as_ref(),
+            tls_skip_hostname_verification: self.target_tls_skip_hostname_verification,
             connections_per_node: self.connections_per_node,
             connect_wait: Duration::from_secs(self.connect_wait_secs),
         }
@@ -215,28 +225,17 @@ fn tls_config(cfg: &ClusterConfig<'_>) -> Result<Arc<rustls::ClientConfig>, Conn
         cluster: cfg.name,
         reason,
     };
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = cfg.tls_ca_file {
-        use rustls::pki_types::pem::PemObject;
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| tls_error(format!("reading {}: {e}", path.display())))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| tls_error(format!("parsing {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| tls_error(format!("adding a CA of {}: {e}", path.display())))?;
-        }
-    } else {
+    let Some(path) = cfg.tls_ca_file else {
         return Err(tls_error(
             "TLS needs a CA bundle (--source-tls-ca-file / --target-tls-ca-file)".to_owned(),
         ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    };
+    let pem =
+        std::fs::read(path).map_err(|e| tls_error(format!("reading {}: {e}", path.display())))?;
+    let roots = crate::tls::roots_from_pem(&pem)
+        .map_err(|e| tls_error(format!("{}: {e}", path.display())))?;
+    let config = crate::tls::client_config(roots, None, cfg.tls_skip_hostname_verification)
+        .map_err(|e| tls_error(e.to_string()))?;
     Ok(Arc::new(config))
 }
 

@@ -225,6 +225,11 @@ pub struct ProxyArgs {
     /// Name to verify in the source certificate (default: SOURCE).
     #[arg(long, env = "FERRY_PROXY_SOURCE_TLS_SERVER_NAME")]
     pub source_tls_server_name: Option<String>,
+    /// Verify the source certificate's chain only, not its name (the
+    /// proxy reaches its own node over loopback, a name certificates
+    /// rarely carry).
+    #[arg(long, env = "FERRY_PROXY_SOURCE_TLS_SKIP_HOSTNAME_VERIFICATION", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool_flag)]
+    pub source_tls_skip_hostname_verification: bool,
     /// Target TLS: CA bundle (PEM) to verify the target; TLS is on when set.
     #[arg(long, env = "FERRY_PROXY_TARGET_TLS_CA")]
     pub target_tls_ca: Option<PathBuf>,
@@ -234,6 +239,9 @@ pub struct ProxyArgs {
     pub target_tls_key: Option<PathBuf>,
     #[arg(long, env = "FERRY_PROXY_TARGET_TLS_SERVER_NAME")]
     pub target_tls_server_name: Option<String>,
+    /// Verify the target certificate's chain only, not its name.
+    #[arg(long, env = "FERRY_PROXY_TARGET_TLS_SKIP_HOSTNAME_VERIFICATION", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool_flag)]
+    pub target_tls_skip_hostname_verification: bool,
     /// Plain TCP to the source even when TLS settings are present.
     #[arg(long, env = "FERRY_PROXY_DISABLE_SOURCE_TLS", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = parse_bool_flag)]
     pub disable_source_tls: bool,

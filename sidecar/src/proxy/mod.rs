@@ -46,25 +46,33 @@ use mirror::ProxyContext;
 use peers::{PeerMap, RuntimeFile};
 use upstream::{Credentials, Endpoint};
 
-fn upstream_tls(
+/// One upstream link's TLS flags.
+struct UpstreamTlsArgs<'a> {
     disabled: bool,
-    ca: &Option<PathBuf>,
-    cert: &Option<PathBuf>,
-    key: &Option<PathBuf>,
-    server_name: &Option<String>,
-    host: &str,
-) -> anyhow::Result<Option<tls::Connector>> {
-    if disabled {
+    ca: &'a Option<PathBuf>,
+    cert: &'a Option<PathBuf>,
+    key: &'a Option<PathBuf>,
+    server_name: &'a Option<String>,
+    skip_hostname_verification: bool,
+    host: &'a str,
+}
+
+fn upstream_tls(args: UpstreamTlsArgs<'_>) -> anyhow::Result<Option<tls::Connector>> {
+    if args.disabled {
         return Ok(None);
     }
-    let Some(ca) = ca else {
+    let Some(ca) = args.ca else {
         return Ok(None);
     };
     let cfg = tls::UpstreamTls {
         ca: ca.clone(),
-        client_cert: cert.clone(),
-        client_key: key.clone(),
-        server_name: server_name.clone().unwrap_or_else(|| host.to_owned()),
+        client_cert: args.cert.clone(),
+        client_key: args.key.clone(),
+        server_name: args
+            .server_name
+            .clone()
+            .unwrap_or_else(|| args.host.to_owned()),
+        skip_hostname_verification: args.skip_hostname_verification,
     };
     Ok(Some(tls::Connector::new(&cfg)?))
 }
@@ -97,28 +105,30 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
     let source = Endpoint {
         host: args.source.clone(),
         port: args.source_port,
-        tls: upstream_tls(
-            args.disable_source_tls,
-            &args.source_tls_ca,
-            &args.source_tls_cert,
-            &args.source_tls_key,
-            &args.source_tls_server_name,
-            &args.source,
-        )
+        tls: upstream_tls(UpstreamTlsArgs {
+            disabled: args.disable_source_tls,
+            ca: &args.source_tls_ca,
+            cert: &args.source_tls_cert,
+            key: &args.source_tls_key,
+            server_name: &args.source_tls_server_name,
+            skip_hostname_verification: args.source_tls_skip_hostname_verification,
+            host: &args.source,
+        })
         .context("source TLS")?,
         connect_timeout,
     };
     let target = Endpoint {
         host: args.target.clone(),
         port: args.target_port,
-        tls: upstream_tls(
-            args.disable_target_tls,
-            &args.target_tls_ca,
-            &args.target_tls_cert,
-            &args.target_tls_key,
-            &args.target_tls_server_name,
-            &args.target,
-        )
+        tls: upstream_tls(UpstreamTlsArgs {
+            disabled: args.disable_target_tls,
+            ca: &args.target_tls_ca,
+            cert: &args.target_tls_cert,
+            key: &args.target_tls_key,
+            server_name: &args.target_tls_server_name,
+            skip_hostname_verification: args.target_tls_skip_hostname_verification,
+            host: &args.target,
+        })
         .context("target TLS")?,
         connect_timeout,
     };

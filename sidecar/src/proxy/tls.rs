@@ -83,6 +83,8 @@ pub struct UpstreamTls {
     pub client_key: Option<PathBuf>,
     /// Name checked against the server certificate (defaults to the host).
     pub server_name: String,
+    /// Check the chain only, not the name (`crate::tls`).
+    pub skip_hostname_verification: bool,
 }
 
 /// Connects TLS over an established TCP stream to an upstream.
@@ -94,15 +96,15 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(cfg: &UpstreamTls) -> Result<Self, TlsError> {
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(root_store(&cfg.ca)?);
-        let config = match (&cfg.client_cert, &cfg.client_key) {
-            (Some(cert), Some(key)) => {
-                builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
-            }
-            _ => builder.with_no_client_auth(),
+        let client_auth = match (&cfg.client_cert, &cfg.client_key) {
+            (Some(cert), Some(key)) => Some((load_certs(cert)?, load_key(key)?)),
+            _ => None,
         };
+        let config = crate::tls::client_config(
+            root_store(&cfg.ca)?,
+            client_auth,
+            cfg.skip_hostname_verification,
+        )?;
         let server_name = ServerName::try_from(cfg.server_name.clone())
             .map_err(|_| TlsError::ServerName(cfg.server_name.clone()))?;
         Ok(Self {

@@ -27,19 +27,9 @@ async fn secure_node() -> SecureNode {
 }
 
 fn tls(ca_file: &std::path::Path) -> std::sync::Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).expect("CA file") {
-        roots.add(cert.expect("CA cert")).expect("add CA");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    std::sync::Arc::new(config)
+    let pem = std::fs::read(ca_file).expect("CA file");
+    let roots = ferry_sidecar::tls::roots_from_pem(&pem).expect("CA certificates");
+    std::sync::Arc::new(ferry_sidecar::tls::client_config(roots, None, false).expect("TLS config"))
 }
 
 /// A session to the secure node over TLS, retrying while the node sets up

@@ -58,7 +58,8 @@ pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<
     if let Some(v) = spec.proxy.protocol_version {
         args.push(format!("--protocol-version={v}"));
     }
-    if !spec.keyspaces.include.is_empty() {
+    // The proxies mirror what the backfill copies: the same include lists.
+    if !spec.keyspaces.include.is_empty() || !spec.tables.include.is_empty() {
         let mut include = spec.keyspaces.include.clone();
         // The probe row must reach the target whatever the migration copies.
         if let Some(ks) = probe_keyspace {
@@ -66,7 +67,15 @@ pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<
                 include.push(ks.to_owned());
             }
         }
-        args.push(format!("--include-keyspaces={}", include.join(",")));
+        if !include.is_empty() {
+            args.push(format!("--include-keyspaces={}", include.join(",")));
+        }
+        if !spec.tables.include.is_empty() {
+            args.push(format!(
+                "--include-tables={}",
+                spec.tables.include.join(",")
+            ));
+        }
     }
     if !spec.keyspaces.exclude.is_empty() {
         args.push(format!(
@@ -426,6 +435,23 @@ mod tests {
                 "ferry-target-tls",
                 "ferry-proxy-tls"
             ]
+        );
+    }
+
+    #[test]
+    fn the_proxies_mirror_the_tables_the_backfill_copies() {
+        let mut cm = migration(TrafficRedirect::Port);
+        cm.spec.keyspaces.include.clear();
+        cm.spec.tables.include = vec!["shop.orders".into(), "crm.people".into()];
+        let args = proxy_args(&cm, Some("ferry"));
+        assert!(args.contains(&"--include-tables=shop.orders,crm.people".to_owned()));
+        // The probe keyspace still reaches the target.
+        assert!(args.contains(&"--include-keyspaces=ferry".to_owned()));
+        cm.spec.tables.include.clear();
+        let args = proxy_args(&cm, Some("ferry"));
+        assert!(
+            !args.iter().any(|a| a.starts_with("--include-")),
+            "{args:?}"
         );
     }
 

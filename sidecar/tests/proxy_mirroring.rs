@@ -824,3 +824,77 @@ async fn async_mirroring_is_bounded_and_loses_nothing() {
     );
     proxy.stop().await.expect("stop");
 }
+
+/// `--include-tables` mirrors what the backfill copies of the same list:
+/// a write to a table the migration leaves out stays on the source, even
+/// in sync mode and even when the target lacks the table (mirroring it
+/// would fail the application's write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_outside_the_selected_tables_stay_on_the_source() {
+    let bed = bed().await;
+    let ks = keyspace("px_tables");
+    setup_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.picked (k int PRIMARY KEY, v text)"],
+    )
+    .await;
+    bed.source
+        .query_unpaged(
+            format!("CREATE TABLE {ks}.other (k int PRIMARY KEY, v text)"),
+            &[],
+        )
+        .await
+        .expect("a table on the source only");
+    bed.source
+        .await_schema_agreement()
+        .await
+        .expect("schema agreement");
+    let proxy = start_proxy(
+        "127.0.0.55",
+        &bed.source_addr,
+        &bed.target_addr,
+        &[
+            "--mode",
+            "sync",
+            "--include-tables",
+            &format!("{ks}.picked"),
+        ],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    for table in ["picked", "other"] {
+        client
+            .query_unpaged(
+                format!("INSERT INTO {ks}.{table} (k, v) VALUES (1, 'x')"),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("sync write to {table} through the proxy: {e}"));
+        let insert = client
+            .prepare(format!("INSERT INTO {ks}.{table} (k, v) VALUES (?, ?)"))
+            .await
+            .expect("prepare");
+        client
+            .execute_unpaged(&insert, (2, "y"))
+            .await
+            .unwrap_or_else(|e| panic!("prepared sync write to {table}: {e}"));
+    }
+    let picked = format!("SELECT k FROM {ks}.picked");
+    assert_eq!(rows_text(&bed.target, &picked).await.len(), 2);
+    assert_eq!(
+        rows_text(&bed.source, &format!("SELECT k FROM {ks}.other"))
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(
+        proxy
+            .metric("ferry_proxy_mirrored_writes_total{outcome=\"ok\"}")
+            .await,
+        2.0,
+        "only the selected table's writes are mirrored"
+    );
+    drop(client);
+    proxy.stop().await.expect("stop");
+}

@@ -139,9 +139,15 @@ pub struct ProxyArgs {
     /// Mirror schema changes (CREATE/ALTER/DROP) to the target too.
     #[arg(long, env = "FERRY_PROXY_MIRROR_DDL")]
     pub mirror_ddl: bool,
-    /// Mirror only writes to these keyspaces (comma-separated; default all).
+    /// Mirror only writes to these keyspaces (comma-separated; default all),
+    /// and to the tables of --include-tables.
     #[arg(long, env = "FERRY_PROXY_INCLUDE_KEYSPACES", value_delimiter = ',')]
     pub include_keyspaces: Vec<String>,
+    /// Mirror only writes to these tables (`keyspace.table`, comma-separated),
+    /// and to the keyspaces of --include-keyspaces: the selection the backfill
+    /// makes of the same two lists.
+    #[arg(long, env = "FERRY_PROXY_INCLUDE_TABLES", value_delimiter = ',')]
+    pub include_tables: Vec<String>,
     /// Never mirror writes to these keyspaces.
     #[arg(long, env = "FERRY_PROXY_EXCLUDE_KEYSPACES", value_delimiter = ',')]
     pub exclude_keyspaces: Vec<String>,
@@ -327,10 +333,14 @@ pub fn apply_config_file(path: &std::path::Path) -> Result<usize, ConfigFileErro
     Ok(set)
 }
 
-/// Include/exclude rules deciding which writes are mirrored.
+/// Include/exclude rules deciding which writes are mirrored. They select
+/// what the backfill's `--keyspaces`/`--tables` select of the same lists
+/// (`bulk::schema::select_tables`): the included keyspaces' tables and the
+/// included tables (everything when both are empty), less the exclusions.
 #[derive(Debug, Clone, Default)]
 pub struct MirrorFilter {
     pub include_keyspaces: Vec<String>,
+    pub include_tables: Vec<(String, String)>,
     pub exclude_keyspaces: Vec<String>,
     pub exclude_tables: Vec<(String, String)>,
 }
@@ -343,39 +353,40 @@ impl MirrorFilter {
                 .filter(|s| !s.is_empty())
                 .collect()
         };
-        Self {
-            include_keyspaces: norm(&args.include_keyspaces),
-            exclude_keyspaces: norm(&args.exclude_keyspaces),
-            exclude_tables: args
-                .exclude_tables
-                .iter()
+        let qualified = |v: &[String]| {
+            v.iter()
                 .filter_map(|t| t.trim().split_once('.'))
                 .map(|(k, t)| (k.to_owned(), t.to_owned()))
-                .collect(),
+                .collect()
+        };
+        Self {
+            include_keyspaces: norm(&args.include_keyspaces),
+            include_tables: qualified(&args.include_tables),
+            exclude_keyspaces: norm(&args.exclude_keyspaces),
+            exclude_tables: qualified(&args.exclude_tables),
         }
     }
 
-    /// Whether a write to `keyspace.table` is mirrored. An unknown keyspace
-    /// is mirrored (refusing would silently lose writes).
+    /// Whether a write to `keyspace.table` is mirrored. With no include
+    /// list, a write whose keyspace the proxy could not tell is mirrored
+    /// (refusing would silently lose writes); with one, it is not (it
+    /// cannot be shown to be selected).
     pub fn mirrors(&self, keyspace: Option<&str>, table: Option<&str>) -> bool {
+        let everything = self.include_keyspaces.is_empty() && self.include_tables.is_empty();
         let Some(ks) = keyspace else {
-            return self.include_keyspaces.is_empty();
+            return everything;
         };
-        if SYSTEM_KEYSPACES.contains(&ks) {
+        if SYSTEM_KEYSPACES.contains(&ks) || self.exclude_keyspaces.iter().any(|k| k == ks) {
             return false;
         }
-        if !self.include_keyspaces.is_empty() && !self.include_keyspaces.iter().any(|k| k == ks) {
+        let listed =
+            |list: &[(String, String)], t: &str| list.iter().any(|(k, tt)| k == ks && tt == t);
+        if table.is_some_and(|t| listed(&self.exclude_tables, t)) {
             return false;
         }
-        if self.exclude_keyspaces.iter().any(|k| k == ks) {
-            return false;
-        }
-        if let Some(t) = table {
-            if self.exclude_tables.iter().any(|(k, tt)| k == ks && tt == t) {
-                return false;
-            }
-        }
-        true
+        everything
+            || self.include_keyspaces.iter().any(|k| k == ks)
+            || table.is_some_and(|t| listed(&self.include_tables, t))
     }
 }
 
@@ -412,9 +423,9 @@ mod tests {
     #[test]
     fn filters() {
         let f = MirrorFilter {
-            include_keyspaces: vec![],
             exclude_keyspaces: vec!["skip".into()],
             exclude_tables: vec![("ks".into(), "audit".into())],
+            ..Default::default()
         };
         assert!(f.mirrors(Some("ks"), Some("t")));
         assert!(!f.mirrors(Some("ks"), Some("audit")));
@@ -427,6 +438,20 @@ mod tests {
         };
         assert!(only.mirrors(Some("a"), None));
         assert!(!only.mirrors(Some("b"), None));
+        assert!(!only.mirrors(None, Some("t")));
+        // Included tables add to included keyspaces, as in the backfill.
+        let tables = MirrorFilter {
+            include_keyspaces: vec!["a".into()],
+            include_tables: vec![("b".into(), "t".into())],
+            exclude_tables: vec![("a".into(), "audit".into())],
+            ..Default::default()
+        };
+        assert!(tables.mirrors(Some("a"), Some("x")));
+        assert!(tables.mirrors(Some("b"), Some("t")));
+        assert!(!tables.mirrors(Some("b"), Some("other")));
+        assert!(!tables.mirrors(Some("b"), None));
+        assert!(!tables.mirrors(Some("a"), Some("audit")));
+        assert!(!tables.mirrors(None, Some("t")));
         assert_eq!(Mode::parse("target-primary"), Some(Mode::TargetPrimary));
         assert_eq!(Mode::parse("SYNC"), Some(Mode::Sync));
     }

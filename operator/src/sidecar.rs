@@ -28,12 +28,6 @@ pub struct InjectionSettings {
 /// The proxy's arguments for a migration.
 pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<String> {
     let spec = &cm.spec;
-    let (target_host, target_port) = spec
-        .target
-        .contact_points
-        .first()
-        .and_then(|cp| split_host_port(cp))
-        .unwrap_or_else(|| ("".to_owned(), 9042));
     let mode = match spec.proxy.write_mode {
         WriteMode::Sync => "sync",
         WriteMode::Async => "async",
@@ -41,9 +35,11 @@ pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<
     let mut args = vec![
         "proxy".to_owned(),
         "127.0.0.1".to_owned(),
-        target_host,
+        // Every contact point (each has its port, by the CRD's rule): the
+        // proxy spreads its target links over them and goes around one
+        // that is down.
+        spec.target.contact_points.join(","),
         format!("--source-port={}", spec.source.cql_port),
-        format!("--target-port={target_port}"),
         format!("--proxy-port={}", spec.proxy.listen_port),
         format!("--mode={mode}"),
         format!("--admin-port={}", labels::PROXY_ADMIN_PORT),
@@ -339,8 +335,10 @@ mod tests {
         assert_eq!(init[1].name, labels::SIDECAR_CONTAINER);
         assert_eq!(init[1].restart_policy.as_deref(), Some("Always"));
         let args = init[1].args.clone().unwrap();
-        assert_eq!(&args[..3], &["proxy", "127.0.0.1", "fd00::1"]);
-        assert!(args.contains(&"--target-port=9142".to_owned()));
+        assert_eq!(
+            &args[..3],
+            &["proxy", "127.0.0.1", "[fd00::1]:9142,10.0.0.2:9042"]
+        );
         assert!(args.contains(&"--mode=async".to_owned()));
         assert!(args.contains(&"--protocol-version=4".to_owned()));
         // The probe keyspace is mirrored too, or the probe could never pass.

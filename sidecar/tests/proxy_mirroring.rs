@@ -898,3 +898,42 @@ async fn writes_outside_the_selected_tables_stay_on_the_source() {
     drop(client);
     proxy.stop().await.expect("stop");
 }
+
+/// Several target contact points: the proxy spreads its target links over
+/// them and goes around one that refuses, so a target node down does not
+/// stop mirroring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_contact_point_that_is_down_is_gone_around() {
+    let bed = bed().await;
+    let ks = keyspace("px_contacts");
+    setup_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)"],
+    )
+    .await;
+    // Nothing listens on 127.0.0.98's CQL port: connecting is refused.
+    let targets = format!("127.0.0.98:9042,{}", bed.target_addr);
+    let proxy = start_proxy(
+        "127.0.0.58",
+        &bed.source_addr,
+        &targets,
+        &["--mode", "sync"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    for k in 0..20 {
+        client
+            .execute_unpaged(&insert, (k, "v"))
+            .await
+            .unwrap_or_else(|e| panic!("sync write {k} with one target contact point down: {e}"));
+    }
+    let q = format!("SELECT k FROM {ks}.kv");
+    assert_eq!(rows_text(&bed.target, &q).await.len(), 20);
+    drop(client);
+    proxy.stop().await.expect("stop");
+}

@@ -90,7 +90,9 @@ pub struct ProxyArgs {
     /// Source Cassandra node (host or IP) this proxy fronts.
     #[arg(env = "FERRY_PROXY_SOURCE")]
     pub source: String,
-    /// Target cluster contact point (host or IP) writes are mirrored to.
+    /// Target cluster contact points writes are mirrored to, comma-separated
+    /// (`host`, `host:port`, `[v6]:port`). Each link to the target goes to
+    /// the next one in turn; one that refuses is tried last for a while.
     #[arg(env = "FERRY_PROXY_TARGET")]
     pub target: String,
     /// Config file: `flag-name = value` (or `flag-name: value`) lines, any

@@ -54,7 +54,6 @@ struct UpstreamTlsArgs<'a> {
     key: &'a Option<PathBuf>,
     server_name: &'a Option<String>,
     skip_hostname_verification: bool,
-    host: &'a str,
 }
 
 fn upstream_tls(args: UpstreamTlsArgs<'_>) -> anyhow::Result<Option<tls::Connector>> {
@@ -68,10 +67,7 @@ fn upstream_tls(args: UpstreamTlsArgs<'_>) -> anyhow::Result<Option<tls::Connect
         ca: ca.clone(),
         client_cert: args.cert.clone(),
         client_key: args.key.clone(),
-        server_name: args
-            .server_name
-            .clone()
-            .unwrap_or_else(|| args.host.to_owned()),
+        server_name: args.server_name.clone(),
         skip_hostname_verification: args.skip_hostname_verification,
     };
     Ok(Some(tls::Connector::new(&cfg)?))
@@ -102,36 +98,39 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
     let spool = spool::Spool::open(&args.spool_dir, args.spool_max_bytes)
         .with_context(|| format!("opening the spool in {}", args.spool_dir.display()))?;
     let connect_timeout = Duration::from_millis(args.target_timeout_ms.max(100));
-    let source = Endpoint {
-        host: args.source.clone(),
-        port: args.source_port,
-        tls: upstream_tls(UpstreamTlsArgs {
+    let source = Endpoint::new(
+        vec![upstream::HostPort {
+            host: args
+                .source
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: args.source_port,
+        }],
+        upstream_tls(UpstreamTlsArgs {
             disabled: args.disable_source_tls,
             ca: &args.source_tls_ca,
             cert: &args.source_tls_cert,
             key: &args.source_tls_key,
             server_name: &args.source_tls_server_name,
             skip_hostname_verification: args.source_tls_skip_hostname_verification,
-            host: &args.source,
         })
         .context("source TLS")?,
         connect_timeout,
-    };
-    let target = Endpoint {
-        host: args.target.clone(),
-        port: args.target_port,
-        tls: upstream_tls(UpstreamTlsArgs {
+    );
+    let target = Endpoint::new(
+        upstream::parse_hosts(&args.target, args.target_port).context("TARGET")?,
+        upstream_tls(UpstreamTlsArgs {
             disabled: args.disable_target_tls,
             ca: &args.target_tls_ca,
             cert: &args.target_tls_cert,
             key: &args.target_tls_key,
             server_name: &args.target_tls_server_name,
             skip_hostname_verification: args.target_tls_skip_hostname_verification,
-            host: &args.target,
         })
         .context("target TLS")?,
         connect_timeout,
-    };
+    );
     metrics.mode.set(i64::from(args.mode.as_u8()));
     Ok(Arc::new(ProxyContext {
         metrics,

@@ -81,8 +81,9 @@ pub struct UpstreamTls {
     pub ca: PathBuf,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
-    /// Name checked against the server certificate (defaults to the host).
-    pub server_name: String,
+    /// Name checked against the server certificate (default: the host
+    /// each connection goes to).
+    pub server_name: Option<String>,
     /// Check the chain only, not the name (`crate::tls`).
     pub skip_hostname_verification: bool,
 }
@@ -91,7 +92,7 @@ pub struct UpstreamTls {
 #[derive(Clone)]
 pub struct Connector {
     inner: tokio_rustls::TlsConnector,
-    server_name: ServerName<'static>,
+    server_name: Option<ServerName<'static>>,
 }
 
 impl Connector {
@@ -105,24 +106,41 @@ impl Connector {
             client_auth,
             cfg.skip_hostname_verification,
         )?;
-        let server_name = ServerName::try_from(cfg.server_name.clone())
-            .map_err(|_| TlsError::ServerName(cfg.server_name.clone()))?;
+        let server_name = cfg.server_name.as_deref().map(server_name).transpose()?;
         Ok(Self {
             inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,
         })
     }
 
-    pub async fn connect(&self, tcp: TcpStream) -> Result<(BoxRead, BoxWrite), TlsError> {
+    /// TLS over `tcp`, a connection to `host`.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+    ) -> Result<(BoxRead, BoxWrite), TlsError> {
         let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => server_name(host)?,
+        };
         let stream = self
             .inner
-            .connect(self.server_name.clone(), tcp)
+            .connect(name, tcp)
             .await
             .map_err(|source| TlsError::Handshake { peer, source })?;
         let (r, w) = tokio::io::split(stream);
         Ok((Box::new(r), Box::new(w)))
     }
+}
+
+fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(
+        name.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|_| TlsError::ServerName(name.to_owned()))
 }
 
 /// Client-facing TLS settings.

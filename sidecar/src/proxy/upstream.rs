@@ -4,9 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -20,28 +20,31 @@ use super::link::{spawn_writer, FrameReader, Outbound};
 use super::tls::{self, Connector};
 use super::wire::{put_long_string, put_string_map, Reader};
 
-/// Where an upstream listens and how to reach it.
+/// Where an upstream listens and how to reach it: one host (the source
+/// node a proxy fronts) or several contact points of one cluster (the
+/// target), tried in turn.
 #[derive(Clone)]
 pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
+    hosts: Arc<[HostPort]>,
     pub tls: Option<Connector>,
     pub connect_timeout: Duration,
+    /// Where the next connection starts, so that links spread over the
+    /// contact points.
+    next: Arc<AtomicUsize>,
+    /// When each host last refused or timed out (`None`: never, or it
+    /// answered since); such a host is tried last for a while.
+    failed_at: Arc<Mutex<Vec<Option<Instant>>>>,
 }
 
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}{}",
-            self.host,
-            self.port,
-            if self.tls.is_some() { " (tls)" } else { "" }
-        )
-    }
+/// One `host:port` of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
 }
 
-impl Endpoint {
+impl HostPort {
+    /// `host:port`, an IPv6 host in brackets.
     pub fn address(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
             format!("[{}]:{}", self.host, self.port)
@@ -49,10 +52,122 @@ impl Endpoint {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
 
-    /// Opens the TCP (and TLS) connection.
+/// How long a host that failed is tried after the others.
+const FAILED_HOST_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Parses a comma-separated list of `host`, `host:port`, `[v6]:port` or a
+/// bare IPv6 address; entries without a port get `default_port`.
+pub fn parse_hosts(list: &str, default_port: u16) -> Result<Vec<HostPort>, UpstreamError> {
+    let bad = |entry: &str| UpstreamError::BadAddress(entry.to_owned());
+    let mut hosts = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(|| bad(entry))?;
+            match after.strip_prefix(':') {
+                Some(port) => (host, port.parse().map_err(|_| bad(entry))?),
+                None if after.is_empty() => (host, default_port),
+                None => return Err(bad(entry)),
+            }
+        } else {
+            match entry.matches(':').count() {
+                1 => {
+                    let (host, port) = entry.split_once(':').ok_or_else(|| bad(entry))?;
+                    (host, port.parse().map_err(|_| bad(entry))?)
+                }
+                // A bare IPv6 address, or a name.
+                _ => (entry, default_port),
+            }
+        };
+        if host.is_empty() || port == 0 {
+            return Err(bad(entry));
+        }
+        hosts.push(HostPort {
+            host: host.to_owned(),
+            port,
+        });
+    }
+    if hosts.is_empty() {
+        return Err(bad(list));
+    }
+    Ok(hosts)
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{}",
+            self.address(),
+            if self.tls.is_some() { " (tls)" } else { "" }
+        )
+    }
+}
+
+impl Endpoint {
+    pub fn new(hosts: Vec<HostPort>, tls: Option<Connector>, connect_timeout: Duration) -> Self {
+        let failed_at = Arc::new(Mutex::new(vec![None; hosts.len()]));
+        Self {
+            hosts: hosts.into(),
+            tls,
+            connect_timeout,
+            next: Arc::new(AtomicUsize::new(0)),
+            failed_at,
+        }
+    }
+
+    /// The hosts, comma-separated, for logs and errors.
+    pub fn address(&self) -> String {
+        self.hosts
+            .iter()
+            .map(HostPort::address)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The order to try the hosts in: round robin from the next start,
+    /// hosts that failed recently last.
+    fn attempt_order(&self) -> Vec<usize> {
+        let n = self.hosts.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        let failed = self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        order.sort_by_key(|&i| failed[i].is_some_and(|t| t.elapsed() < FAILED_HOST_BACKOFF));
+        order
+    }
+
+    fn mark(&self, index: usize, failed: bool) {
+        let mut all = self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        all[index] = failed.then(Instant::now);
+    }
+
+    /// Opens the TCP (and TLS) connection to the first host that takes it.
     pub async fn open(&self) -> Result<(tls::BoxRead, tls::BoxWrite), UpstreamError> {
-        let addr = self.address();
+        let mut last = None;
+        for index in self.attempt_order() {
+            match self.open_host(&self.hosts[index]).await {
+                Ok(streams) => {
+                    self.mark(index, false);
+                    return Ok(streams);
+                }
+                Err(e) => {
+                    if self.hosts.len() > 1 {
+                        debug!(host = %self.hosts[index].address(), error = %e, "upstream host failed, trying the next");
+                    }
+                    self.mark(index, true);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| UpstreamError::BadAddress(self.address())))
+    }
+
+    async fn open_host(
+        &self,
+        host: &HostPort,
+    ) -> Result<(tls::BoxRead, tls::BoxWrite), UpstreamError> {
+        let addr = host.address();
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(addr.clone()))?
@@ -63,7 +178,7 @@ impl Endpoint {
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             Some(c) => c
-                .connect(tcp)
+                .connect(tcp, &host.host)
                 .await
                 .map_err(|e| UpstreamError::Tls(e.to_string())),
             None => Ok(tls::plain(tcp)),
@@ -139,6 +254,8 @@ pub enum UpstreamError {
     Handshake(String),
     #[error("server asked for authentication and no credentials are known")]
     NoCredentials,
+    #[error("{0:?} is not a list of host or host:port")]
+    BadAddress(String),
 }
 
 #[derive(Default)]
@@ -427,6 +544,76 @@ pub fn warn_failure(what: &str, err: &UpstreamError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_lists_parse_with_default_ports() {
+        let hp = |host: &str, port| HostPort {
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!(
+            parse_hosts("a.b:9142, 10.0.0.2,[fd00::1]:9000,fd00::2,[fd00::3]", 9042).unwrap(),
+            vec![
+                hp("a.b", 9142),
+                hp("10.0.0.2", 9042),
+                hp("fd00::1", 9000),
+                hp("fd00::2", 9042),
+                hp("fd00::3", 9042)
+            ]
+        );
+        assert_eq!(hp("fd00::1", 9000).address(), "[fd00::1]:9000");
+        for bad in [
+            "",
+            " , ",
+            "a:notaport",
+            "[fd00::1",
+            "[fd00::1]x",
+            "a:0",
+            ":9042",
+        ] {
+            assert!(parse_hosts(bad, 9042).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn links_rotate_over_hosts_and_go_around_one_that_refuses() {
+        // Two listeners that answer, and a port nothing listens on.
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
+        let host = |port| HostPort {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let endpoint = Endpoint::new(
+            vec![host(closed_port), host(port(&a)), host(port(&b))],
+            None,
+            Duration::from_secs(2),
+        );
+        let mut accepted = [0usize; 2];
+        for _ in 0..6 {
+            let (_r, _w) = endpoint.open().await.expect("a host that answers");
+            tokio::select! {
+                r = a.accept() => { r.unwrap(); accepted[0] += 1; }
+                r = b.accept() => { r.unwrap(); accepted[1] += 1; }
+            }
+        }
+        assert!(
+            accepted[0] >= 2 && accepted[1] >= 2,
+            "links spread over the answering hosts: {accepted:?}"
+        );
+        // The refusing host is now tried last.
+        assert_eq!(endpoint.attempt_order().last(), Some(&0));
+        // All down: the error names the last one tried.
+        let down = Endpoint::new(vec![host(closed_port)], None, Duration::from_secs(2));
+        assert!(matches!(
+            down.open().await,
+            Err(UpstreamError::Connect { .. })
+        ));
+    }
 
     #[test]
     fn plain_tokens_round_trip_and_debug_hides_password() {

@@ -208,9 +208,36 @@ async fn source_and_target_are_immutable() {
         .await
         .expect_err("changing the target must be refused");
     assert!(err.to_string().contains("target is immutable"), "{err}");
-    // What may change does.
-    let patch = json!({"spec": {"proxy": {"writeMode": "async"}}});
+    // The selection and the way clients reach the proxies are fixed too.
+    for (patch, message) in [
+        (
+            json!({"spec": {"keyspaces": {"include": ["ferry_demo", "more"]}}}),
+            "keyspaces and tables are immutable",
+        ),
+        (
+            json!({"spec": {"tables": {"exclude": ["ferry_demo.audit"]}}}),
+            "keyspaces and tables are immutable",
+        ),
+        (
+            json!({"spec": {"proxy": {"listenPort": 29043}}}),
+            "proxy.listenPort is immutable",
+        ),
+        (
+            json!({"spec": {"proxy": {"redirect": "port"}}}),
+            "proxy.redirect is immutable",
+        ),
+    ] {
+        let err = api
+            .patch("immutable", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("must be refused");
+        assert!(err.to_string().contains(message), "{patch}: {err}");
+    }
+    // What may change does: the write mode (at run time), and the proxy's
+    // image and resources (the operator rolls the proxies again).
+    let patch =
+        json!({"spec": {"proxy": {"writeMode": "async", "image": "ferry.dev/ferry-sidecar:v2"}}});
     api.patch("immutable", &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .expect("write mode may change");
+        .expect("write mode and image may change");
 }

@@ -537,6 +537,45 @@ async fn migration_rolls_one_pod_at_a_time_runs_jobs_reaches_ready_and_backs_out
         assert!(reasons.contains(r), "no {r} event: {reasons:?}");
     }
 
+    // A new proxy image rolls the proxies again, one pod at a time, while
+    // the migration stays Ready.
+    bed.script.max_unavailable.store(0, Ordering::SeqCst);
+    const NEW_IMAGE: &str = "ferry.dev/ferry-sidecar:v2";
+    let patch = json!({"spec": {"proxy": {"image": NEW_IMAGE}}});
+    api.patch("mig", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("a new proxy image");
+    let proxy_image = |pod: &Pod| {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .find(|c| c.name == labels::SIDECAR_CONTAINER)
+            .and_then(|c| c.image.clone())
+    };
+    eventually(180, "every proxy rolled to the new image", || async {
+        let pods = source_pods(client, ns).await;
+        let rolled = pods.len() == REPLICAS
+            && pods
+                .iter()
+                .all(|p| proxy_image(p).as_deref() == Some(NEW_IMAGE) && sidecar::pod_ready(p));
+        let healthy = api
+            .get("mig")
+            .await
+            .ok()?
+            .status?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "False");
+        (rolled && healthy).then_some(())
+    })
+    .await;
+    assert!(
+        bed.script.max_unavailable.load(Ordering::SeqCst) <= 1,
+        "more than one pod down while rolling the new image: {:?}",
+        bed.script.trace.lock().map(|t| t.clone())
+    );
+    assert_eq!(phase_of(&api, "mig").await, Some(Phase::Ready));
+
     // Deleting the migration takes the sidecars out, one at a time, and
     // removes what Ferry made.
     bed.script.max_unavailable.store(0, Ordering::SeqCst);

@@ -35,6 +35,7 @@ use crate::jobs::{self, JobInputs, JobKind, JobState};
 use crate::labels;
 use crate::metrics::Metrics;
 use crate::roll::{self, Direction, PodView, RollStep};
+use crate::sidecar;
 use crate::status::{self, condition};
 
 /// The field manager of everything the operator writes.
@@ -275,6 +276,17 @@ impl Step<'_> {
         }
     }
 
+    /// The proxy configuration hash every injected pod should carry.
+    fn proxy_config(&self) -> String {
+        let settings = &self.ctx.settings;
+        sidecar::proxy_config_hash(
+            self.cm,
+            settings
+                .probe_write
+                .then_some(settings.probe_keyspace.as_str()),
+        )
+    }
+
     async fn enter(&mut self, phase: Phase) {
         let from = self.status.phase;
         if status::enter_phase(&mut self.status, phase, &self.now) {
@@ -427,8 +439,13 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
             follow_validation(&mut step, &pods).await?
         }
         Phase::Ready => {
-            check_sidecars(&mut step, &pods, replicas).await?;
-            Action::requeue(Duration::from_secs(300))
+            // A re-roll in progress waits on settle times no pod event
+            // marks: look again soon.
+            if check_sidecars(&mut step, &pods, replicas).await? {
+                Action::requeue(Duration::from_secs(300))
+            } else {
+                Action::requeue(poll)
+            }
         }
         Phase::Failed => Action::requeue(Duration::from_secs(120)),
     };
@@ -549,7 +566,15 @@ async fn roll_sidecars(
     replicas: usize,
     direction: Direction,
 ) -> Result<Action> {
-    let views: Vec<PodView> = pods.iter().map(PodView::of).collect();
+    let views: Vec<PodView> = match direction {
+        Direction::Inject => {
+            let expected = step.proxy_config();
+            pods.iter()
+                .map(|p| PodView::expecting(p, &expected))
+                .collect()
+        }
+        Direction::Remove => pods.iter().map(PodView::of).collect(),
+    };
     let generation = step.cm.metadata.generation;
     let poll = step.ctx.settings.poll;
     match roll::plan(&views, replicas, direction) {
@@ -640,17 +665,27 @@ async fn roll_sidecars(
 }
 
 /// After the roll: every pod must still carry a ready sidecar (pods replaced
-/// by someone else come back through the webhook). Re-rolls a pod that lacks
-/// it and reports `Degraded` meanwhile. Returns whether all is well.
+/// by someone else come back through the webhook) with the migration's
+/// current proxy settings. Re-rolls a pod that lacks it or has older
+/// settings, one at a time, and reports `Degraded` meanwhile. Returns
+/// whether all is well.
 async fn check_sidecars(step: &mut Step<'_>, pods: &[Pod], replicas: usize) -> Result<bool> {
     let generation = step.cm.metadata.generation;
-    let views: Vec<PodView> = pods.iter().map(PodView::of).collect();
-    let missing: Vec<&str> = views
+    let expected = step.proxy_config();
+    let views: Vec<PodView> = pods
         .iter()
-        .filter(|v| !v.has_sidecar)
-        .map(|v| v.name.as_str())
+        .map(|p| PodView::expecting(p, &expected))
         .collect();
-    if missing.is_empty() && views.len() >= replicas {
+    let names = |keep: fn(&PodView) -> bool| -> Vec<&str> {
+        views
+            .iter()
+            .filter(|v| keep(v))
+            .map(|v| v.name.as_str())
+            .collect()
+    };
+    let missing = names(|v| !v.has_sidecar);
+    let outdated = names(|v| v.outdated);
+    if missing.is_empty() && outdated.is_empty() && views.len() >= replicas {
         status::set_condition(
             &mut step.status,
             condition::DEGRADED,
@@ -662,40 +697,68 @@ async fn check_sidecars(step: &mut Step<'_>, pods: &[Pod], replicas: usize) -> R
         );
         return Ok(true);
     }
-    let msg = if missing.is_empty() {
-        format!("{} of {replicas} source pods exist", views.len())
+    let (reason, msg) = if !missing.is_empty() {
+        (
+            "SidecarMissing",
+            format!(
+                "pods without the proxy: {}; re-rolling them",
+                missing.join(", ")
+            ),
+        )
+    } else if !outdated.is_empty() {
+        // The spec's proxy settings changed (image, resources, TLS...): each
+        // pod is rolled again, one at a time, as in the first roll.
+        (
+            "SidecarOutdated",
+            format!(
+                "pods whose proxy predates the migration's proxy settings: {}; re-rolling them",
+                outdated.join(", ")
+            ),
+        )
     } else {
-        format!(
-            "pods without the proxy: {}; re-rolling them",
-            missing.join(", ")
+        (
+            "SidecarMissing",
+            format!("{} of {replicas} source pods exist", views.len()),
         )
     };
     status::set_condition(
         &mut step.status,
         condition::DEGRADED,
         true,
-        "SidecarMissing",
+        reason,
         msg,
         generation,
         &step.now,
     );
-    roll_sidecars_quiet(step, &views, replicas).await?;
+    roll_sidecars_quiet(step, pods, &views, replicas).await?;
     Ok(false)
 }
 
 /// The roll without phase changes (used to heal after the roll is done).
 async fn roll_sidecars_quiet(
     step: &mut Step<'_>,
+    pods: &[Pod],
     views: &[PodView],
     replicas: usize,
 ) -> Result<()> {
     if let RollStep::Evict(name) = roll::plan(views, replicas, Direction::Inject) {
+        // The same gate as the first roll: never evict while a node does
+        // not see the ring whole.
+        if let Some(reason) = ring_gate(step.ctx, &step.ns, step.cm, pods).await {
+            info!(pod = %name, %reason, "not re-rolling yet");
+            return Ok(());
+        }
         if evict(&step.ctx.client, &step.ns, &name).await? {
+            let why = if views.iter().any(|v| v.name == name && v.outdated) {
+                "ran a proxy with outdated settings"
+            } else {
+                "ran without the proxy"
+            };
             step.event(
                 EventType::Warning,
                 "ReRolledPod",
                 "Roll",
-                format!("{name} ran without the proxy; evicted it"),
+                format!("{name} {why}; evicted it"),
             )
             .await;
         }

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 /// never copy; the CEL rule on `keyspaces.include` is built from it.
 pub use ferry_sidecar::SYSTEM_KEYSPACES;
 
+const SELECTION_IS_IMMUTABLE: &str = "keyspaces and tables are immutable: the proxies mirror the selection the migration started with; create a new CassandraMigration to migrate another one";
+
 /// The CEL rule that refuses a system keyspace in `keyspaces.include`.
 fn no_system_keyspace_rule() -> Rule {
     let list = SYSTEM_KEYSPACES
@@ -84,13 +86,19 @@ pub struct CassandraMigrationSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("target is immutable: create a new CassandraMigration to migrate to another cluster"))]
     pub target: TargetCluster,
 
-    /// Which keyspaces to migrate. Empty `include` means every non-system keyspace.
+    /// Which keyspaces to migrate. Empty `include` means every non-system
+    /// keyspace. It cannot change once the migration exists: the proxies
+    /// mirror the selection they were started with, and a Job copying
+    /// another one would leave live writes unmirrored.
     #[serde(default)]
     #[x_kube(validation = no_system_keyspace_rule())]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(SELECTION_IS_IMMUTABLE))]
     pub keyspaces: KeyspaceSelector,
 
-    /// Which tables to migrate, as `keyspace.table`. Applied after `keyspaces`.
+    /// Which tables to migrate, as `keyspace.table`, besides the included
+    /// keyspaces' tables. It cannot change once the migration exists.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(SELECTION_IS_IMMUTABLE))]
     pub tables: TableSelector,
 
     /// The dual-write proxy sidecar injected into each source pod.
@@ -268,14 +276,18 @@ pub enum TrafficRedirect {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxySpec {
-    /// Sidecar image. Defaults to the `ferry-sidecar` image the operator was installed with.
+    /// Sidecar image. Defaults to the `ferry-sidecar` image the operator was
+    /// installed with. Changing it (like `resources`, `protocolVersion` or
+    /// `tlsSecret`) rolls the proxies again, one pod at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
 
-    /// Port the proxy listens on inside each source pod.
+    /// Port the proxy listens on inside each source pod. Immutable: drivers
+    /// learn it from the rewritten peer tables.
     #[serde(default = "default_proxy_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("proxy.listenPort is immutable: drivers learned it from the proxies"))]
     pub listen_port: i32,
 
     /// `sync` (default) or `async`. May change during a migration.
@@ -283,7 +295,9 @@ pub struct ProxySpec {
     pub write_mode: WriteMode,
 
     /// How client traffic reaches the proxy: `iptables` (default) or `port`.
+    /// Immutable: clients connect one way or the other.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("proxy.redirect is immutable: clients already connect the way it set"))]
     pub redirect: TrafficRedirect,
 
     /// Highest CQL native protocol version the proxy offers clients (3 to 5).

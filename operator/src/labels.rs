@@ -12,6 +12,10 @@ pub const INJECTION_ENABLED: &str = "enabled";
 
 /// Annotation on an injected pod: the name of the migration it serves.
 pub const MIGRATION_ANNOTATION: &str = "ferry.dev/migration";
+/// Annotation on an injected pod: a hash of the proxy configuration it got
+/// (`sidecar::proxy_config_hash`); a pod whose hash is not the migration's
+/// current one is rolled again.
+pub const PROXY_CONFIG_ANNOTATION: &str = "ferry.dev/proxy-config";
 
 /// Label on the objects Ferry creates (Jobs, ConfigMaps, PDBs): the migration's name.
 pub const MIGRATION_LABEL: &str = "ferry.dev/migration";

@@ -23,6 +23,9 @@ pub struct PodView {
     pub sidecar_ready: bool,
     /// Ready for less than [`SETTLE_SECS`]: the ring may not know it is Up.
     pub settling: bool,
+    /// Its proxy was injected with a configuration the migration no longer
+    /// has (a new image, resources, TLS Secret...): rolled again.
+    pub outdated: bool,
 }
 
 /// Seconds a pod must have been Ready before the next pod is evicted.
@@ -46,7 +49,16 @@ impl PodView {
             has_sidecar: sidecar::has_sidecar(pod),
             sidecar_ready: sidecar::sidecar_ready(pod),
             settling: ready && ready_since.is_some_and(|since| now - since < SETTLE_SECS),
+            outdated: false,
         }
+    }
+
+    /// The view of a pod whose proxy should have the configuration hash
+    /// `expected` ([`sidecar::proxy_config_hash`]).
+    pub fn expecting(pod: &Pod, expected: &str) -> Self {
+        let mut view = Self::of(pod);
+        view.outdated = view.has_sidecar && !sidecar::proxy_config_is(pod, expected);
+        view
     }
 }
 
@@ -116,7 +128,7 @@ pub fn plan(pods: &[PodView], replicas: usize, direction: Direction) -> RollStep
                     reason: format!("the proxy of pod {} is not ready", p.name),
                 };
             }
-            match pods.iter().find(|p| !p.has_sidecar) {
+            match pods.iter().find(|p| !p.has_sidecar || p.outdated) {
                 Some(p) => RollStep::Evict(p.name.clone()),
                 None => RollStep::Done,
             }
@@ -140,7 +152,28 @@ mod tests {
             has_sidecar: has,
             sidecar_ready: has && ready,
             settling: false,
+            outdated: false,
         }
+    }
+
+    #[test]
+    fn an_outdated_proxy_is_rolled_again_one_pod_at_a_time() {
+        let mut pods = [
+            pod("c-0", true, true),
+            pod("c-1", true, true),
+            pod("c-2", true, true),
+        ];
+        pods[1].outdated = true;
+        pods[2].outdated = true;
+        assert_eq!(
+            plan(&pods, 3, Direction::Inject),
+            RollStep::Evict("c-1".into())
+        );
+        pods[1].ready = false;
+        assert!(matches!(
+            plan(&pods, 3, Direction::Inject),
+            RollStep::Wait { pod: Some(p), .. } if p == "c-1"
+        ));
     }
 
     #[test]

@@ -116,6 +116,48 @@ pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<
     args
 }
 
+/// A hash of everything the injected proxy is configured with from the
+/// migration: its arguments, image, resources, target credentials and TLS
+/// Secrets. The write mode is left out (it changes at run time through the
+/// peer map, without a restart), and so is the operator's default image
+/// (an operator upgrade does not restart every source node). FNV-1a, so the
+/// value stays the same across builds.
+pub fn proxy_config_hash(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> String {
+    let spec = &cm.spec;
+    let args: Vec<String> = proxy_args(cm, probe_keyspace)
+        .into_iter()
+        .filter(|a| !a.starts_with("--mode="))
+        .collect();
+    let tls: Vec<(String, Vec<&str>)> = TlsMount::proxy(spec)
+        .into_iter()
+        .map(|m| (m.secret, m.keys))
+        .collect();
+    let config = json!({
+        "args": args,
+        "image": spec.proxy.image,
+        "resources": spec.proxy.resources,
+        "credentials": spec.target.credentials_secret,
+        "tls": tls,
+    });
+    let hash = config
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
+/// Whether the pod's proxy was injected with `expected` (its
+/// [`labels::PROXY_CONFIG_ANNOTATION`]).
+pub fn proxy_config_is(pod: &Pod, expected: &str) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::PROXY_CONFIG_ANNOTATION))
+        .is_some_and(|h| h == expected)
+}
+
 /// Splits `host:port` (IPv6 as `[addr]:port`).
 pub fn split_host_port(cp: &str) -> Option<(String, u16)> {
     let (host, port) = cp.rsplit_once(':')?;
@@ -212,6 +254,10 @@ pub fn injection_patch(pod: &Pod, cm: &CassandraMigration, settings: &InjectionS
     ops.push(add(
         &["metadata", "annotations", labels::MIGRATION_ANNOTATION],
         json!(name),
+    ));
+    ops.push(add(
+        &["metadata", "annotations", labels::PROXY_CONFIG_ANNOTATION],
+        json!(proxy_config_hash(cm, settings.probe_keyspace.as_deref())),
     ));
     let spec = pod.spec.as_ref();
     let mut init = Vec::new();
@@ -450,6 +496,35 @@ mod tests {
         assert!(
             !args.iter().any(|a| a.starts_with("--include-")),
             "{args:?}"
+        );
+    }
+
+    #[test]
+    fn the_config_hash_follows_what_needs_a_restart_and_not_the_write_mode() {
+        let cm = migration(TrafficRedirect::Iptables);
+        let base = proxy_config_hash(&cm, Some("ferry"));
+        assert_eq!(base.len(), 16);
+        assert_eq!(base, proxy_config_hash(&cm.clone(), Some("ferry")));
+        let pod = apply(
+            &bare_pod(),
+            &injection_patch(&bare_pod(), &cm, &settings(true)),
+        );
+        assert!(proxy_config_is(&pod, &base), "the webhook stamps the hash");
+        assert!(!proxy_config_is(&bare_pod(), &base));
+        let mut mode = cm.clone();
+        mode.spec.proxy.write_mode = WriteMode::Sync;
+        assert_eq!(proxy_config_hash(&mode, Some("ferry")), base);
+        let mut image = cm.clone();
+        image.spec.proxy.image = Some("ferry-sidecar:v2".into());
+        assert_ne!(proxy_config_hash(&image, Some("ferry")), base);
+        let mut tls = cm.clone();
+        tls.spec.target.tls_secret =
+            Some(serde_json::from_value(json!({"name": "tgt-ca"})).unwrap());
+        assert_ne!(proxy_config_hash(&tls, Some("ferry")), base);
+        assert_ne!(
+            proxy_config_hash(&cm, None),
+            base,
+            "the probe keyspace is mirrored"
         );
     }
 

@@ -98,15 +98,14 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
     let spool = spool::Spool::open(&args.spool_dir, args.spool_max_bytes)
         .with_context(|| format!("opening the spool in {}", args.spool_dir.display()))?;
     let connect_timeout = Duration::from_millis(args.target_timeout_ms.max(100));
+    let source_node = upstream::parse_hosts(&args.source, args.source_port).context("SOURCE")?;
+    anyhow::ensure!(
+        source_node.len() == 1,
+        "SOURCE is the one node this proxy fronts, not a list: {}",
+        args.source
+    );
     let source = Endpoint::new(
-        vec![upstream::HostPort {
-            host: args
-                .source
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: args.source_port,
-        }],
+        source_node,
         upstream_tls(UpstreamTlsArgs {
             disabled: args.disable_source_tls,
             ca: &args.source_tls_ca,

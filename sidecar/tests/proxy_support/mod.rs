@@ -80,7 +80,12 @@ pub fn testbed(nodes: u8) -> ferry_e2e::testbed::Testbed {
     ferry_e2e::testbed::cassandra(nodes).expect("the Cassandra test bed must start")
 }
 
+/// The host of one `host:port` contact point; a list of contact points
+/// (which the proxy takes for its target) is passed as it is.
 fn host(contact: &str) -> String {
+    if contact.contains(',') {
+        return contact.to_owned();
+    }
     contact
         .rsplit_once(':')
         .map(|(h, _)| h.to_owned())

@@ -20,7 +20,7 @@ deps: ## install the machine packages the test bed needs (idempotent)
 
 .PHONY: testbed
 testbed: deps ## bring up both Cassandra clusters and the Kubernetes control plane
-	@bash e2e/testbed/up.sh --source-nodes 3
+	@bash e2e/testbed/up.sh --source-nodes 3 --fresh-if-full
 
 .PHONY: down
 down: ## stop the test bed (state kept; `bash e2e/testbed/down.sh --purge` deletes it)

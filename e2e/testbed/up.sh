@@ -7,7 +7,7 @@
 #     kube-scheduler, kube-proxy, CoreDNS) and the images it needs.
 # A second run reuses every cache and every running process.
 #
-#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure]
+#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure] [--fresh-if-full]
 #
 # --secure adds a third, single-node cluster on 127.0.0.23 with password
 # authentication (cassandra/cassandra) and client TLS, for the tests of
@@ -22,15 +22,16 @@ source_nodes=${FERRY_SOURCE_NODES:-1}
 # Migrations usually go from an old cluster to a new one: the source may run
 # another Cassandra version (e.g. 4.1.10, on a Java 11 fetched from PyPI).
 source_version=${FERRY_SOURCE_CASSANDRA_VERSION:-$CASSANDRA_VERSION}
-want_k8s=1 want_cassandra=1 want_node=0 want_secure=0
+want_k8s=1 want_cassandra=1 want_node=0 want_secure=0 fresh_if_full=0
 while [ $# -gt 0 ]; do
   case $1 in
+    --fresh-if-full) fresh_if_full=1; shift ;;
     --source-nodes) source_nodes=$2; shift 2 ;;
     --no-k8s) want_k8s=0; shift ;;
     --no-cassandra) want_cassandra=0; shift ;;
     --node) want_node=1; shift ;;
     --secure) want_secure=1; shift ;;
-    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure])" ;;
+    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure] [--fresh-if-full])" ;;
   esac
 done
 [[ $source_nodes =~ ^[1-9]$ ]] || die "--source-nodes must be 1..9, got $source_nodes"
@@ -47,18 +48,21 @@ flock 9
 
 started=$(date +%s)
 if [ "$want_cassandra" = 1 ]; then
-  # Tests leave their keyspaces behind, and a few hundred of them fill a
-  # node's 640 MB heap: source3 died of it after a day of runs. Past
-  # FERRY_BED_MAX_KEYSPACES (250) on any node, the clusters' state is deleted
-  # and they start empty. All they hold is test data.
-  max_keyspaces=${FERRY_BED_MAX_KEYSPACES:-250}
+  # Tests leave their keyspaces behind (a `make test` run adds about 40),
+  # and they fill a node's 640 MB heap: source3 died of OutOfMemoryError at
+  # about 420 keyspaces once, and again at 165 in the middle of a run. With
+  # --fresh-if-full (what `make testbed` passes, before any test runs),
+  # past FERRY_BED_MAX_KEYSPACES (60) on any node the clusters' state is
+  # deleted and they start empty; all they hold is test data. Never from a
+  # test: a reset then would kill the nodes under the tests running beside it.
+  max_keyspaces=${FERRY_BED_MAX_KEYSPACES:-60}
   most=0
   for data in "$FERRY_RUN"/cassandra/*/data; do
     [ -d "$data" ] || continue
     n=$(find "$data" -mindepth 1 -maxdepth 1 -type d | wc -l)
     [ "$n" -gt "$most" ] && most=$n
   done
-  if [ "$most" -gt "$max_keyspaces" ]; then
+  if [ "$fresh_if_full" = 1 ] && [ "$most" -gt "$max_keyspaces" ]; then
     log "a node holds $most keyspaces left by earlier runs (more than $max_keyspaces): starting the clusters afresh"
     for dir in "$FERRY_RUN"/cassandra/*/; do
       "$here/cassandra/cassandra.sh" stop "$(basename "$dir")"

@@ -96,12 +96,12 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
         ));
     }
     for mount in TlsMount::clusters(spec) {
-        let (prefix, skip) = match mount.tls_use {
-            TlsUse::Source => ("FERRY_SOURCE", spec.source.tls_secret.as_ref()),
-            _ => ("FERRY_TARGET", spec.target.tls_secret.as_ref()),
+        let prefix = match mount.tls_use {
+            TlsUse::Source => "FERRY_SOURCE",
+            _ => "FERRY_TARGET",
         };
         env_vars.push(env(&format!("{prefix}_TLS_CA_FILE"), mount.file("ca.crt")));
-        if skip.is_some_and(|s| s.insecure_skip_hostname_verification) {
+        if mount.skip_hostname_verification {
             env_vars.push(env(
                 &format!("{prefix}_TLS_SKIP_HOSTNAME_VERIFICATION"),
                 "true",

@@ -95,12 +95,7 @@ pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<
             ]),
             TlsUse::Target => {
                 args.push(format!("--target-tls-ca={}", mount.file("ca.crt")));
-                if spec
-                    .target
-                    .tls_secret
-                    .as_ref()
-                    .is_some_and(|s| s.insecure_skip_hostname_verification)
-                {
+                if mount.skip_hostname_verification {
                     args.push("--target-tls-skip-hostname-verification".to_owned());
                 }
             }

@@ -42,24 +42,27 @@ pub struct TlsMount {
     pub secret: String,
     /// The Secret's keys projected into the volume.
     pub keys: Vec<&'static str>,
+    /// The CR's `insecureSkipHostnameVerification` for this cluster.
+    pub skip_hostname_verification: bool,
 }
 
 impl TlsMount {
     /// The mounts of the source and target Secrets (what the Jobs need).
     pub fn clusters(spec: &CassandraMigrationSpec) -> Vec<TlsMount> {
-        let ca = |tls_use, secret: &str| TlsMount {
-            tls_use,
-            secret: secret.to_owned(),
-            keys: vec!["ca.crt"],
-        };
-        let mut mounts = Vec::new();
-        if let Some(s) = &spec.source.tls_secret {
-            mounts.push(ca(TlsUse::Source, &s.name));
-        }
-        if let Some(s) = &spec.target.tls_secret {
-            mounts.push(ca(TlsUse::Target, &s.name));
-        }
-        mounts
+        [
+            (TlsUse::Source, &spec.source.tls_secret),
+            (TlsUse::Target, &spec.target.tls_secret),
+        ]
+        .into_iter()
+        .filter_map(|(tls_use, secret)| {
+            secret.as_ref().map(|s| TlsMount {
+                tls_use,
+                secret: s.name.clone(),
+                keys: vec!["ca.crt"],
+                skip_hostname_verification: s.insecure_skip_hostname_verification,
+            })
+        })
+        .collect()
     }
 
     /// Every mount the proxy sidecar needs: the clusters' and its own.
@@ -74,6 +77,7 @@ impl TlsMount {
                 tls_use: TlsUse::Proxy,
                 secret: s.name.clone(),
                 keys,
+                skip_hostname_verification: false,
             });
         }
         mounts

@@ -57,11 +57,17 @@ mod tests {
 
     #[test]
     fn this_process_has_spent_cpu_and_memory() {
-        // Burn a little CPU so the tick counter has moved.
+        // Burn CPU until the tick counter has moved (on a loaded machine
+        // 50 ms of wall time could be less than one 10 ms tick of CPU); a
+        // counter that never moves fails after 10 s.
         let start = std::time::Instant::now();
         let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(50) {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        while process_cpu_seconds(None) <= 0.0
+            && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
         }
         assert!(x != 1);
         assert!(process_cpu_seconds(None) > 0.0);

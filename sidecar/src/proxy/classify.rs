@@ -53,6 +53,69 @@ pub struct WriteTraits {
     pub counter: bool,
     /// First non-deterministic function called, if any.
     pub nondeterministic: Option<&'static str>,
+    /// `x = x + ?` (or `-`, or a named marker): a counter update or a list
+    /// append, which only the bound types tell apart. Through QUERY, which
+    /// carries no types, it is taken as not idempotent.
+    pub increment_by_marker: bool,
+    /// The statements of a `BEGIN BATCH ... APPLY BATCH` text (empty for
+    /// anything else): each is selected or not on its own.
+    pub batch: Vec<BatchStatement>,
+}
+
+/// One statement of a `BEGIN BATCH ... APPLY BATCH` text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchStatement {
+    /// Keyspace named in the statement (else the connection's).
+    pub keyspace: Option<String>,
+    pub table: Option<String>,
+    /// Byte range of the statement in the batch text (no `;`).
+    pub span: (usize, usize),
+}
+
+/// The statements of a `BEGIN ... BATCH ... APPLY BATCH` text, each with
+/// its table and place, or an empty list when `text` is no such batch.
+/// Statements start with INSERT, UPDATE or DELETE (reserved words, so never
+/// an unquoted name) and end at a `;`, the next statement or APPLY.
+pub fn batch_statements(text: &str) -> Vec<BatchStatement> {
+    let toks = tokenize_spans(text);
+    if !is_kw(toks.first().map(|(t, _)| t), "begin") {
+        return Vec::new();
+    }
+    let is = |i: usize, kw: &str| is_kw(toks.get(i).map(|(t, _)| t), kw);
+    let starts_statement = |i: usize| is(i, "insert") || is(i, "update") || is(i, "delete");
+    let mut out = Vec::new();
+    let mut current: Option<usize> = None;
+    let close = |out: &mut Vec<BatchStatement>, start: usize, end_byte: usize| {
+        let (_, from) = toks[start];
+        let stmt = text[from..end_byte].trim_end();
+        let (keyspace, table) = match classify(stmt) {
+            StatementClass::Write(w) => (w.keyspace, w.table),
+            _ => (None, None),
+        };
+        out.push(BatchStatement {
+            keyspace,
+            table,
+            span: (from, from + stmt.len()),
+        });
+    };
+    for (i, (tok, at)) in toks.iter().enumerate().skip(1) {
+        let apply = is(i, "apply") && is(i + 1, "batch");
+        if *tok == Token::Punct(';') || apply || starts_statement(i) {
+            if let Some(start) = current.take() {
+                close(&mut out, start, *at);
+            }
+            if starts_statement(i) {
+                current = Some(i);
+            }
+            if apply {
+                break;
+            }
+        }
+    }
+    if let Some(start) = current {
+        close(&mut out, start, text.len());
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,15 +284,19 @@ pub fn classify(text: &str) -> StatementClass {
                     .position(|t| is_kw(Some(t), "from"))
                     .map(|i| i + 1),
                 "truncate" => Some(if is_kw(toks.get(1), "table") { 2 } else { 1 }),
-                // BATCH text: the first inner statement names the table.
-                _ => toks
-                    .iter()
-                    .position(|t| is_kw(Some(t), "into") || is_kw(Some(t), "update"))
-                    .map(|i| i + 1),
+                // BATCH text: each inner statement names its table.
+                _ => None,
             };
-            let (keyspace, table) = name_at
-                .map(|i| qualified_name(&toks, i))
-                .unwrap_or((None, None));
+            let batch = if first == "begin" {
+                batch_statements(text)
+            } else {
+                Vec::new()
+            };
+            let (keyspace, table) = match (name_at, batch.first()) {
+                (Some(i), _) => qualified_name(&toks, i),
+                (None, Some(b)) => (b.keyspace.clone(), b.table.clone()),
+                (None, None) => (None, None),
+            };
             StatementClass::Write(WriteTraits {
                 keyspace,
                 table,
@@ -237,6 +304,8 @@ pub fn classify(text: &str) -> StatementClass {
                 counter: (first == "begin" && is_kw(toks.get(1), "counter"))
                     || has_counter_update(&toks),
                 nondeterministic: nondeterministic_call(&toks),
+                increment_by_marker: has_increment_by_marker(&toks),
+                batch,
             })
         }
         "use" => match ident(toks.get(1)) {
@@ -259,6 +328,15 @@ fn has_counter_update(toks: &[Token<'_>]) -> bool {
     toks.windows(5).any(|w| {
         matches!((&w[0], &w[1], &w[2], &w[3], &w[4]),
             (Token::Word(a), Token::Punct('='), Token::Word(b), Token::Punct('+' | '-'), Token::Number)
+            if a.eq_ignore_ascii_case(b))
+    })
+}
+
+/// `x = x + ?`, `x = x - ?` or `x = x + :name`.
+fn has_increment_by_marker(toks: &[Token<'_>]) -> bool {
+    toks.windows(5).any(|w| {
+        matches!((&w[0], &w[1], &w[2], &w[3], &w[4]),
+            (Token::Word(a), Token::Punct('='), Token::Word(b), Token::Punct('+' | '-'), Token::Punct('?' | ':'))
             if a.eq_ignore_ascii_case(b))
     })
 }
@@ -405,6 +483,49 @@ mod tests {
         assert!(w.counter);
         assert_eq!(w.keyspace.as_deref(), Some("ks"));
         assert_eq!(write("TRUNCATE TABLE ks.t").table.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn an_increment_by_a_bind_marker_is_told_apart() {
+        assert!(write("UPDATE ks.c SET n = n + ? WHERE k = 1").increment_by_marker);
+        assert!(write("UPDATE c SET n = n - :d WHERE k = ?").increment_by_marker);
+        assert!(write("UPDATE c SET l = l + ? WHERE k = ?").increment_by_marker);
+        assert!(!write("UPDATE c SET n = ? WHERE k = ?").increment_by_marker);
+        assert!(!write("UPDATE c SET n = n + 1 WHERE k = ?").increment_by_marker);
+    }
+
+    #[test]
+    fn every_statement_of_a_batch_text_is_named() {
+        let text = "BEGIN UNLOGGED BATCH USING TIMESTAMP 5 \
+            DELETE FROM a.t WHERE k = 1; \
+            INSERT INTO b.\"U\" (k) VALUES ('apply batch;') \
+            update t SET v = 'x' WHERE k = 2 \
+            APPLY BATCH;";
+        let b = batch_statements(text);
+        let named: Vec<(Option<&str>, Option<&str>)> = b
+            .iter()
+            .map(|s| (s.keyspace.as_deref(), s.table.as_deref()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (Some("a"), Some("t")),
+                (Some("b"), Some("U")),
+                (None, Some("t"))
+            ]
+        );
+        let texts: Vec<&str> = b.iter().map(|s| &text[s.span.0..s.span.1]).collect();
+        assert_eq!(texts[0], "DELETE FROM a.t WHERE k = 1");
+        assert_eq!(texts[1], "INSERT INTO b.\"U\" (k) VALUES ('apply batch;')");
+        assert_eq!(texts[2], "update t SET v = 'x' WHERE k = 2");
+        // A DELETE-only batch names its table (it used to name none).
+        let w = write("BEGIN BATCH DELETE FROM ks.t WHERE k = 1 APPLY BATCH");
+        assert_eq!(
+            (w.keyspace.as_deref(), w.table.as_deref()),
+            (Some("ks"), Some("t"))
+        );
+        assert_eq!(w.batch.len(), 1);
+        assert!(batch_statements("INSERT INTO t (k) VALUES (1)").is_empty());
     }
 
     #[test]

@@ -12,9 +12,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::bound::{bind_nondeterministic, splice_values, strip_bind_metadata, BoundFunction};
+use super::bound::{bind_nondeterministic, splice_values, BoundFunction};
 use super::classify::{
-    classify, replace_nondeterministic, StatementClass, SystemTable, WriteTraits,
+    batch_statements, classify, replace_nondeterministic, StatementClass, SystemTable, WriteTraits,
 };
 use super::codec::{FrameDecoder, LinkState};
 use super::compression::Compression;
@@ -22,15 +22,15 @@ use super::config::Mode;
 use super::frame::{error_code, opcode, DecodeRules, Frame, FrameError};
 use super::link::{FrameReader, FrameWriter, Outbound, ReadError};
 use super::mirror::{
-    lwt_applied, mirror_async, mirror_permit, send_to_target, MirrorRequest, ProxyContext,
-    TargetLink,
+    lwt_applied, mirror_async, mirror_permit, send_to_target, source_may_hold, MirrorHold,
+    MirrorRequest, ProxyContext, TargetLink,
 };
-use super::peers::{rewrite_event, rewrite_rows};
+use super::peers::{response_body_start, rewrite_event, rewrite_rows};
 use super::prepared::{parse_prepared_result, PreparedStatement, COUNTER_TYPE};
 use super::request::{
     next_timestamp_micros, param_flags, parse_batch, parse_execute, parse_prepare, parse_query,
-    replace_ranges, with_timestamp, with_values, BatchChild, ParamsLayout, RangeEdit,
-    COUNTER_BATCH,
+    replace_ranges, replace_short_bytes, with_timestamp, with_values, BatchChild, ParamsLayout,
+    RangeEdit, COUNTER_BATCH,
 };
 use super::tls::{BoxRead, BoxWrite};
 use super::upstream::{Credentials, Handshake};
@@ -46,13 +46,64 @@ enum Pending {
     Capture(oneshot::Sender<Frame>),
     /// A system.local/peers read: rewrite addresses (`true` for system.local).
     Peers(bool),
+    /// An async-mode write: mirror it once the source's answer shows the
+    /// source may hold it (`mirror::source_may_hold`), never before.
+    MirrorAfter(Box<AsyncMirror>),
     /// A PREPARE: record the statement when the id comes back.
     Prepare {
+        /// The text the proxy executes (with `bound` calls as markers).
         query: String,
         keyspace: Option<String>,
-        /// Calls turned into markers the proxy fills (hidden from the client).
+        /// Calls turned into markers the proxy fills; when there are any,
+        /// the source was sent the client's own text, and the proxy
+        /// prepares `query` itself before the client hears back.
         bound: Vec<BoundFunction>,
+        /// The client's own text, when it differs from `query`.
+        original: Option<String>,
     },
+}
+
+/// An async-mode write waiting for the source's answer.
+struct AsyncMirror {
+    req: MirrorRequest,
+    hold: MirrorHold,
+    conditional: bool,
+}
+
+/// A statement whose non-deterministic calls the proxy fills: the text it
+/// executes and the client's own.
+struct Rewritten {
+    query: String,
+    original: String,
+    keyspace: Option<String>,
+    bound: Vec<BoundFunction>,
+}
+
+/// The part of a write the target gets.
+enum BatchSelection {
+    All,
+    None,
+    /// Per statement of a `BEGIN BATCH` text, whether it is selected.
+    Some(Vec<bool>),
+}
+
+/// A `BEGIN BATCH` text with only its selected statements: the same
+/// opening (type, `USING TIMESTAMP`), then those statements.
+fn selected_batch_text(
+    text: &str,
+    batch: &[super::classify::BatchStatement],
+    selected: &[bool],
+) -> String {
+    let opening = batch.first().map_or(text.len(), |b| b.span.0);
+    let mut out = String::with_capacity(text.len());
+    out.push_str(text[..opening].trim_end());
+    for (b, _) in batch.iter().zip(selected).filter(|(_, s)| **s) {
+        out.push(' ');
+        out.push_str(&text[b.span.0..b.span.1]);
+        out.push(';');
+    }
+    out.push_str(" APPLY BATCH");
+    out
 }
 
 /// Which answer a dual request returns to the client.
@@ -81,6 +132,9 @@ struct Session {
     startup_options: Mutex<Vec<(String, String)>>,
     credentials: Mutex<Option<Credentials>>,
     target: Arc<TargetLink>,
+    /// The proxy's own link to the source, to prepare rewritten texts.
+    source_link: Arc<TargetLink>,
+    source_prepares: tokio::sync::Mutex<()>,
     /// Requests sent to the source and not yet answered.
     outstanding: AtomicUsize,
     /// Per-request tasks still running.
@@ -134,6 +188,8 @@ pub async fn serve(
         let mut source_out = FrameWriter::new(source_write, source_state.clone());
         let session = Arc::new(Session {
             target: Arc::new(TargetLink::new(ctx.clone())),
+            source_link: Arc::new(TargetLink::to_source(ctx.clone())),
+            source_prepares: tokio::sync::Mutex::new(()),
             ctx: ctx.clone(),
             client_out,
             source_queue: Mutex::new(Vec::new()),
@@ -426,9 +482,13 @@ impl Session {
     }
 
     async fn on_query(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
-        let (class, mut params, rewritten) = match parse_query(&frame) {
+        let (mut class, mut params, rewritten) = match parse_query(&frame) {
             Ok(q) => {
-                let class = classify(q.query);
+                let mut class = classify(q.query);
+                if let StatementClass::Write(w) = &mut class {
+                    // Without bound types, `x = x + ?` may be a counter.
+                    w.counter |= w.increment_by_marker;
+                }
                 // now()/uuid()/currentTimestamp() in a mirrored write become
                 // literals, so both sides store the same value.
                 let rewritten = match &class {
@@ -446,6 +506,12 @@ impl Session {
         if let Some((text, replaced)) = rewritten {
             if let Some(body) = replace_query_text(&frame, &text) {
                 frame.body = body;
+                if let StatementClass::Write(w) = &mut class {
+                    if !w.batch.is_empty() {
+                        // The statements moved with the literals put in.
+                        w.batch = batch_statements(&text);
+                    }
+                }
                 match parse_query(&frame) {
                     Ok(q) => params = q.params,
                     Err(e) => return self.malformed(&frame, e).await,
@@ -460,7 +526,7 @@ impl Session {
         self.route(frame, class, params, Vec::new(), false).await
     }
 
-    async fn on_prepare(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
+    async fn on_prepare(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
         let (mut query, keyspace) = match parse_prepare(&frame) {
             Ok(p) => (p.query.to_owned(), p.keyspace.or_else(|| self.keyspace())),
             Err(e) => return self.malformed(&frame, e).await,
@@ -469,14 +535,16 @@ impl Session {
         // proxy fills at each EXECUTE, so source and target store the same
         // value (bound.rs). Done in every mode: the mode can change while
         // the statement lives in the driver's cache.
+        // The client's own text goes to the source, so the client gets the
+        // id a direct connection gives (drivers check that a statement
+        // prepared again keeps its id); the rewritten one is prepared by
+        // the proxy when that answer comes.
         let mut bound = Vec::new();
+        let mut original = None;
         if matches!(classify(&query), StatementClass::Write(w) if w.nondeterministic.is_some()) {
             if let Some((text, calls)) = bind_nondeterministic(&query) {
-                if let Some(body) = replace_query_text(&frame, &text) {
-                    frame.body = body;
-                    query = text;
-                    bound = calls;
-                }
+                original = Some(std::mem::replace(&mut query, text));
+                bound = calls;
             }
         }
         self.set_pending(
@@ -485,6 +553,7 @@ impl Session {
                 query,
                 keyspace,
                 bound,
+                original,
             },
         );
         self.count("prepare", "source");
@@ -518,7 +587,23 @@ impl Session {
         let Some(stmt) = self.ctx.prepared.get(&id) else {
             return self.unprepared(&frame, &id).await;
         };
+        let mut id = id;
         if !stmt.bound.is_empty() {
+            // Executed as the rewritten text, under the source's id for it.
+            let Some(exec_id) = stmt.source_exec_id() else {
+                return self.unprepared(&frame, &id).await;
+            };
+            match parse_execute(&frame) {
+                Ok(e) => {
+                    frame.body = replace_short_bytes(&frame.body, &[(e.id_range, &exec_id[..])]);
+                }
+                Err(e) => return self.malformed(&frame, e).await,
+            }
+            params = match parse_execute(&frame) {
+                Ok(e) => e.params,
+                Err(e) => return self.malformed(&frame, e).await,
+            };
+            id = exec_id;
             if params.flags & param_flags::NAMES_FOR_VALUES != 0 {
                 return self
                     .invalid(
@@ -618,6 +703,17 @@ impl Session {
             if stmt.bound.is_empty() {
                 continue;
             }
+            let Some(exec_id) = stmt.source_exec_id() else {
+                continue; // batch_plan answers UNPREPARED
+            };
+            // The rewritten text's id, then the values with the proxy's.
+            let BatchChild::Prepared { range, .. } = child else {
+                continue;
+            };
+            let mut id = BytesMut::with_capacity(exec_id.len() + 2);
+            id.put_u16(exec_id.len() as u16);
+            id.put_slice(&exec_id);
+            edits.push((*range, id.freeze()));
             let section = body.get(values.0..values.1);
             edits.push((*values, splice_values(section, &stmt.bound, micros)?));
             self.count_bound(&stmt.bound);
@@ -663,6 +759,11 @@ impl Session {
                     let Some(stmt) = self.ctx.prepared.get(id) else {
                         return Err(Bytes::copy_from_slice(id));
                     };
+                    if !stmt.bound.is_empty() && stmt.client_id.as_deref() == Some(*id) {
+                        // Its rewritten text's id was not put in: the
+                        // source forgot it; the client prepares again.
+                        return Err(Bytes::copy_from_slice(id));
+                    }
                     traits.counter |= stmt.counter;
                     let class = stmt.class.clone();
                     if !statements.iter().any(|(s, _)| &s[..] == *id) {
@@ -738,22 +839,28 @@ impl Session {
                 self.forward(frame).await
             }
             StatementClass::Write(traits) => {
-                let ks = traits
-                    .keyspace
-                    .clone()
-                    .or_else(|| params.keyspace.clone())
-                    .or_else(|| self.keyspace());
-                if mode == Mode::SourceOnly
-                    || force_source_only
-                    || !self
-                        .ctx
-                        .filter
-                        .mirrors(ks.as_deref(), traits.table.as_deref())
-                {
-                    self.count(kind, "source");
-                    return self.forward(frame).await;
-                }
-                self.mirrored_write(frame, traits, params, statements, mode)
+                let session_ks = params.keyspace.clone().or_else(|| self.keyspace());
+                let selection = if mode == Mode::SourceOnly || force_source_only {
+                    BatchSelection::None
+                } else {
+                    self.selection(&traits, session_ks.as_deref())
+                };
+                let target_text = match selection {
+                    BatchSelection::None => {
+                        self.count(kind, "source");
+                        return self.forward(frame).await;
+                    }
+                    BatchSelection::All => None,
+                    BatchSelection::Some(selected) => {
+                        match parse_query(&frame)
+                            .map(|q| selected_batch_text(q.query, &traits.batch, &selected))
+                        {
+                            Ok(text) => Some(text),
+                            Err(e) => return self.malformed(&frame, e).await,
+                        }
+                    }
+                };
+                self.mirrored_write(frame, traits, params, statements, mode, target_text)
                     .await
             }
             StatementClass::Use(ks) => self.use_keyspace(frame, ks, mode).await,
@@ -767,6 +874,33 @@ impl Session {
                 self.count(kind, "source");
                 self.forward(frame).await
             }
+        }
+    }
+
+    /// Which part of a write the target gets: all of it, none, or (a
+    /// `BEGIN BATCH` text mixing selected and unselected tables) the
+    /// selected statements only, each judged with its own keyspace.
+    fn selection(&self, traits: &WriteTraits, session_ks: Option<&str>) -> BatchSelection {
+        let filter = &self.ctx.filter;
+        if traits.batch.is_empty() {
+            let ks = traits.keyspace.as_deref().or(session_ks);
+            return if filter.mirrors(ks, traits.table.as_deref()) {
+                BatchSelection::All
+            } else {
+                BatchSelection::None
+            };
+        }
+        let selected: Vec<bool> = traits
+            .batch
+            .iter()
+            .map(|b| filter.mirrors(b.keyspace.as_deref().or(session_ks), b.table.as_deref()))
+            .collect();
+        if selected.iter().all(|s| *s) {
+            BatchSelection::All
+        } else if selected.iter().any(|s| *s) {
+            BatchSelection::Some(selected)
+        } else {
+            BatchSelection::None
         }
     }
 
@@ -794,6 +928,7 @@ impl Session {
         params: ParamsLayout,
         statements: Vec<(Bytes, Arc<PreparedStatement>)>,
         mode: Mode,
+        target_text: Option<String>,
     ) -> Result<(), SessionError> {
         let m = &self.ctx.metrics;
         if traits.lwt {
@@ -805,33 +940,64 @@ impl Session {
         if let Some(f) = traits.nondeterministic {
             m.policy_writes.with_label_values(&[f]).inc();
         }
-        if mode == Mode::Async && self.ctx.refuse_writes() {
-            m.spool_full.inc();
-            return self
-                .reply(Frame::error(
-                    frame.version,
-                    frame.stream,
-                    0x1001,
-                    "ferry proxy: target spool full; write refused so source and target do not diverge",
-                ))
-                .await;
-        }
         // Pin the write time so both clusters store the same WRITETIME.
         // Conditional writes take their time from Paxos and cannot have one.
-        if !traits.lwt && !params.has_timestamp() {
+        let pin = !traits.lwt && !params.has_timestamp();
+        if pin {
             frame.body = with_timestamp(&frame.body, &params, next_timestamp_micros());
+        }
+        let mut req = self.mirror_request(&frame, statements, !traits.counter);
+        if let Some(text) = target_text {
+            // The target gets the selected statements of the batch, with the
+            // same parameters (and so the same timestamp).
+            match replace_query_text(&frame, &text) {
+                Some(body) => req.body = body,
+                None => {
+                    return self
+                        .invalid(&frame, "ferry proxy: cannot read the batch text")
+                        .await
+                }
+            }
+        }
+        if mode == Mode::Async {
+            // Room in the spool is promised before the source sees the
+            // write: once the source took it, it must not be dropped.
+            let Ok(room) = self.ctx.spool_room(&req) else {
+                m.spool_full.inc();
+                return self
+                    .reply(Frame::error(
+                        frame.version,
+                        frame.stream,
+                        error_code::OVERLOADED,
+                        "ferry proxy: target spool full; write refused so source and target do not diverge",
+                    ))
+                    .await;
+            };
+            if pin {
+                m.timestamps_injected.inc();
+            }
+            self.count("write", "source");
+            self.count("write", "target");
+            let permit = mirror_permit(&self.ctx).await;
+            // Mirrored only once the source answers, and only if it may
+            // hold the write: a write the source refused is not the
+            // target's either.
+            self.set_pending(
+                frame.stream,
+                Pending::MirrorAfter(Box::new(AsyncMirror {
+                    req,
+                    hold: MirrorHold { permit, room },
+                    conditional: traits.lwt,
+                })),
+            );
+            return self.forward(frame).await;
+        }
+        if pin {
             m.timestamps_injected.inc();
         }
         self.count("write", "source");
         self.count("write", "target");
-        let req = self.mirror_request(&frame, statements, !traits.counter);
         match mode {
-            Mode::Async => {
-                let permit = mirror_permit(&self.ctx).await;
-                self.forward(frame).await?;
-                mirror_async(self.ctx.clone(), self.target.clone(), req, permit);
-                Ok(())
-            }
             Mode::TargetPrimary => self.dual(frame, req, Answer::Target, traits.lwt).await,
             _ => self.dual(frame, req, Answer::Source, traits.lwt).await,
         }
@@ -1076,6 +1242,16 @@ impl Session {
             .last_handshake
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(hs.clone());
+        // The proxy's own source link logs in as the client did.
+        self.source_link.set_handshake(Handshake {
+            credentials: self
+                .credentials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            keyspace: None,
+            ..hs.clone()
+        });
         self.target.set_handshake(hs);
         if self.ctx.mode() != Mode::SourceOnly {
             let target = self.target.clone();
@@ -1211,6 +1387,22 @@ impl Session {
             Some(Pending::Capture(tx)) => {
                 return tx.send(frame).err().map(Outbound::Frame);
             }
+            Some(Pending::MirrorAfter(m)) => {
+                let AsyncMirror {
+                    req,
+                    hold,
+                    conditional,
+                } = *m;
+                if source_may_hold(&frame, conditional) {
+                    mirror_async(self.ctx.clone(), self.target.clone(), req, hold);
+                } else {
+                    self.ctx
+                        .metrics
+                        .mirrored_writes
+                        .with_label_values(&["not_on_source"])
+                        .inc();
+                }
+            }
             Some(Pending::Peers(local)) => {
                 let peers = self.ctx.peers();
                 if !peers.is_empty() {
@@ -1246,20 +1438,40 @@ impl Session {
                 query,
                 keyspace,
                 bound,
+                original,
             }) => {
-                if !bound.is_empty() {
-                    // The client sees the statement it wrote: without the
-                    // markers the proxy fills.
-                    let positions: Vec<usize> = bound.iter().map(|b| b.position).collect();
-                    match strip_bind_metadata(frame.flags, &frame.body, frame.version, &positions) {
-                        Ok(body) => frame.body = body,
-                        Err(e) => {
-                            warn!(error = %e, "cannot read a PREPARED result; forwarded as is")
-                        }
+                let Ok(Some(result)) =
+                    parse_prepared_result(frame.flags, &frame.body, frame.version)
+                else {
+                    return Some(Outbound::Frame(frame));
+                };
+                match original {
+                    Some(original) => {
+                        // The client hears back once the rewritten text is
+                        // prepared too, so its first EXECUTE finds it.
+                        let session = self.clone();
+                        let rewritten = Rewritten {
+                            query,
+                            original,
+                            keyspace,
+                            bound,
+                        };
+                        tokio::spawn(async move {
+                            session.prepare_rewritten(frame, result, rewritten).await;
+                        });
+                        return None;
+                    }
+                    None => {
+                        let counter = result.bind_types.contains(&COUNTER_TYPE);
+                        let stmt =
+                            PreparedStatement::new(&query, keyspace, classify(&query), counter);
+                        self.remember_prepared(result.id, stmt);
                     }
                 }
-                self.record_prepared(&frame, &query, keyspace, bound)
             }
+        }
+        if frame.opcode == opcode::ERROR && frame.error_code() == Some(error_code::UNPREPARED) {
+            self.unprepared_rewritten(&mut frame);
         }
         Some(match switch {
             Some(true) => Outbound::FrameThenSegments(frame),
@@ -1268,22 +1480,116 @@ impl Session {
         })
     }
 
-    fn record_prepared(
-        self: &Arc<Self>,
-        frame: &Frame,
-        query: &str,
-        keyspace: Option<String>,
-        bound: Vec<BoundFunction>,
+    /// Prepares on the source the rewritten text of a statement whose
+    /// client text the source just prepared (`answer`), records both ids,
+    /// then gives the client the answer to its own text. If the source
+    /// refuses the rewritten text, the statement runs as the client wrote
+    /// it (each cluster then evaluates its calls; counted and logged).
+    async fn prepare_rewritten(
+        self: Arc<Self>,
+        answer: Frame,
+        client: super::prepared::PreparedResult,
+        rewritten: Rewritten,
     ) {
-        let Ok(Some(result)) = parse_prepared_result(frame.flags, &frame.body, frame.version)
-        else {
+        let Rewritten {
+            query,
+            original,
+            keyspace,
+            bound,
+        } = rewritten;
+        let counter = client.bind_types.contains(&COUNTER_TYPE);
+        match self.prepare_on_source(&query, keyspace.as_deref()).await {
+            Ok(exec_id) => {
+                let stmt = PreparedStatement::new(&query, keyspace, classify(&query), counter)
+                    .with_bound(bound)
+                    .with_ids(client.id.clone(), exec_id.clone());
+                let stmt = self.remember_prepared(client.id, stmt);
+                self.ctx.prepared.alias(exec_id, stmt);
+            }
+            Err(e) => {
+                self.ctx
+                    .metrics
+                    .policy_writes
+                    .with_label_values(&["not_replaced"])
+                    .inc();
+                warn!(error = %e, "the source did not prepare the text with the proxy's markers; now()/uuid() in this statement are left to each cluster");
+                let stmt =
+                    PreparedStatement::new(&original, keyspace, classify(&original), counter);
+                self.remember_prepared(client.id, stmt);
+            }
+        }
+        let _ = self.reply(answer).await;
+    }
+
+    /// Prepares `query` on the source over the proxy's own link; the
+    /// source's id for it.
+    async fn prepare_on_source(
+        &self,
+        query: &str,
+        keyspace: Option<&str>,
+    ) -> Result<Bytes, super::mirror::MirrorError> {
+        use super::mirror::MirrorError;
+        // One at a time: a prepare switches the link's keyspace first.
+        let _one = self.source_prepares.lock().await;
+        let link = self.source_link.get().await?;
+        let timeout = self.ctx.target_timeout;
+        if let Some(ks) = keyspace {
+            let current = link
+                .keyspace
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if current.as_deref() != Some(ks) {
+                link.use_keyspace(ks, timeout).await?;
+            }
+        }
+        let reply = link.prepare(query, timeout).await?;
+        parse_prepared_result(reply.flags, &reply.body, reply.version)?
+            .map(|r| r.id)
+            .ok_or_else(|| MirrorError::Prepare {
+                message: super::upstream::describe_error(&reply),
+                refused: true,
+            })
+    }
+
+    /// An UNPREPARED from the source for a rewritten text's id: the source
+    /// forgot it. The client is told its own id instead (the one it knows),
+    /// prepares again through the proxy, and the proxy prepares the
+    /// rewritten text again.
+    fn unprepared_rewritten(&self, frame: &mut Frame) {
+        let Ok(start) = response_body_start(frame.flags, &frame.body) else {
             return;
         };
-        let counter = result.bind_types.contains(&COUNTER_TYPE);
-        let stmt = self.ctx.prepared.insert(
-            result.id.clone(),
-            PreparedStatement::new(query, keyspace, classify(query), counter).with_bound(bound),
-        );
+        let mut r = Reader::new(&frame.body[start..]);
+        let (Ok(_), Ok(message), Ok(id)) = (r.i32(), r.string(), r.short_bytes()) else {
+            return;
+        };
+        let Some(stmt) = self.ctx.prepared.get(id) else {
+            return;
+        };
+        let Some(client_id) = stmt.client_id.clone() else {
+            return;
+        };
+        if client_id[..] == *id {
+            return;
+        }
+        stmt.forget_source_exec_id();
+        let mut body = BytesMut::new();
+        body.put_slice(&frame.body[..start]);
+        body.put_i32(error_code::UNPREPARED);
+        put_string(&mut body, message);
+        put_short_bytes(&mut body, &client_id);
+        frame.body = body.freeze();
+    }
+
+    /// Files a statement the source prepared under `id`, and prepares it
+    /// on the target in the background; returns the entry kept.
+    fn remember_prepared(
+        self: &Arc<Self>,
+        id: Bytes,
+        stmt: PreparedStatement,
+    ) -> Arc<PreparedStatement> {
+        let stmt = self.ctx.prepared.insert(id, stmt);
         self.ctx
             .metrics
             .prepared_cache_size
@@ -1291,6 +1597,7 @@ impl Session {
         // PREPARE on the target as well, in the background.
         if self.ctx.mode() != Mode::SourceOnly && stmt.target().is_none() {
             let session = self.clone();
+            let stmt = stmt.clone();
             tokio::spawn(async move {
                 if let Ok(conn) = session.target.get().await {
                     if let Err(e) =
@@ -1301,6 +1608,7 @@ impl Session {
                 }
             });
         }
+        stmt
     }
 }
 

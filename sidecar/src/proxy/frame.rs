@@ -66,10 +66,13 @@ pub mod opcode {
     }
 }
 
-/// Error codes of ERROR responses the proxy itself sends.
+/// Error codes of ERROR responses the proxy sends or looks at.
 pub mod error_code {
     pub const SERVER_ERROR: i32 = 0x0000;
     pub const PROTOCOL_ERROR: i32 = 0x000A;
+    pub const OVERLOADED: i32 = 0x1001;
+    pub const WRITE_TIMEOUT: i32 = 0x1100;
+    pub const WRITE_FAILURE: i32 = 0x1500;
     pub const INVALID: i32 = 0x2200;
     pub const UNPREPARED: i32 = 0x2500;
 }

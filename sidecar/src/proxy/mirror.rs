@@ -17,7 +17,7 @@ use super::metrics::Metrics;
 use super::peers::{response_body_start, PeerMap};
 use super::prepared::{parse_prepared_result, PreparedCache, PreparedStatement, TargetPrepared};
 use super::request::{parse_batch, parse_execute, parse_query, replace_short_bytes, BatchChild};
-use super::spool::{Spool, SpoolRecord, SpooledStatement};
+use super::spool::{Reservation, Spool, SpoolRecord, SpooledStatement};
 use super::upstream::{describe_error, Credentials, Endpoint, Handshake, Upstream, UpstreamError};
 use super::wire::{Reader, WireError};
 
@@ -28,7 +28,7 @@ pub struct ProxyContext {
     pub mode: ModeCell,
     pub peers: RwLock<Arc<PeerMap>>,
     pub filter: MirrorFilter,
-    pub spool: Spool,
+    pub spool: Arc<Spool>,
     pub spool_full_policy: SpoolFullPolicy,
     pub source: Endpoint,
     pub target: Endpoint,
@@ -69,15 +69,56 @@ impl ProxyContext {
         self.mode.get()
     }
 
-    /// Whether new mirrored writes must be refused (spool full, policy says so).
-    pub fn refuse_writes(&self) -> bool {
-        self.spool_full_policy == SpoolFullPolicy::RejectWrites && self.spool.is_full()
+    /// Room in the spool for `req`, promised before the source is sent it
+    /// (`reject-writes`: `Err` when there is none, and the application's
+    /// write must be refused); `Ok(None)` under `drop-target-writes`.
+    pub fn spool_room(&self, req: &MirrorRequest) -> Result<Option<Reservation>, SpoolFull> {
+        if self.spool_full_policy != SpoolFullPolicy::RejectWrites {
+            return Ok(None);
+        }
+        let bytes = Reservation::size_of(
+            req.body.len(),
+            req.statements.iter().map(|(id, s)| {
+                id.len() + s.query.len() + s.keyspace.as_ref().map_or(0, String::len)
+            }),
+        );
+        self.spool.reserve(bytes).map(Some).ok_or(SpoolFull)
     }
 }
 
-/// A client connection's link to the target.
+/// The spool cannot promise room for one more write.
+#[derive(Debug)]
+pub struct SpoolFull;
+
+/// What an async-mode write holds until it is on the target or in the
+/// spool: its place among the mirrors in flight and its room in the spool.
+#[derive(Default)]
+pub struct MirrorHold {
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub room: Option<Reservation>,
+}
+
+/// Whether the source's answer to a write means the write may be on the
+/// source, so that async mode must mirror it: a result (for a conditional
+/// write, one that applied), or a write timeout or failure (the outcome is
+/// unknown and some replica may hold it). Any other error means the source
+/// refused it, and the target must not get it either.
+pub fn source_may_hold(answer: &Frame, conditional: bool) -> bool {
+    match answer.opcode {
+        opcode::RESULT => !(conditional && lwt_applied(answer) == Some(false)),
+        opcode::ERROR => matches!(
+            answer.error_code(),
+            Some(error_code::WRITE_TIMEOUT | error_code::WRITE_FAILURE)
+        ),
+        _ => false,
+    }
+}
+
+/// A client connection's link to the target; or, for requests the proxy
+/// makes of the source itself on a client's behalf, to the source.
 pub struct TargetLink {
     ctx: Arc<ProxyContext>,
+    endpoint: Endpoint,
     handshake: Mutex<Option<Handshake>>,
     conn: tokio::sync::Mutex<Option<Arc<Upstream>>>,
     last_failure: Mutex<Option<Instant>>,
@@ -88,8 +129,20 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 impl TargetLink {
     pub fn new(ctx: Arc<ProxyContext>) -> Self {
+        let endpoint = ctx.target.clone();
+        Self::to(ctx, endpoint)
+    }
+
+    /// A link of the proxy's own to the source node.
+    pub fn to_source(ctx: Arc<ProxyContext>) -> Self {
+        let endpoint = ctx.source.clone();
+        Self::to(ctx, endpoint)
+    }
+
+    fn to(ctx: Arc<ProxyContext>, endpoint: Endpoint) -> Self {
         Self {
             ctx,
+            endpoint,
             handshake: Mutex::new(None),
             conn: tokio::sync::Mutex::new(None),
             last_failure: Mutex::new(None),
@@ -131,7 +184,7 @@ impl TargetLink {
             .clone()
             .ok_or_else(|| UpstreamError::Handshake("client handshake not finished".into()))?;
         match Upstream::connect(
-            &self.ctx.target,
+            &self.endpoint,
             &hs,
             self.ctx.max_frame_bytes,
             self.ctx.target_timeout,
@@ -183,8 +236,11 @@ pub struct MirrorRequest {
 pub enum MirrorError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("preparing on the target: {0}")]
-    Prepare(String),
+    /// The target did not prepare a statement. `refused`: it answered
+    /// with an error that retrying cannot change (a keyspace, table or
+    /// column it lacks), so the write is refused, not delayed.
+    #[error("preparing on the target: {message}")]
+    Prepare { message: String, refused: bool },
     #[error("request body: {0}")]
     Body(#[from] WireError),
 }
@@ -194,9 +250,16 @@ impl MirrorError {
         match self {
             Self::Upstream(UpstreamError::Timeout(_)) => "timeout",
             Self::Upstream(_) => "unavailable",
-            Self::Prepare(_) => "prepare",
+            Self::Prepare { .. } => "prepare",
             Self::Body(_) => "malformed",
         }
+    }
+
+    /// Whether the target refused the request for good: sending it again
+    /// would be refused again, so it must be counted and skipped, never
+    /// retried at the head of the spool.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Prepare { refused: true, .. })
     }
 }
 
@@ -220,8 +283,13 @@ pub async fn prepare_on_target(
         }
     }
     let reply = conn.prepare(&stmt.query, ctx.target_timeout).await?;
-    let parsed = parse_prepared_result(reply.flags, &reply.body, reply.version)?
-        .ok_or_else(|| MirrorError::Prepare(describe_error(&reply)))?;
+    let parsed =
+        parse_prepared_result(reply.flags, &reply.body, reply.version)?.ok_or_else(|| {
+            MirrorError::Prepare {
+                message: describe_error(&reply),
+                refused: reply.opcode == opcode::ERROR && !is_retryable_error(&reply),
+            }
+        })?;
     let t = TargetPrepared {
         id: parsed.id,
         result_metadata_id: parsed.result_metadata_id,
@@ -327,9 +395,10 @@ pub async fn send_to_target(
         }
         return Ok(reply);
     }
-    Err(MirrorError::Prepare(
-        "target kept answering UNPREPARED".into(),
-    ))
+    Err(MirrorError::Prepare {
+        message: "target kept answering UNPREPARED".into(),
+        refused: false,
+    })
 }
 
 /// Whether an ERROR from the target is worth retrying (transient) or not
@@ -424,16 +493,17 @@ pub fn mirror_async(
     ctx: Arc<ProxyContext>,
     link: Arc<TargetLink>,
     req: MirrorRequest,
-    permit: Option<OwnedSemaphorePermit>,
+    hold: MirrorHold,
 ) {
     ctx.mirrors_inflight.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
-        let _permit = permit;
+        let _permit = hold.permit;
+        let room = hold.room;
         let _guard = InflightGuard(&ctx.mirrors_inflight);
         // Keep order: while older writes wait in the spool, newer ones queue
         // behind them.
         if req.idempotent && !ctx.spool.is_empty() {
-            spool_request(&ctx, &req, "spool not empty");
+            spool_request(&ctx, &req, "spool not empty", room.as_ref());
             return;
         }
         let mut delay = ctx.retry_backoff;
@@ -467,6 +537,10 @@ pub fn mirror_async(
                         .inc();
                     last_error = describe_error(&reply);
                 }
+                Err(e) if e.is_refusal() => {
+                    count_refusal(&ctx, &e, &req.keyspace);
+                    return;
+                }
                 Err(e) => {
                     ctx.metrics
                         .target_failures
@@ -491,11 +565,26 @@ pub fn mirror_async(
             error!(error = %last_error, "counter update not applied on the target (counters are never retried)");
             return;
         }
-        spool_request(&ctx, &req, &last_error);
+        spool_request(&ctx, &req, &last_error, room.as_ref());
     });
 }
 
-fn spool_request(ctx: &ProxyContext, req: &MirrorRequest, why: &str) {
+/// A write the target refused for good (its PREPARE was refused: a
+/// keyspace, table or column missing there). It costs that write only, and
+/// loudly: every later write goes on.
+fn count_refusal(ctx: &ProxyContext, e: &MirrorError, keyspace: &Option<String>) {
+    ctx.metrics
+        .mirrored_writes
+        .with_label_values(&["rejected"])
+        .inc();
+    ctx.metrics
+        .target_failures
+        .with_label_values(&["rejected"])
+        .inc();
+    warn!(error = %e, keyspace = keyspace.as_deref().unwrap_or(""), "target refused a mirrored write; not retried (the target lacks what it needs?)");
+}
+
+fn spool_request(ctx: &ProxyContext, req: &MirrorRequest, why: &str, room: Option<&Reservation>) {
     let record = SpoolRecord {
         version: req.version,
         opcode: req.opcode,
@@ -512,7 +601,7 @@ fn spool_request(ctx: &ProxyContext, req: &MirrorRequest, why: &str) {
             .collect(),
         body: req.body.clone(),
     };
-    match ctx.spool.append(&record) {
+    match ctx.spool.append(&record, room) {
         Ok(()) => {
             ctx.metrics
                 .mirrored_writes
@@ -542,6 +631,8 @@ pub async fn run_replayer(ctx: Arc<ProxyContext>) {
     let mut conn: Option<Arc<Upstream>> = None;
     let mut statements = ReplayStatements::default();
     let mut backoff = Duration::from_millis(200);
+    // Replays failed in a row: a spool that does not drain is said loudly.
+    let mut failed_in_a_row: u32 = 0;
     loop {
         if let Err(e) = ctx.spool.sync() {
             error!(error = %e, "syncing the spool");
@@ -551,6 +642,7 @@ pub async fn run_replayer(ctx: Arc<ProxyContext>) {
             Ok(0) => tokio::time::sleep(Duration::from_millis(100)).await,
             Ok(_) => {
                 backoff = Duration::from_millis(200);
+                failed_in_a_row = 0;
                 if ctx.spool.is_empty() {
                     info!("spool drained; the target is up to date");
                 }
@@ -560,7 +652,17 @@ pub async fn run_replayer(ctx: Arc<ProxyContext>) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(ReplayError::Target(e)) => {
-                debug!(error = %e, "spool replay failed; will retry");
+                failed_in_a_row += 1;
+                if failed_in_a_row % 20 == 1 {
+                    warn!(
+                        error = %e,
+                        failed_in_a_row,
+                        records = ctx.spool.records(),
+                        "the spool does not drain: replaying its head to the target fails"
+                    );
+                } else {
+                    debug!(error = %e, "spool replay failed; will retry");
+                }
                 if conn.as_ref().is_some_and(|c| c.is_closed()) {
                     conn = None;
                 }
@@ -781,7 +883,16 @@ async fn replay_one(
         idempotent: true,
     };
     let started = Instant::now();
-    let reply = send_to_target(ctx, c, &req, true).await?;
+    let reply = match send_to_target(ctx, c, &req, true).await {
+        Ok(reply) => reply,
+        Err(e) if e.is_refusal() => {
+            // Retrying it at the head of the spool would hold back every
+            // write behind it, for ever.
+            count_refusal(ctx, &e, &req.keyspace);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     ctx.metrics
         .replay_latency
         .observe(started.elapsed().as_secs_f64());

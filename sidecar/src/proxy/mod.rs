@@ -137,7 +137,7 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         mode: config::ModeCell::new(args.mode),
         peers: RwLock::new(Arc::new(PeerMap::default())),
         filter: config::MirrorFilter::from_args(args),
-        spool,
+        spool: Arc::new(spool),
         spool_full_policy: args.spool_full_policy,
         source,
         target,

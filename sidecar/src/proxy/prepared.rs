@@ -33,6 +33,15 @@ pub struct PreparedStatement {
     /// Non-deterministic calls the proxy turned into bind markers it fills
     /// at each execution (bound.rs); `query` is the rewritten text.
     pub bound: Vec<BoundFunction>,
+    /// With `bound` calls: the id the client knows the statement by, the
+    /// source's id for the text the client wrote (what a direct connection
+    /// gives, so a driver that re-prepares through the proxy a statement it
+    /// prepared before the roll sees the same id).
+    pub client_id: Option<Bytes>,
+    /// With `bound` calls: the source's id for the rewritten text, which
+    /// the proxy executes in the client's place; `None` once the source
+    /// forgot it (the client is then asked to prepare again).
+    source_exec_id: Mutex<Option<Bytes>>,
     target: Mutex<Option<TargetPrepared>>,
 }
 
@@ -49,6 +58,8 @@ impl PreparedStatement {
             class,
             counter,
             bound: Vec::new(),
+            client_id: None,
+            source_exec_id: Mutex::new(None),
             target: Mutex::new(None),
         }
     }
@@ -57,6 +68,30 @@ impl PreparedStatement {
     pub fn with_bound(mut self, bound: Vec<BoundFunction>) -> Self {
         self.bound = bound;
         self
+    }
+
+    /// The same statement known to the client as `client_id` and executed
+    /// on the source as `exec_id` (the rewritten text's id).
+    pub fn with_ids(mut self, client_id: Bytes, exec_id: Bytes) -> Self {
+        self.client_id = Some(client_id);
+        self.source_exec_id = Mutex::new(Some(exec_id));
+        self
+    }
+
+    /// The source's id for the rewritten text, if it still has it.
+    pub fn source_exec_id(&self) -> Option<Bytes> {
+        self.source_exec_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The source answered UNPREPARED for the rewritten text.
+    pub fn forget_source_exec_id(&self) {
+        *self
+            .source_exec_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn target(&self) -> Option<TargetPrepared> {
@@ -123,6 +158,23 @@ impl PreparedCache {
             }
         }
         stmt
+    }
+
+    /// Files `stmt` under a second id too (the rewritten text's id on the
+    /// source, which the proxy puts in the requests it sends).
+    pub fn alias(&self, id: Bytes, stmt: Arc<PreparedStatement>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.map.insert(id.clone(), stmt).is_none() {
+            inner.order.push_back(id);
+        }
+        while inner.map.len() > self.capacity {
+            match inner.order.pop_front() {
+                Some(old) => {
+                    inner.map.remove(&old);
+                }
+                None => break,
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

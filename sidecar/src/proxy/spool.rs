@@ -12,7 +12,7 @@
 //! body (rest)`. An empty keyspace string means none.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -106,6 +106,16 @@ pub enum SpoolError {
     Corrupt { offset: u64, reason: String },
 }
 
+/// A place in the spool: an offset in the log as it was in one `epoch`.
+/// The log starts again at offset 0 each time the spool empties; the epoch
+/// tells a position taken before that from one in the new log, so a stale
+/// read can never land inside a record appended since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    epoch: u64,
+    offset: u64,
+}
+
 #[derive(Debug)]
 struct SpoolFiles {
     log: File,
@@ -113,8 +123,37 @@ struct SpoolFiles {
     head: u64,
     /// End of the log (next append offset).
     tail: u64,
+    /// How many times the log has been emptied since the proxy started.
+    epoch: u64,
+    /// Bytes promised to writes that the source has taken and that may
+    /// still have to be spooled (`Spool::reserve`).
+    reserved: u64,
     records: u64,
     unsynced: bool,
+}
+
+/// Room in the spool promised to one write; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    spool: std::sync::Arc<Spool>,
+    /// Room still promised (0 once the write was appended with it).
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Reservation {
+    /// The room a spooled request can need at most: its body, its
+    /// statements' texts and ids, and the record's framing.
+    pub fn size_of(body: usize, statements: impl Iterator<Item = usize>) -> u64 {
+        (body + statements.map(|s| s + 2 + 2 + 4 + 48).sum::<usize>() + 8 + 5 + 2 + 48) as u64
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let bytes = *self.bytes.get_mut();
+        let mut f = self.spool.lock();
+        f.reserved = f.reserved.saturating_sub(bytes);
+    }
 }
 
 /// The spool: append at the tail, replay from the head.
@@ -123,10 +162,14 @@ pub struct Spool {
     dir: PathBuf,
     limit: u64,
     files: Mutex<SpoolFiles>,
+    /// A second handle on the log for positioned reads (no seek, no lock).
+    reader: File,
 }
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, resuming from the saved head.
+    /// A torn last record (a crash in the middle of an append) is cut off
+    /// here, and only here.
     pub fn open(dir: &Path, limit: u64) -> Result<Self, SpoolError> {
         let io = |source| SpoolError::Io {
             path: dir.to_owned(),
@@ -140,6 +183,7 @@ impl Spool {
             .create(true)
             .open(&log_path)
             .map_err(io)?;
+        let reader = log.try_clone().map_err(io)?;
         let tail = log.metadata().map_err(io)?.len();
         let head = std::fs::read_to_string(dir.join(HEAD))
             .ok()
@@ -153,9 +197,12 @@ impl Spool {
                 log,
                 head,
                 tail,
+                epoch: 0,
+                reserved: 0,
                 records: 0,
                 unsynced: false,
             }),
+            reader,
         };
         let records = spool.count_records()?;
         spool.lock().records = records;
@@ -184,7 +231,6 @@ impl Spool {
                 }
                 Ok(None) => return Ok(n),
                 Err(SpoolError::Corrupt { offset, reason }) => {
-                    // A torn last record (crash mid-write) is dropped, loudly.
                     tracing::error!(offset, reason, "dropping corrupt spool tail");
                     let mut f = self.lock();
                     f.tail = offset;
@@ -196,22 +242,53 @@ impl Spool {
         }
     }
 
+    /// Promises room for `bytes` of spool to one write before the source
+    /// is sent it, or `None` when the spool cannot promise that much. A
+    /// write that holds a reservation always fits when it has to be
+    /// spooled: the `reject-writes` policy refuses the application's write
+    /// up front instead of dropping it after the source took it.
+    pub fn reserve(self: &std::sync::Arc<Self>, bytes: u64) -> Option<Reservation> {
+        let mut f = self.lock();
+        if (f.tail - f.head) + f.reserved + bytes > self.limit {
+            return None;
+        }
+        f.reserved += bytes;
+        Some(Reservation {
+            spool: self.clone(),
+            bytes: bytes.into(),
+        })
+    }
+
     /// Appends a record; refuses when the spool would exceed its limit.
-    pub fn append(&self, record: &SpoolRecord) -> Result<(), SpoolError> {
+    /// With the write's reservation, the room promised to it is its own.
+    pub fn append(
+        &self,
+        record: &SpoolRecord,
+        reservation: Option<&Reservation>,
+    ) -> Result<(), SpoolError> {
         let payload = record.encode();
         let mut frame = BytesMut::with_capacity(payload.len() + 8);
         frame.put_u32_le(payload.len() as u32);
         frame.put_u32_le(crc32(&payload));
         frame.put_slice(&payload);
         let mut f = self.lock();
-        let used = f.tail - f.head;
+        // The write's own promise becomes the room it takes.
+        let mine = reservation.map_or(0, |r| r.bytes.swap(0, std::sync::atomic::Ordering::AcqRel));
+        f.reserved = f.reserved.saturating_sub(mine);
+        let used = f.tail - f.head + f.reserved;
         if used + frame.len() as u64 > self.limit {
             return Err(SpoolError::Full {
                 bytes: used,
                 limit: self.limit,
             });
         }
-        f.log.write_all(&frame).map_err(|e| self.io(e))?;
+        if let Err(e) = f.log.write_all(&frame) {
+            // A part written (a full disk) would shift every later record
+            // off the offsets the spool keeps: take it back.
+            let tail = f.tail;
+            let _ = f.log.set_len(tail);
+            return Err(self.io(e));
+        }
         f.tail += frame.len() as u64;
         f.records += 1;
         f.unsynced = true;
@@ -221,6 +298,7 @@ impl Spool {
     /// Reads the record at `offset`: the record and the next offset, or
     /// `None` at the tail.
     fn read_at(&self, offset: u64) -> Result<Option<(SpoolRecord, u64)>, SpoolError> {
+        use std::os::unix::fs::FileExt;
         let tail = self.lock().tail;
         if offset >= tail {
             return Ok(None);
@@ -231,10 +309,10 @@ impl Spool {
                 reason: "torn record header".into(),
             });
         }
-        let mut file = File::open(self.dir.join(LOG)).map_err(|e| self.io(e))?;
-        file.seek(SeekFrom::Start(offset)).map_err(|e| self.io(e))?;
         let mut head = [0u8; 8];
-        file.read_exact(&mut head).map_err(|e| self.io(e))?;
+        self.reader
+            .read_exact_at(&mut head, offset)
+            .map_err(|e| self.io(e))?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if offset + 8 + len > tail {
@@ -244,7 +322,9 @@ impl Spool {
             });
         }
         let mut payload = vec![0u8; len as usize];
-        file.read_exact(&mut payload).map_err(|e| self.io(e))?;
+        self.reader
+            .read_exact_at(&mut payload, offset + 8)
+            .map_err(|e| self.io(e))?;
         if crc32(&payload) != crc {
             return Err(SpoolError::Corrupt {
                 offset,
@@ -258,49 +338,89 @@ impl Spool {
         Ok(Some((record, offset + 8 + len)))
     }
 
-    /// Offset of the oldest record not yet replayed.
-    pub fn head(&self) -> u64 {
-        self.lock().head
+    /// Where the oldest record not yet replayed is.
+    pub fn head(&self) -> Position {
+        let f = self.lock();
+        Position {
+            epoch: f.epoch,
+            offset: f.head,
+        }
     }
 
-    /// The record at `offset` (the head, or an offset a previous read
-    /// returned), with the offset of the record after it, which is what
-    /// `ack` takes.
-    pub fn read(&self, offset: u64) -> Result<Option<(SpoolRecord, u64)>, SpoolError> {
-        match self.read_at(offset) {
-            Err(SpoolError::Corrupt { offset, reason }) => {
-                // A torn last record (crash mid-write) is dropped, loudly.
-                tracing::error!(offset, reason, "dropping corrupt spool tail");
-                let mut f = self.lock();
-                f.tail = offset;
-                let _ = f.log.set_len(offset);
-                Ok(None)
-            }
-            other => other,
+    /// The record at `at` (the head, or a position a previous read
+    /// returned), with the position after it, which is what `ack` takes.
+    /// `None` at the tail, and for a position from before the spool last
+    /// emptied (the caller starts again at the head). A corrupt record is
+    /// an error: while the proxy runs, appends are whole or taken back, so
+    /// it means the file was damaged, and cutting it off would also cut
+    /// every record after it.
+    pub fn read(&self, at: Position) -> Result<Option<(SpoolRecord, Position)>, SpoolError> {
+        if at.epoch != self.lock().epoch {
+            return Ok(None);
         }
+        // An append or an emptying may come between the check and the read;
+        // an emptying is caught by the epoch check below, an append only
+        // adds after the tail this read sees.
+        let read = self.read_at(at.offset)?;
+        if at.epoch != self.lock().epoch {
+            return Ok(None);
+        }
+        Ok(read.map(|(record, next)| {
+            (
+                record,
+                Position {
+                    epoch: at.epoch,
+                    offset: next,
+                },
+            )
+        }))
     }
 
     /// Marks everything before `next`, `records` records, as delivered;
-    /// empties the files when all is delivered.
-    pub fn ack(&self, next: u64, records: u64) -> Result<(), SpoolError> {
+    /// empties the files when all is delivered. The head file is reset
+    /// durably before the log is emptied: a crash in between then replays
+    /// old records again (harmless, they carry their timestamps) rather
+    /// than resuming at an offset of the old log inside a new record.
+    pub fn ack(&self, next: Position, records: u64) -> Result<(), SpoolError> {
         let mut f = self.lock();
-        f.head = next.min(f.tail);
+        if next.epoch != f.epoch {
+            tracing::warn!("acknowledgement of a spool position from before it emptied; ignored");
+            return Ok(());
+        }
+        f.head = next.offset.min(f.tail);
         f.records = f.records.saturating_sub(records);
         if f.head == f.tail {
+            self.save_head(0, true)?;
             f.log.set_len(0).map_err(|e| self.io(e))?;
+            f.log.sync_all().map_err(|e| self.io(e))?;
             f.head = 0;
             f.tail = 0;
             f.records = 0;
+            f.epoch += 1;
+            f.unsynced = false;
+            return Ok(());
         }
         let head = f.head;
         drop(f);
-        self.save_head(head)
+        self.save_head(head, false)
     }
 
-    fn save_head(&self, head: u64) -> Result<(), SpoolError> {
+    /// Writes the head file; `durable` waits until it is on disk.
+    fn save_head(&self, head: u64, durable: bool) -> Result<(), SpoolError> {
         let tmp = self.dir.join(format!("{HEAD}.tmp"));
-        std::fs::write(&tmp, head.to_string()).map_err(|e| self.io(e))?;
-        std::fs::rename(&tmp, self.dir.join(HEAD)).map_err(|e| self.io(e))
+        let mut file = File::create(&tmp).map_err(|e| self.io(e))?;
+        file.write_all(head.to_string().as_bytes())
+            .map_err(|e| self.io(e))?;
+        if durable {
+            file.sync_all().map_err(|e| self.io(e))?;
+        }
+        std::fs::rename(&tmp, self.dir.join(HEAD)).map_err(|e| self.io(e))?;
+        if durable {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.io(e))?;
+        }
+        Ok(())
     }
 
     /// Flushes appended records to disk.
@@ -363,7 +483,7 @@ mod tests {
         {
             let spool = Spool::open(&dir, 1 << 20).unwrap();
             for i in 0..5 {
-                spool.append(&record(i)).unwrap();
+                spool.append(&record(i), None).unwrap();
             }
             let (first, next) = spool.read(spool.head()).unwrap().unwrap();
             assert_eq!(first, record(0));
@@ -387,7 +507,7 @@ mod tests {
         let dir = temp_dir("ahead");
         let spool = Spool::open(&dir, 1 << 20).unwrap();
         for i in 0..3 {
-            spool.append(&record(i)).unwrap();
+            spool.append(&record(i), None).unwrap();
         }
         let head = spool.head();
         let (_, second_at) = spool.read(head).unwrap().unwrap();
@@ -402,15 +522,140 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn big_record(i: u8, body: usize) -> SpoolRecord {
+        SpoolRecord {
+            body: Bytes::from(vec![i; body]),
+            ..record(i)
+        }
+    }
+
+    /// The replayer reads ahead of the head with a position it keeps. When
+    /// the last acknowledgement empties the spool, the log starts again at
+    /// offset 0; a record appended right then must not be taken for a torn
+    /// tail by a read at the old position (which would cut it off).
+    #[test]
+    fn a_position_from_before_the_spool_emptied_never_cuts_a_newer_record() {
+        let dir = temp_dir("stale");
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(1), None).unwrap();
+        let (_, after_first) = spool.read(spool.head()).unwrap().unwrap();
+        spool.ack(after_first, 1).unwrap();
+        assert!(spool.is_empty());
+        // Appended between the acknowledgement and the replayer's next read,
+        // longer than the old position.
+        spool.append(&big_record(2, 400), None).unwrap();
+        // The stale read sees nothing (the replayer then starts at the head).
+        assert!(spool.read(after_first).unwrap().is_none());
+        assert_eq!(spool.records(), 1);
+        let (r, next) = spool.read(spool.head()).unwrap().unwrap();
+        assert_eq!(r, big_record(2, 400));
+        spool.ack(next, 1).unwrap();
+        // And after a restart nothing is left over or lost either.
+        spool.append(&record(3), None).unwrap();
+        spool.sync().unwrap();
+        drop(spool);
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(spool.records(), 1);
+        let (r, _) = spool.read(spool.head()).unwrap().unwrap();
+        assert_eq!(r, record(3));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A crash after the log was emptied and written again, but with the
+    /// head file still naming an offset of the old log, must not make the
+    /// reopened spool start inside a record and drop it as torn.
+    #[test]
+    fn the_head_is_durably_reset_before_the_log_is_emptied() {
+        let dir = temp_dir("crash");
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        for i in 0..3 {
+            spool.append(&record(i), None).unwrap();
+        }
+        // Acknowledge two: the head file names the third record's offset.
+        let (_, second) = spool.read(spool.head()).unwrap().unwrap();
+        let (_, third) = spool.read(second).unwrap().unwrap();
+        spool.ack(third, 2).unwrap();
+        let stale_head = std::fs::read_to_string(dir.join(HEAD)).unwrap();
+        let (_, end) = spool.read(third).unwrap().unwrap();
+        spool.ack(end, 1).unwrap();
+        // The emptying acknowledgement reset the head on disk to 0.
+        assert_eq!(std::fs::read_to_string(dir.join(HEAD)).unwrap().trim(), "0");
+        assert_ne!(stale_head.trim(), "0");
+        spool.append(&big_record(7, 300), None).unwrap();
+        spool.sync().unwrap();
+        drop(spool);
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(spool.records(), 1);
+        let (r, _) = spool.read(spool.head()).unwrap().unwrap();
+        assert_eq!(r, big_record(7, 300));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A corrupt record met while the proxy runs is reported, never cut off:
+    /// cutting would also cut every record after it.
+    #[test]
+    fn a_corrupt_record_at_run_time_is_an_error_not_a_truncation() {
+        let dir = temp_dir("corrupt");
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(&record(1), None).unwrap();
+        spool.append(&record(2), None).unwrap();
+        spool.sync().unwrap();
+        // Flip a payload byte of the first record behind the spool's back.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = OpenOptions::new().write(true).open(dir.join(LOG)).unwrap();
+            f.write_all_at(&[0xFF], 12).unwrap();
+        }
+        assert!(matches!(
+            spool.read(spool.head()),
+            Err(SpoolError::Corrupt { .. })
+        ));
+        assert_eq!(spool.records(), 2);
+        assert!(spool.bytes() > 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Room promised to writes the source took is theirs: a write without
+    /// a promise cannot take it, and a promised write always fits.
+    #[test]
+    fn reserved_room_is_kept_for_the_writes_it_was_promised_to() {
+        let dir = temp_dir("reserve");
+        let spool = std::sync::Arc::new(Spool::open(&dir, 1_000).unwrap());
+        let one = record(1).encode().len() as u64 + 8;
+        let promises: Vec<Reservation> = (0..3).map(|_| spool.reserve(one).unwrap()).collect();
+        // 3 promised of 1000 bytes: room for at most a few more.
+        let mut more = Vec::new();
+        while let Some(r) = spool.reserve(one) {
+            more.push(r);
+        }
+        assert!(more.len() < 1_000 / one as usize);
+        // Nothing unpromised fits now.
+        assert!(matches!(
+            spool.append(&record(9), None),
+            Err(SpoolError::Full { .. })
+        ));
+        // Every promised write fits.
+        for r in promises.iter().chain(more.iter()) {
+            spool.append(&record(1), Some(r)).unwrap();
+        }
+        drop(promises);
+        drop(more);
+        assert!(
+            spool.reserve(one).is_none(),
+            "the spool is full of records now"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn refuses_when_full_and_drops_torn_tail() {
         let dir = temp_dir("full");
         let spool = Spool::open(&dir, 300).unwrap();
-        spool.append(&record(1)).unwrap();
+        spool.append(&record(1), None).unwrap();
         assert!(matches!(
             spool
-                .append(&record(2))
-                .and_then(|_| spool.append(&record(3))),
+                .append(&record(2), None)
+                .and_then(|_| spool.append(&record(3), None)),
             Err(SpoolError::Full { .. })
         ));
         drop(spool);

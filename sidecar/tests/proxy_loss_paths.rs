@@ -1,0 +1,442 @@
+//! Ways an acknowledged write could be lost, altered or refused by mistake,
+//! found by reading the data path (issue 13, section 4). Each test failed
+//! before its fix. They run against the real source and target nodes of the
+//! test bed, each proxy on its own loopback address (127.0.0.91-95; 127.0.0.97 stands for a target that is down).
+
+mod proxy_support;
+
+use std::time::{Duration, Instant};
+
+use proxy_support::*;
+use scylla::client::session::Session;
+
+struct Bed {
+    source_addr: String,
+    target_addr: String,
+    source: Session,
+    target: Session,
+}
+
+async fn bed() -> Bed {
+    let tb = testbed(1);
+    let source_addr = tb.source_contact_points[0].clone();
+    let target_addr = tb.target_contact_points[0].clone();
+    let source = connect(&source_addr).await;
+    let target = connect(&target_addr).await;
+    Bed {
+        source_addr,
+        target_addr,
+        source,
+        target,
+    }
+}
+
+/// Creates `ks` with `tables` on both clusters.
+async fn on_both(bed: &Bed, ks: &str, tables: &[&str]) {
+    create_keyspace(&bed.source, ks).await;
+    create_keyspace(&bed.target, ks).await;
+    let ddl: Vec<String> = tables
+        .iter()
+        .map(|t| format!("CREATE TABLE {ks}.{t}"))
+        .collect();
+    ddl_both(&bed.source, &bed.target, &ddl).await;
+}
+
+async fn count(s: &Session, q: &str) -> i64 {
+    let rows = s
+        .query_unpaged(q, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .into_rows_result()
+        .expect("rows");
+    rows.rows::<(i64,)>()
+        .expect("typed")
+        .next()
+        .expect("one row")
+        .expect("row")
+        .0
+}
+
+/// Waits until `check` holds, or `limit` passes; returns whether it held.
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Item 8: rewriting `now()` into a marker the proxy fills changed the
+/// statement's id, so a driver that prepared it directly before the roll
+/// and again through the proxy (the DataStax drivers check) failed it for
+/// good. The client now gets the id a direct connection gives, and both
+/// clusters still store the same value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_with_now_keeps_the_id_a_direct_connection_gives() {
+    let bed = bed().await;
+    let ks = keyspace("loss_id");
+    on_both(
+        &bed,
+        &ks,
+        &["t (k int PRIMARY KEY, id timeuuid, at timestamp)"],
+    )
+    .await;
+    let text = format!("INSERT INTO {ks}.t (k, id, at) VALUES (?, now(), toTimestamp(now()))");
+    let direct = bed
+        .source
+        .prepare(text.as_str())
+        .await
+        .expect("prepare directly");
+    let proxy = start_proxy(
+        "127.0.0.91",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "sync"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    let through = client
+        .prepare(text.as_str())
+        .await
+        .expect("prepare through the proxy");
+    assert_eq!(
+        through.get_id(),
+        direct.get_id(),
+        "the proxy must hand out the id the source gives the client's own text"
+    );
+    for k in 0..20 {
+        client
+            .execute_unpaged(&through, (k,))
+            .await
+            .unwrap_or_else(|e| panic!("execute {k}: {e}"));
+    }
+    let q = format!("SELECT k, id, at FROM {ks}.t");
+    let on_source = rows_text(&bed.source, &q).await;
+    let on_target = rows_text(&bed.target, &q).await;
+    assert_eq!(on_source.len(), 20);
+    assert_eq!(on_source, on_target, "same now() on both sides");
+    // Batches of the statement go through the same id swap.
+    let mut batch = scylla::statement::batch::Batch::default();
+    batch.append_statement(through.clone());
+    batch.append_statement(through.clone());
+    client
+        .batch(&batch, ((100,), (101,)))
+        .await
+        .expect("batch of the statement");
+    let on_source = rows_text(&bed.source, &q).await;
+    assert_eq!(on_source.len(), 22);
+    assert_eq!(on_source, rows_text(&bed.target, &q).await);
+    proxy.stop().await.expect("proxy stops");
+}
+
+async fn rows_text(s: &Session, q: &str) -> Vec<String> {
+    let rows = s
+        .query_unpaged(q, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .into_rows_result()
+        .expect("rows");
+    let mut out: Vec<String> = rows
+        .rows::<scylla::value::Row>()
+        .expect("rows")
+        .map(|r| format!("{:?}", r.expect("row").columns))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Item 5: async mode sent the target every write at once, before the
+/// source answered, so a write the source refused (here: its table exists
+/// on the target only) reached the target while the application was told
+/// it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_never_mirrors_a_write_the_source_refused() {
+    let bed = bed().await;
+    let ks = keyspace("loss_refused");
+    on_both(&bed, &ks, &["t (k int PRIMARY KEY, v text)"]).await;
+    bed.target
+        .query_unpaged(
+            format!("CREATE TABLE {ks}.only_on_target (k int PRIMARY KEY, v text)"),
+            &[],
+        )
+        .await
+        .expect("table on the target only");
+    let proxy = start_proxy(
+        "127.0.0.92",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "async"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    let refused = client
+        .query_unpaged(
+            format!("INSERT INTO {ks}.only_on_target (k, v) VALUES (1, 'refused by the source')"),
+            &[],
+        )
+        .await;
+    assert!(refused.is_err(), "the source has no such table");
+    // A write the source takes, after it: once it is on the target, the
+    // refused one would be too if it had been sent.
+    client
+        .query_unpaged(format!("INSERT INTO {ks}.t (k, v) VALUES (1, 'x')"), &[])
+        .await
+        .expect("write to a table on both");
+    let on_target = format!("SELECT count(*) FROM {ks}.t");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            count(&bed.target, &on_target).await == 1
+        })
+        .await,
+        "the accepted write reaches the target"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(
+            &bed.target,
+            &format!("SELECT count(*) FROM {ks}.only_on_target")
+        )
+        .await,
+        0,
+        "a write the source refused must not be on the target"
+    );
+    assert!(
+        proxy
+            .metric("ferry_proxy_mirrored_writes_total{outcome=\"not_on_source\"}")
+            .await
+            >= 1.0
+    );
+    proxy.stop().await.expect("proxy stops");
+}
+
+/// Item 2: a PREPARE the target refused (a keyspace the target lacks) was
+/// retried at the head of the spool for ever, and every later write queued
+/// behind it. It now costs its own write only, counted as rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_the_target_refuses_costs_only_its_own_writes() {
+    let bed = bed().await;
+    let ks = keyspace("loss_prep");
+    let source_only = keyspace("loss_prep_src");
+    on_both(&bed, &ks, &["t (k int PRIMARY KEY, v text)"]).await;
+    create_keyspace(&bed.source, &source_only).await;
+    bed.source
+        .query_unpaged(
+            format!("CREATE TABLE {source_only}.t (k int PRIMARY KEY, v text)"),
+            &[],
+        )
+        .await
+        .expect("table on the source only");
+    bed.source
+        .await_schema_agreement()
+        .await
+        .expect("schema agreement");
+    let proxy = start_proxy(
+        "127.0.0.93",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "async"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    let lone = client
+        .prepare(format!("INSERT INTO {source_only}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare on the source-only keyspace");
+    client
+        .execute_unpaged(&lone, (1, "source only"))
+        .await
+        .expect("the source takes it");
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    for k in 0..300 {
+        client
+            .execute_unpaged(&insert, (k, "v"))
+            .await
+            .unwrap_or_else(|e| panic!("write {k}: {e}"));
+    }
+    let q = format!("SELECT count(*) FROM {ks}.t");
+    let all_there = eventually(Duration::from_secs(30), || async {
+        count(&bed.target, &q).await == 300
+    })
+    .await;
+    assert!(
+        all_there,
+        "{} of 300 writes on the target; spool holds {}",
+        count(&bed.target, &q).await,
+        proxy.metric("ferry_proxy_spool_records").await
+    );
+    assert_eq!(proxy.metric("ferry_proxy_spool_records").await, 0.0);
+    assert!(
+        proxy
+            .metric("ferry_proxy_mirrored_writes_total{outcome=\"rejected\"}")
+            .await
+            >= 1.0,
+        "the refused write is counted"
+    );
+    proxy.stop().await.expect("proxy stops");
+}
+
+/// Item 4: with `--spool-full-policy reject-writes`, the spool was checked
+/// before the source got a write but appended to only after the target
+/// had failed it, so writes let through while the spool filled were
+/// dropped after the source had taken them. Room is now promised up
+/// front: every write is either refused to the application or spooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_writes_never_drops_a_write_the_source_took() {
+    let bed = bed().await;
+    let ks = keyspace("loss_full");
+    on_both(&bed, &ks, &["t (k int PRIMARY KEY, v text)"]).await;
+    // Nothing listens on 127.0.0.97: the target is down for this proxy.
+    let proxy = start_proxy(
+        "127.0.0.94",
+        &bed.source_addr,
+        "127.0.0.97",
+        &[
+            "--mode",
+            "async",
+            "--spool-max-bytes",
+            "40000",
+            "--spool-full-policy",
+            "reject-writes",
+        ],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    let value = "x".repeat(1000);
+    let (mut acknowledged, mut refused) = (0u32, 0u32);
+    for round in 0..10 {
+        let writes = (0..20).map(|i| {
+            let k = round * 20 + i;
+            let (client, insert, value) = (&client, &insert, value.clone());
+            async move { client.execute_unpaged(insert, (k, value)).await.is_ok() }
+        });
+        for ok in futures::future::join_all(writes).await {
+            if ok {
+                acknowledged += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "the spool must fill: {acknowledged} acknowledged"
+    );
+    assert!(acknowledged > 0);
+    // Every acknowledged write ends up in the spool, none dropped.
+    let spooled = eventually(Duration::from_secs(20), || async {
+        proxy.metric("ferry_proxy_spool_records").await as u32 == acknowledged
+    })
+    .await;
+    assert_eq!(
+        proxy
+            .metric("ferry_proxy_mirrored_writes_total{outcome=\"dropped\"}")
+            .await,
+        0.0,
+        "a write the source took was dropped ({acknowledged} acknowledged, {refused} refused)"
+    );
+    assert!(
+        spooled,
+        "{} spooled of {acknowledged} acknowledged",
+        proxy.metric("ferry_proxy_spool_records").await
+    );
+    proxy.stop().await.expect("proxy stops");
+}
+
+/// Item 6: a `BEGIN BATCH` text was judged by its first statement: a
+/// DELETE-only batch (no keyspace named before it) was never mirrored, and
+/// a batch mixing a selected and an unselected table was sent whole to the
+/// target, which refused it (a sync write then failed). Each statement is
+/// now judged on its own and the target gets the selected ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_texts_mirror_exactly_their_selected_statements() {
+    let bed = bed().await;
+    let ks = keyspace("loss_batch");
+    let unselected = keyspace("loss_batch_src");
+    on_both(&bed, &ks, &["t (k int PRIMARY KEY, v text)"]).await;
+    create_keyspace(&bed.source, &unselected).await;
+    bed.source
+        .query_unpaged(
+            format!("CREATE TABLE {unselected}.u (k int PRIMARY KEY, v text)"),
+            &[],
+        )
+        .await
+        .expect("table on the source only");
+    bed.source
+        .await_schema_agreement()
+        .await
+        .expect("schema agreement");
+    for s in [&bed.source, &bed.target] {
+        s.query_unpaged(format!("INSERT INTO {ks}.t (k, v) VALUES (1, 'old')"), &[])
+            .await
+            .expect("seed");
+    }
+    let proxy = start_proxy(
+        "127.0.0.95",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "sync", "--include-keyspaces", &ks],
+    )
+    .await;
+    // A session with no keyspace.
+    let client = connect(&proxy.addr.to_string()).await;
+    client
+        .query_unpaged(
+            format!("BEGIN BATCH DELETE FROM {ks}.t WHERE k = 1; APPLY BATCH"),
+            &[],
+        )
+        .await
+        .expect("DELETE-only batch");
+    let one = format!("SELECT count(*) FROM {ks}.t WHERE k = 1");
+    assert_eq!(count(&bed.source, &one).await, 0);
+    assert_eq!(
+        count(&bed.target, &one).await,
+        0,
+        "the delete reached the target"
+    );
+    client
+        .query_unpaged(
+            format!(
+                "BEGIN UNLOGGED BATCH \
+                 INSERT INTO {unselected}.u (k, v) VALUES (2, 'source only') \
+                 INSERT INTO {ks}.t (k, v) VALUES (2, 'both'); \
+                 APPLY BATCH"
+            ),
+            &[],
+        )
+        .await
+        .expect("a batch mixing a selected and an unselected table");
+    let two = format!("SELECT count(*) FROM {ks}.t WHERE k = 2");
+    assert_eq!(count(&bed.source, &two).await, 1);
+    assert_eq!(
+        count(&bed.target, &two).await,
+        1,
+        "the selected part reached the target"
+    );
+    assert_eq!(
+        count(&bed.source, &format!("SELECT count(*) FROM {unselected}.u")).await,
+        1
+    );
+    // Same WRITETIME on both sides for the selected part.
+    let wt = format!("SELECT WRITETIME(v) FROM {ks}.t WHERE k = 2");
+    assert_eq!(
+        rows_text(&bed.source, &wt).await,
+        rows_text(&bed.target, &wt).await
+    );
+    proxy.stop().await.expect("proxy stops");
+}

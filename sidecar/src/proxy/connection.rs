@@ -121,6 +121,8 @@ struct Session {
     /// Requests for the source, queued while the client reader works
     /// through a batch; it then writes them with one syscall.
     source_queue: Mutex<Vec<Frame>>,
+    /// Source-facing writer; only the client reader's task writes to it.
+    source_out: tokio::sync::Mutex<FrameWriter>,
     /// Send times of sampled source requests (stream ids that are a
     /// multiple of 16), for the source latency histogram.
     source_started: Mutex<HashMap<i16, Instant>>,
@@ -184,8 +186,10 @@ pub async fn serve(
         let (client_read, client_write) = client;
         let client_state = Arc::new(LinkState::default());
         let source_state = Arc::new(LinkState::default());
-        let client_out = tokio::sync::Mutex::new(FrameWriter::new(client_write, client_state.clone()));
-        let mut source_out = FrameWriter::new(source_write, source_state.clone());
+        let client_out =
+            tokio::sync::Mutex::new(FrameWriter::new(client_write, client_state.clone()));
+        let source_out =
+            tokio::sync::Mutex::new(FrameWriter::new(source_write, source_state.clone()));
         let session = Arc::new(Session {
             target: Arc::new(TargetLink::new(ctx.clone())),
             source_link: Arc::new(TargetLink::to_source(ctx.clone())),
@@ -193,6 +197,7 @@ pub async fn serve(
             ctx: ctx.clone(),
             client_out,
             source_queue: Mutex::new(Vec::new()),
+            source_out,
             source_started: Mutex::new(HashMap::new()),
             client_state: client_state.clone(),
             source_state: source_state.clone(),
@@ -259,11 +264,7 @@ pub async fn serve(
                             other => other,
                         };
                     }
-                    let queued = std::mem::take(&mut *session.source_queue.lock().unwrap_or_else(|p| p.into_inner()));
-                    for frame in queued {
-                        source_out.queue(Outbound::Frame(frame));
-                    }
-                    if source_out.flush().await.is_err() || !keep_going {
+                    if session.flush_source().await.is_err() || !keep_going {
                         break;
                     }
                 }
@@ -320,6 +321,17 @@ impl Session {
 
     /// Queues a request for the source; the client reader writes the
     /// queue after its current batch.
+    /// Writes the requests queued for the source, with one syscall.
+    async fn flush_source(&self) -> std::io::Result<()> {
+        let queued =
+            std::mem::take(&mut *self.source_queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out = self.source_out.lock().await;
+        for frame in queued {
+            out.queue(Outbound::Frame(frame));
+        }
+        out.flush().await
+    }
+
     async fn forward(&self, frame: Frame) -> Result<(), SessionError> {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         if frame.stream & LATENCY_SAMPLE_MASK == 0 {
@@ -978,7 +990,17 @@ impl Session {
             }
             self.count("write", "source");
             self.count("write", "target");
-            let permit = mirror_permit(&self.ctx).await;
+            let permit = match self.ctx.mirror_permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    // The places free up as the source answers the writes
+                    // holding them: send what is queued before waiting.
+                    if self.flush_source().await.is_err() {
+                        return Err(SessionError::ClientGone);
+                    }
+                    mirror_permit(&self.ctx).await
+                }
+            };
             // Mirrored only once the source answers, and only if it may
             // hold the write: a write the source refused is not the
             // target's either.

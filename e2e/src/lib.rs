@@ -5,6 +5,7 @@
 //! `e2e/testbed/up.sh`, which is idempotent and serialised by a lock) when it
 //! is not running yet, and returns where its parts listen.
 
+pub mod compare;
 pub mod kube_client;
 pub mod migration;
 pub mod testbed;

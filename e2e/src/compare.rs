@@ -279,6 +279,31 @@ pub fn render_value(v: &Option<CqlValue>) -> String {
         CqlValue::Timeuuid(u) => u.to_string(),
         CqlValue::Timestamp(t) => format!("{}ms", t.0),
         CqlValue::Inet(ip) => ip.to_string(),
+        CqlValue::List(items) | CqlValue::Set(items) | CqlValue::Vector(items) => {
+            let inner: Vec<String> = items
+                .iter()
+                .map(|x| render_value(&Some(x.clone())))
+                .collect();
+            let (open, close) = if matches!(v, CqlValue::Set(_)) {
+                ('{', '}')
+            } else {
+                ('[', ']')
+            };
+            format!("{open}{}{close}", inner.join(", "))
+        }
+        CqlValue::Map(pairs) => {
+            let inner: Vec<String> = pairs
+                .iter()
+                .map(|(k, x)| {
+                    format!(
+                        "{}: {}",
+                        render_value(&Some(k.clone())),
+                        render_value(&Some(x.clone()))
+                    )
+                })
+                .collect();
+            format!("{{{}}}", inner.join(", "))
+        }
         other => format!("{other:?}"),
     }
 }
@@ -668,6 +693,16 @@ mod tests {
     fn long_values_are_cut() {
         let blob = Some(CqlValue::Blob(vec![7; 1 << 20]));
         assert!(render_value(&blob).starts_with("blob of 1048576 bytes"));
+        let list = Some(CqlValue::List(vec![
+            CqlValue::Int(1),
+            CqlValue::Text("a".into()),
+        ]));
+        assert_eq!(render_value(&list), "[1, 'a']");
+        let map = Some(CqlValue::Map(vec![(
+            CqlValue::Text("k".into()),
+            CqlValue::Int(2),
+        )]));
+        assert_eq!(render_value(&map), "{'k': 2}");
         let text = Some(CqlValue::Text("é".repeat(100)));
         assert!(render_value(&text).ends_with("(200 bytes)"));
     }

@@ -1,0 +1,632 @@
+//! Driver conformance: real drivers (the DataStax Python driver; gocql when
+//! its program is there) write through three in-process proxies, one per
+//! source node of the real 3-node source cluster, and every table is then
+//! compared cell by cell (value, WRITETIME, TTL) between the source and the
+//! target, read directly. See docs/proxy.md, "Driver conformance".
+//!
+//! The schema is `e2e/conformance/schema.cql`, created on both clusters
+//! directly (DDL is not mirrored). Each driver program connects to ONE proxy
+//! with the driver's defaults, runs the scenarios (each writes to the tables
+//! named after it, its rows keyed with the run's name) and prints JSON: the
+//! hosts the driver discovered and, per scenario, ok or the error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ferry_e2e::compare::{self, CompareOptions, Difference};
+use ferry_e2e::testbed;
+use ferry_sidecar::proxy::{self, ProxyArgs};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+/// Loopback addresses of the three proxies (no other test uses them).
+const PROXY_IPS: [&str; 3] = ["127.0.0.81", "127.0.0.82", "127.0.0.83"];
+const PROXY_PORT: u16 = 29042;
+
+/// Scenarios the proxy refuses by design, with (part of) the error the
+/// application sees; each is documented in docs/proxy.md. None so far.
+const REFUSED_BY_DESIGN: &[(&str, &str)] = &[];
+
+/// Differences or errors the proxy causes today and must fix:
+/// (scenario, run name or "*", what is wrong). They are printed (marked
+/// GAP) but left out of the assertions; the proxy's owner removes an entry
+/// with the fix. Both below come and go with timing: they are races.
+const KNOWN_PROXY_GAPS: &[(&str, &str, &str)] = &[
+    (
+        "coll_list",
+        "py-v4-snappy-async",
+        "async mode keeps no order between a client's successive writes on the target \
+         (the driver sends an unprepared statement to any proxy, round-robin); list \
+         append/prepend take their cells' paths from the coordinator's clock on arrival \
+         and set/delete by index read the list first, so the target's list can end with \
+         other elements: for source [-1, 10, 20, 4, 6], seen target [-1, 10, 20, 1, 2, 6] \
+         (the INSERT of [1, 2, 3] applied after the append of [4, 5]) and [-1, 1, 20, 10, 6]",
+    ),
+    (
+        "truncate_then_write",
+        "py-v4-snappy-async",
+        "async mode: the target's TRUNCATE can run after writes the client made after it \
+         (sent through other proxies) and wipe them: seen a row missing on the target",
+    ),
+];
+
+/// Tables written by lightweight transactions: each cluster's Paxos round
+/// picks the cells' WRITETIME (a client or proxy timestamp is not allowed
+/// there), so only their values and TTLs can agree (docs/proxy.md, "Writes
+/// that need a policy").
+const PAXOS_TIMESTAMPED: &[&str] = &["lwt_if_not_exists", "lwt_if_condition", "lwt_batch"];
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: ProxyArgs,
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Proxy {
+    async fn start(ip: &str, source: &str, target: &str, extra: &[&str]) -> Proxy {
+        let spool = std::env::temp_dir().join(format!(
+            "ferry-conformance-spool-{ip}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&spool);
+        let mut argv: Vec<String> = vec![
+            "proxy".into(),
+            source.into(),
+            target.into(),
+            "--proxy-address".into(),
+            ip.into(),
+            "--admin-address".into(),
+            ip.into(),
+            "--spool-dir".into(),
+            spool.display().to_string(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = Cli::try_parse_from(argv).expect("proxy arguments").args;
+        let addr: SocketAddr = format!("{ip}:{}", args.proxy_port).parse().expect("addr");
+        let admin: SocketAddr = format!("{ip}:{}", args.admin_port).parse().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(proxy::run_until(args, async move {
+            let _ = rx.await;
+        }));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if task.is_finished() {
+                panic!("proxy on {ip} exited at start: {:?}", task.await);
+            }
+            assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Proxy {
+            addr,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// Sum of the `/metrics` lines starting with `prefix`.
+    async fn metric(&self, prefix: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("admin write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("admin read");
+        out.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The proxies' runtime file: the peer map and the write mode.
+fn write_peer_map(path: &Path, sources: &[String], mode: &str) {
+    let mut map = String::from("# source node -> proxy (e2e/tests/conformance.rs)\n");
+    for (node, ip) in sources.iter().zip(PROXY_IPS) {
+        let node_ip = node.rsplit_once(':').map(|(h, _)| h).unwrap_or(node);
+        map.push_str(&format!("{node_ip} {ip}:{PROXY_PORT}\n"));
+    }
+    map.push_str(&format!("mode {mode}\n"));
+    // Written whole then renamed, so a poll never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, map).expect("write peer map");
+    std::fs::rename(&tmp, path).expect("rename peer map");
+}
+
+async fn set_mode(proxies: &[Proxy], map: &Path, sources: &[String], mode: &str) {
+    let code = match mode {
+        "sync" => 1.0,
+        "async" => 2.0,
+        other => panic!("mode {other}"),
+    };
+    write_peer_map(map, sources, mode);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in proxies {
+        while p.metric("ferry_proxy_mode").await != code {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not switch to {mode}",
+                p.addr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits until no proxy has a spooled write left and the mirrored-write
+/// counters stopped moving (in-flight async writes landed).
+async fn wait_drained(proxies: &[Proxy]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = f64::NAN;
+    let mut stable = 0;
+    loop {
+        let mut spooled = 0.0;
+        let mut mirrored = 0.0;
+        for p in proxies {
+            spooled += p.metric("ferry_proxy_spool_records").await;
+            mirrored += p.metric("ferry_proxy_mirrored_writes_total").await;
+        }
+        if spooled == 0.0 && mirrored == last {
+            stable += 1;
+            if stable >= 3 {
+                return;
+            }
+        } else {
+            stable = 0;
+        }
+        last = mirrored;
+        assert!(
+            Instant::now() < deadline,
+            "the proxies' spools did not drain: {spooled} records left"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn connect(contact: &str) -> Session {
+    SessionBuilder::new()
+        .known_node(contact)
+        .connection_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {contact}: {e}"))
+}
+
+/// The schema's statements with the keyspaces filled in, and its tables as
+/// (keyspace, table).
+fn schema(ks: &str, ks2: &str) -> (Vec<String>, Vec<(String, String)>) {
+    let path = testbed::repo_root().join("e2e/conformance/schema.cql");
+    let text = std::fs::read_to_string(&path).expect("read schema.cql");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut statements = Vec::new();
+    let mut tables = Vec::new();
+    for s in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(rest) = s.strip_prefix("CREATE TABLE ") {
+            let name = rest.split_whitespace().next().expect("table name");
+            let (k, t) = name.split_once('.').expect("ks.table");
+            let k = if k == "{ks2}" { ks2 } else { ks };
+            tables.push((k.to_owned(), t.to_owned()));
+        }
+        statements.push(s.replace("{ks2}", ks2).replace("{ks}", ks));
+    }
+    (statements, tables)
+}
+
+async fn ddl(session: &Session, statements: &[String], ks: &[&str], side: &str) {
+    for k in ks {
+        session
+            .query_unpaged(
+                format!("CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("creating {k} on the {side}: {e}"));
+    }
+    for s in statements {
+        session
+            .query_unpaged(s.as_str(), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{s} on the {side}: {e}"));
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .expect("schema agreement");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    Python,
+}
+
+impl Driver {
+    fn name(self) -> &'static str {
+        match self {
+            Driver::Python => "python",
+        }
+    }
+
+    /// Builds (once, cached) what the driver's program needs and returns
+    /// the command that runs it.
+    fn setup(self) -> Vec<String> {
+        let dir = testbed::repo_root()
+            .join("e2e/conformance")
+            .join(self.name());
+        let out = std::process::Command::new("bash")
+            .arg(dir.join("setup.sh"))
+            .output()
+            .expect("run setup.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}/setup.sh failed: {}\n{stdout}\n{}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let exe = stdout
+            .lines()
+            .last()
+            .expect("setup.sh prints the interpreter")
+            .trim()
+            .to_owned();
+        match self {
+            Driver::Python => vec![exe, dir.join("conformance.py").display().to_string()],
+        }
+    }
+}
+
+/// One run of a driver program.
+struct Run {
+    name: &'static str,
+    driver: Driver,
+    mode: &'static str,
+    protocol: u8,
+    compression: &'static str,
+    client_timestamps: bool,
+    /// The proxy it is given (an index into PROXY_IPS).
+    contact: usize,
+}
+
+const RUNS: &[Run] = &[
+    Run {
+        name: "py-v4-lz4",
+        driver: Driver::Python,
+        mode: "sync",
+        protocol: 4,
+        compression: "lz4",
+        client_timestamps: true,
+        contact: 0,
+    },
+    Run {
+        name: "py-v5-lz4",
+        driver: Driver::Python,
+        mode: "sync",
+        protocol: 5,
+        compression: "lz4",
+        client_timestamps: true,
+        contact: 1,
+    },
+    Run {
+        name: "py-v5-nots",
+        driver: Driver::Python,
+        mode: "sync",
+        protocol: 5,
+        compression: "none",
+        client_timestamps: false,
+        contact: 2,
+    },
+    Run {
+        name: "py-v4-snappy-async",
+        driver: Driver::Python,
+        mode: "async",
+        protocol: 4,
+        compression: "snappy",
+        client_timestamps: true,
+        contact: 0,
+    },
+];
+
+#[derive(Debug, Deserialize)]
+struct Report {
+    driver: String,
+    protocol_version: u8,
+    hosts: Vec<String>,
+    scenarios: Vec<ScenarioResult>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ScenarioResult {
+    name: String,
+    ok: bool,
+    error: Option<String>,
+}
+
+async fn run_driver(cmd: &[String], run: &Run, ks: &str, ks2: &str) -> Report {
+    let contact = format!("{}:{PROXY_PORT}", PROXY_IPS[run.contact]);
+    let mut c = tokio::process::Command::new(&cmd[0]);
+    c.args(&cmd[1..])
+        .args(["--contact", &contact, "--keyspace", ks, "--keyspace2", ks2])
+        .args(["--run", run.name, "--protocol", &run.protocol.to_string()])
+        .args(["--compression", run.compression])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .kill_on_drop(true);
+    if !run.client_timestamps {
+        c.arg("--no-client-timestamps");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(180), c.output())
+        .await
+        .unwrap_or_else(|_| panic!("run {} did not finish in 180 s", run.name))
+        .expect("start the driver program");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.trim().is_empty() {
+        eprintln!("--- {} stderr ---\n{stderr}", run.name);
+    }
+    assert!(
+        out.status.success(),
+        "run {} failed ({})\n{}",
+        run.name,
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "run {}: not a report ({e}): {}",
+            run.name,
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// What one run × scenario came to.
+#[derive(Default)]
+struct Outcome {
+    error: Option<String>,
+    diffs: Vec<Difference>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_through_the_proxies_write_the_same_cells_on_both_clusters() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let started = Instant::now();
+    let bed = testbed::cassandra(3).expect("the Cassandra test bed must start");
+    assert!(bed.source_contact_points.len() >= 3, "{bed:?}");
+    let sources: Vec<String> = bed.source_contact_points[..3].to_vec();
+    let target = bed.target_contact_points.join(",");
+
+    // Driver programs first: a setup failure should not cost the schema.
+    let mut commands: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for run in RUNS {
+        commands
+            .entry(run.driver.name())
+            .or_insert_with(|| run.driver.setup());
+    }
+
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let ks = format!("conf_{}_{}", std::process::id(), nanos % 100_000);
+    let ks2 = format!("{ks}_b");
+    let (statements, tables) = schema(&ks, &ks2);
+    let source = connect(&sources[0]).await;
+    let target_session = connect(&bed.target_contact_points[0]).await;
+    let keyspaces = [ks.as_str(), ks2.as_str()];
+    tokio::join!(
+        ddl(&source, &statements, &keyspaces, "source"),
+        ddl(&target_session, &statements, &keyspaces, "target"),
+    );
+    println!(
+        "schema: {} tables in {ks} and {ks2} on both clusters ({:.0?})",
+        tables.len(),
+        started.elapsed()
+    );
+
+    let map = std::env::temp_dir().join(format!(
+        "ferry-conformance-peers-{}.txt",
+        std::process::id()
+    ));
+    write_peer_map(&map, &sources, "sync");
+    let map_arg = map.display().to_string();
+    let mut proxies = Vec::new();
+    for (node, ip) in sources.iter().zip(PROXY_IPS) {
+        let host = node.rsplit_once(':').map(|(h, _)| h).unwrap_or(node);
+        proxies.push(
+            Proxy::start(
+                ip,
+                host,
+                &target,
+                &["--peer-map", &map_arg, "--mode", "sync"],
+            )
+            .await,
+        );
+    }
+    let expected_hosts: BTreeSet<String> = PROXY_IPS
+        .iter()
+        .map(|ip| format!("{ip}:{PROXY_PORT}"))
+        .collect();
+
+    let mut outcomes: BTreeMap<(&str, String), Outcome> = BTreeMap::new();
+    let mut failures: Vec<String> = Vec::new();
+    for run in RUNS {
+        set_mode(&proxies, &map, &sources, run.mode).await;
+        let t0 = Instant::now();
+        let report = run_driver(&commands[run.driver.name()], run, &ks, &ks2).await;
+        if run.mode == "async" {
+            wait_drained(&proxies).await;
+        }
+        println!(
+            "run {}: {} protocol v{} {} {} client timestamps {}, {} scenarios in {:.1?}",
+            run.name,
+            report.driver,
+            report.protocol_version,
+            run.compression,
+            run.mode,
+            if run.client_timestamps { "on" } else { "off" },
+            report.scenarios.len(),
+            t0.elapsed()
+        );
+        let hosts: BTreeSet<String> = report.hosts.iter().cloned().collect();
+        if hosts != expected_hosts {
+            failures.push(format!(
+                "run {}: the driver discovered {hosts:?}, not exactly the proxies {expected_hosts:?}",
+                run.name
+            ));
+        }
+        if report.protocol_version != run.protocol {
+            failures.push(format!(
+                "run {}: protocol v{} negotiated, v{} asked",
+                run.name, report.protocol_version, run.protocol
+            ));
+        }
+        for s in &report.scenarios {
+            let o = outcomes.entry((run.name, s.name.clone())).or_default();
+            if !s.ok {
+                o.error = Some(s.error.clone().unwrap_or_else(|| "failed".into()));
+            }
+        }
+        for (k, t) in &tables {
+            let opts = CompareOptions {
+                writetime: !PAXOS_TIMESTAMPED.contains(&t.as_str()),
+                run_key: Some(run.name.to_owned()),
+                ..CompareOptions::default()
+            };
+            let diffs = compare::compare_table(&source, &target_session, k, t, &opts)
+                .await
+                .unwrap_or_else(|e| panic!("comparing {k}.{t}: {e:#}"));
+            let o = outcomes.entry((run.name, t.clone())).or_default();
+            o.diffs.extend(diffs);
+        }
+    }
+
+    // The table: scenario × run.
+    let scenarios: BTreeSet<String> = outcomes.keys().map(|(_, s)| s.clone()).collect();
+    let mut ordered: Vec<String> = tables.iter().map(|(_, t)| t.clone()).collect();
+    ordered.dedup();
+    let extra: Vec<String> = scenarios
+        .iter()
+        .filter(|s| !ordered.contains(s))
+        .cloned()
+        .collect();
+    ordered.extend(extra);
+    println!(
+        "\nscenario × run: differences (ERR: the driver got an error, GAP: a known proxy gap)"
+    );
+    print!("{:<24}", "scenario");
+    for run in RUNS {
+        print!(" {:>20}", run.name);
+    }
+    println!();
+    for s in &ordered {
+        print!("{s:<24}");
+        for run in RUNS {
+            let cell = match outcomes.get(&(run.name, s.clone())) {
+                None => "-".to_owned(),
+                Some(o) => {
+                    let mut c = o.diffs.len().to_string();
+                    if o.error.is_some() {
+                        c = format!("ERR {c}");
+                    }
+                    if gap(s, run.name).is_some() {
+                        c = format!("GAP {c}");
+                    }
+                    c
+                }
+            };
+            print!(" {cell:>20}");
+        }
+        println!();
+    }
+    println!();
+
+    for ((run, s), o) in &outcomes {
+        let gap = gap(s, run);
+        let tag = if gap.is_some() {
+            " [known proxy gap]"
+        } else {
+            ""
+        };
+        if let Some(e) = &o.error {
+            println!("{run} {s}: error{tag}: {e}");
+            let refused = REFUSED_BY_DESIGN
+                .iter()
+                .any(|(name, text)| name == s && e.contains(text));
+            if !refused && gap.is_none() {
+                failures.push(format!("{run} {s}: {e}"));
+            }
+        }
+        for d in o.diffs.iter().take(12) {
+            println!("{run} {s}{tag}: {d}");
+        }
+        if o.diffs.len() > 12 {
+            println!("{run} {s}: ... {} differences in all", o.diffs.len());
+        }
+        if !o.diffs.is_empty() && gap.is_none() {
+            failures.push(format!("{run} {s}: {} differences", o.diffs.len()));
+        }
+    }
+
+    for (s, run, what) in KNOWN_PROXY_GAPS {
+        println!("known proxy gap, {s} in {run}: {what}");
+    }
+    for p in proxies {
+        p.stop().await.expect("proxy stopped");
+    }
+    let _ = std::fs::remove_file(&map);
+    println!("conformance took {:.0?}", started.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn gap(scenario: &str, run: &str) -> Option<&'static str> {
+    KNOWN_PROXY_GAPS
+        .iter()
+        .find(|(s, r, _)| *s == scenario && (*r == "*" || *r == run))
+        .map(|(_, _, what)| *what)
+}

@@ -116,7 +116,16 @@ impl RawClient {
 
 fn result_kind(f: &Frame) -> i32 {
     assert_eq!(f.opcode, opcode::RESULT, "expected a RESULT, got {f:?}");
-    Reader::new(&f.body).i32().expect("kind")
+    result_reader(f).i32().expect("kind")
+}
+
+/// A reader at the start of a response body, past any warnings.
+fn result_reader(f: &Frame) -> Reader<'_> {
+    let start = ferry_sidecar::proxy::peers::response_body_start(f.flags, &f.body)
+        .expect("response header");
+    let mut r = Reader::new(&f.body);
+    r.skip(start).expect("body");
+    r
 }
 
 async fn count_rows_direct(contact: &str, q: &str) -> usize {
@@ -261,4 +270,123 @@ async fn version_cap_and_malformed_frames_get_protocol_errors() {
             >= 3.0
     );
     proxy.stop().await.expect("stop");
+}
+
+/// PREPARE with v5's per-request keyspace (flag 0x01), or v4's after a
+/// `USE` switch: the target must prepare the statement in that keyspace,
+/// not in whatever keyspace the proxy's target link is in (which, for an
+/// unqualified table, wrote to the wrong table or was refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_prepared_on_the_target_in_their_own_keyspace() {
+    let tb = testbed(1);
+    let (src, tgt) = (
+        tb.source_contact_points[0].clone(),
+        tb.target_contact_points[0].clone(),
+    );
+    let source = connect(&src).await;
+    let target = connect(&tgt).await;
+    let (ks1, ks2) = (keyspace("px_ks_one"), keyspace("px_ks_two"));
+    for ks in [&ks1, &ks2] {
+        create_keyspace(&source, ks).await;
+        create_keyspace(&target, ks).await;
+        ddl_both(
+            &source,
+            &target,
+            &[format!("CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)")],
+        )
+        .await;
+    }
+    let proxy = start_proxy("127.0.0.96", &src, &tgt, &["--mode", "sync"]).await;
+    let addr = proxy.addr.to_string();
+    let insert = "INSERT INTO t (k, v) VALUES (?, ?)";
+
+    // v5: the keyspace travels with the PREPARE.
+    let mut v5 = RawClient::connect(&addr, 5).await;
+    v5.handshake(None).await;
+    let mut body = BytesMut::new();
+    put_long_string(&mut body, insert);
+    body.put_u32(0x01);
+    ferry_sidecar::proxy::wire::put_string(&mut body, &ks1);
+    let prepared = v5.call(2, opcode::PREPARE, body.freeze()).await;
+    let (id, metadata_id) = prepared_ids(&prepared, 5);
+    let done = v5
+        .call(
+            3,
+            opcode::EXECUTE,
+            execute_body(5, &id, metadata_id.as_deref(), 1, "v5"),
+        )
+        .await;
+    assert_eq!(result_kind(&done), 1, "a void result: {done:?}");
+
+    // v4: prepared in ks1, then the connection switches to ks2 at once.
+    let mut v4 = RawClient::connect(&addr, 4).await;
+    v4.handshake(None).await;
+    assert_eq!(result_kind(&v4.query(2, &format!("USE {ks1}")).await), 3);
+    let mut body = BytesMut::new();
+    put_long_string(&mut body, insert);
+    v4.send(3, opcode::PREPARE, body.freeze()).await;
+    let mut use_two = BytesMut::new();
+    put_long_string(&mut use_two, &format!("USE {ks2}"));
+    use_two.put_u16(1);
+    use_two.put_u8(0);
+    v4.send(4, opcode::QUERY, use_two.freeze()).await;
+    let mut prepared = None;
+    for _ in 0..2 {
+        let f = v4.recv().await.expect("answers");
+        if f.stream == 3 {
+            prepared = Some(f);
+        }
+    }
+    let (id, _) = prepared_ids(&prepared.expect("PREPARED"), 4);
+    let done = v4
+        .call(5, opcode::EXECUTE, execute_body(4, &id, None, 2, "v4"))
+        .await;
+    assert_eq!(result_kind(&done), 1, "a void result: {done:?}");
+
+    for contact in [&src, &tgt] {
+        assert_eq!(
+            count_rows_direct(contact, &format!("SELECT k FROM {ks1}.t")).await,
+            2,
+            "both writes in {ks1} on {contact}"
+        );
+        assert_eq!(
+            count_rows_direct(contact, &format!("SELECT k FROM {ks2}.t")).await,
+            0,
+            "nothing in {ks2} on {contact}"
+        );
+    }
+    proxy.stop().await.expect("stop");
+}
+
+/// The statement id (and v5 result metadata id) of a PREPARED result.
+fn prepared_ids(f: &Frame, version: u8) -> (Vec<u8>, Option<Vec<u8>>) {
+    assert_eq!(result_kind(f), 4, "PREPARED expected: {f:?}");
+    let mut r = result_reader(f);
+    r.i32().expect("kind");
+    let id = r.short_bytes().expect("id").to_vec();
+    let metadata = (version >= 5).then(|| r.short_bytes().expect("metadata id").to_vec());
+    (id, metadata)
+}
+
+/// EXECUTE of `INSERT INTO t (k, v)` with `k` and `v` at ONE.
+fn execute_body(version: u8, id: &[u8], metadata_id: Option<&[u8]>, k: i32, v: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u16(id.len() as u16);
+    b.put_slice(id);
+    if let Some(m) = metadata_id {
+        b.put_u16(m.len() as u16);
+        b.put_slice(m);
+    }
+    b.put_u16(1);
+    if version >= 5 {
+        b.put_u32(0x01);
+    } else {
+        b.put_u8(0x01);
+    }
+    b.put_u16(2);
+    b.put_i32(4);
+    b.put_i32(k);
+    b.put_i32(v.len() as i32);
+    b.put_slice(v.as_bytes());
+    b.freeze()
 }

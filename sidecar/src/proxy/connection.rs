@@ -1565,7 +1565,7 @@ impl Session {
                 link.use_keyspace(ks, timeout).await?;
             }
         }
-        let reply = link.prepare(query, timeout).await?;
+        let reply = link.prepare(query, None, timeout).await?;
         parse_prepared_result(reply.flags, &reply.body, reply.version)?
             .map(|r| r.id)
             .ok_or_else(|| MirrorError::Prepare {

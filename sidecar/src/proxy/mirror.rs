@@ -270,19 +270,44 @@ pub async fn prepare_on_target(
     stmt: &PreparedStatement,
     switch_keyspace: bool,
 ) -> Result<TargetPrepared, MirrorError> {
-    if switch_keyspace {
-        if let Some(ks) = &stmt.keyspace {
-            let current = conn
-                .keyspace
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if current.as_deref() != Some(ks) {
-                conn.use_keyspace(ks, ctx.target_timeout).await?;
-            }
+    let keyspace = stmt.keyspace.as_deref();
+    let current = conn
+        .keyspace
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let elsewhere = keyspace.is_some() && current.as_deref() != keyspace;
+    let reply = if conn.version >= 5 {
+        // v5 names the keyspace in the PREPARE itself.
+        conn.prepare(&stmt.query, keyspace, ctx.target_timeout)
+            .await?
+    } else if elsewhere && switch_keyspace {
+        if let Some(ks) = keyspace {
+            conn.use_keyspace(ks, ctx.target_timeout).await?;
         }
-    }
-    let reply = conn.prepare(&stmt.query, ctx.target_timeout).await?;
+        conn.prepare(&stmt.query, None, ctx.target_timeout).await?
+    } else if elsewhere {
+        // The statement's keyspace is not the link's (the client switched
+        // with USE since): prepare it on a connection of its own in that
+        // keyspace, to the same node; the link must keep its keyspace for
+        // the client's other requests.
+        let hs = Handshake {
+            version: conn.version,
+            keyspace: keyspace.map(str::to_owned),
+            ..statement_handshake(ctx)
+        };
+        let own = Upstream::connect(
+            &ctx.target.only(conn.host),
+            &hs,
+            ctx.max_frame_bytes,
+            ctx.target_timeout,
+        )
+        .await?;
+        let reply = own.prepare(&stmt.query, None, ctx.target_timeout).await;
+        reply?
+    } else {
+        conn.prepare(&stmt.query, None, ctx.target_timeout).await?
+    };
     let parsed =
         parse_prepared_result(reply.flags, &reply.body, reply.version)?.ok_or_else(|| {
             MirrorError::Prepare {
@@ -789,6 +814,28 @@ fn carries_timestamp(record: &SpoolRecord) -> bool {
     }
 }
 
+/// How the proxy's own connections to the target introduce themselves:
+/// as the last client did (its options), with the target credentials.
+fn statement_handshake(ctx: &ProxyContext) -> Handshake {
+    let base = ctx
+        .last_handshake
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Handshake {
+        version: base.as_ref().map_or(4, |h| h.version),
+        options: base
+            .as_ref()
+            .map(|h| h.options.clone())
+            .unwrap_or_else(|| vec![("CQL_VERSION".into(), "3.0.0".into())]),
+        credentials: ctx
+            .target_credentials
+            .clone()
+            .or_else(|| base.and_then(|h| h.credentials)),
+        keyspace: None,
+    }
+}
+
 /// The replayer's own link to the target, (re)connected for `version`.
 async fn replay_connection(
     ctx: &Arc<ProxyContext>,
@@ -800,22 +847,9 @@ async fn replay_connection(
             return Ok(c.clone());
         }
     }
-    let base = ctx
-        .last_handshake
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
     let hs = Handshake {
         version,
-        options: base
-            .as_ref()
-            .map(|h| h.options.clone())
-            .unwrap_or_else(|| vec![("CQL_VERSION".into(), "3.0.0".into())]),
-        credentials: ctx
-            .target_credentials
-            .clone()
-            .or_else(|| base.and_then(|h| h.credentials)),
-        keyspace: None,
+        ..statement_handshake(ctx)
     };
     let c = Upstream::connect(&ctx.target, &hs, ctx.max_frame_bytes, ctx.target_timeout).await?;
     keep_alive(ctx, &c);

@@ -18,7 +18,7 @@ use super::compression::Compression;
 use super::frame::{opcode, DecodeRules, Frame};
 use super::link::{spawn_writer, FrameReader, Outbound};
 use super::tls::{self, Connector};
-use super::wire::{put_long_string, put_string_map, Reader};
+use super::wire::{put_long_string, put_string, put_string_map, Reader};
 
 /// Where an upstream listens and how to reach it: one host (the source
 /// node a proxy fronts) or several contact points of one cluster (the
@@ -144,12 +144,24 @@ impl Endpoint {
 
     /// Opens the TCP (and TLS) connection to the first host that takes it.
     pub async fn open(&self) -> Result<(tls::BoxRead, tls::BoxWrite), UpstreamError> {
+        self.open_indexed().await.map(|(_, streams)| streams)
+    }
+
+    /// The same endpoint with only the host at `index` (the host a
+    /// connection went to, to reach the same node again).
+    pub fn only(&self, index: usize) -> Endpoint {
+        let host = self.hosts.get(index).cloned().into_iter().collect();
+        Endpoint::new(host, self.tls.clone(), self.connect_timeout)
+    }
+
+    /// `open`, with the index of the host that took the connection.
+    async fn open_indexed(&self) -> Result<(usize, (tls::BoxRead, tls::BoxWrite)), UpstreamError> {
         let mut last = None;
         for index in self.attempt_order() {
             match self.open_host(&self.hosts[index]).await {
                 Ok(streams) => {
                     self.mark(index, false);
-                    return Ok(streams);
+                    return Ok((index, streams));
                 }
                 Err(e) => {
                     if self.hosts.len() > 1 {
@@ -273,6 +285,8 @@ pub struct Upstream {
     closed: Arc<AtomicBool>,
     pub version: u8,
     pub keyspace: Mutex<Option<String>>,
+    /// Index of the endpoint's host this connection went to.
+    pub host: usize,
 }
 
 impl fmt::Debug for Upstream {
@@ -291,7 +305,7 @@ impl Upstream {
         max_frame_bytes: usize,
         timeout: Duration,
     ) -> Result<Arc<Self>, UpstreamError> {
-        let (read, write) = endpoint.open().await?;
+        let (host, (read, write)) = endpoint.open_indexed().await?;
         let state = Arc::new(LinkState::default());
         state.set_compression(state_compression(&handshake.options));
         let (tx, rx) = mpsc::channel(1024);
@@ -353,6 +367,7 @@ impl Upstream {
             closed,
             version: handshake.version,
             keyspace: Mutex::new(None),
+            host,
         });
         upstream.handshake(handshake, timeout).await?;
         Ok(upstream)
@@ -414,11 +429,24 @@ impl Upstream {
     }
 
     /// PREPAREs `text`; returns the RESULT (or ERROR) frame.
-    pub async fn prepare(&self, text: &str, timeout: Duration) -> Result<Frame, UpstreamError> {
+    /// PREPAREs `text`; at v5 in `keyspace` (the per-request keyspace),
+    /// before v5 in the connection's own.
+    pub async fn prepare(
+        &self,
+        text: &str,
+        keyspace: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Frame, UpstreamError> {
         let mut body = BytesMut::new();
         put_long_string(&mut body, text);
         if self.version >= 5 {
-            body.put_u32(0);
+            match keyspace {
+                Some(ks) => {
+                    body.put_u32(0x01);
+                    put_string(&mut body, ks);
+                }
+                None => body.put_u32(0),
+            }
         }
         self.call(opcode::PREPARE, 0, body.freeze(), timeout).await
     }

@@ -440,3 +440,59 @@ async fn batch_texts_mirror_exactly_their_selected_statements() {
     );
     proxy.stop().await.expect("proxy stops");
 }
+
+/// Item 9: in async mode a TRUNCATE was mirrored like any write, with no
+/// order against the writes around it, so a write made right after it
+/// could reach the target first and be erased there. It now goes through
+/// the spool: the writes after it queue behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_in_async_mode_comes_before_the_writes_after_it() {
+    let bed = bed().await;
+    let ks = keyspace("loss_trunc");
+    on_both(&bed, &ks, &["t (k int PRIMARY KEY, v text)"]).await;
+    let proxy = start_proxy(
+        "127.0.0.90",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "async"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    for round in 0..3 {
+        for k in 0..30 {
+            client
+                .execute_unpaged(&insert, (round * 100 + k, "before"))
+                .await
+                .expect("write");
+        }
+        client
+            .query_unpaged(format!("TRUNCATE {ks}.t"), &[])
+            .await
+            .expect("truncate");
+        for k in 50..60 {
+            client
+                .execute_unpaged(&insert, (round * 100 + k, "after"))
+                .await
+                .expect("write");
+        }
+    }
+    let q = format!("SELECT k, v FROM {ks}.t");
+    let drained = eventually(Duration::from_secs(30), || async {
+        proxy.metric("ferry_proxy_spool_records").await == 0.0
+            && rows_text(&bed.target, &q).await.len() == 10
+    })
+    .await;
+    let on_source = rows_text(&bed.source, &q).await;
+    assert_eq!(
+        on_source.len(),
+        10,
+        "the last round's writes after TRUNCATE"
+    );
+    assert!(drained, "target: {:?}", rows_text(&bed.target, &q).await);
+    assert_eq!(on_source, rows_text(&bed.target, &q).await);
+    proxy.stop().await.expect("proxy stops");
+}

@@ -51,6 +51,8 @@ pub struct WriteTraits {
     pub lwt: bool,
     /// `c = c + n`: counter update, not idempotent.
     pub counter: bool,
+    /// TRUNCATE: removes what came before it, so its order matters.
+    pub truncate: bool,
     /// First non-deterministic function called, if any.
     pub nondeterministic: Option<&'static str>,
     /// `x = x + ?` (or `-`, or a named marker): a counter update or a list
@@ -304,6 +306,7 @@ pub fn classify(text: &str) -> StatementClass {
                 counter: (first == "begin" && is_kw(toks.get(1), "counter"))
                     || has_counter_update(&toks),
                 nondeterministic: nondeterministic_call(&toks),
+                truncate: first == "truncate",
                 increment_by_marker: has_increment_by_marker(&toks),
                 batch,
             })

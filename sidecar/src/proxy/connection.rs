@@ -930,6 +930,7 @@ impl Session {
             keyspace: self.keyspace(),
             statements,
             idempotent,
+            spool_first: false,
         }
     }
 
@@ -959,6 +960,7 @@ impl Session {
             frame.body = with_timestamp(&frame.body, &params, next_timestamp_micros());
         }
         let mut req = self.mirror_request(&frame, statements, !traits.counter);
+        req.spool_first = traits.truncate;
         if let Some(text) = target_text {
             // The target gets the selected statements of the batch, with the
             // same parameters (and so the same timestamp).

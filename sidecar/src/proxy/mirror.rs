@@ -230,6 +230,10 @@ pub struct MirrorRequest {
     pub statements: Vec<(Bytes, Arc<PreparedStatement>)>,
     /// False for counter updates: never retried or replayed.
     pub idempotent: bool,
+    /// Goes through the spool even when the target is up (a TRUNCATE in
+    /// async mode): the writes after it then queue behind it, and the
+    /// replayer sends it once the live writes before it are done.
+    pub spool_first: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -527,7 +531,7 @@ pub fn mirror_async(
         let _guard = InflightGuard(&ctx.mirrors_inflight);
         // Keep order: while older writes wait in the spool, newer ones queue
         // behind them.
-        if req.idempotent && !ctx.spool.is_empty() {
+        if req.spool_first || (req.idempotent && !ctx.spool.is_empty()) {
             spool_request(&ctx, &req, "spool not empty", room.as_ref());
             return;
         }
@@ -742,6 +746,9 @@ async fn replay_window(
             if !in_flight.is_empty() && (must_go_alone || window.as_ref() != Some(&key)) {
                 break;
             }
+            if must_go_alone && needs_order(&record) {
+                live_mirrors_done(ctx).await;
+            }
             let c = replay_connection(ctx, conn, record.version).await?;
             window = Some(key);
             alone = must_go_alone;
@@ -789,10 +796,48 @@ async fn replay_window(
 /// switches keyspace to prepare it, which would race with the others).
 fn must_replay_alone(record: &SpoolRecord) -> bool {
     !carries_timestamp(record)
+        || needs_order(record)
         || record
             .statements
             .iter()
             .any(|s| s.keyspace.is_some() && s.keyspace != record.keyspace)
+}
+
+/// Waits (a bounded time) until no write is on its way to the target
+/// outside the spool, so a TRUNCATE or conditional write replayed next
+/// comes after them, as it did on the source.
+async fn live_mirrors_done(ctx: &ProxyContext) {
+    let deadline = Instant::now() + ctx.target_timeout * (ctx.async_retries + 2);
+    while ctx.mirrors_inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether a spooled write's effect depends on its order whatever its
+/// timestamp: a conditional write (Paxos gives it the time it is applied)
+/// or a TRUNCATE.
+fn needs_order(record: &SpoolRecord) -> bool {
+    let ordered = |text: &str| matches!(super::classify::classify(text), super::classify::StatementClass::Write(w) if w.lwt || w.truncate);
+    if record.statements.iter().any(|s| ordered(&s.query)) {
+        return true;
+    }
+    let frame = Frame {
+        version: record.version,
+        response: false,
+        flags: record.flags,
+        stream: 0,
+        opcode: record.opcode,
+        body: record.body.clone(),
+    };
+    match record.opcode {
+        opcode::QUERY => parse_query(&frame).map_or(true, |q| ordered(q.query)),
+        opcode::BATCH => parse_batch(&frame).map_or(true, |b| {
+            b.children
+                .iter()
+                .any(|c| matches!(c, BatchChild::Query(q) if ordered(q)))
+        }),
+        _ => false,
+    }
 }
 
 /// Whether a spooled write carries its own timestamp (the client's or the
@@ -915,6 +960,7 @@ async fn replay_one(
         keyspace: record.keyspace.clone(),
         statements,
         idempotent: true,
+        spool_first: false,
     };
     let started = Instant::now();
     let reply = match send_to_target(ctx, c, &req, true).await {
@@ -1007,5 +1053,47 @@ mod tests {
         // Garbage is never reordered.
         let garbage = query_record(Bytes::from_static(b"\x00\x00"), None);
         assert!(must_replay_alone(&garbage));
+    }
+
+    fn stamped_query(text: &str) -> SpoolRecord {
+        let plain = query_body(4, text, 0, &[]);
+        let layout = parse_query(&Frame {
+            version: 4,
+            response: false,
+            flags: 0,
+            stream: 0,
+            opcode: opcode::QUERY,
+            body: plain.clone(),
+        })
+        .expect("query")
+        .params;
+        query_record(
+            crate::proxy::request::with_timestamp(&plain, &layout, 1_700_000_000_000_000),
+            Some("ks"),
+        )
+    }
+
+    /// A conditional write whose driver sent a client timestamp still gets
+    /// its write time from Paxos when replayed, and a TRUNCATE removes what
+    /// came before it: neither may be replayed beside other records, even
+    /// with a timestamp in the request.
+    #[test]
+    fn conditional_writes_and_truncates_are_replayed_alone_even_with_a_timestamp() {
+        let lwt = stamped_query("INSERT INTO t (k) VALUES (1) IF NOT EXISTS");
+        assert!(carries_timestamp(&lwt));
+        assert!(must_replay_alone(&lwt));
+        let truncate = stamped_query("TRUNCATE ks.t");
+        assert!(must_replay_alone(&truncate));
+        // The same through a prepared statement.
+        let mut prepared = query_record(Bytes::new(), Some("ks"));
+        prepared.opcode = opcode::EXECUTE;
+        prepared.statements.push(SpooledStatement {
+            source_id: Bytes::from_static(&[2; 16]),
+            keyspace: Some("ks".into()),
+            query: "UPDATE t SET v = ? WHERE k = ? IF v = ?".into(),
+        });
+        assert!(must_replay_alone(&prepared));
+        let plain = stamped_query("INSERT INTO t (k) VALUES (1)");
+        assert!(!must_replay_alone(&plain));
     }
 }

@@ -481,6 +481,19 @@ async fn source_pods(client: &Client, ns: &str, sts: &StatefulSet) -> Result<Vec
         .collect())
 }
 
+/// When the first proxy may have started mirroring: the migration's first
+/// phase (Pending, when the roll starts), else its creation.
+fn mirroring_since_micros(cm: &CassandraMigration) -> Option<i64> {
+    let first_phase = cm
+        .status
+        .as_ref()
+        .and_then(|s| s.phase_history.first())
+        .map(|t| t.started_at.0);
+    first_phase
+        .or_else(|| cm.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .map(|t| t.as_microsecond())
+}
+
 /// The per-pod roll state, carrying `since` over from the last status.
 fn sidecar_states(
     previous: &[SidecarPodStatus],
@@ -858,6 +871,7 @@ async fn start_job(
         source_contact_points: source_contact_points(step.cm, pods, &step.ns, service.as_deref()),
         source_datacenter: None,
         start_timestamp_micros: start,
+        mirroring_since_micros: mirroring_since_micros(step.cm),
     };
     let job = jobs::build_job(step.cm, kind, &inputs)?;
     let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);

@@ -39,6 +39,9 @@ pub struct JobInputs {
     pub source_datacenter: Option<String>,
     /// Backfill start timestamp (micros), for `backdate` and for the record.
     pub start_timestamp_micros: i64,
+    /// When the first proxy may have started mirroring (micros): the
+    /// migration's start. The backfill's gc_grace_seconds check counts from it.
+    pub mirroring_since_micros: Option<i64>,
 }
 
 fn env(name: &str, value: impl ToString) -> Value {
@@ -127,6 +130,9 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
             };
             env_vars.push(env("FERRY_TIMESTAMP_MODE", mode));
             env_vars.push(env("FERRY_START_TIMESTAMP", inputs.start_timestamp_micros));
+            if let Some(since) = inputs.mirroring_since_micros {
+                env_vars.push(env("FERRY_MIRRORING_SINCE", since));
+            }
             if let Some(rate) = spec.backfill.rows_per_second {
                 // The limit is for the whole migration: each pod takes its share.
                 let per_pod = (rate / i64::from(spec.backfill.parallelism.max(1))).max(1);
@@ -390,6 +396,7 @@ mod tests {
             source_contact_points: vec!["10.0.0.1:9042".into(), "10.0.0.2:9042".into()],
             source_datacenter: Some("dc0".into()),
             start_timestamp_micros: 1_700_000_000_000_000,
+            mirroring_since_micros: Some(1_699_999_000_000_000),
         }
     }
 
@@ -422,6 +429,7 @@ mod tests {
         assert_eq!(env["FERRY_SPLIT_COUNT"], "4");
         assert_eq!(env["FERRY_TIMESTAMP_MODE"], "backdate");
         assert_eq!(env["FERRY_START_TIMESTAMP"], "1700000000000000");
+        assert_eq!(env["FERRY_MIRRORING_SINCE"], "1699999000000000");
         assert_eq!(
             env["FERRY_ROWS_PER_SECOND"], "250",
             "the rate is shared by the pods"

@@ -46,6 +46,12 @@ pub struct BackfillArgs {
     /// rows and the reference of the gc_grace_seconds check. Defaults to now.
     #[arg(long, env = "FERRY_START_TIMESTAMP")]
     pub start_timestamp: Option<i64>,
+    /// Microseconds since the epoch: when the first proxy may have started
+    /// mirroring (the operator passes the migration's start, minutes before
+    /// the backfill when the roll is long). The gc_grace_seconds check
+    /// counts the migration's age from it. Defaults to --start-timestamp.
+    #[arg(long, env = "FERRY_MIRRORING_SINCE")]
+    pub mirroring_since: Option<i64>,
     /// Keyspace on the target holding the checkpoint table.
     #[arg(long, env = "FERRY_CHECKPOINT_KEYSPACE", default_value = "ferry_meta")]
     pub checkpoint_keyspace: String,
@@ -137,6 +143,19 @@ pub async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     result
 }
 
+/// When mirroring may have begun: the earlier of the backfill's start and
+/// the first proxy's.
+fn mirroring_since(start_timestamp: i64, since: Option<i64>) -> i64 {
+    since.map_or(start_timestamp, |s| s.min(start_timestamp))
+}
+
+/// The migration's age for the gc_grace_seconds check: from when the first
+/// proxy may have mirrored a deletion, not from the backfill's own start
+/// (which undercounts it by the length of the roll).
+fn migration_age_seconds(now: i64, start_timestamp: i64, since: Option<i64>) -> i64 {
+    (now - mirroring_since(start_timestamp, since)) / 1_000_000
+}
+
 /// Runs a backfill, counting into `stats`.
 pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<BackfillReport> {
     let common = &args.common;
@@ -156,7 +175,8 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
                 }
             }
         }
-        let age_seconds = (now_micros() - start_timestamp) / 1_000_000;
+        let age_seconds =
+            migration_age_seconds(now_micros(), start_timestamp, args.mirroring_since);
         let gc_grace = table.target_gc_grace_seconds;
         if age_seconds > i64::from(gc_grace) {
             if !args.ignore_gc_grace {
@@ -221,7 +241,8 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
 
     if let Some(min_gc_grace) = tables.iter().map(|t| t.table.target_gc_grace_seconds).min() {
         stats.deadline_micros.store(
-            start_timestamp + i64::from(min_gc_grace) * 1_000_000,
+            mirroring_since(start_timestamp, args.mirroring_since)
+                + i64::from(min_gc_grace) * 1_000_000,
             std::sync::atomic::Ordering::Relaxed,
         );
     }
@@ -404,4 +425,26 @@ async fn copy_range(
         .mark(&table, range, true, attempt, rows as i64, bytes as i64)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_age_counts_from_the_first_proxy_not_the_backfill() {
+        let minute = 60_000_000;
+        let start = 100 * minute;
+        // The roll took 20 minutes before the backfill started.
+        assert_eq!(
+            migration_age_seconds(start + minute, start, Some(start - 20 * minute)),
+            21 * 60
+        );
+        assert_eq!(migration_age_seconds(start + minute, start, None), 60);
+        // A later "since" never shortens the age.
+        assert_eq!(
+            migration_age_seconds(start + minute, start, Some(start + minute)),
+            60
+        );
+    }
 }

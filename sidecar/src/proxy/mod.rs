@@ -6,7 +6,8 @@
 //!
 //! Layout: `frame`/`segment`/`compression`/`codec` are the wire format,
 //! `wire` the primitive types, `request` and `classify` read requests,
-//! `connection` routes one client connection, `mirror` talks to the target
+//! `connection` serves one client connection (its `route` decides where each
+//! request goes), `mirror` talks to the target
 //! (with `spool` for async mode), `peers` rewrites topology, `prepared`
 //! maps statement ids, `admin`/`metrics` are for operators.
 

@@ -1,0 +1,243 @@
+//! Requests that go to both clusters: writes (sync, async after the
+//! source's answer, or target-primary), DDL with `--mirror-ddl`, and `USE`.
+
+use super::*;
+
+/// How `route` sends a write to both sides.
+pub(super) struct WritePlan {
+    /// The side the client hears.
+    pub answer: Answer,
+    /// The target's copy follows the source's answer (async mode).
+    pub asynchronous: bool,
+    /// For a `BEGIN BATCH` text: what the target gets instead (its
+    /// selected statements).
+    pub target_text: Option<String>,
+}
+
+impl Session {
+    pub(super) fn mirror_request(
+        &self,
+        frame: &Frame,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        idempotent: bool,
+    ) -> MirrorRequest {
+        MirrorRequest {
+            version: frame.version,
+            flags: frame.flags,
+            opcode: frame.opcode,
+            body: frame.body.clone(),
+            keyspace: self.keyspace(),
+            statements,
+            idempotent,
+            spool_first: false,
+        }
+    }
+
+    pub(super) async fn mirrored_write(
+        self: &Arc<Self>,
+        mut frame: Frame,
+        traits: WriteTraits,
+        params: ParamsLayout,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        plan: WritePlan,
+    ) -> Result<(), SessionError> {
+        let WritePlan {
+            answer,
+            asynchronous,
+            target_text,
+        } = plan;
+        let m = &self.ctx.metrics;
+        if traits.lwt {
+            m.policy_writes.with_label_values(&["lwt"]).inc();
+        }
+        if traits.counter {
+            m.policy_writes.with_label_values(&["counter"]).inc();
+        }
+        if let Some(f) = traits.nondeterministic {
+            m.policy_writes.with_label_values(&[f]).inc();
+        }
+        // Pin the write time so both clusters store the same WRITETIME.
+        // Conditional writes take their time from Paxos and cannot have one.
+        let pin = !traits.lwt && !params.has_timestamp();
+        if pin {
+            frame.body = with_timestamp(&frame.body, &params, next_timestamp_micros());
+        }
+        let mut req = self.mirror_request(&frame, statements, !traits.counter);
+        req.spool_first = traits.truncate;
+        if let Some(text) = target_text {
+            // The target gets the selected statements of the batch, with the
+            // same parameters (and so the same timestamp).
+            match replace_query_text(&frame, &text) {
+                Some(body) => req.body = body,
+                None => {
+                    return self
+                        .invalid(&frame, "ferry proxy: cannot read the batch text")
+                        .await
+                }
+            }
+        }
+        if asynchronous {
+            // Room in the spool is promised before the source sees the
+            // write: once the source took it, it must not be dropped.
+            let Ok(room) = self.ctx.spool_room(&req) else {
+                m.spool_full.inc();
+                return self
+                    .reply(Frame::error(
+                        frame.version,
+                        frame.stream,
+                        error_code::OVERLOADED,
+                        "ferry proxy: target spool full; write refused so source and target do not diverge",
+                    ))
+                    .await;
+            };
+            if pin {
+                m.timestamps_injected.inc();
+            }
+            self.count("write", "source");
+            self.count("write", "target");
+            let permit = match self.ctx.mirror_permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    // The places free up as the source answers the writes
+                    // holding them: send what is queued before waiting.
+                    if self.flush_source().await.is_err() {
+                        return Err(SessionError::ClientGone);
+                    }
+                    mirror_permit(&self.ctx).await
+                }
+            };
+            // Mirrored only once the source answers, and only if it may
+            // hold the write: a write the source refused is not the
+            // target's either.
+            self.set_pending(
+                frame.stream,
+                Pending::MirrorAfter(Box::new(AsyncMirror {
+                    req,
+                    hold: MirrorHold { permit, room },
+                    conditional: traits.lwt,
+                })),
+            );
+            return self.forward(frame).await;
+        }
+        if pin {
+            m.timestamps_injected.inc();
+        }
+        self.count("write", "source");
+        self.count("write", "target");
+        self.dual(frame, req, answer, traits.lwt).await
+    }
+
+    /// Sends to both sides, waits for both, answers with one of them.
+    pub(super) async fn dual(
+        self: &Arc<Self>,
+        frame: Frame,
+        req: MirrorRequest,
+        answer: Answer,
+        lwt: bool,
+    ) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        let stream = frame.stream;
+        let version = frame.version;
+        self.set_pending(stream, Pending::Capture(tx));
+        self.forward(frame).await?;
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let target = async {
+                let conn = session.target.get().await?;
+                send_to_target(&session.ctx, &conn, &req, false).await
+            }
+            .await;
+            let Ok(source) = rx.await else {
+                return;
+            };
+            let m = &session.ctx.metrics;
+            let target = match target {
+                Ok(mut f) => {
+                    f.stream = stream;
+                    if f.opcode == opcode::ERROR {
+                        m.target_failures.with_label_values(&["error"]).inc();
+                        m.mirrored_writes.with_label_values(&["error"]).inc();
+                    } else {
+                        m.mirrored_writes.with_label_values(&["ok"]).inc();
+                    }
+                    f
+                }
+                Err(e) => {
+                    m.target_failures.with_label_values(&[e.reason()]).inc();
+                    m.mirrored_writes.with_label_values(&["error"]).inc();
+                    Frame::error(
+                        version,
+                        stream,
+                        error_code::SERVER_ERROR,
+                        &format!("ferry proxy: the target did not take the write: {e}"),
+                    )
+                }
+            };
+            if lwt && source.opcode == opcode::RESULT && target.opcode == opcode::RESULT {
+                if let (Some(a), Some(b)) = (lwt_applied(&source), lwt_applied(&target)) {
+                    if a != b {
+                        m.lwt_divergence.inc();
+                        warn!(
+                            source_applied = a,
+                            target_applied = b,
+                            "conditional write diverged"
+                        );
+                    }
+                }
+            }
+            let reply = match answer {
+                Answer::Source if source.opcode == opcode::ERROR => source,
+                Answer::Source if target.opcode == opcode::ERROR => target,
+                Answer::Source => source,
+                Answer::Target if target.opcode == opcode::ERROR => target,
+                Answer::Target if source.opcode == opcode::ERROR => source,
+                Answer::Target => target,
+            };
+            let _ = session.reply(reply).await;
+        });
+        Ok(())
+    }
+
+    /// USE goes to both sides so unqualified statements mean the same.
+    pub(super) async fn use_keyspace(
+        self: &Arc<Self>,
+        frame: Frame,
+        ks: String,
+        on_target: bool,
+    ) -> Result<(), SessionError> {
+        self.count("use", "source");
+        let (tx, rx) = oneshot::channel();
+        self.set_pending(frame.stream, Pending::Capture(tx));
+        self.forward(frame).await?;
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let Ok(reply) = rx.await else {
+                return;
+            };
+            if reply.opcode == opcode::RESULT {
+                *session.keyspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(ks.clone());
+                session.target.set_keyspace(&ks);
+                if on_target {
+                    session.count("use", "target");
+                    match session.target.get().await {
+                        Ok(conn) => {
+                            if let Err(e) = conn.use_keyspace(&ks, session.ctx.target_timeout).await
+                            {
+                                warn!(keyspace = %ks, error = %e, "USE failed on the target");
+                            }
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "target not connected; USE applies on reconnect")
+                        }
+                    }
+                }
+            }
+            let _ = session.reply(reply).await;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! Reads the target serves (target-primary) or answers as well, to be
+//! compared with the source's (shadow reads).
+
+use super::*;
+
+impl Session {
+    pub(super) fn sample_shadow_read(&self, mode: Mode) -> bool {
+        let pct = self.ctx.shadow_read_percent;
+        if pct == 0 || mode == Mode::SourceOnly {
+            return false;
+        }
+        self.ctx.read_counter.fetch_add(1, Ordering::Relaxed) % 100 < pct
+    }
+
+    /// A sampled read: the client gets the source's answer as usual; the
+    /// target's answer to the same read is compared with it and counted.
+    pub(super) async fn shadow_read(
+        self: &Arc<Self>,
+        frame: Frame,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        table: TableName,
+    ) -> Result<(), SessionError> {
+        let req = self.mirror_request(&frame, statements, true);
+        let (tx, rx) = oneshot::channel();
+        self.set_pending(frame.stream, Pending::Capture(tx));
+        self.forward(frame).await?;
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let ctx = session.ctx.clone();
+            let link = session.target.clone();
+            let target = tokio::spawn(async move {
+                let conn = link.get().await?;
+                send_to_target(&ctx, &conn, &req, false).await
+            });
+            let Ok(source) = rx.await else {
+                return;
+            };
+            let source_rows =
+                crate::proxy::mirror::rows_section(&source).map(Bytes::copy_from_slice);
+            let _ = session.reply(source).await;
+            let outcome = match target.await {
+                Ok(Ok(t)) => match (source_rows, crate::proxy::mirror::rows_section(&t)) {
+                    (Some(a), Some(b)) if a[..] == *b => "match",
+                    (Some(_), Some(_)) => "mismatch",
+                    _ => "error",
+                },
+                _ => "error",
+            };
+            if outcome == "mismatch" {
+                debug!(keyspace = %table.keyspace, table = %table.table, "shadow read differs between source and target");
+                session
+                    .ctx
+                    .metrics
+                    .shadow_read_mismatches
+                    .with_label_values(&[&table.keyspace, &table.table])
+                    .inc();
+            }
+            session
+                .ctx
+                .metrics
+                .shadow_reads
+                .with_label_values(&[outcome])
+                .inc();
+        });
+        Ok(())
+    }
+
+    /// target-primary: a read served by the target.
+    pub(super) fn read_from_target(
+        self: &Arc<Self>,
+        frame: Frame,
+        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+    ) {
+        let req = self.mirror_request(&frame, statements, true);
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let result = async {
+                let conn = session.target.get().await?;
+                send_to_target(&session.ctx, &conn, &req, false).await
+            }
+            .await;
+            let reply = match result {
+                Ok(mut f) => {
+                    f.stream = frame.stream;
+                    f
+                }
+                Err(e) => {
+                    session
+                        .ctx
+                        .metrics
+                        .target_failures
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    Frame::error(
+                        frame.version,
+                        frame.stream,
+                        error_code::SERVER_ERROR,
+                        &format!("ferry proxy: target read failed: {e}"),
+                    )
+                }
+            };
+            let _ = session.reply(reply).await;
+        });
+    }
+}

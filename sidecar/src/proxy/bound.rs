@@ -23,8 +23,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::classify::{
     random_uuid, random_uuid_parts, timeuuid, timeuuid_parts, tokenize_spans, Token,
 };
-use super::peers::response_body_start;
-use super::prepared::skip_type_rest;
 use super::wire::{Reader, WireError};
 
 /// The value a bound function stands for.
@@ -371,90 +369,9 @@ pub fn splice_values(
     Ok(out.freeze())
 }
 
-/// A PREPARED result (RESULT kind 4) with the bind variables at `positions`
-/// removed from its metadata, so the client sees the statement it wrote.
-/// The partition-key indices are renumbered; when a partition-key column is
-/// itself bound to a function, the indices are dropped (the driver then
-/// routes without a token, which only costs a hop).
-pub fn strip_bind_metadata(
-    frame_flags: u8,
-    body: &Bytes,
-    version: u8,
-    positions: &[usize],
-) -> Result<Bytes, WireError> {
-    let start = response_body_start(frame_flags, body)?;
-    let mut r = Reader::new(body);
-    r.skip(start)?;
-    if r.i32()? != 4 {
-        return Ok(body.clone());
-    }
-    r.short_bytes()?; // id
-    if version >= 5 {
-        r.short_bytes()?; // result metadata id
-    }
-    let metadata_at = r.position();
-    let flags = r.i32()?;
-    let columns = usize::try_from(r.i32()?).unwrap_or(0).min(65_535);
-    let mut pk = Vec::new();
-    if version >= 4 {
-        let n = usize::try_from(r.i32()?).unwrap_or(0).min(65_535);
-        for _ in 0..n {
-            pk.push(usize::from(r.u16()?));
-        }
-    }
-    let global_at = r.position();
-    let global = flags & 0x0001 != 0;
-    if global {
-        r.string()?;
-        r.string()?;
-    }
-    let global_end = r.position();
-    let mut specs = Vec::with_capacity(columns);
-    for _ in 0..columns {
-        let s = r.position();
-        if !global {
-            r.string()?;
-            r.string()?;
-        }
-        r.string()?;
-        let t = r.u16()?;
-        skip_type_rest(&mut r, t, 0)?;
-        specs.push((s, r.position()));
-    }
-    let rest = r.position();
-
-    let kept = |i: usize| !positions.contains(&i);
-    let new_pk: Option<Vec<u16>> = pk
-        .iter()
-        .map(|&i| kept(i).then(|| (i - positions.iter().filter(|&&p| p < i).count()) as u16))
-        .collect();
-    let new_pk = new_pk.unwrap_or_default();
-    let new_columns = (0..columns).filter(|&i| kept(i)).count();
-
-    let mut out = BytesMut::with_capacity(body.len());
-    out.put_slice(&body[..metadata_at]);
-    out.put_i32(flags);
-    out.put_i32(new_columns as i32);
-    if version >= 4 {
-        out.put_i32(new_pk.len() as i32);
-        for i in &new_pk {
-            out.put_u16(*i);
-        }
-    }
-    out.put_slice(&body[global_at..global_end]);
-    for (i, (s, e)) in specs.iter().enumerate() {
-        if kept(i) {
-            out.put_slice(&body[*s..*e]);
-        }
-    }
-    out.put_slice(&body[rest..]);
-    Ok(out.freeze())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::wire::{put_short_bytes, put_string};
 
     #[test]
     fn turns_calls_into_typed_markers_and_counts_positions() {
@@ -616,48 +533,5 @@ mod tests {
         assert_eq!(&only[..], &section(&[&5i64.to_be_bytes()])[..]);
         // A truncated client section is an error, not a panic.
         assert!(splice_values(Some(&client[..3]), &bound, 0).is_err());
-    }
-
-    fn prepared_body(pk: &[u16], columns: &[(&str, u16)]) -> Bytes {
-        let mut b = BytesMut::new();
-        b.put_i32(4);
-        put_short_bytes(&mut b, &[7, 7]);
-        b.put_i32(1); // global table spec
-        b.put_i32(columns.len() as i32);
-        b.put_i32(pk.len() as i32);
-        for i in pk {
-            b.put_u16(*i);
-        }
-        put_string(&mut b, "ks");
-        put_string(&mut b, "t");
-        for (name, t) in columns {
-            put_string(&mut b, name);
-            b.put_u16(*t);
-            if *t == 0x0020 {
-                b.put_u16(0x000D); // list<varchar>
-            }
-        }
-        b.put_i32(4); // result metadata: no metadata
-        b.put_i32(0);
-        b.freeze()
-    }
-
-    #[test]
-    fn strips_the_proxy_markers_from_prepared_metadata() {
-        let body = prepared_body(&[0, 2], &[("k", 9), ("t", 0x0F), ("c", 9), ("l", 0x0020)]);
-        let out = strip_bind_metadata(0, &body, 4, &[1]).unwrap();
-        assert_eq!(
-            out,
-            prepared_body(&[0, 1], &[("k", 9), ("c", 9), ("l", 0x0020)])
-        );
-        // A partition-key column bound to a function: no routing indices.
-        let out = strip_bind_metadata(0, &body, 4, &[0]).unwrap();
-        assert_eq!(
-            out,
-            prepared_body(&[], &[("t", 0x0F), ("c", 9), ("l", 0x0020)])
-        );
-        for cut in 0..body.len() {
-            let _ = strip_bind_metadata(0, &body.slice(..cut), 4, &[1]);
-        }
     }
 }

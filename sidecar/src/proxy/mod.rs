@@ -25,6 +25,7 @@ pub mod mirror;
 pub mod peers;
 pub mod prepared;
 pub mod request;
+pub mod result;
 pub mod segment;
 pub mod spool;
 pub mod tls;

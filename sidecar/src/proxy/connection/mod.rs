@@ -29,8 +29,8 @@ use crate::proxy::classify::{
     batch_statements, classify, replace_nondeterministic, StatementClass, SystemTable, WriteTraits,
 };
 use crate::proxy::mirror::{
-    lwt_applied, mirror_async, mirror_permit, send_to_target, source_may_hold, MirrorHold,
-    MirrorRequest, ProxyContext, TargetLink,
+    mirror_async, mirror_permit, send_to_target, source_may_hold, MirrorHold, MirrorRequest,
+    ProxyContext, TargetLink,
 };
 use crate::proxy::peers::{response_body_start, rewrite_event, rewrite_rows};
 use crate::proxy::prepared::{parse_prepared_result, PreparedStatement, COUNTER_TYPE};
@@ -39,6 +39,7 @@ use crate::proxy::request::{
     replace_ranges, replace_short_bytes, with_timestamp, with_values, BatchChild, ParamsLayout,
     RangeEdit, COUNTER_BATCH,
 };
+use crate::proxy::result::lwt_applied;
 use crate::proxy::upstream::{Credentials, Handshake};
 use crate::proxy::wire::{put_short_bytes, put_string, Reader, WireError};
 

@@ -38,10 +38,10 @@ impl Session {
                 return;
             };
             let source_rows =
-                crate::proxy::mirror::rows_section(&source).map(Bytes::copy_from_slice);
+                crate::proxy::result::rows_section(&source).map(Bytes::copy_from_slice);
             let _ = session.reply(source).await;
             let outcome = match target.await {
-                Ok(Ok(t)) => match (source_rows, crate::proxy::mirror::rows_section(&t)) {
+                Ok(Ok(t)) => match (source_rows, crate::proxy::result::rows_section(&t)) {
                     (Some(a), Some(b)) if a[..] == *b => "match",
                     (Some(_), Some(_)) => "mismatch",
                     _ => "error",

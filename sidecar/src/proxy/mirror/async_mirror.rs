@@ -1,0 +1,189 @@
+//! `async` mode: a write the source may hold goes to the target in the
+//! background, retried, then spooled; bounded by `--mirror-max-in-flight`
+//! and, under `reject-writes`, by the room the spool promised it.
+
+use super::*;
+
+/// Whether the source's answer to a write means the write may be on the
+/// source, so that async mode must mirror it: a result (for a conditional
+/// write, one that applied), or a write timeout or failure (the outcome is
+/// unknown and some replica may hold it). Any other error means the source
+/// refused it, and the target must not get it either.
+pub fn source_may_hold(answer: &Frame, conditional: bool) -> bool {
+    match answer.opcode {
+        opcode::RESULT => !(conditional && lwt_applied(answer) == Some(false)),
+        opcode::ERROR => matches!(
+            answer.error_code(),
+            Some(error_code::WRITE_TIMEOUT | error_code::WRITE_FAILURE)
+        ),
+        _ => false,
+    }
+}
+
+struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A place among the async mirrors in flight; waits (and counts the wait)
+/// when all `--mirror-max-in-flight` places are taken, which holds back the
+/// client connection asking for it.
+pub async fn mirror_permit(ctx: &ProxyContext) -> Option<OwnedSemaphorePermit> {
+    match ctx.mirror_permits.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            ctx.metrics.mirror_waits.inc();
+            // The semaphore is never closed, so this only fails if that
+            // changes; then the write goes on unbounded rather than lost.
+            ctx.mirror_permits.clone().acquire_owned().await.ok()
+        }
+    }
+}
+
+/// `async` mode: sends `req` to the target in the background; retries
+/// with backoff, then spools it. `permit` is held until the write is on the
+/// target or in the spool.
+pub fn mirror_async(
+    ctx: Arc<ProxyContext>,
+    link: Arc<TargetLink>,
+    req: MirrorRequest,
+    hold: MirrorHold,
+) {
+    ctx.mirrors_inflight.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async move {
+        let _permit = hold.permit;
+        let room = hold.room;
+        let _guard = InflightGuard(&ctx.mirrors_inflight);
+        // Keep order: while older writes wait in the spool, newer ones queue
+        // behind them.
+        if req.spool_first || (req.idempotent && !ctx.spool.is_empty()) {
+            spool_request(&ctx, &req, "spool not empty", room.as_ref());
+            return;
+        }
+        let mut delay = ctx.retry_backoff;
+        let mut last_error = String::new();
+        for attempt in 0..ctx.async_retries.max(1) {
+            let result = match link.get().await {
+                Ok(conn) => send_to_target(&ctx, &conn, &req, false).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(reply) if reply.opcode != opcode::ERROR => {
+                    ctx.metrics.mirrored_writes.with_label_values(&["ok"]).inc();
+                    return;
+                }
+                Ok(reply) if !is_retryable_error(&reply) => {
+                    ctx.metrics
+                        .mirrored_writes
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    ctx.metrics
+                        .target_failures
+                        .with_label_values(&["rejected"])
+                        .inc();
+                    warn!(error = %describe_error(&reply), "target refused a mirrored write; not retried");
+                    return;
+                }
+                Ok(reply) => {
+                    ctx.metrics
+                        .target_failures
+                        .with_label_values(&["error"])
+                        .inc();
+                    last_error = describe_error(&reply);
+                }
+                Err(e) if e.is_refusal() => {
+                    count_refusal(&ctx, &e, &req.keyspace);
+                    return;
+                }
+                Err(e) => {
+                    ctx.metrics
+                        .target_failures
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    last_error = e.to_string();
+                }
+            }
+            debug!(attempt, error = %last_error, "mirrored write failed");
+            if !req.idempotent || ctx.shutting_down.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+        }
+        if !req.idempotent {
+            // Counters: a retry could count twice, so the policy is one try.
+            ctx.metrics
+                .mirrored_writes
+                .with_label_values(&["counter_lost"])
+                .inc();
+            error!(error = %last_error, "counter update not applied on the target (counters are never retried)");
+            return;
+        }
+        spool_request(&ctx, &req, &last_error, room.as_ref());
+    });
+}
+
+/// A write the target refused for good (its PREPARE was refused: a
+/// keyspace, table or column missing there). It costs that write only, and
+/// loudly: every later write goes on.
+pub(super) fn count_refusal(ctx: &ProxyContext, e: &MirrorError, keyspace: &Option<String>) {
+    ctx.metrics
+        .mirrored_writes
+        .with_label_values(&["rejected"])
+        .inc();
+    ctx.metrics
+        .target_failures
+        .with_label_values(&["rejected"])
+        .inc();
+    warn!(error = %e, keyspace = keyspace.as_deref().unwrap_or(""), "target refused a mirrored write; not retried (the target lacks what it needs?)");
+}
+
+pub(super) fn spool_request(
+    ctx: &ProxyContext,
+    req: &MirrorRequest,
+    why: &str,
+    room: Option<&Reservation>,
+) {
+    let record = SpoolRecord {
+        version: req.version,
+        opcode: req.opcode,
+        flags: req.flags,
+        keyspace: req.keyspace.clone(),
+        statements: req
+            .statements
+            .iter()
+            .map(|(id, s)| SpooledStatement {
+                source_id: id.clone(),
+                keyspace: s.keyspace.clone(),
+                query: s.query.to_string(),
+            })
+            .collect(),
+        body: req.body.clone(),
+    };
+    match ctx.spool.append(&record, room) {
+        Ok(()) => {
+            ctx.metrics
+                .mirrored_writes
+                .with_label_values(&["spooled"])
+                .inc();
+            debug!(reason = why, "target write spooled");
+        }
+        Err(e) => {
+            ctx.metrics.spool_full.inc();
+            ctx.metrics
+                .mirrored_writes
+                .with_label_values(&["dropped"])
+                .inc();
+            error!(error = %e, "SPOOL FULL: target write dropped; the target now diverges until validated");
+        }
+    }
+    update_spool_gauges(ctx);
+}
+
+pub fn update_spool_gauges(ctx: &ProxyContext) {
+    ctx.metrics.spool_records.set(ctx.spool.records() as i64);
+    ctx.metrics.spool_bytes.set(ctx.spool.bytes() as i64);
+}

@@ -1,0 +1,81 @@
+//! What every connection of one proxy shares: the settings, the metrics,
+//! the prepared statements, the spool, and the promises made of it.
+
+use super::*;
+
+/// Everything the connections of one proxy share.
+pub struct ProxyContext {
+    pub metrics: Metrics,
+    pub prepared: PreparedCache,
+    pub mode: ModeCell,
+    pub peers: RwLock<Arc<PeerMap>>,
+    pub filter: MirrorFilter,
+    pub spool: Arc<Spool>,
+    pub spool_full_policy: SpoolFullPolicy,
+    pub source: Endpoint,
+    pub target: Endpoint,
+    /// `--target-username/--target-password`, else the clients' own.
+    pub target_credentials: Option<Credentials>,
+    /// The last handshake a client made, for the replayer's own link.
+    pub last_handshake: Mutex<Option<Handshake>>,
+    pub target_timeout: Duration,
+    pub async_retries: u32,
+    pub retry_backoff: Duration,
+    pub max_frame_bytes: usize,
+    pub protocol_version_cap: u8,
+    pub cql_version: Option<String>,
+    pub mirror_ddl: bool,
+    /// Percentage of reads also sent to the target and compared.
+    pub shadow_read_percent: u64,
+    pub read_counter: std::sync::atomic::AtomicU64,
+    pub shutting_down: AtomicBool,
+    pub mirrors_inflight: AtomicUsize,
+    /// Heartbeat interval on target links (`--heartbeat-secs`; None: off).
+    pub heartbeat: Option<Duration>,
+    /// Spooled writes replayed at once (`--replay-window`).
+    pub replay_window: usize,
+    /// Async mode's bound on `mirrors_inflight` (`--mirror-max-in-flight`).
+    pub mirror_permits: Arc<tokio::sync::Semaphore>,
+    pub source_reachable: AtomicBool,
+    pub target_reachable: AtomicBool,
+    /// Source node this proxy fronts → its advertised address.
+    pub self_peer: Option<(std::net::IpAddr, std::net::SocketAddr)>,
+}
+
+impl ProxyContext {
+    pub fn peers(&self) -> Arc<PeerMap> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode.get()
+    }
+
+    /// Room in the spool for `req`, promised before the source is sent it
+    /// (`reject-writes`: `Err` when there is none, and the application's
+    /// write must be refused); `Ok(None)` under `drop-target-writes`.
+    pub fn spool_room(&self, req: &MirrorRequest) -> Result<Option<Reservation>, SpoolFull> {
+        if self.spool_full_policy != SpoolFullPolicy::RejectWrites {
+            return Ok(None);
+        }
+        let bytes = Reservation::size_of(
+            req.body.len(),
+            req.statements.iter().map(|(id, s)| {
+                id.len() + s.query.len() + s.keyspace.as_ref().map_or(0, String::len)
+            }),
+        );
+        self.spool.reserve(bytes).map(Some).ok_or(SpoolFull)
+    }
+}
+
+/// The spool cannot promise room for one more write.
+#[derive(Debug)]
+pub struct SpoolFull;
+
+/// What an async-mode write holds until it is on the target or in the
+/// spool: its place among the mirrors in flight and its room in the spool.
+#[derive(Default)]
+pub struct MirrorHold {
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub room: Option<Reservation>,
+}

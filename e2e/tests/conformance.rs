@@ -19,6 +19,7 @@ use clap::Parser;
 use ferry_e2e::compare::{self, CompareOptions, Difference};
 use ferry_e2e::testbed;
 use ferry_sidecar::proxy::{self, ProxyArgs};
+use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use serde::Deserialize;
@@ -33,25 +34,44 @@ const PROXY_PORT: u16 = 29042;
 const REFUSED_BY_DESIGN: &[(&str, &str)] = &[];
 
 /// Differences or errors the proxy causes today and must fix:
-/// (scenario, run name or "*", what is wrong). They are printed (marked
+/// (scenario, write mode or "*", what is wrong). They are printed (marked
 /// GAP) but left out of the assertions; the proxy's owner removes an entry
-/// with the fix. Both below come and go with timing: they are races.
+/// with the fix.
 const KNOWN_PROXY_GAPS: &[(&str, &str, &str)] = &[
     (
-        "coll_list",
-        "py-v4-snappy-async",
-        "async mode keeps no order between a client's successive writes on the target \
-         (the driver sends an unprepared statement to any proxy, round-robin); list \
-         append/prepend take their cells' paths from the coordinator's clock on arrival \
-         and set/delete by index read the list first, so the target's list can end with \
-         other elements: for source [-1, 10, 20, 4, 6], seen target [-1, 10, 20, 1, 2, 6] \
-         (the INSERT of [1, 2, 3] applied after the append of [4, 5]) and [-1, 1, 20, 10, 6]",
+        "functions_batch",
+        "*",
+        "now(), uuid(), toTimestamp(now()) and currentTimestamp() in a BATCH message child \
+         sent as text (kind 0) are not replaced: each cluster computes its own value, under \
+         the same WRITETIME (gocql, whose batch child without values is text, in sync and async: \
+         columns a, b, c, d of key :1 differ; the prepared child of the same batch agrees)",
     ),
     (
         "truncate_then_write",
-        "py-v4-snappy-async",
-        "async mode: the target's TRUNCATE can run after writes the client made after it \
-         (sent through other proxies) and wipe them: seen a row missing on the target",
+        "async",
+        "async mode orders a TRUNCATE on the target only behind the writes of the proxy that \
+         took it; the client's next writes go to the other proxies (token-aware), reach the \
+         target before the TRUNCATE and are wiped: about 2/3 of the 20 rows written right \
+         after it are missing on the target (15 of 20 with Python, 13 with gocql)",
+    ),
+    (
+        "lwt_batch",
+        "async",
+        "async mode keeps no order between two conditional batches on one partition sent one \
+         after the other: the second (UPDATE ... IF v = 1) reached the target's Paxos before \
+         the first (INSERT ... IF NOT EXISTS) and was not applied there: source v=10, t='bb', \
+         target v=1, t='b' (gocql v5, async); lwt_if_condition is exposed the same way",
+    ),
+    (
+        "coll_list",
+        "async",
+        "async mode keeps no order between a client's successive writes through different \
+         proxies (an unprepared statement goes to any proxy, round-robin); list append/prepend \
+         take their cells' paths from the coordinator's clock on arrival and set/delete by \
+         index read the list first, so the target's list can end with other elements: for \
+         source [-1, 10, 20, 4, 6], seen target [-1, 10, 20, 1, 2, 6] (the INSERT of [1, 2, 3] \
+         applied after the append of [4, 5]) and [-1, 1, 20, 10, 6]; a race, seen in about \
+         one run in three",
     ),
 ];
 
@@ -250,36 +270,60 @@ fn schema(ks: &str, ks2: &str) -> (Vec<String>, Vec<(String, String)>) {
 }
 
 async fn ddl(session: &Session, statements: &[String], ks: &[&str], side: &str) {
-    for k in ks {
-        session
-            .query_unpaged(
-                format!("CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("creating {k} on the {side}: {e}"));
+    let create = ks.iter().map(|k| {
+        format!("CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
+    });
+    let (tables, others): (Vec<String>, Vec<String>) = statements
+        .iter()
+        .cloned()
+        .partition(|s| s.starts_with("CREATE TABLE"));
+    for s in create.chain(others) {
+        ddl_one(session, &s, side).await;
     }
-    for s in statements {
-        session
-            .query_unpaged(s.as_str(), &[])
-            .await
-            .unwrap_or_else(|e| panic!("{s} on the {side}: {e}"));
-    }
+    // Tables four at a time: each waits for schema agreement on the 3-node
+    // source, which took more than a minute one by one on a busy machine.
+    futures::stream::iter(tables)
+        .for_each_concurrent(4, |s| async move { ddl_one(session, &s, side).await })
+        .await;
     session
         .await_schema_agreement()
         .await
         .expect("schema agreement");
 }
 
+async fn ddl_one(session: &Session, s: &str, side: &str) {
+    {
+        // The driver waits for schema agreement after each statement; on the
+        // shared 2-core bed a node paused by GC can miss that wait although
+        // the change is made. Every statement here is idempotent (IF NOT
+        // EXISTS, or "already exists"), so it is waited for and tried again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match session.query_unpaged(s, &[]).await {
+                Ok(_) => break,
+                Err(e) if e.to_string().contains("already exist") => break,
+                Err(e) if attempt < 3 && e.to_string().contains("schema agreement") => {
+                    println!("{side}: {e}; waiting and trying again");
+                    let _ = session.await_schema_agreement().await;
+                }
+                Err(e) => panic!("{s} on the {side}: {e}"),
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Driver {
     Python,
+    Go,
 }
 
 impl Driver {
     fn name(self) -> &'static str {
         match self {
             Driver::Python => "python",
+            Driver::Go => "go",
         }
     }
 
@@ -309,6 +353,7 @@ impl Driver {
             .to_owned();
         match self {
             Driver::Python => vec![exe, dir.join("conformance.py").display().to_string()],
+            Driver::Go => vec![exe],
         }
     }
 }
@@ -359,6 +404,33 @@ const RUNS: &[Run] = &[
         mode: "async",
         protocol: 4,
         compression: "snappy",
+        client_timestamps: true,
+        contact: 0,
+    },
+    Run {
+        name: "go-v4-lz4",
+        driver: Driver::Go,
+        mode: "sync",
+        protocol: 4,
+        compression: "lz4",
+        client_timestamps: true,
+        contact: 1,
+    },
+    Run {
+        name: "go-v5-nots",
+        driver: Driver::Go,
+        mode: "sync",
+        protocol: 5,
+        compression: "lz4",
+        client_timestamps: false,
+        contact: 2,
+    },
+    Run {
+        name: "go-v5-async",
+        driver: Driver::Go,
+        mode: "async",
+        protocol: 5,
+        compression: "none",
         client_timestamps: true,
         contact: 0,
     },
@@ -569,7 +641,7 @@ async fn drivers_through_the_proxies_write_the_same_cells_on_both_clusters() {
                     if o.error.is_some() {
                         c = format!("ERR {c}");
                     }
-                    if gap(s, run.name).is_some() {
+                    if gap(s, run.mode).is_some() {
                         c = format!("GAP {c}");
                     }
                     c
@@ -582,7 +654,8 @@ async fn drivers_through_the_proxies_write_the_same_cells_on_both_clusters() {
     println!();
 
     for ((run, s), o) in &outcomes {
-        let gap = gap(s, run);
+        let mode = RUNS.iter().find(|r| r.name == *run).map_or("", |r| r.mode);
+        let gap = gap(s, mode);
         let tag = if gap.is_some() {
             " [known proxy gap]"
         } else {
@@ -608,13 +681,30 @@ async fn drivers_through_the_proxies_write_the_same_cells_on_both_clusters() {
         }
     }
 
-    for (s, run, what) in KNOWN_PROXY_GAPS {
-        println!("known proxy gap, {s} in {run}: {what}");
+    for (s, mode, what) in KNOWN_PROXY_GAPS {
+        println!("known proxy gap, {s} in {mode} mode: {what}");
     }
     for p in proxies {
         p.stop().await.expect("proxy stopped");
     }
     let _ = std::fs::remove_file(&map);
+    // 33 tables a run: left behind, they add up on the bed's 640 MB heaps
+    // (a source node ran out of heap with five runs' worth beside the other
+    // tests' keyspaces). FERRY_CONFORMANCE_KEEP=1 keeps them to look at.
+    if std::env::var_os("FERRY_CONFORMANCE_KEEP").is_none() {
+        for session in [&source, &target_session] {
+            for k in keyspaces {
+                if let Err(e) = session
+                    .query_unpaged(format!("DROP KEYSPACE IF EXISTS {k}"), &[])
+                    .await
+                {
+                    println!("dropping {k}: {e}");
+                }
+            }
+        }
+    } else {
+        println!("keyspaces {ks} and {ks2} kept (FERRY_CONFORMANCE_KEEP)");
+    }
     println!("conformance took {:.0?}", started.elapsed());
     assert!(
         failures.is_empty(),
@@ -624,9 +714,9 @@ async fn drivers_through_the_proxies_write_the_same_cells_on_both_clusters() {
     );
 }
 
-fn gap(scenario: &str, run: &str) -> Option<&'static str> {
+fn gap(scenario: &str, mode: &str) -> Option<&'static str> {
     KNOWN_PROXY_GAPS
         .iter()
-        .find(|(s, r, _)| *s == scenario && (*r == "*" || *r == run))
+        .find(|(s, m, _)| *s == scenario && (*m == "*" || *m == mode))
         .map(|(_, _, what)| *what)
 }

@@ -401,6 +401,19 @@ class Scenarios:
         u = self.s.prepare("UPDATE functions_prepared SET a = now(), c = toTimestamp(now()) WHERE k = ?")
         self.s.execute(u, (self.key(3),))
 
+    def functions_batch(self):
+        # In BATCH messages: a child sent as text (kind 0) and a prepared one.
+        b = BatchStatement(batch_type=BatchType.UNLOGGED)
+        b.add(
+            SimpleStatement(
+                f"INSERT INTO functions_batch (k, a, b, c, d) VALUES ('{self.key(1)}', now(), uuid(), "
+                "toTimestamp(now()), currentTimestamp())"
+            )
+        )
+        p = self.s.prepare("UPDATE functions_batch SET a = now(), b = uuid(), d = currentTimestamp() WHERE k = ?")
+        b.add(p, (self.key(2),))
+        self.s.execute(b)
+
     # -- session state, reads, sizes ---------------------------------------
 
     def use_keyspace(self):
@@ -498,6 +511,7 @@ ALL = [
     "batch_text_unlogged",
     "functions_simple",
     "functions_prepared",
+    "functions_batch",
     "use_keyspace",
     "paging",
     "blob_1mib",

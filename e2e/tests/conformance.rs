@@ -1,5 +1,5 @@
-//! Driver conformance: real drivers (the DataStax Python driver; gocql when
-//! its program is there) write through three in-process proxies, one per
+//! Driver conformance: real drivers (the DataStax Python driver and gocql)
+//! write through three in-process proxies, one per
 //! source node of the real 3-node source cluster, and every table is then
 //! compared cell by cell (value, WRITETIME, TTL) between the source and the
 //! target, read directly. See docs/proxy.md, "Driver conformance".

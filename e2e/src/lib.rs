@@ -7,5 +7,6 @@
 
 pub mod compare;
 pub mod kube_client;
+pub mod ledger;
 pub mod migration;
 pub mod testbed;

@@ -4,16 +4,28 @@
 //! migration can be checked against it: every acknowledged id must be on the
 //! target, and no request may fail while pods are rolled.
 //!
+//! Alongside (`--ledger-rate` operations per second, 0 for none) it runs a
+//! mixed workload whose every acknowledged operation is in a ledger: inserts,
+//! updates and deletes of rows and cells, list appends, set adds and removes,
+//! map puts, counter increments, LWT inserts, `now()` writes, `USING TTL`
+//! writes and logged and unlogged batches, on the `ledger_*` tables. The
+//! schedule is deterministic, so the ledger is just "operations below
+//! `ledgerOps`, less `ledgerUncertainOps`" (in the final tally), and
+//! `--check-ledger` rebuilds the state they must have left and compares it
+//! cell by cell with the source and the target; `ferry_e2e::ledger` explains
+//! why that is robust and what is compared.
+//!
 //! Every `--report-secs` it prints one JSON line of counters to stdout (the
 //! last line is the final tally after SIGTERM/SIGINT or `--duration-secs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use ferry_e2e::ledger::{self, Key, Op, ReadCell, ReadRow, Table, Val};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -21,7 +33,10 @@ use scylla::errors::{DbError, RequestAttemptError};
 use scylla::policies::retry::{
     DefaultRetrySession, RequestInfo, RetryDecision, RetryPolicy, RetrySession,
 };
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
+use scylla::value::{CqlValue, Row};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -70,6 +85,30 @@ struct Args {
     /// `quorum`, `local_quorum`, `one` or `all`.
     #[arg(long, env = "LOADGEN_CONSISTENCY", default_value = "quorum")]
     consistency: String,
+    /// Operations per second of the mixed, ledgered workload (0: none).
+    #[arg(long, env = "LOADGEN_LEDGER_RATE", default_value_t = 10)]
+    ledger_rate: u64,
+    /// Instead of writing: rebuild the state that ledger operations 0..N
+    /// (less `--uncertain-ops`) must have left, compare it cell by cell with
+    /// the cluster at `--contact-points` and the one at
+    /// `--target-contact-points`, print `{"ledger":{...}}` and exit non-zero
+    /// on any difference.
+    #[arg(long, value_name = "N")]
+    check_ledger: Option<u64>,
+    /// Ledger operations whose outcome is unknown (the `ledgerUncertainOps`
+    /// of the final tally), with `--check-ledger`: their keys are skipped.
+    #[arg(long, value_delimiter = ',')]
+    uncertain_ops: Vec<u64>,
+    /// The target's contact points, with `--check-ledger` (none: the source only).
+    #[arg(long, value_delimiter = ',')]
+    target_contact_points: Vec<String>,
+    /// The consistency of the target's reads, with `--check-ledger`.
+    #[arg(long, default_value = "one")]
+    target_consistency: String,
+    /// Ledger tables the migration does not copy (counter tables cannot be
+    /// backfilled), with `--check-ledger`: checked on the source only.
+    #[arg(long, value_delimiter = ',')]
+    source_only_tables: Vec<String>,
 }
 
 #[derive(Default)]
@@ -86,6 +125,57 @@ struct Counters {
     /// node restart can take seconds): reading one back proves nothing.
     pending_ids: Mutex<BTreeSet<u64>>,
     last_error: Mutex<Option<String>>,
+    ledger: LedgerCounters,
+}
+
+/// The outcome of each ledger operation, by number.
+const PENDING: u8 = 0;
+const ACKED: u8 = 1;
+const UNCERTAIN: u8 = 2;
+/// The most uncertain operations the tally lists (beyond: truncated, and the
+/// ledger cannot be checked).
+const MAX_UNCERTAIN_LISTED: usize = 20_000;
+
+#[derive(Default)]
+struct LedgerCounters {
+    issued: AtomicU64,
+    acked: AtomicU64,
+    uncertain: AtomicU64,
+    lwt_not_applied: AtomicU64,
+    /// Per operation: PENDING, ACKED or UNCERTAIN.
+    states: Mutex<Vec<u8>>,
+    by_kind: Mutex<BTreeMap<&'static str, u64>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl LedgerCounters {
+    fn state(&self, n: u64) -> u8 {
+        self.states
+            .lock()
+            .map(|s| s.get(n as usize).copied().unwrap_or(PENDING))
+            .unwrap_or(PENDING)
+    }
+
+    fn settle(&self, n: u64, state: u8) {
+        if let Ok(mut s) = self.states.lock() {
+            if let Some(slot) = s.get_mut(n as usize) {
+                *slot = state;
+            }
+        }
+    }
+
+    fn uncertain_ops(&self) -> Vec<u64> {
+        self.states
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .enumerate()
+                    .filter(|(_, st)| **st == UNCERTAIN)
+                    .map(|(n, _)| n as u64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl Counters {
@@ -95,6 +185,8 @@ impl Counters {
             .lock()
             .map(|f| f.iter().copied().take(100).collect())
             .unwrap_or_default();
+        let l = &self.ledger;
+        let uncertain = l.uncertain_ops();
         json!({
             "final": last,
             "seconds": started.elapsed().as_secs(),
@@ -106,6 +198,14 @@ impl Counters {
             "readMissing": self.read_missing.load(Ordering::SeqCst),
             "failedIds": failed,
             "lastError": self.last_error.lock().ok().and_then(|e| e.clone()),
+            "ledgerOps": l.issued.load(Ordering::SeqCst),
+            "ledgerAcked": l.acked.load(Ordering::SeqCst),
+            "ledgerUncertain": l.uncertain.load(Ordering::SeqCst),
+            "ledgerUncertainOps": uncertain.iter().take(MAX_UNCERTAIN_LISTED).collect::<Vec<_>>(),
+            "ledgerUncertainTruncated": uncertain.len() > MAX_UNCERTAIN_LISTED,
+            "ledgerLwtNotApplied": l.lwt_not_applied.load(Ordering::SeqCst),
+            "ledgerByKind": l.by_kind.lock().map(|k| k.clone()).unwrap_or_default(),
+            "ledgerLastError": l.last_error.lock().ok().and_then(|e| e.clone()),
         })
         .to_string()
     }
@@ -170,7 +270,7 @@ impl RetrySession for RetryIdempotentSession {
     }
 }
 
-async fn connect(args: &Args) -> anyhow::Result<Session> {
+async fn connect(contact_points: &[String]) -> anyhow::Result<Session> {
     let profile = ExecutionProfile::builder()
         .retry_policy(Arc::new(RetryIdempotent))
         .build();
@@ -178,7 +278,7 @@ async fn connect(args: &Args) -> anyhow::Result<Session> {
     let mut last = None;
     for _ in 0..60 {
         match SessionBuilder::new()
-            .known_nodes(&args.contact_points)
+            .known_nodes(contact_points)
             .default_execution_profile_handle(profile.clone().into_handle())
             .build()
             .await
@@ -190,7 +290,7 @@ async fn connect(args: &Args) -> anyhow::Result<Session> {
     }
     anyhow::bail!(
         "cannot connect to {:?}: {}",
-        args.contact_points,
+        contact_points,
         last.unwrap_or_default()
     )
 }
@@ -240,6 +340,428 @@ async fn verify(
     }
 }
 
+/// The prepared statements of the ledger's operations.
+struct LedgerStatements {
+    insert: PreparedStatement,
+    update_note: PreparedStatement,
+    update_v: PreparedStatement,
+    delete_row: PreparedStatement,
+    delete_note: PreparedStatement,
+    insert_ttl: PreparedStatement,
+    update_note_ttl: PreparedStatement,
+    insert_now: PreparedStatement,
+    update_now: PreparedStatement,
+    lwt: PreparedStatement,
+    list_append: PreparedStatement,
+    set_add: PreparedStatement,
+    set_remove: PreparedStatement,
+    map_put: PreparedStatement,
+    counter_add: PreparedStatement,
+    cl: Consistency,
+}
+
+impl LedgerStatements {
+    async fn prepare(session: &Session, ks: &str, cl: Consistency) -> anyhow::Result<Self> {
+        let ttl = ledger::TTL_SECS;
+        let p = |cql: String, idempotent: bool| async move {
+            let mut s = session
+                .prepare(cql.clone())
+                .await
+                .with_context(|| format!("preparing {cql}"))?;
+            s.set_consistency(cl);
+            s.set_is_idempotent(idempotent);
+            anyhow::Ok(s)
+        };
+        Ok(LedgerStatements {
+            insert: p(
+                format!("INSERT INTO {ks}.ledger_rows (k, v, n) VALUES (?, ?, ?)"),
+                true,
+            )
+            .await?,
+            update_note: p(
+                format!("UPDATE {ks}.ledger_rows SET note = ? WHERE k = ?"),
+                true,
+            )
+            .await?,
+            update_v: p(
+                format!("UPDATE {ks}.ledger_rows SET v = ? WHERE k = ?"),
+                true,
+            )
+            .await?,
+            delete_row: p(format!("DELETE FROM {ks}.ledger_rows WHERE k = ?"), true).await?,
+            delete_note: p(
+                format!("DELETE note FROM {ks}.ledger_rows WHERE k = ?"),
+                true,
+            )
+            .await?,
+            insert_ttl: p(
+                format!("INSERT INTO {ks}.ledger_rows (k, v, n) VALUES (?, ?, ?) USING TTL {ttl}"),
+                true,
+            )
+            .await?,
+            update_note_ttl: p(
+                format!("UPDATE {ks}.ledger_rows USING TTL {ttl} SET note = ? WHERE k = ?"),
+                true,
+            )
+            .await?,
+            insert_now: p(
+                format!("INSERT INTO {ks}.ledger_time (k, at, note) VALUES (?, now(), ?)"),
+                false,
+            )
+            .await?,
+            update_now: p(
+                format!("UPDATE {ks}.ledger_time SET at = now() WHERE k = ?"),
+                false,
+            )
+            .await?,
+            lwt: p(
+                format!("INSERT INTO {ks}.ledger_lwt (k, v) VALUES (?, ?) IF NOT EXISTS"),
+                false,
+            )
+            .await?,
+            list_append: p(
+                format!("UPDATE {ks}.ledger_coll SET l = l + ? WHERE k = ?"),
+                false,
+            )
+            .await?,
+            set_add: p(
+                format!("UPDATE {ks}.ledger_coll SET s = s + ? WHERE k = ?"),
+                true,
+            )
+            .await?,
+            set_remove: p(
+                format!("UPDATE {ks}.ledger_coll SET s = s - ? WHERE k = ?"),
+                true,
+            )
+            .await?,
+            map_put: p(
+                format!("UPDATE {ks}.ledger_coll SET m[?] = ? WHERE k = ?"),
+                true,
+            )
+            .await?,
+            counter_add: p(
+                format!("UPDATE {ks}.ledger_counts SET c = c + ? WHERE k = ?"),
+                false,
+            )
+            .await?,
+            cl,
+        })
+    }
+
+    /// Runs one operation; `Ok(false)` for an LWT that was not applied.
+    async fn execute(&self, session: &Session, op: &Op) -> anyhow::Result<bool> {
+        let result = match op {
+            Op::Insert { k, v, n } => session.execute_unpaged(&self.insert, (k, v, n)).await?,
+            Op::UpdateNote { k, note } => {
+                session
+                    .execute_unpaged(&self.update_note, (note, k))
+                    .await?
+            }
+            Op::UpdateV { k, v } => session.execute_unpaged(&self.update_v, (v, k)).await?,
+            Op::DeleteRow { k } => session.execute_unpaged(&self.delete_row, (k,)).await?,
+            Op::DeleteNote { k } => session.execute_unpaged(&self.delete_note, (k,)).await?,
+            Op::InsertTtl { k, v, n } => {
+                session.execute_unpaged(&self.insert_ttl, (k, v, n)).await?
+            }
+            Op::UpdateNoteTtl { k, note } => {
+                session
+                    .execute_unpaged(&self.update_note_ttl, (note, k))
+                    .await?
+            }
+            Op::InsertNow { k, note } => {
+                session.execute_unpaged(&self.insert_now, (k, note)).await?
+            }
+            Op::UpdateNow { k } => session.execute_unpaged(&self.update_now, (k,)).await?,
+            Op::LwtInsert { k, v } => {
+                let result = session.execute_unpaged(&self.lwt, (k, v)).await?;
+                let applied = result
+                    .into_rows_result()?
+                    .rows::<Row>()?
+                    .next()
+                    .transpose()?
+                    .and_then(|row| row.columns.into_iter().next().flatten());
+                return Ok(matches!(applied, Some(CqlValue::Boolean(true))));
+            }
+            Op::ListAppend { k, e } => {
+                session
+                    .execute_unpaged(&self.list_append, (vec![*e], k))
+                    .await?
+            }
+            Op::SetAdd { k, e } => session.execute_unpaged(&self.set_add, (e, k)).await?,
+            Op::SetRemove { k, e } => session.execute_unpaged(&self.set_remove, (e, k)).await?,
+            Op::MapPut { k, key, value } => {
+                session
+                    .execute_unpaged(&self.map_put, (key, value, k))
+                    .await?
+            }
+            Op::CounterAdd { k, by } => {
+                session
+                    .execute_unpaged(&self.counter_add, (scylla::value::Counter(*by), k))
+                    .await?
+            }
+            Op::LoggedBatch { rows: [a, b] } => {
+                let mut batch = Batch::new(BatchType::Logged);
+                batch.append_statement(self.insert.clone());
+                batch.append_statement(self.insert.clone());
+                batch.set_consistency(self.cl);
+                batch.set_is_idempotent(true);
+                session.batch(&batch, (a, b)).await?
+            }
+            Op::UnloggedBatch { insert, note } => {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.append_statement(self.insert.clone());
+                batch.set_consistency(self.cl);
+                batch.set_is_idempotent(true);
+                match note {
+                    Some((k, note)) => {
+                        batch.append_statement(self.update_note.clone());
+                        session.batch(&batch, (insert, (note, k))).await?
+                    }
+                    None => session.batch(&batch, (insert,)).await?,
+                }
+            }
+        };
+        drop(result);
+        Ok(true)
+    }
+}
+
+/// Issues ledger operation after operation at `rate` per second until
+/// `stop` or the deadline, then waits for every answer. An operation on a
+/// key starts once the previous one on that key is answered (see
+/// `ferry_e2e::ledger`).
+async fn run_ledger(
+    session: Arc<Session>,
+    statements: Arc<LedgerStatements>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+    rate: u64,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut last_on_key: HashMap<Key, u64> = HashMap::new();
+    let mut inflight = tokio::task::JoinSet::new();
+    while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+        ticker.tick().await;
+        let l = &counters.ledger;
+        let n = l.issued.load(Ordering::SeqCst);
+        if let Ok(mut s) = l.states.lock() {
+            s.push(PENDING);
+        }
+        l.issued.fetch_add(1, Ordering::SeqCst);
+        let Some(op) = ledger::op(n) else {
+            l.settle(n, ACKED);
+            l.acked.fetch_add(1, Ordering::SeqCst);
+            continue;
+        };
+        let before: Vec<u64> = op
+            .keys()
+            .into_iter()
+            .filter_map(|key| last_on_key.insert(key, n))
+            .collect();
+        let (session, statements, counters) =
+            (session.clone(), statements.clone(), counters.clone());
+        inflight.spawn(async move {
+            let l = &counters.ledger;
+            // Wait for the previous operations on the same keys.
+            let waited = Instant::now();
+            let mut in_order = true;
+            while before.iter().any(|&b| l.state(b) == PENDING) {
+                if waited.elapsed() > Duration::from_secs(120) {
+                    in_order = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let outcome = statements.execute(&session, &op).await;
+            match outcome {
+                Ok(applied) if in_order => {
+                    if !applied {
+                        l.lwt_not_applied.fetch_add(1, Ordering::SeqCst);
+                    }
+                    l.settle(n, ACKED);
+                    l.acked.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut k) = l.by_kind.lock() {
+                        *k.entry(op.kind()).or_default() += 1;
+                    }
+                }
+                other => {
+                    l.settle(n, UNCERTAIN);
+                    l.uncertain.fetch_add(1, Ordering::SeqCst);
+                    let error = match other {
+                        Err(e) => format!("{} (op {n}): {e:#}", op.kind()),
+                        Ok(_) => format!(
+                            "{} (op {n}) ran before the previous operation on its key was answered",
+                            op.kind()
+                        ),
+                    };
+                    if let Ok(mut last) = l.last_error.lock() {
+                        *last = Some(error);
+                    }
+                }
+            }
+        });
+        while inflight.try_join_next().is_some() {}
+    }
+    while inflight.join_next().await.is_some() {}
+}
+
+fn val(v: CqlValue) -> Val {
+    fn bigints(vs: Vec<CqlValue>) -> Option<Vec<i64>> {
+        vs.into_iter()
+            .map(|v| match v {
+                CqlValue::BigInt(n) => Some(n),
+                _ => None,
+            })
+            .collect()
+    }
+    match v {
+        CqlValue::Text(s) | CqlValue::Ascii(s) => Val::Text(s),
+        CqlValue::BigInt(n) => Val::BigInt(n),
+        CqlValue::Counter(c) => Val::Counter(c.0),
+        CqlValue::Timeuuid(t) => Val::Timeuuid(t.to_string()),
+        CqlValue::List(vs) => match bigints(vs.clone()) {
+            Some(l) => Val::List(l),
+            None => Val::Other(format!("{:?}", CqlValue::List(vs))),
+        },
+        CqlValue::Set(vs) => match bigints(vs.clone()) {
+            Some(l) => Val::Set(l.into_iter().collect()),
+            None => Val::Other(format!("{:?}", CqlValue::Set(vs))),
+        },
+        CqlValue::Map(pairs) => {
+            let mut m = BTreeMap::new();
+            for (k, v) in &pairs {
+                match (k, v) {
+                    (CqlValue::BigInt(k), CqlValue::Text(v)) => {
+                        m.insert(*k, v.clone());
+                    }
+                    _ => return Val::Other(format!("{:?}", CqlValue::Map(pairs))),
+                }
+            }
+            Val::Map(m)
+        }
+        other => Val::Other(format!("{other:?}")),
+    }
+}
+
+/// One key's row, as [`Table::select`] reads it.
+async fn read_row(
+    session: &Session,
+    select: &PreparedStatement,
+    key: Key,
+) -> anyhow::Result<ReadRow> {
+    let result = session
+        .execute_unpaged(select, (key.k,))
+        .await
+        .with_context(|| format!("reading {key}"))?;
+    let rows = result.into_rows_result()?;
+    let Some(row) = rows.rows::<Row>()?.next().transpose()? else {
+        return Ok(ReadRow::new());
+    };
+    let cols = key.table.columns();
+    let mut values = row.columns.into_iter();
+    let mut out = ReadRow::new();
+    for (name, _) in cols {
+        out.insert(
+            name.to_string(),
+            ReadCell {
+                val: values.next().flatten().map(val),
+                ..Default::default()
+            },
+        );
+    }
+    if key.table.compares_write_meta() {
+        for (name, _) in cols {
+            let writetime = values.next().flatten();
+            let ttl = values.next().flatten();
+            if let Some(cell) = out.get_mut(*name) {
+                cell.writetime = match writetime {
+                    Some(CqlValue::BigInt(t)) => Some(t),
+                    _ => None,
+                };
+                cell.ttl = match ttl {
+                    Some(CqlValue::Int(t)) => Some(t),
+                    _ => None,
+                };
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--check-ledger`: the expected state of operations `0..ops`, compared
+/// cell by cell with the source (`session`) and the target.
+async fn check_ledger(
+    args: &Args,
+    source: &Session,
+    ops: u64,
+    cl: Consistency,
+) -> anyhow::Result<()> {
+    let ks = &args.keyspace;
+    let uncertain: BTreeSet<u64> = args.uncertain_ops.iter().copied().collect();
+    let expected = ledger::expected(ops, &uncertain);
+    let target = if args.target_contact_points.is_empty() {
+        None
+    } else {
+        Some(connect(&args.target_contact_points).await?)
+    };
+    let target_cl = consistency(&args.target_consistency)?;
+    let mut source_only = BTreeSet::new();
+    for name in &args.source_only_tables {
+        source_only
+            .insert(Table::from_name(name).with_context(|| format!("{name} is no ledger table"))?);
+    }
+    let mut on_source = HashMap::new();
+    let mut on_target = HashMap::new();
+    for table in Table::ALL {
+        let mut s = source.prepare(table.select(ks)).await?;
+        s.set_consistency(cl);
+        on_source.insert(table, s);
+        if let (Some(t), false) = (&target, source_only.contains(&table)) {
+            let mut s = t.prepare(table.select(ks)).await?;
+            s.set_consistency(target_cl);
+            on_target.insert(table, s);
+        }
+    }
+    let mut report = ledger::Report {
+        ops,
+        uncertain_ops: uncertain.iter().filter(|&&n| n < ops).count() as u64,
+        uncertain_keys: expected.uncertain.len() as u64,
+        source_only_tables: source_only.iter().map(|t| t.name().to_string()).collect(),
+        ..Default::default()
+    };
+    let keys: Vec<_> = expected.rows.iter().collect();
+    for chunk in keys.chunks(64) {
+        let reads = chunk.iter().map(|(key, row)| {
+            let (on_source, on_target, target) = (&on_source, &on_target, &target);
+            async move {
+                let s = read_row(source, &on_source[&key.table], **key).await?;
+                let t = match (target, on_target.get(&key.table)) {
+                    (Some(session), Some(select)) => Some(read_row(session, select, **key).await?),
+                    _ => None,
+                };
+                anyhow::Ok((**key, *row, s, t))
+            }
+        });
+        for read in futures::future::join_all(reads).await {
+            let (key, row, s, t) = read?;
+            let (differences, cells) = ledger::diff_key(key, row, &s, t.as_ref());
+            report.keys_checked += 1;
+            report.cells_checked += cells;
+            report.add(&differences);
+        }
+    }
+    println!("{}", json!({ "ledger": report }));
+    if report.differences > 0 {
+        anyhow::bail!(
+            "{} differences between the ledger and the clusters, e.g. {:?}",
+            report.differences,
+            report.examples.first()
+        );
+    }
+    Ok(())
+}
+
 /// This client's clock as a CQL timestamp.
 fn now_millis() -> scylla::value::CqlTimestamp {
     let millis = std::time::SystemTime::now()
@@ -253,7 +775,7 @@ fn now_millis() -> scylla::value::CqlTimestamp {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cl = consistency(&args.consistency)?;
-    let session = Arc::new(connect(&args).await?);
+    let session = Arc::new(connect(&args.contact_points).await?);
     let ks = &args.keyspace;
     session
         .query_unpaged(
@@ -269,6 +791,12 @@ async fn main() -> anyhow::Result<()> {
         .query_unpaged(format!("CREATE TABLE IF NOT EXISTS {ks}.events (id bigint PRIMARY KEY, payload text, written_at timestamp)"), &[])
         .await
         .context("creating the table")?;
+    for table in Table::ALL {
+        session
+            .query_unpaged(table.create(ks), &[])
+            .await
+            .with_context(|| format!("creating {ks}.{}", table.name()))?;
+    }
     session
         .await_schema_agreement()
         .await
@@ -279,6 +807,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(upto) = args.verify_upto {
         return verify(&session, ks, upto, &args.skip_ids, cl).await;
+    }
+    if let Some(ops) = args.check_ledger {
+        return check_ledger(&args, &session, ops, cl).await;
     }
     let mut insert = session
         .prepare(format!(
@@ -327,10 +858,23 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    let mut ticker = tokio::time::interval(interval);
     let deadline =
         (args.duration_secs > 0).then(|| started + Duration::from_secs(args.duration_secs));
+    let ledger_task = if args.ledger_rate > 0 {
+        let statements = Arc::new(LedgerStatements::prepare(&session, ks, cl).await?);
+        Some(tokio::spawn(run_ledger(
+            session.clone(),
+            statements,
+            counters.clone(),
+            stop.clone(),
+            deadline,
+            args.ledger_rate,
+        )))
+    } else {
+        None
+    };
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
     let mut inflight = tokio::task::JoinSet::new();
     while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         ticker.tick().await;
@@ -402,6 +946,11 @@ async fn main() -> anyhow::Result<()> {
         while inflight.try_join_next().is_some() {}
     }
     while inflight.join_next().await.is_some() {}
+    if let Some(task) = ledger_task {
+        // It stops on the same flag and deadline, once its operations are answered.
+        stop.store(true, Ordering::SeqCst);
+        task.await.context("the ledger workload")?;
+    }
     println!("{}", counters.report(started, true));
     Ok(())
 }

@@ -210,6 +210,17 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
     container
 }
 
+/// The proxy's preStop hook: `/drain` waits until the spool is empty and no
+/// write is on its way to the target, for at most the pod's termination
+/// grace less a margin for the proxy's own shutdown.
+pub fn drain_hook(grace_seconds: i64) -> Value {
+    let wait = (grace_seconds - 5).max(1);
+    json!({"preStop": {"httpGet": {
+        "path": format!("/drain?timeout={wait}"),
+        "port": labels::PROXY_ADMIN_PORT,
+    }}})
+}
+
 /// The init container that redirects inbound CQL traffic to the proxy. It
 /// needs NET_ADMIN (and NET_RAW for iptables) in this container only; the
 /// proxy's own connection to Cassandra goes over loopback (OUTPUT chain), so
@@ -259,7 +270,13 @@ pub fn injection_patch(pod: &Pod, cm: &CassandraMigration, settings: &InjectionS
     if cm.spec.proxy.redirect == TrafficRedirect::Iptables {
         init.push(redirect_container(cm, settings));
     }
-    let sidecar = sidecar_container(cm, settings);
+    let mut sidecar = sidecar_container(cm, settings);
+    // Before the pod goes, its proxy hands the target what it still owes it
+    // (the spool is in the pod and goes with it), within the pod's grace.
+    let grace = spec
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    sidecar["lifecycle"] = drain_hook(grace);
     if settings.native_sidecar {
         init.push(sidecar);
     } else {
@@ -404,6 +421,31 @@ mod tests {
         assert!(spec.init_containers.is_none());
         assert_eq!(spec.containers[1].name, labels::SIDECAR_CONTAINER);
         assert!(spec.containers[1].restart_policy.is_none());
+    }
+
+    #[test]
+    fn the_proxy_drains_its_spool_before_the_pod_goes() {
+        let cm = migration(TrafficRedirect::Port);
+        let mut pod = bare_pod();
+        pod.spec.as_mut().unwrap().termination_grace_period_seconds = Some(120);
+        let injected = apply(&pod, &injection_patch(&pod, &cm, &settings(false)));
+        let proxy = &injected.spec.unwrap().containers[1];
+        let hook = proxy
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.http_get.as_ref())
+            .expect("a preStop httpGet hook");
+        assert_eq!(hook.path.as_deref(), Some("/drain?timeout=115"));
+        // The default grace of 30 s, and one too short for a margin.
+        assert_eq!(
+            drain_hook(30)["preStop"]["httpGet"]["path"],
+            "/drain?timeout=25"
+        );
+        assert_eq!(
+            drain_hook(2)["preStop"]["httpGet"]["path"],
+            "/drain?timeout=1"
+        );
     }
 
     #[test]

@@ -496,3 +496,63 @@ async fn a_truncate_in_async_mode_comes_before_the_writes_after_it() {
     assert_eq!(on_source, rows_text(&bed.target, &q).await);
     proxy.stop().await.expect("proxy stops");
 }
+
+/// Item 3 (in part): an evicted pod took its spool with it. The proxy's
+/// `/drain` (the pod's preStop hook) holds the pod until the spool is empty,
+/// or says what is left when its deadline passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_spool_and_says_what_is_left() {
+    let bed = bed().await;
+    let ks = keyspace("loss_drain");
+    on_both(&bed, &ks, &["t (k int PRIMARY KEY, v text)"]).await;
+    // The target is down for this proxy: writes end in the spool.
+    let down = start_proxy(
+        "127.0.0.89",
+        &bed.source_addr,
+        "127.0.0.97",
+        &["--mode", "async", "--async-retries", "1"],
+    )
+    .await;
+    let client = connect(&down.addr.to_string()).await;
+    for k in 0..5 {
+        client
+            .query_unpaged(format!("INSERT INTO {ks}.t (k, v) VALUES ({k}, 'x')"), &[])
+            .await
+            .expect("the source takes it");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            down.metric("ferry_proxy_spool_records").await == 5.0
+        })
+        .await
+    );
+    let started = Instant::now();
+    let (status, body) = down.admin_get("/drain?timeout=1").await;
+    assert!(status.contains("503"), "{status}: {body}");
+    assert!(body.contains("spool_records=5"), "{body}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    down.stop().await.expect("proxy stops");
+
+    // With the target up, the drain answers once it is all there.
+    let up = start_proxy(
+        "127.0.0.88",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "async"],
+    )
+    .await;
+    let client = connect(&up.addr.to_string()).await;
+    for k in 10..20 {
+        client
+            .query_unpaged(format!("INSERT INTO {ks}.t (k, v) VALUES ({k}, 'y')"), &[])
+            .await
+            .expect("write");
+    }
+    let (status, body) = up.admin_get("/drain?timeout=20").await;
+    assert!(status.contains("200"), "{status}: {body}");
+    assert_eq!(
+        count(&bed.target, &format!("SELECT count(*) FROM {ks}.t")).await,
+        10
+    );
+    up.stop().await.expect("proxy stops");
+}

@@ -1,4 +1,6 @@
-//! The admin endpoint: `/metrics` (Prometheus text), `/livez`, `/readyz`.
+//! The admin endpoint: `/metrics` (Prometheus text), `/livez`, `/readyz`,
+//! and `/drain` (the pod's preStop hook: wait until nothing is owed to the
+//! target).
 //! A tiny HTTP/1.1 responder: one request per connection, no keep-alive,
 //! which is all a scraper or a kubelet probe needs.
 
@@ -33,6 +35,46 @@ pub fn readiness(ctx: &ProxyContext) -> (bool, String) {
     (ready, detail)
 }
 
+/// Longest `/drain` wait a caller may ask for.
+const MAX_DRAIN: Duration = Duration::from_secs(3600);
+
+/// Waits until the proxy owes the target nothing (the spool is empty and no
+/// write is on its way), or `limit` passes; whether it did, and what is
+/// left. The pod's preStop hook calls it, so that an evicted pod does not
+/// take spooled writes with it while the target can still take them.
+pub async fn drain(ctx: &ProxyContext, limit: Duration) -> (bool, String) {
+    let deadline = tokio::time::Instant::now() + limit.min(MAX_DRAIN);
+    loop {
+        let records = ctx.spool.records();
+        let in_flight = ctx.mirrors_inflight.load(Ordering::Acquire);
+        if records == 0 && in_flight == 0 {
+            return (true, "drained: nothing owed to the target\n".to_owned());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::error!(
+                records,
+                in_flight,
+                "drain deadline passed with writes still owed to the target; the validation must repair them"
+            );
+            return (
+                false,
+                format!("not drained: spool_records={records} mirrors_in_flight={in_flight}\n"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `timeout=<seconds>` of a request path's query, if any.
+fn timeout_param(path: &str) -> Option<Duration> {
+    let (_, query) = path.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -53,8 +95,22 @@ async fn handle(mut stream: TcpStream, ctx: &ProxyContext) -> std::io::Result<()
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "admin read"))??;
     let request = String::from_utf8_lossy(&buf[..n]);
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let target = request.split_whitespace().nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/");
     let (status, content_type, body) = match path {
+        "/drain" => {
+            let limit = timeout_param(target).unwrap_or(Duration::from_secs(60));
+            let (drained, detail) = drain(ctx, limit).await;
+            (
+                if drained {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                },
+                "text/plain",
+                detail,
+            )
+        }
         "/metrics" => {
             ctx.metrics
                 .prepared_cache_size
@@ -94,5 +150,24 @@ pub async fn probe_upstreams(ctx: Arc<ProxyContext>) {
         ctx.source_reachable.store(source, Ordering::Release);
         ctx.target_reachable.store(target, Ordering::Release);
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_timeout_comes_from_the_query() {
+        assert_eq!(
+            timeout_param("/drain?timeout=25"),
+            Some(Duration::from_secs(25))
+        );
+        assert_eq!(
+            timeout_param("/drain?x=1&timeout=7"),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(timeout_param("/drain"), None);
+        assert_eq!(timeout_param("/drain?timeout=soon"), None);
     }
 }

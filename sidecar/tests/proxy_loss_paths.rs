@@ -556,3 +556,51 @@ async fn drain_waits_for_the_spool_and_says_what_is_left() {
     );
     up.stop().await.expect("proxy stops");
 }
+
+/// `now()` and the like in a BATCH message child sent as text (kind 0):
+/// each cluster computed its own value under the same WRITETIME (found by
+/// the conformance suite with gocql and the Python driver). They now get
+/// literals, as in a QUERY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_in_a_text_child_of_a_batch_is_the_same_on_both_sides() {
+    let bed = bed().await;
+    let ks = keyspace("loss_batch_now");
+    on_both(
+        &bed,
+        &ks,
+        &["t (k int PRIMARY KEY, id timeuuid, u uuid, at timestamp)"],
+    )
+    .await;
+    let proxy = start_proxy(
+        "127.0.0.87",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "sync"],
+    )
+    .await;
+    let client = connect(&proxy.addr.to_string()).await;
+    let mut batch = scylla::statement::batch::Batch::default();
+    for k in 0..3 {
+        batch.append_statement(
+            format!(
+                "INSERT INTO {ks}.t (k, id, u, at) VALUES ({k}, now(), uuid(), currentTimestamp())"
+            )
+            .as_str(),
+        );
+    }
+    client
+        .batch(&batch, ((), (), ()))
+        .await
+        .expect("batch of text children");
+    let q = format!("SELECT k, id, u, at FROM {ks}.t");
+    let on_source = rows_text(&bed.source, &q).await;
+    assert_eq!(on_source.len(), 3);
+    assert_eq!(on_source, rows_text(&bed.target, &q).await);
+    assert!(
+        proxy
+            .metric("ferry_proxy_policy_writes_total{kind=\"replaced\"}")
+            .await
+            >= 9.0
+    );
+    proxy.stop().await.expect("proxy stops");
+}

@@ -1,10 +1,12 @@
 //! Arbitrary bodies into everything that reads or edits a message: the
 //! request parsers and timestamp injection, the statement classifier, the
-//! system-table row and event rewriters, the PREPARED result parser.
+//! system-table row and event rewriters, the PREPARED result parser, the
+//! BEGIN BATCH splitter and the proxy's value splicing for now()/uuid().
 #![no_main]
 
 use bytes::Bytes;
-use ferry_sidecar::proxy::classify::classify;
+use ferry_sidecar::proxy::bound::{bind_nondeterministic, splice_values};
+use ferry_sidecar::proxy::classify::{batch_statements, classify};
 use ferry_sidecar::proxy::frame::{opcode, Frame};
 use ferry_sidecar::proxy::peers::{rewrite_event, rewrite_rows, RuntimeFile};
 use ferry_sidecar::proxy::prepared::parse_prepared_result;
@@ -47,6 +49,24 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(rest) {
         let _ = classify(text);
         let _ = RuntimeFile::parse(text);
+        // Every statement of a batch text is a slice of it, in order.
+        let mut end = 0;
+        for b in batch_statements(text) {
+            assert!(b.span.0 >= end && b.span.0 <= b.span.1 && b.span.1 <= text.len());
+            assert!(text.is_char_boundary(b.span.0) && text.is_char_boundary(b.span.1));
+            end = b.span.1;
+        }
+        // The markers the proxy fills, spliced into values sections cut
+        // from the same bytes: never a panic, and a result that reads back.
+        if let Some((_, bound)) = bind_nondeterministic(text) {
+            for cut in [0, rest.len() / 2, rest.len()] {
+                if let Ok(values) = splice_values(Some(&rest[..cut]), &bound, 1_700_000_000_000_000) {
+                    let n = u16::from_be_bytes([values[0], values[1]]) as usize;
+                    assert!(n >= bound.len());
+                }
+                let _ = splice_values(None, &bound, 0);
+            }
+        }
     }
     let map = RuntimeFile::parse("127.0.0.1 127.0.0.2:9042\n[::1] [::2]:9042\n")
         .map(|f| f.peers)

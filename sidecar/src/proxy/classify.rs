@@ -53,6 +53,10 @@ pub struct WriteTraits {
     pub counter: bool,
     /// TRUNCATE: removes what came before it, so its order matters.
     pub truncate: bool,
+    /// A list append or prepend, or a list element set by index: list
+    /// cells are named by the coordinator's clock when the write lands, so
+    /// the list's order on the target is the order such writes arrive in.
+    pub list_order: bool,
     /// First non-deterministic function called, if any.
     pub nondeterministic: Option<&'static str>,
     /// `x = x + ?` (or `-`, or a named marker): a counter update or a list
@@ -307,6 +311,7 @@ pub fn classify(text: &str) -> StatementClass {
                     || has_counter_update(&toks),
                 nondeterministic: nondeterministic_call(&toks),
                 truncate: first == "truncate",
+                list_order: has_list_order_update(&toks),
                 increment_by_marker: has_increment_by_marker(&toks),
                 batch,
             })
@@ -333,6 +338,33 @@ fn has_counter_update(toks: &[Token<'_>]) -> bool {
             (Token::Word(a), Token::Punct('='), Token::Word(b), Token::Punct('+' | '-'), Token::Number)
             if a.eq_ignore_ascii_case(b))
     })
+}
+
+/// `l = l + [...]` (append), `l = [...] + l` (prepend) or `l[i] = ...`.
+fn has_list_order_update(toks: &[Token<'_>]) -> bool {
+    let append = toks.windows(5).any(|w| {
+        matches!((&w[0], &w[1], &w[2], &w[3], &w[4]),
+            (Token::Word(a), Token::Punct('='), Token::Word(b), Token::Punct('+'), Token::Punct('['))
+            if a.eq_ignore_ascii_case(b))
+    });
+    let prepend = toks.windows(3).any(|w| {
+        matches!(
+            (&w[0], &w[1], &w[2]),
+            (Token::Punct(']'), Token::Punct('+'), Token::Word(_))
+        )
+    });
+    let by_index = toks.windows(5).any(|w| {
+        matches!(
+            (&w[0], &w[1], &w[3], &w[4]),
+            (
+                Token::Word(_),
+                Token::Punct('['),
+                Token::Punct(']'),
+                Token::Punct('=')
+            )
+        )
+    });
+    append || prepend || by_index
 }
 
 /// `x = x + ?`, `x = x - ?` or `x = x + :name`.
@@ -495,6 +527,17 @@ mod tests {
         assert!(write("UPDATE c SET l = l + ? WHERE k = ?").increment_by_marker);
         assert!(!write("UPDATE c SET n = ? WHERE k = ?").increment_by_marker);
         assert!(!write("UPDATE c SET n = n + 1 WHERE k = ?").increment_by_marker);
+    }
+
+    #[test]
+    fn list_appends_prepends_and_sets_by_index_need_order() {
+        assert!(write("UPDATE t SET l = l + [1] WHERE k = 1").list_order);
+        assert!(write("UPDATE t SET l = [0, 1] + l WHERE k = 1").list_order);
+        assert!(write("UPDATE t SET l[2] = 'x' WHERE k = 1").list_order);
+        assert!(!write("UPDATE t SET l = l - [1] WHERE k = 1").list_order);
+        assert!(!write("UPDATE t SET s = s + {1} WHERE k = 1").list_order);
+        assert!(!write("UPDATE t SET l = [1, 2] WHERE k = 1").list_order);
+        assert!(!write("INSERT INTO t (k, l) VALUES (1, [1])").list_order);
     }
 
     #[test]

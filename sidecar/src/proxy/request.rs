@@ -177,7 +177,11 @@ pub fn parse_execute(frame: &Frame) -> Result<ExecuteRequest<'_>, WireError> {
 /// One statement of a BATCH.
 #[derive(Debug, Clone)]
 pub enum BatchChild<'a> {
-    Query(&'a str),
+    Query {
+        text: &'a str,
+        /// Byte range of the `[long string]` text (length included).
+        range: (usize, usize),
+    },
     Prepared {
         id: &'a [u8],
         /// Byte range of the `[short bytes]` id.
@@ -207,7 +211,12 @@ pub fn parse_batch(frame: &Frame) -> Result<BatchRequest<'_>, WireError> {
     for _ in 0..n {
         let prepared = match r.u8()? {
             0 => {
-                children.push(BatchChild::Query(r.long_string()?));
+                let start = r.position();
+                let text = r.long_string()?;
+                children.push(BatchChild::Query {
+                    text,
+                    range: (start, r.position()),
+                });
                 None
             }
             _ => {

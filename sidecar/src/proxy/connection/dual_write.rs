@@ -29,7 +29,6 @@ impl Session {
             keyspace: self.keyspace(),
             statements,
             idempotent,
-            spool_first: false,
         }
     }
 
@@ -63,7 +62,6 @@ impl Session {
             frame.body = with_timestamp(&frame.body, &params, next_timestamp_micros());
         }
         let mut req = self.mirror_request(&frame, statements, !traits.counter);
-        req.spool_first = traits.truncate;
         if let Some(text) = target_text {
             // The target gets the selected statements of the batch, with the
             // same parameters (and so the same timestamp).
@@ -106,6 +104,15 @@ impl Session {
                     mirror_permit(&self.ctx).await
                 }
             };
+            let hold = MirrorHold { permit, room };
+            // Writes whose effect depends on their order (a conditional
+            // write, a TRUNCATE, a list append) wait for the target as well
+            // while it is up, so the client's next write, through whichever
+            // proxy, reaches the target after them.
+            let ordered = !traits.counter && (traits.lwt || traits.truncate || traits.list_order);
+            if ordered && self.ctx.spool.is_empty() {
+                return self.ordered_async(frame, req, hold, traits).await;
+            }
             // Mirrored only once the source answers, and only if it may
             // hold the write: a write the source refused is not the
             // target's either.
@@ -113,7 +120,7 @@ impl Session {
                 frame.stream,
                 Pending::MirrorAfter(Box::new(AsyncMirror {
                     req,
-                    hold: MirrorHold { permit, room },
+                    hold,
                     conditional: traits.lwt,
                 })),
             );
@@ -125,6 +132,48 @@ impl Session {
         self.count("write", "source");
         self.count("write", "target");
         self.dual(frame, req, answer, traits.lwt).await
+    }
+
+    /// `async` mode, a write whose order matters: the source first; if it
+    /// may hold the write, the target next (a TRUNCATE after the writes
+    /// already on their way there), retried, else spooled; then the
+    /// client hears the source's answer. The target being down costs the
+    /// client the retries, never the write.
+    async fn ordered_async(
+        self: &Arc<Self>,
+        frame: Frame,
+        req: MirrorRequest,
+        hold: MirrorHold,
+        traits: WriteTraits,
+    ) -> Result<(), SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.set_pending(frame.stream, Pending::Capture(tx));
+        self.forward(frame).await?;
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let Ok(source) = rx.await else {
+                return;
+            };
+            let ctx = &session.ctx;
+            if source_may_hold(&source, traits.lwt) {
+                if traits.truncate {
+                    live_mirrors_done(ctx).await;
+                }
+                let target = deliver(ctx, &session.target, &req, hold).await;
+                if let (true, Some(target)) = (traits.lwt, target) {
+                    count_lwt_divergence(ctx, &source, &target);
+                }
+            } else {
+                ctx.metrics
+                    .mirrored_writes
+                    .with_label_values(&["not_on_source"])
+                    .inc();
+            }
+            let _ = session.reply(source).await;
+        });
+        Ok(())
     }
 
     /// Sends to both sides, waits for both, answers with one of them.
@@ -175,17 +224,8 @@ impl Session {
                     )
                 }
             };
-            if lwt && source.opcode == opcode::RESULT && target.opcode == opcode::RESULT {
-                if let (Some(a), Some(b)) = (lwt_applied(&source), lwt_applied(&target)) {
-                    if a != b {
-                        m.lwt_divergence.inc();
-                        warn!(
-                            source_applied = a,
-                            target_applied = b,
-                            "conditional write diverged"
-                        );
-                    }
-                }
+            if lwt {
+                count_lwt_divergence(&session.ctx, &source, &target);
             }
             let reply = match answer {
                 Answer::Source if source.opcode == opcode::ERROR => source,
@@ -239,5 +279,22 @@ impl Session {
             let _ = session.reply(reply).await;
         });
         Ok(())
+    }
+}
+
+/// A conditional write applied on one side and not the other.
+fn count_lwt_divergence(ctx: &ProxyContext, source: &Frame, target: &Frame) {
+    if source.opcode != opcode::RESULT || target.opcode != opcode::RESULT {
+        return;
+    }
+    if let (Some(a), Some(b)) = (lwt_applied(source), lwt_applied(target)) {
+        if a != b {
+            ctx.metrics.lwt_divergence.inc();
+            warn!(
+                source_applied = a,
+                target_applied = b,
+                "conditional write diverged"
+            );
+        }
     }
 }

@@ -153,6 +153,9 @@ impl Session {
         let mut class = stmt.class.clone();
         if let StatementClass::Write(w) = &mut class {
             w.counter |= stmt.counter;
+            // `x = x + ?` that is not a counter: a collection update, maybe
+            // a list append, whose order matters.
+            w.list_order |= w.increment_by_marker && !w.counter;
         }
         if matches!(
             class,
@@ -174,7 +177,7 @@ impl Session {
         // Children prepared with proxy-filled markers get their values
         // first; only then (offsets moved) is the batch read a second time.
         let (edits, planned) = match parse_batch(&frame) {
-            Ok(batch) => match self.bound_batch_values(&batch, &frame.body) {
+            Ok(batch) => match self.batch_edits(&batch, &frame.body) {
                 Ok(edits) if edits.is_empty() => {
                     (edits, Some(self.batch_plan(&batch, session_ks.clone())))
                 }
@@ -208,9 +211,11 @@ impl Session {
         }
     }
 
-    /// New values sections for the BATCH children whose statements have
-    /// proxy-filled markers, as (byte range, section) edits in order.
-    pub(super) fn bound_batch_values(
+    /// The proxy's edits of a BATCH, as (byte range, bytes) in order: for
+    /// a prepared child whose calls it fills, the rewritten text's id and
+    /// the values with its own; for a text child calling `now()` and the
+    /// like (mirrored), the text with literals, as in a QUERY.
+    pub(super) fn batch_edits(
         &self,
         batch: &crate::proxy::request::BatchRequest<'_>,
         body: &[u8],
@@ -218,29 +223,46 @@ impl Session {
         let mut edits = Vec::new();
         let micros = next_timestamp_micros();
         for child in &batch.children {
-            let BatchChild::Prepared { id, values, .. } = child else {
-                continue;
-            };
-            let Some(stmt) = self.ctx.prepared.get(id) else {
-                continue; // batch_plan answers UNPREPARED
-            };
-            if stmt.bound.is_empty() {
-                continue;
+            match child {
+                BatchChild::Query { text, range } => {
+                    if self.ctx.mode() == Mode::SourceOnly {
+                        continue;
+                    }
+                    let calls = matches!(classify(text), StatementClass::Write(w) if w.nondeterministic.is_some());
+                    if let Some((literal, replaced)) = calls
+                        .then(|| replace_nondeterministic(text, micros))
+                        .flatten()
+                    {
+                        let mut b = BytesMut::with_capacity(literal.len() + 4);
+                        crate::proxy::wire::put_long_string(&mut b, &literal);
+                        edits.push((*range, b.freeze()));
+                        self.ctx
+                            .metrics
+                            .policy_writes
+                            .with_label_values(&["replaced"])
+                            .inc_by(replaced.len() as u64);
+                    }
+                }
+                BatchChild::Prepared { id, range, values } => {
+                    let Some(stmt) = self.ctx.prepared.get(id) else {
+                        continue; // batch_plan answers UNPREPARED
+                    };
+                    if stmt.bound.is_empty() {
+                        continue;
+                    }
+                    let Some(exec_id) = stmt.source_exec_id() else {
+                        continue; // batch_plan answers UNPREPARED
+                    };
+                    // The rewritten text's id, then the values with the proxy's.
+                    let mut id = BytesMut::with_capacity(exec_id.len() + 2);
+                    id.put_u16(exec_id.len() as u16);
+                    id.put_slice(&exec_id);
+                    edits.push((*range, id.freeze()));
+                    let section = body.get(values.0..values.1);
+                    edits.push((*values, splice_values(section, &stmt.bound, micros)?));
+                    self.count_bound(&stmt.bound);
+                }
             }
-            let Some(exec_id) = stmt.source_exec_id() else {
-                continue; // batch_plan answers UNPREPARED
-            };
-            // The rewritten text's id, then the values with the proxy's.
-            let BatchChild::Prepared { range, .. } = child else {
-                continue;
-            };
-            let mut id = BytesMut::with_capacity(exec_id.len() + 2);
-            id.put_u16(exec_id.len() as u16);
-            id.put_slice(&exec_id);
-            edits.push((*range, id.freeze()));
-            let section = body.get(values.0..values.1);
-            edits.push((*values, splice_values(section, &stmt.bound, micros)?));
-            self.count_bound(&stmt.bound);
         }
         Ok(edits)
     }
@@ -278,7 +300,7 @@ impl Session {
         let session_ks = batch.params.keyspace.clone().or(session_ks);
         for child in &batch.children {
             let class = match child {
-                BatchChild::Query(q) => classify(q),
+                BatchChild::Query { text, .. } => classify(text),
                 BatchChild::Prepared { id, .. } => {
                     let Some(stmt) = self.ctx.prepared.get(id) else {
                         return Err(Bytes::copy_from_slice(id));
@@ -300,6 +322,7 @@ impl Session {
                 let ks = w.keyspace.clone().or_else(|| session_ks.clone());
                 mirrored_any |= self.ctx.filter.mirrors(ks.as_deref(), w.table.as_deref());
                 traits.lwt |= w.lwt;
+                traits.list_order |= w.list_order || (w.increment_by_marker && !traits.counter);
                 traits.counter |= w.counter;
                 traits.nondeterministic = traits.nondeterministic.or(w.nondeterministic);
                 if traits.keyspace.is_none() {

@@ -29,8 +29,8 @@ use crate::proxy::classify::{
     batch_statements, classify, replace_nondeterministic, StatementClass, SystemTable, WriteTraits,
 };
 use crate::proxy::mirror::{
-    mirror_async, mirror_permit, send_to_target, source_may_hold, MirrorHold, MirrorRequest,
-    ProxyContext, TargetLink,
+    deliver, live_mirrors_done, mirror_async, mirror_permit, send_to_target, source_may_hold,
+    MirrorHold, MirrorRequest, ProxyContext, TargetLink,
 };
 use crate::proxy::peers::{response_body_start, rewrite_event, rewrite_rows};
 use crate::proxy::prepared::{parse_prepared_result, PreparedStatement, COUNTER_TYPE};

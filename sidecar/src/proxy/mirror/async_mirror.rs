@@ -44,8 +44,8 @@ pub async fn mirror_permit(ctx: &ProxyContext) -> Option<OwnedSemaphorePermit> {
 }
 
 /// `async` mode: sends `req` to the target in the background; retries
-/// with backoff, then spools it. `permit` is held until the write is on the
-/// target or in the spool.
+/// with backoff, then spools it. `hold` (its place in flight and its room
+/// in the spool) is kept until the write is on the target or in the spool.
 pub fn mirror_async(
     ctx: Arc<ProxyContext>,
     link: Arc<TargetLink>,
@@ -54,76 +54,87 @@ pub fn mirror_async(
 ) {
     ctx.mirrors_inflight.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
-        let _permit = hold.permit;
-        let room = hold.room;
         let _guard = InflightGuard(&ctx.mirrors_inflight);
-        // Keep order: while older writes wait in the spool, newer ones queue
-        // behind them.
-        if req.spool_first || (req.idempotent && !ctx.spool.is_empty()) {
-            spool_request(&ctx, &req, "spool not empty", room.as_ref());
-            return;
-        }
-        let mut delay = ctx.retry_backoff;
-        let mut last_error = String::new();
-        for attempt in 0..ctx.async_retries.max(1) {
-            let result = match link.get().await {
-                Ok(conn) => send_to_target(&ctx, &conn, &req, false).await,
-                Err(e) => Err(e.into()),
-            };
-            match result {
-                Ok(reply) if reply.opcode != opcode::ERROR => {
-                    ctx.metrics.mirrored_writes.with_label_values(&["ok"]).inc();
-                    return;
-                }
-                Ok(reply) if !is_retryable_error(&reply) => {
-                    ctx.metrics
-                        .mirrored_writes
-                        .with_label_values(&["rejected"])
-                        .inc();
-                    ctx.metrics
-                        .target_failures
-                        .with_label_values(&["rejected"])
-                        .inc();
-                    warn!(error = %describe_error(&reply), "target refused a mirrored write; not retried");
-                    return;
-                }
-                Ok(reply) => {
-                    ctx.metrics
-                        .target_failures
-                        .with_label_values(&["error"])
-                        .inc();
-                    last_error = describe_error(&reply);
-                }
-                Err(e) if e.is_refusal() => {
-                    count_refusal(&ctx, &e, &req.keyspace);
-                    return;
-                }
-                Err(e) => {
-                    ctx.metrics
-                        .target_failures
-                        .with_label_values(&[e.reason()])
-                        .inc();
-                    last_error = e.to_string();
-                }
-            }
-            debug!(attempt, error = %last_error, "mirrored write failed");
-            if !req.idempotent || ctx.shutting_down.load(Ordering::Acquire) {
-                break;
-            }
-            tokio::time::sleep(delay).await;
-            delay = delay.saturating_mul(2);
-        }
-        if !req.idempotent {
-            // Counters: a retry could count twice, so the policy is one try.
-            ctx.metrics
-                .mirrored_writes
-                .with_label_values(&["counter_lost"])
-                .inc();
-            error!(error = %last_error, "counter update not applied on the target (counters are never retried)");
-            return;
-        }
-        spool_request(&ctx, &req, &last_error, room.as_ref());
+        deliver(&ctx, &link, &req, hold).await;
     });
+}
+
+/// Puts `req` on the target, retrying with backoff, else in the spool;
+/// returns the target's answer when it took the write. While older writes
+/// wait in the spool, `req` queues behind them.
+pub async fn deliver(
+    ctx: &ProxyContext,
+    link: &TargetLink,
+    req: &MirrorRequest,
+    hold: MirrorHold,
+) -> Option<Frame> {
+    let _permit = hold.permit;
+    let room = hold.room;
+    if req.idempotent && !ctx.spool.is_empty() {
+        spool_request(ctx, req, "spool not empty", room.as_ref());
+        return None;
+    }
+    let mut delay = ctx.retry_backoff;
+    let mut last_error = String::new();
+    for attempt in 0..ctx.async_retries.max(1) {
+        let result = match link.get().await {
+            Ok(conn) => send_to_target(ctx, &conn, req, false).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(reply) if reply.opcode != opcode::ERROR => {
+                ctx.metrics.mirrored_writes.with_label_values(&["ok"]).inc();
+                return Some(reply);
+            }
+            Ok(reply) if !is_retryable_error(&reply) => {
+                ctx.metrics
+                    .mirrored_writes
+                    .with_label_values(&["rejected"])
+                    .inc();
+                ctx.metrics
+                    .target_failures
+                    .with_label_values(&["rejected"])
+                    .inc();
+                warn!(error = %describe_error(&reply), "target refused a mirrored write; not retried");
+                return None;
+            }
+            Ok(reply) => {
+                ctx.metrics
+                    .target_failures
+                    .with_label_values(&["error"])
+                    .inc();
+                last_error = describe_error(&reply);
+            }
+            Err(e) if e.is_refusal() => {
+                count_refusal(ctx, &e, &req.keyspace);
+                return None;
+            }
+            Err(e) => {
+                ctx.metrics
+                    .target_failures
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                last_error = e.to_string();
+            }
+        }
+        debug!(attempt, error = %last_error, "mirrored write failed");
+        if !req.idempotent || ctx.shutting_down.load(Ordering::Acquire) {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = delay.saturating_mul(2);
+    }
+    if !req.idempotent {
+        // Counters: a retry could count twice, so the policy is one try.
+        ctx.metrics
+            .mirrored_writes
+            .with_label_values(&["counter_lost"])
+            .inc();
+        error!(error = %last_error, "counter update not applied on the target (counters are never retried)");
+        return None;
+    }
+    spool_request(ctx, req, &last_error, room.as_ref());
+    None
 }
 
 /// A write the target refused for good (its PREPARE was refused: a

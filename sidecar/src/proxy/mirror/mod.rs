@@ -28,8 +28,11 @@ mod context;
 mod replay;
 mod target_link;
 
-pub use async_mirror::{mirror_async, mirror_permit, source_may_hold, update_spool_gauges};
+pub use async_mirror::{
+    deliver, mirror_async, mirror_permit, source_may_hold, update_spool_gauges,
+};
 pub use context::{MirrorHold, ProxyContext, SpoolFull};
+pub use replay::live_mirrors_done;
 pub use replay::run_replayer;
 pub use target_link::TargetLink;
 
@@ -47,10 +50,6 @@ pub struct MirrorRequest {
     pub statements: Vec<(Bytes, Arc<PreparedStatement>)>,
     /// False for counter updates: never retried or replayed.
     pub idempotent: bool,
-    /// Goes through the spool even when the target is up (a TRUNCATE in
-    /// async mode): the writes after it then queue behind it, and the
-    /// replayer sends it once the live writes before it are done.
-    pub spool_first: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +177,7 @@ fn rewrite_ids(req: &MirrorRequest, ids: &[(Bytes, TargetPrepared)]) -> Result<B
                     BatchChild::Prepared { id, range, .. } => {
                         lookup(id).map(|t| (*range, &t.id[..]))
                     }
-                    BatchChild::Query(_) => None,
+                    BatchChild::Query { .. } => None,
                 })
                 .collect();
             Ok(replace_short_bytes(&req.body, &edits))

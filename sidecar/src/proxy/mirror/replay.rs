@@ -156,7 +156,7 @@ fn must_replay_alone(record: &SpoolRecord) -> bool {
 /// Waits (a bounded time) until no write is on its way to the target
 /// outside the spool, so a TRUNCATE or conditional write replayed next
 /// comes after them, as it did on the source.
-async fn live_mirrors_done(ctx: &ProxyContext) {
+pub async fn live_mirrors_done(ctx: &ProxyContext) {
     let deadline = Instant::now() + ctx.target_timeout * (ctx.async_retries + 2);
     while ctx.mirrors_inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -184,7 +184,7 @@ fn needs_order(record: &SpoolRecord) -> bool {
         opcode::BATCH => parse_batch(&frame).map_or(true, |b| {
             b.children
                 .iter()
-                .any(|c| matches!(c, BatchChild::Query(q) if ordered(q)))
+                .any(|c| matches!(c, BatchChild::Query { text, .. } if ordered(text)))
         }),
         _ => false,
     }
@@ -288,7 +288,6 @@ async fn replay_one(
         keyspace: record.keyspace.clone(),
         statements,
         idempotent: true,
-        spool_first: false,
     };
     let started = Instant::now();
     let reply = match send_to_target(ctx, c, &req, true).await {

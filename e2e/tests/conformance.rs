@@ -37,50 +37,7 @@ const REFUSED_BY_DESIGN: &[(&str, &str)] = &[];
 /// (scenario, write mode or "*", what is wrong). They are printed (marked
 /// GAP) but left out of the assertions; the proxy's owner removes an entry
 /// with the fix.
-const KNOWN_PROXY_GAPS: &[(&str, &str, &str)] = &[
-    (
-        "functions_batch",
-        "*",
-        "now(), uuid(), toTimestamp(now()) and currentTimestamp() in a BATCH message child \
-         sent as text (kind 0) are not replaced: each cluster computes its own value, under \
-         the same WRITETIME (gocql, whose batch child without values is text, in sync and async: \
-         columns a, b, c, d of key :1 differ; the prepared child of the same batch agrees)",
-    ),
-    (
-        "truncate_then_write",
-        "async",
-        "async mode orders a TRUNCATE on the target only behind the writes of the proxy that \
-         took it; the client's next writes go to the other proxies (token-aware), reach the \
-         target before the TRUNCATE and are wiped: about 2/3 of the 20 rows written right \
-         after it are missing on the target (15 of 20 with Python, 13 with gocql)",
-    ),
-    (
-        "lwt_batch",
-        "async",
-        "async mode keeps no order between two conditional batches on one partition sent one \
-         after the other: the second (UPDATE ... IF v = 1) reached the target's Paxos before \
-         the first (INSERT ... IF NOT EXISTS) and was not applied there: source v=10, t='bb', \
-         target v=1, t='b' (gocql v5, async)",
-    ),
-    (
-        "lwt_if_condition",
-        "async",
-        "the same race between successive conditional updates of one row: `UPDATE SET v = 4 \
-         IF v = 2` reached the target before `UPDATE SET v = 2 IF v = 1` was applied there: \
-         source v=4, target v=2 (Python v4, async)",
-    ),
-    (
-        "coll_list",
-        "async",
-        "async mode keeps no order between a client's successive writes through different \
-         proxies (an unprepared statement goes to any proxy, round-robin); list append/prepend \
-         take their cells' paths from the coordinator's clock on arrival and set/delete by \
-         index read the list first, so the target's list can end with other elements: for \
-         source [-1, 10, 20, 4, 6], seen target [-1, 10, 20, 1, 2, 6] (the INSERT of [1, 2, 3] \
-         applied after the append of [4, 5]) and [-1, 1, 20, 10, 6]; a race, seen in about \
-         one run in three",
-    ),
-];
+const KNOWN_PROXY_GAPS: &[(&str, &str, &str)] = &[];
 
 /// Tables written by lightweight transactions: each cluster's Paxos round
 /// picks the cells' WRITETIME (a client or proxy timestamp is not allowed

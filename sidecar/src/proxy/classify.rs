@@ -340,7 +340,8 @@ fn has_counter_update(toks: &[Token<'_>]) -> bool {
     })
 }
 
-/// `l = l + [...]` (append), `l = [...] + l` (prepend) or `l[i] = ...`.
+/// A list write whose order matters: `l = l + [...]` (append),
+/// `l = [...] + l` (prepend), `l[i] = ...`, or a list literal.
 fn has_list_order_update(toks: &[Token<'_>]) -> bool {
     let append = toks.windows(5).any(|w| {
         matches!((&w[0], &w[1], &w[2], &w[3], &w[4]),
@@ -364,7 +365,11 @@ fn has_list_order_update(toks: &[Token<'_>]) -> bool {
             )
         )
     });
-    append || prepend || by_index
+    // Any list literal: an INSERT or overwrite of a list must not land
+    // after an append made after it (a vector literal looks the same and
+    // only costs the wait).
+    let literal = toks.contains(&Token::Punct('['));
+    append || prepend || by_index || literal
 }
 
 /// `x = x + ?`, `x = x - ?` or `x = x + :name`.
@@ -534,10 +539,12 @@ mod tests {
         assert!(write("UPDATE t SET l = l + [1] WHERE k = 1").list_order);
         assert!(write("UPDATE t SET l = [0, 1] + l WHERE k = 1").list_order);
         assert!(write("UPDATE t SET l[2] = 'x' WHERE k = 1").list_order);
-        assert!(!write("UPDATE t SET l = l - [1] WHERE k = 1").list_order);
+        assert!(!write("UPDATE t SET s = s - {1} WHERE k = 1").list_order);
         assert!(!write("UPDATE t SET s = s + {1} WHERE k = 1").list_order);
-        assert!(!write("UPDATE t SET l = [1, 2] WHERE k = 1").list_order);
-        assert!(!write("INSERT INTO t (k, l) VALUES (1, [1])").list_order);
+        // A list literal too: an overwrite must not land after a later append.
+        assert!(write("UPDATE t SET l = [1, 2] WHERE k = 1").list_order);
+        assert!(write("INSERT INTO t (k, l) VALUES (1, [1])").list_order);
+        assert!(!write("INSERT INTO t (k, s) VALUES (1, {1})").list_order);
     }
 
     #[test]

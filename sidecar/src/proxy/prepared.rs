@@ -208,6 +208,19 @@ pub struct PreparedResult {
 }
 
 pub const COUNTER_TYPE: u16 = 0x0005;
+pub const LIST_TYPE: u16 = 0x0020;
+
+/// A prepared statement's class, completed by its bound types (which the
+/// text alone does not give), and whether it is a counter update: a bound
+/// list makes the write's order matter (its cells are named on arrival).
+pub fn classify_prepared(query: &str, bind_types: &[u16]) -> (StatementClass, bool) {
+    let mut class = super::classify::classify(query);
+    let counter = bind_types.contains(&COUNTER_TYPE);
+    if let StatementClass::Write(w) = &mut class {
+        w.list_order |= bind_types.contains(&LIST_TYPE);
+    }
+    (class, counter)
+}
 
 /// Parses a RESULT body of kind Prepared; `None` for other kinds.
 pub fn parse_prepared_result(

@@ -204,9 +204,8 @@ impl Session {
                         return None;
                     }
                     None => {
-                        let counter = result.bind_types.contains(&COUNTER_TYPE);
-                        let stmt =
-                            PreparedStatement::new(&query, keyspace, classify(&query), counter);
+                        let (class, counter) = classify_prepared(&query, &result.bind_types);
+                        let stmt = PreparedStatement::new(&query, keyspace, class, counter);
                         self.remember_prepared(result.id, stmt);
                     }
                 }

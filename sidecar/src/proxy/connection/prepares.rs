@@ -23,10 +23,10 @@ impl Session {
             keyspace,
             bound,
         } = rewritten;
-        let counter = client.bind_types.contains(&COUNTER_TYPE);
         match self.prepare_on_source(&query, keyspace.as_deref()).await {
             Ok(exec_id) => {
-                let stmt = PreparedStatement::new(&query, keyspace, classify(&query), counter)
+                let (class, counter) = classify_prepared(&query, &client.bind_types);
+                let stmt = PreparedStatement::new(&query, keyspace, class, counter)
                     .with_bound(bound)
                     .with_ids(client.id.clone(), exec_id.clone());
                 let stmt = self.remember_prepared(client.id, stmt);
@@ -39,8 +39,8 @@ impl Session {
                     .with_label_values(&["not_replaced"])
                     .inc();
                 warn!(error = %e, "the source did not prepare the text with the proxy's markers; now()/uuid() in this statement are left to each cluster");
-                let stmt =
-                    PreparedStatement::new(&original, keyspace, classify(&original), counter);
+                let (class, counter) = classify_prepared(&original, &client.bind_types);
+                let stmt = PreparedStatement::new(&original, keyspace, class, counter);
                 self.remember_prepared(client.id, stmt);
             }
         }

@@ -1,0 +1,253 @@
+//! Faults injected on purpose (issue 13, section 3), each with every
+//! acknowledged write accounted for: the proxy killed with SIGKILL while its
+//! spool holds writes, and a spool that fills under `drop-target-writes`.
+//! The proxies run as the real `ferry-sidecar` binary (so SIGKILL is real)
+//! on their own loopback addresses (127.0.0.85-86; 127.0.0.97 stands for a
+//! target that is down).
+
+mod proxy_support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use proxy_support::*;
+use scylla::client::session::Session;
+
+/// A proxy process.
+struct ProxyProcess {
+    child: tokio::process::Child,
+    ip: &'static str,
+}
+
+impl ProxyProcess {
+    async fn start(
+        ip: &'static str,
+        source: &str,
+        target: &str,
+        spool: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let host = |c: &str| {
+            c.rsplit_once(':')
+                .map_or(c.to_owned(), |(h, _)| h.to_owned())
+        };
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-sidecar"))
+            .arg("proxy")
+            .arg(host(source))
+            .arg(host(target))
+            .args(["--proxy-address", ip, "--admin-address", ip])
+            .arg("--spool-dir")
+            .arg(spool)
+            .args(extra)
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ferry-sidecar proxy starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect((ip, 29042)).await.is_err() {
+            assert!(Instant::now() < deadline, "proxy on {ip} did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, ip }
+    }
+
+    /// SIGKILL: no shutdown, no flush, no drain.
+    async fn kill_9(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        let _ = self.child.wait().await;
+    }
+
+    async fn metric(&self, prefix: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect((self.ip, 28000)).await else {
+            return f64::NAN;
+        };
+        let _ = s
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+async fn count(s: &Session, q: &str) -> i64 {
+    let rows = s
+        .query_unpaged(q, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .into_rows_result()
+        .expect("rows");
+    rows.rows::<(i64,)>()
+        .expect("typed")
+        .next()
+        .expect("one row")
+        .expect("row")
+        .0
+}
+
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `kill -9` of a proxy whose spool holds writes (async mode, target down),
+/// then a restart on the same spool with the target back: every write the
+/// application was told succeeded is on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_with_sigkill_replays_its_spool_after_restart() {
+    let tb = testbed(1);
+    let (src, tgt) = (
+        tb.source_contact_points[0].clone(),
+        tb.target_contact_points[0].clone(),
+    );
+    let source = connect(&src).await;
+    let target = connect(&tgt).await;
+    let ks = keyspace("fault_kill");
+    create_keyspace(&source, &ks).await;
+    create_keyspace(&target, &ks).await;
+    ddl_both(
+        &source,
+        &target,
+        &[format!("CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)")],
+    )
+    .await;
+    let spool = std::env::temp_dir().join(format!("ferry-fault-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let async_flags = ["--mode", "async", "--async-retries", "1"];
+    let down = ProxyProcess::start("127.0.0.85", &src, "127.0.0.97", &spool, &async_flags).await;
+    let client = connect("127.0.0.85:29042").await;
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    const WRITES: i32 = 300;
+    for k in 0..WRITES {
+        client
+            .execute_unpaged(&insert, (k, "spooled"))
+            .await
+            .unwrap_or_else(|e| panic!("write {k}: {e}"));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            down.metric("ferry_proxy_spool_records").await == f64::from(WRITES)
+        })
+        .await,
+        "{} of {WRITES} spooled",
+        down.metric("ferry_proxy_spool_records").await
+    );
+    drop(client);
+    down.kill_9().await;
+    assert_eq!(
+        count(&target, &format!("SELECT count(*) FROM {ks}.t")).await,
+        0,
+        "nothing reached the target while it was down"
+    );
+
+    let up = ProxyProcess::start("127.0.0.85", &src, &tgt, &spool, &async_flags).await;
+    let q = format!("SELECT count(*) FROM {ks}.t");
+    let all = eventually(Duration::from_secs(60), || async {
+        count(&target, &q).await == i64::from(WRITES)
+    })
+    .await;
+    assert!(
+        all,
+        "{} of {WRITES} acknowledged writes on the target after the restart",
+        count(&target, &q).await
+    );
+    assert_eq!(up.metric("ferry_proxy_spool_records").await, 0.0);
+    up.kill_9().await;
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
+/// The spool fills under `drop-target-writes`: the application is served,
+/// and every acknowledged write is either in the spool or counted as
+/// dropped (for the validation to repair), never silently gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_target_writes_keeps_serving_and_counts_every_drop() {
+    let tb = testbed(1);
+    let src = tb.source_contact_points[0].clone();
+    let source = connect(&src).await;
+    let ks = keyspace("fault_drop");
+    create_keyspace(&source, &ks).await;
+    source
+        .query_unpaged(
+            format!("CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)"),
+            &[],
+        )
+        .await
+        .expect("table");
+    let spool = std::env::temp_dir().join(format!("ferry-fault-drop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let proxy = ProxyProcess::start(
+        "127.0.0.86",
+        &src,
+        "127.0.0.97",
+        &spool,
+        &[
+            "--mode",
+            "async",
+            "--async-retries",
+            "1",
+            "--spool-max-bytes",
+            "30000",
+            "--spool-full-policy",
+            "drop-target-writes",
+        ],
+    )
+    .await;
+    let client = connect("127.0.0.86:29042").await;
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    let value = "x".repeat(1000);
+    const WRITES: i32 = 100;
+    for k in 0..WRITES {
+        client
+            .execute_unpaged(&insert, (k, value.as_str()))
+            .await
+            .unwrap_or_else(|e| panic!("write {k} must be served: {e}"));
+    }
+    let accounted = eventually(Duration::from_secs(20), || async {
+        let spooled = proxy.metric("ferry_proxy_spool_records").await;
+        let dropped = proxy
+            .metric("ferry_proxy_mirrored_writes_total{outcome=\"dropped\"}")
+            .await;
+        spooled + dropped == f64::from(WRITES)
+    })
+    .await;
+    let dropped = proxy
+        .metric("ferry_proxy_mirrored_writes_total{outcome=\"dropped\"}")
+        .await;
+    assert!(
+        accounted,
+        "{} spooled + {dropped} dropped of {WRITES}",
+        proxy.metric("ferry_proxy_spool_records").await
+    );
+    assert!(dropped > 0.0, "the spool must have filled");
+    assert_eq!(
+        count(&source, &format!("SELECT count(*) FROM {ks}.t")).await,
+        i64::from(WRITES)
+    );
+    proxy.kill_9().await;
+    let _ = std::fs::remove_dir_all(&spool);
+}

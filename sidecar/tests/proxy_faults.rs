@@ -110,8 +110,9 @@ where
 }
 
 /// `kill -9` of a proxy whose spool holds writes (async mode, target down),
-/// then a restart on the same spool with the target back: every write the
-/// application was told succeeded is on the target.
+/// a restart on the same spool with the target back, `kill -9` again in the
+/// middle of the replay, and a last restart: every write the application
+/// was told succeeded is on the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_with_sigkill_replays_its_spool_after_restart() {
     let tb = testbed(1);
@@ -139,7 +140,7 @@ async fn a_proxy_killed_with_sigkill_replays_its_spool_after_restart() {
         .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
         .await
         .expect("prepare");
-    const WRITES: i32 = 300;
+    const WRITES: i32 = 1500;
     for k in 0..WRITES {
         client
             .execute_unpaged(&insert, (k, "spooled"))
@@ -162,8 +163,27 @@ async fn a_proxy_killed_with_sigkill_replays_its_spool_after_restart() {
         "nothing reached the target while it was down"
     );
 
-    let up = ProxyProcess::start("127.0.0.85", &src, &tgt, &spool, &async_flags).await;
+    // Back with the target, replaying one record at a time; killed again
+    // in the middle of the replay.
+    let slow = [&async_flags[..], &["--replay-window", "1"]].concat();
+    let replaying = ProxyProcess::start("127.0.0.85", &src, &tgt, &spool, &slow).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            replaying
+                .metric("ferry_proxy_mirrored_writes_total{outcome=\"replayed\"}")
+                .await
+                >= 20.0
+        })
+        .await,
+        "the replay started"
+    );
+    replaying.kill_9().await;
     let q = format!("SELECT count(*) FROM {ks}.t");
+    let part = count(&target, &q).await;
+    assert!(part > 0, "some records were replayed before the kill");
+    println!("{part} of {WRITES} on the target when the replay was killed");
+
+    let up = ProxyProcess::start("127.0.0.85", &src, &tgt, &spool, &async_flags).await;
     let all = eventually(Duration::from_secs(60), || async {
         count(&target, &q).await == i64::from(WRITES)
     })

@@ -155,3 +155,116 @@ async fn a_silent_target_link_is_found_by_heartbeat_and_replaced() {
     drop(client);
     proxy.stop().await.expect("stop");
 }
+
+/// The target's answers delayed past `--target-timeout-ms` (the relay holds
+/// them for 3 s against a 500 ms timeout). Async mode: every write is
+/// acknowledged and, once the target answers again, on the target (each
+/// timed-out write was retried or spooled; a late copy carries the same
+/// timestamp). Sync mode: the application is told the target did not take
+/// the write, and writes go through again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_delayed_past_the_target_timeout() {
+    let tb = testbed(1);
+    let source_addr = tb.source_contact_points[0].clone();
+    let target_addr = tb.target_contact_points[0].clone();
+    let source = connect(&source_addr).await;
+    let target = connect(&target_addr).await;
+    let ks = keyspace("px_slow_target");
+    create_keyspace(&source, &ks).await;
+    create_keyspace(&target, &ks).await;
+    ddl_both(
+        &source,
+        &target,
+        &[format!("CREATE TABLE {ks}.kv (k int PRIMARY KEY, v text)")],
+    )
+    .await;
+    let target_socket: SocketAddr = target_addr.parse().expect("target address");
+    let relay = relay("127.0.0.59:0", target_socket).await;
+    let port = relay.addr.port().to_string();
+    let proxy_for = |mode: &'static str, ip: &'static str| {
+        let port = port.clone();
+        let source_addr = source_addr.clone();
+        async move {
+            start_proxy(
+                ip,
+                &source_addr,
+                "127.0.0.59",
+                &[
+                    "--target-port",
+                    &port,
+                    "--mode",
+                    mode,
+                    "--target-timeout-ms",
+                    "500",
+                    "--async-retries",
+                    "2",
+                ],
+            )
+            .await
+        }
+    };
+    let write = |k: i32| format!("INSERT INTO {ks}.kv (k, v) VALUES ({k}, 'slow')");
+    let read = |k: i32| format!("SELECT v FROM {ks}.kv WHERE k = {k}");
+
+    // async
+    let proxy = proxy_for("async", "127.0.0.79").await;
+    let client = connect(&proxy.addr.to_string()).await;
+    client
+        .query_unpaged(write(0), &[])
+        .await
+        .expect("warm-up write");
+    relay.frozen.store(true, Ordering::Release);
+    for k in 1..=20 {
+        client
+            .query_unpaged(write(k), &[])
+            .await
+            .unwrap_or_else(|e| panic!("async write {k} while the target is slow: {e}"));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        proxy
+            .metric("ferry_proxy_target_failures_total{reason=\"timeout\"}")
+            .await
+            >= 1.0,
+        "the target's silence counted as timeouts"
+    );
+    relay.frozen.store(false, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for k in 0..=20 {
+        while !row_on(&target, &read(k)).await {
+            assert!(
+                Instant::now() < deadline,
+                "acknowledged write {k} is not on the target"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(client);
+    proxy.stop().await.expect("stop");
+
+    // sync
+    let proxy = proxy_for("sync", "127.0.0.79").await;
+    let client = connect(&proxy.addr.to_string()).await;
+    client
+        .query_unpaged(write(30), &[])
+        .await
+        .expect("warm-up write");
+    relay.frozen.store(true, Ordering::Release);
+    let refused = client.query_unpaged(write(31), &[]).await;
+    relay.frozen.store(false, Ordering::Release);
+    let err = refused.expect_err("a sync write the target did not answer in time fails");
+    assert!(
+        err.to_string().contains("target"),
+        "the error names the target: {err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.query_unpaged(write(32), &[]).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "writes never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(row_on(&target, &read(32)).await);
+    proxy.stop().await.expect("stop");
+}

@@ -23,6 +23,7 @@ pub mod link;
 pub mod metrics;
 pub mod mirror;
 pub mod peers;
+pub mod policy;
 pub mod prepared;
 pub mod request;
 pub mod result;

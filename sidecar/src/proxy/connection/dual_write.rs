@@ -55,13 +55,12 @@ impl Session {
         if let Some(f) = traits.nondeterministic {
             m.policy_writes.with_label_values(&[f]).inc();
         }
-        // Pin the write time so both clusters store the same WRITETIME.
-        // Conditional writes take their time from Paxos and cannot have one.
-        let pin = !traits.lwt && !params.has_timestamp();
+        let policy = WritePolicy::of(&traits, params.has_timestamp());
+        let pin = policy.pin_timestamp;
         if pin {
             frame.body = with_timestamp(&frame.body, &params, next_timestamp_micros());
         }
-        let mut req = self.mirror_request(&frame, statements, !traits.counter);
+        let mut req = self.mirror_request(&frame, statements, policy.idempotent);
         if let Some(text) = target_text {
             // The target gets the selected statements of the batch, with the
             // same parameters (and so the same timestamp).
@@ -106,11 +105,10 @@ impl Session {
             };
             let hold = MirrorHold { permit, room };
             // Writes whose effect depends on their order (a conditional
-            // write, a TRUNCATE, a list append) wait for the target as well
+            // write, a TRUNCATE, a list write) wait for the target as well
             // while it is up, so the client's next write, through whichever
             // proxy, reaches the target after them.
-            let ordered = !traits.counter && (traits.lwt || traits.truncate || traits.list_order);
-            if ordered && self.ctx.spool.is_empty() {
+            if policy.ordered && self.ctx.spool.is_empty() {
                 return self.ordered_async(frame, req, hold, traits).await;
             }
             // Mirrored only once the source answers, and only if it may
@@ -121,7 +119,7 @@ impl Session {
                 Pending::MirrorAfter(Box::new(AsyncMirror {
                     req,
                     hold,
-                    conditional: traits.lwt,
+                    conditional: policy.conditional,
                 })),
             );
             return self.forward(frame).await;
@@ -131,7 +129,7 @@ impl Session {
         }
         self.count("write", "source");
         self.count("write", "target");
-        self.dual(frame, req, answer, traits.lwt).await
+        self.dual(frame, req, answer, policy.conditional).await
     }
 
     /// `async` mode, a write whose order matters: the source first; if it

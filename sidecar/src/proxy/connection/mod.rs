@@ -33,6 +33,7 @@ use crate::proxy::mirror::{
     MirrorHold, MirrorRequest, ProxyContext, TargetLink,
 };
 use crate::proxy::peers::{response_body_start, rewrite_event, rewrite_rows};
+use crate::proxy::policy::WritePolicy;
 use crate::proxy::prepared::{classify_prepared, parse_prepared_result, PreparedStatement};
 use crate::proxy::request::{
     next_timestamp_micros, param_flags, parse_batch, parse_execute, parse_prepare, parse_query,

@@ -83,7 +83,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     /// Consecutive failures per migration, for the error backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: ErrorBackoff,
 }
 
 impl Context {
@@ -102,7 +102,7 @@ impl Context {
             client,
             settings,
             metrics,
-            failures: Mutex::new(HashMap::new()),
+            failures: ErrorBackoff::default(),
         }
     }
 }
@@ -208,6 +208,7 @@ fn now() -> Time {
 async fn reconcile(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let ns = cm.namespace().ok_or(Error::NoNamespace)?;
+    let name = cm.name_any();
     let api: Api<CassandraMigration> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, labels::FINALIZER, cm, |event| async {
         match event {
@@ -219,9 +220,7 @@ async fn reconcile(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.observe_reconcile(started.elapsed());
     if result.is_ok() {
-        if let Ok(mut failures) = ctx.failures.lock() {
-            failures.remove(&ns);
-        }
+        ctx.failures.succeeded(&backoff_key(&ns, &name));
     }
     result
 }
@@ -231,20 +230,45 @@ fn error_policy(cm: Arc<CassandraMigration>, error: &Error, ctx: Arc<Context>) -
         return Action::requeue(ctx.settings.poll);
     }
     ctx.metrics.reconcile_error(error.metric_label());
-    let key = format!("{}/{}", cm.namespace().unwrap_or_default(), cm.name_any());
-    let failures = ctx
-        .failures
-        .lock()
-        .map(|mut f| {
-            let n = f.entry(key).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        })
-        .unwrap_or(1);
-    // 1s, 2s, 4s ... capped at 5 minutes.
-    let delay = Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300));
+    let key = backoff_key(&cm.namespace().unwrap_or_default(), &cm.name_any());
+    let delay = ctx.failures.failed(&key);
     warn!(error = %error, ?delay, "reconcile error; retrying");
     Action::requeue(delay)
+}
+
+/// The one key a migration's failures are counted under: `namespace/name`.
+/// (A success used to clear `namespace` while errors counted under
+/// `namespace/name`, so the backoff never reset: after 8 errors every retry
+/// waited 5 minutes for good.)
+fn backoff_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Consecutive reconcile failures per migration and the wait they earn.
+#[derive(Default)]
+struct ErrorBackoff(Mutex<HashMap<String, u32>>);
+
+impl ErrorBackoff {
+    /// One more failure: 2 s, 4 s, 8 s ... capped at 5 minutes.
+    fn failed(&self, key: &str) -> Duration {
+        let failures = self
+            .0
+            .lock()
+            .map(|mut f| {
+                let n = f.entry(key.to_owned()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            })
+            .unwrap_or(1);
+        Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
+    }
+
+    /// A success: the next failure starts the backoff again.
+    fn succeeded(&self, key: &str) {
+        if let Ok(mut f) = self.0.lock() {
+            f.remove(key);
+        }
+    }
 }
 
 /// One reconcile's view of the world and its pending status.
@@ -1477,6 +1501,21 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_success_resets_the_error_backoff_of_its_migration() {
+        let backoff = ErrorBackoff::default();
+        let key = backoff_key("ns", "mig");
+        for _ in 0..10 {
+            backoff.failed(&key);
+        }
+        assert_eq!(backoff.failed(&key), Duration::from_secs(256));
+        backoff.succeeded(&backoff_key("ns", "mig"));
+        assert_eq!(backoff.failed(&key), Duration::from_secs(2));
+        // Another migration's success does not reset it.
+        backoff.succeeded(&backoff_key("ns", "other"));
+        assert_eq!(backoff.failed(&key), Duration::from_secs(4));
+    }
 
     #[test]
     fn drivers_are_told_the_cql_port_with_iptables_and_the_proxy_port_otherwise() {

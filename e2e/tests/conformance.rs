@@ -1,5 +1,5 @@
-//! Driver conformance: real drivers (the DataStax Python and Java drivers
-//! and gocql) write through three in-process proxies, one per
+//! Driver conformance: real drivers (the DataStax Python and Java drivers,
+//! gocql and the Node.js driver) write through three in-process proxies, one per
 //! source node of the real 3-node source cluster, and every table is then
 //! compared cell by cell (value, WRITETIME, TTL) between the source and the
 //! target, read directly. See docs/proxy.md, "Driver conformance".
@@ -391,6 +391,7 @@ enum Driver {
     Python,
     Go,
     Java,
+    Node,
 }
 
 impl Driver {
@@ -399,6 +400,7 @@ impl Driver {
             Driver::Python => "python",
             Driver::Go => "go",
             Driver::Java => "java",
+            Driver::Node => "node",
         }
     }
 
@@ -428,6 +430,7 @@ impl Driver {
             .to_owned();
         match self {
             Driver::Python => vec![exe, dir.join("conformance.py").display().to_string()],
+            Driver::Node => vec![exe, dir.join("conformance.js").display().to_string()],
             Driver::Go | Driver::Java => vec![exe],
         }
     }
@@ -593,6 +596,40 @@ const RUNS: &[Run] = &[
         contact: 0,
         scenarios: "prepared_before_roll",
         relay: true,
+    },
+    // The Node.js driver speaks v4 at most, without compression.
+    Run {
+        name: "node-v4",
+        driver: Driver::Node,
+        mode: "sync",
+        protocol: 4,
+        compression: "none",
+        client_timestamps: true,
+        contact: 2,
+        scenarios: "all",
+        relay: false,
+    },
+    Run {
+        name: "node-v4-nots",
+        driver: Driver::Node,
+        mode: "sync",
+        protocol: 4,
+        compression: "none",
+        client_timestamps: false,
+        contact: 1,
+        scenarios: "all",
+        relay: false,
+    },
+    Run {
+        name: "node-v4-async",
+        driver: Driver::Node,
+        mode: "async",
+        protocol: 4,
+        compression: "none",
+        client_timestamps: true,
+        contact: 0,
+        scenarios: "all",
+        relay: false,
     },
 ];
 

@@ -50,16 +50,7 @@ const REFUSED_BY_DESIGN: &[(&str, &str)] = &[];
 /// `connect` is a driver program that could not open its session. They are
 /// printed (marked GAP) but left out of the assertions; the proxy's owner
 /// removes an entry with the fix.
-const KNOWN_PROXY_GAPS: &[(&str, &str, &str)] = &[(
-    "connect",
-    "java-v5-lz4",
-    "protocol v5 with lz4: the Java driver 4.17 sets the COMPRESSED flag (0x01) on the \
-     envelopes inside its lz4 segments, their bodies not compressed (Cassandra 5.0 ignores \
-     the flag in v5 and serves the driver); the proxy refuses the first envelope after \
-     READY with PROTOCOL_ERROR \"frame compressed but no compression was negotiated\" \
-     (sidecar/src/proxy/codec.rs decodes envelopes in segments with Compression::None), \
-     so the driver cannot connect through it at all",
-)];
+const KNOWN_PROXY_GAPS: &[(&str, &str, &str)] = &[];
 
 /// Tables written by lightweight transactions: each cluster's Paxos round
 /// picks the cells' WRITETIME (a client or proxy timestamp is not allowed

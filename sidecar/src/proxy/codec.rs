@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use bytes::BytesMut;
 
 use super::compression::Compression;
-use super::frame::{decode_frame, DecodeRules, Frame, FrameError};
+use super::frame::{decode_envelope, decode_frame, DecodeRules, Frame, FrameError};
 use super::segment::{decode_segment, SegmentWriter};
 
 /// Framing state of one TCP link, shared by its reader and writer halves.
@@ -106,9 +106,7 @@ impl FrameDecoder {
         let compressed = state.compression() == Compression::Lz4;
         loop {
             // Envelopes inside segments never use per-frame compression.
-            if let Some(frame) =
-                decode_frame(&mut self.segment_bytes, &self.rules, Compression::None)?
-            {
+            if let Some(frame) = decode_envelope(&mut self.segment_bytes, &self.rules)? {
                 return Ok(Some(frame));
             }
             match decode_segment(buf, compressed)? {
@@ -209,6 +207,36 @@ mod tests {
                 }
             }
             assert_eq!(got, frames, "{compression:?}");
+        }
+    }
+
+    /// The DataStax Java driver 4.17 at v5 with lz4 sets the COMPRESSED
+    /// flag on the envelopes inside its (lz4) segments, with plain bodies.
+    /// Cassandra ignores the flag there; the proxy refused the envelope, so
+    /// that driver could not connect through it at all.
+    #[test]
+    fn the_compressed_flag_of_an_envelope_inside_segments_is_ignored() {
+        for compression in [Compression::None, Compression::Lz4] {
+            let state = LinkState::default();
+            state.set_compression(compression);
+            state.set_segmented_in();
+            let frame = Frame::request(5, 3, opcode::QUERY, Bytes::from_static(b"plain body"));
+            let mut envelope = BytesMut::new();
+            frame.encode(Compression::None, &mut envelope);
+            envelope[1] |= crate::proxy::frame::flags::COMPRESSED;
+            let mut wire = BytesMut::new();
+            crate::proxy::segment::encode_segment(
+                &envelope,
+                true,
+                compression == Compression::Lz4,
+                &mut wire,
+            );
+            let mut dec = FrameDecoder::new(rules());
+            let got = dec
+                .decode(&state, &mut wire)
+                .expect("the envelope is accepted")
+                .expect("a whole frame");
+            assert_eq!(got, frame, "{compression:?}");
         }
     }
 }

@@ -257,6 +257,27 @@ pub fn decode_frame(
     rules: &DecodeRules,
     compression: Compression,
 ) -> Result<Option<Frame>, FrameError> {
+    decode(buf, rules, Some(compression))
+}
+
+/// Decodes one envelope from the payload of v5 segments. Compression is
+/// the segments' business there: an envelope's compression flag means
+/// nothing and is ignored, as Cassandra ignores it (the DataStax Java
+/// driver 4.17 sets it on plain envelopes inside lz4 segments).
+pub fn decode_envelope(
+    buf: &mut BytesMut,
+    rules: &DecodeRules,
+) -> Result<Option<Frame>, FrameError> {
+    decode(buf, rules, None)
+}
+
+/// `compression`: the link's algorithm for flagged frames; `None` inside
+/// segments, where the flag is ignored.
+fn decode(
+    buf: &mut BytesMut,
+    rules: &DecodeRules,
+    compression: Option<Compression>,
+) -> Result<Option<Frame>, FrameError> {
     if buf.len() < HEADER_LEN {
         // A version byte alone is enough to refuse an unsupported version early.
         if let Some(&first) = buf.first() {
@@ -297,15 +318,15 @@ pub fn decode_frame(
     }
     let mut whole = buf.split_to(HEADER_LEN + length);
     let body = whole.split_off(HEADER_LEN);
-    let body = if header.flags & flags::COMPRESSED != 0 {
-        if compression == Compression::None {
-            return Err(FrameError::UnexpectedCompression);
+    let body = match compression {
+        Some(c) if header.flags & flags::COMPRESSED != 0 => {
+            if c == Compression::None {
+                return Err(FrameError::UnexpectedCompression);
+            }
+            c.decompress_frame_body(&body, rules.max_frame_bytes)?
+                .freeze()
         }
-        compression
-            .decompress_frame_body(&body, rules.max_frame_bytes)?
-            .freeze()
-    } else {
-        body.freeze()
+        _ => body.freeze(),
     };
     Ok(Some(Frame {
         version: header.version,

@@ -179,6 +179,9 @@ pub struct AppTally {
     pub ledger_ops: u64,
     #[serde(default)]
     pub ledger_acked: u64,
+    /// Whether the schedule included LWT inserts (`--ledger-lwt`).
+    #[serde(default = "yes")]
+    pub ledger_lwt: bool,
     #[serde(default)]
     pub ledger_uncertain: u64,
     #[serde(default)]
@@ -194,6 +197,10 @@ pub struct AppTally {
     pub ledger_by_kind: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub ledger_last_error: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What the run saw; [`Outcome::problems`] lists what is wrong with it.
@@ -502,7 +509,22 @@ impl Run<'_> {
         let migration = std::fs::read_to_string(examples_dir().join("cassandramigration.yaml"))?;
         self.apply(&migration).await?;
         let applied = Instant::now();
-        let watch = self.follow(applied).await?;
+        let watch = match self.follow(applied).await {
+            Ok(watch) => watch,
+            Err(e) => {
+                // Best effort, to tell which writes differ: what the ledger
+                // check finds on both clusters as they are.
+                self.say(format!("{e:#}"));
+                let ledger = match self.stop_app().await {
+                    Ok(app) => match self.check_ledger(&app).await {
+                        Ok(report) => serde_json::to_string(&report)?,
+                        Err(e) => format!("{e:#}"),
+                    },
+                    Err(e) => format!("{e:#}"),
+                };
+                return Err(e.context(format!("the ledger check after it: {ledger}")));
+            }
+        };
         let seconds_to_ready = applied.elapsed().as_secs_f64();
 
         self.say("stopping the application and checking its acknowledged writes on the target");
@@ -785,6 +807,7 @@ impl Run<'_> {
         ));
         let ops = app.ledger_ops.to_string();
         let uncertain = join_ids(&app.ledger_uncertain_ops);
+        let lwt = app.ledger_lwt.to_string();
         let mut args = vec![
             "--contact-points",
             SOURCE_CONTACT,
@@ -802,6 +825,8 @@ impl Run<'_> {
             // backfilled, docs/bulk.md).
             "--source-only-tables",
             COUNTER_TABLE,
+            "--ledger-lwt",
+            &lwt,
             "--check-ledger",
             &ops,
         ];
@@ -974,7 +999,8 @@ impl Run<'_> {
                     .collect();
                 if status.phase == Phase::Failed {
                     let conditions = serde_json::to_string(&status.conditions)?;
-                    bail!("the migration failed: {conditions}");
+                    let validation = serde_json::to_string(&status.validation)?;
+                    bail!("the migration failed: {conditions}; validation: {validation}");
                 }
                 if !ended {
                     bail!(

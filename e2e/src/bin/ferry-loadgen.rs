@@ -88,6 +88,10 @@ struct Args {
     /// Operations per second of the mixed, ledgered workload (0: none).
     #[arg(long, env = "LOADGEN_LEDGER_RATE", default_value_t = 10)]
     ledger_rate: u64,
+    /// Whether the ledgered workload includes LWT inserts (`false`: their
+    /// slots do nothing; `--check-ledger` must be told the same).
+    #[arg(long, env = "LOADGEN_LEDGER_LWT", default_value_t = true, action = clap::ArgAction::Set)]
+    ledger_lwt: bool,
     /// Instead of writing: rebuild the state that ledger operations 0..N
     /// (less `--uncertain-ops`) must have left, compare it cell by cell with
     /// the cluster at `--contact-points` and the one at
@@ -126,6 +130,7 @@ struct Counters {
     pending_ids: Mutex<BTreeSet<u64>>,
     last_error: Mutex<Option<String>>,
     ledger: LedgerCounters,
+    schedule: ledger::Schedule,
 }
 
 /// The outcome of each ledger operation, by number.
@@ -199,6 +204,7 @@ impl Counters {
             "failedIds": failed,
             "lastError": self.last_error.lock().ok().and_then(|e| e.clone()),
             "ledgerOps": l.issued.load(Ordering::SeqCst),
+            "ledgerLwt": self.schedule.lwt,
             "ledgerAcked": l.acked.load(Ordering::SeqCst),
             "ledgerUncertain": l.uncertain.load(Ordering::SeqCst),
             "ledgerUncertainOps": uncertain.iter().take(MAX_UNCERTAIN_LISTED).collect::<Vec<_>>(),
@@ -549,7 +555,7 @@ async fn run_ledger(
             s.push(PENDING);
         }
         l.issued.fetch_add(1, Ordering::SeqCst);
-        let Some(op) = ledger::op(n) else {
+        let Some(op) = counters.schedule.op(n) else {
             l.settle(n, ACKED);
             l.acked.fetch_add(1, Ordering::SeqCst);
             continue;
@@ -699,7 +705,13 @@ async fn check_ledger(
 ) -> anyhow::Result<()> {
     let ks = &args.keyspace;
     let uncertain: BTreeSet<u64> = args.uncertain_ops.iter().copied().collect();
-    let expected = ledger::expected(ops, &uncertain);
+    let expected = ledger::expected(
+        ops,
+        &uncertain,
+        ledger::Schedule {
+            lwt: args.ledger_lwt,
+        },
+    );
     let target = if args.target_contact_points.is_empty() {
         None
     } else {
@@ -830,7 +842,12 @@ async fn main() -> anyhow::Result<()> {
     select.set_consistency(cl);
     select.set_is_idempotent(true);
 
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters {
+        schedule: ledger::Schedule {
+            lwt: args.ledger_lwt,
+        },
+        ..Default::default()
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     {
@@ -909,7 +926,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            if id % 2 == 0 && id > 0 {
+            if id.is_multiple_of(2) && id > 0 {
                 let earlier = id / 2;
                 counters.reads.fetch_add(1, Ordering::SeqCst);
                 // Still unanswered when the read starts: the read may run

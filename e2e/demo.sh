@@ -7,7 +7,9 @@
 # example source (3 nodes) and target clusters and the example application,
 # applies the example migration, follows it to Ready (the phases also stream
 # below, from `kubectl get cassandramigrations -w`), checks that every write
-# the application was told succeeded is on the target, and prints a summary.
+# the application was told succeeded is on the target and that both clusters
+# hold, cell by cell, what its acknowledged mixed operations must have left
+# (e2e/src/ledger.rs), and prints a summary.
 #
 # The migration is left in place, Ready and mirroring, for you to look at:
 #   export KUBECONFIG=~/.cache/ferry/run/kubeconfig PATH=~/.cache/ferry/bin:$PATH

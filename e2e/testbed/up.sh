@@ -49,7 +49,7 @@ flock 9
 started=$(date +%s)
 if [ "$want_cassandra" = 1 ]; then
   # Tests leave their keyspaces behind (a `make test` run adds about 40),
-  # and they fill a node's 640 MB heap: source3 died of OutOfMemoryError at
+  # and they fill a node's heap (640 MB then): source3 died of OutOfMemoryError at
   # about 420 keyspaces once, and again at 165 in the middle of a run. With
   # --fresh-if-full (what `make testbed` passes, before any test runs),
   # past FERRY_BED_MAX_KEYSPACES (60) on any node the clusters' state is

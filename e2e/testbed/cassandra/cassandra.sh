@@ -9,7 +9,7 @@
 #   cassandra.sh nodetool NAME ARGS...         nodetool against that node
 #
 # Environment: CASSANDRA_VERSION (5.0.9; 4.1.x runs on a JDK 11 if one is
-# found), FERRY_CASSANDRA_HEAP (default 640m), FERRY_CASSANDRA_AUTH=1 for
+# found), FERRY_CASSANDRA_HEAP (default 1g), FERRY_CASSANDRA_AUTH=1 for
 # PasswordAuthenticator (user cassandra/cassandra), FERRY_CASSANDRA_TLS=1 for
 # client TLS on the native port (optional: plain CQL is still accepted; the
 # node's CA is NODE_DIR/tls/ca.pem), FERRY_NUM_TOKENS (16).
@@ -144,7 +144,7 @@ TLS
   echo "$ip" >"$dir/ip"
   echo "$CASSANDRA_VERSION" >"$dir/version"
   local jpms; read -r -a jpms <<<"$(jpms_flags)"
-  local heap=${FERRY_CASSANDRA_HEAP:-640m}
+  local heap=${FERRY_CASSANDRA_HEAP:-1g}
   log "starting cassandra $CASSANDRA_VERSION node $name on $ip (cluster $cluster, dc $dc, seeds $seeds)"
   # setsid: the node outlives this script and is stopped through its pid file.
   setsid "$java" -Xms"$heap" -Xmx"$heap" -Xmn128m -Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled \

@@ -171,14 +171,7 @@ fn needs_order(record: &SpoolRecord) -> bool {
     if record.statements.iter().any(|s| ordered(&s.query)) {
         return true;
     }
-    let frame = Frame {
-        version: record.version,
-        response: false,
-        flags: record.flags,
-        stream: 0,
-        opcode: record.opcode,
-        body: record.body.clone(),
-    };
+    let frame = request_frame(record);
     match record.opcode {
         opcode::QUERY => parse_query(&frame).map_or(true, |q| ordered(q.query)),
         opcode::BATCH => parse_batch(&frame).map_or(true, |b| {
@@ -190,17 +183,22 @@ fn needs_order(record: &SpoolRecord) -> bool {
     }
 }
 
-/// Whether a spooled write carries its own timestamp (the client's or the
-/// proxy's), which makes its replay order free.
-fn carries_timestamp(record: &SpoolRecord) -> bool {
-    let frame = Frame {
+/// A spooled record as the request frame it was, to be read again.
+fn request_frame(record: &SpoolRecord) -> Frame {
+    Frame {
         version: record.version,
         response: false,
         flags: record.flags,
         stream: 0,
         opcode: record.opcode,
         body: record.body.clone(),
-    };
+    }
+}
+
+/// Whether a spooled write carries its own timestamp (the client's or the
+/// proxy's), which makes its replay order free.
+fn carries_timestamp(record: &SpoolRecord) -> bool {
+    let frame = request_frame(record);
     match record.opcode {
         opcode::QUERY => parse_query(&frame).is_ok_and(|q| q.params.has_timestamp()),
         opcode::EXECUTE => parse_execute(&frame).is_ok_and(|e| e.params.has_timestamp()),
@@ -345,19 +343,7 @@ mod tests {
     fn only_timestamped_writes_in_one_keyspace_share_the_replay_window() {
         let text = "INSERT INTO t (k) VALUES (1)";
         let plain = query_body(4, text, 0, &[]);
-        let layout = parse_query(&Frame {
-            version: 4,
-            response: false,
-            flags: 0,
-            stream: 0,
-            opcode: opcode::QUERY,
-            body: plain.clone(),
-        })
-        .expect("query")
-        .params;
-        let stamped = crate::proxy::request::with_timestamp(&plain, &layout, 1_700_000_000_000_000);
-
-        let timestamped = query_record(stamped.clone(), Some("ks"));
+        let timestamped = stamped_query(text);
         assert!(carries_timestamp(&timestamped));
         assert!(!must_replay_alone(&timestamped));
 
@@ -367,7 +353,7 @@ mod tests {
         assert!(must_replay_alone(&conditional));
 
         // A statement prepared in another keyspace needs the link to switch.
-        let mut elsewhere = query_record(stamped, Some("ks"));
+        let mut elsewhere = stamped_query(text);
         elsewhere.statements.push(SpooledStatement {
             source_id: Bytes::from_static(&[1; 16]),
             keyspace: Some("other".into()),

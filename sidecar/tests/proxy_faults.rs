@@ -12,7 +12,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use proxy_support::*;
-use scylla::client::session::Session;
 
 /// A proxy process.
 struct ProxyProcess {
@@ -76,39 +75,6 @@ impl ProxyProcess {
             .sum()
     }
 }
-
-async fn count(s: &Session, q: &str) -> i64 {
-    let rows = s
-        .query_unpaged(q, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {e}"))
-        .into_rows_result()
-        .expect("rows");
-    rows.rows::<(i64,)>()
-        .expect("typed")
-        .next()
-        .expect("one row")
-        .expect("row")
-        .0
-}
-
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// `kill -9` of a proxy whose spool holds writes (async mode, target down),
 /// a restart on the same spool with the target back, `kill -9` again in the
 /// middle of the replay, and a last restart: every write the application

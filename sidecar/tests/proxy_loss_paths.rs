@@ -41,40 +41,6 @@ async fn on_both(bed: &Bed, ks: &str, tables: &[&str]) {
         .collect();
     ddl_both(&bed.source, &bed.target, &ddl).await;
 }
-
-async fn count(s: &Session, q: &str) -> i64 {
-    let rows = s
-        .query_unpaged(q, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{q}: {e}"))
-        .into_rows_result()
-        .expect("rows");
-    rows.rows::<(i64,)>()
-        .expect("typed")
-        .next()
-        .expect("one row")
-        .expect("row")
-        .0
-}
-
-/// Waits until `check` holds, or `limit` passes; returns whether it held.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Item 8: rewriting `now()` into a marker the proxy fills changed the
 /// statement's id, so a driver that prepared it directly before the roll
 /// and again through the proxy (the DataStax drivers check) failed it for

@@ -200,3 +200,37 @@ pub async fn ddl_both(source: &Session, target: &Session, statements: &[String])
         .await
         .expect("schema agreement");
 }
+
+/// The single `count(*)` a query returns.
+pub async fn count(s: &Session, q: &str) -> i64 {
+    let rows = s
+        .query_unpaged(q, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"))
+        .into_rows_result()
+        .expect("rows");
+    rows.rows::<(i64,)>()
+        .expect("typed")
+        .next()
+        .expect("one row")
+        .expect("row")
+        .0
+}
+
+/// Waits until `check` holds, or `limit` passes; returns whether it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -23,15 +23,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use ferry_e2e::compare::{self, CompareOptions, Difference};
 use ferry_e2e::testbed;
-use ferry_sidecar::proxy::{self, ProxyArgs};
 use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use serde::Deserialize;
-use tokio::sync::oneshot;
+
+mod in_process_proxy;
+use in_process_proxy::Proxy;
 
 /// Loopback addresses of the three proxies (no other test uses them).
 const PROXY_IPS: [&str; 3] = ["127.0.0.81", "127.0.0.82", "127.0.0.83"];
@@ -57,97 +57,6 @@ const KNOWN_PROXY_GAPS: &[(&str, &str, &str)] = &[];
 /// there), so only their values and TTLs can agree (docs/proxy.md, "Writes
 /// that need a policy").
 const PAXOS_TIMESTAMPED: &[&str] = &["lwt_if_not_exists", "lwt_if_condition", "lwt_batch"];
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: ProxyArgs,
-}
-
-struct Proxy {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Proxy {
-    async fn start(ip: &str, source: &str, target: &str, extra: &[&str]) -> Proxy {
-        let spool = std::env::temp_dir().join(format!(
-            "ferry-conformance-spool-{ip}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&spool);
-        let mut argv: Vec<String> = vec![
-            "proxy".into(),
-            source.into(),
-            target.into(),
-            "--proxy-address".into(),
-            ip.into(),
-            "--admin-address".into(),
-            ip.into(),
-            "--spool-dir".into(),
-            spool.display().to_string(),
-        ];
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let args = Cli::try_parse_from(argv).expect("proxy arguments").args;
-        let addr: SocketAddr = format!("{ip}:{}", args.proxy_port).parse().expect("addr");
-        let admin: SocketAddr = format!("{ip}:{}", args.admin_port).parse().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(proxy::run_until(args, async move {
-            let _ = rx.await;
-        }));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if task.is_finished() {
-                panic!("proxy on {ip} exited at start: {:?}", task.await);
-            }
-            assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Proxy {
-            addr,
-            admin,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        match self.task.take() {
-            Some(t) => t.await?,
-            None => Ok(()),
-        }
-    }
-
-    /// Sum of the `/metrics` lines starting with `prefix`.
-    async fn metric(&self, prefix: &str) -> f64 {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin)
-            .await
-            .expect("admin connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("admin write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("admin read");
-        out.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
-}
 
 /// A TCP relay in front of one node for the roll: it forwards every
 /// connection to `first` until a client of its control port writes `roll`;

@@ -48,7 +48,7 @@ fn template(sets: &[&str]) -> String {
 fn chart_lints_clean() {
     let (ok, out) = helm(&["lint", "--strict", "charts/ferry"]);
     assert!(ok, "helm lint failed:\n{out}");
-    let (ok, out) = helm(&["lint", "--strict", "charts/ferry", "--set", "replicaCount=2,certManager.enabled=true,metrics.serviceMonitor.enabled=true,dashboard.enabled=true"]);
+    let (ok, out) = helm(&["lint", "--strict", "charts/ferry", "--set", "replicaCount=2,certManager.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.podMonitor.enabled=true,dashboard.enabled=true"]);
     assert!(ok, "helm lint with every option failed:\n{out}");
 }
 

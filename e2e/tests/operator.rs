@@ -28,6 +28,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+
+mod in_process_proxy;
 use tokio::task::JoinHandle;
 
 const STS: &str = "cassandra";
@@ -101,7 +103,15 @@ async fn start_webhook(client: &Client, ns: &str) -> WebhookGuard {
 }
 
 fn start_controller(client: &Client, ns: &str) -> JoinHandle<()> {
-    let settings = Settings {
+    start_controller_with(client, ns, |_| {})
+}
+
+fn start_controller_with(
+    client: &Client,
+    ns: &str,
+    adjust: impl FnOnce(&mut Settings),
+) -> JoinHandle<()> {
+    let mut settings = Settings {
         sidecar_image: "ferry.dev/ferry-sidecar:test".into(),
         roll_timeout: Duration::from_secs(120),
         poll: Duration::from_millis(500),
@@ -111,8 +121,12 @@ fn start_controller(client: &Client, ns: &str) -> JoinHandle<()> {
         // and, wired into the controller, by the e2e migration.
         ring_check: false,
         probe_write: false,
+        // No proxy runs in these pods either, unless a test starts real
+        // ones on the addresses the fake kubelet gives (`distinct_ips`).
+        proxy_checks: false,
         ..Settings::default()
     };
+    adjust(&mut settings);
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
@@ -130,6 +144,20 @@ struct KubeletScript {
     max_unavailable: AtomicUsize,
     /// What the pods looked like whenever more than one was unavailable.
     trace: std::sync::Mutex<Vec<String>>,
+    /// Source pods started from now on get an IP of their own,
+    /// [`pod_ip`], instead of 127.0.0.1.
+    distinct_ips: AtomicBool,
+}
+
+/// The IP the fake kubelet gives source pod `name` under `distinct_ips`:
+/// `cassandra-N` → 127.0.0.(70 + N) (addresses no other test uses).
+fn pod_ip(name: &str) -> String {
+    let ordinal: u8 = name
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    format!("127.0.0.{}", 70 + ordinal)
 }
 
 const BACKFILL_SUMMARY: &str = r#"{"mode":"backfill","rangesDone":4,"rangesTotal":4,"rowsCopied":1000,"bytesCopied":64000,"rowsPerSecond":500}"#;
@@ -183,8 +211,13 @@ fn start_kubelet(client: &Client, ns: &str, script: Arc<KubeletScript>) -> JoinH
                             .collect::<Vec<_>>()
                     };
                     let init: Vec<_> = spec.init_containers.clone().unwrap_or_default();
+                    let ip = if script.distinct_ips.load(Ordering::SeqCst) {
+                        pod_ip(&name)
+                    } else {
+                        "127.0.0.1".to_owned()
+                    };
                     let status = json!({"status": {
-                        "phase": "Running", "podIP": "127.0.0.1",
+                        "phase": "Running", "podIP": ip,
                         "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}],
                         "containerStatuses": statuses(&spec.containers),
                         "initContainerStatuses": statuses(&init),
@@ -834,4 +867,226 @@ async fn webhook_certificate_is_kept_in_a_secret_and_published_as_ca_bundle() {
     api.delete(&name, &DeleteParams::default())
         .await
         .expect("delete");
+}
+
+/// A TCP relay from `from` to `to`, until dropped: the target "comes back".
+struct Relay(JoinHandle<()>);
+
+impl Relay {
+    async fn start(from: &str, to: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind(from)
+            .await
+            .unwrap_or_else(|e| panic!("relay bind {from}: {e}"));
+        Relay(tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let to = to.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn condition_of(cm: &CassandraMigration, type_: &str) -> Option<(String, String, String)> {
+    cm.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Issue 13 §3 / issue 14 §2: the spool is in the pod, so evicting a pod
+/// whose proxy still owes the target writes would lose them. Real proxies
+/// (in-process, on the IPs the fake kubelet gives the pods) front the real
+/// source; the proxy of `cassandra-1` cannot reach the target and spools
+/// the application's writes. The migration must leave `Ready` for
+/// `MirroringBehind`, and its deletion must take out `cassandra-0` but hold
+/// `cassandra-1` until the target is back and the spool drained; then every
+/// write is on the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_pod_is_evicted_while_its_proxy_owes_the_target_writes() {
+    let cassandra = testbed::cassandra(1).expect("Cassandra test bed");
+    let source = cassandra.source_contact_points[0].clone();
+    let target = cassandra.target_contact_points[0].clone();
+    let bed = bed("ferry-spool-gate").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    bed.script.distinct_ips.store(true, Ordering::SeqCst);
+
+    // The keyspace exists on both clusters; DDL is not mirrored.
+    let ks = format!("spool_gate_{}", std::process::id());
+    let create = [
+        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.t (k int PRIMARY KEY, v text)"),
+    ];
+    let target_session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(&target)
+        .build()
+        .await
+        .expect("target session");
+    for node in [&source, &target] {
+        let s = scylla::client::session_builder::SessionBuilder::new()
+            .known_node(node)
+            .build()
+            .await
+            .expect("session");
+        for q in &create {
+            s.query_unpaged(q.as_str(), &[]).await.expect("schema");
+        }
+    }
+    // cassandra-1's proxy sends to an address where nothing listens yet.
+    const DOWN_TARGET: &str = "127.0.0.73:9042";
+    let host = |contact: &str| contact.split(':').next().unwrap_or(contact).to_owned();
+    let mut proxies = Vec::new();
+    for n in 0..REPLICAS {
+        let ip = pod_ip(&format!("{STS}-{n}"));
+        // The proxy takes hosts; the ports are its defaults (9042).
+        let to = host(if n == 1 { DOWN_TARGET } else { target.as_str() });
+        let source = host(&source);
+        proxies.push(
+            in_process_proxy::Proxy::start(
+                &ip,
+                &source,
+                &to,
+                &["--mode", "async", "--async-retries", "1"],
+            )
+            .await,
+        );
+    }
+
+    let operator = start_controller_with(client, ns, |s| {
+        s.proxy_checks = true;
+        s.mirroring_behind_after = Duration::from_secs(3);
+    });
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &migration("gate"))
+        .await
+        .expect("create migration");
+    eventually(120, "phase Ready", || async {
+        (phase_of(&api, "gate").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    assert!(
+        source_pods(client, ns).await.iter().all(|p| p
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            == Some(pod_ip(&p.name_any()))),
+        "every rolled pod has the IP its proxy listens on"
+    );
+
+    // The application writes through cassandra-1's proxy: the source takes
+    // every write, the target none, and the spool keeps them.
+    let app = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(proxies[1].addr.to_string())
+        .build()
+        .await
+        .expect("session through the proxy");
+    const WRITES: i32 = 20;
+    for k in 0..WRITES {
+        app.query_unpaged(
+            format!("INSERT INTO {ks}.t (k, v) VALUES ({k}, 'kept')"),
+            &[],
+        )
+        .await
+        .expect("the source takes the write");
+    }
+    eventually(20, "the writes in cassandra-1's spool", || async {
+        (proxies[1].state().await.spool_records == WRITES as u64).then_some(())
+    })
+    .await;
+
+    // Ready says false while the spool does not drain.
+    let (ready, reason) = eventually(90, "Ready=False for MirroringBehind", || async {
+        let cm = api.get("gate").await.ok()?;
+        let behind = condition_of(&cm, "MirroringBehind")?;
+        let ready = condition_of(&cm, "Ready")?;
+        (behind.0 == "True" && ready.0 == "False").then_some((ready, behind))
+    })
+    .await;
+    assert_eq!(ready.1, "MirroringBehind", "{ready:?}");
+    assert!(
+        reason
+            .2
+            .contains(&format!("{STS}-1: {WRITES} spooled writes")),
+        "{reason:?}"
+    );
+
+    // Backing out: cassandra-0 goes, cassandra-1 is held.
+    let held_uid = source_pods(client, ns)
+        .await
+        .iter()
+        .find(|p| p.name_any() == format!("{STS}-1"))
+        .and_then(|p| p.uid())
+        .expect("cassandra-1");
+    api.delete("gate", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(60, "cassandra-0 without its proxy", || async {
+        let pods = source_pods(client, ns).await;
+        pods.iter()
+            .any(|p| {
+                p.name_any() == format!("{STS}-0")
+                    && !sidecar::has_sidecar(p)
+                    && sidecar::pod_ready(p)
+            })
+            .then_some(())
+    })
+    .await;
+    // The roll's settle time (10 s) has passed twice over: without the
+    // gate, cassandra-1 would be gone.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let pods = source_pods(client, ns).await;
+    let c1 = pods
+        .iter()
+        .find(|p| p.name_any() == format!("{STS}-1"))
+        .expect("cassandra-1");
+    assert_eq!(
+        c1.uid(),
+        Some(held_uid.clone()),
+        "cassandra-1 was evicted with writes in its spool"
+    );
+    assert!(sidecar::has_sidecar(c1));
+    assert!(
+        api.get_opt("gate").await.expect("get").is_some(),
+        "the migration is still being removed"
+    );
+    assert_eq!(proxies[1].state().await.spool_records, WRITES as u64);
+
+    // The target comes back: the spool drains, then the back-out finishes.
+    let _relay = Relay::start(DOWN_TARGET, target.clone()).await;
+    eventually(120, "the migration gone", || async {
+        api.get_opt("gate").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let pods = source_pods(client, ns).await;
+    assert!(
+        pods.iter().all(|p| !sidecar::has_sidecar(p)),
+        "sidecars left"
+    );
+    let rows = target_session
+        .query_unpaged(format!("SELECT count(*) FROM {ks}.t"), &[])
+        .await
+        .expect("count")
+        .into_rows_result()
+        .expect("rows")
+        .single_row::<(i64,)>()
+        .expect("count row")
+        .0;
+    assert_eq!(
+        rows,
+        i64::from(WRITES),
+        "every acknowledged write reached the target"
+    );
+    operator.abort();
+    drop(proxies);
 }

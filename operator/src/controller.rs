@@ -34,6 +34,7 @@ use crate::crd::{
 use crate::jobs::{self, JobInputs, JobKind, JobState};
 use crate::labels;
 use crate::metrics::Metrics;
+use crate::proxy_state;
 use crate::roll::{self, Direction, PodView, RollStep};
 use crate::sidecar;
 use crate::status::{self, condition};
@@ -60,6 +61,13 @@ pub struct Settings {
     pub probe_write: bool,
     /// The keyspace of that probe row, created on both clusters.
     pub probe_keyspace: String,
+    /// Read each proxy's `/state`: never evict a pod whose proxy owes the
+    /// target writes, and report a stalled spool as `MirroringBehind`
+    /// ([`proxy_state`]).
+    pub proxy_checks: bool,
+    /// How long a spool may hold writes without draining any before the
+    /// migration is `MirroringBehind`.
+    pub mirroring_behind_after: Duration,
 }
 
 impl Default for Settings {
@@ -72,6 +80,8 @@ impl Default for Settings {
             ring_check: true,
             probe_write: true,
             probe_keyspace: "ferry".to_owned(),
+            proxy_checks: true,
+            mirroring_behind_after: Duration::from_secs(120),
         }
     }
 }
@@ -448,6 +458,7 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
     let action = match step.status.phase {
         Phase::Pending => roll_sidecars(&mut step, &pods, replicas, Direction::Inject).await?,
         Phase::Mirroring => {
+            check_mirroring(&mut step, &pods).await;
             if check_sidecars(&mut step, &pods, replicas).await? {
                 start_job(&mut step, &pods, JobKind::Backfill, 1).await?;
                 step.enter(Phase::Backfilling).await;
@@ -456,17 +467,22 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
         }
         Phase::Backfilling => {
             check_sidecars(&mut step, &pods, replicas).await?;
+            check_mirroring(&mut step, &pods).await;
             follow_backfill(&mut step).await?
         }
         Phase::Validating => {
             check_sidecars(&mut step, &pods, replicas).await?;
+            check_mirroring(&mut step, &pods).await;
             follow_validation(&mut step, &pods).await?
         }
         Phase::Ready => {
+            let proxied = check_sidecars(&mut step, &pods, replicas).await?;
+            let behind = check_mirroring(&mut step, &pods).await;
+            set_ready(&mut step);
             // A re-roll in progress waits on settle times no pod event
-            // marks: look again soon.
-            if check_sidecars(&mut step, &pods, replicas).await? {
-                Action::requeue(Duration::from_secs(300))
+            // marks, and a spool is read again soon: look again soon.
+            if proxied && !behind {
+                Action::requeue(Duration::from_secs(30))
             } else {
                 Action::requeue(poll)
             }
@@ -673,6 +689,18 @@ async fn roll_sidecars(
                 );
                 return Ok(Action::requeue(poll));
             }
+            if let Some(reason) = spool_hold(step.ctx, pods, &name).await {
+                status::set_condition(
+                    &mut step.status,
+                    condition::SIDECARS_READY,
+                    false,
+                    "WaitingForSpool",
+                    format!("not evicting {name} yet: {reason}"),
+                    generation,
+                    &step.now,
+                );
+                return Ok(Action::requeue(poll));
+            }
             if evict(&step.ctx.client, &step.ns, &name).await? {
                 info!(pod = %name, ?direction, "evicted");
                 if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
@@ -785,6 +813,20 @@ async fn roll_sidecars_quiet(
             info!(pod = %name, %reason, "not re-rolling yet");
             return Ok(());
         }
+        if let Some(reason) = spool_hold(step.ctx, pods, &name).await {
+            info!(pod = %name, %reason, "not re-rolling yet");
+            let generation = step.cm.metadata.generation;
+            status::set_condition(
+                &mut step.status,
+                condition::DEGRADED,
+                true,
+                "WaitingForSpool",
+                format!("re-rolling {name} waits: {reason}"),
+                generation,
+                &step.now,
+            );
+            return Ok(());
+        }
         if evict(&step.ctx.client, &step.ns, &name).await? {
             let why = if views.iter().any(|v| v.name == name && v.outdated) {
                 "ran a proxy with outdated settings"
@@ -801,6 +843,105 @@ async fn roll_sidecars_quiet(
         }
     }
     Ok(())
+}
+
+/// The `Ready` condition of a migration in the `Ready` phase: true only
+/// while every source pod runs its proxy and every spool drains.
+fn set_ready(step: &mut Step<'_>) {
+    let generation = step.cm.metadata.generation;
+    let (ready, reason, message) = match status::unsafe_reason(&step.status) {
+        None => (
+            true,
+            "InSync",
+            "the target holds everything; mirroring goes on until you cut the applications over"
+                .to_owned(),
+        ),
+        Some((reason, message)) => (false, reason, message),
+    };
+    status::set_condition(
+        &mut step.status,
+        condition::READY,
+        ready,
+        reason,
+        message,
+        generation,
+        &step.now,
+    );
+}
+
+/// The address of a pod's proxy admin port, once the pod has an IP.
+fn proxy_admin_address(pod: &Pod) -> Option<std::net::SocketAddr> {
+    let ip = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+    Some(std::net::SocketAddr::new(
+        ip,
+        u16::try_from(labels::PROXY_ADMIN_PORT).ok()?,
+    ))
+}
+
+/// Why pod `name` must not be evicted yet for what its proxy still owes
+/// the target ([`proxy_state::eviction_hold`]); `None` when it may go.
+async fn spool_hold(ctx: &Context, pods: &[Pod], name: &str) -> Option<String> {
+    if !ctx.settings.proxy_checks {
+        return None;
+    }
+    let pod = pods.iter().find(|p| p.name_any() == name)?;
+    if !sidecar::has_sidecar(pod) {
+        return None;
+    }
+    let reading = match proxy_admin_address(pod) {
+        Some(admin) => proxy_state::read(admin).await,
+        None => return None,
+    };
+    proxy_state::eviction_hold(name, sidecar::sidecar_ready(pod), &reading)
+}
+
+/// Reads every proxy's state and sets `MirroringBehind` when a spool has
+/// stopped draining; returns whether mirroring is behind.
+async fn check_mirroring(step: &mut Step<'_>, pods: &[Pod]) -> bool {
+    if !step.ctx.settings.proxy_checks {
+        return false;
+    }
+    let readings = futures::future::join_all(
+        pods.iter()
+            .filter(|p| sidecar::has_sidecar(p))
+            .filter_map(|p| Some((p.name_any(), proxy_admin_address(p)?)))
+            .map(|(name, admin)| async move { (name, proxy_state::read(admin).await) }),
+    )
+    .await;
+    let behind = proxy_state::behind(&readings, step.ctx.settings.mirroring_behind_after);
+    let generation = step.cm.metadata.generation;
+    let was_behind = status::is_true(&step.status, condition::MIRRORING_BEHIND);
+    if behind.is_empty() {
+        status::set_condition(
+            &mut step.status,
+            condition::MIRRORING_BEHIND,
+            false,
+            "SpoolsDrain",
+            "no proxy's spool has stopped draining",
+            generation,
+            &step.now,
+        );
+        return false;
+    }
+    let message = format!(
+        "writes the applications were told succeeded are not on the target yet: {}",
+        behind.join("; ")
+    );
+    status::set_condition(
+        &mut step.status,
+        condition::MIRRORING_BEHIND,
+        true,
+        "SpoolStalled",
+        message.clone(),
+        generation,
+        &step.now,
+    );
+    if !was_behind {
+        warn!(%message, "mirroring is behind");
+        step.event(EventType::Warning, "MirroringBehind", "Mirror", message)
+            .await;
+    }
+    true
 }
 
 /// Evicts a pod through the Eviction API. `Ok(false)` when a
@@ -1051,9 +1192,15 @@ async fn follow_validation(step: &mut Step<'_>, pods: &[Pod]) -> Result<Action> 
                     generation,
                     &step.now,
                 );
-                status::set_condition(&mut step.status, condition::READY, true, "InSync", "the target holds everything; mirroring goes on until you cut the applications over", generation, &step.now);
+                if let Some((reason, why)) = status::unsafe_reason(&step.status) {
+                    // Clean, but writes may be missing from the target
+                    // right now: not Ready until that clears.
+                    info!(reason, %why, "validation passed; waiting before Ready");
+                    return Ok(Action::requeue(step.ctx.settings.poll));
+                }
                 step.enter(Phase::Ready).await;
-                Ok(Action::requeue(Duration::from_secs(300)))
+                set_ready(step);
+                Ok(Action::requeue(Duration::from_secs(30)))
             } else if step.cm.spec.validation.repair && repaired > 0 && attempt < MAX_VALIDATIONS {
                 // Repaired: validate again; only a clean pass is Ready.
                 step.event(
@@ -1443,6 +1590,13 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
             RollStep::Evict(pod) => {
                 // The whole ring, not only this migration's pods.
                 if let Some(reason) = ring_gate(&ctx, &ns, &cm, &pods).await {
+                    return Err(Error::CleanupInProgress(format!(
+                        "not evicting {pod} yet: {reason}"
+                    )));
+                }
+                // Removing the proxy with writes in its spool would lose
+                // them: the spool is in the pod.
+                if let Some(reason) = spool_hold(&ctx, &pods, &pod).await {
                     return Err(Error::CleanupInProgress(format!(
                         "not evicting {pod} yet: {reason}"
                     )));

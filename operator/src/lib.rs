@@ -6,6 +6,7 @@
 //! - [`roll`], [`sidecar`], [`jobs`], [`status`]: the pure decisions it makes.
 //! - [`webhook`] and [`certs`]: the sidecar-injection admission webhook and its TLS.
 //! - [`cql`]: the operator's own CQL checks (ring health before evictions, the probe write).
+//! - [`proxy_state`]: what each proxy still owes the target (read before an eviction, and for `MirroringBehind`).
 //! - [`leader`]: Lease-based leader election so two replicas never roll at once.
 //! - [`tls_mount`]: the TLS Secrets a migration names, mounted into the proxy and the Jobs.
 
@@ -19,6 +20,7 @@ pub mod jobs;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
+pub mod proxy_state;
 pub mod roll;
 pub mod sidecar;
 pub mod status;

@@ -114,6 +114,15 @@ struct RunArgs {
     /// Keyspace of the probe row, created on both clusters.
     #[arg(long, env = "FERRY_PROBE_KEYSPACE", default_value = "ferry")]
     probe_keyspace: String,
+    /// Read each proxy's `/state` on its admin port: no pod is evicted while
+    /// its proxy owes the target writes, and a stalled spool sets
+    /// `MirroringBehind` (needs the operator to reach the pods' admin port).
+    #[arg(long, env = "FERRY_PROXY_CHECKS", default_value_t = true, action = clap::ArgAction::Set)]
+    proxy_checks: bool,
+    /// Seconds a proxy's spool may hold writes without draining any before
+    /// the migration is `MirroringBehind`.
+    #[arg(long, env = "FERRY_MIRRORING_BEHIND_AFTER_SECS", default_value_t = 120)]
+    mirroring_behind_after_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -280,6 +289,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ring_check: args.ring_check,
         probe_write: args.probe_write,
         probe_keyspace: args.probe_keyspace.clone(),
+        proxy_checks: args.proxy_checks,
+        mirroring_behind_after: Duration::from_secs(args.mirroring_behind_after_secs),
         namespace: args.watch_namespace.clone().filter(|n| !n.is_empty()),
         ..Settings::default()
     };

@@ -12,6 +12,9 @@ pub mod condition {
     pub const VALIDATED: &str = "Validated";
     pub const READY: &str = "Ready";
     pub const DEGRADED: &str = "Degraded";
+    /// A proxy's spool holds writes and none has reached the target for a
+    /// while (`--mirroring-behind-after-secs`).
+    pub const MIRRORING_BEHIND: &str = "MirroringBehind";
     pub const FAILED: &str = "Failed";
 }
 
@@ -46,6 +49,23 @@ pub fn set_condition(
             last_transition_time: now.clone(),
         }),
     }
+}
+
+/// Why writes the applications were told succeeded may be missing from
+/// the target now (a source pod without its proxy, a spool that stopped
+/// draining), as a condition reason and message; `None` when nothing says
+/// so. A migration is never `Ready` while this is `Some`.
+pub fn unsafe_reason(status: &CassandraMigrationStatus) -> Option<(&'static str, String)> {
+    let true_condition = |type_: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+    };
+    if let Some(c) = true_condition(condition::DEGRADED) {
+        return Some(("Degraded", c.message.clone()));
+    }
+    true_condition(condition::MIRRORING_BEHIND).map(|c| ("MirroringBehind", c.message.clone()))
 }
 
 /// Whether a condition is True.
@@ -111,7 +131,10 @@ pub fn progress_text(status: &CassandraMigrationStatus) -> String {
             Some(v) => format!("{} rows compared", v.rows_compared),
             None => "comparing".to_owned(),
         },
-        Phase::Ready => "in sync; mirroring until cut-over".to_owned(),
+        Phase::Ready => match unsafe_reason(status) {
+            None => "in sync; mirroring until cut-over".to_owned(),
+            Some((reason, _)) => format!("not Ready: {reason}"),
+        },
         Phase::Failed => status
             .conditions
             .iter()
@@ -203,5 +226,67 @@ mod tests {
         assert_eq!(progress_text(&st), "25% (1000 rows)");
         st.phase = Phase::Ready;
         assert!(progress_text(&st).contains("in sync"));
+    }
+
+    #[test]
+    fn a_missing_proxy_or_a_stalled_spool_makes_it_unsafe() {
+        let now = t("2026-01-01T00:00:00Z");
+        let mut st = CassandraMigrationStatus {
+            phase: Phase::Ready,
+            ..Default::default()
+        };
+        assert_eq!(unsafe_reason(&st), None);
+        set_condition(
+            &mut st,
+            condition::DEGRADED,
+            false,
+            "AllPodsProxied",
+            "",
+            None,
+            &now,
+        );
+        set_condition(
+            &mut st,
+            condition::MIRRORING_BEHIND,
+            true,
+            "SpoolStalled",
+            "c-1: 5 spooled writes",
+            None,
+            &now,
+        );
+        assert_eq!(
+            unsafe_reason(&st),
+            Some(("MirroringBehind", "c-1: 5 spooled writes".to_owned()))
+        );
+        assert_eq!(progress_text(&st), "not Ready: MirroringBehind");
+        set_condition(
+            &mut st,
+            condition::DEGRADED,
+            true,
+            "SidecarMissing",
+            "pods without the proxy: c-2",
+            None,
+            &now,
+        );
+        assert_eq!(unsafe_reason(&st).map(|r| r.0), Some("Degraded"));
+        set_condition(
+            &mut st,
+            condition::DEGRADED,
+            false,
+            "AllPodsProxied",
+            "",
+            None,
+            &now,
+        );
+        set_condition(
+            &mut st,
+            condition::MIRRORING_BEHIND,
+            false,
+            "SpoolsDrain",
+            "",
+            None,
+            &now,
+        );
+        assert_eq!(unsafe_reason(&st), None);
     }
 }

@@ -7,6 +7,7 @@ mod proxy_support;
 
 use std::time::{Duration, Instant};
 
+use ferry_sidecar::proxy::state::ProxyState;
 use proxy_support::*;
 use scylla::client::session::Session;
 
@@ -492,6 +493,21 @@ async fn drain_waits_for_the_spool_and_says_what_is_left() {
         })
         .await
     );
+    // `/state` says the same to the operator, which reads it before it
+    // evicts the pod: what is owed, for how long nothing drained, and why.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = down.admin_get("/state").await;
+    assert!(status.contains("200"), "{status}: {body}");
+    let state: ProxyState = serde_json::from_str(&body).expect("state JSON");
+    assert_eq!(state.mode, "async", "{body}");
+    assert_eq!(state.spool_records, 5, "{body}");
+    assert_eq!(state.owed(), 5, "{body}");
+    assert!(state.spool_stalled_seconds >= 1, "{body}");
+    assert!(
+        state.last_replay_error.is_some(),
+        "a dead target is the reason: {body}"
+    );
+    assert!(!state.target_reachable && state.source_reachable, "{body}");
     let started = Instant::now();
     let (status, body) = down.admin_get("/drain?timeout=1").await;
     assert!(status.contains("503"), "{status}: {body}");
@@ -516,6 +532,19 @@ async fn drain_waits_for_the_spool_and_says_what_is_left() {
     }
     let (status, body) = up.admin_get("/drain?timeout=20").await;
     assert!(status.contains("200"), "{status}: {body}");
+    let (_, body) = up.admin_get("/state").await;
+    let state: ProxyState = serde_json::from_str(&body).expect("state JSON");
+    assert_eq!(
+        (
+            state.owed(),
+            state.spool_stalled_seconds,
+            state.last_replay_error
+        ),
+        (0, 0, None),
+        "{body}"
+    );
+    // The session's control connection and its pool's.
+    assert!(state.client_connections >= 1, "{body}");
     assert_eq!(
         count(&bed.target, &format!("SELECT count(*) FROM {ks}.t")).await,
         10

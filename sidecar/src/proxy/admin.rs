@@ -1,6 +1,7 @@
 //! The admin endpoint: `/metrics` (Prometheus text), `/livez`, `/readyz`,
-//! and `/drain` (the pod's preStop hook: wait until nothing is owed to the
-//! target).
+//! `/state` (JSON, [`ProxyState`]: what the operator reads before it evicts
+//! the pod) and `/drain` (the pod's preStop hook: wait until nothing is owed
+//! to the target).
 //! A tiny HTTP/1.1 responder: one request per connection, no keep-alive,
 //! which is all a scraper or a kubelet probe needs.
 
@@ -13,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
 use super::mirror::ProxyContext;
+use super::state::ProxyState;
 
 /// Readiness: the proxy can serve its clients. The source is reachable, the
 /// spool is not full and the proxy is not shutting down. The target's state
@@ -119,6 +121,14 @@ async fn handle(mut stream: TcpStream, ctx: &ProxyContext) -> std::io::Result<()
             ("200 OK", "text/plain; version=0.0.4", ctx.metrics.render())
         }
         "/livez" => ("200 OK", "text/plain", "ok\n".to_owned()),
+        "/state" => match serde_json::to_string(&ProxyState::of(ctx)) {
+            Ok(json) => ("200 OK", "application/json", json + "\n"),
+            Err(e) => (
+                "500 Internal Server Error",
+                "text/plain",
+                format!("state: {e}\n"),
+            ),
+        },
         "/readyz" => {
             let (ready, detail) = readiness(ctx);
             (

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub lwt_divergence: IntCounter,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
+    pub spool_stalled_seconds: IntGauge,
     pub spool_full: IntCounter,
     pub prepared_cache_size: IntGauge,
     pub open_connections: IntGauge,
@@ -81,6 +82,10 @@ impl Metrics {
         )?;
         let spool_records = IntGauge::new("spool_records", "Target writes waiting in the spool")?;
         let spool_bytes = IntGauge::new("spool_bytes", "Bytes of the spool on disk")?;
+        let spool_stalled_seconds = IntGauge::new(
+            "spool_stalled_seconds",
+            "Seconds the spool has held writes without one reaching the target (0 when empty)",
+        )?;
         let spool_full = IntCounter::new(
             "spool_full_total",
             "Writes refused because the spool was full",
@@ -132,6 +137,7 @@ impl Metrics {
         registry.register(Box::new(lwt_divergence.clone()))?;
         registry.register(Box::new(spool_records.clone()))?;
         registry.register(Box::new(spool_bytes.clone()))?;
+        registry.register(Box::new(spool_stalled_seconds.clone()))?;
         registry.register(Box::new(spool_full.clone()))?;
         registry.register(Box::new(prepared_cache_size.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
@@ -168,6 +174,7 @@ impl Metrics {
             lwt_divergence,
             spool_records,
             spool_bytes,
+            spool_stalled_seconds,
             spool_full,
             prepared_cache_size,
             open_connections,

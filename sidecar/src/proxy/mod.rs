@@ -29,6 +29,7 @@ pub mod request;
 pub mod result;
 pub mod segment;
 pub mod spool;
+pub mod state;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
@@ -157,6 +158,7 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         read_counter: std::sync::atomic::AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         mirrors_inflight: AtomicUsize::new(0),
+        replay_progress: mirror::ReplayProgress::default(),
         replay_window: args.replay_window as usize,
         heartbeat: (args.heartbeat_secs > 0).then(|| Duration::from_secs(args.heartbeat_secs)),
         mirror_permits: Arc::new(tokio::sync::Semaphore::new(

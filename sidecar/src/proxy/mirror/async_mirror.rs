@@ -197,4 +197,8 @@ pub(super) fn spool_request(
 pub fn update_spool_gauges(ctx: &ProxyContext) {
     ctx.metrics.spool_records.set(ctx.spool.records() as i64);
     ctx.metrics.spool_bytes.set(ctx.spool.bytes() as i64);
+    let stalled = ctx.replay_progress.stalled_for(ctx.spool.records());
+    ctx.metrics
+        .spool_stalled_seconds
+        .set(stalled.as_secs() as i64);
 }

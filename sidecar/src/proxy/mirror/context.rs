@@ -30,6 +30,8 @@ pub struct ProxyContext {
     pub read_counter: std::sync::atomic::AtomicU64,
     pub shutting_down: AtomicBool,
     pub mirrors_inflight: AtomicUsize,
+    /// How the spool's drain is going (`/state`, the stalled gauge).
+    pub replay_progress: super::ReplayProgress,
     /// Heartbeat interval on target links (`--heartbeat-secs`; None: off).
     pub heartbeat: Option<Duration>,
     /// Spooled writes replayed at once (`--replay-window`).

@@ -25,6 +25,7 @@ use super::wire::WireError;
 
 mod async_mirror;
 mod context;
+mod progress;
 mod replay;
 mod target_link;
 
@@ -32,6 +33,7 @@ pub use async_mirror::{
     deliver, mirror_async, mirror_permit, source_may_hold, update_spool_gauges,
 };
 pub use context::{MirrorHold, ProxyContext, SpoolFull};
+pub use progress::ReplayProgress;
 pub use replay::live_mirrors_done;
 pub use replay::run_replayer;
 pub use target_link::TargetLink;

@@ -18,8 +18,14 @@ pub async fn run_replayer(ctx: Arc<ProxyContext>) {
         }
         update_spool_gauges(&ctx);
         match replay_window(&ctx, &mut conn, &mut statements).await {
-            Ok(0) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(0) => {
+                if ctx.spool.is_empty() {
+                    ctx.replay_progress.progressed();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             Ok(_) => {
+                ctx.replay_progress.progressed();
                 backoff = Duration::from_millis(200);
                 failed_in_a_row = 0;
                 if ctx.spool.is_empty() {
@@ -27,10 +33,12 @@ pub async fn run_replayer(ctx: Arc<ProxyContext>) {
                 }
             }
             Err(ReplayError::Spool(e)) => {
+                ctx.replay_progress.failed(&e);
                 error!(error = %e, "spool read or acknowledgement failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(ReplayError::Target(e)) => {
+                ctx.replay_progress.failed(&e);
                 failed_in_a_row += 1;
                 if failed_in_a_row % 20 == 1 {
                     warn!(

@@ -1,0 +1,62 @@
+//! What a proxy reports of itself on `/state`: its mode, its clients, and
+//! what it still owes the target. The operator reads it (so the type lives
+//! here, shared by both planes) before it evicts a source pod and to tell
+//! whether mirroring keeps up.
+
+use std::sync::atomic::Ordering;
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use super::mirror::ProxyContext;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyState {
+    /// `source-only`, `sync`, `async` or `target-primary`.
+    pub mode: String,
+    pub source_reachable: bool,
+    pub target_reachable: bool,
+    /// Client connections open now.
+    pub client_connections: u64,
+    /// Writes in the spool, not yet on the target.
+    pub spool_records: u64,
+    pub spool_bytes: u64,
+    pub spool_full: bool,
+    /// Async writes sent to the target and not yet answered.
+    pub mirrors_in_flight: u64,
+    /// Seconds the spool has held writes without the replayer getting one
+    /// of them onto the target (0 when it is empty).
+    pub spool_stalled_seconds: u64,
+    /// Why the last replay of the spool's head failed, if none has
+    /// succeeded since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replay_error: Option<String>,
+}
+
+impl ProxyState {
+    /// Writes this proxy still owes the target.
+    pub fn owed(&self) -> u64 {
+        self.spool_records + self.mirrors_in_flight
+    }
+
+    pub fn of(ctx: &ProxyContext) -> Self {
+        let records = ctx.spool.records();
+        Self {
+            mode: ctx
+                .mode()
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default(),
+            source_reachable: ctx.source_reachable.load(Ordering::Acquire),
+            target_reachable: ctx.target_reachable.load(Ordering::Acquire),
+            client_connections: ctx.metrics.open_connections.get().max(0) as u64,
+            spool_records: records,
+            spool_bytes: ctx.spool.bytes(),
+            spool_full: ctx.spool.is_full(),
+            mirrors_in_flight: ctx.mirrors_inflight.load(Ordering::Acquire) as u64,
+            spool_stalled_seconds: ctx.replay_progress.stalled_for(records).as_secs(),
+            last_replay_error: ctx.replay_progress.last_error(),
+        }
+    }
+}

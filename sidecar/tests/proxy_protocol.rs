@@ -121,7 +121,7 @@ fn result_kind(f: &Frame) -> i32 {
 
 /// A reader at the start of a response body, past any warnings.
 fn result_reader(f: &Frame) -> Reader<'_> {
-    let start = ferry_sidecar::proxy::peers::response_body_start(f.flags, &f.body)
+    let start = ferry_sidecar::proxy::result::response_body_start(f.flags, &f.body)
         .expect("response header");
     let mut r = Reader::new(&f.body);
     r.skip(start).expect("body");

@@ -10,6 +10,7 @@ use ferry_sidecar::proxy::classify::{batch_statements, classify};
 use ferry_sidecar::proxy::frame::{opcode, Frame};
 use ferry_sidecar::proxy::peers::{rewrite_event, rewrite_rows, RuntimeFile};
 use ferry_sidecar::proxy::prepared::parse_prepared_result;
+use ferry_sidecar::proxy::result::{lwt_applied, rows_section};
 use ferry_sidecar::proxy::request::{parse_batch, parse_execute, parse_prepare, parse_query, with_timestamp};
 use libfuzzer_sys::fuzz_target;
 
@@ -74,4 +75,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = rewrite_rows(flags, &body, version, &map, None);
     let _ = rewrite_event(flags, &body, &map);
     let _ = parse_prepared_result(flags, &body, version);
+    let result = Frame {
+        version,
+        response: true,
+        flags,
+        stream: 0,
+        opcode: opcode::RESULT,
+        body: body.clone(),
+    };
+    let _ = rows_section(&result);
+    let _ = lwt_applied(&result);
 });

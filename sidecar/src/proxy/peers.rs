@@ -21,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::result::{self, read_rows_metadata, response_body_start};
 use super::wire::{ip_from_bytes, ip_len, put_ip, Reader, WireError};
 
 /// Source node address → the proxy that fronts it.
@@ -155,61 +156,6 @@ const PORT_COLUMNS: &[&str] = &["native_port", "rpc_port"];
 /// Columns that say which node a row is about; never rewritten.
 const IDENTITY_COLUMNS: &[&str] = &["peer", "broadcast_address", "listen_address"];
 
-/// Skips one `[option]` type description.
-pub(crate) fn skip_type(r: &mut Reader<'_>, depth: u32) -> Result<(), WireError> {
-    if depth > 64 {
-        return Err(WireError::Truncated {
-            offset: r.position(),
-            needed: 0,
-            available: 0,
-        });
-    }
-    match r.u16()? {
-        0x0000 => {
-            r.string()?;
-        }
-        0x0020 | 0x0022 => skip_type(r, depth + 1)?,
-        0x0021 => {
-            skip_type(r, depth + 1)?;
-            skip_type(r, depth + 1)?;
-        }
-        0x0030 => {
-            r.string()?;
-            r.string()?;
-            let n = r.u16()?;
-            for _ in 0..n {
-                r.string()?;
-                skip_type(r, depth + 1)?;
-            }
-        }
-        0x0031 => {
-            let n = r.u16()?;
-            for _ in 0..n {
-                skip_type(r, depth + 1)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Skips the tracing id, warnings and custom payload a response may start
-/// with, given the frame flags.
-pub fn response_body_start(frame_flags: u8, body: &[u8]) -> Result<usize, WireError> {
-    use super::frame::flags;
-    let mut r = Reader::new(body);
-    if frame_flags & flags::TRACING != 0 {
-        r.skip(16)?;
-    }
-    if frame_flags & flags::WARNING != 0 {
-        r.string_list()?;
-    }
-    if frame_flags & flags::CUSTOM_PAYLOAD != 0 {
-        r.skip_bytes_map()?;
-    }
-    Ok(r.position())
-}
-
 /// Rewrites the address and port columns of a RESULT Rows body from
 /// `system.local`/`peers`/`peers_v2`. Returns `None` when the body is not a
 /// Rows result with metadata or nothing changed.
@@ -223,29 +169,8 @@ pub fn rewrite_rows(
     let start = response_body_start(frame_flags, body)?;
     let mut r = Reader::new(body);
     r.skip(start)?;
-    if r.i32()? != 2 {
+    if r.i32()? != result::kind::ROWS {
         return Ok(None);
-    }
-    let flags = r.i32()?;
-    let columns = r.i32()?;
-    if !(0..=4096).contains(&columns) {
-        return Ok(None);
-    }
-    if flags & 0x0002 != 0 {
-        r.bytes()?;
-    }
-    if version >= 5 && flags & 0x0008 != 0 {
-        r.short_bytes()?;
-    }
-    if flags & 0x0004 != 0 {
-        // No metadata: the proxy clears skip_metadata on these requests, so
-        // this only happens for foreign shapes; leave them alone.
-        return Ok(None);
-    }
-    let global = flags & 0x0001 != 0;
-    if global {
-        r.string()?;
-        r.string()?;
     }
     #[derive(Clone, Copy)]
     enum Role {
@@ -255,16 +180,8 @@ pub fn rewrite_rows(
         Address,
         Port,
     }
-    let mut roles = Vec::with_capacity(columns as usize);
-    for _ in 0..columns {
-        if !global {
-            r.string()?;
-            r.string()?;
-        }
-        let name = r.string()?;
-        let type_at = r.position();
-        skip_type(&mut r, 0)?;
-        let type_id = u16::from_be_bytes([body[type_at], body[type_at + 1]]);
+    let mut roles = Vec::new();
+    let header = read_rows_metadata(&mut r, version, |name, type_id| {
         roles.push(if ADDRESS_COLUMNS.contains(&name) && type_id == 0x0010 {
             Role::Address
         } else if IDENTITY_COLUMNS.contains(&name) && type_id == 0x0010 {
@@ -274,7 +191,14 @@ pub fn rewrite_rows(
         } else {
             Role::Keep
         });
+    })?;
+    // No metadata: the proxy clears skip_metadata on these requests, so
+    // this only happens for foreign shapes; leave them alone, as a column
+    // count the specs do not match.
+    if !header.has_specs || header.columns as usize != roles.len() {
+        return Ok(None);
     }
+    let columns = header.columns;
     let rows_count = r.i32()?;
     // Every row holds at least a 4-byte length per column: a count beyond
     // that is a lie, and zero columns leave nothing to rewrite.
@@ -448,7 +372,7 @@ pub(crate) mod tests {
         r.string().unwrap();
         for _ in 0..4 {
             r.string().unwrap();
-            skip_type(&mut r, 0).unwrap();
+            result::read_type(&mut r).unwrap();
         }
         assert_eq!(r.i32().unwrap(), 3);
         let mut rows = Vec::new();

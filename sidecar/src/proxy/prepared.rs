@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::bound::BoundFunction;
 use super::classify::StatementClass;
-use super::peers::response_body_start;
+use super::result::{self, read_prepared_metadata, response_body_start};
 use super::wire::{Reader, WireError};
 
 /// The target's handle for a statement.
@@ -231,7 +231,7 @@ pub fn parse_prepared_result(
     let start = response_body_start(frame_flags, body)?;
     let mut r = Reader::new(body);
     r.skip(start)?;
-    if r.i32()? != 4 {
+    if r.i32()? != result::kind::PREPARED {
         return Ok(None);
     }
     let id_start = r.position() + 2;
@@ -246,32 +246,7 @@ pub fn parse_prepared_result(
     };
     // Bind variable metadata: only the types matter (counter detection).
     let mut bind_types = Vec::new();
-    let parsed: Result<(), WireError> = (|| {
-        let flags = r.i32()?;
-        let columns = r.i32()?;
-        if version >= 4 {
-            let pk = r.i32()?;
-            for _ in 0..pk.clamp(0, 4096) {
-                r.u16()?;
-            }
-        }
-        let global = flags & 0x0001 != 0;
-        if global {
-            r.string()?;
-            r.string()?;
-        }
-        for _ in 0..columns.clamp(0, 4096) {
-            if !global {
-                r.string()?;
-                r.string()?;
-            }
-            r.string()?;
-            let t = r.u16()?;
-            bind_types.push(t);
-            skip_type_rest(&mut r, t, 0)?;
-        }
-        Ok(())
-    })();
+    let parsed = read_prepared_metadata(&mut r, version, |_, type_id| bind_types.push(type_id));
     // Metadata we cannot read only loses counter detection, not the id.
     let _ = parsed;
     Ok(Some(PreparedResult {
@@ -279,54 +254,6 @@ pub fn parse_prepared_result(
         result_metadata_id,
         bind_types,
     }))
-}
-
-pub(crate) fn skip_type_rest(
-    r: &mut Reader<'_>,
-    type_id: u16,
-    depth: u32,
-) -> Result<(), WireError> {
-    if depth > 64 {
-        return Err(WireError::Truncated {
-            offset: r.position(),
-            needed: 0,
-            available: 0,
-        });
-    }
-    match type_id {
-        0x0000 => {
-            r.string()?;
-        }
-        0x0020 | 0x0022 => {
-            let t = r.u16()?;
-            skip_type_rest(r, t, depth + 1)?;
-        }
-        0x0021 => {
-            for _ in 0..2 {
-                let t = r.u16()?;
-                skip_type_rest(r, t, depth + 1)?;
-            }
-        }
-        0x0030 => {
-            r.string()?;
-            r.string()?;
-            let n = r.u16()?;
-            for _ in 0..n {
-                r.string()?;
-                let t = r.u16()?;
-                skip_type_rest(r, t, depth + 1)?;
-            }
-        }
-        0x0031 => {
-            let n = r.u16()?;
-            for _ in 0..n {
-                let t = r.u16()?;
-                skip_type_rest(r, t, depth + 1)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::proxy::mirror::{
     deliver, live_mirrors_done, mirror_async, mirror_permit, send_to_target, source_may_hold,
     MirrorHold, MirrorRequest, ProxyContext, TargetLink,
 };
-use crate::proxy::peers::{response_body_start, rewrite_event, rewrite_rows};
+use crate::proxy::peers::{rewrite_event, rewrite_rows};
 use crate::proxy::policy::WritePolicy;
 use crate::proxy::prepared::{classify_prepared, parse_prepared_result, PreparedStatement};
 use crate::proxy::request::{
@@ -41,6 +41,7 @@ use crate::proxy::request::{
     RangeEdit, COUNTER_BATCH,
 };
 use crate::proxy::result::lwt_applied;
+use crate::proxy::result::response_body_start;
 use crate::proxy::upstream::{Credentials, Handshake};
 use crate::proxy::wire::{put_short_bytes, put_string, Reader, WireError};
 

@@ -1090,3 +1090,318 @@ async fn no_pod_is_evicted_while_its_proxy_owes_the_target_writes() {
     operator.abort();
     drop(proxies);
 }
+
+/// Plays the kubelet's ConfigMap volume for in-process proxies: copies the
+/// migration's runtime ConfigMap to each proxy's runtime file (written
+/// whole, then renamed, as the kubelet swaps a symlink).
+fn sync_runtime_files(
+    client: &Client,
+    ns: &str,
+    migration: &str,
+    files: Vec<std::path::PathBuf>,
+) -> JoinHandle<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let name = labels::peer_map_name(migration);
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            if let Ok(Some(cm)) = api.get_opt(&name).await {
+                let body = cm
+                    .data
+                    .and_then(|d| d.get(labels::PEER_MAP_KEY).cloned())
+                    .unwrap_or_default();
+                if body != last {
+                    for f in &files {
+                        let tmp = f.with_extension("tmp");
+                        if std::fs::write(&tmp, &body).is_ok() {
+                            let _ = std::fs::rename(&tmp, f);
+                        }
+                    }
+                    last = body;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
+/// What the application saw: writes acknowledged, reads answered, errors.
+#[derive(Default)]
+struct AppTally {
+    acknowledged: std::sync::Mutex<Vec<i32>>,
+    reads: AtomicUsize,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+/// Issue 15: the cut-over driven by the operator, with the application
+/// writing and reading through one session the whole time. Real proxies
+/// (in-process, on the IPs the fake kubelet gives the pods) read the
+/// runtime ConfigMap the operator writes; the stages go mirror →
+/// shadowReads → targetPrimary → mirror → targetPrimary → done. Each
+/// switch is confirmed from every proxy's `/state`; `done` is refused while
+/// the application is still connected, then takes the proxies out and ends
+/// `Complete`; every acknowledged write is on both clusters, and the
+/// application saw no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
+    let cassandra = testbed::cassandra(1).expect("Cassandra test bed");
+    let host = |contact: &str| contact.split(':').next().unwrap_or(contact).to_owned();
+    let source = cassandra.source_contact_points[0].clone();
+    let target = cassandra.target_contact_points[0].clone();
+    let bed = bed("ferry-cutover").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    bed.script.distinct_ips.store(true, Ordering::SeqCst);
+
+    let ks = format!("cutover_{}", std::process::id());
+    let mut direct = Vec::new();
+    for node in [&source, &target] {
+        let s = scylla::client::session_builder::SessionBuilder::new()
+            .known_node(node)
+            .build()
+            .await
+            .expect("session");
+        for q in [
+            format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+            format!("CREATE TABLE IF NOT EXISTS {ks}.t (k int PRIMARY KEY, v text)"),
+        ] {
+            s.query_unpaged(q.as_str(), &[]).await.expect("schema");
+        }
+        direct.push(s);
+    }
+
+    let dir = std::env::temp_dir().join(format!("ferry-cutover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("runtime dir");
+    let mut files = Vec::new();
+    let mut proxies = Vec::new();
+    for n in 0..REPLICAS {
+        let file = dir.join(format!("runtime-{n}.json"));
+        std::fs::write(&file, r#"{"peers": {}, "mode": "sync"}"#).expect("runtime file");
+        let ip = pod_ip(&format!("{STS}-{n}"));
+        proxies.push(
+            in_process_proxy::Proxy::start(
+                &ip,
+                &host(&source),
+                &host(&target),
+                &["--peer-map", &file.display().to_string()],
+            )
+            .await,
+        );
+        files.push(file);
+    }
+    let syncer = sync_runtime_files(client, ns, "cut", files);
+    let operator = start_controller_with(client, ns, |s| s.proxy_checks = true);
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &migration("cut"))
+        .await
+        .expect("create migration");
+    eventually(120, "phase Ready", || async {
+        (phase_of(&api, "cut").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+
+    // The application: one session through cassandra-0's proxy only.
+    let via = proxies[0].addr;
+    let app = Arc::new(
+        scylla::client::session_builder::SessionBuilder::new()
+            .known_node_addr(via)
+            .host_filter(Arc::new(
+                scylla::policies::host_filter::AllowListHostFilter::new([via.to_string()])
+                    .expect("host filter"),
+            ))
+            .build()
+            .await
+            .expect("application session"),
+    );
+    let tally = Arc::new(AppTally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (app, tally, stop, ks) = (app.clone(), tally.clone(), stop.clone(), ks.clone());
+        tokio::spawn(async move {
+            let insert = app
+                .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+                .await
+                .expect("prepare insert");
+            let select = app
+                .prepare(format!("SELECT v FROM {ks}.t WHERE k = ?"))
+                .await
+                .expect("prepare select");
+            let mut k = 0i32;
+            while !stop.load(Ordering::SeqCst) {
+                match app.execute_unpaged(&insert, (k, format!("v{k}"))).await {
+                    Ok(_) => tally.acknowledged.lock().expect("tally").push(k),
+                    Err(e) => tally
+                        .errors
+                        .lock()
+                        .expect("tally")
+                        .push(format!("write {k}: {e}")),
+                }
+                match app.execute_unpaged(&select, (k,)).await {
+                    Ok(_) => {
+                        tally.reads.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => tally
+                        .errors
+                        .lock()
+                        .expect("tally")
+                        .push(format!("read {k}: {e}")),
+                }
+                k += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let set_stage = |stage: &'static str| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "cut",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"cutover": {"stage": stage}}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("stage {stage}: {e}"));
+        }
+    };
+    let confirmed = |stage: &'static str| {
+        let api = api.clone();
+        async move {
+            eventually(60, &format!("stage {stage} confirmed"), || async {
+                let cut = api.get("cut").await.ok()?.status?.cutover?;
+                (cut.stage.to_string() == stage && cut.confirmed).then_some(())
+            })
+            .await;
+        }
+    };
+    let modes = || async {
+        let mut out = Vec::new();
+        for p in &proxies {
+            let s = p.state().await;
+            out.push((s.mode, s.shadow_read_percent));
+        }
+        out
+    };
+
+    confirmed("mirror").await;
+    set_stage("shadowReads").await;
+    confirmed("shadowReads").await;
+    assert!(
+        modes().await.iter().all(|m| *m == ("sync".to_owned(), 10)),
+        "{:?}",
+        modes().await
+    );
+    eventually(30, "shadow reads compared, none differing", || async {
+        let cut = api.get("cut").await.ok()?.status?.cutover?;
+        assert_eq!(
+            cut.shadow_read_mismatches, 0,
+            "the target answers like the source"
+        );
+        (cut.shadow_reads > 0).then_some(())
+    })
+    .await;
+    set_stage("targetPrimary").await;
+    confirmed("targetPrimary").await;
+    assert!(modes().await.iter().all(|m| m.0 == "target-primary"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    set_stage("mirror").await;
+    confirmed("mirror").await;
+    assert!(modes().await.iter().all(|m| *m == ("sync".to_owned(), 0)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    set_stage("targetPrimary").await;
+    confirmed("targetPrimary").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // done waits for the application to leave the proxies.
+    set_stage("done").await;
+    let refusal = eventually(
+        30,
+        "done refused while the application is connected",
+        || async {
+            let cm = api.get("cut").await.ok()?;
+            let c = condition_of(&cm, "Cutover")?;
+            (c.1 == "ClientsConnected").then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(refusal.0, "False", "{refusal:?}");
+    assert_eq!(phase_of(&api, "cut").await, Some(Phase::Ready));
+    stop.store(true, Ordering::SeqCst);
+    writer.await.expect("application task");
+    drop(app);
+    eventually(180, "phase Complete", || async {
+        (phase_of(&api, "cut").await == Some(Phase::Complete)).then_some(())
+    })
+    .await;
+    assert!(
+        source_pods(client, ns)
+            .await
+            .iter()
+            .all(|p| !sidecar::has_sidecar(p)),
+        "the proxies are gone"
+    );
+    let history: Vec<String> = api
+        .get("cut")
+        .await
+        .expect("migration")
+        .status
+        .and_then(|s| s.cutover)
+        .map(|c| c.history.iter().map(|t| t.stage.to_string()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        history,
+        [
+            "mirror",
+            "shadowReads",
+            "targetPrimary",
+            "mirror",
+            "targetPrimary",
+            "done"
+        ]
+    );
+    // The API server refuses to go back from done.
+    let back = api
+        .patch(
+            "cut",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cutover": {"stage": "mirror"}}})),
+        )
+        .await;
+    assert!(
+        back.as_ref()
+            .is_err_and(|e| e.to_string().contains("cannot leave done")),
+        "{back:?}"
+    );
+
+    // What the application was told succeeded is on both clusters.
+    let errors = tally.errors.lock().expect("tally").clone();
+    assert!(errors.is_empty(), "the application saw errors: {errors:?}");
+    let acknowledged = tally.acknowledged.lock().expect("tally").clone();
+    assert!(
+        acknowledged.len() > 100,
+        "only {} writes",
+        acknowledged.len()
+    );
+    assert!(tally.reads.load(Ordering::SeqCst) > 100);
+    for (side, session) in ["source", "target"].iter().zip(&direct) {
+        let rows = session
+            .query_unpaged(format!("SELECT k FROM {ks}.t"), &[])
+            .await
+            .expect("read back")
+            .into_rows_result()
+            .expect("rows");
+        let keys: BTreeSet<i32> = rows
+            .rows::<(i32,)>()
+            .expect("typed rows")
+            .map(|r| r.expect("row").0)
+            .collect();
+        let missing: Vec<_> = acknowledged.iter().filter(|k| !keys.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "{side} lacks acknowledged writes {missing:?}"
+        );
+    }
+    syncer.abort();
+    operator.abort();
+    drop(proxies);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,9 +28,10 @@ use tracing::{info, instrument, warn};
 
 use crate::cql::{self, RingHealth};
 use crate::crd::{
-    CassandraMigration, CassandraMigrationStatus, Phase, SidecarPodStatus, SidecarState,
-    TlsSecretRef,
+    CassandraMigration, CassandraMigrationStatus, CutoverStage, Phase, SidecarPodStatus,
+    SidecarState, TlsSecretRef,
 };
+use crate::cutover;
 use crate::jobs::{self, JobInputs, JobKind, JobState};
 use crate::labels;
 use crate::metrics::Metrics;
@@ -38,6 +39,7 @@ use crate::proxy_state;
 use crate::roll::{self, Direction, PodView, RollStep};
 use crate::sidecar;
 use crate::status::{self, condition};
+use ferry_sidecar::proxy::state::ProxyState;
 
 /// The field manager of everything the operator writes.
 pub const MANAGER: &str = "ferry-operator";
@@ -475,18 +477,24 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
             check_mirroring(&mut step, &pods).await;
             follow_validation(&mut step, &pods).await?
         }
+        Phase::Ready if cutover::applied(Some(&step.status)) == CutoverStage::Done => {
+            take_proxies_out(&mut step, &pods, replicas).await?
+        }
         Phase::Ready => {
             let proxied = check_sidecars(&mut step, &pods, replicas).await?;
             let behind = check_mirroring(&mut step, &pods).await;
             set_ready(&mut step);
+            let switching = follow_cutover(&mut step, &pods).await?;
             // A re-roll in progress waits on settle times no pod event
-            // marks, and a spool is read again soon: look again soon.
-            if proxied && !behind {
+            // marks, a spool is read again soon, and a stage switch is
+            // confirmed as soon as the proxies report it: look again soon.
+            if proxied && !behind && !switching {
                 Action::requeue(Duration::from_secs(30))
             } else {
                 Action::requeue(poll)
             }
         }
+        Phase::Complete => Action::requeue(Duration::from_secs(600)),
         Phase::Failed => Action::requeue(Duration::from_secs(120)),
     };
     step.write_status().await?;
@@ -895,19 +903,208 @@ async fn spool_hold(ctx: &Context, pods: &[Pod], name: &str) -> Option<String> {
     proxy_state::eviction_hold(name, sidecar::sidecar_ready(pod), &reading)
 }
 
+/// Every proxy's `/state`, by pod (pods that run one and have an IP).
+async fn read_proxies(pods: &[Pod]) -> Vec<(String, Result<ProxyState, proxy_state::ReadError>)> {
+    futures::future::join_all(
+        pods.iter()
+            .filter(|p| sidecar::has_sidecar(p))
+            .filter_map(|p| Some((p.name_any(), proxy_admin_address(p)?)))
+            .map(|(name, admin)| async move { (name, proxy_state::read(admin).await) }),
+    )
+    .await
+}
+
+/// Applies the requested cut-over stage when [`cutover::decide`] allows it
+/// (writing it to the proxies' runtime ConfigMap), and confirms it once
+/// every proxy serves it. Returns whether a switch is under way (or
+/// refused), so the caller looks again soon.
+async fn follow_cutover(step: &mut Step<'_>, pods: &[Pod]) -> Result<bool> {
+    let generation = step.cm.metadata.generation;
+    let spec = &step.cm.spec.cutover;
+    let requested = spec.stage;
+    let mut cut = step.status.cutover.clone().unwrap_or_default();
+    let mut readings = read_proxies(pods).await;
+    let clients: Option<u64> = readings
+        .iter()
+        .map(|(_, r)| r.as_ref().ok().map(|s| s.client_connections))
+        .sum();
+    if requested != cut.stage {
+        let facts = cutover::Facts {
+            phase: step.status.phase,
+            validated: status::is_true(&step.status, condition::VALIDATED),
+            unsafe_reason: status::unsafe_reason(&step.status).map(|(r, m)| format!("{r}: {m}")),
+            client_connections: clients,
+            force: spec.force,
+        };
+        match cutover::decide(requested, cut.stage, &facts) {
+            Err(refusal) => {
+                let was_refused = step.status.conditions.iter().any(|c| {
+                    c.type_ == condition::CUTOVER
+                        && c.status == "False"
+                        && c.reason == refusal.reason
+                });
+                status::set_condition(
+                    &mut step.status,
+                    condition::CUTOVER,
+                    false,
+                    refusal.reason,
+                    refusal.message.clone(),
+                    generation,
+                    &step.now,
+                );
+                if !was_refused {
+                    warn!(stage = %requested, reason = refusal.reason, message = %refusal.message, "cut-over stage refused");
+                    step.event(
+                        EventType::Warning,
+                        "CutoverRefused",
+                        "Cutover",
+                        refusal.message,
+                    )
+                    .await;
+                }
+                step.status.cutover = Some(cut);
+                return Ok(true);
+            }
+            Ok(stage) => {
+                info!(from = %cut.stage, to = %stage, "applying cut-over stage");
+                cut.stage = stage;
+                cut.confirmed = false;
+                step.status.cutover = Some(cut.clone());
+                write_peer_map(step, pods).await?;
+                step.event(
+                    EventType::Normal,
+                    "CutoverStage",
+                    "Cutover",
+                    format!("switching every proxy to stage {stage}"),
+                )
+                .await;
+                if stage == CutoverStage::Done {
+                    // The proxies are taken out from the next reconcile on.
+                    status::set_condition(
+                        &mut step.status,
+                        condition::CUTOVER,
+                        false,
+                        "TakingProxiesOut",
+                        "cut over: taking the proxies out, one pod at a time",
+                        generation,
+                        &step.now,
+                    );
+                    return Ok(true);
+                }
+                // The readings above predate the switch.
+                readings = read_proxies(pods).await;
+            }
+        }
+    }
+    cut.shadow_reads = readings
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(|s| s.shadow_reads as i64)
+        .sum();
+    cut.shadow_read_mismatches = readings
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(|s| s.shadow_read_mismatches as i64)
+        .sum();
+    let want = cutover::proxy_setting(cut.stage, step.cm);
+    cut.lagging = cutover::lagging(&readings, want);
+    let switching = !cut.lagging.is_empty();
+    if switching {
+        status::set_condition(
+            &mut step.status,
+            condition::CUTOVER,
+            false,
+            "Switching",
+            format!(
+                "stage {} not served by every proxy yet: {}",
+                cut.stage,
+                cut.lagging.join("; ")
+            ),
+            generation,
+            &step.now,
+        );
+    } else {
+        if !cut.confirmed {
+            cut.confirmed = true;
+            cut.history.push(crate::crd::CutoverTransition {
+                stage: cut.stage,
+                at: step.now.clone(),
+            });
+            let message = format!("every proxy serves stage {}", cut.stage);
+            info!(%message, "cut-over stage confirmed");
+            step.event(EventType::Normal, "CutoverConfirmed", "Cutover", message)
+                .await;
+        }
+        status::set_condition(
+            &mut step.status,
+            condition::CUTOVER,
+            true,
+            "Confirmed",
+            format!("every proxy serves stage {}", cut.stage),
+            generation,
+            &step.now,
+        );
+    }
+    step.status.cutover = Some(cut);
+    metrics_stage(step);
+    Ok(switching)
+}
+
+/// Records the cut-over stage in the operator's metrics.
+fn metrics_stage(step: &Step<'_>) {
+    let stage = cutover::applied(Some(&step.status));
+    step.ctx
+        .metrics
+        .set_cutover_stage(&step.ns, &step.name, stage);
+}
+
+/// Cut-over `done`: takes the proxies out one pod at a time, with the
+/// roll's gates (ready, settled, the ring whole, nothing owed to the
+/// target), then the migration is `Complete`.
+async fn take_proxies_out(step: &mut Step<'_>, pods: &[Pod], replicas: usize) -> Result<Action> {
+    let views: Vec<PodView> = pods.iter().map(PodView::of).collect();
+    if roll::plan(&views, replicas, Direction::Remove) != RollStep::Done {
+        return roll_sidecars(step, pods, replicas, Direction::Remove).await;
+    }
+    let generation = step.cm.metadata.generation;
+    if let Some(cut) = step.status.cutover.as_mut() {
+        cut.confirmed = true;
+        cut.lagging.clear();
+        cut.history.push(crate::crd::CutoverTransition {
+            stage: CutoverStage::Done,
+            at: step.now.clone(),
+        });
+    }
+    status::set_condition(
+        &mut step.status,
+        condition::CUTOVER,
+        true,
+        "Complete",
+        "the applications use the target; every proxy is gone",
+        generation,
+        &step.now,
+    );
+    status::set_condition(
+        &mut step.status,
+        condition::READY,
+        false,
+        "CutOver",
+        "mirroring has ended: the target is the applications' cluster now",
+        generation,
+        &step.now,
+    );
+    step.enter(Phase::Complete).await;
+    metrics_stage(step);
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
 /// Reads every proxy's state and sets `MirroringBehind` when a spool has
 /// stopped draining; returns whether mirroring is behind.
 async fn check_mirroring(step: &mut Step<'_>, pods: &[Pod]) -> bool {
     if !step.ctx.settings.proxy_checks {
         return false;
     }
-    let readings = futures::future::join_all(
-        pods.iter()
-            .filter(|p| sidecar::has_sidecar(p))
-            .filter_map(|p| Some((p.name_any(), proxy_admin_address(p)?)))
-            .map(|(name, admin)| async move { (name, proxy_state::read(admin).await) }),
-    )
-    .await;
+    let readings = read_proxies(pods).await;
     let behind = proxy_state::behind(&readings, step.ctx.settings.mirroring_behind_after);
     let generation = step.cm.metadata.generation;
     let was_behind = status::is_true(&step.status, condition::MIRRORING_BEHIND);
@@ -1440,8 +1637,12 @@ fn advertised_port(spec: &crate::crd::CassandraMigrationSpec) -> i32 {
 /// Keeps the peer map ConfigMap current: source node address → its proxy.
 async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> {
     let port = advertised_port(&step.cm.spec);
+    // Only pods that run a proxy: a node without one (not rolled yet, or
+    // taken out at cut-over) keeps its own address and port in the peer
+    // tables, where drivers then reach it directly.
     let peers: BTreeMap<String, String> = pods
         .iter()
+        .filter(|p| sidecar::has_sidecar(p))
         .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
         .filter(|ip| !ip.is_empty())
         .map(|ip| {
@@ -1453,11 +1654,13 @@ async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> {
             (ip, proxy)
         })
         .collect();
-    let mode = match step.cm.spec.proxy.write_mode {
-        crate::crd::WriteMode::Sync => "sync",
-        crate::crd::WriteMode::Async => "async",
-    };
-    let body = serde_json::to_string_pretty(&json!({"peers": peers, "mode": mode}))?;
+    // The cut-over stage applied decides the mode and the shadow reads.
+    let setting = cutover::proxy_setting(cutover::applied(Some(&step.status)), step.cm);
+    let body = serde_json::to_string_pretty(&json!({
+        "peers": peers,
+        "mode": setting.mode,
+        "shadowReadPercent": setting.shadow_read_percent,
+    }))?;
     let cm = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {

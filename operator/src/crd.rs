@@ -64,6 +64,12 @@ fn no_system_keyspace_rule() -> Rule {
         description = "Rows that differ between source and target and were not repaired"
     ),
     printcolumn(
+        name = "Stage",
+        type_ = "string",
+        json_path = ".status.cutover.stage",
+        description = "The cut-over stage every proxy serves (mirror, shadowReads, targetPrimary, done)"
+    ),
+    printcolumn(
         name = "Mode",
         type_ = "string",
         json_path = ".spec.proxy.writeMode",
@@ -112,6 +118,110 @@ pub struct CassandraMigrationSpec {
     /// The comparison of source and target after the backfill.
     #[serde(default)]
     pub validation: ValidationSpec,
+
+    /// Cut-over and roll-back: which cluster serves the applications. Moved
+    /// forward (or back) by changing `cutover.stage`; the proxies switch at
+    /// run time, without a restart or a client reconnect.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("oldSelf.stage != 'done' || self.stage == 'done'").message("cutover.stage cannot leave done: the proxies are gone and the applications use the target"))]
+    pub cutover: CutoverSpec,
+}
+
+/// Where the migration stands between the clusters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CutoverSpec {
+    /// `mirror` (the default: the source serves, every write is mirrored to
+    /// the target), `shadowReads` (as mirror, and `shadowReadPercent` of
+    /// reads are also sent to the target and compared), `targetPrimary`
+    /// (the target serves reads and writes; writes are mirrored to the
+    /// source, so going back loses nothing; only from `Ready` with a clean
+    /// validation) or `done` (the applications use the target directly; the
+    /// proxies are taken out one pod at a time and the migration is
+    /// `Complete`; refused while clients still connect through a proxy,
+    /// unless `force`). Any stage may go back to an earlier one, except
+    /// from `done`.
+    #[serde(default)]
+    pub stage: CutoverStage,
+
+    /// Percentage of reads compared with the target in `shadowReads`.
+    #[serde(default = "default_shadow_read_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub shadow_read_percent: i32,
+
+    /// Move to `done` even while clients still connect through the proxies
+    /// (their connections close as each pod is rolled).
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl Default for CutoverSpec {
+    fn default() -> Self {
+        Self {
+            stage: CutoverStage::default(),
+            shadow_read_percent: default_shadow_read_percent(),
+            force: false,
+        }
+    }
+}
+
+fn default_shadow_read_percent() -> i32 {
+    10
+}
+
+/// A cut-over stage (see `spec.cutover.stage`).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum CutoverStage {
+    #[default]
+    Mirror,
+    ShadowReads,
+    TargetPrimary,
+    Done,
+}
+
+impl std::fmt::Display for CutoverStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            CutoverStage::Mirror => "mirror",
+            CutoverStage::ShadowReads => "shadowReads",
+            CutoverStage::TargetPrimary => "targetPrimary",
+            CutoverStage::Done => "done",
+        })
+    }
+}
+
+/// What the cut-over has reached.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CutoverStatus {
+    /// The stage the operator applied (written to the proxies' runtime
+    /// ConfigMap).
+    pub stage: CutoverStage,
+    /// Whether every proxy reported that it serves `stage`.
+    pub confirmed: bool,
+    /// Pods whose proxy does not serve `stage` yet, with what it serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lagging: Vec<String>,
+    /// Reads compared with the target so far (all proxies), and how many
+    /// differed: the target answers like the source when this stays 0.
+    #[serde(default)]
+    pub shadow_reads: i64,
+    #[serde(default)]
+    pub shadow_read_mismatches: i64,
+    /// When each stage was confirmed on every proxy, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<CutoverTransition>,
+}
+
+/// The moment every proxy served a stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CutoverTransition {
+    pub stage: CutoverStage,
+    pub at: Time,
 }
 
 /// The source cluster: a StatefulSet in the migration's namespace.
@@ -476,6 +586,9 @@ pub enum Phase {
     Ready,
     /// A step cannot go on; see the conditions. Fixing the spec resumes.
     Failed,
+    /// Cut over (`cutover.stage: done`): the applications use the target
+    /// and the proxies are gone. Deleting the migration removes what is left.
+    Complete,
 }
 
 impl std::fmt::Display for Phase {
@@ -487,6 +600,7 @@ impl std::fmt::Display for Phase {
             Phase::Validating => "Validating",
             Phase::Ready => "Ready",
             Phase::Failed => "Failed",
+            Phase::Complete => "Complete",
         };
         // pad, not write_str: honours widths such as {:<12}
         f.pad(name)
@@ -529,6 +643,11 @@ pub struct CassandraMigrationStatus {
     /// Validation results, summed over the Job's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<ValidationResults>,
+
+    /// The cut-over: the stage applied, whether every proxy serves it, and
+    /// the shadow reads' figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutover: Option<CutoverStatus>,
 }
 
 /// The moment a phase began.

@@ -3,6 +3,7 @@
 //! - [`crd`]: the `CassandraMigration` API, the single source of the CRD YAML.
 //! - [`crdgen`]: renders that YAML for `crds/` and the Helm chart.
 //! - [`controller`]: the reconcile loop (phases, roll, Jobs, status).
+//! - [`cutover`]: which cut-over stage may be applied and whether every proxy serves it.
 //! - [`roll`], [`sidecar`], [`jobs`], [`status`]: the pure decisions it makes.
 //! - [`webhook`] and [`certs`]: the sidecar-injection admission webhook and its TLS.
 //! - [`cql`]: the operator's own CQL checks (ring health before evictions, the probe write).
@@ -15,6 +16,7 @@ pub mod controller;
 pub mod cql;
 pub mod crd;
 pub mod crdgen;
+pub mod cutover;
 pub mod http;
 pub mod jobs;
 pub mod labels;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::crd::Phase;
+use crate::crd::{CutoverStage, Phase};
 
 /// Reconciles, errors, their duration, and migrations by phase.
 #[derive(Clone)]
@@ -14,15 +14,24 @@ pub struct Metrics {
     errors: IntCounterVec,
     duration: HistogramVec,
     phase: IntGaugeVec,
+    cutover_stage: IntGaugeVec,
 }
 
-const PHASES: [Phase; 6] = [
+const STAGES: [CutoverStage; 4] = [
+    CutoverStage::Mirror,
+    CutoverStage::ShadowReads,
+    CutoverStage::TargetPrimary,
+    CutoverStage::Done,
+];
+
+const PHASES: [Phase; 7] = [
     Phase::Pending,
     Phase::Mirroring,
     Phase::Backfilling,
     Phase::Validating,
     Phase::Ready,
     Phase::Failed,
+    Phase::Complete,
 ];
 
 impl Metrics {
@@ -48,13 +57,22 @@ impl Metrics {
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let cutover_stage = IntGaugeVec::new(
+            Opts::new(
+                "migration_cutover_stage",
+                "1 for the cut-over stage each migration has applied",
+            ),
+            &["namespace", "migration", "stage"],
+        )?;
         registry.register(Box::new(phase.clone()))?;
+        registry.register(Box::new(cutover_stage.clone()))?;
         Ok(Self {
             registry,
             reconciles,
             errors,
             duration,
             phase,
+            cutover_stage,
         })
     }
 
@@ -78,11 +96,26 @@ impl Metrics {
         }
     }
 
+    pub fn set_cutover_stage(&self, namespace: &str, migration: &str, current: CutoverStage) {
+        for s in STAGES {
+            let name = s.to_string();
+            self.cutover_stage
+                .with_label_values(&[namespace, migration, name.as_str()])
+                .set(i64::from(s == current));
+        }
+    }
+
     pub fn forget(&self, namespace: &str, migration: &str) {
         for p in PHASES {
             let name = p.to_string();
             let _ = self
                 .phase
+                .remove_label_values(&[namespace, migration, name.as_str()]);
+        }
+        for s in STAGES {
+            let name = s.to_string();
+            let _ = self
+                .cutover_stage
                 .remove_label_values(&[namespace, migration, name.as_str()]);
         }
     }

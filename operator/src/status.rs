@@ -15,6 +15,9 @@ pub mod condition {
     /// A proxy's spool holds writes and none has reached the target for a
     /// while (`--mirroring-behind-after-secs`).
     pub const MIRRORING_BEHIND: &str = "MirroringBehind";
+    /// Every proxy serves the requested cut-over stage (False: refused, with
+    /// the reason, or still switching).
+    pub const CUTOVER: &str = "Cutover";
     pub const FAILED: &str = "Failed";
 }
 
@@ -135,6 +138,7 @@ pub fn progress_text(status: &CassandraMigrationStatus) -> String {
             None => "in sync; mirroring until cut-over".to_owned(),
             Some((reason, _)) => format!("not Ready: {reason}"),
         },
+        Phase::Complete => "cut over: the applications use the target".to_owned(),
         Phase::Failed => status
             .conditions
             .iter()

@@ -119,10 +119,12 @@ impl Webhook {
         };
         let api: Api<CassandraMigration> = Api::namespaced(self.client.clone(), namespace);
         let migrations = api.list(&ListParams::default()).await?;
-        let live = migrations
-            .items
-            .into_iter()
-            .find(|m| m.spec.source.stateful_set == sts && m.metadata.deletion_timestamp.is_none());
+        let live = migrations.items.into_iter().find(|m| {
+            m.spec.source.stateful_set == sts
+                    && m.metadata.deletion_timestamp.is_none()
+                    // Cut over: the proxies are being taken out for good.
+                    && !crate::cutover::proxies_leaving(m)
+        });
         Ok(live.map(|cm| sidecar::injection_patch(pod, &cm, &self.settings)))
     }
 }

@@ -154,7 +154,7 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         protocol_version_cap: args.protocol_version,
         cql_version: args.cql_version.clone(),
         mirror_ddl: args.mirror_ddl,
-        shadow_read_percent: args.shadow_read_percent,
+        shadow_read_percent: std::sync::atomic::AtomicU64::new(args.shadow_read_percent.min(100)),
         read_counter: std::sync::atomic::AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         mirrors_inflight: AtomicUsize::new(0),
@@ -208,6 +208,12 @@ fn apply_runtime_file(ctx: &ProxyContext, path: &std::path::Path) -> Result<(), 
                 ctx.metrics.mode.set(i64::from(mode.as_u8()));
             }
             None => return Err(format!("{}: unknown mode {m:?}", path.display())),
+        }
+    }
+    if let Some(percent) = file.shadow_read_percent {
+        let percent = percent.min(100);
+        if ctx.shadow_read_percent.swap(percent, Ordering::AcqRel) != percent {
+            info!(percent, "shadow-read percentage changed");
         }
     }
     let mut peers = file.peers;

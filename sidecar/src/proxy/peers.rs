@@ -46,14 +46,20 @@ pub enum PeerMapError {
 pub struct RuntimeFile {
     pub peers: PeerMap,
     pub mode: Option<String>,
+    /// Percentage of reads also sent to the target and compared (the
+    /// cut-over's `shadowReads` stage); `None` keeps the flag's value.
+    pub shadow_read_percent: Option<u64>,
 }
 
 #[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct JsonFile {
     #[serde(default)]
     peers: HashMap<String, String>,
     #[serde(default)]
     mode: Option<String>,
+    #[serde(default)]
+    shadow_read_percent: Option<u64>,
 }
 
 fn parse_node(text: &str) -> Option<IpAddr> {
@@ -82,6 +88,7 @@ impl RuntimeFile {
             return Ok(Self {
                 peers,
                 mode: json.mode,
+                shadow_read_percent: json.shadow_read_percent,
             });
         }
         let mut out = Self::default();
@@ -99,6 +106,13 @@ impl RuntimeFile {
             };
             if a == "mode" {
                 out.mode = Some(b.to_owned());
+                continue;
+            }
+            if a == "shadow-read-percent" {
+                out.shadow_read_percent = Some(b.parse().map_err(|_| PeerMapError::Line {
+                    line: i + 1,
+                    text: raw.to_owned(),
+                })?);
                 continue;
             }
             match (parse_node(a), b.parse::<SocketAddr>()) {
@@ -352,6 +366,14 @@ pub(crate) mod tests {
         assert_eq!(j.peers.len(), 1);
         assert!(RuntimeFile::parse("127.0.0.11").is_err());
         assert!(RuntimeFile::parse("nonsense 1.2.3.4:5").is_err());
+        assert_eq!(j.shadow_read_percent, None);
+        let shadow =
+            RuntimeFile::parse(r#"{"peers": {}, "mode": "async", "shadowReadPercent": 25}"#)
+                .unwrap();
+        assert_eq!(shadow.shadow_read_percent, Some(25));
+        let text = RuntimeFile::parse("mode target-primary\nshadow-read-percent 5\n").unwrap();
+        assert_eq!(text.shadow_read_percent, Some(5));
+        assert!(RuntimeFile::parse("shadow-read-percent lots").is_err());
     }
 
     #[test]

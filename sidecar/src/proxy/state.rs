@@ -28,6 +28,11 @@ pub struct ProxyState {
     /// Seconds the spool has held writes without the replayer getting one
     /// of them onto the target (0 when it is empty).
     pub spool_stalled_seconds: u64,
+    /// Percentage of reads also sent to the target and compared.
+    pub shadow_read_percent: u64,
+    /// Shadow reads compared so far, and how many differed.
+    pub shadow_reads: u64,
+    pub shadow_read_mismatches: u64,
     /// Why the last replay of the spool's head failed, if none has
     /// succeeded since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,6 +62,16 @@ impl ProxyState {
             mirrors_in_flight: ctx.mirrors_inflight.load(Ordering::Acquire) as u64,
             spool_stalled_seconds: ctx.replay_progress.stalled_for(records).as_secs(),
             last_replay_error: ctx.replay_progress.last_error(),
+            shadow_read_percent: ctx.shadow_read_percent.load(Ordering::Relaxed),
+            shadow_reads: ["match", "mismatch", "error"]
+                .iter()
+                .map(|o| ctx.metrics.shadow_reads.with_label_values(&[o]).get())
+                .sum(),
+            shadow_read_mismatches: ctx
+                .metrics
+                .shadow_reads
+                .with_label_values(&["mismatch"])
+                .get(),
         }
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 
 impl Session {
     pub(super) fn sample_shadow_read(&self, mode: Mode) -> bool {
-        let pct = self.ctx.shadow_read_percent;
+        let pct = self.ctx.shadow_read_percent.load(Ordering::Relaxed);
         if pct == 0 || mode == Mode::SourceOnly {
             return false;
         }

@@ -26,7 +26,7 @@ pub struct ProxyContext {
     pub cql_version: Option<String>,
     pub mirror_ddl: bool,
     /// Percentage of reads also sent to the target and compared.
-    pub shadow_read_percent: u64,
+    pub shadow_read_percent: std::sync::atomic::AtomicU64,
     pub read_counter: std::sync::atomic::AtomicU64,
     pub shutting_down: AtomicBool,
     pub mirrors_inflight: AtomicUsize,

@@ -5,6 +5,7 @@
 use std::process::Command;
 
 use ferry_e2e::testbed;
+use serde::Deserialize;
 
 fn helm(args: &[&str]) -> (bool, String) {
     let helm = testbed::cache_dir().join("bin/helm");
@@ -186,4 +187,49 @@ fn generated_files_are_fresh() {
         status.success(),
         "charts/ferry/README.md is stale: run `make chart-docs`"
     );
+}
+
+/// Issue 14 §4: `kubectl apply -f manifests/install.yaml` from a context
+/// whose namespace is not `ferry-system` put the Deployment, ServiceAccount,
+/// Services and budget in the caller's namespace while the bindings and the
+/// webhook pointed at `ferry-system`. Every namespaced object of the
+/// install, with every option on, must name its namespace.
+#[test]
+fn every_namespaced_object_names_its_namespace() {
+    const CLUSTER_SCOPED: &[&str] = &[
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+    ];
+    let root = testbed::repo_root();
+    let install =
+        std::fs::read_to_string(root.join("manifests/install.yaml")).expect("install.yaml");
+    let everything = template(&[
+        "replicaCount=2,certManager.enabled=true,metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,dashboard.enabled=true,podDisruptionBudget.enabled=true",
+    ]);
+    for (what, text) in [("install.yaml", install), ("every option", everything)] {
+        let mut namespaced = 0;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).expect("YAML");
+            let Some(kind) = value.get("kind").and_then(|k| k.as_str()) else {
+                continue;
+            };
+            if CLUSTER_SCOPED.contains(&kind) {
+                continue;
+            }
+            namespaced += 1;
+            let name = value["metadata"]["name"].as_str().unwrap_or("?");
+            assert_eq!(
+                value["metadata"]["namespace"].as_str(),
+                Some("ferry-system"),
+                "{what}: {kind} {name} has no metadata.namespace: it lands in the caller's namespace"
+            );
+        }
+        assert!(
+            namespaced >= 4,
+            "{what}: only {namespaced} namespaced objects"
+        );
+    }
 }

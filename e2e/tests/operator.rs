@@ -760,19 +760,20 @@ async fn only_one_replica_leads_and_a_dead_leader_is_replaced() {
         .await
         .expect("namespace");
     let lease = Duration::from_secs(3);
+    let timing = ferry_operator::leader::Timing::for_lease(lease);
     let a = LeaderElection::new(
         client.clone(),
         &ns.name,
         "ferry-operator-leader",
         "replica-a",
-        lease,
+        timing,
     );
     let b = LeaderElection::new(
         client.clone(),
         &ns.name,
         "ferry-operator-leader",
         "replica-b",
-        lease,
+        timing,
     );
     assert!(
         a.try_acquire().await.expect("a"),
@@ -1404,4 +1405,116 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     operator.abort();
     drop(proxies);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One leader-election replica in its own process, its output collected.
+struct LeaseHolder {
+    child: tokio::process::Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LeaseHolder {
+    fn start(kubeconfig: &std::path::Path, ns: &str, identity: &str, lease_ms: u64) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-lease-holder"))
+            .arg(kubeconfig)
+            .args([ns, identity, &lease_ms.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start ferry-lease-holder");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// The times (unix ms) it said it acted.
+    fn acted(&self) -> Vec<i64> {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter_map(|l| l.strip_prefix("acting ")?.parse().ok())
+            .collect()
+    }
+
+    fn said(&self, prefix: &str) -> bool {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.starts_with(prefix))
+    }
+}
+
+/// Issue 14 §3: a leader that stalls (here: SIGSTOP, as a frozen node or a
+/// long GC pause) must stop acting before another replica takes over, and
+/// must not act again when it resumes. Two real processes; the stopped
+/// leader's clock keeps running, so on SIGCONT its renew deadline has passed
+/// and it stops at once. Before the fix, the contender compared its own
+/// clock with the leader's renewTime, and the leader acted until its `hold`
+/// loop noticed (up to 20 s with a 15 s lease).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_leader_stops_acting_before_another_takes_over() {
+    let tb = testbed::kubernetes().expect("test bed");
+    let client = kube_client::client(&tb.kubeconfig).await.expect("client");
+    let ns = TestNamespace::create(&client, "ferry-pause")
+        .await
+        .expect("namespace");
+    const LEASE_MS: u64 = 3000;
+    let a = LeaseHolder::start(&tb.kubeconfig, &ns.name, "replica-a", LEASE_MS);
+    eventually(30, "replica-a leading", || async {
+        (!a.acted().is_empty()).then_some(())
+    })
+    .await;
+    let b = LeaseHolder::start(&tb.kubeconfig, &ns.name, "replica-b", LEASE_MS);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        b.acted().is_empty(),
+        "two replicas act while the leader renews"
+    );
+
+    a.signal("-STOP");
+    eventually(30, "replica-b taking over", || async {
+        (!b.acted().is_empty()).then_some(())
+    })
+    .await;
+    // Let b lead a while, then wake a up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.signal("-CONT");
+    eventually(30, "replica-a giving up", || async {
+        a.said("lost ").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (a_acts, b_acts) = (a.acted(), b.acted());
+    let a_last = *a_acts.iter().max().expect("a acted");
+    let b_first = *b_acts.iter().min().expect("b acted");
+    assert!(
+        a_last < b_first,
+        "replica-a acted at {a_last}, after replica-b began at {b_first}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        b.acted().len() > b_acts.len() && !b.said("lost "),
+        "replica-b keeps leading after replica-a woke up"
+    );
 }

@@ -34,6 +34,7 @@ use crate::crd::{
 use crate::cutover;
 use crate::jobs::{self, JobInputs, JobKind, JobState};
 use crate::labels;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::proxy_state;
 use crate::roll::{self, Direction, PodView, RollStep};
@@ -96,6 +97,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failures per migration, for the error backoff.
     failures: ErrorBackoff,
+    /// Whether this replica may act (leader election; always without it).
+    leadership: Leadership,
 }
 
 impl Context {
@@ -115,7 +118,16 @@ impl Context {
             settings,
             metrics,
             failures: ErrorBackoff::default(),
+            leadership: Leadership::always(),
         }
+    }
+
+    /// Acts only while `leadership` is held: a replica that lost it (a
+    /// renewal missed its deadline, the process was paused) stops at once,
+    /// before its `hold` loop notices.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 }
 
@@ -218,6 +230,9 @@ fn now() -> Time {
 
 #[instrument(skip(cm, ctx), fields(migration = %cm.name_any(), namespace = cm.namespace().unwrap_or_default()))]
 async fn reconcile(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.leadership.is_leading() {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     let started = Instant::now();
     let ns = cm.namespace().ok_or(Error::NoNamespace)?;
     let name = cm.name_any();
@@ -363,6 +378,10 @@ impl Step<'_> {
     }
 
     async fn write_status(&mut self) -> Result<()> {
+        if !self.ctx.leadership.is_leading() {
+            warn!("not writing status: this replica no longer holds the leader lease");
+            return Ok(());
+        }
         self.status.observed_generation = self.cm.metadata.generation;
         self.status.progress = Some(status::progress_text(&self.status));
         let api: Api<CassandraMigration> = Api::namespaced(self.ctx.client.clone(), &self.ns);
@@ -709,7 +728,7 @@ async fn roll_sidecars(
                 );
                 return Ok(Action::requeue(poll));
             }
-            if evict(&step.ctx.client, &step.ns, &name).await? {
+            if evict(step.ctx, &step.ns, &name).await? {
                 info!(pod = %name, ?direction, "evicted");
                 if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
                     s.state = SidecarState::Rolling;
@@ -835,7 +854,7 @@ async fn roll_sidecars_quiet(
             );
             return Ok(());
         }
-        if evict(&step.ctx.client, &step.ns, &name).await? {
+        if evict(step.ctx, &step.ns, &name).await? {
             let why = if views.iter().any(|v| v.name == name && v.outdated) {
                 "ran a proxy with outdated settings"
             } else {
@@ -1143,8 +1162,14 @@ async fn check_mirroring(step: &mut Step<'_>, pods: &[Pod]) -> bool {
 
 /// Evicts a pod through the Eviction API. `Ok(false)` when a
 /// PodDisruptionBudget refuses for now (429) or the pod is already gone.
-async fn evict(client: &Client, ns: &str, pod: &str) -> Result<bool> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+async fn evict(ctx: &Context, ns: &str, pod: &str) -> Result<bool> {
+    // The one step that takes a node down: never from a replica that may
+    // have lost the lease while this reconcile ran.
+    if !ctx.leadership.is_leading() {
+        warn!(%pod, "not evicting: this replica no longer holds the leader lease");
+        return Ok(false);
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     match api.evict(pod, &EvictParams::default()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => Ok(false),
@@ -1804,7 +1829,7 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
                         "not evicting {pod} yet: {reason}"
                     )));
                 }
-                if evict(&ctx.client, &ns, &pod).await? {
+                if evict(&ctx, &ns, &pod).await? {
                     step.event(
                         EventType::Normal,
                         "EvictedPod",

@@ -294,14 +294,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.watch_namespace.clone().filter(|n| !n.is_empty()),
         ..Settings::default()
     };
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client.clone(),
         settings,
         metrics,
         Some(args.pod_name.clone()),
-    ));
+    );
     if !args.leader_election {
-        controller::run(ctx).await;
+        controller::run(Arc::new(ctx)).await;
         return Ok(());
     }
     let election = leader::LeaderElection::new(
@@ -309,8 +309,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.namespace,
         "ferry-operator-leader",
         &args.pod_name,
-        Duration::from_secs(15),
+        leader::Timing::default(),
     );
+    let ctx = Arc::new(ctx.with_leadership(election.leadership()));
     election.acquire().await.context("leader election")?;
     tokio::select! {
         () = controller::run(ctx) => Ok(()),

@@ -1518,3 +1518,95 @@ async fn a_paused_leader_stops_acting_before_another_takes_over() {
         "replica-b keeps leading after replica-a woke up"
     );
 }
+
+/// Issue 14 §2: a source pod found without its proxy after mirroring began
+/// (recreated while the webhook could not be reached; `failurePolicy:
+/// Ignore` lets it start bare) may have taken writes the target never saw.
+/// The migration leaves `Ready`, the pod is rolled again, and only a new
+/// validation round brings it back to `Ready`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_that_ran_without_its_proxy_is_validated_again() {
+    let bed = bed("ferry-revalidate").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    let operator = start_controller(client, ns);
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &migration("reval"))
+        .await
+        .expect("create migration");
+    eventually(120, "phase Ready", || async {
+        (phase_of(&api, "reval").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+
+    // The webhook becomes unreachable; a source pod is recreated bare.
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let name = format!("ferry-test-{ns}");
+    let config = webhooks.get(&name).await.expect("webhook config");
+    let url = config
+        .webhooks
+        .as_ref()
+        .and_then(|w| w[0].client_config.url.clone())
+        .expect("url");
+    let set_url = |url: String| {
+        let webhooks = webhooks.clone();
+        let name = name.clone();
+        async move {
+            let mut config = webhooks.get(&name).await.expect("webhook config");
+            if let Some(w) = config.webhooks.as_mut() {
+                w[0].client_config.url = Some(url);
+            }
+            webhooks
+                .replace(&name, &PostParams::default(), &config)
+                .await
+                .expect("replace webhook config");
+        }
+    };
+    set_url("https://127.0.0.1:1/mutate".to_owned()).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.delete(&format!("{STS}-1"), &DeleteParams::default())
+        .await
+        .expect("delete cassandra-1");
+    let why = eventually(60, "the migration noticing the bare pod", || async {
+        let status = api.get("reval").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False").then_some(status.revalidate.clone()?)
+    })
+    .await;
+    assert!(why.contains(&format!("{STS}-1")), "{why}");
+    set_url(url).await;
+
+    eventually(120, "Ready again after a new validation", || async {
+        let status = api.get("reval").await.ok()?.status?;
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        (status.phase == Phase::Ready && ready && status.revalidate.is_none()).then_some(())
+    })
+    .await;
+    let status = api
+        .get("reval")
+        .await
+        .expect("migration")
+        .status
+        .expect("status");
+    let phases: Vec<Phase> = status.phase_history.iter().map(|t| t.phase).collect();
+    assert_eq!(
+        phases[phases.len() - 3..],
+        [Phase::Ready, Phase::Validating, Phase::Ready],
+        "{phases:?}"
+    );
+    assert_eq!(
+        status.validation.and_then(|v| v.job_name).as_deref(),
+        Some(labels::validate_job_name("reval", 2).as_str()),
+        "a second validation ran"
+    );
+    assert!(
+        source_pods(client, ns)
+            .await
+            .iter()
+            .all(sidecar::has_sidecar),
+        "cassandra-1 was rolled again with its proxy"
+    );
+    operator.abort();
+}

@@ -481,20 +481,28 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
         Phase::Mirroring => {
             check_mirroring(&mut step, &pods).await;
             if check_sidecars(&mut step, &pods, replicas).await? {
+                // The validation after the backfill covers what went by.
+                step.status.revalidate = None;
                 start_job(&mut step, &pods, JobKind::Backfill, 1).await?;
                 step.enter(Phase::Backfilling).await;
             }
             Action::requeue(poll)
         }
         Phase::Backfilling => {
-            check_sidecars(&mut step, &pods, replicas).await?;
+            if check_sidecars(&mut step, &pods, replicas).await? {
+                step.status.revalidate = None;
+            }
             check_mirroring(&mut step, &pods).await;
             follow_backfill(&mut step).await?
         }
         Phase::Validating => {
-            check_sidecars(&mut step, &pods, replicas).await?;
+            let proxied = check_sidecars(&mut step, &pods, replicas).await?;
             check_mirroring(&mut step, &pods).await;
-            follow_validation(&mut step, &pods).await?
+            if proxied && step.status.revalidate.is_some() {
+                revalidate(&mut step, &pods).await?
+            } else {
+                follow_validation(&mut step, &pods).await?
+            }
         }
         Phase::Ready if cutover::applied(Some(&step.status)) == CutoverStage::Done => {
             take_proxies_out(&mut step, &pods, replicas).await?
@@ -503,14 +511,18 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
             let proxied = check_sidecars(&mut step, &pods, replicas).await?;
             let behind = check_mirroring(&mut step, &pods).await;
             set_ready(&mut step);
-            let switching = follow_cutover(&mut step, &pods).await?;
-            // A re-roll in progress waits on settle times no pod event
-            // marks, a spool is read again soon, and a stage switch is
-            // confirmed as soon as the proxies report it: look again soon.
-            if proxied && !behind && !switching {
-                Action::requeue(Duration::from_secs(30))
+            if proxied && step.status.revalidate.is_some() {
+                revalidate(&mut step, &pods).await?
             } else {
-                Action::requeue(poll)
+                let switching = follow_cutover(&mut step, &pods).await?;
+                // A re-roll in progress waits on settle times no pod event
+                // marks, a spool is read again soon, and a stage switch is
+                // confirmed as soon as the proxies report it: look again soon.
+                if proxied && !behind && !switching {
+                    Action::requeue(Duration::from_secs(30))
+                } else {
+                    Action::requeue(poll)
+                }
             }
         }
         Phase::Complete => Action::requeue(Duration::from_secs(600)),
@@ -777,6 +789,19 @@ async fn check_sidecars(step: &mut Step<'_>, pods: &[Pod], replicas: usize) -> R
     };
     let missing = names(|v| !v.has_sidecar);
     let outdated = names(|v| v.outdated);
+    if !missing.is_empty() && step.status.revalidate.is_none() {
+        // Mirroring began: writes that reached these pods went to the
+        // source alone. Validate again (with repair) once they are back.
+        let why = format!(
+            "{} ran without the proxy after mirroring began (seen {}); writes may have reached the source alone",
+            missing.join(", "),
+            step.now.0
+        );
+        warn!(%why, "validating again after the re-roll");
+        step.event(EventType::Warning, "UnmirroredWrites", "Roll", why.clone())
+            .await;
+        step.status.revalidate = Some(why);
+    }
     if missing.is_empty() && outdated.is_empty() && views.len() >= replicas {
         status::set_condition(
             &mut step.status,
@@ -1357,6 +1382,45 @@ async fn follow_backfill(step: &mut Step<'_>) -> Result<Action> {
     }
 }
 
+/// A new validation round (repairing when `validation.repair`), after a
+/// source pod ran without its proxy: the migration goes back to
+/// `Validating` and is `Ready` again only after a clean pass.
+async fn revalidate(step: &mut Step<'_>, pods: &[Pod]) -> Result<Action> {
+    let why = step.status.revalidate.clone().unwrap_or_default();
+    let attempt = validation_attempt(&step.status).unwrap_or(0) + 1;
+    start_job(step, pods, JobKind::Validate, attempt).await?;
+    step.status.validation_round_start = Some(attempt);
+    step.status.revalidate = None;
+    let generation = step.cm.metadata.generation;
+    status::set_condition(
+        &mut step.status,
+        condition::VALIDATED,
+        false,
+        "Revalidating",
+        format!("validation {attempt} runs again: {why}"),
+        generation,
+        &step.now,
+    );
+    status::set_condition(
+        &mut step.status,
+        condition::READY,
+        false,
+        "Revalidating",
+        format!("validating again: {why}"),
+        generation,
+        &step.now,
+    );
+    step.event(
+        EventType::Normal,
+        "Revalidating",
+        "Validate",
+        format!("every pod runs its proxy again; validation {attempt} checks what may have gone unmirrored"),
+    )
+    .await;
+    step.enter(Phase::Validating).await;
+    Ok(Action::requeue(step.ctx.settings.poll))
+}
+
 fn validation_attempt(status: &CassandraMigrationStatus) -> Option<u32> {
     status
         .validation
@@ -1423,7 +1487,10 @@ async fn follow_validation(step: &mut Step<'_>, pods: &[Pod]) -> Result<Action> 
                 step.enter(Phase::Ready).await;
                 set_ready(step);
                 Ok(Action::requeue(Duration::from_secs(30)))
-            } else if step.cm.spec.validation.repair && repaired > 0 && attempt < MAX_VALIDATIONS {
+            } else if step.cm.spec.validation.repair
+                && repaired > 0
+                && attempt + 1 - step.status.validation_round_start.unwrap_or(1) < MAX_VALIDATIONS
+            {
                 // Repaired: validate again; only a clean pass is Ready.
                 step.event(
                     EventType::Normal,

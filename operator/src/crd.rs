@@ -644,6 +644,17 @@ pub struct CassandraMigrationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<ValidationResults>,
 
+    /// Why a validation must run again once every source pod runs its
+    /// proxy: a pod was found without it after mirroring began, so writes
+    /// may have reached the source alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revalidate: Option<String>,
+
+    /// The first validation attempt of the current round (a round ends
+    /// Ready or Failed; re-validation starts a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_round_start: Option<u32>,
+
     /// The cut-over: the stage applied, whether every proxy serves it, and
     /// the shadow reads' figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -68,6 +68,9 @@ pub fn unsafe_reason(status: &CassandraMigrationStatus) -> Option<(&'static str,
     if let Some(c) = true_condition(condition::DEGRADED) {
         return Some(("Degraded", c.message.clone()));
     }
+    if let Some(why) = &status.revalidate {
+        return Some(("Revalidating", why.clone()));
+    }
     true_condition(condition::MIRRORING_BEHIND).map(|c| ("MirroringBehind", c.message.clone()))
 }
 

@@ -161,6 +161,11 @@ pub fn split_host_port(cp: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
+/// Where the proxy finds the target credentials Secret's username and
+/// password, as files.
+const TARGET_CREDENTIALS_DIR: &str = "/etc/ferry/target-credentials";
+const TARGET_CREDENTIALS_VOLUME: &str = "ferry-target-credentials";
+
 /// The sidecar container as JSON.
 pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) -> Value {
     let spec = &cm.spec;
@@ -169,16 +174,23 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
         .image
         .clone()
         .unwrap_or_else(|| settings.sidecar_image.clone());
-    let mut env =
+    let env =
         vec![json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})];
-    if let Some(secret) = &spec.target.credentials_secret {
-        env.push(json!({"name": "FERRY_PROXY_TARGET_USERNAME", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.username_key}}}));
-        env.push(json!({"name": "FERRY_PROXY_TARGET_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.password_key}}}));
+    let mut args = proxy_args(cm, settings.probe_keyspace.as_deref());
+    if spec.target.credentials_secret.is_some() {
+        // Files from the Secret, read at each login: a rotated password
+        // takes effect without a roll (an env var would need a restart).
+        args.push(format!(
+            "--target-username-file={TARGET_CREDENTIALS_DIR}/username"
+        ));
+        args.push(format!(
+            "--target-password-file={TARGET_CREDENTIALS_DIR}/password"
+        ));
     }
     let mut container = json!({
         "name": labels::SIDECAR_CONTAINER,
         "image": image,
-        "args": proxy_args(cm, settings.probe_keyspace.as_deref()),
+        "args": args,
         "env": env,
         "ports": [
             {"name": "ferry-cql", "containerPort": spec.proxy.listen_port},
@@ -200,6 +212,9 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
         TlsMount::proxy(spec),
     ) {
         mounts.extend(tls.iter().map(TlsMount::volume_mount));
+        if spec.target.credentials_secret.is_some() {
+            mounts.push(json!({"name": TARGET_CREDENTIALS_VOLUME, "mountPath": TARGET_CREDENTIALS_DIR, "readOnly": true}));
+        }
     }
     if let Some(resources) = &spec.proxy.resources {
         container["resources"] = serde_json::to_value(resources).unwrap_or(Value::Null);
@@ -300,6 +315,18 @@ pub fn injection_patch(pod: &Pod, cm: &CassandraMigration, settings: &InjectionS
         json!({"name": "ferry-spool", "emptyDir": {}}),
     ];
     volumes.extend(TlsMount::proxy(&cm.spec).iter().map(TlsMount::volume));
+    if let Some(secret) = &cm.spec.target.credentials_secret {
+        volumes.push(json!({
+            "name": TARGET_CREDENTIALS_VOLUME,
+            "secret": {
+                "secretName": secret.name,
+                "items": [
+                    {"key": secret.username_key, "path": "username"},
+                    {"key": secret.password_key, "path": "password"},
+                ],
+            },
+        }));
+    }
     if spec.is_some_and(|s| s.volumes.is_some()) {
         for v in volumes {
             ops.push(add(&["spec", "volumes", "-"], v));
@@ -402,7 +429,8 @@ mod tests {
         // The probe keyspace is mirrored too, or the probe could never pass.
         assert!(args.contains(&"--include-keyspaces=shop,ferry".to_owned()));
         assert_eq!(spec.containers.len(), 1, "the app container is untouched");
-        assert_eq!(spec.volumes.unwrap().len(), 2);
+        // The peer map, the spool and the target credentials.
+        assert_eq!(spec.volumes.unwrap().len(), 3);
         let ann = pod.metadata.annotations.unwrap();
         assert_eq!(
             ann.get(labels::MIGRATION_ANNOTATION).map(String::as_str),
@@ -449,15 +477,50 @@ mod tests {
     }
 
     #[test]
-    fn target_credentials_come_from_the_secret() {
+    fn target_credentials_come_from_the_secret_as_files_read_at_each_login() {
         let cm = migration(TrafficRedirect::Port);
         let c = sidecar_container(&cm, &settings(true));
-        let env = c["env"].as_array().unwrap();
-        assert!(env
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|e| e["name"] == "FERRY_PROXY_TARGET_PASSWORD"
-                && e["valueFrom"]["secretKeyRef"]["name"] == "target-creds"
-                && e["valueFrom"]["secretKeyRef"]["key"] == "password"));
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(args.contains(&"--target-password-file=/etc/ferry/target-credentials/password"));
+        assert!(args.contains(&"--target-username-file=/etc/ferry/target-credentials/username"));
+        // No environment variable: it would keep the old password until a
+        // restart.
+        assert!(
+            !c["env"].to_string().contains("secretKeyRef"),
+            "{}",
+            c["env"]
+        );
+        assert!(c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/etc/ferry/target-credentials" && m["readOnly"] == true));
+        let injected = apply(
+            &bare_pod(),
+            &injection_patch(&bare_pod(), &cm, &settings(true)),
+        );
+        let volume = injected
+            .spec
+            .and_then(|s| s.volumes)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "ferry-target-credentials")
+            .and_then(|v| v.secret)
+            .expect("the credentials volume");
+        assert_eq!(volume.secret_name.as_deref(), Some("target-creds"));
+        let items = volume.items.unwrap_or_default();
+        assert_eq!(
+            items
+                .iter()
+                .map(|i| (i.key.as_str(), i.path.as_str()))
+                .collect::<Vec<_>>(),
+            [("username", "username"), ("password", "password")]
+        );
         assert!(
             !c.to_string().contains("\"value\":\"cassandra\""),
             "no literal secret"
@@ -514,7 +577,8 @@ mod tests {
                 "ferry-spool",
                 "ferry-source-tls",
                 "ferry-target-tls",
-                "ferry-proxy-tls"
+                "ferry-proxy-tls",
+                "ferry-target-credentials"
             ]
         );
     }

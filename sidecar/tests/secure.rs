@@ -5,6 +5,7 @@
 //! logging in the same way.
 
 mod bulk_support;
+mod proxy_support;
 
 use std::time::Duration;
 
@@ -212,4 +213,70 @@ async fn the_operator_checks_log_in_with_a_password_over_tls() {
         problems[0].to_ascii_lowercase().contains("authentication"),
         "{problems:?}"
     );
+}
+
+/// Issue 14 §3: target credentials reach the proxy as files mounted from
+/// the Secret and are read at each new login, so a rotated password takes
+/// effect without restarting the proxy. A proxy in sync mode into the
+/// secure node starts with a wrong password in its file: the application's
+/// write fails. The file is rewritten, as the kubelet does when the Secret
+/// changes; the next connection's write reaches both clusters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_target_password_file_takes_effect_without_a_restart() {
+    let bed = bed().await;
+    let node = secure_node().await;
+    let secure = secure_session(&node).await;
+    let ks = unique("rotate");
+    table_on_both(&bed, &secure, &ks).await;
+    let dir = std::env::temp_dir().join(format!("ferry-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (user_file, password_file) = (dir.join("username"), dir.join("password"));
+    std::fs::write(&user_file, format!("{USER}\n")).expect("username");
+    std::fs::write(&password_file, "not-the-password\n").expect("password");
+    let (host, port) = node
+        .contact_point
+        .rsplit_once(':')
+        .expect("secure node host:port");
+    let proxy = proxy_support::start_proxy(
+        "127.0.0.60",
+        &bed.testbed.source_contact_points[0],
+        host,
+        &[
+            "--mode",
+            "sync",
+            "--target-port",
+            port,
+            "--target-tls-ca",
+            &node.ca_file.display().to_string(),
+            "--target-username-file",
+            &user_file.display().to_string(),
+            "--target-password-file",
+            &password_file.display().to_string(),
+        ],
+    )
+    .await;
+    let write = |k: i32| {
+        let addr = proxy.addr.to_string();
+        let ks = ks.clone();
+        async move {
+            let client = proxy_support::connect(&addr).await;
+            client
+                .query_unpaged(format!("INSERT INTO {ks}.t (k, v) VALUES ({k}, 'x')"), &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let refused = write(1).await;
+    assert!(refused.is_err(), "the target took a wrong password");
+
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("rotate");
+    write(2)
+        .await
+        .expect("the new password is used at the next login");
+    let on_target: Option<i64> =
+        scalar(&secure, &format!("SELECT COUNT(*) FROM {ks}.t WHERE k = 2")).await;
+    assert_eq!(on_target, Some(1));
+    proxy.stop().await.expect("proxy stops");
+    let _ = std::fs::remove_dir_all(&dir);
 }

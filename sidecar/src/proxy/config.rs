@@ -132,10 +132,16 @@ pub struct ProxyArgs {
     /// Username for the target (default: the client's own credentials).
     #[arg(long, env = "FERRY_PROXY_TARGET_USERNAME")]
     pub target_username: Option<String>,
+    /// File holding the target username (first line), read again at each
+    /// new login to the target, like --target-password-file.
+    #[arg(long, env = "FERRY_PROXY_TARGET_USERNAME_FILE")]
+    pub target_username_file: Option<PathBuf>,
     /// Password for the target. Prefer the file or the environment variable.
     #[arg(long, env = "FERRY_PROXY_TARGET_PASSWORD", hide_env_values = true)]
     pub target_password: Option<String>,
-    /// File holding the target password (first line).
+    /// File holding the target password (first line), read again at each
+    /// new login to the target: a rotated Secret mounted there takes effect
+    /// without a restart.
     #[arg(long, env = "FERRY_PROXY_TARGET_PASSWORD_FILE")]
     pub target_password_file: Option<PathBuf>,
     /// Mirror schema changes (CREATE/ALTER/DROP) to the target too.

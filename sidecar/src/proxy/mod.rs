@@ -18,6 +18,7 @@ pub mod codec;
 pub mod compression;
 pub mod config;
 pub mod connection;
+pub mod credentials;
 pub mod frame;
 pub mod link;
 pub mod metrics;
@@ -46,9 +47,10 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 pub use config::{Mode, ProxyArgs};
+use credentials::TargetCredentials;
 use mirror::ProxyContext;
 use peers::{PeerMap, RuntimeFile};
-use upstream::{Credentials, Endpoint};
+use upstream::Endpoint;
 
 /// One upstream link's TLS flags.
 struct UpstreamTlsArgs<'a> {
@@ -77,23 +79,23 @@ fn upstream_tls(args: UpstreamTlsArgs<'_>) -> anyhow::Result<Option<tls::Connect
     Ok(Some(tls::Connector::new(&cfg)?))
 }
 
-fn target_credentials(args: &ProxyArgs) -> anyhow::Result<Option<Credentials>> {
-    let Some(username) = args.target_username.clone() else {
-        return Ok(None);
+fn target_credentials(args: &ProxyArgs) -> anyhow::Result<Option<TargetCredentials>> {
+    use credentials::CredentialValue;
+    let username = match (&args.target_username, &args.target_username_file) {
+        (Some(u), _) => CredentialValue::Literal(u.clone()),
+        (None, Some(file)) => CredentialValue::File(file.clone()),
+        (None, None) => return Ok(None),
     };
     let password = match (&args.target_password, &args.target_password_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .with_context(|| format!("reading the target password file {}", file.display()))?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_owned(),
+        (Some(p), _) => CredentialValue::Literal(p.clone()),
+        (None, Some(file)) => CredentialValue::File(file.clone()),
         (None, None) => {
-            anyhow::bail!("--target-username needs --target-password or --target-password-file")
+            anyhow::bail!("a target username needs --target-password or --target-password-file")
         }
     };
-    Ok(Some(Credentials { username, password }))
+    let creds = TargetCredentials { username, password };
+    creds.check().context("reading the target credentials")?;
+    Ok(Some(creds))
 }
 
 /// Builds the shared state from the command line.

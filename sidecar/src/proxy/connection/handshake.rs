@@ -77,12 +77,17 @@ impl Session {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            credentials: self.ctx.target_credentials.clone().or_else(|| {
-                self.credentials
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()
-            }),
+            credentials: self
+                .ctx
+                .target_credentials
+                .as_ref()
+                .and_then(|c| c.current())
+                .or_else(|| {
+                    self.credentials
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                }),
             keyspace: self.keyspace(),
         };
         *self

@@ -14,8 +14,9 @@ pub struct ProxyContext {
     pub spool_full_policy: SpoolFullPolicy,
     pub source: Endpoint,
     pub target: Endpoint,
-    /// `--target-username/--target-password`, else the clients' own.
-    pub target_credentials: Option<Credentials>,
+    /// `--target-username[-file]/--target-password[-file]`, else the
+    /// clients' own; files are read at each login.
+    pub target_credentials: Option<crate::proxy::credentials::TargetCredentials>,
     /// The last handshake a client made, for the replayer's own link.
     pub last_handshake: Mutex<Option<Handshake>>,
     pub target_timeout: Duration,

@@ -20,7 +20,7 @@ use super::prepared::{parse_prepared_result, PreparedCache, PreparedStatement, T
 use super::request::{parse_batch, parse_execute, parse_query, replace_short_bytes, BatchChild};
 use super::result::lwt_applied;
 use super::spool::{Reservation, Spool, SpoolRecord, SpooledStatement};
-use super::upstream::{describe_error, Credentials, Endpoint, Handshake, Upstream, UpstreamError};
+use super::upstream::{describe_error, Endpoint, Handshake, Upstream, UpstreamError};
 use super::wire::WireError;
 
 mod async_mirror;
@@ -273,7 +273,8 @@ fn statement_handshake(ctx: &ProxyContext) -> Handshake {
             .unwrap_or_else(|| vec![("CQL_VERSION".into(), "3.0.0".into())]),
         credentials: ctx
             .target_credentials
-            .clone()
+            .as_ref()
+            .and_then(|c| c.current())
             .or_else(|| base.and_then(|h| h.credentials)),
         keyspace: None,
     }

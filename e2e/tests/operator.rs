@@ -7,7 +7,7 @@
 //! real bulk pod would leave. Everything else (StatefulSet and Job
 //! controllers, evictions, admission, garbage collection) is the real thing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,6 +124,9 @@ fn start_controller_with(
         // No proxy runs in these pods either, unless a test starts real
         // ones on the addresses the fake kubelet gives (`distinct_ips`).
         proxy_checks: false,
+        // Nor Cassandra, unless a test gives them the real source nodes'
+        // addresses (`source_node_ips`).
+        schema_step: false,
         ..Settings::default()
     };
     adjust(&mut settings);
@@ -147,6 +150,10 @@ struct KubeletScript {
     /// Source pods started from now on get an IP of their own,
     /// [`pod_ip`], instead of 127.0.0.1.
     distinct_ips: AtomicBool,
+    /// Source pods started from now on get the IPs of the bed's real source
+    /// nodes (`cassandra-N` → 127.0.0.(11 + N)), so the operator's CQL
+    /// steps reach a real cluster through them.
+    source_node_ips: AtomicBool,
 }
 
 /// The IP the fake kubelet gives source pod `name` under `distinct_ips`:
@@ -211,7 +218,14 @@ fn start_kubelet(client: &Client, ns: &str, script: Arc<KubeletScript>) -> JoinH
                             .collect::<Vec<_>>()
                     };
                     let init: Vec<_> = spec.init_containers.clone().unwrap_or_default();
-                    let ip = if script.distinct_ips.load(Ordering::SeqCst) {
+                    let ip = if script.source_node_ips.load(Ordering::SeqCst) {
+                        let n: u8 = name
+                            .rsplit('-')
+                            .next()
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        format!("127.0.0.{}", 11 + n)
+                    } else if script.distinct_ips.load(Ordering::SeqCst) {
                         pod_ip(&name)
                     } else {
                         "127.0.0.1".to_owned()
@@ -1607,6 +1621,183 @@ async fn a_pod_that_ran_without_its_proxy_is_validated_again() {
             .iter()
             .all(sidecar::has_sidecar),
         "cassandra-1 was rolled again with its proxy"
+    );
+    operator.abort();
+}
+
+/// Restarts the source pods so the fake kubelet gives them the real source
+/// nodes' addresses (`source_node_ips`).
+async fn pods_on_source_nodes(bed: &Bed) {
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    bed.script.source_node_ips.store(true, Ordering::SeqCst);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for n in 0..REPLICAS {
+        let _ = pods
+            .delete(&format!("{STS}-{n}"), &DeleteParams::default())
+            .await;
+    }
+    eventually(60, "source pods on the source nodes' addresses", || async {
+        let pods = source_pods(client, ns).await;
+        (pods.len() == REPLICAS
+            && pods.iter().all(|p| {
+                sidecar::pod_ready(p)
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.pod_ip.as_deref())
+                        .is_some_and(|ip| ip.starts_with("127.0.0.1") && ip != "127.0.0.1")
+            }))
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    bed.script.max_unavailable.store(0, Ordering::SeqCst);
+}
+
+/// The objects of `DESCRIBE KEYSPACE ks` on one cluster: (kind, name) →
+/// statement, the keyspace's own statement left out (its replication is the
+/// target's by design).
+async fn describe(
+    session: &scylla::client::session::Session,
+    ks: &str,
+) -> BTreeMap<(String, String), String> {
+    session
+        .query_unpaged(format!("DESCRIBE KEYSPACE {ks}"), &[])
+        .await
+        .expect("DESCRIBE")
+        .into_rows_result()
+        .expect("rows")
+        .rows::<(String, String, String, String)>()
+        .expect("typed rows")
+        .map(|r| r.expect("row"))
+        .filter(|(_, kind, _, _)| kind != "keyspace")
+        .map(|(_, kind, name, create)| ((kind, name), create))
+        .collect()
+}
+
+/// Issue 17: the operator makes the target's schema before the roll. A
+/// source keyspace with a UDT nested in a frozen collection, a counter
+/// table, static columns, a DESC clustering order, a default TTL and a
+/// non-default gc_grace_seconds, an SAI index and a secondary index; the
+/// target has none of it. After `SchemaMatches=True` the target describes
+/// every object exactly as the source does. A second migration, into a
+/// target whose table has another column type, fails before the roll with
+/// the difference named and no pod evicted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_targets_schema_is_copied_before_the_roll_and_a_difference_stops_it() {
+    let cassandra = testbed::cassandra(3).expect("Cassandra test bed");
+    let connect = |node: String| async move {
+        scylla::client::session_builder::SessionBuilder::new()
+            .known_node(node)
+            .build()
+            .await
+            .expect("session")
+    };
+    let source = connect(cassandra.source_contact_points[0].clone()).await;
+    let target = connect(cassandra.target_contact_points[0].clone()).await;
+    let pid = std::process::id();
+    let ks = format!("schema_copy_{pid}");
+    for cql in [
+        format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{}': 3}}", cassandra.source_datacenter),
+        format!("CREATE TYPE {ks}.address (street text, zip int)"),
+        format!("CREATE TYPE {ks}.customer (name text, addresses frozen<list<frozen<address>>>)"),
+        format!(
+            "CREATE TABLE {ks}.orders (shop int, id timeuuid, owner text static, who frozen<customer>, \
+             places map<text, frozen<address>>, total decimal, PRIMARY KEY (shop, id)) \
+             WITH CLUSTERING ORDER BY (id DESC) AND default_time_to_live = 3600 AND gc_grace_seconds = 7200"
+        ),
+        format!("CREATE TABLE {ks}.hits (page text PRIMARY KEY, n counter)"),
+        format!("CREATE INDEX orders_total_sai ON {ks}.orders (total) USING 'sai'"),
+        format!("CREATE INDEX orders_owner ON {ks}.orders (owner)"),
+    ] {
+        source.query_unpaged(cql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{cql}: {e}"));
+    }
+    source.await_schema_agreement().await.expect("agreement");
+
+    let bed = bed("ferry-schema").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    pods_on_source_nodes(&bed).await;
+    let operator = start_controller_with(client, ns, |s| s.schema_step = true);
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    let mut copy = migration("copy");
+    copy.spec.keyspaces.include = vec![ks.clone()];
+    api.create(&PostParams::default(), &copy)
+        .await
+        .expect("create migration");
+    let matches = eventually(120, "SchemaMatches=True", || async {
+        let cm = api.get("copy").await.ok()?;
+        let c = condition_of(&cm, "SchemaMatches")?;
+        (c.0 == "True").then_some(c)
+    })
+    .await;
+    assert_eq!(matches.1, "Copied", "{matches:?}");
+    let on_source = describe(&source, &ks).await;
+    let on_target = describe(&target, &ks).await;
+    assert!(on_source.len() >= 6, "{on_source:#?}");
+    assert_eq!(
+        on_target, on_source,
+        "the target describes every object as the source does"
+    );
+    let (repl,): (BTreeMap<String, String>,) = target
+        .query_unpaged(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (ks.as_str(),),
+        )
+        .await
+        .expect("replication")
+        .into_rows_result()
+        .expect("rows")
+        .single_row()
+        .expect("row");
+    assert_eq!(
+        repl.get(&cassandra.target_datacenter).map(String::as_str),
+        Some("1"),
+        "the target's own data center, RF = min(3, nodes): {repl:?}"
+    );
+    assert!(!repl.contains_key(&cassandra.source_datacenter), "{repl:?}");
+    eventually(120, "phase Ready", || async {
+        (phase_of(&api, "copy").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    api.delete("copy", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(120, "the first migration gone", || async {
+        api.get_opt("copy").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // A target table that differs: the roll never starts.
+    let diff = format!("schema_diff_{pid}");
+    for (session, v) in [(&source, "text"), (&target, "int")] {
+        for cql in [
+            format!("CREATE KEYSPACE {diff} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
+            format!("CREATE TABLE {diff}.t (k int PRIMARY KEY, v {v})"),
+        ] {
+            session.query_unpaged(cql.as_str(), &[]).await.unwrap_or_else(|e| panic!("{cql}: {e}"));
+        }
+    }
+    let uids = |pods: Vec<Pod>| pods.iter().filter_map(|p| p.uid()).collect::<BTreeSet<_>>();
+    let before = uids(source_pods(client, ns).await);
+    let mut refused = migration("diff");
+    refused.spec.keyspaces.include = vec![diff.clone()];
+    api.create(&PostParams::default(), &refused)
+        .await
+        .expect("create migration");
+    let failed = eventually(120, "Failed for SchemaMismatch", || async {
+        let cm = api.get("diff").await.ok()?;
+        let c = condition_of(&cm, "Failed")?;
+        (c.0 == "True").then_some(c)
+    })
+    .await;
+    assert_eq!(failed.1, "SchemaMismatch", "{failed:?}");
+    assert!(
+        failed.2.contains(&format!("{diff}.t")) && failed.2.contains("`v`"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        uids(source_pods(client, ns).await),
+        before,
+        "no pod was evicted"
     );
     operator.abort();
 }

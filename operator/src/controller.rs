@@ -38,6 +38,7 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::proxy_state;
 use crate::roll::{self, Direction, PodView, RollStep};
+use crate::schema_copy::{self, SchemaCopyError};
 use crate::sidecar;
 use crate::status::{self, condition};
 use ferry_sidecar::proxy::state::ProxyState;
@@ -64,6 +65,10 @@ pub struct Settings {
     pub probe_write: bool,
     /// The keyspace of that probe row, created on both clusters.
     pub probe_keyspace: String,
+    /// Before the roll, make the target's schema match the source's
+    /// (`spec.schema`: copy what it lacks, or verify) over CQL to the
+    /// source pods and the target ([`schema_copy`]).
+    pub schema_step: bool,
     /// Read each proxy's `/state`: never evict a pod whose proxy owes the
     /// target writes, and report a stalled spool as `MirroringBehind`
     /// ([`proxy_state`]).
@@ -85,6 +90,7 @@ impl Default for Settings {
             probe_keyspace: "ferry".to_owned(),
             proxy_checks: true,
             mirroring_behind_after: Duration::from_secs(120),
+            schema_step: true,
         }
     }
 }
@@ -477,7 +483,13 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
 
     let poll = ctx.settings.poll;
     let action = match step.status.phase {
-        Phase::Pending => roll_sidecars(&mut step, &pods, replicas, Direction::Inject).await?,
+        Phase::Pending => {
+            if schema_gate(&mut step, &pods).await {
+                roll_sidecars(&mut step, &pods, replicas, Direction::Inject).await?
+            } else {
+                Action::requeue(Duration::from_secs(10))
+            }
+        }
         Phase::Mirroring => {
             check_mirroring(&mut step, &pods).await;
             if check_sidecars(&mut step, &pods, replicas).await? {
@@ -1595,6 +1607,143 @@ async fn ring_gate(
         Err(e) => Some(format!(
             "cannot ask the source nodes how they see the ring: {e}"
         )),
+    }
+}
+
+/// Before the roll: the target's schema made to match the source's
+/// ([`schema_copy::make_target_schema`]). Returns whether the roll may go
+/// on; sets `SchemaMatches` either way, and fails the migration on a
+/// difference that would corrupt the copy.
+async fn schema_gate(step: &mut Step<'_>, pods: &[Pod]) -> bool {
+    let generation = step.cm.metadata.generation;
+    if !step.ctx.settings.schema_step
+        || step.status.conditions.iter().any(|c| {
+            c.type_ == condition::SCHEMA_MATCHES
+                && c.status == "True"
+                && c.observed_generation == generation
+        })
+    {
+        return true;
+    }
+    let spec = &step.cm.spec;
+    let port = u16::try_from(spec.source.cql_port).unwrap_or(9042);
+    let source_points: Vec<String> = pod_ips(pods)
+        .into_iter()
+        .map(|ip| std::net::SocketAddr::new(ip, port).to_string())
+        .collect();
+    let target_points = cql::contact_points_in(&step.ns, &spec.target.contact_points);
+    let outcome = async {
+        if source_points.is_empty() {
+            return Err("no source pod has an IP yet".to_owned());
+        }
+        let (source_access, target_access) = futures::future::try_join(
+            cql::Access::from_secrets(
+                &step.ctx.client,
+                &step.ns,
+                spec.source.credentials_secret.as_ref(),
+                spec.source.tls_secret.as_ref(),
+            ),
+            cql::Access::from_secrets(
+                &step.ctx.client,
+                &step.ns,
+                spec.target.credentials_secret.as_ref(),
+                spec.target.tls_secret.as_ref(),
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (source, target) = futures::future::try_join(
+            cql::session(&source_points, &source_access, cql::Reach::Ring),
+            cql::session(&target_points, &target_access, cql::Reach::Ring),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(schema_copy::make_target_schema(&source, &target, spec).await)
+    }
+    .await;
+    let outcome = match outcome {
+        Ok(result) => result,
+        Err(why) => {
+            status::set_condition(
+                &mut step.status,
+                condition::SCHEMA_MATCHES,
+                false,
+                "ClustersUnreachable",
+                format!("cannot read the schemas yet: {why}"),
+                generation,
+                &step.now,
+            );
+            return false;
+        }
+    };
+    match outcome {
+        Ok(done) => {
+            let message = format!(
+                "the target has every selected table, matching the source ({} created, {} already there)",
+                done.created.len(),
+                done.matching.len()
+            );
+            status::set_condition(
+                &mut step.status,
+                condition::SCHEMA_MATCHES,
+                true,
+                if done.created.is_empty() {
+                    "Matches"
+                } else {
+                    "Copied"
+                },
+                message,
+                generation,
+                &step.now,
+            );
+            if !done.created.is_empty() {
+                step.event(
+                    EventType::Normal,
+                    "SchemaCopied",
+                    "Schema",
+                    format!("created on the target: {}", done.created.join(", ")),
+                )
+                .await;
+            }
+            for why in done.left_out {
+                step.event(EventType::Warning, "SchemaLeftOut", "Schema", why)
+                    .await;
+            }
+            true
+        }
+        Err(SchemaCopyError::Cql { what, reason }) => {
+            status::set_condition(
+                &mut step.status,
+                condition::SCHEMA_MATCHES,
+                false,
+                "SchemaUnreadable",
+                format!("{what}: {reason}"),
+                generation,
+                &step.now,
+            );
+            false
+        }
+        Err(e) => {
+            let reason = match &e {
+                SchemaCopyError::Mismatch(_) => "SchemaMismatch",
+                SchemaCopyError::Missing(_) => "SchemaMissing",
+                SchemaCopyError::Unsupported(_) => "SchemaNotCopyable",
+                SchemaCopyError::Selection(_) | SchemaCopyError::Cql { .. } => "SelectionNotFound",
+            };
+            let message = e.to_string();
+            status::set_condition(
+                &mut step.status,
+                condition::SCHEMA_MATCHES,
+                false,
+                reason,
+                message.clone(),
+                generation,
+                &step.now,
+            );
+            step.fail(reason, format!("before the roll: {message}"))
+                .await;
+            false
+        }
     }
 }
 

@@ -170,7 +170,7 @@ fn tls_config(
 
 /// Which nodes a check's session may use.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Reach {
+pub enum Reach {
     /// Every node the cluster's metadata lists.
     Ring,
     /// Only the contact points (the proxies a probe must go through, even
@@ -180,7 +180,11 @@ enum Reach {
 
 /// A short-lived session for one check: small pool, short timeouts (the
 /// reconcile that waits on it must not hang on a dead node).
-async fn session(contact: &[String], access: &Access, reach: Reach) -> Result<Session, CqlError> {
+pub async fn session(
+    contact: &[String],
+    access: &Access,
+    reach: Reach,
+) -> Result<Session, CqlError> {
     let profile = ExecutionProfile::builder()
         .consistency(Consistency::Quorum)
         .request_timeout(Some(Duration::from_secs(10)))

@@ -119,12 +119,29 @@ pub struct CassandraMigrationSpec {
     #[serde(default)]
     pub validation: ValidationSpec,
 
+    /// The target's schema: `copy` (the default) creates on the target,
+    /// before the roll, every selected keyspace, user-defined type,
+    /// function, aggregate, table and index it lacks (never altering or
+    /// dropping what it has, which must match); `verify` only checks that
+    /// the target has them, matching.
+    #[serde(default)]
+    pub schema: SchemaMode,
+
     /// Cut-over and roll-back: which cluster serves the applications. Moved
     /// forward (or back) by changing `cutover.stage`; the proxies switch at
     /// run time, without a restart or a client reconnect.
     #[serde(default)]
     #[x_kube(validation = Rule::new("oldSelf.stage != 'done' || self.stage == 'done'").message("cutover.stage cannot leave done: the proxies are gone and the applications use the target"))]
     pub cutover: CutoverSpec,
+}
+
+/// How the target's schema is made.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SchemaMode {
+    #[default]
+    Copy,
+    Verify,
 }
 
 /// Where the migration stands between the clusters.
@@ -275,6 +292,16 @@ pub struct TargetCluster {
     /// Secret with the target's credentials. Omit when the target has no auth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<CredentialsSecretRef>,
+
+    /// Replication of the keyspaces Ferry creates on the target, as
+    /// replication factor per target data center (`{dc1: 3}`). Default:
+    /// `NetworkTopologyStrategy` over the target's own data centers with
+    /// RF = min(3, nodes in the data center). The source's data-center
+    /// names are never copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(dc, self[dc] >= 1 && self[dc] <= 32)").message("target.replication: each data center's replication factor is between 1 and 32"))]
+    pub replication: Option<BTreeMap<String, i32>>,
 
     /// Secret with the target's client TLS material. Omit for plain CQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]

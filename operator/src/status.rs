@@ -18,6 +18,9 @@ pub mod condition {
     /// Every proxy serves the requested cut-over stage (False: refused, with
     /// the reason, or still switching).
     pub const CUTOVER: &str = "Cutover";
+    /// The target has every selected table, matching the source's (made
+    /// before the roll, `spec.schema`).
+    pub const SCHEMA_MATCHES: &str = "SchemaMatches";
     pub const FAILED: &str = "Failed";
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ferry_operator::crd::{CassandraMigration, Phase, SidecarState};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -137,6 +137,10 @@ pub struct Options {
     /// Rows the application writes before the migration starts (history for
     /// the backfill), at its normal rate plus a burst.
     pub history_rows: u64,
+    /// After `Ready`, with the application writing: cut over through
+    /// `shadowReads`, `targetPrimary`, back to `mirror`, `targetPrimary`
+    /// again, and, once the application stopped, `done` (to `Complete`).
+    pub cutover: bool,
     /// After `Ready`: delete the migration and check that the sidecars go
     /// and the data stays.
     pub check_teardown: bool,
@@ -153,6 +157,7 @@ impl Default for Options {
             faults: Vec::new(),
             fast_cassandra: false,
             history_rows: 2000,
+            cutover: true,
             check_teardown: true,
             verbose: true,
         }
@@ -227,6 +232,9 @@ pub struct Outcome {
     pub sidecars_left: Option<usize>,
     /// Faults injected, with the phase they hit.
     pub faults_injected: Vec<(Fault, Phase)>,
+    /// Each cut-over stage confirmed on every proxy, with the seconds from
+    /// the request to the confirmation (`done`: to `Complete`).
+    pub cutover: Vec<(String, f64)>,
     /// Seconds from `kubectl apply` of the migration to `Ready`.
     pub seconds_to_ready: f64,
     /// Seconds for the whole run (clusters included).
@@ -370,6 +378,17 @@ impl Outcome {
             "validation: {} rows compared, {} missing, {} extra, {} mismatched, {} repaired, {} unresolved\n",
             v["rowsCompared"], v["missing"], v["extra"], v["mismatched"], v["repaired"], v["unresolved"]
         ));
+        if !self.cutover.is_empty() {
+            let stages: Vec<String> = self
+                .cutover
+                .iter()
+                .map(|(stage, took)| format!("{stage} {took:.0}s"))
+                .collect();
+            out.push_str(&format!(
+                "cut-over (each confirmed on every proxy, the application writing): {}\n",
+                stages.join(" → ")
+            ));
+        }
         out.push_str(&format!(
             "application: {} writes acknowledged, {} failed; {} reads, {} failed, {} missing\n",
             self.app.acked,
@@ -512,6 +531,17 @@ impl Run<'_> {
         };
         let seconds_to_ready = applied.elapsed().as_secs_f64();
 
+        let mut cutover = Vec::new();
+        if self.opts.cutover {
+            // The application goes on writing and reading through every
+            // switch: no restart, no reconnect.
+            for stage in ["shadowReads", "targetPrimary", "mirror", "targetPrimary"] {
+                let took = self.cut_over_to(stage).await?;
+                cutover.push((stage.to_owned(), took));
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+
         self.say("stopping the application and checking its acknowledged writes on the target");
         let app = self.stop_app().await?;
         let ledger = self.check_ledger(&app).await?;
@@ -534,6 +564,13 @@ impl Run<'_> {
         )?;
 
         let (mut sidecars_left, mut source_missing) = (None, None);
+        if self.opts.cutover {
+            // The application has left the proxies (it would now connect to
+            // the target): done takes the proxies out.
+            let took = self.cut_over_to("done").await?;
+            cutover.push(("done".to_owned(), took));
+            sidecars_left = Some(self.wait_sidecars_gone().await?);
+        }
         if self.opts.check_teardown {
             self.say("deleting the migration: the sidecars must go, the data must stay");
             self.kubectl(&[
@@ -568,6 +605,7 @@ impl Run<'_> {
             source_missing_after_teardown: source_missing,
             sidecars_left,
             faults_injected: watch.faults,
+            cutover,
             seconds_to_ready,
             seconds_total: self.started.elapsed().as_secs_f64(),
         })
@@ -1036,6 +1074,43 @@ impl Run<'_> {
             .find(|l| l.contains("\"final\":true"))
             .context("the application printed no final tally")?;
         serde_json::from_str(last).with_context(|| format!("parsing the final tally {last}"))
+    }
+
+    /// Asks for cut-over `stage` and waits until every proxy serves it
+    /// (`done`: until the migration is `Complete`); the seconds it took.
+    async fn cut_over_to(&self, stage: &str) -> anyhow::Result<f64> {
+        self.say(format!("cut-over: stage {stage}"));
+        let api: Api<CassandraMigration> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let asked = Instant::now();
+        api.patch(
+            MIGRATION,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cutover": {"stage": stage}}})),
+        )
+        .await
+        .with_context(|| format!("asking for stage {stage}"))?;
+        let deadline = asked + Duration::from_secs(if stage == "done" { 900 } else { 120 });
+        loop {
+            let status = api.get(MIGRATION).await?.status.unwrap_or_default();
+            let reached = match (&status.cutover, stage) {
+                (_, "done") => status.phase == Phase::Complete,
+                (Some(cut), _) => cut.stage.to_string() == stage && cut.confirmed,
+                (None, _) => false,
+            };
+            if reached {
+                return Ok(asked.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                let why = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Cutover")
+                    .map(|c| format!("{}: {}", c.reason, c.message))
+                    .unwrap_or_default();
+                bail!("stage {stage} not reached: {why}");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Waits until every source pod runs without Ferry's containers and is

@@ -42,6 +42,10 @@ struct MigrateArgs {
     /// Leave the migration in place (skip the teardown checks).
     #[arg(long)]
     keep: bool,
+    /// Stop at Ready: no cut-over (by default the run goes on through
+    /// shadowReads, targetPrimary, back to mirror, targetPrimary and done).
+    #[arg(long)]
+    stop_at_ready: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         fast_cassandra: matches!(args.cluster, Target::Local),
         history_rows: args.history_rows,
         check_teardown: !args.keep,
+        cutover: !args.stop_at_ready,
         ..Options::default()
     };
     let outcome = migration::run(&cluster, &images, &opts).await?;

@@ -74,15 +74,22 @@ pub(super) fn decide(input: &RouteInput<'_>, filter: &MirrorFilter) -> Route {
         } => Route::Peers {
             local: *table == SystemTable::Local,
         },
-        StatementClass::Read { .. } if mode == Mode::TargetPrimary => Route::TargetRead,
         StatementClass::Read {
             keyspace, table, ..
         } => {
-            // Only tables the proxy mirrors are compared: the others
+            // Only tables the proxy mirrors are on the target: the others
             // (system keyspaces, which each cluster keeps for itself, and
-            // tables filtered out) differ by design.
+            // tables filtered out) are never served by it nor compared.
             let ks = keyspace.as_deref().or(input.session_keyspace);
-            if mirroring && input.shadow_sampled && filter.mirrors(ks, table.as_deref()) {
+            let mirrored = filter.mirrors(ks, table.as_deref());
+            if mode == Mode::TargetPrimary {
+                return if mirrored {
+                    Route::TargetRead
+                } else {
+                    Route::Source
+                };
+            }
+            if mirroring && input.shadow_sampled && mirrored {
                 Route::ShadowRead
             } else {
                 Route::Source
@@ -325,6 +332,11 @@ mod tests {
             ("SELECT * FROM other.t", Async, None, &only_ks, Route::Source),
             ("SELECT * FROM ks.t", SourceOnly, None, &all, Route::Source),
             ("SELECT * FROM ks.t", TargetPrimary, None, &all, Route::TargetRead),
+            // A table the migration does not copy is never served by the
+            // target: it lacks it, or holds an old copy.
+            ("SELECT * FROM other.t", TargetPrimary, None, &only_ks, Route::Source),
+            ("SELECT * FROM t", TargetPrimary, Some("other"), &only_ks, Route::Source),
+            ("SELECT * FROM t", TargetPrimary, Some("ks"), &only_ks, Route::TargetRead),
             ("SELECT * FROM system_schema.tables", Sync, None, &all, Route::Source),
             // USE, DDL, the rest.
             ("USE ks", Sync, None, &all, Route::Use { on_target: true }),

@@ -1080,7 +1080,8 @@ impl Run<'_> {
     /// (`done`: until the migration is `Complete`); the seconds it took.
     async fn cut_over_to(&self, stage: &str) -> anyhow::Result<f64> {
         self.say(format!("cut-over: stage {stage}"));
-        let api: Api<CassandraMigration> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let api: Api<CassandraMigration> =
+            Api::namespaced(self.client.clone(), &self.opts.namespace);
         let asked = Instant::now();
         api.patch(
             MIGRATION,

@@ -78,6 +78,9 @@ async fn migrate(prefix: &str, faults: Vec<Fault>) {
         faults,
         fast_cassandra: true,
         history_rows: 1000,
+        // Past Ready: the operator cuts over and back with the application
+        // writing, then to done (Complete).
+        cutover: true,
         check_teardown: true,
         verbose: true,
     };
@@ -87,6 +90,18 @@ async fn migrate(prefix: &str, faults: Vec<Fault>) {
     eprintln!("{}", outcome.summary());
     let problems = outcome.problems();
     assert!(problems.is_empty(), "problems: {problems:#?}");
+    let stages: Vec<&str> = outcome.cutover.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        stages,
+        [
+            "shadowReads",
+            "targetPrimary",
+            "mirror",
+            "targetPrimary",
+            "done"
+        ],
+        "every cut-over stage confirmed, ending Complete"
+    );
     for fault in &opts.faults {
         assert!(
             outcome.faults_injected.iter().any(|(f, _)| f == fault),

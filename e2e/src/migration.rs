@@ -1297,6 +1297,7 @@ mod tests {
             source_missing_after_teardown: Some(0),
             sidecars_left: Some(0),
             faults_injected: vec![],
+            cutover: Vec::new(),
             seconds_to_ready: 120.0,
             seconds_total: 300.0,
         };

@@ -5,13 +5,17 @@
 # then runs `ferry-e2e migrate` (e2e/src/migration.rs, the same scenario the
 # e2e test and e2e/kind.sh run): it installs Ferry with Helm, starts the
 # example source (3 nodes) and target clusters and the example application,
-# applies the example migration, follows it to Ready (the phases also stream
-# below, from `kubectl get cassandramigrations -w`), checks that every write
-# the application was told succeeded is on the target and that both clusters
-# hold, cell by cell, what its acknowledged mixed operations must have left
-# (e2e/src/ledger.rs), and prints a summary.
+# applies the example migration (the target starts empty: the operator copies
+# the schema), follows it to Ready (the phases also stream below, from
+# `kubectl get cassandramigrations -w`), then cuts over with the application
+# writing (shadowReads, targetPrimary, back to mirror, targetPrimary), stops
+# the application, checks that every write it was told succeeded is on the
+# target and that both clusters hold, cell by cell, what its acknowledged
+# mixed operations must have left (e2e/src/ledger.rs), finishes the cut-over
+# (done: the proxies are taken out, Complete) and prints a summary with each
+# stage's time. `bash e2e/demo.sh --stop-at-ready` stops at Ready instead.
 #
-# The migration is left in place, Ready and mirroring, for you to look at:
+# The migration is left in place for you to look at:
 #   export KUBECONFIG=~/.cache/ferry/run/kubeconfig PATH=~/.cache/ferry/bin:$PATH
 #   kubectl -n ferry-demo get cassandramigrations
 # `bash e2e/demo.sh --clean` removes it (and the example clusters);

@@ -650,8 +650,9 @@ pub struct CassandraMigrationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Standard conditions: `SidecarsReady`, `BackfillComplete`, `Validated`,
-    /// `Ready`, `Degraded`, `Failed`.
+    /// Standard conditions: `SchemaMatches`, `SidecarsReady`, `ProbeWrite`,
+    /// `BackfillComplete`, `Validated`, `Ready`, `Degraded`,
+    /// `MirroringBehind`, `Cutover`, `Failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 

@@ -213,6 +213,17 @@ async fn answers_delayed_past_the_target_timeout() {
         .query_unpaged(write(0), &[])
         .await
         .expect("warm-up write");
+    // Freeze only once the target link is up and answering: a freeze in
+    // the middle of its handshake is another fault (a link that never
+    // comes up, counted as unavailable), and made this test flaky.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !row_on(&target, &read(0)).await {
+        assert!(
+            Instant::now() < deadline,
+            "the warm-up write never reached the target"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     relay.frozen.store(true, Ordering::Release);
     for k in 1..=20 {
         client
@@ -221,12 +232,20 @@ async fn answers_delayed_past_the_target_timeout() {
             .unwrap_or_else(|e| panic!("async write {k} while the target is slow: {e}"));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, metrics) = proxy.admin_get("/metrics").await;
     assert!(
         proxy
             .metric("ferry_proxy_target_failures_total{reason=\"timeout\"}")
             .await
             >= 1.0,
-        "the target's silence counted as timeouts"
+        "the target's silence counted as timeouts: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("target_failures")
+                || l.contains("mirrored")
+                || l.contains("spool_records"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     relay.frozen.store(false, Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(60);

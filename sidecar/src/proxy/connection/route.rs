@@ -80,16 +80,18 @@ pub(super) fn decide(input: &RouteInput<'_>, filter: &MirrorFilter) -> Route {
             // Only tables the proxy mirrors are on the target: the others
             // (system keyspaces, which each cluster keeps for itself, and
             // tables filtered out) are never served by it nor compared.
+            // The filter is asked only where the answer matters: most
+            // reads are neither sampled nor in target-primary.
             let ks = keyspace.as_deref().or(input.session_keyspace);
-            let mirrored = filter.mirrors(ks, table.as_deref());
+            let mirrored = || filter.mirrors(ks, table.as_deref());
             if mode == Mode::TargetPrimary {
-                return if mirrored {
+                return if mirrored() {
                     Route::TargetRead
                 } else {
                     Route::Source
                 };
             }
-            if mirroring && input.shadow_sampled && mirrored {
+            if mirroring && input.shadow_sampled && mirrored() {
                 Route::ShadowRead
             } else {
                 Route::Source

@@ -521,12 +521,14 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
         }
         Phase::Ready => {
             let proxied = check_sidecars(&mut step, &pods, replicas).await?;
-            let behind = check_mirroring(&mut step, &pods).await;
+            // One reading of every proxy serves both checks.
+            let readings = read_proxies(&pods).await;
+            let behind = ctx.settings.proxy_checks && mirroring_behind(&mut step, &readings).await;
             set_ready(&mut step);
             if proxied && step.status.revalidate.is_some() {
                 revalidate(&mut step, &pods).await?
             } else {
-                let switching = follow_cutover(&mut step, &pods).await?;
+                let switching = follow_cutover(&mut step, &pods, readings).await?;
                 // A re-roll in progress waits on settle times no pod event
                 // marks, a spool is read again soon, and a stage switch is
                 // confirmed as soon as the proxies report it: look again soon.
@@ -974,12 +976,15 @@ async fn read_proxies(pods: &[Pod]) -> Vec<(String, Result<ProxyState, proxy_sta
 /// (writing it to the proxies' runtime ConfigMap), and confirms it once
 /// every proxy serves it. Returns whether a switch is under way (or
 /// refused), so the caller looks again soon.
-async fn follow_cutover(step: &mut Step<'_>, pods: &[Pod]) -> Result<bool> {
+async fn follow_cutover(
+    step: &mut Step<'_>,
+    pods: &[Pod],
+    mut readings: Vec<(String, Result<ProxyState, proxy_state::ReadError>)>,
+) -> Result<bool> {
     let generation = step.cm.metadata.generation;
     let spec = &step.cm.spec.cutover;
     let requested = spec.stage;
     let mut cut = step.status.cutover.clone().unwrap_or_default();
-    let mut readings = read_proxies(pods).await;
     let clients: Option<u64> = readings
         .iter()
         .map(|(_, r)| r.as_ref().ok().map(|s| s.client_connections))
@@ -1161,7 +1166,16 @@ async fn check_mirroring(step: &mut Step<'_>, pods: &[Pod]) -> bool {
         return false;
     }
     let readings = read_proxies(pods).await;
-    let behind = proxy_state::behind(&readings, step.ctx.settings.mirroring_behind_after);
+    mirroring_behind(step, &readings).await
+}
+
+/// `MirroringBehind` from readings already taken (the `Ready` phase reads
+/// the proxies once for this and for the cut-over).
+async fn mirroring_behind(
+    step: &mut Step<'_>,
+    readings: &[(String, Result<ProxyState, proxy_state::ReadError>)],
+) -> bool {
+    let behind = proxy_state::behind(readings, step.ctx.settings.mirroring_behind_after);
     let generation = step.cm.metadata.generation;
     let was_behind = status::is_true(&step.status, condition::MIRRORING_BEHIND);
     if behind.is_empty() {

@@ -75,38 +75,35 @@ impl Proxy {
         }
     }
 
-    /// Sum of the `/metrics` lines starting with `prefix`.
-    #[allow(dead_code)]
-    pub async fn metric(&self, prefix: &str) -> f64 {
+    /// The whole answer of the admin endpoint to `GET path`.
+    async fn admin_get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.admin)
             .await
             .expect("admin connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .await
             .expect("admin write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("admin read");
-        out.lines()
+        out
+    }
+
+    /// Sum of the `/metrics` lines starting with `prefix`.
+    #[allow(dead_code)]
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        self.admin_get("/metrics")
+            .await
+            .lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
-}
 
-impl Proxy {
     /// What the proxy serves on `/state`.
     #[allow(dead_code)]
     pub async fn state(&self) -> ProxyState {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin)
-            .await
-            .expect("admin connect");
-        s.write_all(b"GET /state HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("admin write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("admin read");
+        let out = self.admin_get("/state").await;
         let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         serde_json::from_str(body).unwrap_or_else(|e| panic!("/state: {e}: {out}"))
     }

@@ -122,7 +122,7 @@ fn start_controller_with(
         ring_check: false,
         probe_write: false,
         // No proxy runs in these pods either, unless a test starts real
-        // ones on the addresses the fake kubelet gives (`distinct_ips`).
+        // ones on the addresses the fake kubelet gives (`ip_base`).
         proxy_checks: false,
         // Nor Cassandra, unless a test gives them the real source nodes'
         // addresses (`source_node_ips`).
@@ -147,24 +147,26 @@ struct KubeletScript {
     max_unavailable: AtomicUsize,
     /// What the pods looked like whenever more than one was unavailable.
     trace: std::sync::Mutex<Vec<String>>,
-    /// Source pods started from now on get an IP of their own,
-    /// [`pod_ip`], instead of 127.0.0.1.
-    distinct_ips: AtomicBool,
+    /// When not 0: source pods started from now on get an IP of their
+    /// own, [`pod_ip`] from this base, instead of 127.0.0.1. Each test
+    /// takes its own base: the tests of this file run at once, and their
+    /// in-process proxies listen on these addresses.
+    ip_base: std::sync::atomic::AtomicU8,
     /// Source pods started from now on get the IPs of the bed's real source
     /// nodes (`cassandra-N` → 127.0.0.(11 + N)), so the operator's CQL
     /// steps reach a real cluster through them.
     source_node_ips: AtomicBool,
 }
 
-/// The IP the fake kubelet gives source pod `name` under `distinct_ips`:
-/// `cassandra-N` → 127.0.0.(70 + N) (addresses no other test uses).
-fn pod_ip(name: &str) -> String {
+/// The IP the fake kubelet gives source pod `name` from `base`:
+/// `cassandra-N` → 127.0.0.(base + N).
+fn pod_ip(base: u8, name: &str) -> String {
     let ordinal: u8 = name
         .rsplit('-')
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    format!("127.0.0.{}", 70 + ordinal)
+    format!("127.0.0.{}", base + ordinal)
 }
 
 const BACKFILL_SUMMARY: &str = r#"{"mode":"backfill","rangesDone":4,"rangesTotal":4,"rowsCopied":1000,"bytesCopied":64000,"rowsPerSecond":500}"#;
@@ -225,8 +227,8 @@ fn start_kubelet(client: &Client, ns: &str, script: Arc<KubeletScript>) -> JoinH
                             .and_then(|n| n.parse().ok())
                             .unwrap_or(0);
                         format!("127.0.0.{}", 11 + n)
-                    } else if script.distinct_ips.load(Ordering::SeqCst) {
-                        pod_ip(&name)
+                    } else if script.ip_base.load(Ordering::SeqCst) != 0 {
+                        pod_ip(script.ip_base.load(Ordering::SeqCst), &name)
                     } else {
                         "127.0.0.1".to_owned()
                     };
@@ -935,7 +937,9 @@ async fn no_pod_is_evicted_while_its_proxy_owes_the_target_writes() {
     let target = cassandra.target_contact_points[0].clone();
     let bed = bed("ferry-spool-gate").await;
     let (client, ns) = (&bed.client, bed.ns.name.as_str());
-    bed.script.distinct_ips.store(true, Ordering::SeqCst);
+    // 127.0.0.70-72 (127.0.0.73 is the dead target below).
+    const IP_BASE: u8 = 70;
+    bed.script.ip_base.store(IP_BASE, Ordering::SeqCst);
 
     // The keyspace exists on both clusters; DDL is not mirrored.
     let ks = format!("spool_gate_{}", std::process::id());
@@ -963,7 +967,7 @@ async fn no_pod_is_evicted_while_its_proxy_owes_the_target_writes() {
     let host = |contact: &str| contact.split(':').next().unwrap_or(contact).to_owned();
     let mut proxies = Vec::new();
     for n in 0..REPLICAS {
-        let ip = pod_ip(&format!("{STS}-{n}"));
+        let ip = pod_ip(IP_BASE, &format!("{STS}-{n}"));
         // The proxy takes hosts; the ports are its defaults (9042).
         let to = host(if n == 1 { DOWN_TARGET } else { target.as_str() });
         let source = host(&source);
@@ -995,7 +999,7 @@ async fn no_pod_is_evicted_while_its_proxy_owes_the_target_writes() {
             .status
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
-            == Some(pod_ip(&p.name_any()))),
+            == Some(pod_ip(IP_BASE, &p.name_any()))),
         "every rolled pod has the IP its proxy listens on"
     );
 
@@ -1165,7 +1169,9 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     let target = cassandra.target_contact_points[0].clone();
     let bed = bed("ferry-cutover").await;
     let (client, ns) = (&bed.client, bed.ns.name.as_str());
-    bed.script.distinct_ips.store(true, Ordering::SeqCst);
+    // 127.0.0.74-76: not the spool-gate test's, which runs beside this one.
+    const IP_BASE: u8 = 74;
+    bed.script.ip_base.store(IP_BASE, Ordering::SeqCst);
 
     let ks = format!("cutover_{}", std::process::id());
     let mut direct = Vec::new();
@@ -1191,7 +1197,7 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     for n in 0..REPLICAS {
         let file = dir.join(format!("runtime-{n}.json"));
         std::fs::write(&file, r#"{"peers": {}, "mode": "sync"}"#).expect("runtime file");
-        let ip = pod_ip(&format!("{STS}-{n}"));
+        let ip = pod_ip(IP_BASE, &format!("{STS}-{n}"));
         proxies.push(
             in_process_proxy::Proxy::start(
                 &ip,

@@ -5,7 +5,9 @@
 //! target, read directly. See docs/proxy.md, "Driver conformance".
 //!
 //! The schema is `e2e/conformance/schema.cql`, created on both clusters
-//! directly (DDL is not mirrored). Each driver program connects to ONE proxy
+//! directly; the `schema_change` scenario (Python driver) creates and
+//! alters its own table through the proxies, which follow it on the
+//! target (`--mirror-ddl`). Each driver program connects to ONE proxy
 //! with the driver's defaults, runs the scenarios (each writes to the tables
 //! named after it, its rows keyed with the run's name) and prints JSON: the
 //! hosts the driver discovered and, per scenario, ok or the error.
@@ -655,7 +657,10 @@ async fn drivers_through_the_proxies_write_the_same_cells_on_both_clusters() {
         .unwrap_or(0);
     let ks = format!("conf_{}_{}", std::process::id(), nanos % 100_000);
     let ks2 = format!("{ks}_b");
-    let (statements, tables) = schema(&ks, &ks2);
+    let (statements, mut tables) = schema(&ks, &ks2);
+    // Made by the `schema_change` scenario through the proxies (they run
+    // with --mirror-ddl), compared like the others.
+    tables.push((ks.clone(), "schema_change".to_owned()));
     let source = connect(&sources[0]).await;
     let target_session = connect(&bed.target_contact_points[0]).await;
     let keyspaces = [ks.as_str(), ks2.as_str()];
@@ -683,7 +688,7 @@ async fn drivers_through_the_proxies_write_the_same_cells_on_both_clusters() {
                 ip,
                 host,
                 &target,
-                &["--peer-map", &map_arg, "--mode", "sync"],
+                &["--peer-map", &map_arg, "--mode", "sync", "--mirror-ddl"],
             )
             .await,
         );

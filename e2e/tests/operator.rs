@@ -1722,7 +1722,10 @@ async fn the_targets_schema_is_copied_before_the_roll_and_a_difference_stops_it(
     let bed = bed("ferry-schema").await;
     let (client, ns) = (&bed.client, bed.ns.name.as_str());
     pods_on_source_nodes(&bed).await;
-    let operator = start_controller_with(client, ns, |s| s.schema_step = true);
+    let operator = start_controller_with(client, ns, |s| {
+        s.schema_step = true;
+        s.schema_recheck = Duration::from_secs(2);
+    });
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
     let mut copy = migration("copy");
     copy.spec.keyspaces.include = vec![ks.clone()];
@@ -1764,6 +1767,46 @@ async fn the_targets_schema_is_copied_before_the_roll_and_a_difference_stops_it(
         (phase_of(&api, "copy").await == Some(Phase::Ready)).then_some(())
     })
     .await;
+    // The proxies are told to follow schema changes, with the target's
+    // replication for a new keyspace.
+    let runtime: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let runtime = runtime
+        .get(&labels::peer_map_name("copy"))
+        .await
+        .expect("runtime ConfigMap");
+    let runtime: serde_json::Value =
+        serde_json::from_str(&runtime.data.expect("data")[labels::PEER_MAP_KEY])
+            .expect("runtime JSON");
+    assert_eq!(runtime["mirrorDdl"], serde_json::json!(true), "{runtime}");
+    assert!(
+        runtime["targetReplication"]
+            .as_str()
+            .is_some_and(|r| r.contains(&cassandra.target_datacenter)),
+        "{runtime}"
+    );
+    // A table created on the source around the proxies after the roll is
+    // created on the target too, and said so.
+    let late = format!("CREATE TABLE {ks}.late (k int PRIMARY KEY, v text) WITH comment = 'late'");
+    source
+        .query_unpaged(late.as_str(), &[])
+        .await
+        .expect("late table");
+    source.await_schema_agreement().await.expect("agreement");
+    let followed = eventually(60, "the late table followed", || async {
+        let cm = api.get("copy").await.ok()?;
+        let schema = cm.status?.schema?;
+        schema
+            .followed
+            .iter()
+            .any(|f| f.contains(&format!("{ks}.late")))
+            .then_some(schema.followed)
+    })
+    .await;
+    assert_eq!(
+        describe(&target, &ks).await,
+        describe(&source, &ks).await,
+        "the target describes the late table as the source does: {followed:?}"
+    );
     api.delete("copy", &DeleteParams::default())
         .await
         .expect("delete");

@@ -687,6 +687,30 @@ pub struct CassandraMigrationStatus {
     /// the shadow reads' figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cutover: Option<CutoverStatus>,
+
+    /// The schema step: the replication the target's keyspaces get, and
+    /// when the source's schema was last compared with the target's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaStatus>,
+}
+
+/// The target's schema as the operator keeps it in step with the source's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaStatus {
+    /// The replication (a CQL map) of keyspaces created on the target, by
+    /// the operator or by the proxies when a client creates one during
+    /// the migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_replication: Option<String>,
+    /// When the schemas were last compared (every minute after the roll,
+    /// by default, to create on the target what appeared on the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<Time>,
+    /// Objects the operator created on the target after the roll (the
+    /// last 20), as `kind keyspace.name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followed: Vec<String>,
 }
 
 /// The moment a phase began.

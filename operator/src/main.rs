@@ -123,6 +123,11 @@ struct RunArgs {
     /// the migration is `MirroringBehind`.
     #[arg(long, env = "FERRY_MIRRORING_BEHIND_AFTER_SECS", default_value_t = 120)]
     mirroring_behind_after_secs: u64,
+    /// After the roll, how often the source's schema is compared with the
+    /// target's again (`spec.schema: copy`), to create on the target what
+    /// appeared on the source.
+    #[arg(long, env = "FERRY_SCHEMA_RECHECK_SECS", default_value_t = 60)]
+    schema_recheck_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -291,6 +296,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         probe_keyspace: args.probe_keyspace.clone(),
         proxy_checks: args.proxy_checks,
         mirroring_behind_after: Duration::from_secs(args.mirroring_behind_after_secs),
+        schema_recheck: Duration::from_secs(args.schema_recheck_secs.max(1)),
         namespace: args.watch_namespace.clone().filter(|n| !n.is_empty()),
         ..Settings::default()
     };

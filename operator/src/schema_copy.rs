@@ -42,6 +42,9 @@ pub struct Outcome {
     pub matching: Vec<String>,
     /// Objects left out, with why.
     pub left_out: Vec<String>,
+    /// The replication target keyspaces get (`copy` mode): also what the
+    /// proxies give a keyspace a client creates during the migration.
+    pub replication: Option<String>,
 }
 
 fn cql_error(what: impl Into<String>) -> impl FnOnce(String) -> SchemaCopyError {
@@ -69,14 +72,18 @@ pub async fn make_target_schema(
         other => SchemaCopyError::Selection(other.to_string()),
     })?;
     let (mut outcome, missing) = compare(source, target, &selected).await?;
-    if missing.is_empty() {
-        return Ok(outcome);
-    }
     if spec.schema == SchemaMode::Verify {
+        if missing.is_empty() {
+            return Ok(outcome);
+        }
         return Err(SchemaCopyError::Missing(missing.join(", ")));
     }
     let replication =
         schema_plan::replication(spec.target.replication.as_ref(), &nodes_per_dc(target));
+    outcome.replication = Some(replication.clone());
+    if missing.is_empty() {
+        return Ok(outcome);
+    }
     let wanted: BTreeSet<(String, String)> = selected.iter().cloned().collect();
     let keyspaces: BTreeSet<&str> = wanted.iter().map(|(ks, _)| ks.as_str()).collect();
     for keyspace in keyspaces {

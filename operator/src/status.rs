@@ -74,7 +74,20 @@ pub fn unsafe_reason(status: &CassandraMigrationStatus) -> Option<(&'static str,
     if let Some(why) = &status.revalidate {
         return Some(("Revalidating", why.clone()));
     }
-    true_condition(condition::MIRRORING_BEHIND).map(|c| ("MirroringBehind", c.message.clone()))
+    if let Some(c) = true_condition(condition::MIRRORING_BEHIND) {
+        return Some(("MirroringBehind", c.message.clone()));
+    }
+    // A schema difference found after the roll (the gate before it fails
+    // the migration instead): copies into that table may be wrong.
+    status
+        .conditions
+        .iter()
+        .find(|c| {
+            c.type_ == condition::SCHEMA_MATCHES
+                && c.status == "False"
+                && c.reason == "SchemaMismatch"
+        })
+        .map(|c| ("SchemaMismatch", c.message.clone()))
 }
 
 /// Whether a condition is True.

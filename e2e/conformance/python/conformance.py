@@ -482,6 +482,26 @@ class Scenarios:
             self.s.execute(p, (self.key(n), n))
         self.s.execute(f"UPDATE truncate_then_write SET v = 100 WHERE k = '{self.key(0)}'")
 
+    # -- schema changes -------------------------------------------------------
+
+    def schema_change(self):
+        # Made through the proxy while it mirrors: the proxy makes each on the
+        # target before the driver hears back, so the writes right after
+        # them find the table and the column there.
+        self.s.execute(
+            "CREATE TABLE IF NOT EXISTS schema_change (k text PRIMARY KEY, v int)", timeout=60
+        )
+        p = self.s.prepare("INSERT INTO schema_change (k, v) VALUES (?, ?)")
+        for n in range(10):
+            self.s.execute(p, (self.key(n), n))
+        col = "w_" + "".join(ch if ch.isalnum() else "_" for ch in self.r.lower())
+        self.s.execute(f"ALTER TABLE schema_change ADD {col} int", timeout=60)
+        self.s.execute(
+            f"INSERT INTO schema_change (k, v, {col}) VALUES ('{self.key(20)}', 20, 20)"
+        )
+        p = self.s.prepare(f"UPDATE schema_change SET {col} = ? WHERE k = ?")
+        self.s.execute(p, (21, self.key(21)))
+
 
 ALL = [
     "insert_simple",
@@ -516,6 +536,7 @@ ALL = [
     "paging",
     "blob_1mib",
     "truncate_then_write",
+    "schema_change",
 ]
 
 

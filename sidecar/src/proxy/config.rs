@@ -144,9 +144,19 @@ pub struct ProxyArgs {
     /// without a restart.
     #[arg(long, env = "FERRY_PROXY_TARGET_PASSWORD_FILE")]
     pub target_password_file: Option<PathBuf>,
-    /// Mirror schema changes (CREATE/ALTER/DROP) to the target too.
+    /// Follow schema changes on the target: a CREATE or ALTER a client
+    /// makes reaches the target before the client hears the source's
+    /// answer (retried, spooled if the target is down); DROPs, keyspace
+    /// replication, roles, views and triggers stay on the source. Also
+    /// set at run time by the runtime file's `mirrorDdl`.
     #[arg(long, env = "FERRY_PROXY_MIRROR_DDL")]
     pub mirror_ddl: bool,
+    /// The replication a keyspace created through the proxy gets on the
+    /// target (a CQL map literal, e.g. `{'class':
+    /// 'NetworkTopologyStrategy', 'dc1': 3}`); without it the client's
+    /// own. Also the runtime file's `targetReplication`.
+    #[arg(long, env = "FERRY_PROXY_TARGET_REPLICATION")]
+    pub target_replication: Option<String>,
     /// Mirror only writes to these keyspaces (comma-separated; default all),
     /// and to the tables of --include-tables.
     #[arg(long, env = "FERRY_PROXY_INCLUDE_KEYSPACES", value_delimiter = ',')]
@@ -395,6 +405,19 @@ impl MirrorFilter {
         everything
             || self.include_keyspaces.iter().any(|k| k == ks)
             || table.is_some_and(|t| listed(&self.include_tables, t))
+    }
+
+    /// Whether `keyspace` may hold a mirrored table: where a keyspace's
+    /// own objects (the keyspace, its types and functions) go too.
+    pub fn mirrors_in(&self, keyspace: &str) -> bool {
+        if SYSTEM_KEYSPACES.contains(&keyspace)
+            || self.exclude_keyspaces.iter().any(|k| k == keyspace)
+        {
+            return false;
+        }
+        (self.include_keyspaces.is_empty() && self.include_tables.is_empty())
+            || self.include_keyspaces.iter().any(|k| k == keyspace)
+            || self.include_tables.iter().any(|(k, _)| k == keyspace)
     }
 }
 

@@ -74,6 +74,8 @@ pub mod error_code {
     pub const WRITE_TIMEOUT: i32 = 0x1100;
     pub const WRITE_FAILURE: i32 = 0x1500;
     pub const INVALID: i32 = 0x2200;
+    /// A CREATE found its object there already.
+    pub const ALREADY_EXISTS: i32 = 0x2400;
     pub const UNPREPARED: i32 = 0x2500;
 }
 

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub target_failures: IntCounterVec,
     /// Writes needing a policy, by kind (lwt, counter, now, uuid, ...).
     pub policy_writes: IntCounterVec,
+    /// Schema changes clients made through the proxy, by what the target
+    /// got (`followed`, `not_repeated`).
+    pub schema_changes: IntCounterVec,
     /// LWT answers that differ between source and target (sync mode).
     pub lwt_divergence: IntCounter,
     pub spool_records: IntGauge,
@@ -75,6 +78,13 @@ impl Metrics {
                 "Writes that are not plain idempotent upserts (lwt, counter, non-deterministic functions)",
             ),
             &["kind"],
+        )?;
+        let schema_changes = IntCounterVec::new(
+            Opts::new(
+                "schema_changes_total",
+                "Schema changes made through the proxy, by what the target got (followed, not_repeated)",
+            ),
+            &["outcome"],
         )?;
         let lwt_divergence = IntCounter::new(
             "lwt_divergence_total",
@@ -134,6 +144,7 @@ impl Metrics {
         registry.register(Box::new(mirrored_writes.clone()))?;
         registry.register(Box::new(target_failures.clone()))?;
         registry.register(Box::new(policy_writes.clone()))?;
+        registry.register(Box::new(schema_changes.clone()))?;
         registry.register(Box::new(lwt_divergence.clone()))?;
         registry.register(Box::new(spool_records.clone()))?;
         registry.register(Box::new(spool_bytes.clone()))?;
@@ -171,6 +182,7 @@ impl Metrics {
             mirrored_writes,
             target_failures,
             policy_writes,
+            schema_changes,
             lwt_divergence,
             spool_records,
             spool_bytes,

@@ -28,6 +28,7 @@ pub mod policy;
 pub mod prepared;
 pub mod request;
 pub mod result;
+pub mod schema_follow;
 pub mod segment;
 pub mod spool;
 pub mod state;
@@ -155,7 +156,8 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         max_frame_bytes: args.max_frame_bytes,
         protocol_version_cap: args.protocol_version,
         cql_version: args.cql_version.clone(),
-        mirror_ddl: args.mirror_ddl,
+        mirror_ddl: AtomicBool::new(args.mirror_ddl),
+        target_replication: RwLock::new(args.target_replication.as_deref().map(Arc::from)),
         shadow_read_percent: std::sync::atomic::AtomicU64::new(args.shadow_read_percent.min(100)),
         read_counter: std::sync::atomic::AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
@@ -216,6 +218,21 @@ fn apply_runtime_file(ctx: &ProxyContext, path: &std::path::Path) -> Result<(), 
         let percent = percent.min(100);
         if ctx.shadow_read_percent.swap(percent, Ordering::AcqRel) != percent {
             info!(percent, "shadow-read percentage changed");
+        }
+    }
+    if let Some(follow) = file.mirror_ddl {
+        if ctx.mirror_ddl.swap(follow, Ordering::AcqRel) != follow {
+            info!(follow, "following schema changes on the target changed");
+        }
+    }
+    if let Some(replication) = &file.target_replication {
+        let mut current = ctx
+            .target_replication
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if current.as_deref() != Some(replication.as_str()) {
+            info!(%replication, "target replication for new keyspaces changed");
+            *current = Some(Arc::from(replication.as_str()));
         }
     }
     let mut peers = file.peers;

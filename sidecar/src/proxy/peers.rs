@@ -49,6 +49,12 @@ pub struct RuntimeFile {
     /// Percentage of reads also sent to the target and compared (the
     /// cut-over's `shadowReads` stage); `None` keeps the flag's value.
     pub shadow_read_percent: Option<u64>,
+    /// Follow schema changes on the target (`--mirror-ddl`); `None` keeps
+    /// the flag's value. JSON form only.
+    pub mirror_ddl: Option<bool>,
+    /// The replication of keyspaces created through the proxy, on the
+    /// target (`--target-replication`). JSON form only.
+    pub target_replication: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -60,6 +66,10 @@ struct JsonFile {
     mode: Option<String>,
     #[serde(default)]
     shadow_read_percent: Option<u64>,
+    #[serde(default)]
+    mirror_ddl: Option<bool>,
+    #[serde(default)]
+    target_replication: Option<String>,
 }
 
 fn parse_node(text: &str) -> Option<IpAddr> {
@@ -89,6 +99,8 @@ impl RuntimeFile {
                 peers,
                 mode: json.mode,
                 shadow_read_percent: json.shadow_read_percent,
+                mirror_ddl: json.mirror_ddl,
+                target_replication: json.target_replication.filter(|r| !r.trim().is_empty()),
             });
         }
         let mut out = Self::default();
@@ -374,6 +386,23 @@ pub(crate) mod tests {
         let text = RuntimeFile::parse("mode target-primary\nshadow-read-percent 5\n").unwrap();
         assert_eq!(text.shadow_read_percent, Some(5));
         assert!(RuntimeFile::parse("shadow-read-percent lots").is_err());
+        assert_eq!((j.mirror_ddl, j.target_replication.clone()), (None, None));
+        let schema = RuntimeFile::parse(
+            r#"{"mirrorDdl": true, "targetReplication": "{'class': 'NetworkTopologyStrategy', 'dc1': 3}"}"#,
+        )
+        .unwrap();
+        assert_eq!(schema.mirror_ddl, Some(true));
+        assert_eq!(
+            schema.target_replication.as_deref(),
+            Some("{'class': 'NetworkTopologyStrategy', 'dc1': 3}")
+        );
+        // The operator writes null before its schema step ran.
+        let unknown =
+            RuntimeFile::parse(r#"{"mirrorDdl": false, "targetReplication": null}"#).unwrap();
+        assert_eq!(
+            (unknown.mirror_ddl, unknown.target_replication),
+            (Some(false), None)
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `serve` and the session's plumbing live here; each step has a file:
 //! `handshake` (STARTUP, AUTH, SUPPORTED), `intercept` (reading requests),
 //! `route` (where each goes: one pure decision), `dual_write` (both sides),
-//! `target_reads` (target-primary and shadow reads), `answers` (the
+//! `schema_change` (DDL followed on the target), `target_reads`
+//! (target-primary and shadow reads), `answers` (the
 //! source's replies) and `prepares` (prepared statements and their ids).
 
 use std::collections::HashMap;
@@ -51,6 +52,7 @@ mod handshake;
 mod intercept;
 mod prepares;
 mod route;
+mod schema_change;
 mod target_reads;
 
 use dual_write::WritePlan;

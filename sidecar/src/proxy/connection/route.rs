@@ -59,7 +59,8 @@ pub(super) enum Route {
         asynchronous: bool,
         part: Part,
     },
-    /// DDL on both sides (`--mirror-ddl`), answered by the source.
+    /// DDL followed on the target (`--mirror-ddl`): the source, then the
+    /// target's part of it, then the source's answer.
     Schema,
 }
 
@@ -197,7 +198,7 @@ impl Session {
                 session_keyspace: session_keyspace.as_deref(),
                 force_source_only,
                 shadow_sampled,
-                mirror_ddl: self.ctx.mirror_ddl,
+                mirror_ddl: self.ctx.mirror_ddl.load(Ordering::Relaxed),
             },
             &self.ctx.filter,
         );
@@ -255,10 +256,8 @@ impl Session {
                 self.use_keyspace(frame, ks, on_target).await
             }
             (Route::Schema, _) => {
-                self.count(kind, "source");
-                self.count(kind, "target");
-                let req = self.mirror_request(&frame, statements, true);
-                self.dual(frame, req, Answer::Source, false).await
+                self.schema_change(frame, statements, session_keyspace)
+                    .await
             }
             _ => {
                 self.count(kind, "source");

@@ -82,7 +82,7 @@ pub async fn deliver(
             Err(e) => Err(e.into()),
         };
         match result {
-            Ok(reply) if reply.opcode != opcode::ERROR => {
+            Ok(reply) if reply.opcode != opcode::ERROR || already_exists(&reply) => {
                 ctx.metrics.mirrored_writes.with_label_values(&["ok"]).inc();
                 return Some(reply);
             }

@@ -25,7 +25,11 @@ pub struct ProxyContext {
     pub max_frame_bytes: usize,
     pub protocol_version_cap: u8,
     pub cql_version: Option<String>,
-    pub mirror_ddl: bool,
+    /// Follow schema changes on the target (`--mirror-ddl`, the runtime
+    /// file's `mirrorDdl`).
+    pub mirror_ddl: AtomicBool,
+    /// Replication of keyspaces created through the proxy, on the target.
+    pub target_replication: RwLock<Option<Arc<str>>>,
     /// Percentage of reads also sent to the target and compared.
     pub shadow_read_percent: std::sync::atomic::AtomicU64,
     pub read_counter: std::sync::atomic::AtomicU64,

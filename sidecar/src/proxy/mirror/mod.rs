@@ -257,6 +257,13 @@ pub fn is_retryable_error(frame: &Frame) -> bool {
     )
 }
 
+/// Whether the target's ERROR says the object of a followed CREATE is
+/// there already: the state the change wanted, so done (a retried or
+/// replayed CREATE without `IF NOT EXISTS` gets it).
+pub fn already_exists(frame: &Frame) -> bool {
+    frame.error_code() == Some(crate::proxy::frame::error_code::ALREADY_EXISTS)
+}
+
 /// How the proxy's own connections to the target introduce themselves:
 /// as the last client did (its options), with the target credentials.
 fn statement_handshake(ctx: &ProxyContext) -> Handshake {

@@ -309,7 +309,7 @@ async fn replay_one(
     ctx.metrics
         .replay_latency
         .observe(started.elapsed().as_secs_f64());
-    if reply.opcode == opcode::ERROR {
+    if reply.opcode == opcode::ERROR && !already_exists(&reply) {
         if is_retryable_error(&reply) {
             return Err(MirrorError::Upstream(UpstreamError::Handshake(
                 describe_error(&reply),

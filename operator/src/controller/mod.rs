@@ -28,8 +28,8 @@ use tracing::{info, instrument, warn};
 
 use crate::cql::{self, RingHealth};
 use crate::crd::{
-    CassandraMigration, CassandraMigrationStatus, CutoverStage, Phase, SidecarPodStatus,
-    SidecarState, TlsSecretRef,
+    CassandraMigration, CassandraMigrationStatus, CutoverStage, Phase, SchemaMode,
+    SidecarPodStatus, SidecarState, TlsSecretRef,
 };
 use crate::cutover;
 use crate::jobs::{self, JobInputs, JobKind, JobState};
@@ -38,10 +38,12 @@ use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::proxy_state;
 use crate::roll::{self, Direction, PodView, RollStep};
-use crate::schema_copy::{self, SchemaCopyError};
 use crate::sidecar;
 use crate::status::{self, condition};
 use ferry_sidecar::proxy::state::ProxyState;
+
+mod schema_step;
+use schema_step::{schema_gate, schema_recheck};
 
 /// The field manager of everything the operator writes.
 pub const MANAGER: &str = "ferry-operator";
@@ -69,6 +71,8 @@ pub struct Settings {
     /// (`spec.schema`: copy what it lacks, or verify) over CQL to the
     /// source pods and the target ([`schema_copy`]).
     pub schema_step: bool,
+    /// After the roll, how often the schemas are compared again.
+    pub schema_recheck: Duration,
     /// Read each proxy's `/state`: never evict a pod whose proxy owes the
     /// target writes, and report a stalled spool as `MirroringBehind`
     /// ([`proxy_state`]).
@@ -91,6 +95,7 @@ impl Default for Settings {
             proxy_checks: true,
             mirroring_behind_after: Duration::from_secs(120),
             schema_step: true,
+            schema_recheck: Duration::from_secs(60),
         }
     }
 }
@@ -482,6 +487,16 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
     }
 
     let poll = ctx.settings.poll;
+    // Once the proxies run, the source's schema is followed on the target
+    // (the proxies follow what clients change through them; this catches
+    // the rest), until the cut-over ends the migration.
+    if matches!(
+        step.status.phase,
+        Phase::Mirroring | Phase::Backfilling | Phase::Validating | Phase::Ready
+    ) && cutover::applied(Some(&step.status)) != CutoverStage::Done
+    {
+        schema_recheck(&mut step, &pods).await;
+    }
     let action = match step.status.phase {
         Phase::Pending => {
             if schema_gate(&mut step, &pods).await {
@@ -1624,143 +1639,6 @@ async fn ring_gate(
     }
 }
 
-/// Before the roll: the target's schema made to match the source's
-/// ([`schema_copy::make_target_schema`]). Returns whether the roll may go
-/// on; sets `SchemaMatches` either way, and fails the migration on a
-/// difference that would corrupt the copy.
-async fn schema_gate(step: &mut Step<'_>, pods: &[Pod]) -> bool {
-    let generation = step.cm.metadata.generation;
-    if !step.ctx.settings.schema_step
-        || step.status.conditions.iter().any(|c| {
-            c.type_ == condition::SCHEMA_MATCHES
-                && c.status == "True"
-                && c.observed_generation == generation
-        })
-    {
-        return true;
-    }
-    let spec = &step.cm.spec;
-    let port = u16::try_from(spec.source.cql_port).unwrap_or(9042);
-    let source_points: Vec<String> = pod_ips(pods)
-        .into_iter()
-        .map(|ip| std::net::SocketAddr::new(ip, port).to_string())
-        .collect();
-    let target_points = cql::contact_points_in(&step.ns, &spec.target.contact_points);
-    let outcome = async {
-        if source_points.is_empty() {
-            return Err("no source pod has an IP yet".to_owned());
-        }
-        let (source_access, target_access) = futures::future::try_join(
-            cql::Access::from_secrets(
-                &step.ctx.client,
-                &step.ns,
-                spec.source.credentials_secret.as_ref(),
-                spec.source.tls_secret.as_ref(),
-            ),
-            cql::Access::from_secrets(
-                &step.ctx.client,
-                &step.ns,
-                spec.target.credentials_secret.as_ref(),
-                spec.target.tls_secret.as_ref(),
-            ),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let (source, target) = futures::future::try_join(
-            cql::session(&source_points, &source_access, cql::Reach::Ring),
-            cql::session(&target_points, &target_access, cql::Reach::Ring),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok(schema_copy::make_target_schema(&source, &target, spec).await)
-    }
-    .await;
-    let outcome = match outcome {
-        Ok(result) => result,
-        Err(why) => {
-            status::set_condition(
-                &mut step.status,
-                condition::SCHEMA_MATCHES,
-                false,
-                "ClustersUnreachable",
-                format!("cannot read the schemas yet: {why}"),
-                generation,
-                &step.now,
-            );
-            return false;
-        }
-    };
-    match outcome {
-        Ok(done) => {
-            let message = format!(
-                "the target has every selected table, matching the source ({} created, {} already there)",
-                done.created.len(),
-                done.matching.len()
-            );
-            status::set_condition(
-                &mut step.status,
-                condition::SCHEMA_MATCHES,
-                true,
-                if done.created.is_empty() {
-                    "Matches"
-                } else {
-                    "Copied"
-                },
-                message,
-                generation,
-                &step.now,
-            );
-            if !done.created.is_empty() {
-                step.event(
-                    EventType::Normal,
-                    "SchemaCopied",
-                    "Schema",
-                    format!("created on the target: {}", done.created.join(", ")),
-                )
-                .await;
-            }
-            for why in done.left_out {
-                step.event(EventType::Warning, "SchemaLeftOut", "Schema", why)
-                    .await;
-            }
-            true
-        }
-        Err(SchemaCopyError::Cql { what, reason }) => {
-            status::set_condition(
-                &mut step.status,
-                condition::SCHEMA_MATCHES,
-                false,
-                "SchemaUnreadable",
-                format!("{what}: {reason}"),
-                generation,
-                &step.now,
-            );
-            false
-        }
-        Err(e) => {
-            let reason = match &e {
-                SchemaCopyError::Mismatch(_) => "SchemaMismatch",
-                SchemaCopyError::Missing(_) => "SchemaMissing",
-                SchemaCopyError::Unsupported(_) => "SchemaNotCopyable",
-                SchemaCopyError::Selection(_) | SchemaCopyError::Cql { .. } => "SelectionNotFound",
-            };
-            let message = e.to_string();
-            status::set_condition(
-                &mut step.status,
-                condition::SCHEMA_MATCHES,
-                false,
-                reason,
-                message.clone(),
-                generation,
-                &step.now,
-            );
-            step.fail(reason, format!("before the roll: {message}"))
-                .await;
-            false
-        }
-    }
-}
-
 /// Condition type of the probe write.
 const PROBE_WRITE: &str = "ProbeWrite";
 /// How long one probe waits for its row on the target.
@@ -1911,10 +1789,20 @@ async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> {
         .collect();
     // The cut-over stage applied decides the mode and the shadow reads.
     let setting = cutover::proxy_setting(cutover::applied(Some(&step.status)), step.cm);
+    // With `spec.schema: copy` the proxies follow the schema changes
+    // clients make through them, and a keyspace gets the target's
+    // replication (known once the schema step ran).
+    let target_replication = step
+        .status
+        .schema
+        .as_ref()
+        .and_then(|s| s.target_replication.clone());
     let body = serde_json::to_string_pretty(&json!({
         "peers": peers,
         "mode": setting.mode,
         "shadowReadPercent": setting.shadow_read_percent,
+        "mirrorDdl": step.cm.spec.schema == SchemaMode::Copy,
+        "targetReplication": target_replication,
     }))?;
     let cm = json!({
         "apiVersion": "v1", "kind": "ConfigMap",

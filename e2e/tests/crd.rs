@@ -87,6 +87,28 @@ async fn valid_example_is_accepted_and_defaults_are_filled() {
     assert_eq!(stored.spec.proxy.listen_port, 29042);
     assert_eq!(stored.spec.source.cql_port, 9042);
     assert_eq!(stored.spec.backfill.splits, 256);
+    // A source of several StatefulSets (cass-operator: one per rack), by
+    // name or by label.
+    for (name, source) in [
+        (
+            "racks",
+            json!({"statefulSets": ["demo-dc1-r1-sts", "demo-dc1-r2-sts"]}),
+        ),
+        (
+            "labelled",
+            json!({"selector": {"cassandra.datastax.com/cluster": "demo"}}),
+        ),
+    ] {
+        let spec = json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+            "metadata": {"name": name},
+            "spec": {"source": source,
+                     "target": {"contactPoints": ["10.0.0.1:9042"], "localDatacenter": "dc1"}}
+        });
+        create(&api, spec, name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} refused: {e}"));
+    }
     // A TLS source is accepted when the proxy serves TLS too, or when
     // clients connect to the proxy's own port.
     for (name, proxy) in [
@@ -172,7 +194,15 @@ async fn bad_specs_are_refused_with_clear_messages() {
         (
             "missing-statefulset",
             with("/spec/source/statefulSet", Value::Null),
-            &["statefulSet"],
+            &["exactly one of statefulSet, statefulSets or selector"],
+        ),
+        (
+            "two-source-forms",
+            with(
+                "/spec/source/selector",
+                json!({"cassandra.datastax.com/cluster": "demo"}),
+            ),
+            &["exactly one of statefulSet, statefulSets or selector"],
         ),
     ];
     let mut failures = Vec::new();

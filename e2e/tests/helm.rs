@@ -138,6 +138,20 @@ fn values_reach_the_manifests() {
     ] {
         assert!(out.contains(needle), "optional feature lacks `{needle}`");
     }
+    // A CA chain (self-signed → CA certificate → CA issuer) signs the
+    // webhook's certificate, so its caBundle survives renewals.
+    for needle in [
+        "selfSigned: {}",
+        "isCA: true",
+        "secretName: ferry-ca",
+        "kind: Issuer\nmetadata:\n  name: ferry-ca",
+        "issuerRef:\n    name: ferry-ca\n    kind: Issuer",
+    ] {
+        assert!(
+            out.contains(needle),
+            "the cert-manager chain lacks `{needle}`:\n{out}"
+        );
+    }
 }
 
 #[test]

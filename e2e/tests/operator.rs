@@ -156,6 +156,11 @@ struct KubeletScript {
     /// nodes (`cassandra-N` → 127.0.0.(11 + N)), so the operator's CQL
     /// steps reach a real cluster through them.
     source_node_ips: AtomicBool,
+    /// Source pods by name → the IP the kubelet gives them, before any
+    /// other rule (the cass-operator layout's pods are all ordinal 0).
+    ip_of: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// StatefulSet pods the namespace should have (0: [`REPLICAS`]).
+    expected_pods: AtomicUsize,
 }
 
 /// The IP the fake kubelet gives source pod `name` from `base`:
@@ -220,7 +225,10 @@ fn start_kubelet(client: &Client, ns: &str, script: Arc<KubeletScript>) -> JoinH
                             .collect::<Vec<_>>()
                     };
                     let init: Vec<_> = spec.init_containers.clone().unwrap_or_default();
-                    let ip = if script.source_node_ips.load(Ordering::SeqCst) {
+                    let named = script.ip_of.lock().ok().and_then(|m| m.get(&name).cloned());
+                    let ip = if let Some(ip) = named {
+                        ip
+                    } else if script.source_node_ips.load(Ordering::SeqCst) {
                         let n: u8 = name
                             .rsplit('-')
                             .next()
@@ -277,7 +285,11 @@ fn start_kubelet(client: &Client, ns: &str, script: Arc<KubeletScript>) -> JoinH
                         .await;
                 }
             }
-            let unavailable = REPLICAS.saturating_sub(ready_sts);
+            let expected = match script.expected_pods.load(Ordering::SeqCst) {
+                0 => REPLICAS,
+                n => n,
+            };
+            let unavailable = expected.saturating_sub(ready_sts);
             if unavailable > 1 {
                 if let Ok(mut t) = script.trace.lock() {
                     t.push(seen_state.join(" "));
@@ -376,6 +388,21 @@ impl Drop for Bed {
 }
 
 async fn bed(prefix: &str) -> Bed {
+    let bed = bare_bed(prefix).await;
+    create_statefulset(&bed.client, &bed.ns.name).await;
+    eventually(60, "3 Ready source pods", || async {
+        let pods = source_pods(&bed.client, &bed.ns.name).await;
+        (pods.len() == REPLICAS && pods.iter().all(sidecar::pod_ready)).then_some(())
+    })
+    .await;
+    // Only what happens from now on counts (the pods were all down at birth).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    bed.script.max_unavailable.store(0, Ordering::SeqCst);
+    bed
+}
+
+/// The namespace, the webhook and the fake kubelet, without a source.
+async fn bare_bed(prefix: &str) -> Bed {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -397,15 +424,6 @@ async fn bed(prefix: &str) -> Bed {
     let webhook = start_webhook(&client, &ns.name).await;
     let script = Arc::new(KubeletScript::default());
     let kubelet = start_kubelet(&client, &ns.name, script.clone());
-    create_statefulset(&client, &ns.name).await;
-    eventually(60, "3 Ready source pods", || async {
-        let pods = source_pods(&client, &ns.name).await;
-        (pods.len() == REPLICAS && pods.iter().all(sidecar::pod_ready)).then_some(())
-    })
-    .await;
-    // Only what happens from now on counts (the pods were all down at birth).
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    script.max_unavailable.store(0, Ordering::SeqCst);
     Bed {
         client,
         ns,
@@ -884,6 +902,104 @@ async fn webhook_certificate_is_kept_in_a_secret_and_published_as_ca_bundle() {
     api.delete(&name, &DeleteParams::default())
         .await
         .expect("delete");
+}
+
+/// Issue 14 §3: every renewal made a new CA and replaced the `caBundle`,
+/// so with two replicas the one that had not reloaded yet (up to an hour)
+/// served a certificate the bundle no longer trusted, and pods started
+/// without the proxy. Now the CA is kept and only the serving certificate
+/// is renewed: the published bundle trusts what either replica serves,
+/// also when both renew at once and when the CA itself is replaced (the
+/// old one stays in the bundle), and a Secret written by the old code
+/// rotates to a kept CA without a gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_webhook_certificate_stays_trusted_on_every_replica() {
+    let tb = testbed::kubernetes().expect("test bed");
+    let client = kube_client::client(&tb.kubeconfig).await.expect("client");
+    let ns = TestNamespace::create(&client, "ferry-rotate")
+        .await
+        .expect("namespace");
+    let name = format!("ferry-webhook.{}.svc", ns.name);
+    let sans = vec![name.clone()];
+    let secret = "ferry-webhook-tls";
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    let near_end = |key: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            let soon = (jiff::Timestamp::now().as_second() + 24 * 3600).to_string();
+            secrets
+                .patch(
+                    secret,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {key: soon}}})),
+                )
+                .await
+                .expect("age the certificate");
+        }
+    };
+    // Two replicas start: one certificate.
+    let a = certs::ensure(&client, &ns.name, secret, &sans)
+        .await
+        .expect("replica a");
+    let b = certs::ensure(&client, &ns.name, secret, &sans)
+        .await
+        .expect("replica b");
+    assert_eq!(a.cert_pem, b.cert_pem);
+    // Replica a renews a certificate near its end; b still serves the old one.
+    near_end("ferry.dev/not-after").await;
+    let a2 = certs::ensure(&client, &ns.name, secret, &sans)
+        .await
+        .expect("renewal");
+    assert_ne!(a2.cert_pem, a.cert_pem, "renewed");
+    assert_eq!(a2.ca_pem, a.ca_pem, "the caBundle stays as it was");
+    certs::trusted_by(&a2.ca_pem, &b.cert_pem, &name).expect("b's certificate still trusted");
+    certs::trusted_by(&a2.ca_pem, &a2.cert_pem, &name).expect("a's new certificate trusted");
+    let b2 = certs::ensure(&client, &ns.name, secret, &sans)
+        .await
+        .expect("b's hourly check");
+    assert_eq!(
+        b2.cert_pem, a2.cert_pem,
+        "b picks up the renewed certificate"
+    );
+    // Both renew at once: one wins, the other takes its certificate.
+    near_end("ferry.dev/not-after").await;
+    let (x, y) = futures::join!(
+        certs::ensure(&client, &ns.name, secret, &sans),
+        certs::ensure(&client, &ns.name, secret, &sans)
+    );
+    let (x, y) = (x.expect("x"), y.expect("y"));
+    assert_eq!(x.cert_pem, y.cert_pem, "two renewals at once agree");
+    assert_eq!(x.ca_pem, a.ca_pem);
+    // The CA near its end: a new one, the old one kept in the bundle.
+    near_end("ferry.dev/ca-not-after").await;
+    let z = certs::ensure(&client, &ns.name, secret, &sans)
+        .await
+        .expect("new CA");
+    assert_ne!(z.signing, x.signing, "a new CA");
+    certs::trusted_by(&z.ca_pem, &x.cert_pem, &name)
+        .expect("the old CA's certificate still trusted");
+    certs::trusted_by(&z.ca_pem, &z.cert_pem, &name).expect("the new one trusted");
+    // A Secret the old code wrote (no CA key kept), near its end.
+    let old = certs::generate(&sans).expect("old-style certificate");
+    let legacy = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "legacy", "annotations": {"ferry.dev/not-after": (jiff::Timestamp::now().as_second() + 3600).to_string()}},
+        "stringData": {"ca.crt": old.ca_pem, "tls.crt": old.cert_pem, "tls.key": old.key_pem, "sans": name},
+    });
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(legacy).expect("secret"),
+        )
+        .await
+        .expect("legacy secret");
+    let upgraded = certs::ensure(&client, &ns.name, "legacy", &sans)
+        .await
+        .expect("upgrade");
+    assert!(upgraded.signing.is_some(), "the CA is kept from now on");
+    certs::trusted_by(&upgraded.ca_pem, &old.cert_pem, &name)
+        .expect("the certificate the old code served stays trusted");
 }
 
 /// A TCP relay from `from` to `to`, until dropped: the target "comes back".
@@ -1848,5 +1964,204 @@ async fn the_targets_schema_is_copied_before_the_roll_and_a_difference_stops_it(
         before,
         "no pod was evicted"
     );
+    operator.abort();
+}
+
+/// The cass-operator (and K8ssandra) layout: one StatefulSet per rack,
+/// here two racks in dc1 and one in dc2, with its labels, its headless and
+/// seed Services. The migration names the cluster by label
+/// (`source.selector`); the roll takes one pod down at a time across all
+/// three StatefulSets, the budget spans the racks, the peer map covers every
+/// pod, and a StatefulSet of another cluster in the namespace is never
+/// touched. Deleting the migration takes every proxy out again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cass_operator_cluster_rolls_across_its_racks_and_data_centers() {
+    const CLUSTER: &str = "cassandra.datastax.com/cluster";
+    const DC: &str = "cassandra.datastax.com/datacenter";
+    const RACK: &str = "cassandra.datastax.com/rack";
+    let bed = bare_bed("ferry-racks").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    // (StatefulSet, cluster, dc, rack, its pod's IP)
+    let layout = [
+        ("demo-dc1-r1-sts", "demo", "dc1", "r1", "127.0.0.64"),
+        ("demo-dc1-r2-sts", "demo", "dc1", "r2", "127.0.0.65"),
+        ("demo-dc2-r1-sts", "demo", "dc2", "r1", "127.0.0.66"),
+        ("other-dc1-r1-sts", "other", "dc1", "r1", "127.0.0.68"),
+    ];
+    bed.script
+        .expected_pods
+        .store(layout.len(), Ordering::SeqCst);
+    for (sts, ..) in &layout {
+        let pod = format!("{sts}-0");
+        let ip = layout
+            .iter()
+            .find(|l| l.0 == *sts)
+            .map(|l| l.4)
+            .unwrap_or_default();
+        bed.script
+            .ip_of
+            .lock()
+            .expect("ip map")
+            .insert(pod, ip.to_owned());
+    }
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), ns);
+    for (name, selector) in [
+        (
+            "demo-dc1-all-pods-service",
+            json!({CLUSTER: "demo", DC: "dc1"}),
+        ),
+        (
+            "demo-dc2-all-pods-service",
+            json!({CLUSTER: "demo", DC: "dc2"}),
+        ),
+        (
+            "demo-seed-service",
+            json!({CLUSTER: "demo", "cassandra.datastax.com/seed-node": "true"}),
+        ),
+    ] {
+        let svc = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {CLUSTER: "demo"}},
+            "spec": {"clusterIP": "None", "selector": selector,
+                     "ports": [{"name": "native", "port": 9042}]},
+        }))
+        .expect("service");
+        services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create service");
+    }
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    for (name, cluster, dc, rack, _) in &layout {
+        let labels = json!({CLUSTER: cluster, DC: dc, RACK: rack,
+                            "app.kubernetes.io/managed-by": "cass-operator"});
+        let sts: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "replicas": 1, "serviceName": format!("{cluster}-{dc}-all-pods-service"),
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {CLUSTER: cluster, DC: dc, RACK: rack}},
+                "template": {"metadata": {"labels": labels},
+                             "spec": {"nodeSelector": {NO_NODE_LABEL: "true"},
+                                      "containers": [{"name": "cassandra", "image": "cassandra:test"}]}},
+            },
+        }))
+        .expect("sts");
+        sts_api
+            .create(&PostParams::default(), &sts)
+            .await
+            .expect("create sts");
+    }
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let cluster_pods = |cluster: &'static str| {
+        let pods_api = pods_api.clone();
+        async move {
+            pods_api
+                .list(&ListParams::default().labels(&format!("{CLUSTER}={cluster}")))
+                .await
+                .expect("list pods")
+                .items
+        }
+    };
+    eventually(60, "4 Ready pods", || async {
+        let pods = pods_api.list(&ListParams::default()).await.ok()?.items;
+        (pods.len() == layout.len() && pods.iter().all(sidecar::pod_ready)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    bed.script.max_unavailable.store(0, Ordering::SeqCst);
+
+    let operator = start_controller(client, ns);
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    let mut mig = migration("racks");
+    mig.spec.source.stateful_set = String::new();
+    mig.spec.source.selector = Some(BTreeMap::from([(CLUSTER.to_owned(), "demo".to_owned())]));
+    api.create(&PostParams::default(), &mig)
+        .await
+        .expect("create migration");
+    eventually(180, "phase Ready", || async {
+        (phase_of(&api, "racks").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+
+    let status = api
+        .get("racks")
+        .await
+        .expect("migration")
+        .status
+        .expect("status");
+    assert_eq!(
+        status.source_stateful_sets,
+        vec!["demo-dc1-r1-sts", "demo-dc1-r2-sts", "demo-dc2-r1-sts"]
+    );
+    assert_eq!(status.sidecars.len(), 3, "{:?}", status.sidecars);
+    assert!(
+        bed.script.max_unavailable.load(Ordering::SeqCst) <= 1,
+        "more than one pod down at once across the racks: {:?}",
+        bed.script.trace.lock().map(|t| t.clone())
+    );
+    let demo = cluster_pods("demo").await;
+    assert_eq!(demo.len(), 3);
+    for pod in &demo {
+        assert!(
+            sidecar::has_sidecar(pod),
+            "{} lacks the proxy",
+            pod.name_any()
+        );
+    }
+    for pod in cluster_pods("other").await {
+        assert!(
+            !sidecar::has_sidecar(&pod),
+            "{} is another cluster's and got the proxy",
+            pod.name_any()
+        );
+    }
+    // Every pod of every rack is in the peer map.
+    let runtime = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get(&labels::peer_map_name("racks"))
+        .await
+        .expect("runtime ConfigMap");
+    let runtime: serde_json::Value =
+        serde_json::from_str(&runtime.data.expect("data")[labels::PEER_MAP_KEY]).expect("JSON");
+    let mapped: BTreeSet<String> = runtime["peers"]
+        .as_object()
+        .expect("peers")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        mapped,
+        BTreeSet::from(["127.0.0.64", "127.0.0.65", "127.0.0.66"].map(String::from)),
+        "{runtime}"
+    );
+    // One budget over the whole cluster (what its racks share).
+    let pdb =
+        Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(client.clone(), ns)
+            .get("racks-source-ferry")
+            .await
+            .expect("the migration's budget");
+    let spec = pdb.spec.expect("pdb spec");
+    assert_eq!(
+        spec.selector.and_then(|s| s.match_labels),
+        Some(BTreeMap::from([(CLUSTER.to_owned(), "demo".to_owned())]))
+    );
+    assert_eq!(
+        spec.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+
+    // Deleting it takes every proxy out, one pod at a time.
+    bed.script.max_unavailable.store(0, Ordering::SeqCst);
+    api.delete("racks", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(180, "the migration gone", || async {
+        api.get_opt("racks").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(cluster_pods("demo")
+        .await
+        .iter()
+        .all(|p| !sidecar::has_sidecar(p)));
+    assert!(bed.script.max_unavailable.load(Ordering::SeqCst) <= 1);
     operator.abort();
 }

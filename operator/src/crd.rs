@@ -241,16 +241,42 @@ pub struct CutoverTransition {
     pub at: Time,
 }
 
-/// The source cluster: a StatefulSet in the migration's namespace.
+/// The source cluster: its StatefulSets in the migration's namespace, given
+/// as one name (`statefulSet`), a list (`statefulSets`), or the labels they
+/// carry (`selector`; cass-operator and K8ssandra make one StatefulSet per
+/// rack, labelled `cassandra.datastax.com/cluster`, `.../datacenter` and
+/// `.../rack`). Exactly one of the three.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.statefulSet) && self.statefulSet != '' ? 1 : 0) + (has(self.statefulSets) && size(self.statefulSets) > 0 ? 1 : 0) + (has(self.selector) && size(self.selector) > 0 ? 1 : 0) == 1").message("give the source as exactly one of statefulSet, statefulSets or selector"))]
 pub struct SourceCluster {
-    /// Name of the source Cassandra StatefulSet, in the same namespace.
+    /// Name of the source Cassandra StatefulSet, in the same namespace (the
+    /// short form for a cluster of one StatefulSet).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub stateful_set: String,
+
+    /// Names of the source's StatefulSets (one per rack or data center),
+    /// in the same namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        )
+    )]
+    pub stateful_sets: Vec<String>,
+
+    /// Labels every source StatefulSet carries, e.g.
+    /// `{cassandra.datastax.com/cluster: demo}` for a cass-operator cluster
+    /// (all its racks and data centers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub selector: Option<BTreeMap<String, String>>,
 
     /// The CQL native port Cassandra listens on inside each pod.
     #[serde(default = "default_cql_port")]
@@ -687,6 +713,11 @@ pub struct CassandraMigrationStatus {
     /// the shadow reads' figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cutover: Option<CutoverStatus>,
+
+    /// The source's StatefulSets as last found (from `source.statefulSet`,
+    /// `statefulSets` or `selector`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_stateful_sets: Vec<String>,
 
     /// The schema step: the replication the target's keyspaces get, and
     /// when the source's schema was last compared with the target's.

@@ -28,6 +28,7 @@ pub mod roll;
 pub mod schema_copy;
 pub mod schema_plan;
 pub mod sidecar;
+pub mod source;
 pub mod status;
 pub mod tls_mount;
 pub mod webhook;

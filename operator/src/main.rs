@@ -192,6 +192,15 @@ async fn keep_certificate_fresh(
                 if let Err(err) = certs::publish_ca_bundle(&client, &config, &fresh.ca_pem).await {
                     error!(error = %err, "cannot publish the webhook caBundle");
                 }
+                // What this replica served until now must still be trusted:
+                // another replica may not have picked the new one up yet.
+                if let Some(name) = sans.first() {
+                    for (what, pem) in [("new", &fresh.cert_pem), ("previous", &current.cert_pem)] {
+                        if let Err(err) = certs::trusted_by(&fresh.ca_pem, pem, name) {
+                            error!(error = %err, certificate = what, "the published caBundle does not trust a webhook certificate");
+                        }
+                    }
+                }
                 current = fresh;
             }
             Err(err) => error!(error = %err, "cannot renew the webhook certificate"),
@@ -234,13 +243,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The webhook, on every replica (the API server may call any of them).
     let cert = match &args.webhook_cert_dir {
-        Some(dir) => certs::WebhookCert {
-            ca_pem: std::fs::read_to_string(dir.join("ca.crt")).unwrap_or_default(),
-            cert_pem: std::fs::read_to_string(dir.join("tls.crt")).context("reading tls.crt")?,
-            key_pem: std::fs::read_to_string(dir.join("tls.key")).context("reading tls.key")?,
-            not_after: 0,
-            sans: vec![],
-        },
+        Some(dir) => certs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?,
         None => {
             let sans = if args.webhook_sans.is_empty() {
                 let (svc, ns) = (&args.webhook_service, &args.namespace);
@@ -276,7 +279,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let rotating = certs::RotatingCert::new(&cert).context("webhook TLS")?;
     let tls = certs::rotating_server_config(rotating.clone()).context("webhook TLS")?;
     tokio::spawn(http::serve(listener, Some(tls), webhook.handler()));
-    if args.webhook_cert_dir.is_none() {
+    if let Some(dir) = &args.webhook_cert_dir {
+        // cert-manager renews the files in place (a Secret volume swaps a
+        // symlink): serve the new ones without a restart.
+        tokio::spawn(certs::follow_dir(
+            dir.clone(),
+            cert.cert_pem.clone(),
+            rotating.clone(),
+        ));
+    } else {
         tokio::spawn(keep_certificate_fresh(
             client.clone(),
             args.namespace.clone(),

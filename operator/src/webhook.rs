@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -119,8 +120,23 @@ impl Webhook {
         };
         let api: Api<CassandraMigration> = Api::namespaced(self.client.clone(), namespace);
         let migrations = api.list(&ListParams::default()).await?;
+        // A source given by labels needs the StatefulSet's own (read only
+        // then: most pods belong to a source named outright).
+        let sts_labels = if migrations
+            .items
+            .iter()
+            .any(|m| crate::source::by_labels(&m.spec.source))
+        {
+            Api::<StatefulSet>::namespaced(self.client.clone(), namespace)
+                .get_opt(&sts)
+                .await?
+                .map(|s| s.labels().clone())
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
         let live = migrations.items.into_iter().find(|m| {
-            m.spec.source.stateful_set == sts
+            crate::source::covers(&m.spec.source, &sts, &sts_labels)
                     && m.metadata.deletion_timestamp.is_none()
                     // Cut over: the proxies are being taken out for good.
                     && !crate::cutover::proxies_leaving(m)

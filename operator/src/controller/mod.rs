@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -39,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::proxy_state;
 use crate::roll::{self, Direction, PodView, RollStep};
 use crate::sidecar;
+use crate::source;
 use crate::status::{self, condition};
 use ferry_sidecar::proxy::state::ProxyState;
 
@@ -206,7 +206,9 @@ pub async fn run(ctx: Arc<Context>) {
             pods,
             watcher::Config::default().labels(labels::STS_POD_NAME_LABEL),
             move |pod: Pod| {
-                // A source pod changed: wake the migrations of its StatefulSet.
+                // A source pod changed: wake the migrations of its StatefulSet
+                // (by name, or, for a source given by labels, the ones that
+                // found it among theirs).
                 let ns = pod.namespace();
                 let sts = pod
                     .owner_references()
@@ -217,7 +219,16 @@ pub async fn run(ctx: Arc<Context>) {
                     .state()
                     .into_iter()
                     .filter(move |cm| {
-                        cm.namespace() == ns && Some(&cm.spec.source.stateful_set) == sts.as_ref()
+                        let Some(sts) = sts.as_ref() else {
+                            return false;
+                        };
+                        let found_it = cm
+                            .status
+                            .as_ref()
+                            .is_some_and(|s| s.source_stateful_sets.contains(sts));
+                        cm.namespace() == ns
+                            && (source::covers(&cm.spec.source, sts, &BTreeMap::new())
+                                || (source::by_labels(&cm.spec.source) && found_it))
                     })
                     .map(|cm| ObjectRef::from_obj(&*cm))
             },
@@ -432,29 +443,24 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
     }
     set_namespace_injection(&ctx.client, &ns, true).await?;
 
-    // Fetch the source.
-    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(sts) = sts_api.get_opt(&cm.spec.source.stateful_set).await? else {
-        let msg = format!(
-            "StatefulSet {} not found in namespace {ns}",
-            cm.spec.source.stateful_set
-        );
-        if step.status.phase != Phase::Failed {
-            step.fail("SourceNotFound", msg).await;
+    // Fetch the source: every StatefulSet of it, and their pods.
+    let found = match source::fetch(&ctx.client, &ns, &cm.spec.source).await {
+        Ok(found) => found,
+        Err(source::SourceError::NotFound(msg)) => {
+            if step.status.phase != Phase::Failed {
+                step.fail("SourceNotFound", msg).await;
+            }
+            step.write_status().await?;
+            ctx.metrics.set_phase(&ns, &step.name, step.status.phase);
+            return Ok(Action::requeue(Duration::from_secs(30)));
         }
-        step.write_status().await?;
-        ctx.metrics.set_phase(&ns, &step.name, step.status.phase);
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        Err(source::SourceError::Kube(e)) => return Err(e.into()),
     };
-    let pods = source_pods(&ctx.client, &ns, &sts).await?;
-    let replicas = sts
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1)
-        .max(0) as usize;
+    let replicas = found.replicas();
+    step.status.source_stateful_sets = found.names();
+    let pods = found.pods.clone();
     write_peer_map(&step, &pods).await?;
-    ensure_pdb(&step, &sts).await?;
+    ensure_pdb(&step, &found).await?;
     step.status.sidecars = sidecar_states(&step.status.sidecars, &pods, &step.now);
 
     // A failed migration resumes once its spec changed (or its source is back).
@@ -560,33 +566,6 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
     step.write_status().await?;
     ctx.metrics.set_phase(&ns, &step.name, step.status.phase);
     Ok(action)
-}
-
-/// The source StatefulSet's pods (by its selector).
-async fn source_pods(client: &Client, ns: &str, sts: &StatefulSet) -> Result<Vec<Pod>> {
-    let selector = sts
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let sts_name = sts.name_any();
-    let pods = api.list(&ListParams::default().labels(&selector)).await?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|o| o.kind == "StatefulSet" && o.name == sts_name)
-        })
-        .collect())
 }
 
 /// When the first proxy may have started mirroring: the migration's first
@@ -1307,11 +1286,11 @@ async fn start_job(
             .and_then(|b| b.start_timestamp_micros)
             .unwrap_or_else(|| jiff::Timestamp::now().as_microsecond()),
     };
-    let sts_api: Api<StatefulSet> = Api::namespaced(step.ctx.client.clone(), &step.ns);
-    let service = sts_api
-        .get_opt(&step.cm.spec.source.stateful_set)
-        .await?
-        .and_then(|s| s.spec.and_then(|s| s.service_name));
+    let service = match source::fetch(&step.ctx.client, &step.ns, &step.cm.spec.source).await {
+        Ok(found) => found.service(),
+        Err(source::SourceError::NotFound(_)) => None,
+        Err(source::SourceError::Kube(e)) => return Err(e.into()),
+    };
     let inputs = JobInputs {
         name: name.clone(),
         image: step
@@ -1835,16 +1814,19 @@ fn owner_ref(cm: &CassandraMigration) -> serde_json::Value {
 /// through the Eviction API, so a budget is what makes "one at a time" hold
 /// even against other actors. Ferry makes one (maxUnavailable 1) only when
 /// none selects the pods already.
-async fn ensure_pdb(step: &Step<'_>, sts: &StatefulSet) -> Result<()> {
-    let Some(selector) = sts
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.clone())
-    else {
+///
+/// With several StatefulSets (one per rack) it selects the labels all their
+/// pods share, so the budget spans racks: two racks down at once is what
+/// would break quorum.
+async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Result<()> {
+    let Some(selector) = found.common_pod_labels() else {
         return Ok(());
     };
     let api: Api<PodDisruptionBudget> = Api::namespaced(step.ctx.client.clone(), &step.ns);
-    let name = format!("{}-ferry", sts.name_any());
+    let name = match found.statefulsets.as_slice() {
+        [one] => format!("{}-ferry", one.name_any()),
+        _ => format!("{}-source-ferry", step.name),
+    };
     let existing = api.list(&ListParams::default()).await?;
     let covered = existing.items.iter().any(|pdb| {
         pdb.name_any() != name
@@ -1908,15 +1890,14 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
     for job in owned.items {
         delete_if_present(&jobs_api, &job.name_any(), &dp).await?;
     }
-    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(sts) = sts_api.get_opt(&cm.spec.source.stateful_set).await? {
-        let pods = source_pods(&ctx.client, &ns, &sts).await?;
-        let replicas = sts
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(1)
-            .max(0) as usize;
+    let found = match source::fetch(&ctx.client, &ns, &cm.spec.source).await {
+        Ok(found) => Some(found),
+        Err(source::SourceError::NotFound(_)) => None,
+        Err(source::SourceError::Kube(e)) => return Err(e.into()),
+    };
+    if let Some(found) = found {
+        let replicas = found.replicas();
+        let pods = found.pods;
         // Only pods that serve this migration.
         let ours: Vec<Pod> = pods
             .iter()

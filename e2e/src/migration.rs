@@ -146,7 +146,26 @@ pub struct Options {
     pub check_teardown: bool,
     /// Print phase changes and steps as they happen.
     pub verbose: bool,
+    /// How the source cluster is laid out in Kubernetes.
+    pub layout: SourceLayout,
 }
+
+/// How the example source cluster is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceLayout {
+    /// One StatefulSet of 3 pods (`manifests/examples/source-cluster.yaml`),
+    /// named by the migration's `source.statefulSet`.
+    #[default]
+    OneStatefulSet,
+    /// As cass-operator and K8ssandra lay it out: one StatefulSet per rack
+    /// (`demo-dc1-r{1,2,3}-sts`, one pod each) with their
+    /// `cassandra.datastax.com/*` labels, found by the migration's
+    /// `source.selector`.
+    Racks,
+}
+
+/// The racks layout's StatefulSets, in the order they start.
+const RACK_STATEFULSETS: [&str; 3] = ["demo-dc1-r1-sts", "demo-dc1-r2-sts", "demo-dc1-r3-sts"];
 
 impl Default for Options {
     fn default() -> Self {
@@ -160,6 +179,7 @@ impl Default for Options {
             cutover: true,
             check_teardown: true,
             verbose: true,
+            layout: SourceLayout::default(),
         }
     }
 }
@@ -458,7 +478,8 @@ struct Run<'a> {
 }
 
 const MIGRATION: &str = "demo";
-const SOURCE_CONTACT: &str = "cassandra-0.cassandra:9042,cassandra-1.cassandra:9042";
+/// The example's source contact points (one StatefulSet).
+const ONE_STS_CONTACT: &str = "cassandra-0.cassandra:9042,cassandra-1.cassandra:9042";
 const TARGET_CONTACT: &str = "cassandra-target-0.cassandra-target:9042";
 const KEYSPACE: &str = "ferry_demo";
 const SOURCE_REPLICATION: &str = "{'class': 'NetworkTopologyStrategy', 'dc1': 3}";
@@ -480,18 +501,45 @@ impl Run<'_> {
         let ns = &self.opts.namespace;
         self.install_ferry().await?;
         self.create_namespace().await?;
-        self.say("starting the source (3 nodes) and target clusters");
-        for file in ["source-cluster.yaml", "target-cluster.yaml"] {
-            let docs = self.example(file)?;
-            self.apply(&docs).await?;
+        self.say(format!(
+            "starting the source (3 nodes, {:?}) and target clusters",
+            self.opts.layout
+        ));
+        let target = self.example("target-cluster.yaml")?;
+        self.apply(&target).await?;
+        match self.opts.layout {
+            SourceLayout::OneStatefulSet => {
+                let source = self.example("source-cluster.yaml")?;
+                self.apply(&source).await?;
+                self.kubectl(&[
+                    "rollout",
+                    "status",
+                    "statefulset/cassandra",
+                    "--timeout=900s",
+                ])
+                .await?;
+            }
+            SourceLayout::Racks => {
+                // Nodes join one at a time, as Cassandra requires: one
+                // rack's StatefulSet after the other.
+                for doc in self.racks_source()? {
+                    let name = doc["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    self.apply(&serde_json::to_string(&doc)?).await?;
+                    if doc["kind"] == "StatefulSet" {
+                        self.kubectl(&[
+                            "rollout",
+                            "status",
+                            &format!("statefulset/{name}"),
+                            "--timeout=900s",
+                        ])
+                        .await?;
+                    }
+                }
+            }
         }
-        self.kubectl(&[
-            "rollout",
-            "status",
-            "statefulset/cassandra",
-            "--timeout=900s",
-        ])
-        .await?;
         self.kubectl(&[
             "rollout",
             "status",
@@ -503,15 +551,24 @@ impl Run<'_> {
         // The target starts empty: the operator copies the schema before
         // the roll (spec.schema: copy).
         self.say("starting the application (the target is empty: the operator copies the schema)");
-        let app = self.example("load-app.yaml")?;
+        let app = self
+            .example("load-app.yaml")?
+            .replace(ONE_STS_CONTACT, &self.source_contact());
         self.apply(&app).await?;
         self.kubectl(&["rollout", "status", "deployment/load-app", "--timeout=300s"])
             .await?;
         self.wait_for_history().await?;
 
         self.say("applying the migration");
-        let migration = std::fs::read_to_string(examples_dir().join("cassandramigration.yaml"))?;
-        self.apply(&migration).await?;
+        let mut migration: Value = serde_yaml::from_str(&std::fs::read_to_string(
+            examples_dir().join("cassandramigration.yaml"),
+        )?)?;
+        if self.opts.layout == SourceLayout::Racks {
+            let source = &mut migration["spec"]["source"];
+            source.as_object_mut().map(|s| s.remove("statefulSet"));
+            source["selector"] = json!({"cassandra.datastax.com/cluster": "demo"});
+        }
+        self.apply(&serde_json::to_string(&migration)?).await?;
         let applied = Instant::now();
         let watch = match self.follow(applied).await {
             Ok(watch) => watch,
@@ -585,7 +642,7 @@ impl Run<'_> {
             let (_, missing) = self
                 .verify(
                     "verify-source",
-                    SOURCE_CONTACT,
+                    &self.source_contact(),
                     SOURCE_REPLICATION,
                     "quorum",
                     &app,
@@ -666,6 +723,72 @@ impl Run<'_> {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": self.opts.namespace, "labels": labels}});
         self.apply_global(&serde_json::to_string(&ns)?).await
+    }
+
+    /// Where clients reach the source: two of its nodes.
+    fn source_contact(&self) -> String {
+        match self.opts.layout {
+            SourceLayout::OneStatefulSet => ONE_STS_CONTACT.to_owned(),
+            SourceLayout::Racks => RACK_STATEFULSETS[..2]
+                .iter()
+                .map(|s| format!("{s}-0.cassandra:9042"))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    /// The example source as cass-operator lays a cluster out: the same
+    /// headless Service, and one StatefulSet of one pod per rack with
+    /// cass-operator's labels (its selector takes the rack's), each node in
+    /// its rack, the first rack's pod the seed.
+    fn racks_source(&self) -> anyhow::Result<Vec<Value>> {
+        let docs: Vec<Value> = self
+            .example("source-cluster.yaml")?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for doc in docs {
+            if doc["kind"] != "StatefulSet" {
+                out.push(doc);
+                continue;
+            }
+            for (i, name) in RACK_STATEFULSETS.iter().enumerate() {
+                let rack = format!("r{}", i + 1);
+                let labels = json!({
+                    "app": "cassandra",
+                    "cassandra.datastax.com/cluster": "demo",
+                    "cassandra.datastax.com/datacenter": "dc1",
+                    "cassandra.datastax.com/rack": rack,
+                    "app.kubernetes.io/managed-by": "cass-operator",
+                });
+                let mut sts = doc.clone();
+                sts["metadata"] = json!({"name": name, "labels": labels});
+                sts["spec"]["replicas"] = json!(1);
+                sts["spec"]["selector"] = json!({"matchLabels": {
+                    "cassandra.datastax.com/cluster": "demo",
+                    "cassandra.datastax.com/datacenter": "dc1",
+                    "cassandra.datastax.com/rack": rack,
+                }});
+                sts["spec"]["template"]["metadata"]["labels"] = labels;
+                if let Some(env) = sts
+                    .pointer_mut("/spec/template/spec/containers/0/env")
+                    .and_then(Value::as_array_mut)
+                {
+                    for e in env.iter_mut() {
+                        match e["name"].as_str() {
+                            Some("CASSANDRA_RACK") => e["value"] = json!(rack),
+                            Some("CASSANDRA_SEEDS") => {
+                                e["value"] = json!(format!("{}-0.cassandra", RACK_STATEFULSETS[0]))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                out.push(sts);
+            }
+        }
+        Ok(out)
     }
 
     /// An example manifest with the images and options of this run.
@@ -829,11 +952,12 @@ impl Run<'_> {
             app.ledger_ops, app.ledger_uncertain
         ));
         let ops = app.ledger_ops.to_string();
+        let source_contact = self.source_contact();
         let uncertain = join_ids(&app.ledger_uncertain_ops);
         let lwt = app.ledger_lwt.to_string();
         let mut args = vec![
             "--contact-points",
-            SOURCE_CONTACT,
+            &source_contact,
             "--keyspace",
             KEYSPACE,
             "--replication",

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use ferry_e2e::kube_client;
-use ferry_e2e::migration::{self, Cluster, Fault, Images, Options};
+use ferry_e2e::migration::{self, Cluster, Fault, Images, Options, SourceLayout};
 use ferry_e2e::testbed;
 
 /// Builds the images (a no-op when cached) and brings the node up.
@@ -57,7 +57,7 @@ impl Drop for CleanUp {
     }
 }
 
-async fn migrate(prefix: &str, faults: Vec<Fault>) {
+async fn migrate(prefix: &str, faults: Vec<Fault>, layout: SourceLayout) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::local();
     let client = kube_client::client(&cluster.kubeconfig)
@@ -83,6 +83,7 @@ async fn migrate(prefix: &str, faults: Vec<Fault>) {
         cutover: true,
         check_teardown: true,
         verbose: true,
+        layout,
     };
     let outcome = migration::run(&cluster, &Images::local(), &opts)
         .await
@@ -114,7 +115,7 @@ async fn migrate(prefix: &str, faults: Vec<Fault>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_migration_reaches_ready_with_every_write_on_the_target() {
     prepare();
-    migrate("ferry-mig", Vec::new()).await;
+    migrate("ferry-mig", Vec::new(), SourceLayout::OneStatefulSet).await;
 }
 
 /// The fault cases of the real-node issue in one run: the operator killed
@@ -132,6 +133,19 @@ async fn a_migration_survives_operator_backfill_and_target_failures() {
             Fault::BackfillPodKilled,
             Fault::TargetDown(Duration::from_secs(60)),
         ],
+        SourceLayout::OneStatefulSet,
     )
     .await;
+}
+
+/// The source as cass-operator and K8ssandra lay it out (issue 14 §1): one
+/// StatefulSet per rack, their labels, the migration finding them by the
+/// cluster's label. The same scenario and checks as the first run: the roll
+/// crosses the three StatefulSets one pod at a time, every acknowledged
+/// write is on the target, cut-over to Complete. Long; `make e2e` runs it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "about 20 minutes; run by make e2e"]
+async fn a_cass_operator_shaped_source_migrates_with_every_write_on_the_target() {
+    prepare();
+    migrate("ferry-mig-racks", Vec::new(), SourceLayout::Racks).await;
 }

@@ -161,6 +161,8 @@ struct KubeletScript {
     ip_of: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// StatefulSet pods the namespace should have (0: [`REPLICAS`]).
     expected_pods: AtomicUsize,
+    /// Scheduled validation checks (`-check-N` Jobs) report differences.
+    check_differences: AtomicBool,
 }
 
 /// The IP the fake kubelet gives source pod `name` from `base`:
@@ -175,6 +177,7 @@ fn pod_ip(base: u8, name: &str) -> String {
 }
 
 const BACKFILL_SUMMARY: &str = r#"{"mode":"backfill","rangesDone":4,"rangesTotal":4,"rowsCopied":1000,"bytesCopied":64000,"rowsPerSecond":500}"#;
+const CHECK_DIFFERENCES_SUMMARY: &str = r#"{"mode":"validate","rangesDone":1,"rangesTotal":1,"rowsCompared":100,"missing":1,"extra":0,"mismatched":2,"inFlight":0,"repaired":0,"examples":{"mismatched":["shop.orders id=7"],"missing":["shop.orders id=9"]}}"#;
 const VALIDATE_SUMMARY: &str = r#"{"mode":"validate","rangesDone":4,"rangesTotal":4,"rowsCompared":1000,"missing":0,"extra":0,"mismatched":0,"inFlight":2,"repaired":0,"examples":{}}"#;
 
 /// Plays the kubelet for the namespace until aborted.
@@ -258,7 +261,10 @@ fn start_kubelet(client: &Client, ns: &str, script: Arc<KubeletScript>) -> JoinH
                     }
                     let backfill = job.ends_with("-backfill");
                     let failing = backfill && script.fail_backfill.load(Ordering::SeqCst);
+                    let differing =
+                        job.contains("-check-") && script.check_differences.load(Ordering::SeqCst);
                     let (phase, code, message) = match (backfill, failing) {
+                        (false, _) if differing => ("Succeeded", 0, CHECK_DIFFERENCES_SUMMARY),
                         (true, true) => (
                             "Failed",
                             2,
@@ -1300,6 +1306,7 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
         for q in [
             format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"),
             format!("CREATE TABLE IF NOT EXISTS {ks}.t (k int PRIMARY KEY, v text)"),
+            format!("CREATE TABLE IF NOT EXISTS {ks}.u (k int PRIMARY KEY, v text)"),
         ] {
             s.query_unpaged(q.as_str(), &[]).await.expect("schema");
         }
@@ -1436,6 +1443,60 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
         (cut.shadow_reads > 0).then_some(())
     })
     .await;
+    let cm = api.get("cut").await.expect("migration");
+    assert_eq!(
+        condition_of(&cm, "ShadowReadsMatch").map(|c| (c.0, c.1)),
+        Some(("True".to_owned(), "NoMismatch".to_owned()))
+    );
+    // A row that differs (written to each cluster directly, around the
+    // proxies), read through a proxy: the sampled reads of it differ, and
+    // the status names the table.
+    for (session, v) in direct.iter().zip(["on the source", "on the target"]) {
+        session
+            .query_unpaged(format!("INSERT INTO {ks}.u (k, v) VALUES (1, '{v}')"), &[])
+            .await
+            .expect("a differing row");
+    }
+    let reader = scylla::client::session_builder::SessionBuilder::new()
+        .known_node_addr(proxies[1].addr)
+        .build()
+        .await
+        .expect("reader session");
+    let read_u = reader
+        .prepare(format!("SELECT v FROM {ks}.u WHERE k = 1"))
+        .await
+        .expect("prepare");
+    for _ in 0..200 {
+        reader.execute_unpaged(&read_u, ()).await.expect("read u");
+    }
+    let differing = eventually(30, "the differing table in the status", || async {
+        let cm = api.get("cut").await.ok()?;
+        let cut = cm.status.clone()?.cutover?;
+        let n = *cut
+            .shadow_read_mismatches_by_table
+            .get(&format!("{ks}.u"))?;
+        (n > 0).then_some((cut, condition_of(&cm, "ShadowReadsMatch")?))
+    })
+    .await;
+    assert!(
+        differing
+            .0
+            .shadow_read_mismatches_by_table
+            .keys()
+            .all(|t| *t == format!("{ks}.u")),
+        "only the differing table: {:?}",
+        differing.0.shadow_read_mismatches_by_table
+    );
+    assert_eq!(
+        (differing.1 .0.as_str(), differing.1 .1.as_str()),
+        ("False", "Mismatches")
+    );
+    assert!(
+        differing.1 .2.contains(&format!("{ks}.u")),
+        "{:?}",
+        differing.1
+    );
+    drop(reader);
     set_stage("targetPrimary").await;
     confirmed("targetPrimary").await;
     assert!(modes().await.iter().all(|m| m.0 == "target-primary"));
@@ -2163,5 +2224,123 @@ async fn a_cass_operator_cluster_rolls_across_its_racks_and_data_centers() {
         .iter()
         .all(|p| !sidecar::has_sidecar(p)));
     assert!(bed.script.max_unavailable.load(Ordering::SeqCst) <= 1);
+    operator.abort();
+}
+
+/// Issue 14 §2: validation goes on after `Ready`. Scheduled checks (a
+/// sample, no repair) run every `validation.scheduleMinutes` (a minute is
+/// 300 ms here); a clean one keeps `Validated=True`; one that finds
+/// differences sends the migration back to `Validating` (`Ready=False`,
+/// the examples in `status.scheduledValidation.lastResult`), and the full
+/// validation that follows brings it back to `Ready`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_difference_found_after_ready_sends_the_migration_back_to_validation() {
+    let bed = bed("ferry-check").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    let operator = start_controller_with(client, ns, |s| {
+        s.schedule_minute = Duration::from_millis(300);
+    });
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    let mut mig = migration("chk");
+    mig.spec.validation.schedule_minutes = 2;
+    api.create(&PostParams::default(), &mig)
+        .await
+        .expect("create migration");
+    eventually(120, "phase Ready", || async {
+        (phase_of(&api, "chk").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    // Clean checks: Ready stays, Validated says so.
+    let clean = eventually(60, "two clean scheduled checks", || async {
+        let status = api.get("chk").await.ok()?.status?;
+        let checks = status.scheduled_validation.clone()?;
+        let validated = status.conditions.iter().find(|c| c.type_ == "Validated")?;
+        (checks.runs >= 2
+            && checks.job.is_none()
+            && validated.reason == "ScheduledCheckClean"
+            && status.phase == Phase::Ready)
+            .then_some(checks)
+    })
+    .await;
+    assert_eq!(clean.last_result.as_ref().map(|r| r.mismatched), Some(0));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    assert!(
+        jobs.get_opt(&labels::check_job_name("chk", 1))
+            .await
+            .expect("get")
+            .is_none()
+            || jobs
+                .get("chk-check-1")
+                .await
+                .map(|j| j.metadata.deletion_timestamp.is_some())
+                .unwrap_or(true),
+        "an old check's Job is removed when the next starts"
+    );
+    let check = jobs
+        .get(&labels::check_job_name("chk", clean.runs))
+        .await
+        .expect("the last check's Job");
+    let env: BTreeSet<String> = check
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| format!("{}={}", e.name, e.value.clone().unwrap_or_default()))
+        .collect();
+    for want in ["FERRY_VALIDATE_MODE=sample", "FERRY_SAMPLE_PERCENT=10"] {
+        assert!(env.contains(want), "check Job env lacks {want}: {env:?}");
+    }
+    assert!(
+        !env.iter().any(|e| e.starts_with("FERRY_REPAIR")),
+        "checks never repair: {env:?}"
+    );
+
+    // A check finds differences: back to Validating, then Ready again
+    // once the full validation passes.
+    bed.script.check_differences.store(true, Ordering::SeqCst);
+    let found = eventually(60, "the migration back in Validating", || async {
+        let status = api.get("chk").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (status.phase == Phase::Validating && ready.status == "False").then_some(status)
+    })
+    .await;
+    bed.script.check_differences.store(false, Ordering::SeqCst);
+    let last = found
+        .scheduled_validation
+        .and_then(|c| c.last_result)
+        .expect("the check's result");
+    assert_eq!((last.missing, last.mismatched), (1, 2));
+    assert!(
+        last.examples
+            .get("mismatched")
+            .is_some_and(|e| e.iter().any(|k| k.contains("id=7"))),
+        "{last:?}"
+    );
+    eventually(60, "Ready again after the full validation", || async {
+        let status = api.get("chk").await.ok()?.status?;
+        let validated = status.conditions.iter().find(|c| c.type_ == "Validated")?;
+        (status.phase == Phase::Ready && validated.status == "True").then_some(())
+    })
+    .await;
+    let phases: Vec<Phase> = api
+        .get("chk")
+        .await
+        .expect("migration")
+        .status
+        .expect("status")
+        .phase_history
+        .iter()
+        .map(|t| t.phase)
+        .collect();
+    assert_eq!(
+        &phases[phases.len() - 3..],
+        [Phase::Ready, Phase::Validating, Phase::Ready],
+        "{phases:?}"
+    );
     operator.abort();
 }

@@ -228,6 +228,9 @@ pub struct CutoverStatus {
     pub shadow_reads: i64,
     #[serde(default)]
     pub shadow_read_mismatches: i64,
+    /// The differing shadow reads per `keyspace.table` (all proxies).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadow_read_mismatches_by_table: BTreeMap<String, i64>,
     /// When each stage was confirmed on every proxy, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<CutoverTransition>,
@@ -590,7 +593,7 @@ pub enum ValidationMode {
 }
 
 /// The comparison of source and target after the backfill.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.mode != 'sample' || has(self.samplePercent)").message("validation.samplePercent is required when validation.mode is sample"))]
 #[x_kube(validation = Rule::new("self.mode == 'sample' || !has(self.samplePercent)").message("validation.samplePercent only applies when validation.mode is sample"))]
@@ -608,6 +611,39 @@ pub struct ValidationSpec {
     /// target, then validate again.
     #[serde(default)]
     pub repair: bool,
+
+    /// Once `Ready`, check again every this many minutes (a `sample` of
+    /// `scheduleSamplePercent` of the token ranges, no repair) while the
+    /// migration mirrors; a difference found sends it back to validating
+    /// (with `repair` as set above). 0 turns the checks off.
+    #[serde(default = "default_schedule_minutes")]
+    #[schemars(range(min = 0, max = 10080))]
+    pub schedule_minutes: i32,
+
+    /// Percentage of token ranges each scheduled check compares.
+    #[serde(default = "default_schedule_sample_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub schedule_sample_percent: i32,
+}
+
+impl Default for ValidationSpec {
+    fn default() -> Self {
+        Self {
+            mode: ValidationMode::default(),
+            sample_percent: None,
+            repair: false,
+            schedule_minutes: default_schedule_minutes(),
+            schedule_sample_percent: default_schedule_sample_percent(),
+        }
+    }
+}
+
+fn default_schedule_minutes() -> i32 {
+    60
+}
+
+fn default_schedule_sample_percent() -> i32 {
+    10
 }
 
 /// Where a migration stands.
@@ -714,6 +750,10 @@ pub struct CassandraMigrationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cutover: Option<CutoverStatus>,
 
+    /// The checks that run every `validation.scheduleMinutes` once Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_validation: Option<ScheduledValidation>,
+
     /// The source's StatefulSets as last found (from `source.statefulSet`,
     /// `statefulSets` or `selector`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -723,6 +763,26 @@ pub struct CassandraMigrationStatus {
     /// when the source's schema was last compared with the target's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<SchemaStatus>,
+}
+
+/// Where the scheduled validation checks stand.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledValidation {
+    /// Checks started so far.
+    #[serde(default)]
+    pub runs: u32,
+    /// The check's Job while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// When the last check started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_started: Option<Time>,
+    /// When the last check finished, and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_finished: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<ValidationResults>,
 }
 
 /// The target's schema as the operator keeps it in step with the source's.

@@ -17,6 +17,8 @@ use crate::tls_mount::{TlsMount, TlsUse};
 pub enum JobKind {
     Backfill,
     Validate,
+    /// A validation scheduled once Ready: a sample, no repair.
+    Check,
 }
 
 impl JobKind {
@@ -24,6 +26,15 @@ impl JobKind {
         match self {
             JobKind::Backfill => "backfill",
             JobKind::Validate => "validate",
+            JobKind::Check => "check",
+        }
+    }
+
+    /// The sidecar binary's mode that runs it.
+    pub fn mode(self) -> &'static str {
+        match self {
+            JobKind::Backfill => "backfill",
+            JobKind::Validate | JobKind::Check => "validate",
         }
     }
 }
@@ -152,6 +163,15 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
                 env_vars.push(env("FERRY_REPAIR", "true"));
             }
         }
+        JobKind::Check => {
+            // Reports only: a difference sends the migration back to the
+            // Validating phase, which repairs as the spec says.
+            env_vars.push(env("FERRY_VALIDATE_MODE", "sample"));
+            env_vars.push(env(
+                "FERRY_SAMPLE_PERCENT",
+                spec.validation.schedule_sample_percent.clamp(1, 100),
+            ));
+        }
     }
     env_vars
 }
@@ -173,7 +193,7 @@ pub fn build_job(
     let mut container = json!({
         "name": kind.as_str(),
         "image": inputs.image,
-        "args": [kind.as_str()],
+        "args": [kind.mode()],
         "env": job_env(cm, kind, inputs),
         "terminationMessagePolicy": "File",
         "securityContext": {
@@ -497,6 +517,20 @@ mod tests {
         assert_eq!(env["FERRY_SAMPLE_PERCENT"], "10");
         assert_eq!(env["FERRY_REPAIR"], "true");
         assert!(!env.contains_key("FERRY_TIMESTAMP_MODE"));
+    }
+
+    #[test]
+    fn a_scheduled_check_samples_without_repairing_and_runs_the_validate_mode() {
+        let mut cm = migration();
+        cm.spec.validation.schedule_sample_percent = 3;
+        let job = build_job(&cm, JobKind::Check, &inputs()).unwrap();
+        let env = env_of(&job);
+        assert_eq!(env["FERRY_VALIDATE_MODE"], "sample");
+        assert_eq!(env["FERRY_SAMPLE_PERCENT"], "3");
+        assert!(!env.contains_key("FERRY_REPAIR"), "a check only reports");
+        let container = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(container.args.as_deref(), Some(&["validate".to_owned()][..]));
+        assert_eq!(container.name, "check");
     }
 
     fn pod(index: &str, created: &str, phase: &str, message: &str) -> Pod {

@@ -50,3 +50,8 @@ pub fn backfill_job_name(migration: &str) -> String {
 pub fn validate_job_name(migration: &str, attempt: u32) -> String {
     format!("{migration}-validate-{attempt}")
 }
+
+/// The Job of the `run`th scheduled validation check.
+pub fn check_job_name(migration: &str, run: u32) -> String {
+    format!("{migration}-check-{run}")
+}

@@ -21,6 +21,9 @@ pub mod condition {
     /// The target has every selected table, matching the source's (made
     /// before the roll, `spec.schema`).
     pub const SCHEMA_MATCHES: &str = "SchemaMatches";
+    /// The proxies' shadow reads: whether the target answered them as the
+    /// source did (set once some were compared).
+    pub const SHADOW_READS_MATCH: &str = "ShadowReadsMatch";
     pub const FAILED: &str = "Failed";
 }
 

@@ -42,7 +42,9 @@ use crate::source;
 use crate::status::{self, condition};
 use ferry_sidecar::proxy::state::ProxyState;
 
+mod scheduled_check;
 mod schema_step;
+use scheduled_check::scheduled_check;
 use schema_step::{schema_gate, schema_recheck};
 
 /// The field manager of everything the operator writes.
@@ -73,6 +75,9 @@ pub struct Settings {
     pub schema_step: bool,
     /// After the roll, how often the schemas are compared again.
     pub schema_recheck: Duration,
+    /// How long a minute of `validation.scheduleMinutes` lasts (the tests
+    /// shorten it to see checks in seconds).
+    pub schedule_minute: Duration,
     /// Read each proxy's `/state`: never evict a pod whose proxy owes the
     /// target writes, and report a stalled spool as `MirroringBehind`
     /// ([`proxy_state`]).
@@ -96,6 +101,7 @@ impl Default for Settings {
             mirroring_behind_after: Duration::from_secs(120),
             schema_step: true,
             schema_recheck: Duration::from_secs(60),
+            schedule_minute: Duration::from_secs(60),
         }
     }
 }
@@ -550,6 +556,9 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
                 revalidate(&mut step, &pods).await?
             } else {
                 let switching = follow_cutover(&mut step, &pods, readings).await?;
+                if proxied && !behind && !switching {
+                    scheduled_check(&mut step, &pods).await?;
+                }
                 // A re-roll in progress waits on settle times no pod event
                 // marks, a spool is read again soon, and a stage switch is
                 // confirmed as soon as the proxies report it: look again soon.
@@ -1061,6 +1070,51 @@ async fn follow_cutover(
         .filter_map(|(_, r)| r.as_ref().ok())
         .map(|s| s.shadow_read_mismatches as i64)
         .sum();
+    cut.shadow_read_mismatches_by_table = BTreeMap::new();
+    for state in readings.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+        for (table, n) in &state.shadow_read_mismatches_by_table {
+            *cut.shadow_read_mismatches_by_table
+                .entry(table.clone())
+                .or_insert(0) += *n as i64;
+        }
+    }
+    if cut.shadow_reads > 0 {
+        let (matches, reason, message) = if cut.shadow_read_mismatches == 0 {
+            (
+                true,
+                "NoMismatch",
+                format!(
+                    "{} reads compared with the target, none differed",
+                    cut.shadow_reads
+                ),
+            )
+        } else {
+            let tables: Vec<String> = cut
+                .shadow_read_mismatches_by_table
+                .iter()
+                .map(|(t, n)| format!("{t} ({n})"))
+                .collect();
+            (
+                false,
+                "Mismatches",
+                format!(
+                    "{} of {} reads compared with the target differed: {} (a read racing a write can differ once; a count that grows is a difference, which the next validation finds)",
+                    cut.shadow_read_mismatches,
+                    cut.shadow_reads,
+                    tables.join(", ")
+                ),
+            )
+        };
+        status::set_condition(
+            &mut step.status,
+            condition::SHADOW_READS_MATCH,
+            matches,
+            reason,
+            message,
+            step.cm.metadata.generation,
+            &step.now,
+        );
+    }
     let want = cutover::proxy_setting(cut.stage, step.cm);
     cut.lagging = cutover::lagging(&readings, want);
     let switching = !cut.lagging.is_empty();
@@ -1269,6 +1323,7 @@ async fn start_job(
     let name = match kind {
         JobKind::Backfill => labels::backfill_job_name(&step.name),
         JobKind::Validate => labels::validate_job_name(&step.name, attempt),
+        JobKind::Check => labels::check_job_name(&step.name, attempt),
     };
     let start = match kind {
         JobKind::Backfill => {
@@ -1279,7 +1334,7 @@ async fn start_job(
                 .and_then(|b| b.start_timestamp_micros);
             existing.unwrap_or_else(|| jiff::Timestamp::now().as_microsecond())
         }
-        JobKind::Validate => step
+        JobKind::Validate | JobKind::Check => step
             .status
             .backfill
             .as_ref()
@@ -1334,6 +1389,15 @@ async fn start_job(
                 job_name: Some(name.clone()),
                 ..Default::default()
             });
+        }
+        JobKind::Check => {
+            let checks = step
+                .status
+                .scheduled_validation
+                .get_or_insert_with(Default::default);
+            checks.runs = attempt;
+            checks.job = Some(name.clone());
+            checks.last_started = Some(step.now.clone());
         }
     }
     Ok(name)

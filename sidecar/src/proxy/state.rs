@@ -3,6 +3,7 @@
 //! here, shared by both planes) before it evicts a source pod and to tell
 //! whether mirroring keeps up.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use clap::ValueEnum;
@@ -33,6 +34,9 @@ pub struct ProxyState {
     /// Shadow reads compared so far, and how many differed.
     pub shadow_reads: u64,
     pub shadow_read_mismatches: u64,
+    /// Shadow reads that differed, per `keyspace.table`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadow_read_mismatches_by_table: BTreeMap<String, u64>,
     /// Why the last replay of the spool's head failed, if none has
     /// succeeded since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +76,31 @@ impl ProxyState {
                 .shadow_reads
                 .with_label_values(&["mismatch"])
                 .get(),
+            shadow_read_mismatches_by_table: by_table(&ctx.metrics.shadow_read_mismatches),
         }
     }
+}
+
+/// A counter labelled `keyspace` and `table`, as `keyspace.table` → count.
+fn by_table(counter: &prometheus::IntCounterVec) -> BTreeMap<String, u64> {
+    use prometheus::core::Collector;
+    let mut out = BTreeMap::new();
+    for family in counter.collect() {
+        for metric in family.get_metric() {
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            let count = metric.counter.value() as u64;
+            if count > 0 {
+                *out.entry(format!("{}.{}", label("keyspace"), label("table")))
+                    .or_insert(0) += count;
+            }
+        }
+    }
+    out
 }

@@ -27,6 +27,18 @@ pub struct Testbed {
     pub bin_dir: PathBuf,
     /// The secure node (password authentication, client TLS), when running.
     pub secure: Option<SecureNode>,
+    /// The older Cassandra's node (`up.sh --older`), when running.
+    pub older: Option<OlderNode>,
+}
+
+/// A single-node cluster of an older Cassandra (4.1 by default), a source
+/// for the cross-version tests (`up.sh --older`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlderNode {
+    pub contact_point: String,
+    pub datacenter: String,
+    /// Its Cassandra version, e.g. `4.1.10`.
+    pub version: String,
 }
 
 /// The test bed's single-node cluster with password authentication (user
@@ -119,6 +131,12 @@ pub fn secure() -> Result<Testbed, TestbedError> {
     up(&["--no-k8s".to_owned(), "--secure".to_owned()])
 }
 
+/// Brings up the two Cassandra clusters and the older Cassandra's node if
+/// they are not running, and returns the bed (its `older` is then set).
+pub fn older() -> Result<Testbed, TestbedError> {
+    up(&["--no-k8s".to_owned(), "--older".to_owned()])
+}
+
 /// Brings up the Kubernetes control plane if it is not running.
 pub fn kubernetes() -> Result<Testbed, TestbedError> {
     up(&["--no-cassandra".to_owned()])
@@ -196,6 +214,18 @@ pub fn read_env(path: &Path) -> Result<Testbed, TestbedError> {
                 contact_point: cp.to_string(),
                 datacenter: dc.to_string(),
                 ca_file: PathBuf::from(ca),
+            }),
+            _ => None,
+        },
+        older: match (
+            vars.get("FERRY_OLDER_CONTACT_POINTS"),
+            vars.get("FERRY_OLDER_DATACENTER"),
+            vars.get("FERRY_OLDER_VERSION"),
+        ) {
+            (Some(cp), Some(dc), Some(v)) => Some(OlderNode {
+                contact_point: cp.to_string(),
+                datacenter: dc.to_string(),
+                version: v.to_string(),
             }),
             _ => None,
         },

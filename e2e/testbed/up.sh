@@ -7,11 +7,14 @@
 #     kube-scheduler, kube-proxy, CoreDNS) and the images it needs.
 # A second run reuses every cache and every running process.
 #
-#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure] [--fresh-if-full]
+#   up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure] [--older] [--fresh-if-full]
 #
 # --secure adds a third, single-node cluster on 127.0.0.23 with password
 # authentication (cassandra/cassandra) and client TLS, for the tests of
 # credentials and TLS.
+# --older adds a single-node cluster of an older Cassandra on 127.0.0.24
+# (FERRY_OLDER_CASSANDRA_VERSION, default 4.1.10, on a Java 11 from PyPI),
+# a source for the cross-version tests (4.1 to the target's 5.0).
 #
 # Afterwards $FERRY_RUN/testbed.env describes the bed (sourced by tests and
 # scripts): contact points, datacenters, kubeconfig.
@@ -22,7 +25,7 @@ source_nodes=${FERRY_SOURCE_NODES:-1}
 # Migrations usually go from an old cluster to a new one: the source may run
 # another Cassandra version (e.g. 4.1.10, on a Java 11 fetched from PyPI).
 source_version=${FERRY_SOURCE_CASSANDRA_VERSION:-$CASSANDRA_VERSION}
-want_k8s=1 want_cassandra=1 want_node=0 want_secure=0 fresh_if_full=0
+want_k8s=1 want_cassandra=1 want_node=0 want_secure=0 want_older=0 fresh_if_full=0
 while [ $# -gt 0 ]; do
   case $1 in
     --fresh-if-full) fresh_if_full=1; shift ;;
@@ -31,7 +34,8 @@ while [ $# -gt 0 ]; do
     --no-cassandra) want_cassandra=0; shift ;;
     --node) want_node=1; shift ;;
     --secure) want_secure=1; shift ;;
-    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure] [--fresh-if-full])" ;;
+    --older) want_older=1; shift ;;
+    *) die "unknown argument $1 (usage: up.sh [--source-nodes N] [--no-k8s] [--no-cassandra] [--node] [--secure] [--older] [--fresh-if-full])" ;;
   esac
 done
 [[ $source_nodes =~ ^[1-9]$ ]] || die "--source-nodes must be 1..9, got $source_nodes"
@@ -39,6 +43,8 @@ done
 SOURCE_SEED=127.0.0.11
 TARGET_IP=127.0.0.21
 SECURE_IP=127.0.0.23
+OLDER_IP=127.0.0.24
+older_version=${FERRY_OLDER_CASSANDRA_VERSION:-4.1.10}
 
 # One up.sh at a time: parallel test binaries may all ask for the bed. The
 # daemons it starts close fd 9 (`9>&-`): an inherited lock would be held by a
@@ -102,6 +108,14 @@ if [ "$want_secure" = 1 ]; then
   "$here/cassandra/cassandra.sh" wait secure1 "$SECURE_IP"
 fi
 
+if [ "$want_older" = 1 ]; then
+  CASSANDRA_VERSION=$older_version "$here/cassandra/cassandra.sh" fetch
+  pid_alive "$FERRY_RUN/cassandra/older1/pid" ||
+    CASSANDRA_VERSION=$older_version "$here/cassandra/cassandra.sh" start older1 "$OLDER_IP" ferry-older older-dc "$OLDER_IP"
+  CASSANDRA_VERSION=$older_version "$here/cassandra/cassandra.sh" wait older1 "$OLDER_IP"
+  echo "$older_version" >"$FERRY_RUN/cassandra/older1/version"
+fi
+
 # Describe the bed for tests and scripts: every running source node, even
 # ones an earlier `up.sh --source-nodes N` started.
 contact=""
@@ -122,6 +136,13 @@ if pid_alive "$FERRY_RUN/cassandra/secure1/pid"; then
 FERRY_SECURE_CONTACT_POINTS=$SECURE_IP:9042
 FERRY_SECURE_DATACENTER=secure-dc
 FERRY_SECURE_CA_FILE=$FERRY_RUN/cassandra/secure1/tls/ca.pem
+ENV
+fi
+if pid_alive "$FERRY_RUN/cassandra/older1/pid"; then
+  cat >>"$FERRY_RUN/testbed.env" <<ENV
+FERRY_OLDER_CONTACT_POINTS=$OLDER_IP:9042
+FERRY_OLDER_DATACENTER=older-dc
+FERRY_OLDER_VERSION=$(cat "$FERRY_RUN/cassandra/older1/version" 2>/dev/null || echo "$older_version")
 ENV
 fi
 if "$here/node.sh" status; then

@@ -529,7 +529,10 @@ mod tests {
         assert_eq!(env["FERRY_SAMPLE_PERCENT"], "3");
         assert!(!env.contains_key("FERRY_REPAIR"), "a check only reports");
         let container = &job.spec.unwrap().template.spec.unwrap().containers[0];
-        assert_eq!(container.args.as_deref(), Some(&["validate".to_owned()][..]));
+        assert_eq!(
+            container.args.as_deref(),
+            Some(&["validate".to_owned()][..])
+        );
         assert_eq!(container.name, "check");
     }
 

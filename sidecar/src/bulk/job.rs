@@ -111,9 +111,17 @@ impl CommonArgs {
             &self.exclude_tables,
         )
         .await?;
+        // A 4.x cluster on either side cannot read the stamps of a
+        // non-frozen collection's cells: read such columns without them.
+        let stamps = crate::bulk::schema::multi_cell_stamps(&source).await
+            && crate::bulk::schema::multi_cell_stamps(&target).await;
+        if !stamps {
+            info!("a cluster before Cassandra 5.0: non-frozen collections and UDTs are copied without their cells' WRITETIME and TTL (docs/bulk.md)");
+        }
         let mut tables = Vec::new();
         for (keyspace, table) in &selected {
-            let schema = read_table(&source, "source", keyspace, table).await?;
+            let mut schema = read_table(&source, "source", keyspace, table).await?;
+            schema.multi_cell_stamps = stamps;
             let target_schema = read_table(&target, "target", keyspace, table).await?;
             schema.check_matches(&target_schema)?;
             tables.push(JobTable {

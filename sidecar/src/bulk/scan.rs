@@ -84,12 +84,13 @@ impl ScanLayout {
         for column in schema.value_columns() {
             let value = next;
             next += 1;
-            let (writetime, ttl) = if column.is_counter() {
-                (None, None)
-            } else {
-                next += 2;
-                (Some(value + 1), Some(value + 2))
-            };
+            let (writetime, ttl) =
+                if column.is_counter() || (column.is_multi_cell() && !schema.multi_cell_stamps) {
+                    (None, None)
+                } else {
+                    next += 2;
+                    (Some(value + 1), Some(value + 2))
+                };
             values.push(ValueSlot {
                 column: column.clone(),
                 value,
@@ -222,7 +223,7 @@ fn select_list(schema: &TableSchema) -> String {
     cols.extend(schema.clustering.iter().map(Column::quoted));
     for column in schema.value_columns() {
         let q = column.quoted();
-        if column.is_counter() {
+        if column.is_counter() || (column.is_multi_cell() && !schema.multi_cell_stamps) {
             cols.push(q);
         } else if column.is_multi_cell() && !column.is_multi_cell_list() {
             cols.push(format!("{q}, MAXWRITETIME({q}), TTL({q})"));

@@ -128,6 +128,30 @@ pub struct TableSchema {
     pub regulars: Vec<Column>,
     /// `gc_grace_seconds` of the table.
     pub gc_grace_seconds: i32,
+    /// Whether both clusters answer `WRITETIME`/`TTL` of a non-frozen
+    /// collection's or UDT's cells and `MAXWRITETIME` (Cassandra 5.0+). A
+    /// Cassandra 4.x source does not: such columns are then read without
+    /// their stamps (see [`multi_cell_stamps`] and docs/bulk.md).
+    pub multi_cell_stamps: bool,
+}
+
+/// Whether `session`'s cluster reads the stamps of multi-cell columns:
+/// Cassandra 5.0 and later (by `release_version`; unknown counts as yes).
+pub async fn multi_cell_stamps(session: &Session) -> bool {
+    let version = session
+        .query_unpaged("SELECT release_version FROM system.local", &[])
+        .await
+        .ok()
+        .and_then(|r| r.into_rows_result().ok())
+        .and_then(|rows| rows.rows::<(Option<String>,)>().ok()?.next()?.ok()?.0);
+    stamps_in(version.as_deref())
+}
+
+/// The major version's answer to [`multi_cell_stamps`].
+fn stamps_in(release_version: Option<&str>) -> bool {
+    release_version
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+        .is_none_or(|major| major >= 5)
 }
 
 impl TableSchema {
@@ -318,6 +342,7 @@ pub async fn read_table(
         statics: vec![],
         regulars: vec![],
         gc_grace_seconds,
+        multi_cell_stamps: true,
     };
     for row in &column_rows {
         let kind = match text(row, 1).as_str() {
@@ -423,6 +448,17 @@ pub async fn select_tables(
 mod tests {
     use super::*;
 
+    #[test]
+    fn multi_cell_stamps_come_with_cassandra_5() {
+        assert!(stamps_in(Some("5.0.9")));
+        assert!(stamps_in(Some("6.0-alpha1")));
+        assert!(!stamps_in(Some("4.1.10")));
+        assert!(!stamps_in(Some("3.11.19")));
+        // Unknown: as the target this code is written for.
+        assert!(stamps_in(None));
+        assert!(stamps_in(Some("garbage")));
+    }
+
     fn col(name: &str, cql_type: &str) -> Column {
         Column {
             name: name.into(),
@@ -457,6 +493,7 @@ mod tests {
             statics: vec![],
             regulars: vec![col("a", "int"), col("b", "text")],
             gc_grace_seconds: 10,
+            multi_cell_stamps: true,
         };
         let mut target = source.clone();
         target.gc_grace_seconds = 20;

@@ -524,6 +524,7 @@ mod tests {
                 col("l", ColumnKind::Regular, -1, "list<int>"),
             ],
             gc_grace_seconds: 864000,
+            multi_cell_stamps: true,
         }
     }
 

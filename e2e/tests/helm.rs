@@ -247,3 +247,66 @@ fn every_namespaced_object_names_its_namespace() {
         );
     }
 }
+
+/// Issue 14 §4: every metric the chart's Grafana dashboard and its
+/// PrometheusRule query is one some Ferry endpoint serves: the proxy's
+/// admin port, the operator's metrics port, or the Jobs' metrics port. A
+/// renamed metric would leave a panel or an alert silently empty.
+#[test]
+fn every_metric_the_dashboard_and_alerts_query_is_served() {
+    let root = testbed::repo_root();
+    let mut queried = std::collections::BTreeSet::new();
+    for file in [
+        "charts/ferry/dashboards/ferry.json",
+        "charts/ferry/templates/prometheusrule.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("read");
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("ferry_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            // A histogram's series are its name with these suffixes.
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name)
+                .to_owned();
+            queried.insert((file, base));
+        }
+    }
+    assert!(
+        queried.len() >= 10,
+        "the dashboard queries Ferry's metrics: {queried:?}"
+    );
+    let proxy = ferry_sidecar::proxy::metrics::Metrics::new().expect("proxy metrics");
+    let operator = ferry_operator::metrics::Metrics::new().expect("operator metrics");
+    operator.set_phase("ns", "m", ferry_operator::crd::Phase::Ready);
+    let served = [
+        proxy.render(),
+        operator.render(),
+        ferry_sidecar::bulk::progress::metrics_text(&ferry_sidecar::bulk::progress::Stats::new(
+            "backfill",
+        )),
+        ferry_sidecar::bulk::progress::metrics_text(&ferry_sidecar::bulk::progress::Stats::new(
+            "validate",
+        )),
+    ]
+    .join("\n");
+    let names: std::collections::BTreeSet<&str> = served
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let missing: Vec<String> = queried
+        .iter()
+        .filter(|(_, name)| !names.contains(name.as_str()))
+        .map(|(file, name)| format!("{name} (in {file})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried but served by no Ferry endpoint: {missing:?}\nserved: {names:?}"
+    );
+}

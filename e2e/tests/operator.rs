@@ -2344,3 +2344,98 @@ async fn a_difference_found_after_ready_sends_the_migration_back_to_validation()
     );
     operator.abort();
 }
+
+/// Issue 14 §4: a migration in a namespace that enforces the `restricted`
+/// Pod Security Standard (with `proxy.redirect: port`, as the docs say):
+/// the API server admits every pod the webhook injected and every Job pod,
+/// so the roll and the Jobs run and the migration reaches `Ready`. The
+/// namespace's enforcement is checked first: a pod without a seccomp
+/// profile is refused there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_runs_in_a_namespace_that_enforces_the_restricted_standard() {
+    let bed = bare_bed("ferry-restricted").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            }}})),
+        )
+        .await
+        .expect("label the namespace");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lax: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "lax"},
+        "spec": {"nodeSelector": {NO_NODE_LABEL: "true"},
+                 "containers": [{"name": "c", "image": "x"}]},
+    }))
+    .expect("pod");
+    let refused = pods
+        .create(&PostParams::default(), &lax)
+        .await
+        .expect_err("the namespace enforces restricted");
+    assert!(refused.to_string().contains("restricted"), "{refused}");
+
+    // The source, itself as restricted asks.
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": STS},
+        "spec": {
+            "replicas": REPLICAS, "serviceName": STS, "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": STS}},
+            "template": {"metadata": {"labels": {"app": STS}},
+                         "spec": {"nodeSelector": {NO_NODE_LABEL: "true"},
+                                  "securityContext": {"runAsNonRoot": true, "runAsUser": 999,
+                                                      "seccompProfile": {"type": "RuntimeDefault"}},
+                                  "containers": [{"name": "cassandra", "image": "cassandra:test",
+                                                  "securityContext": {"allowPrivilegeEscalation": false,
+                                                                      "capabilities": {"drop": ["ALL"]}}}]}},
+        },
+    }))
+    .expect("sts");
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("create sts");
+    eventually(60, "3 Ready source pods", || async {
+        let pods = source_pods(client, ns).await;
+        (pods.len() == REPLICAS && pods.iter().all(sidecar::pod_ready)).then_some(())
+    })
+    .await;
+
+    let operator = start_controller(client, ns);
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    let mig = migration("strict");
+    assert_eq!(
+        mig.spec.proxy.redirect,
+        ferry_operator::crd::TrafficRedirect::Port
+    );
+    api.create(&PostParams::default(), &mig)
+        .await
+        .expect("create migration");
+    eventually(180, "phase Ready", || async {
+        (phase_of(&api, "strict").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    for pod in source_pods(client, ns).await {
+        assert!(
+            sidecar::has_sidecar(&pod),
+            "{} admitted with its proxy",
+            pod.name_any()
+        );
+    }
+    // The Jobs' pods were admitted too (the fake kubelet finished them).
+    let job_pods = pods
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name"))
+        .await
+        .expect("job pods")
+        .items;
+    assert!(
+        job_pods.len() >= 2,
+        "backfill and validation pods ran: {}",
+        job_pods.len()
+    );
+    operator.abort();
+}

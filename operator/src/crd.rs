@@ -472,9 +472,21 @@ pub struct ProxySpec {
     #[schemars(range(min = 3, max = 5))]
     pub protocol_version: Option<i32>,
 
-    /// CPU and memory for the sidecar container.
+    /// CPU and memory for the sidecar container. Default: requests of 100m
+    /// CPU and 64Mi, limits of 500m and 256Mi; in a pod whose containers
+    /// all have requests equal to limits (QoS Guaranteed, as Cassandra pods
+    /// often are) the requests are raised to the limits, so the pod stays
+    /// Guaranteed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// The most the proxy's spool (writes the target could not take yet,
+    /// in async mode) holds on disk, in MiB. Its `emptyDir` volume gets
+    /// this plus 64Mi as `sizeLimit`; when full, the proxy refuses writes
+    /// rather than lose them (it never grows past it).
+    #[serde(default = "default_spool_max_mib")]
+    #[schemars(range(min = 16, max = 1048576))]
+    pub spool_max_mib: i32,
 
     /// TLS the proxy serves to clients, for a source whose clients speak
     /// TLS: a Secret with `tls.crt` and `tls.key` (a `kubernetes.io/tls`
@@ -493,9 +505,14 @@ impl Default for ProxySpec {
             redirect: TrafficRedirect::default(),
             protocol_version: None,
             resources: None,
+            spool_max_mib: default_spool_max_mib(),
             tls_secret: None,
         }
     }
+}
+
+fn default_spool_max_mib() -> i32 {
+    1024
 }
 
 /// The proxy's client-facing certificate.

@@ -53,6 +53,9 @@ pub struct JobInputs {
     /// When the first proxy may have started mirroring (micros): the
     /// migration's start. The backfill's gc_grace_seconds check counts from it.
     pub mirroring_since_micros: Option<i64>,
+    /// Secrets to pull the image with (the chart's `imagePullSecrets`; each
+    /// must exist in the migration's namespace).
+    pub image_pull_secrets: Vec<String>,
 }
 
 fn env(name: &str, value: impl ToString) -> Value {
@@ -196,9 +199,11 @@ pub fn build_job(
         "args": [kind.mode()],
         "env": job_env(cm, kind, inputs),
         "terminationMessagePolicy": "File",
+        // What the `restricted` Pod Security Standard asks of a container.
         "securityContext": {
             "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     });
     let tls = TlsMount::clusters(spec);
@@ -230,6 +235,11 @@ pub fn build_job(
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
+                    // The Jobs talk CQL only: no Kubernetes API token.
+                    "automountServiceAccountToken": false,
+                    "imagePullSecrets": (!inputs.image_pull_secrets.is_empty()).then(|| {
+                        inputs.image_pull_secrets.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()
+                    }),
                     "containers": [container],
                     "volumes": (!tls.is_empty()).then(|| tls.iter().map(TlsMount::volume).collect::<Vec<_>>()),
                     "nodeSelector": spec.backfill.node_selector,
@@ -417,6 +427,7 @@ mod tests {
             source_datacenter: Some("dc0".into()),
             start_timestamp_micros: 1_700_000_000_000_000,
             mirroring_since_micros: Some(1_699_999_000_000_000),
+            image_pull_secrets: vec!["regcred".to_owned()],
         }
     }
 
@@ -517,6 +528,29 @@ mod tests {
         assert_eq!(env["FERRY_SAMPLE_PERCENT"], "10");
         assert_eq!(env["FERRY_REPAIR"], "true");
         assert!(!env.contains_key("FERRY_TIMESTAMP_MODE"));
+    }
+
+    #[test]
+    fn job_pods_meet_the_restricted_pod_security_standard_without_an_api_token() {
+        let job = build_job(&migration(), JobKind::Backfill, &inputs()).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.image_pull_secrets
+                .map(|s| s.into_iter().map(|r| r.name).collect::<Vec<_>>()),
+            Some(vec!["regcred".to_owned()])
+        );
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.seccomp_profile.map(|p| p.type_),
+            Some("RuntimeDefault".to_owned())
+        );
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_owned()])
+        );
     }
 
     #[test]

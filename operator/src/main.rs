@@ -128,6 +128,10 @@ struct RunArgs {
     /// appeared on the source.
     #[arg(long, env = "FERRY_SCHEMA_RECHECK_SECS", default_value_t = 60)]
     schema_recheck_secs: u64,
+    /// Secrets (comma-separated names) the backfill and validation Job pods
+    /// pull their image with; each must exist in the migration's namespace.
+    #[arg(long, env = "FERRY_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    image_pull_secrets: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -308,6 +312,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         proxy_checks: args.proxy_checks,
         mirroring_behind_after: Duration::from_secs(args.mirroring_behind_after_secs),
         schema_recheck: Duration::from_secs(args.schema_recheck_secs.max(1)),
+        image_pull_secrets: args
+            .image_pull_secrets
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect(),
         namespace: args.watch_namespace.clone().filter(|n| !n.is_empty()),
         ..Settings::default()
     };

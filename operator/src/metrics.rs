@@ -34,6 +34,15 @@ const PHASES: [Phase; 7] = [
     Phase::Complete,
 ];
 
+/// The `error` label's values (`controller::Error::metric_label`).
+pub const ERROR_KINDS: [&str; 5] = [
+    "kube",
+    "build",
+    "no_namespace",
+    "finalizer",
+    "cleanup_in_progress",
+];
+
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("ferry_operator".to_owned()), None)?;
@@ -54,6 +63,12 @@ impl Metrics {
             Opts::new("migration_phase", "1 for the phase each migration is in"),
             &["namespace", "migration", "phase"],
         )?;
+        // The series the dashboard draws exist from the start, at 0.
+        reconciles.with_label_values::<&str>(&[]);
+        duration.with_label_values::<&str>(&[]);
+        for kind in ERROR_KINDS {
+            errors.with_label_values(&[kind]);
+        }
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;

@@ -50,6 +50,7 @@ pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<
         ),
         "--advertise-address=$(POD_IP)".to_owned(),
         "--spool-dir=/var/lib/ferry/spool".to_owned(),
+        format!("--spool-max-bytes={}", spool_max_bytes(spec)),
     ];
     if let Some(v) = spec.proxy.protocol_version {
         args.push(format!("--protocol-version={v}"));
@@ -202,10 +203,13 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
             {"name": "ferry-peers", "mountPath": labels::PEER_MAP_DIR, "readOnly": true},
             {"name": "ferry-spool", "mountPath": "/var/lib/ferry/spool"},
         ],
+        // What the `restricted` Pod Security Standard asks of a container.
         "securityContext": {
             "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "resources": default_proxy_resources(),
     });
     if let (Some(mounts), tls) = (
         container["volumeMounts"].as_array_mut(),
@@ -223,6 +227,71 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
         container["restartPolicy"] = json!("Always");
     }
     container
+}
+
+/// The spool's limit in bytes (`proxy.spoolMaxMiB`).
+fn spool_max_bytes(spec: &crate::crd::CassandraMigrationSpec) -> u64 {
+    u64::from(spec.proxy.spool_max_mib.max(16).unsigned_abs()) << 20
+}
+
+/// The spool volume: an `emptyDir` that the kubelet lets grow to the
+/// proxy's own limit and a margin (its segment files and head record),
+/// never past it.
+fn spool_volume(spec: &crate::crd::CassandraMigrationSpec) -> Value {
+    let mib = spec.proxy.spool_max_mib.max(16) + 64;
+    json!({"name": "ferry-spool", "emptyDir": {"sizeLimit": format!("{mib}Mi")}})
+}
+
+/// The proxy's resources when `proxy.resources` says none.
+fn default_proxy_resources() -> Value {
+    json!({
+        "requests": {"cpu": "100m", "memory": "64Mi"},
+        "limits": {"cpu": "500m", "memory": "256Mi"},
+    })
+}
+
+/// The redirect init container's resources: small, and requests equal to
+/// limits so it never lowers a pod's QoS class.
+fn redirect_resources() -> Value {
+    json!({
+        "requests": {"cpu": "50m", "memory": "32Mi"},
+        "limits": {"cpu": "50m", "memory": "32Mi"},
+    })
+}
+
+/// Whether every container of the pod has CPU and memory requests equal to
+/// its limits: Kubernetes' QoS class Guaranteed, which the injected
+/// containers must not lose it.
+pub fn guaranteed(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let all: Vec<&k8s_openapi::api::core::v1::Container> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
+    !spec.containers.is_empty()
+        && all.iter().all(|c| {
+            let Some(r) = c.resources.as_ref() else {
+                return false;
+            };
+            let limits = r.limits.clone().unwrap_or_default();
+            // Requests default to limits when only limits are set.
+            let requests = r.requests.clone().unwrap_or_else(|| limits.clone());
+            ["cpu", "memory"].iter().all(|k| {
+                limits.contains_key(*k) && requests.get(*k).or(limits.get(*k)) == limits.get(*k)
+            })
+        })
+}
+
+/// Requests raised to the limits (for a Guaranteed pod).
+fn as_guaranteed(resources: &Value) -> Value {
+    let mut out = resources.clone();
+    if let Some(limits) = resources.get("limits").cloned() {
+        out["requests"] = limits;
+    }
+    out
 }
 
 /// The proxy's preStop hook: `/drain` waits until the spool is empty and no
@@ -254,7 +323,9 @@ pub fn redirect_container(cm: &CassandraMigration, settings: &InjectionSettings)
         "securityContext": {
             "runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "resources": redirect_resources(),
     })
 }
 
@@ -286,6 +357,10 @@ pub fn injection_patch(pod: &Pod, cm: &CassandraMigration, settings: &InjectionS
         init.push(redirect_container(cm, settings));
     }
     let mut sidecar = sidecar_container(cm, settings);
+    // A Guaranteed pod stays Guaranteed: the proxy's requests are its limits.
+    if guaranteed(pod) {
+        sidecar["resources"] = as_guaranteed(&sidecar["resources"]);
+    }
     // Before the pod goes, its proxy hands the target what it still owes it
     // (the spool is in the pod and goes with it), within the pod's grace.
     let grace = spec
@@ -312,7 +387,7 @@ pub fn injection_patch(pod: &Pod, cm: &CassandraMigration, settings: &InjectionS
     }
     let mut volumes = vec![
         json!({"name": "ferry-peers", "configMap": {"name": labels::peer_map_name(&name), "optional": true}}),
-        json!({"name": "ferry-spool", "emptyDir": {}}),
+        spool_volume(&cm.spec),
     ];
     volumes.extend(TlsMount::proxy(&cm.spec).iter().map(TlsMount::volume));
     if let Some(secret) = &cm.spec.target.credentials_secret {
@@ -436,6 +511,75 @@ mod tests {
             ann.get(labels::MIGRATION_ANNOTATION).map(String::as_str),
             Some("mig")
         );
+    }
+
+    /// What the `restricted` Pod Security Standard checks, for the proxy
+    /// with `redirect: port` (the iptables init container needs NET_ADMIN,
+    /// which `restricted` never allows).
+    #[test]
+    fn the_injected_proxy_meets_the_restricted_pod_security_standard() {
+        let cm = migration(TrafficRedirect::Port);
+        let pod = apply(
+            &bare_pod(),
+            &injection_patch(&bare_pod(), &cm, &settings(true)),
+        );
+        let spec = pod.spec.unwrap();
+        let proxy = &spec.init_containers.as_ref().unwrap()[0];
+        let sc = proxy.security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_owned()])
+        );
+        assert_eq!(
+            sc.seccomp_profile.map(|p| p.type_),
+            Some("RuntimeDefault".to_owned())
+        );
+        assert!(sc.privileged.is_none_or(|p| !p));
+        // Volumes of the allowed kinds only, the spool bounded.
+        for v in spec.volumes.as_ref().unwrap() {
+            assert!(
+                v.config_map.is_some() || v.secret.is_some() || v.empty_dir.is_some(),
+                "{v:?}"
+            );
+            assert!(v.host_path.is_none());
+        }
+        let spool = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "ferry-spool")
+            .unwrap();
+        assert_eq!(
+            spool.empty_dir.unwrap().size_limit.map(|q| q.0),
+            Some("1088Mi".to_owned())
+        );
+        let args = proxy.args.clone().unwrap();
+        assert!(args.contains(&format!("--spool-max-bytes={}", 1024u64 << 20)));
+        // Requests and limits by default.
+        let r = proxy.resources.clone().unwrap();
+        assert!(r.requests.is_some() && r.limits.is_some());
+    }
+
+    #[test]
+    fn a_guaranteed_pod_stays_guaranteed() {
+        let cm = migration(TrafficRedirect::Iptables);
+        let mut pod = bare_pod();
+        pod.spec.as_mut().unwrap().containers[0].resources =
+            Some(serde_json::from_value(json!({"limits": {"cpu": "2", "memory": "4Gi"}})).unwrap());
+        assert!(guaranteed(&pod), "limits alone: requests default to them");
+        let injected = apply(&pod, &injection_patch(&pod, &cm, &settings(true)));
+        assert!(guaranteed(&injected), "{:?}", injected.spec);
+        // A Burstable pod keeps the proxy's smaller requests.
+        let burstable = apply(
+            &bare_pod(),
+            &injection_patch(&bare_pod(), &cm, &settings(true)),
+        );
+        assert!(!guaranteed(&burstable));
+        let proxy = &burstable.spec.unwrap().init_containers.unwrap()[1];
+        let r = proxy.resources.clone().unwrap();
+        assert_ne!(r.requests, r.limits);
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct Settings {
     pub schema_step: bool,
     /// After the roll, how often the schemas are compared again.
     pub schema_recheck: Duration,
+    /// Secrets the Job pods pull their image with (`--image-pull-secrets`).
+    pub image_pull_secrets: Vec<String>,
     /// How long a minute of `validation.scheduleMinutes` lasts (the tests
     /// shorten it to see checks in seconds).
     pub schedule_minute: Duration,
@@ -102,6 +104,7 @@ impl Default for Settings {
             schema_step: true,
             schema_recheck: Duration::from_secs(60),
             schedule_minute: Duration::from_secs(60),
+            image_pull_secrets: Vec::new(),
         }
     }
 }
@@ -1359,6 +1362,7 @@ async fn start_job(
         source_datacenter: None,
         start_timestamp_micros: start,
         mirroring_since_micros: mirroring_since_micros(step.cm),
+        image_pull_secrets: step.ctx.settings.image_pull_secrets.clone(),
     };
     let job = jobs::build_job(step.cm, kind, &inputs)?;
     let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);

@@ -143,6 +143,16 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(mirrored_writes.clone()))?;
         registry.register(Box::new(target_failures.clone()))?;
+        // Every series a dashboard draws exists from the start, at 0:
+        // "no data" would read as a proxy that does not report.
+        for kind in ["read", "write", "use", "schema", "other"] {
+            for side in ["source", "target"] {
+                requests.with_label_values(&[kind, side]);
+            }
+        }
+        for side in ["source", "target"] {
+            latency.with_label_values(&[side]);
+        }
         registry.register(Box::new(policy_writes.clone()))?;
         registry.register(Box::new(schema_changes.clone()))?;
         registry.register(Box::new(lwt_divergence.clone()))?;

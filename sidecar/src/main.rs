@@ -46,16 +46,36 @@ fn init_tracing() {
     }
 }
 
+/// `FERRY_WORKER_THREADS`: the async runtime's threads (default: one per
+/// core). 1 runs every task on one thread (tokio's current-thread runtime):
+/// no cross-thread wake-ups, which a sidecar handling a modest rate pays
+/// for on every request (docs/benchmarks.md).
+fn worker_threads() -> Option<usize> {
+    std::env::var("FERRY_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+}
+
+fn runtime_builder(workers: Option<usize>) -> tokio::runtime::Builder {
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     // The scylla driver turns on rustls' aws-lc-rs provider and our own TLS
     // uses ring: with both compiled in, rustls needs the process to choose.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder(worker_threads()).enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -1504,6 +1504,31 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     set_stage("mirror").await;
     confirmed("mirror").await;
     assert!(modes().await.iter().all(|m| *m == ("sync".to_owned(), 0)));
+    // The roll-back is verified: the source checked against the target.
+    let verified = eventually(60, "RollBackVerified", || async {
+        let cm = api.get("cut").await.ok()?;
+        let c = condition_of(&cm, "RollBackVerified")?;
+        (c.0 == "True").then_some(c)
+    })
+    .await;
+    assert_eq!(verified.1, "SourceHasEverything", "{verified:?}");
+    let reverse = Api::<Job>::namespaced(client.clone(), ns)
+        .get(&labels::reverse_job_name("cut", 1))
+        .await
+        .expect("the reverse validation Job");
+    let env: BTreeSet<String> = reverse
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| format!("{}={}", e.name, e.value.clone().unwrap_or_default()))
+        .collect();
+    assert!(env.contains("FERRY_REVERSE=true"), "{env:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     set_stage("targetPrimary").await;
     confirmed("targetPrimary").await;

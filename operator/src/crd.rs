@@ -234,6 +234,10 @@ pub struct CutoverStatus {
     /// When each stage was confirmed on every proxy, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<CutoverTransition>,
+    /// After a roll-back from `targetPrimary`: the reverse validation that
+    /// checks the source against the target (condition `RollBackVerified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_check: Option<ScheduledValidation>,
 }
 
 /// The moment every proxy served a stage.

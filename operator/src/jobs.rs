@@ -19,6 +19,9 @@ pub enum JobKind {
     Validate,
     /// A validation scheduled once Ready: a sample, no repair.
     Check,
+    /// After a roll-back from `targetPrimary`: the source checked against
+    /// the target (`--reverse`), no repair.
+    Reverse,
 }
 
 impl JobKind {
@@ -27,6 +30,7 @@ impl JobKind {
             JobKind::Backfill => "backfill",
             JobKind::Validate => "validate",
             JobKind::Check => "check",
+            JobKind::Reverse => "reverse",
         }
     }
 
@@ -34,7 +38,7 @@ impl JobKind {
     pub fn mode(self) -> &'static str {
         match self {
             JobKind::Backfill => "backfill",
-            JobKind::Validate | JobKind::Check => "validate",
+            JobKind::Validate | JobKind::Check | JobKind::Reverse => "validate",
         }
     }
 }
@@ -165,6 +169,17 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
             if spec.validation.repair {
                 env_vars.push(env("FERRY_REPAIR", "true"));
             }
+        }
+        JobKind::Reverse => {
+            let mode = match spec.validation.mode {
+                ValidationMode::Full => "full",
+                ValidationMode::Sample => "sample",
+            };
+            env_vars.push(env("FERRY_VALIDATE_MODE", mode));
+            if let Some(p) = spec.validation.sample_percent {
+                env_vars.push(env("FERRY_SAMPLE_PERCENT", p));
+            }
+            env_vars.push(env("FERRY_REVERSE", "true"));
         }
         JobKind::Check => {
             // Reports only: a difference sends the migration back to the
@@ -550,6 +565,23 @@ mod tests {
         assert_eq!(
             sc.capabilities.and_then(|c| c.drop),
             Some(vec!["ALL".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_reverse_check_reads_the_target_as_the_reference_and_never_repairs() {
+        let job = build_job(&migration(), JobKind::Reverse, &inputs()).unwrap();
+        let env = env_of(&job);
+        assert_eq!(env["FERRY_REVERSE"], "true");
+        assert_eq!(env["FERRY_VALIDATE_MODE"], "sample");
+        assert!(
+            !env.contains_key("FERRY_REPAIR"),
+            "it would write into the source"
+        );
+        let container = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(
+            container.args.as_deref(),
+            Some(&["validate".to_owned()][..])
         );
     }
 

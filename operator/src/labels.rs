@@ -51,6 +51,11 @@ pub fn validate_job_name(migration: &str, attempt: u32) -> String {
     format!("{migration}-validate-{attempt}")
 }
 
+/// The Job of the `run`th reverse validation (after a roll-back).
+pub fn reverse_job_name(migration: &str, run: u32) -> String {
+    format!("{migration}-reverse-{run}")
+}
+
 /// The Job of the `run`th scheduled validation check.
 pub fn check_job_name(migration: &str, run: u32) -> String {
     format!("{migration}-check-{run}")

@@ -24,6 +24,9 @@ pub mod condition {
     /// The proxies' shadow reads: whether the target answered them as the
     /// source did (set once some were compared).
     pub const SHADOW_READS_MATCH: &str = "ShadowReadsMatch";
+    /// After a roll-back from `targetPrimary`: whether the source holds
+    /// what the target does (a reverse validation).
+    pub const ROLL_BACK_VERIFIED: &str = "RollBackVerified";
     pub const FAILED: &str = "Failed";
 }
 

@@ -42,8 +42,10 @@ use crate::source;
 use crate::status::{self, condition};
 use ferry_sidecar::proxy::state::ProxyState;
 
+mod reverse_check;
 mod scheduled_check;
 mod schema_step;
+use reverse_check::reverse_check;
 use scheduled_check::scheduled_check;
 use schema_step::{schema_gate, schema_recheck};
 
@@ -560,6 +562,7 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
             } else {
                 let switching = follow_cutover(&mut step, &pods, readings).await?;
                 if proxied && !behind && !switching {
+                    reverse_check(&mut step, &pods).await?;
                     scheduled_check(&mut step, &pods).await?;
                 }
                 // A re-roll in progress waits on settle times no pod event
@@ -1327,6 +1330,7 @@ async fn start_job(
         JobKind::Backfill => labels::backfill_job_name(&step.name),
         JobKind::Validate => labels::validate_job_name(&step.name, attempt),
         JobKind::Check => labels::check_job_name(&step.name, attempt),
+        JobKind::Reverse => labels::reverse_job_name(&step.name, attempt),
     };
     let start = match kind {
         JobKind::Backfill => {
@@ -1337,7 +1341,7 @@ async fn start_job(
                 .and_then(|b| b.start_timestamp_micros);
             existing.unwrap_or_else(|| jiff::Timestamp::now().as_microsecond())
         }
-        JobKind::Validate | JobKind::Check => step
+        JobKind::Validate | JobKind::Check | JobKind::Reverse => step
             .status
             .backfill
             .as_ref()
@@ -1393,6 +1397,14 @@ async fn start_job(
                 job_name: Some(name.clone()),
                 ..Default::default()
             });
+        }
+        JobKind::Reverse => {
+            if let Some(cut) = step.status.cutover.as_mut() {
+                let check = cut.reverse_check.get_or_insert_with(Default::default);
+                check.runs = attempt;
+                check.job = Some(name.clone());
+                check.last_started = Some(step.now.clone());
+            }
         }
         JobKind::Check => {
             let checks = step

@@ -163,6 +163,27 @@ pub struct ClusterConfig<'a> {
 }
 
 impl ConnectionArgs {
+    /// The same settings with source and target swapped (a reverse
+    /// validation reads the target as the reference).
+    pub fn swapped(&self) -> Self {
+        let mut out = self.clone();
+        std::mem::swap(
+            &mut out.source_contact_points,
+            &mut out.target_contact_points,
+        );
+        std::mem::swap(&mut out.source_local_dc, &mut out.target_local_dc);
+        std::mem::swap(&mut out.source_username, &mut out.target_username);
+        std::mem::swap(&mut out.source_password, &mut out.target_password);
+        std::mem::swap(&mut out.source_password_file, &mut out.target_password_file);
+        std::mem::swap(&mut out.source_tls, &mut out.target_tls);
+        std::mem::swap(&mut out.source_tls_ca_file, &mut out.target_tls_ca_file);
+        std::mem::swap(
+            &mut out.source_tls_skip_hostname_verification,
+            &mut out.target_tls_skip_hostname_verification,
+        );
+        out
+    }
+
     pub fn source(&self) -> ClusterConfig<'_> {
         ClusterConfig {
             name: "source",

@@ -41,6 +41,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
         let bad_input = match () {
             _ if cause.downcast_ref::<ring::SplitParseError>().is_some() => true,
+            _ if cause
+                .downcast_ref::<validate::ReverseRepairRefused>()
+                .is_some() =>
+            {
+                true
+            }
             _ => {
                 matches!(cause.downcast_ref::<schema::SchemaError>(), Some(e) if !matches!(e, schema::SchemaError::Query { .. }))
                     || matches!(cause.downcast_ref::<backfill::BackfillError>(), Some(e) if !matches!(e, backfill::BackfillError::RangesFailed { .. }))

@@ -61,7 +61,18 @@ pub struct ValidateArgs {
     /// Differences of one range re-checked by point reads; beyond, counted as they are.
     #[arg(long, env = "FERRY_RECHECK_LIMIT", default_value_t = 10_000)]
     pub recheck_limit: usize,
+    /// Compare the other way: the target is the reference and the source is
+    /// checked against it (before a roll-back from the cut-over's
+    /// `targetPrimary` is called safe). `missing` then counts rows the
+    /// source lacks. Reports only: refused with `--repair`.
+    #[arg(long, env = "FERRY_REVERSE")]
+    pub reverse: bool,
 }
+
+/// `--reverse` with `--repair`: repairing would write into the source.
+#[derive(Debug, thiserror::Error)]
+#[error("--reverse compares the source against the target and only reports: it cannot be combined with --repair (that would write into the source)")]
+pub struct ReverseRepairRefused;
 
 /// Outcome figures of a validation (also in the summary).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -252,6 +263,16 @@ pub fn sample_positions(count: usize, percent: f64, seed: u64) -> Vec<usize> {
 
 /// Runs a validation, counting into `stats`.
 pub async fn run(args: &ValidateArgs, stats: Arc<Stats>) -> anyhow::Result<ValidationReport> {
+    if args.reverse {
+        if args.repair {
+            return Err(ReverseRepairRefused.into());
+        }
+        // The same comparison with the clusters' roles swapped.
+        let mut forward = args.clone();
+        forward.reverse = false;
+        forward.common.connection = args.common.connection.swapped();
+        return Box::pin(run(&forward, stats)).await;
+    }
     let common = &args.common;
     let read = common.connection.read_consistency()?;
     let write = common.connection.write_consistency()?;

@@ -2339,7 +2339,8 @@ async fn a_difference_found_after_ready_sends_the_migration_back_to_validation()
         .scheduled_validation
         .and_then(|c| c.last_result)
         .expect("the check's result");
-    assert_eq!((last.missing, last.mismatched), (1, 2));
+    // Summed over the check Job's two pods (backfill.parallelism).
+    assert_eq!((last.missing, last.mismatched), (2, 4));
     assert!(
         last.examples
             .get("mismatched")

@@ -561,7 +561,15 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
                 revalidate(&mut step, &pods).await?
             } else {
                 let switching = follow_cutover(&mut step, &pods, readings).await?;
-                if proxied && !behind && !switching {
+                // Checks run when no stage switch is asked for (a proxy
+                // whose /state cannot be read keeps `switching` set, and
+                // must not stop the checks of the data).
+                let stage_settled = step
+                    .status
+                    .cutover
+                    .as_ref()
+                    .is_none_or(|c| c.stage == step.cm.spec.cutover.stage);
+                if proxied && !behind && stage_settled {
                     reverse_check(&mut step, &pods).await?;
                     scheduled_check(&mut step, &pods).await?;
                 }

@@ -46,6 +46,10 @@ struct MigrateArgs {
     /// shadowReads, targetPrimary, back to mirror, targetPrimary and done).
     #[arg(long)]
     stop_at_ready: bool,
+    /// The source as cass-operator lays it out: one StatefulSet per rack,
+    /// found by the migration's `source.selector`.
+    #[arg(long)]
+    racks: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -87,6 +91,11 @@ async fn main() -> anyhow::Result<()> {
         history_rows: args.history_rows,
         check_teardown: !args.keep,
         cutover: !args.stop_at_ready,
+        layout: if args.racks {
+            migration::SourceLayout::Racks
+        } else {
+            migration::SourceLayout::OneStatefulSet
+        },
         ..Options::default()
     };
     let outcome = migration::run(&cluster, &images, &opts).await?;

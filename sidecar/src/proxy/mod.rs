@@ -398,8 +398,12 @@ pub async fn run_until(
     }
     replayer.abort();
     let _ = replayer.await;
+    // Awaited, not only aborted: the admin listener goes with its task,
+    // and a proxy started again at once on the same address (a restart in
+    // the same process) must find the port free.
     for task in background {
         task.abort();
+        let _ = task.await;
     }
     ctx.spool.sync().context("syncing the spool")?;
     info!(

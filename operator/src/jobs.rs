@@ -157,7 +157,7 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
                 env_vars.push(env("FERRY_ROWS_PER_SECOND", per_pod));
             }
         }
-        JobKind::Validate => {
+        JobKind::Validate | JobKind::Reverse => {
             let mode = match spec.validation.mode {
                 ValidationMode::Full => "full",
                 ValidationMode::Sample => "sample",
@@ -166,20 +166,12 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
             if let Some(p) = spec.validation.sample_percent {
                 env_vars.push(env("FERRY_SAMPLE_PERCENT", p));
             }
-            if spec.validation.repair {
+            if kind == JobKind::Reverse {
+                // Reports only: a repair would write into the source.
+                env_vars.push(env("FERRY_REVERSE", "true"));
+            } else if spec.validation.repair {
                 env_vars.push(env("FERRY_REPAIR", "true"));
             }
-        }
-        JobKind::Reverse => {
-            let mode = match spec.validation.mode {
-                ValidationMode::Full => "full",
-                ValidationMode::Sample => "sample",
-            };
-            env_vars.push(env("FERRY_VALIDATE_MODE", mode));
-            if let Some(p) = spec.validation.sample_percent {
-                env_vars.push(env("FERRY_SAMPLE_PERCENT", p));
-            }
-            env_vars.push(env("FERRY_REVERSE", "true"));
         }
         JobKind::Check => {
             // Reports only: a difference sends the migration back to the
@@ -263,6 +255,21 @@ pub fn build_job(
             },
         },
     }))
+}
+
+/// Up to `total` example keys of a validation's differences, at most
+/// `per_kind` of each kind, as `kind key` (for a condition's message).
+pub fn example_keys(results: &ValidationResults, per_kind: usize, total: usize) -> Vec<String> {
+    results
+        .examples
+        .iter()
+        .flat_map(|(kind, keys)| {
+            keys.iter()
+                .take(per_kind)
+                .map(move |k| format!("{kind} {k}"))
+        })
+        .take(total)
+        .collect()
 }
 
 /// Where a Job stands.

@@ -17,20 +17,9 @@ use ferry_operator::crd::CassandraMigrationSpec;
 use scylla::client::session::Session;
 
 async fn version(s: &Session) -> String {
-    let rows = s
-        .query_unpaged("SELECT release_version FROM system.local", &[])
+    bulk_support::scalar::<String>(s, "SELECT release_version FROM system.local")
         .await
         .expect("release_version")
-        .into_rows_result()
-        .expect("rows");
-    let v = rows
-        .rows::<(String,)>()
-        .expect("typed")
-        .next()
-        .expect("one row")
-        .expect("row")
-        .0;
-    v
 }
 
 /// The tables `DESCRIBE` lists in `ks` on one cluster.

@@ -63,6 +63,23 @@ async fn table_exists(s: &Session, ks: &str, table: &str) -> bool {
         == 1
 }
 
+/// Runs `q` through the proxy's `client`; after a schema change, waits
+/// for the source ring's agreement directly: only node 1 has a proxy here,
+/// so the driver cannot ask nodes 2 and 3 (advertised at proxies that do
+/// not exist) for their schema version.
+async fn through(client: &Session, source: &Session, q: String) {
+    client
+        .query_unpaged(q.as_str(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q} through the proxy: {e}"));
+    if !q.starts_with("INSERT") {
+        source
+            .await_schema_agreement()
+            .await
+            .expect("source schema agreement");
+    }
+}
+
 /// In each mode: a keyspace, a type, tables and a column created through
 /// the proxy, each used by the very next write; every write is on the
 /// target, the keyspace has the target's replication, and a DROP is not
@@ -92,24 +109,7 @@ async fn schema_changes_reach_the_target_before_the_writes_that_need_them() {
         .await;
         let client = connect(&proxy.addr.to_string()).await;
         let ks = keyspace(&format!("follow_{mode}"));
-        let run = |q: String| {
-            let (client, source) = (&client, &source);
-            async move {
-                client
-                    .query_unpaged(q.as_str(), &[])
-                    .await
-                    .unwrap_or_else(|e| panic!("{q} through the proxy: {e}"));
-                // Only node 1 has a proxy here, so the driver cannot ask
-                // nodes 2 and 3 (advertised at proxies that do not exist)
-                // for their schema version: wait for the ring directly.
-                if !q.starts_with("INSERT") {
-                    source
-                        .await_schema_agreement()
-                        .await
-                        .expect("source schema agreement");
-                }
-            }
-        };
+        let run = |q: String| through(&client, &source, q);
         run(format!(
             "CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
         ))
@@ -238,23 +238,7 @@ async fn a_schema_change_made_while_the_target_is_down_is_replayed_before_the_wr
     )
     .await;
     let client = connect(&down.addr.to_string()).await;
-    let run = |q: String| {
-        let (client, source) = (&client, &source);
-        async move {
-            client
-                .query_unpaged(q.as_str(), &[])
-                .await
-                .unwrap_or_else(|e| panic!("{q} through the proxy: {e}"));
-            // As above: the driver cannot see nodes 2 and 3's schema
-            // version through the one proxy; wait for the ring directly.
-            if !q.starts_with("INSERT") {
-                source
-                    .await_schema_agreement()
-                    .await
-                    .expect("source schema agreement");
-            }
-        }
-    };
+    let run = |q: String| through(&client, &source, q);
     run(format!("CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)")).await;
     for k in 0..20 {
         run(format!("INSERT INTO {ks}.t (k, v) VALUES ({k}, 'a')")).await;

@@ -85,12 +85,7 @@ async fn follow(step: &mut Step<'_>, name: &str) -> Result<()> {
             // Reversed: `missing` are rows the source lacks.
             let (lacking, extra, differing) = (results.missing, results.extra, results.mismatched);
             let compared = results.rows_compared;
-            let examples: Vec<String> = results
-                .examples
-                .iter()
-                .flat_map(|(kind, keys)| keys.iter().take(3).map(move |k| format!("{kind} {k}")))
-                .take(5)
-                .collect();
+            let examples = jobs::example_keys(&results, 3, 5);
             done(step, Some(results));
             if lacking + differing == 0 {
                 status::set_condition(

@@ -91,12 +91,7 @@ async fn follow_check(step: &mut Step<'_>, name: &str) -> Result<()> {
         JobState::Complete => {
             let differences = results.missing + results.extra + results.mismatched;
             let percent = step.cm.spec.validation.schedule_sample_percent;
-            let examples: Vec<String> = results
-                .examples
-                .iter()
-                .flat_map(|(kind, keys)| keys.iter().take(3).map(move |k| format!("{kind} {k}")))
-                .take(5)
-                .collect();
+            let examples = jobs::example_keys(&results, 3, 5);
             let compared = results.rows_compared;
             finished(step, results);
             if differences == 0 {

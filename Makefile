@@ -12,7 +12,7 @@ KUBECTL = $(FERRY_CACHE)/bin/kubectl --kubeconfig $(FERRY_CACHE)/run/kubeconfig
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 .PHONY: deps
 deps: ## install the machine packages the test bed needs (idempotent)
@@ -55,6 +55,10 @@ demo: deps ## the main job: a whole live migration on the local real node, with 
 .PHONY: demo-clean
 demo-clean: ## remove the demo's migration, clusters and Ferry release
 	bash e2e/demo.sh --clean
+
+.PHONY: kind-e2e
+kind-e2e: deps ## the end-to-end migration on kind (1 control plane, 3 workers), built from packages alone; deletes the cluster at the end (KIND_ARGS=--keep-cluster keeps it)
+	bash e2e/kind.sh $(KIND_ARGS)
 
 .PHONY: e2e
 e2e: deps ## the end-to-end migration tests, the long fault cases included

@@ -50,6 +50,10 @@ struct MigrateArgs {
     /// found by the migration's `source.selector`.
     #[arg(long)]
     racks: bool,
+    /// Start Cassandra without waiting for gossip to settle (seconds instead
+    /// of a minute per node): always on the local node, asked for on kind.
+    #[arg(long)]
+    fast_cassandra: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -87,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.namespace,
         timeout: Duration::from_secs(args.timeout_secs),
         faults,
-        fast_cassandra: matches!(args.cluster, Target::Local),
+        fast_cassandra: args.fast_cassandra || matches!(args.cluster, Target::Local),
         history_rows: args.history_rows,
         check_teardown: !args.keep,
         cutover: !args.stop_at_ready,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -54,13 +54,33 @@ pub async fn install_crd(client: &Client, crd_file: &Path) -> anyhow::Result<()>
     anyhow::bail!("CRD {name} not Established after 15s")
 }
 
+/// Lets a terminating test namespace go: removes the finalizers of the
+/// migrations in it, whose operator (the test's own) is gone, so nothing
+/// would ever run their clean-up. Read as untyped objects: a migration
+/// stored by an older test may not match today's types.
+pub async fn release_stuck(client: &Client, namespace: &str) {
+    let resource = ApiResource::erase::<ferry_operator::crd::CassandraMigration>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let Ok(list) = api.list(&kube::api::ListParams::default()).await else {
+        return;
+    };
+    let patch = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    for migration in list.items {
+        if let Some(name) = migration.metadata.name.as_deref() {
+            let _ = api.patch(name, &PatchParams::default(), &patch).await;
+        }
+    }
+}
+
 /// Label on every namespace a test makes.
 pub const TEST_NAMESPACE_LABEL: &str = "ferry.dev/test-namespace";
 
 /// Deletes test namespaces older than half an hour: a test process that
 /// ended before its namespace's deletion ran (the drop below is best effort)
-/// must not leave pods on the bed's node for ever.
-async fn delete_stale(api: &Api<Namespace>) {
+/// must not leave pods on the bed's node for ever. One that is already
+/// terminating is held by its migrations' finalizers: those are released.
+async fn delete_stale(client: &Client) {
+    let api: Api<Namespace> = Api::all(client.clone());
     let Ok(list) = api
         .list(&kube::api::ListParams::default().labels(TEST_NAMESPACE_LABEL))
         .await
@@ -74,10 +94,16 @@ async fn delete_stale(api: &Api<Namespace>) {
             .creation_timestamp
             .as_ref()
             .is_some_and(|t| now.as_second() - t.0.as_second() > 1800);
-        if old && ns.metadata.deletion_timestamp.is_none() {
-            if let Some(name) = ns.metadata.name.as_deref() {
-                let _ = api.delete(name, &DeleteParams::default()).await;
-            }
+        let Some(name) = ns.metadata.name.as_deref() else {
+            continue;
+        };
+        if !old {
+            continue;
+        }
+        if ns.metadata.deletion_timestamp.is_none() {
+            let _ = api.delete(name, &DeleteParams::default()).await;
+        } else {
+            release_stuck(client, name).await;
         }
     }
 }
@@ -96,7 +122,7 @@ impl TestNamespace {
             .as_nanos();
         let name = format!("{prefix}-{}", nanos % 1_000_000_000);
         let api: Api<Namespace> = Api::all(client.clone());
-        delete_stale(&api).await;
+        delete_stale(client).await;
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": name, "labels": {TEST_NAMESPACE_LABEL: "true"}}

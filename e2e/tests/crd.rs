@@ -4,6 +4,7 @@
 use ferry_e2e::kube_client::{self, TestNamespace};
 use ferry_e2e::testbed;
 use ferry_operator::crd::CassandraMigration;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
@@ -270,4 +271,68 @@ async fn source_and_target_are_immutable() {
     api.patch("immutable", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("write mode and image may change");
+}
+
+/// A test that ends while its migration still carries Ferry's finalizer
+/// leaves a namespace that never finishes terminating: no operator is left
+/// to run the clean-up. Every such namespace stays in the bed's etcd, and the
+/// next operator that `helm install` starts (make e2e, make demo, CI)
+/// reconciles it for ever. The sweep of stale test namespaces must let them
+/// go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_namespace_stuck_on_a_finalizer_is_released() {
+    let (client, ns) = setup().await;
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), &ns.name);
+    let mut doc = example();
+    doc["metadata"]["finalizers"] = json!(["ferry.dev/cleanup"]);
+    create(&api, doc, "orphan")
+        .await
+        .expect("migration created");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&ns.name, &Default::default())
+        .await
+        .expect("namespace deleted");
+    // With no operator running, the finalizer holds the namespace: the
+    // namespace controller marks the migration deleted and waits.
+    let mut marked = false;
+    for _ in 0..60 {
+        let stuck = api
+            .get("orphan")
+            .await
+            .expect("the migration is still there");
+        if stuck.metadata.deletion_timestamp.is_some() {
+            marked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    assert!(marked, "the namespace's deletion reached the migration");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        namespaces
+            .get_opt(&ns.name)
+            .await
+            .expect("read namespace")
+            .is_some(),
+        "the finalizer holds the namespace"
+    );
+
+    kube_client::release_stuck(&client, &ns.name).await;
+
+    for _ in 0..60 {
+        if namespaces
+            .get_opt(&ns.name)
+            .await
+            .expect("read namespace")
+            .is_none()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    panic!(
+        "namespace {} still there 60 s after its migrations were released",
+        ns.name
+    );
 }

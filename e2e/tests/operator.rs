@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use ferry_e2e::kube_client::{self, TestNamespace};
 use ferry_e2e::testbed;
 use ferry_operator::controller::{self, Context, Settings};
-use ferry_operator::crd::{CassandraMigration, Phase};
+use ferry_operator::crd::{CassandraMigration, Phase, WriteMode};
 use ferry_operator::labels;
 use ferry_operator::metrics::Metrics;
 use ferry_operator::sidecar::{self, InjectionSettings};
@@ -1282,7 +1282,8 @@ struct AppTally {
 /// switch is confirmed from every proxy's `/state`; `done` is refused while
 /// the application is still connected, then takes the proxies out and ends
 /// `Complete`; every acknowledged write is on both clusters, and the
-/// application saw no error.
+/// application saw no error. The migration writes async, so targetPrimary
+/// runs the proxies' `target-primary-async`.
 #[tokio::test(flavor = "multi_thread")]
 async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     let cassandra = testbed::cassandra(1).expect("Cassandra test bed");
@@ -1319,7 +1320,7 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     let mut proxies = Vec::new();
     for n in 0..REPLICAS {
         let file = dir.join(format!("runtime-{n}.json"));
-        std::fs::write(&file, r#"{"peers": {}, "mode": "sync"}"#).expect("runtime file");
+        std::fs::write(&file, r#"{"peers": {}, "mode": "async"}"#).expect("runtime file");
         let ip = pod_ip(IP_BASE, &format!("{STS}-{n}"));
         proxies.push(
             in_process_proxy::Proxy::start(
@@ -1335,7 +1336,12 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     let syncer = sync_runtime_files(client, ns, "cut", files);
     let operator = start_controller_with(client, ns, |s| s.proxy_checks = true);
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &migration("cut"))
+    // Async: the target's copy follows the source's answer, and in
+    // targetPrimary the source's follows the target's (the proxies' mode
+    // `target-primary-async`); the sync stages are the proxy tests'.
+    let mut cm = migration("cut");
+    cm.spec.proxy.write_mode = WriteMode::Async;
+    api.create(&PostParams::default(), &cm)
         .await
         .expect("create migration");
     eventually(120, "phase Ready", || async {
@@ -1430,7 +1436,7 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     set_stage("shadowReads").await;
     confirmed("shadowReads").await;
     assert!(
-        modes().await.iter().all(|m| *m == ("sync".to_owned(), 10)),
+        modes().await.iter().all(|m| *m == ("async".to_owned(), 10)),
         "{:?}",
         modes().await
     );
@@ -1499,11 +1505,11 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     drop(reader);
     set_stage("targetPrimary").await;
     confirmed("targetPrimary").await;
-    assert!(modes().await.iter().all(|m| m.0 == "target-primary"));
+    assert!(modes().await.iter().all(|m| m.0 == "target-primary-async"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     set_stage("mirror").await;
     confirmed("mirror").await;
-    assert!(modes().await.iter().all(|m| *m == ("sync".to_owned(), 0)));
+    assert!(modes().await.iter().all(|m| *m == ("async".to_owned(), 0)));
     // The roll-back is verified: the source checked against the target.
     let verified = eventually(60, "RollBackVerified", || async {
         let cm = api.get("cut").await.ok()?;
@@ -1606,18 +1612,34 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     );
     assert!(tally.reads.load(Ordering::SeqCst) > 100);
     for (side, session) in ["source", "target"].iter().zip(&direct) {
-        let rows = session
-            .query_unpaged(format!("SELECT k FROM {ks}.t"), &[])
-            .await
-            .expect("read back")
-            .into_rows_result()
-            .expect("rows");
-        let keys: BTreeSet<i32> = rows
-            .rows::<(i32,)>()
-            .expect("typed rows")
-            .map(|r| r.expect("row").0)
-            .collect();
-        let missing: Vec<_> = acknowledged.iter().filter(|k| !keys.contains(k)).collect();
+        let keys = || async {
+            let rows = session
+                .query_unpaged(format!("SELECT k FROM {ks}.t"), &[])
+                .await
+                .expect("read back")
+                .into_rows_result()
+                .expect("rows");
+            rows.rows::<(i32,)>()
+                .expect("typed rows")
+                .map(|r| r.expect("row").0)
+                .collect::<BTreeSet<i32>>()
+        };
+        // Async copies in flight when the writer stopped land within
+        // moments; a write missing after that is lost.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut missing: Vec<i32>;
+        loop {
+            let on_side = keys().await;
+            missing = acknowledged
+                .iter()
+                .filter(|k| !on_side.contains(k))
+                .copied()
+                .collect();
+            if missing.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         assert!(
             missing.is_empty(),
             "{side} lacks acknowledged writes {missing:?}"

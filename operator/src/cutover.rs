@@ -15,7 +15,8 @@ use crate::proxy_state::ReadError;
 /// What the proxies run for a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxySetting {
-    /// The proxy's mode name (`sync`, `async`, `target-primary`).
+    /// The proxy's mode name (`sync`, `async`, `target-primary`,
+    /// `target-primary-async`).
     pub mode: &'static str,
     pub shadow_read_percent: u64,
 }
@@ -36,9 +37,13 @@ pub fn proxy_setting(stage: CutoverStage, cm: &CassandraMigration) -> ProxySetti
             shadow_read_percent: cm.spec.cutover.shadow_read_percent.clamp(1, 100) as u64,
         },
         // Done keeps target-primary on the proxies not taken out yet: the
-        // clients still on them go on being served by the target.
+        // clients still on them go on being served by the target. The
+        // source's copy is synchronous or not as the target's was.
         CutoverStage::TargetPrimary | CutoverStage::Done => ProxySetting {
-            mode: "target-primary",
+            mode: match cm.spec.proxy.write_mode {
+                WriteMode::Sync => "target-primary",
+                WriteMode::Async => "target-primary-async",
+            },
             shadow_read_percent: 0,
         },
     }
@@ -156,13 +161,26 @@ pub fn lagging(
     readings
         .iter()
         .filter_map(|(pod, reading)| match reading {
-            Ok(s) if s.mode == want.mode && s.shadow_read_percent == want.shadow_read_percent => {
-                None
+            Ok(s) if s.mode != want.mode || s.shadow_read_percent != want.shadow_read_percent => {
+                Some(format!(
+                    "{pod} serves {} with {}% shadow reads",
+                    s.mode, s.shadow_read_percent
+                ))
             }
-            Ok(s) => Some(format!(
-                "{pod} serves {} with {}% shadow reads",
-                s.mode, s.shadow_read_percent
-            )),
+            // Back from target-primary-async: the source is the primary
+            // again only once it has every write the target took meanwhile.
+            Ok(s) if s.source_spool_records > 0 && !want.mode.starts_with("target-primary") => {
+                Some(format!(
+                    "{pod} still owes the source {} writes made while the target was primary{}",
+                    s.source_spool_records,
+                    if s.source_spool_stalled_seconds > 0 {
+                        format!(", none replayed for {}s", s.source_spool_stalled_seconds)
+                    } else {
+                        String::new()
+                    }
+                ))
+            }
+            Ok(_) => None,
             Err(e) => Some(format!("{pod}: {e}")),
         })
         .collect()
@@ -278,5 +296,65 @@ mod tests {
         let lag = lagging(&readings, want);
         assert_eq!(lag.len(), 3, "{lag:?}");
         assert!(lag[0].starts_with("c-1 serves sync with 0%"), "{lag:?}");
+    }
+
+    /// Back from `target-primary-async`, a proxy that still owes the source
+    /// writes made while the target was primary has not finished the
+    /// switch: the source is not whole yet, and the reverse check waits.
+    #[test]
+    fn a_roll_back_is_not_confirmed_while_a_proxy_owes_the_source() {
+        let owing = |mode: &str, records| {
+            Ok(ProxyState {
+                mode: mode.into(),
+                source_spool_records: records,
+                source_spool_stalled_seconds: 7,
+                ..ProxyState::default()
+            })
+        };
+        let back = ProxySetting {
+            mode: "async",
+            shadow_read_percent: 0,
+        };
+        let readings = vec![
+            ("c-0".to_owned(), owing("async", 0)),
+            ("c-1".to_owned(), owing("async", 12)),
+        ];
+        let lag = lagging(&readings, back);
+        assert_eq!(
+            lag,
+            vec!["c-1 still owes the source 12 writes made while the target was primary, none replayed for 7s"]
+        );
+        // While the target is primary, owing the source is the normal state.
+        let primary = ProxySetting {
+            mode: "target-primary-async",
+            shadow_read_percent: 0,
+        };
+        let readings = vec![("c-1".to_owned(), owing("target-primary-async", 12))];
+        assert!(lagging(&readings, primary).is_empty());
+    }
+
+    #[test]
+    fn the_target_primary_mode_follows_the_write_mode() {
+        let spec: crate::crd::CassandraMigrationSpec = serde_json::from_value(serde_json::json!({
+            "source": {"statefulSet": "cassandra"},
+            "target": {"contactPoints": ["10.0.0.2:9042"], "localDatacenter": "dc1"},
+        }))
+        .expect("a spec");
+        let mut cm = CassandraMigration::new("m", spec);
+        cm.spec.proxy.write_mode = WriteMode::Sync;
+        assert_eq!(
+            proxy_setting(CutoverStage::TargetPrimary, &cm).mode,
+            "target-primary"
+        );
+        cm.spec.proxy.write_mode = WriteMode::Async;
+        assert_eq!(
+            proxy_setting(CutoverStage::TargetPrimary, &cm).mode,
+            "target-primary-async"
+        );
+        assert_eq!(
+            proxy_setting(CutoverStage::Done, &cm).mode,
+            "target-primary-async"
+        );
+        assert_eq!(proxy_setting(CutoverStage::Mirror, &cm).mode, "async");
     }
 }

@@ -80,6 +80,14 @@ pub fn eviction_hold(
 ) -> Option<String> {
     match reading {
         Ok(state) if state.owed() == 0 => None,
+        Ok(state) if state.source_spool_records > 0 => Some(format!(
+            "the proxy of {pod} still owes {} writes ({} spooled for the target, {} for the source, {} in flight){}",
+            state.owed(),
+            state.spool_records,
+            state.source_spool_records,
+            state.mirrors_in_flight,
+            stall_detail(state)
+        )),
         Ok(state) => Some(format!(
             "the proxy of {pod} still owes the target {} writes ({} spooled, {} in flight){}",
             state.owed(),

@@ -7,81 +7,11 @@
 mod proxy_support;
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use proxy_support::outage::{NodeOutage, TARGET1};
 use proxy_support::*;
 use scylla::client::session::Session;
-
-fn cassandra_sh(args: &[&str]) -> bool {
-    let script = ferry_e2e::testbed::repo_root().join("e2e/testbed/cassandra/cassandra.sh");
-    Command::new("bash")
-        .arg(script)
-        .args(args)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Holds the target-restart lock; restarts the target when dropped, even
-/// when the test failed.
-struct TargetOutage {
-    _lock: File,
-    stopped: bool,
-}
-
-impl TargetOutage {
-    fn lock() -> Self {
-        let path = ferry_e2e::testbed::run_dir().join("target-restart.lock");
-        let file = File::create(&path).expect("lock file");
-        file.lock().expect("target-restart lock");
-        Self {
-            _lock: file,
-            stopped: false,
-        }
-    }
-
-    fn stop(&mut self) {
-        self.stopped = true;
-        assert!(cassandra_sh(&["stop", "target1"]), "stopping target1");
-    }
-
-    fn start(&mut self) {
-        assert!(
-            cassandra_sh(&[
-                "start",
-                "target1",
-                "127.0.0.21",
-                "ferry-target",
-                "target-dc",
-                "127.0.0.21"
-            ]),
-            "starting target1"
-        );
-        assert!(
-            cassandra_sh(&["wait", "target1", "127.0.0.21"]),
-            "waiting for target1"
-        );
-        self.stopped = false;
-    }
-}
-
-impl Drop for TargetOutage {
-    fn drop(&mut self) {
-        if self.stopped {
-            cassandra_sh(&[
-                "start",
-                "target1",
-                "127.0.0.21",
-                "ferry-target",
-                "target-dc",
-                "127.0.0.21",
-            ]);
-            cassandra_sh(&["wait", "target1", "127.0.0.21"]);
-        }
-    }
-}
 
 async fn keys_on(session: &Session, ks: &str) -> BTreeSet<i32> {
     let rows = session
@@ -143,7 +73,7 @@ async fn setup(ks: &str) -> (String, String, Session, Session) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_outage_in_async_and_sync_modes() {
-    let mut outage = TargetOutage::lock();
+    let mut outage = NodeOutage::lock(TARGET1);
 
     // ---- async: nothing acknowledged is lost, across a proxy restart ----
     let ks = keyspace("px_async");

@@ -599,3 +599,95 @@ async fn now_in_a_text_child_of_a_batch_is_the_same_on_both_sides() {
     );
     proxy.stop().await.expect("proxy stops");
 }
+
+/// Stop 22's CI: in async mode the target answered UNPREPARED to a mirror
+/// that had just prepared its statement again (Cassandra evicts both of a
+/// text's ids when concurrent PREPAREs of it race, and a schema change
+/// drops the table's statements), and the write was counted as refused and
+/// lost. The target forgetting a statement is never a refusal: the mirror
+/// prepares again until it takes, else retries and spools like any
+/// transient failure. Here the target forgets the statement again and
+/// again (each added column drops it) while sixteen writers keep many
+/// mirrors in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_forgetting_a_statement_loses_no_async_mirror() {
+    let bed = bed().await;
+    let ks = keyspace("loss_unprep");
+    on_both(&bed, &ks, &["t (k int PRIMARY KEY, v text)"]).await;
+    let proxy = start_proxy(
+        "127.0.0.78",
+        &bed.source_addr,
+        &bed.target_addr,
+        &["--mode", "async"],
+    )
+    .await;
+    let client = std::sync::Arc::new(connect(&proxy.addr.to_string()).await);
+    let insert = client
+        .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+        .await
+        .expect("prepare");
+    const WRITERS: i32 = 16;
+    const EACH: i32 = 400;
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let forgetter = {
+        let target = connect(&bed.target_addr).await;
+        let ks = ks.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            let mut added = 0;
+            while writing.load(std::sync::atomic::Ordering::Acquire) {
+                target
+                    .query_unpaged(format!("ALTER TABLE {ks}.t ADD forget_{added} int"), &[])
+                    .await
+                    .expect("a column added on the target");
+                added += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            added
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let client = client.clone();
+        let insert = insert.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let k = w * EACH + i;
+                client
+                    .execute_unpaged(&insert, (k, "v"))
+                    .await
+                    .unwrap_or_else(|e| panic!("write {k}: {e}"));
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    writing.store(false, std::sync::atomic::Ordering::Release);
+    let forgotten = forgetter.await.expect("forgetter");
+    assert!(
+        forgotten >= 3,
+        "the target forgot the statement {forgotten} times"
+    );
+    let want = i64::from(WRITERS * EACH);
+    let q = format!("SELECT count(*) FROM {ks}.t");
+    let all_there = eventually(Duration::from_secs(60), || async {
+        count(&bed.target, &q).await == want
+    })
+    .await;
+    let rejected = proxy
+        .metric("ferry_proxy_mirrored_writes_total{outcome=\"rejected\"}")
+        .await;
+    println!(
+        "the target forgot the statement {forgotten} times; the proxy prepared it again {} times",
+        proxy.metric("ferry_proxy_target_reprepares_total").await
+    );
+    assert!(
+        all_there,
+        "{} of {want} writes on the target ({rejected} counted as refused, {} prepared again) after it forgot the statement {forgotten} times",
+        count(&bed.target, &q).await,
+        proxy.metric("ferry_proxy_target_reprepares_total").await
+    );
+    assert_eq!(rejected, 0.0, "no write is refused");
+    proxy.stop().await.expect("proxy stops");
+}

@@ -27,11 +27,12 @@ pub fn readiness(ctx: &ProxyContext) -> (bool, String) {
     let source = ctx.source_reachable.load(Ordering::Acquire);
     let target = ctx.target_reachable.load(Ordering::Acquire);
     let mode = ctx.mode();
-    let spool_full = ctx.spool.is_full();
+    let spool_full = ctx.spool.is_full() || ctx.source_spool.is_full();
     let ready = source && !spool_full && !ctx.shutting_down.load(Ordering::Acquire);
     let detail = format!(
-        "source_reachable={source} target_reachable={target} mode={mode:?} spool_records={} spool_full={spool_full} shutting_down={}\n",
+        "source_reachable={source} target_reachable={target} mode={mode:?} spool_records={} source_spool_records={} spool_full={spool_full} shutting_down={}\n",
         ctx.spool.records(),
+        ctx.source_spool.records(),
         ctx.shutting_down.load(Ordering::Acquire)
     );
     (ready, detail)
@@ -41,26 +42,28 @@ pub fn readiness(ctx: &ProxyContext) -> (bool, String) {
 const MAX_DRAIN: Duration = Duration::from_secs(3600);
 
 /// Waits until the proxy owes the target nothing (the spool is empty and no
-/// write is on its way), or `limit` passes; whether it did, and what is
-/// left. The pod's preStop hook calls it, so that an evicted pod does not
+/// write is on its way), nor the source (`target-primary-async`'s spool),
+/// or `limit` passes; whether it did, and what is left. The pod's preStop hook calls it, so that an evicted pod does not
 /// take spooled writes with it while the target can still take them.
 pub async fn drain(ctx: &ProxyContext, limit: Duration) -> (bool, String) {
     let deadline = tokio::time::Instant::now() + limit.min(MAX_DRAIN);
     loop {
         let records = ctx.spool.records();
+        let for_source = ctx.source_spool.records();
         let in_flight = ctx.mirrors_inflight.load(Ordering::Acquire);
-        if records == 0 && in_flight == 0 {
+        if records == 0 && for_source == 0 && in_flight == 0 {
             return (true, "drained: nothing owed to the target\n".to_owned());
         }
         if tokio::time::Instant::now() >= deadline {
             tracing::error!(
                 records,
+                for_source,
                 in_flight,
-                "drain deadline passed with writes still owed to the target; the validation must repair them"
+                "drain deadline passed with writes still owed; the validation must repair them"
             );
             return (
                 false,
-                format!("not drained: spool_records={records} mirrors_in_flight={in_flight}\n"),
+                format!("not drained: spool_records={records} source_spool_records={for_source} mirrors_in_flight={in_flight}\n"),
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

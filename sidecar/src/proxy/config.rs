@@ -23,6 +23,10 @@ pub enum Mode {
     /// Reads served by the target; writes to both, waiting for both, the
     /// target's answer returned (the source is now the mirror).
     TargetPrimary,
+    /// Reads served by the target; writes to the target, whose answer the
+    /// client gets at once; the source's copy follows, retried, then
+    /// spooled toward the source (`async` with the sides swapped).
+    TargetPrimaryAsync,
 }
 
 impl Mode {
@@ -36,7 +40,18 @@ impl Mode {
             Self::Sync => 1,
             Self::Async => 2,
             Self::TargetPrimary => 3,
+            Self::TargetPrimaryAsync => 4,
         }
+    }
+
+    /// The target serves reads and answers writes.
+    pub fn target_primary(self) -> bool {
+        matches!(self, Self::TargetPrimary | Self::TargetPrimaryAsync)
+    }
+
+    /// A write's copy follows the primary's answer.
+    pub fn asynchronous(self) -> bool {
+        matches!(self, Self::Async | Self::TargetPrimaryAsync)
     }
 
     pub fn from_u8(v: u8) -> Self {
@@ -44,6 +59,7 @@ impl Mode {
             0 => Self::SourceOnly,
             1 => Self::Sync,
             3 => Self::TargetPrimary,
+            4 => Self::TargetPrimaryAsync,
             _ => Self::Async,
         }
     }
@@ -484,6 +500,19 @@ mod tests {
         assert!(!tables.mirrors(Some("a"), Some("audit")));
         assert!(!tables.mirrors(None, Some("t")));
         assert_eq!(Mode::parse("target-primary"), Some(Mode::TargetPrimary));
+        assert_eq!(
+            Mode::parse("target-primary-async"),
+            Some(Mode::TargetPrimaryAsync)
+        );
+        for m in [
+            Mode::SourceOnly,
+            Mode::Sync,
+            Mode::Async,
+            Mode::TargetPrimary,
+            Mode::TargetPrimaryAsync,
+        ] {
+            assert_eq!(Mode::from_u8(m.as_u8()), m);
+        }
         assert_eq!(Mode::parse("SYNC"), Some(Mode::Sync));
     }
 }

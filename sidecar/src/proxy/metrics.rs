@@ -27,6 +27,8 @@ pub struct Metrics {
     pub lwt_divergence: IntCounter,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
+    pub source_spool_records: IntGauge,
+    pub source_spool_bytes: IntGauge,
     pub spool_stalled_seconds: IntGauge,
     pub spool_full: IntCounter,
     pub prepared_cache_size: IntGauge,
@@ -92,6 +94,14 @@ impl Metrics {
         )?;
         let spool_records = IntGauge::new("spool_records", "Target writes waiting in the spool")?;
         let spool_bytes = IntGauge::new("spool_bytes", "Bytes of the spool on disk")?;
+        let source_spool_records = IntGauge::new(
+            "source_spool_records",
+            "Writes owed to the source waiting in its spool (target-primary-async)",
+        )?;
+        let source_spool_bytes = IntGauge::new(
+            "source_spool_bytes",
+            "Bytes on disk of the spool owed to the source",
+        )?;
         let spool_stalled_seconds = IntGauge::new(
             "spool_stalled_seconds",
             "Seconds the spool has held writes without one reaching the target (0 when empty)",
@@ -158,6 +168,8 @@ impl Metrics {
         registry.register(Box::new(lwt_divergence.clone()))?;
         registry.register(Box::new(spool_records.clone()))?;
         registry.register(Box::new(spool_bytes.clone()))?;
+        registry.register(Box::new(source_spool_records.clone()))?;
+        registry.register(Box::new(source_spool_bytes.clone()))?;
         registry.register(Box::new(spool_stalled_seconds.clone()))?;
         registry.register(Box::new(spool_full.clone()))?;
         registry.register(Box::new(prepared_cache_size.clone()))?;
@@ -196,6 +208,8 @@ impl Metrics {
             lwt_divergence,
             spool_records,
             spool_bytes,
+            source_spool_records,
+            source_spool_bytes,
             spool_stalled_seconds,
             spool_full,
             prepared_cache_size,

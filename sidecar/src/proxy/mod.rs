@@ -104,6 +104,16 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
     let metrics = metrics::Metrics::new().context("registering metrics")?;
     let spool = spool::Spool::open(&args.spool_dir, args.spool_max_bytes)
         .with_context(|| format!("opening the spool in {}", args.spool_dir.display()))?;
+    // Writes owed to the source (target-primary-async) keep a spool of
+    // their own beside it, with the same bound.
+    let source_spool_dir = args.spool_dir.join("to-source");
+    let source_spool =
+        spool::Spool::open(&source_spool_dir, args.spool_max_bytes).with_context(|| {
+            format!(
+                "opening the source's spool in {}",
+                source_spool_dir.display()
+            )
+        })?;
     let connect_timeout = Duration::from_millis(args.target_timeout_ms.max(100));
     let source_node = upstream::parse_hosts(&args.source, args.source_port).context("SOURCE")?;
     anyhow::ensure!(
@@ -145,11 +155,13 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         peers: RwLock::new(Arc::new(PeerMap::default())),
         filter: config::MirrorFilter::from_args(args),
         spool: Arc::new(spool),
+        source_spool: Arc::new(source_spool),
         spool_full_policy: args.spool_full_policy,
         source,
         target,
         target_credentials: target_credentials(args)?,
         last_handshake: Mutex::new(None),
+        last_source_handshake: Mutex::new(None),
         target_timeout: Duration::from_millis(args.target_timeout_ms.max(1)),
         async_retries: args.async_retries,
         retry_backoff: Duration::from_millis(args.retry_backoff_ms),
@@ -163,6 +175,7 @@ pub fn build_context(args: &ProxyArgs) -> anyhow::Result<Arc<ProxyContext>> {
         shutting_down: AtomicBool::new(false),
         mirrors_inflight: AtomicUsize::new(0),
         replay_progress: mirror::ReplayProgress::default(),
+        source_replay_progress: mirror::ReplayProgress::default(),
         replay_window: args.replay_window as usize,
         heartbeat: (args.heartbeat_secs > 0).then(|| Duration::from_secs(args.heartbeat_secs)),
         mirror_permits: Arc::new(tokio::sync::Semaphore::new(
@@ -354,14 +367,17 @@ pub async fn run_until(
     info!(listen = %bind, admin = %admin_bind, source = ?ctx.source, target = ?ctx.target, mode = ?ctx.mode(), "ferry proxy started");
     background.push(tokio::spawn(admin::serve(admin, ctx.clone())));
     background.push(tokio::spawn(admin::probe_upstreams(ctx.clone())));
-    let replayer = tokio::spawn(mirror::run_replayer(ctx.clone()));
+    let replayers = [mirror::Toward::Target, mirror::Toward::Source]
+        .map(|toward| tokio::spawn(mirror::run_replayer(ctx.clone(), toward)));
     // Spooled writes reach the disk within 100 ms, whatever the replayer does.
     let flusher_ctx = ctx.clone();
     background.push(tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Err(e) = flusher_ctx.spool.sync() {
-                error!(error = %e, "syncing the spool");
+            for spool in [&flusher_ctx.spool, &flusher_ctx.source_spool] {
+                if let Err(e) = spool.sync() {
+                    error!(error = %e, "syncing the spool");
+                }
             }
         }
     }));
@@ -396,8 +412,10 @@ pub async fn run_until(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    replayer.abort();
-    let _ = replayer.await;
+    for replayer in replayers {
+        replayer.abort();
+        let _ = replayer.await;
+    }
     // Awaited, not only aborted: the admin listener goes with its task,
     // and a proxy started again at once on the same address (a restart in
     // the same process) must find the port free.
@@ -406,8 +424,12 @@ pub async fn run_until(
         let _ = task.await;
     }
     ctx.spool.sync().context("syncing the spool")?;
+    ctx.source_spool
+        .sync()
+        .context("syncing the source's spool")?;
     info!(
         spooled = ctx.spool.records(),
+        spooled_for_the_source = ctx.source_spool.records(),
         unfinished_mirrors = ctx.mirrors_inflight.load(Ordering::Acquire),
         "stopped"
     );

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -42,7 +43,21 @@ pub struct PreparedStatement {
     /// the proxy executes in the client's place; `None` once the source
     /// forgot it (the client is then asked to prepare again).
     source_exec_id: Mutex<Option<Bytes>>,
-    target: Mutex<Option<TargetPrepared>>,
+    target: Mutex<Option<TargetPreparation>>,
+    /// Held while a PREPARE of this statement is out to the target: one at
+    /// a time, because Cassandra evicts both ids of a text when concurrent
+    /// PREPAREs of it race, so a stampede of them after the target forgot
+    /// the statement would make it forget it again.
+    pub preparing_on_target: tokio::sync::Mutex<()>,
+}
+
+/// The target's id for a statement, on which of the target's hosts (an
+/// index into its endpoint) and when it was prepared there.
+#[derive(Debug, Clone)]
+struct TargetPreparation {
+    prepared: TargetPrepared,
+    host: usize,
+    at: Instant,
 }
 
 impl PreparedStatement {
@@ -61,6 +76,7 @@ impl PreparedStatement {
             client_id: None,
             source_exec_id: Mutex::new(None),
             target: Mutex::new(None),
+            preparing_on_target: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -94,15 +110,39 @@ impl PreparedStatement {
             .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// The target's id for the statement, if it was prepared there.
     pub fn target(&self) -> Option<TargetPrepared> {
         self.target
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|t| t.prepared.clone())
     }
 
-    pub fn set_target(&self, t: Option<TargetPrepared>) {
-        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    /// The target's id if target host `host` prepared the statement after
+    /// `sent`: a request sent at `sent` that the target answered UNPREPARED
+    /// may use it rather than prepare again.
+    pub fn target_prepared_after(&self, host: usize, sent: Instant) -> Option<TargetPrepared> {
+        self.target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|t| t.host == host && t.at > sent)
+            .map(|t| t.prepared.clone())
+    }
+
+    /// The target forgot every statement (it restarted).
+    pub fn forget_target(&self) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Records the id target host `host` gave for the statement.
+    pub fn set_target(&self, prepared: TargetPrepared, host: usize) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(TargetPreparation {
+            prepared,
+            host,
+            at: Instant::now(),
+        });
     }
 
     pub fn is_write(&self) -> bool {
@@ -193,7 +233,7 @@ impl PreparedCache {
     pub fn clear_target_ids(&self) {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for stmt in inner.map.values() {
-            stmt.set_target(None);
+            stmt.forget_target();
         }
     }
 }
@@ -277,10 +317,13 @@ mod tests {
         assert!(cache.get(&[0]).is_none());
         let e = cache.get(&[2]).unwrap();
         assert_eq!(&*e.query, "INSERT INTO t (k) VALUES (2)");
-        e.set_target(Some(TargetPrepared {
-            id: Bytes::from_static(b"t"),
-            result_metadata_id: None,
-        }));
+        e.set_target(
+            TargetPrepared {
+                id: Bytes::from_static(b"t"),
+                result_metadata_id: None,
+            },
+            0,
+        );
         assert!(cache.get(&[2]).unwrap().target().is_some());
         cache.clear_target_ids();
         assert!(cache.get(&[2]).unwrap().target().is_none());

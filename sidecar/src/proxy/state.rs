@@ -14,7 +14,8 @@ use super::mirror::ProxyContext;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyState {
-    /// `source-only`, `sync`, `async` or `target-primary`.
+    /// `source-only`, `sync`, `async`, `target-primary` or
+    /// `target-primary-async`.
     pub mode: String,
     pub source_reachable: bool,
     pub target_reachable: bool,
@@ -26,6 +27,13 @@ pub struct ProxyState {
     pub spool_full: bool,
     /// Async writes sent to the target and not yet answered.
     pub mirrors_in_flight: u64,
+    /// `target-primary-async`: writes in the spool owed to the source.
+    #[serde(default)]
+    pub source_spool_records: u64,
+    /// Seconds the source's spool has held writes without its replayer
+    /// getting one onto the source.
+    #[serde(default)]
+    pub source_spool_stalled_seconds: u64,
     /// Seconds the spool has held writes without the replayer getting one
     /// of them onto the target (0 when it is empty).
     pub spool_stalled_seconds: u64,
@@ -44,13 +52,15 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    /// Writes this proxy still owes the target.
+    /// Writes this proxy still owes a cluster: the target, or the source
+    /// in `target-primary-async`.
     pub fn owed(&self) -> u64 {
-        self.spool_records + self.mirrors_in_flight
+        self.spool_records + self.source_spool_records + self.mirrors_in_flight
     }
 
     pub fn of(ctx: &ProxyContext) -> Self {
         let records = ctx.spool.records();
+        let for_source = ctx.source_spool.records();
         Self {
             mode: ctx
                 .mode()
@@ -64,6 +74,11 @@ impl ProxyState {
             spool_bytes: ctx.spool.bytes(),
             spool_full: ctx.spool.is_full(),
             mirrors_in_flight: ctx.mirrors_inflight.load(Ordering::Acquire) as u64,
+            source_spool_records: for_source,
+            source_spool_stalled_seconds: ctx
+                .source_replay_progress
+                .stalled_for(for_source)
+                .as_secs(),
             spool_stalled_seconds: ctx.replay_progress.stalled_for(records).as_secs(),
             last_replay_error: ctx.replay_progress.last_error(),
             shadow_read_percent: ctx.shadow_read_percent.load(Ordering::Relaxed),

@@ -3,6 +3,8 @@
 //! directly to a cluster.
 #![allow(dead_code)]
 
+pub mod outage;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -136,7 +136,13 @@ impl Session {
                     conditional,
                 } = *m;
                 if source_may_hold(&frame, conditional) {
-                    mirror_async(self.ctx.clone(), self.target.clone(), req, hold);
+                    mirror_async(
+                        self.ctx.clone(),
+                        Toward::Target,
+                        self.target.clone(),
+                        req,
+                        hold,
+                    );
                 } else {
                     self.ctx
                         .metrics

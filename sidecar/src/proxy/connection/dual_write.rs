@@ -73,18 +73,15 @@ impl Session {
                 }
             }
         }
+        if asynchronous && answer == Answer::Target {
+            return self.target_first(frame, req, traits, policy, pin).await;
+        }
         if asynchronous {
             // Room in the spool is promised before the source sees the
             // write: once the source took it, it must not be dropped.
-            let Ok(room) = self.ctx.spool_room(&req) else {
-                m.spool_full.inc();
+            let Ok(room) = self.ctx.spool_room(&req, Toward::Target) else {
                 return self
-                    .reply(Frame::error(
-                        frame.version,
-                        frame.stream,
-                        error_code::OVERLOADED,
-                        "ferry proxy: target spool full; write refused so source and target do not diverge",
-                    ))
+                    .refuse_spool_full(&frame, Toward::Target, "write")
                     .await;
             };
             if pin {
@@ -132,6 +129,111 @@ impl Session {
         self.dual(frame, req, answer, policy.conditional).await
     }
 
+    /// `target-primary-async`: the target takes the write first, and the
+    /// client hears its answer; if the target may hold the write, the
+    /// source's copy follows in the background, retried, then spooled
+    /// toward the source. A write whose order matters (conditional,
+    /// TRUNCATE, list) reaches the source before the client hears, while
+    /// the source's spool is empty, as `ordered_async` does the other way.
+    /// A write the target refused is not the source's either. `req` is the
+    /// target's part (of a `BEGIN BATCH` text, its selected statements);
+    /// the source's copy is the whole request, as `frame` holds it.
+    async fn target_first(
+        self: &Arc<Self>,
+        frame: Frame,
+        req: MirrorRequest,
+        traits: WriteTraits,
+        policy: WritePolicy,
+        pin: bool,
+    ) -> Result<(), SessionError> {
+        let m = &self.ctx.metrics;
+        let copy = MirrorRequest {
+            body: frame.body.clone(),
+            ..req.clone()
+        };
+        // Room in the source's spool is promised before the target sees
+        // the write: once the target took it, the copy must not be dropped.
+        let Ok(room) = self.ctx.spool_room(&copy, Toward::Source) else {
+            return self
+                .refuse_spool_full(&frame, Toward::Source, "write")
+                .await;
+        };
+        if pin {
+            m.timestamps_injected.inc();
+        }
+        self.count("write", "target");
+        self.count("write", "source");
+        let permit = mirror_permit(&self.ctx).await;
+        let hold = MirrorHold { permit, room };
+        let (stream, version) = (frame.stream, frame.version);
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let session = self.clone();
+        tokio::spawn(async move {
+            let _guard = TaskGuard(session.tasks.clone());
+            let ctx = &session.ctx;
+            let target = async {
+                let conn = session.target.get().await?;
+                send_to_target(ctx, &conn, &req, false).await
+            }
+            .await;
+            let (answer, may_hold) = match target {
+                Ok(mut f) => {
+                    f.stream = stream;
+                    let held = source_may_hold(&f, policy.conditional);
+                    (f, held)
+                }
+                Err(e) => {
+                    ctx.metrics
+                        .target_failures
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    // A timeout leaves the outcome unknown: the target may
+                    // hold the write, so the source gets it too.
+                    let held = matches!(
+                        e,
+                        MirrorError::Upstream(crate::proxy::upstream::UpstreamError::Timeout(_))
+                    );
+                    let error = Frame::error(
+                        version,
+                        stream,
+                        error_code::SERVER_ERROR,
+                        &format!("ferry proxy: the target did not take the write: {e}"),
+                    );
+                    (error, held)
+                }
+            };
+            if !may_hold {
+                ctx.metrics
+                    .mirrored_writes
+                    .with_label_values(&["not_on_target"])
+                    .inc();
+                let _ = session.reply(answer).await;
+                return;
+            }
+            if policy.ordered && ctx.source_spool.is_empty() {
+                if traits.truncate {
+                    live_mirrors_done(ctx).await;
+                }
+                let source =
+                    deliver(ctx, Toward::Source, &session.source_copies, &copy, hold).await;
+                if let (true, Some(source)) = (traits.lwt, source) {
+                    count_lwt_divergence(ctx, &source, &answer);
+                }
+                let _ = session.reply(answer).await;
+                return;
+            }
+            let _ = session.reply(answer).await;
+            mirror_async(
+                session.ctx.clone(),
+                Toward::Source,
+                session.source_copies.clone(),
+                copy,
+                hold,
+            );
+        });
+        Ok(())
+    }
+
     /// `async` mode, a write whose order matters: the source first; if it
     /// may hold the write, the target next (a TRUNCATE after the writes
     /// already on their way there), retried, else spooled; then the
@@ -159,7 +261,7 @@ impl Session {
                 if traits.truncate {
                     live_mirrors_done(ctx).await;
                 }
-                let target = deliver(ctx, &session.target, &req, hold).await;
+                let target = deliver(ctx, Toward::Target, &session.target, &req, hold).await;
                 if let (true, Some(target)) = (traits.lwt, target) {
                     count_lwt_divergence(ctx, &source, &target);
                 }
@@ -172,6 +274,34 @@ impl Session {
             let _ = session.reply(source).await;
         });
         Ok(())
+    }
+
+    /// The spool owed to `toward` cannot promise room for `frame`'s copy:
+    /// the request (`what`) is refused before either cluster sees it, so
+    /// the two do not diverge.
+    pub(super) async fn refuse_spool_full(
+        &self,
+        frame: &Frame,
+        toward: Toward,
+        what: &str,
+    ) -> Result<(), SessionError> {
+        self.ctx.metrics.spool_full.inc();
+        let primary = match toward {
+            Toward::Target => "source",
+            Toward::Source => "target",
+        };
+        let message = format!(
+            "ferry proxy: {} spool full; {what} refused so {primary} and {} do not diverge",
+            toward.name(),
+            toward.name()
+        );
+        self.reply(Frame::error(
+            frame.version,
+            frame.stream,
+            error_code::OVERLOADED,
+            &message,
+        ))
+        .await
     }
 
     /// Sends to both sides, waits for both, answers with one of them.
@@ -259,6 +389,12 @@ impl Session {
             if reply.opcode == opcode::RESULT {
                 *session.keyspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(ks.clone());
                 session.target.set_keyspace(&ks);
+                session.source_copies.set_keyspace(&ks);
+                if let Some(conn) = session.source_copies.connected().await {
+                    if let Err(e) = conn.use_keyspace(&ks, session.ctx.target_timeout).await {
+                        warn!(keyspace = %ks, error = %e, "USE failed on the link of the source's copies");
+                    }
+                }
                 if on_target {
                     session.count("use", "target");
                     match session.target.get().await {

@@ -95,8 +95,8 @@ impl Session {
             .last_handshake
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(hs.clone());
-        // The proxy's own source link logs in as the client did.
-        self.source_link.set_handshake(Handshake {
+        // The proxy's own source links log in as the client did.
+        let on_source = Handshake {
             credentials: self
                 .credentials
                 .lock()
@@ -104,7 +104,17 @@ impl Session {
                 .clone(),
             keyspace: None,
             ..hs.clone()
+        };
+        self.source_link.set_handshake(on_source.clone());
+        self.source_copies.set_handshake(Handshake {
+            keyspace: self.keyspace(),
+            ..on_source.clone()
         });
+        *self
+            .ctx
+            .last_source_handshake
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(on_source);
         self.target.set_handshake(hs);
         if self.ctx.mode() != Mode::SourceOnly {
             let target = self.target.clone();

@@ -30,8 +30,8 @@ use crate::proxy::classify::{
     batch_statements, classify, replace_nondeterministic, StatementClass, SystemTable, WriteTraits,
 };
 use crate::proxy::mirror::{
-    deliver, live_mirrors_done, mirror_async, mirror_permit, send_to_target, source_may_hold,
-    MirrorHold, MirrorRequest, ProxyContext, TargetLink,
+    deliver, live_mirrors_done, mirror_async, mirror_permit, send_to_target, send_toward,
+    source_may_hold, MirrorError, MirrorHold, MirrorRequest, ProxyContext, TargetLink, Toward,
 };
 use crate::proxy::peers::{rewrite_event, rewrite_rows};
 use crate::proxy::policy::WritePolicy;
@@ -127,6 +127,10 @@ struct Session {
     /// The proxy's own link to the source, to prepare rewritten texts.
     source_link: Arc<TargetLink>,
     source_prepares: tokio::sync::Mutex<()>,
+    /// In `target-primary-async`, the link the source's copies of writes
+    /// go on: its keyspace follows the client's `USE`, as the target
+    /// link's does.
+    source_copies: Arc<TargetLink>,
     /// Requests sent to the source and not yet answered.
     outstanding: AtomicUsize,
     /// Per-request tasks still running.
@@ -184,6 +188,7 @@ pub async fn serve(
             target: Arc::new(TargetLink::new(ctx.clone())),
             source_link: Arc::new(TargetLink::to_source(ctx.clone())),
             source_prepares: tokio::sync::Mutex::new(()),
+            source_copies: Arc::new(TargetLink::to_source(ctx.clone())),
             ctx: ctx.clone(),
             client_out,
             source_queue: Mutex::new(Vec::new()),

@@ -97,7 +97,7 @@ impl Session {
             tokio::spawn(async move {
                 if let Ok(conn) = session.target.get().await {
                     if let Err(e) =
-                        crate::proxy::mirror::prepare_on_target(&session.ctx, &conn, &stmt, false)
+                        crate::proxy::mirror::target_id(&session.ctx, &conn, &stmt, false, None)
                             .await
                     {
                         debug!(error = %e, "preparing on the target failed; will prepare at first use");

@@ -85,7 +85,7 @@ pub(super) fn decide(input: &RouteInput<'_>, filter: &MirrorFilter) -> Route {
             // reads are neither sampled nor in target-primary.
             let ks = keyspace.as_deref().or(input.session_keyspace);
             let mirrored = || filter.mirrors(ks, table.as_deref());
-            if mode == Mode::TargetPrimary {
+            if mode.target_primary() {
                 return if mirrored() {
                     Route::TargetRead
                 } else {
@@ -107,12 +107,12 @@ pub(super) fn decide(input: &RouteInput<'_>, filter: &MirrorFilter) -> Route {
                 None => return Route::Source,
             };
             Route::Write {
-                answer: if mode == Mode::TargetPrimary {
+                answer: if mode.target_primary() {
                     Answer::Target
                 } else {
                     Answer::Source
                 },
-                asynchronous: mode == Mode::Async,
+                asynchronous: mode.asynchronous(),
                 part,
             }
         }
@@ -309,6 +309,8 @@ mod tests {
             ("INSERT INTO ks.t (k) VALUES (1)", Sync, None, &all, write(Answer::Source, false)),
             ("INSERT INTO ks.t (k) VALUES (1)", Async, None, &all, write(Answer::Source, true)),
             ("INSERT INTO ks.t (k) VALUES (1)", TargetPrimary, None, &all, write(Answer::Target, false)),
+            ("INSERT INTO ks.t (k) VALUES (1)", TargetPrimaryAsync, None, &all, write(Answer::Target, true)),
+            ("INSERT INTO other.t (k) VALUES (1)", TargetPrimaryAsync, None, &only_ks, Route::Source),
             ("INSERT INTO ks.t (k) VALUES (1)", SourceOnly, None, &all, Route::Source),
             ("INSERT INTO other.t (k) VALUES (1)", Sync, None, &only_ks, Route::Source),
             ("UPDATE t SET v = 1 WHERE k = 1", Sync, Some("ks"), &only_ks, write(Answer::Source, false)),
@@ -333,6 +335,8 @@ mod tests {
             ("SELECT * FROM other.t", Async, None, &only_ks, Route::Source),
             ("SELECT * FROM ks.t", SourceOnly, None, &all, Route::Source),
             ("SELECT * FROM ks.t", TargetPrimary, None, &all, Route::TargetRead),
+            ("SELECT * FROM ks.t", TargetPrimaryAsync, None, &all, Route::TargetRead),
+            ("SELECT * FROM other.t", TargetPrimaryAsync, None, &only_ks, Route::Source),
             // A table the migration does not copy is never served by the
             // target: it lacks it, or holds an old copy.
             ("SELECT * FROM other.t", TargetPrimary, None, &only_ks, Route::Source),

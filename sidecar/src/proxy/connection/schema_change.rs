@@ -72,15 +72,9 @@ impl Session {
         // Room in the spool is promised before the source is sent the
         // change, as for a write: once the source made it, the target's
         // part must not be dropped.
-        let Ok(room) = self.ctx.spool_room(&req) else {
-            m.spool_full.inc();
+        let Ok(room) = self.ctx.spool_room(&req, Toward::Target) else {
             return self
-                .reply(Frame::error(
-                    frame.version,
-                    frame.stream,
-                    error_code::OVERLOADED,
-                    "ferry proxy: target spool full; schema change refused so source and target do not diverge",
-                ))
+                .refuse_spool_full(&frame, Toward::Target, "schema change")
                 .await;
         };
         if self.flush_source().await.is_err() {
@@ -103,7 +97,7 @@ impl Session {
                 // goes first (an ALTER ... DROP is never sent, but a
                 // RENAME may be).
                 live_mirrors_done(&session.ctx).await;
-                deliver(&session.ctx, &session.target, &req, hold).await;
+                deliver(&session.ctx, Toward::Target, &session.target, &req, hold).await;
             }
             let _ = session.reply(source).await;
         });

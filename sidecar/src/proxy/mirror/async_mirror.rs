@@ -43,11 +43,14 @@ pub async fn mirror_permit(ctx: &ProxyContext) -> Option<OwnedSemaphorePermit> {
     }
 }
 
-/// `async` mode: sends `req` to the target in the background; retries
-/// with backoff, then spools it. `hold` (its place in flight and its room
-/// in the spool) is kept until the write is on the target or in the spool.
+/// Sends `req` in the background to the cluster it is owed to (`toward`,
+/// over `link`: the target in `async` mode; in `target-primary-async`, the
+/// source once the target took it); retries with backoff, then spools it.
+/// `hold` (its place in flight and its room in the spool) is kept until
+/// the write is there or in the spool.
 pub fn mirror_async(
     ctx: Arc<ProxyContext>,
+    toward: Toward,
     link: Arc<TargetLink>,
     req: MirrorRequest,
     hold: MirrorHold,
@@ -55,30 +58,32 @@ pub fn mirror_async(
     ctx.mirrors_inflight.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
         let _guard = InflightGuard(&ctx.mirrors_inflight);
-        deliver(&ctx, &link, &req, hold).await;
+        deliver(&ctx, toward, &link, &req, hold).await;
     });
 }
 
-/// Puts `req` on the target, retrying with backoff, else in the spool;
-/// returns the target's answer when it took the write. While older writes
-/// wait in the spool, `req` queues behind them.
+/// Puts `req` on the cluster it is owed to (`toward`, over `link`),
+/// retrying with backoff, else in that cluster's spool; returns its answer
+/// when it took the write. While older writes wait in the spool, `req`
+/// queues behind them.
 pub async fn deliver(
     ctx: &ProxyContext,
+    toward: Toward,
     link: &TargetLink,
     req: &MirrorRequest,
     hold: MirrorHold,
 ) -> Option<Frame> {
     let _permit = hold.permit;
     let room = hold.room;
-    if req.idempotent && !ctx.spool.is_empty() {
-        spool_request(ctx, req, "spool not empty", room.as_ref());
+    if req.idempotent && !ctx.spool_toward(toward).is_empty() {
+        spool_request(ctx, toward, req, "spool not empty", room.as_ref());
         return None;
     }
     let mut delay = ctx.retry_backoff;
     let mut last_error = String::new();
     for attempt in 0..ctx.async_retries.max(1) {
         let result = match link.get().await {
-            Ok(conn) => send_to_target(ctx, &conn, req, false).await,
+            Ok(conn) => send_toward(ctx, toward, &conn, req, false).await,
             Err(e) => Err(e.into()),
         };
         match result {
@@ -95,7 +100,7 @@ pub async fn deliver(
                     .target_failures
                     .with_label_values(&["rejected"])
                     .inc();
-                warn!(error = %describe_error(&reply), "target refused a mirrored write; not retried");
+                warn!(toward = toward.name(), error = %describe_error(&reply), "a mirrored write was refused; not retried");
                 return None;
             }
             Ok(reply) => {
@@ -130,10 +135,10 @@ pub async fn deliver(
             .mirrored_writes
             .with_label_values(&["counter_lost"])
             .inc();
-        error!(error = %last_error, "counter update not applied on the target (counters are never retried)");
+        error!(toward = toward.name(), error = %last_error, "counter update not mirrored (counters are never retried)");
         return None;
     }
-    spool_request(ctx, req, &last_error, room.as_ref());
+    spool_request(ctx, toward, req, &last_error, room.as_ref());
     None
 }
 
@@ -154,6 +159,7 @@ pub(super) fn count_refusal(ctx: &ProxyContext, e: &MirrorError, keyspace: &Opti
 
 pub(super) fn spool_request(
     ctx: &ProxyContext,
+    toward: Toward,
     req: &MirrorRequest,
     why: &str,
     room: Option<&Reservation>,
@@ -174,13 +180,17 @@ pub(super) fn spool_request(
             .collect(),
         body: req.body.clone(),
     };
-    match ctx.spool.append(&record, room) {
+    match ctx.spool_toward(toward).append(&record, room) {
         Ok(()) => {
             ctx.metrics
                 .mirrored_writes
                 .with_label_values(&["spooled"])
                 .inc();
-            debug!(reason = why, "target write spooled");
+            debug!(
+                toward = toward.name(),
+                reason = why,
+                "mirrored write spooled"
+            );
         }
         Err(e) => {
             ctx.metrics.spool_full.inc();
@@ -188,7 +198,7 @@ pub(super) fn spool_request(
                 .mirrored_writes
                 .with_label_values(&["dropped"])
                 .inc();
-            error!(error = %e, "SPOOL FULL: target write dropped; the target now diverges until validated");
+            error!(toward = toward.name(), error = %e, "SPOOL FULL: mirrored write dropped; that cluster now diverges until validated");
         }
     }
     update_spool_gauges(ctx);
@@ -201,4 +211,10 @@ pub fn update_spool_gauges(ctx: &ProxyContext) {
     ctx.metrics
         .spool_stalled_seconds
         .set(stalled.as_secs() as i64);
+    ctx.metrics
+        .source_spool_records
+        .set(ctx.source_spool.records() as i64);
+    ctx.metrics
+        .source_spool_bytes
+        .set(ctx.source_spool.bytes() as i64);
 }

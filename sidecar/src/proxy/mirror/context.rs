@@ -10,15 +10,23 @@ pub struct ProxyContext {
     pub mode: ModeCell,
     pub peers: RwLock<Arc<PeerMap>>,
     pub filter: MirrorFilter,
+    /// Writes owed to the target (`async`).
     pub spool: Arc<Spool>,
+    /// Writes owed to the source (`target-primary-async`), in the spool
+    /// directory's `to-source`.
+    pub source_spool: Arc<Spool>,
     pub spool_full_policy: SpoolFullPolicy,
     pub source: Endpoint,
     pub target: Endpoint,
     /// `--target-username[-file]/--target-password[-file]`, else the
     /// clients' own; files are read at each login.
     pub target_credentials: Option<crate::proxy::credentials::TargetCredentials>,
-    /// The last handshake a client made, for the replayer's own link.
+    /// The last handshake a client made, for the replayer's own link
+    /// (with the target's credentials).
     pub last_handshake: Mutex<Option<Handshake>>,
+    /// The same with the client's own credentials, for the link of the
+    /// replayer that owes the source.
+    pub last_source_handshake: Mutex<Option<Handshake>>,
     pub target_timeout: Duration,
     pub async_retries: u32,
     pub retry_backoff: Duration,
@@ -37,6 +45,8 @@ pub struct ProxyContext {
     pub mirrors_inflight: AtomicUsize,
     /// How the spool's drain is going (`/state`, the stalled gauge).
     pub replay_progress: super::ReplayProgress,
+    /// The same for `source_spool`.
+    pub source_replay_progress: super::ReplayProgress,
     /// Heartbeat interval on target links (`--heartbeat-secs`; None: off).
     pub heartbeat: Option<Duration>,
     /// Spooled writes replayed at once (`--replay-window`).
@@ -58,10 +68,31 @@ impl ProxyContext {
         self.mode.get()
     }
 
-    /// Room in the spool for `req`, promised before the source is sent it
-    /// (`reject-writes`: `Err` when there is none, and the application's
-    /// write must be refused); `Ok(None)` under `drop-target-writes`.
-    pub fn spool_room(&self, req: &MirrorRequest) -> Result<Option<Reservation>, SpoolFull> {
+    /// The spool of writes owed to `toward`.
+    pub fn spool_toward(&self, toward: Toward) -> &Arc<Spool> {
+        match toward {
+            Toward::Target => &self.spool,
+            Toward::Source => &self.source_spool,
+        }
+    }
+
+    /// How the drain of the spool owed to `toward` is going.
+    pub fn replay_progress_toward(&self, toward: Toward) -> &super::ReplayProgress {
+        match toward {
+            Toward::Target => &self.replay_progress,
+            Toward::Source => &self.source_replay_progress,
+        }
+    }
+
+    /// Room in the spool owed to `toward` for `req`, promised before the
+    /// primary is sent it (`reject-writes`: `Err` when there is none, and
+    /// the application's write must be refused); `Ok(None)` under
+    /// `drop-target-writes`.
+    pub fn spool_room(
+        &self,
+        req: &MirrorRequest,
+        toward: Toward,
+    ) -> Result<Option<Reservation>, SpoolFull> {
         if self.spool_full_policy != SpoolFullPolicy::RejectWrites {
             return Ok(None);
         }
@@ -71,7 +102,28 @@ impl ProxyContext {
                 id.len() + s.query.len() + s.keyspace.as_ref().map_or(0, String::len)
             }),
         );
-        self.spool.reserve(bytes).map(Some).ok_or(SpoolFull)
+        self.spool_toward(toward)
+            .reserve(bytes)
+            .map(Some)
+            .ok_or(SpoolFull)
+    }
+}
+
+/// The cluster a mirrored write is owed to: the target, except in
+/// `target-primary-async`, where the target answers and the source gets
+/// the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toward {
+    Target,
+    Source,
+}
+
+impl Toward {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Target => "target",
+            Self::Source => "source",
+        }
     }
 }
 

@@ -32,7 +32,7 @@ mod target_link;
 pub use async_mirror::{
     deliver, mirror_async, mirror_permit, source_may_hold, update_spool_gauges,
 };
-pub use context::{MirrorHold, ProxyContext, SpoolFull};
+pub use context::{MirrorHold, ProxyContext, SpoolFull, Toward};
 pub use progress::ReplayProgress;
 pub use replay::live_mirrors_done;
 pub use replay::run_replayer;
@@ -86,7 +86,7 @@ impl MirrorError {
 }
 
 /// Prepares `stmt` on `conn` and records the target's id.
-pub async fn prepare_on_target(
+async fn prepare_on_target(
     ctx: &ProxyContext,
     conn: &Upstream,
     stmt: &PreparedStatement,
@@ -99,16 +99,9 @@ pub async fn prepare_on_target(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let elsewhere = keyspace.is_some() && current.as_deref() != keyspace;
-    let reply = if conn.version >= 5 {
-        // v5 names the keyspace in the PREPARE itself.
-        conn.prepare(&stmt.query, keyspace, ctx.target_timeout)
-            .await?
-    } else if elsewhere && switch_keyspace {
-        if let Some(ks) = keyspace {
-            conn.use_keyspace(ks, ctx.target_timeout).await?;
-        }
-        conn.prepare(&stmt.query, None, ctx.target_timeout).await?
-    } else if elsewhere {
+    let reply = if conn.version >= 5 || switch_keyspace || !elsewhere {
+        prepare_in_its_keyspace(ctx, conn, stmt).await?
+    } else {
         // The statement's keyspace is not the link's (the client switched
         // with USE since): prepare it on a connection of its own in that
         // keyspace, to the same node; the link must keep its keyspace for
@@ -127,22 +120,71 @@ pub async fn prepare_on_target(
         .await?;
         let reply = own.prepare(&stmt.query, None, ctx.target_timeout).await;
         reply?
-    } else {
-        conn.prepare(&stmt.query, None, ctx.target_timeout).await?
     };
+    let t = prepared_id(&reply)?;
+    stmt.set_target(t.clone(), conn.host);
+    Ok(t)
+}
+
+/// PREPAREs `stmt` on `conn` in the keyspace it was prepared in: v5 names
+/// it in the PREPARE itself; before v5 the link switches to it first.
+async fn prepare_in_its_keyspace(
+    ctx: &ProxyContext,
+    conn: &Upstream,
+    stmt: &PreparedStatement,
+) -> Result<Frame, MirrorError> {
+    let keyspace = stmt.keyspace.as_deref();
+    if conn.version >= 5 {
+        return Ok(conn
+            .prepare(&stmt.query, keyspace, ctx.target_timeout)
+            .await?);
+    }
+    switch_keyspace_to(ctx, conn, keyspace).await?;
+    Ok(conn.prepare(&stmt.query, None, ctx.target_timeout).await?)
+}
+
+/// The id (and v5 result metadata id) a PREPARE's answer gives; an ERROR
+/// answer is a refusal when retrying cannot change it.
+fn prepared_id(reply: &Frame) -> Result<TargetPrepared, MirrorError> {
     let parsed =
         parse_prepared_result(reply.flags, &reply.body, reply.version)?.ok_or_else(|| {
             MirrorError::Prepare {
-                message: describe_error(&reply),
-                refused: reply.opcode == opcode::ERROR && !is_retryable_error(&reply),
+                message: describe_error(reply),
+                refused: reply.opcode == opcode::ERROR && !is_retryable_error(reply),
             }
         })?;
-    let t = TargetPrepared {
+    Ok(TargetPrepared {
         id: parsed.id,
         result_metadata_id: parsed.result_metadata_id,
+    })
+}
+
+/// The target's id for `stmt` on `conn`'s host: the one kept, else (none
+/// kept, or the target answered UNPREPARED to a request sent at
+/// `unprepared_since`) one PREPARE, shared by every mirror that needs it
+/// meanwhile.
+pub async fn target_id(
+    ctx: &ProxyContext,
+    conn: &Upstream,
+    stmt: &PreparedStatement,
+    switch_keyspace: bool,
+    unprepared_since: Option<Instant>,
+) -> Result<TargetPrepared, MirrorError> {
+    let kept = |stmt: &PreparedStatement| match unprepared_since {
+        None => stmt.target(),
+        Some(sent) => stmt.target_prepared_after(conn.host, sent),
     };
-    stmt.set_target(Some(t.clone()));
-    Ok(t)
+    if let Some(t) = kept(stmt) {
+        return Ok(t);
+    }
+    let _one_at_a_time = stmt.preparing_on_target.lock().await;
+    if let Some(t) = kept(stmt) {
+        return Ok(t);
+    }
+    if unprepared_since.is_some() {
+        ctx.metrics.reprepares.inc();
+    }
+    prepare_on_target(ctx, conn, stmt, switch_keyspace).await
 }
 
 /// Replaces source ids with target ids in an EXECUTE or BATCH body.
@@ -188,34 +230,30 @@ fn rewrite_ids(req: &MirrorRequest, ids: &[(Bytes, TargetPrepared)]) -> Result<B
     }
 }
 
+/// How many times a request goes to the target while it answers
+/// UNPREPARED: the target can forget a statement again between the PREPARE
+/// and the retry (a schema change, another proxy's PREPARE of the text).
+const UNPREPARED_ATTEMPTS: usize = 3;
+
 /// Sends `req` on `conn`, mapping prepared ids; on UNPREPARED, prepares
-/// again from the kept text and retries once.
+/// again from the kept text and retries. A target that keeps forgetting is
+/// a transient failure (`MirrorError::Prepare`, not refused): the caller
+/// retries or spools the write, never drops it.
 pub async fn send_to_target(
     ctx: &ProxyContext,
     conn: &Upstream,
     req: &MirrorRequest,
     switch_keyspace: bool,
 ) -> Result<Frame, MirrorError> {
-    for attempt in 0..2 {
+    let mut unprepared_since = None;
+    for _ in 0..UNPREPARED_ATTEMPTS {
         let mut ids = Vec::with_capacity(req.statements.len());
         for (sid, stmt) in &req.statements {
-            let t = match stmt.target() {
-                Some(t) => t,
-                None => prepare_on_target(ctx, conn, stmt, switch_keyspace).await?,
-            };
+            let t = target_id(ctx, conn, stmt, switch_keyspace, unprepared_since).await?;
             ids.push((sid.clone(), t));
         }
         if switch_keyspace {
-            if let Some(ks) = &req.keyspace {
-                let current = conn
-                    .keyspace
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                if current.as_deref() != Some(ks) {
-                    conn.use_keyspace(ks, ctx.target_timeout).await?;
-                }
-            }
+            switch_keyspace_to(ctx, conn, req.keyspace.as_deref()).await?;
         }
         let body = if ids.is_empty() {
             req.body.clone()
@@ -230,20 +268,96 @@ pub async fn send_to_target(
             .latency
             .with_label_values(&["target"])
             .observe(started.elapsed().as_secs_f64());
-        if reply.error_code() == Some(error_code::UNPREPARED)
-            && attempt == 0
-            && !req.statements.is_empty()
-        {
-            for (_, stmt) in &req.statements {
-                stmt.set_target(None);
-            }
-            ctx.metrics.reprepares.inc();
+        if reply.error_code() == Some(error_code::UNPREPARED) && !req.statements.is_empty() {
+            unprepared_since = Some(started);
             continue;
         }
         return Ok(reply);
     }
     Err(MirrorError::Prepare {
-        message: "target kept answering UNPREPARED".into(),
+        message: format!(
+            "the target answered UNPREPARED {UNPREPARED_ATTEMPTS} times, preparing again before each"
+        ),
+        refused: false,
+    })
+}
+
+/// Switches `conn` to keyspace `ks` unless it is in it already.
+async fn switch_keyspace_to(
+    ctx: &ProxyContext,
+    conn: &Upstream,
+    ks: Option<&str>,
+) -> Result<(), MirrorError> {
+    let Some(ks) = ks else {
+        return Ok(());
+    };
+    let current = conn
+        .keyspace
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if current.as_deref() != Some(ks) {
+        conn.use_keyspace(ks, ctx.target_timeout).await?;
+    }
+    Ok(())
+}
+
+/// Sends `req` to the cluster it is owed to.
+pub async fn send_toward(
+    ctx: &ProxyContext,
+    toward: Toward,
+    conn: &Upstream,
+    req: &MirrorRequest,
+    switch_keyspace: bool,
+) -> Result<Frame, MirrorError> {
+    match toward {
+        Toward::Target => send_to_target(ctx, conn, req, switch_keyspace).await,
+        Toward::Source => send_to_source(ctx, conn, req, switch_keyspace).await,
+    }
+}
+
+/// Sends `req` to the source (`target-primary-async`'s copy). Its body
+/// holds the source's ids already: the client prepared through the proxy,
+/// on the source. On UNPREPARED (the source forgot a statement) the
+/// replayer (`switch_keyspace`: a link of its own) prepares the statements
+/// again from their text and retries with the ids the source gives; a
+/// client connection's link leaves that to the replayer, as a transient
+/// failure (the write is retried, then spooled), because preparing in
+/// another keyspace would switch the link its other copies share.
+async fn send_to_source(
+    ctx: &ProxyContext,
+    conn: &Upstream,
+    req: &MirrorRequest,
+    switch_keyspace: bool,
+) -> Result<Frame, MirrorError> {
+    let mut body = req.body.clone();
+    for _ in 0..UNPREPARED_ATTEMPTS {
+        if switch_keyspace {
+            switch_keyspace_to(ctx, conn, req.keyspace.as_deref()).await?;
+        }
+        let reply = conn
+            .call(req.opcode, req.flags, body, ctx.target_timeout)
+            .await?;
+        if reply.error_code() != Some(error_code::UNPREPARED) || req.statements.is_empty() {
+            return Ok(reply);
+        }
+        if !switch_keyspace {
+            return Err(MirrorError::Prepare {
+                message:
+                    "the source forgot a prepared statement; the spool's replayer prepares it again"
+                        .into(),
+                refused: false,
+            });
+        }
+        let mut ids = Vec::with_capacity(req.statements.len());
+        for (sid, stmt) in &req.statements {
+            let reply = prepare_in_its_keyspace(ctx, conn, stmt).await?;
+            ids.push((sid.clone(), prepared_id(&reply)?));
+        }
+        body = rewrite_ids(req, &ids)?;
+    }
+    Err(MirrorError::Prepare {
+        message: format!("the source answered UNPREPARED {UNPREPARED_ATTEMPTS} times, preparing again before each"),
         refused: false,
     })
 }
@@ -262,6 +376,25 @@ pub fn is_retryable_error(frame: &Frame) -> bool {
 /// replayed CREATE without `IF NOT EXISTS` gets it).
 pub fn already_exists(frame: &Frame) -> bool {
     frame.error_code() == Some(crate::proxy::frame::error_code::ALREADY_EXISTS)
+}
+
+/// How the replayer that owes the source introduces itself: as the last
+/// client did, with the client's own credentials.
+fn source_handshake(ctx: &ProxyContext) -> Handshake {
+    ctx.last_source_handshake
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .map(|h| Handshake {
+            keyspace: None,
+            ..h
+        })
+        .unwrap_or_else(|| Handshake {
+            version: 4,
+            options: vec![("CQL_VERSION".into(), "3.0.0".into())],
+            credentials: None,
+            keyspace: None,
+        })
 }
 
 /// How the proxy's own connections to the target introduce themselves:

@@ -1,51 +1,58 @@
-//! The replayer: drains the spool to the target in order, a window of
-//! records at a time, acknowledging them in order.
+//! The replayers: each drains a spool to the cluster its writes are owed
+//! to (the target; in `target-primary-async`, the source) in order, a
+//! window of records at a time, acknowledging them in order.
 
 use super::async_mirror::count_refusal;
 use super::target_link::keep_alive;
 use super::*;
 
-/// Drains the spool, forever.
-pub async fn run_replayer(ctx: Arc<ProxyContext>) {
+/// Drains the spool owed to `toward`, forever.
+pub async fn run_replayer(ctx: Arc<ProxyContext>, toward: Toward) {
+    let spool = ctx.spool_toward(toward).clone();
+    let progress = ctx.replay_progress_toward(toward);
     let mut conn: Option<Arc<Upstream>> = None;
     let mut statements = ReplayStatements::default();
     let mut backoff = Duration::from_millis(200);
     // Replays failed in a row: a spool that does not drain is said loudly.
     let mut failed_in_a_row: u32 = 0;
     loop {
-        if let Err(e) = ctx.spool.sync() {
-            error!(error = %e, "syncing the spool");
+        if let Err(e) = spool.sync() {
+            error!(toward = toward.name(), error = %e, "syncing the spool");
         }
         update_spool_gauges(&ctx);
-        match replay_window(&ctx, &mut conn, &mut statements).await {
+        match replay_window(&ctx, toward, &mut conn, &mut statements).await {
             Ok(0) => {
-                if ctx.spool.is_empty() {
-                    ctx.replay_progress.progressed();
+                if spool.is_empty() {
+                    progress.progressed();
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             Ok(_) => {
-                ctx.replay_progress.progressed();
+                progress.progressed();
                 backoff = Duration::from_millis(200);
                 failed_in_a_row = 0;
-                if ctx.spool.is_empty() {
-                    info!("spool drained; the target is up to date");
+                if spool.is_empty() {
+                    info!(
+                        toward = toward.name(),
+                        "spool drained; that cluster is up to date"
+                    );
                 }
             }
             Err(ReplayError::Spool(e)) => {
-                ctx.replay_progress.failed(&e);
-                error!(error = %e, "spool read or acknowledgement failed");
+                progress.failed(&e);
+                error!(toward = toward.name(), error = %e, "spool read or acknowledgement failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(ReplayError::Target(e)) => {
-                ctx.replay_progress.failed(&e);
+                progress.failed(&e);
                 failed_in_a_row += 1;
                 if failed_in_a_row % 20 == 1 {
                     warn!(
+                        toward = toward.name(),
                         error = %e,
                         failed_in_a_row,
-                        records = ctx.spool.records(),
-                        "the spool does not drain: replaying its head to the target fails"
+                        records = spool.records(),
+                        "the spool does not drain: replaying its head fails"
                     );
                 } else {
                     debug!(error = %e, "spool replay failed; will retry");
@@ -84,10 +91,12 @@ enum ReplayError {
 /// alone, after everything before it and before anything after it.
 async fn replay_window(
     ctx: &Arc<ProxyContext>,
+    toward: Toward,
     conn: &mut Option<Arc<Upstream>>,
     statements: &mut ReplayStatements,
 ) -> Result<usize, ReplayError> {
-    let mut offset = ctx.spool.head();
+    let spool = ctx.spool_toward(toward);
+    let mut offset = spool.head();
     let mut in_flight = futures::stream::FuturesOrdered::new();
     // What every record in flight shares: protocol version and keyspace.
     let mut window: Option<(u8, Option<String>)> = None;
@@ -96,7 +105,7 @@ async fn replay_window(
     let mut acked = 0;
     loop {
         while !alone && in_flight.len() < ctx.replay_window {
-            let Some((record, next)) = ctx.spool.read(offset)? else {
+            let Some((record, next)) = spool.read(offset)? else {
                 break;
             };
             let key = (record.version, record.keyspace.clone());
@@ -107,14 +116,17 @@ async fn replay_window(
             if must_go_alone && needs_order(&record) {
                 live_mirrors_done(ctx).await;
             }
-            let c = replay_connection(ctx, conn, record.version).await?;
+            let c = replay_connection(ctx, toward, conn, record.version).await?;
             window = Some(key);
             alone = must_go_alone;
             offset = next;
             let ctx = ctx.clone();
             let used = statements.of(&ctx, &record);
-            in_flight
-                .push_back(async move { replay_one(&ctx, &c, &record, used).await.map(|()| next) });
+            in_flight.push_back(async move {
+                replay_one(&ctx, toward, &c, &record, used)
+                    .await
+                    .map(|()| next)
+            });
         }
         let Some(done) = futures::StreamExt::next(&mut in_flight).await else {
             return Ok(acked);
@@ -134,12 +146,12 @@ async fn replay_window(
                     done_now += 1;
                 }
                 Err(e) => {
-                    ctx.spool.ack(next, done_now)?;
+                    spool.ack(next, done_now)?;
                     return Err(e.into());
                 }
             }
         }
-        ctx.spool.ack(next, done_now)?;
+        spool.ack(next, done_now)?;
         acked += done_now as usize;
         if in_flight.is_empty() {
             alone = false;
@@ -215,9 +227,12 @@ fn carries_timestamp(record: &SpoolRecord) -> bool {
     }
 }
 
-/// The replayer's own link to the target, (re)connected for `version`.
+/// The replayer's own link to `toward`, (re)connected for `version`: to
+/// the target with the target's credentials, to the source with the last
+/// client's.
 async fn replay_connection(
     ctx: &Arc<ProxyContext>,
+    toward: Toward,
     conn: &mut Option<Arc<Upstream>>,
     version: u8,
 ) -> Result<Arc<Upstream>, MirrorError> {
@@ -226,11 +241,12 @@ async fn replay_connection(
             return Ok(c.clone());
         }
     }
-    let hs = Handshake {
-        version,
-        ..statement_handshake(ctx)
+    let (endpoint, hs) = match toward {
+        Toward::Target => (&ctx.target, statement_handshake(ctx)),
+        Toward::Source => (&ctx.source, source_handshake(ctx)),
     };
-    let c = Upstream::connect(&ctx.target, &hs, ctx.max_frame_bytes, ctx.target_timeout).await?;
+    let hs = Handshake { version, ..hs };
+    let c = Upstream::connect(endpoint, &hs, ctx.max_frame_bytes, ctx.target_timeout).await?;
     keep_alive(ctx, &c);
     *conn = Some(c.clone());
     Ok(c)
@@ -282,6 +298,7 @@ impl ReplayStatements {
 
 async fn replay_one(
     ctx: &Arc<ProxyContext>,
+    toward: Toward,
     c: &Upstream,
     record: &SpoolRecord,
     statements: Vec<(Bytes, Arc<PreparedStatement>)>,
@@ -296,7 +313,7 @@ async fn replay_one(
         idempotent: true,
     };
     let started = Instant::now();
-    let reply = match send_to_target(ctx, c, &req, true).await {
+    let reply = match send_toward(ctx, toward, c, &req, true).await {
         Ok(reply) => reply,
         Err(e) if e.is_refusal() => {
             // Retrying it at the head of the spool would hold back every
@@ -321,7 +338,7 @@ async fn replay_one(
             .mirrored_writes
             .with_label_values(&["rejected"])
             .inc();
-        warn!(error = %describe_error(&reply), "target refused a spooled write; skipped");
+        warn!(toward = toward.name(), error = %describe_error(&reply), "a spooled write was refused; skipped");
         return Ok(());
     }
     ctx.metrics

@@ -54,6 +54,16 @@ impl TargetLink {
         }
     }
 
+    /// The live connection, if there is one; never connects.
+    pub async fn connected(&self) -> Option<Arc<Upstream>> {
+        self.conn
+            .lock()
+            .await
+            .as_ref()
+            .filter(|c| !c.is_closed())
+            .cloned()
+    }
+
     /// The live connection, connecting (with backoff) when needed.
     pub async fn get(&self) -> Result<Arc<Upstream>, UpstreamError> {
         let mut guard = self.conn.lock().await;

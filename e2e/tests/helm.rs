@@ -310,3 +310,120 @@ fn every_metric_the_dashboard_and_alerts_query_is_served() {
         "queried but served by no Ferry endpoint: {missing:?}\nserved: {names:?}"
     );
 }
+
+/// The rendered chart's objects, parsed.
+fn documents(text: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).expect("YAML"))
+        .filter(|v| v.get("kind").is_some())
+        .collect()
+}
+
+/// Every resource a role grants, with the role's kind and namespace.
+fn granted(docs: &[serde_yaml::Value]) -> Vec<(String, Option<String>, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for doc in docs {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        if kind != "ClusterRole" && kind != "Role" {
+            continue;
+        }
+        let ns = doc["metadata"]["namespace"].as_str().map(str::to_owned);
+        for rule in doc["rules"].as_sequence().into_iter().flatten() {
+            let verbs: Vec<String> = rule["verbs"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            for resource in rule["resources"].as_sequence().into_iter().flatten() {
+                let resource = resource.as_str().unwrap_or_default().to_owned();
+                out.push((kind.to_owned(), ns.clone(), resource, verbs.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Issue 14 §4, RBAC least privilege: the operator never patches a
+/// namespace (the webhook finds Cassandra pods by an object selector, with
+/// no label the operator must set), and with `watchNamespace` every
+/// namespaced permission, Secrets above all, is a Role in that namespace:
+/// the ClusterRole keeps only what is cluster-scoped.
+#[test]
+fn rbac_is_least_privilege_and_namespaced_when_one_namespace_is_watched() {
+    let everywhere = documents(&template(&[]));
+    for (kind, _, resource, verbs) in granted(&everywhere) {
+        assert_ne!(
+            resource, "namespaces",
+            "{kind} grants {verbs:?} on namespaces: injection must not need a namespace label"
+        );
+    }
+    let webhook = everywhere
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("MutatingWebhookConfiguration"))
+        .expect("webhook");
+    let selector =
+        serde_yaml::to_string(&webhook["webhooks"][0]["namespaceSelector"]).expect("selector");
+    assert!(
+        !selector.contains("ferry.dev/injection"),
+        "the webhook waits for a namespace label: {selector}"
+    );
+    assert!(
+        selector.contains("kube-system"),
+        "the webhook must never see kube-system's pods: {selector}"
+    );
+
+    let one = documents(&template(&["watchNamespace=apps"]));
+    let grants = granted(&one);
+    for (kind, ns, resource, verbs) in &grants {
+        if kind == "ClusterRole" {
+            assert!(
+                ["mutatingwebhookconfigurations"].contains(&resource.as_str()),
+                "with watchNamespace the ClusterRole still grants {verbs:?} on {resource}"
+            );
+        }
+        if resource == "secrets" {
+            assert!(
+                ns.as_deref() == Some("apps") || ns.as_deref() == Some("ferry-system"),
+                "Secrets granted outside the watched and the operator's namespace: {ns:?}"
+            );
+        }
+    }
+    for needed in [
+        "cassandramigrations",
+        "statefulsets",
+        "pods",
+        "pods/eviction",
+        "secrets",
+        "jobs",
+        "configmaps",
+        "poddisruptionbudgets",
+        "events",
+    ] {
+        assert!(
+            grants.iter().any(|(kind, ns, r, _)| kind == "Role"
+                && ns.as_deref() == Some("apps")
+                && r == needed),
+            "with watchNamespace=apps no Role in apps grants {needed}"
+        );
+    }
+    let bound = one.iter().any(|d| {
+        d["kind"].as_str() == Some("RoleBinding")
+            && d["metadata"]["namespace"].as_str() == Some("apps")
+            && d["subjects"][0]["namespace"].as_str() == Some("ferry-system")
+    });
+    assert!(
+        bound,
+        "no RoleBinding in apps for the operator's ServiceAccount"
+    );
+    let webhook = one
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("MutatingWebhookConfiguration"))
+        .expect("webhook");
+    let selector =
+        serde_yaml::to_string(&webhook["webhooks"][0]["namespaceSelector"]).expect("selector");
+    assert!(
+        selector.contains("apps") && selector.contains("In"),
+        "with watchNamespace the webhook sees only that namespace: {selector}"
+    );
+}

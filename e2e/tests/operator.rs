@@ -83,8 +83,8 @@ async fn start_webhook(client: &Client, ns: &str) -> WebhookGuard {
             "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"),
                              "caBundle": k8s_openapi::ByteString(cert.ca_pem.as_bytes().to_vec())},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {labels::INJECTION_LABEL: labels::INJECTION_ENABLED,
-                                                  "kubernetes.io/metadata.name": ns}},
+            // As the chart's: no label for the operator to set.
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
             "objectSelector": {"matchExpressions": [{"key": labels::STS_POD_NAME_LABEL, "operator": "Exists"}]},
             "failurePolicy": "Ignore", "sideEffects": "None", "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
@@ -766,13 +766,7 @@ async fn webhook_leaves_pods_of_other_statefulsets_alone() {
         .create(&PostParams::default(), &other)
         .await
         .expect("create");
-    // Opt the namespace in by hand (no controller runs here) and recreate a pod.
-    let patch =
-        json!({"metadata": {"labels": {labels::INJECTION_LABEL: labels::INJECTION_ENABLED}}});
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("label ns");
+    // Recreate a pod (no controller runs here): the webhook sees it.
     Api::<Pod>::namespaced(client.clone(), ns)
         .delete(&format!("{STS}-0"), &DeleteParams::default())
         .await

@@ -4,12 +4,6 @@
 /// Finalizer on every CassandraMigration: the sidecars come out before it goes.
 pub const FINALIZER: &str = "ferry.dev/cleanup";
 
-/// Namespace label that opts a namespace's StatefulSet pods into the webhook.
-/// The operator sets it while a migration lives there and removes it after.
-pub const INJECTION_LABEL: &str = "ferry.dev/injection";
-/// Value of [`INJECTION_LABEL`] that enables injection.
-pub const INJECTION_ENABLED: &str = "enabled";
-
 /// Annotation on an injected pod: the name of the migration it serves.
 pub const MIGRATION_ANNOTATION: &str = "ferry.dev/migration";
 /// Annotation on an injected pod: a hash of the proxy configuration it got

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
@@ -452,7 +452,6 @@ async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
     if step.status.phase_history.is_empty() {
         step.enter(Phase::Pending).await;
     }
-    set_namespace_injection(&ctx.client, &ns, true).await?;
 
     // Fetch the source: every StatefulSet of it, and their pods.
     let found = match source::fetch(&ctx.client, &ns, &cm.spec.source).await {
@@ -1942,20 +1941,6 @@ async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Result<()> {
     Ok(())
 }
 
-/// Labels (or unlabels) the namespace so the webhook sees its pods.
-async fn set_namespace_injection(client: &Client, ns: &str, enabled: bool) -> Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let value = if enabled {
-        json!(labels::INJECTION_ENABLED)
-    } else {
-        serde_json::Value::Null
-    };
-    let patch = json!({"metadata": {"labels": {labels::INJECTION_LABEL: value}}});
-    api.patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
 /// Deleting a migration: take the sidecars out with the same one-at-a-time
 /// roll, delete the Jobs and what else Ferry made, never touch data.
 async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
@@ -2044,17 +2029,6 @@ async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Actio
         .await?;
     for pdb in ours.items {
         delete_if_present(&pdbs, &pdb.name_any(), &DeleteParams::default()).await?;
-    }
-    // Stop injecting in this namespace when no other migration lives there.
-    let others = Api::<CassandraMigration>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|m| m.name_any() != name && m.metadata.deletion_timestamp.is_none())
-        .count();
-    if others == 0 {
-        set_namespace_injection(&ctx.client, &ns, false).await?;
     }
     step.event(
         EventType::Normal,

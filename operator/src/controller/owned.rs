@@ -1,0 +1,135 @@
+//! The objects a migration owns besides its Jobs: the peer map ConfigMap the
+//! proxies read and the PodDisruptionBudget of the roll.
+
+use super::*;
+
+/// The port drivers are told to use for a source node: with the iptables
+/// redirect, the CQL port itself (it reaches the proxy once the pod has one
+/// and Cassandra before, so a node not rolled yet stays reachable); with
+/// `redirect: port`, the proxy's own port.
+pub(super) fn advertised_port(spec: &crate::crd::CassandraMigrationSpec) -> i32 {
+    match spec.proxy.redirect {
+        crate::crd::TrafficRedirect::Iptables => spec.source.cql_port,
+        crate::crd::TrafficRedirect::Port => spec.proxy.listen_port,
+    }
+}
+
+/// Keeps the peer map ConfigMap current: source node address → its proxy.
+pub(super) async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> {
+    let port = advertised_port(&step.cm.spec);
+    // Only pods that run a proxy: a node without one (not rolled yet, or
+    // taken out at cut-over) keeps its own address and port in the peer
+    // tables, where drivers then reach it directly.
+    let peers: BTreeMap<String, String> = pods
+        .iter()
+        .filter(|p| sidecar::has_sidecar(p))
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| {
+            let proxy = if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            };
+            (ip, proxy)
+        })
+        .collect();
+    // The cut-over stage applied decides the mode and the shadow reads.
+    let setting = cutover::proxy_setting(cutover::applied(Some(&step.status)), step.cm);
+    // With `spec.schema: copy` the proxies follow the schema changes
+    // clients make through them, and a keyspace gets the target's
+    // replication (known once the schema step ran).
+    let target_replication = step
+        .status
+        .schema
+        .as_ref()
+        .and_then(|s| s.target_replication.clone());
+    let body = serde_json::to_string_pretty(&json!({
+        "peers": peers,
+        "mode": setting.mode,
+        "shadowReadPercent": setting.shadow_read_percent,
+        "mirrorDdl": step.cm.spec.schema == SchemaMode::Copy,
+        "targetReplication": target_replication,
+    }))?;
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": labels::peer_map_name(&step.name),
+            "labels": {labels::MIGRATION_LABEL: step.name},
+            "ownerReferences": [owner_ref(step.cm)],
+        },
+        "data": {labels::PEER_MAP_KEY: body},
+    });
+    let api: Api<ConfigMap> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    api.patch(
+        &labels::peer_map_name(&step.name),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
+    Ok(())
+}
+
+fn owner_ref(cm: &CassandraMigration) -> serde_json::Value {
+    json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+        "name": cm.name_any(), "uid": cm.metadata.uid.clone().unwrap_or_default(),
+        "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+/// Makes sure a PodDisruptionBudget guards the source pods: the roll evicts
+/// through the Eviction API, so a budget is what makes "one at a time" hold
+/// even against other actors. Ferry makes one (maxUnavailable 1) only when
+/// none selects the pods already.
+///
+/// With several StatefulSets (one per rack) it selects the labels all their
+/// pods share, so the budget spans racks: two racks down at once is what
+/// would break quorum.
+pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Result<()> {
+    let Some(selector) = found.common_pod_labels() else {
+        return Ok(());
+    };
+    let api: Api<PodDisruptionBudget> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    let name = match found.statefulsets.as_slice() {
+        [one] => format!("{}-ferry", one.name_any()),
+        _ => format!("{}-source-ferry", step.name),
+    };
+    let existing = api.list(&ListParams::default()).await?;
+    let covered = existing.items.iter().any(|pdb| {
+        pdb.name_any() != name
+            && pdb
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| s.match_labels.as_ref())
+                .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| selector.get(k) == Some(v)))
+    });
+    if covered {
+        return Ok(());
+    }
+    let pdb = json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "labels": {labels::MIGRATION_LABEL: step.name}, "ownerReferences": [owner_ref(step.cm)]},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    });
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&pdb),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes an object, treating "already gone" as done.
+pub(super) async fn delete_if_present<K>(api: &Api<K>, name: &str, dp: &DeleteParams) -> Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}

@@ -1,15 +1,25 @@
 //! The backfill and validation Jobs: their spec (pure, unit tested), their
 //! state, and the figures their pods leave in their termination messages.
 
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, LocalObjectReference, Pod, PodSpec, PodTemplateSpec,
+    SecretKeySelector,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::crd::{
     BackfillProgress, CassandraMigration, TimestampMode, ValidationMode, ValidationResults,
 };
 use crate::labels;
+use crate::pod_security;
 use crate::tls_mount::{TlsMount, TlsUse};
 
 /// Which of Ferry's two Jobs.
@@ -62,16 +72,31 @@ pub struct JobInputs {
     pub image_pull_secrets: Vec<String>,
 }
 
-fn env(name: &str, value: impl ToString) -> Value {
-    json!({"name": name, "value": value.to_string()})
+fn env(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_string()),
+        ..EnvVar::default()
+    }
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> Value {
-    json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 /// The Job's environment: the sidecar's bulk modes read every flag from env.
-pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Vec<Value> {
+pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Vec<EnvVar> {
     let spec = &cm.spec;
     let mut env_vars = vec![
         env(
@@ -187,74 +212,95 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
 }
 
 /// The Indexed Job: one pod per share of the token ranges.
-pub fn build_job(
-    cm: &CassandraMigration,
-    kind: JobKind,
-    inputs: &JobInputs,
-) -> Result<Job, serde_json::Error> {
+pub fn build_job(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Job {
     let spec = &cm.spec;
     let name = cm.metadata.name.clone().unwrap_or_default();
-    let owner = json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
-        "name": name, "uid": cm.metadata.uid.clone().unwrap_or_default(),
-        "controller": true, "blockOwnerDeletion": true,
-    });
-    let labels = json!({labels::MIGRATION_LABEL: name, labels::JOB_KIND_LABEL: kind.as_str()});
-    let mut container = json!({
-        "name": kind.as_str(),
-        "image": inputs.image,
-        "args": [kind.mode()],
-        "env": job_env(cm, kind, inputs),
-        "terminationMessagePolicy": "File",
-        // What the `restricted` Pod Security Standard asks of a container.
-        "securityContext": {
-            "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    });
+    let labels = BTreeMap::from([
+        (labels::MIGRATION_LABEL.to_owned(), name),
+        (labels::JOB_KIND_LABEL.to_owned(), kind.as_str().to_owned()),
+    ]);
     let tls = TlsMount::clusters(spec);
-    if !tls.is_empty() {
-        container["volumeMounts"] = tls.iter().map(TlsMount::volume_mount).collect();
-    }
-    if let Some(resources) = &spec.backfill.resources {
-        container["resources"] = serde_json::to_value(resources)?;
-    }
-    serde_json::from_value(json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": inputs.name, "labels": labels, "ownerReferences": [owner]},
-        "spec": {
-            "completionMode": "Indexed",
-            "completions": spec.backfill.parallelism,
-            "parallelism": spec.backfill.parallelism,
-            "backoffLimitPerIndex": 3,
-            "maxFailedIndexes": 0,
-            "podFailurePolicy": {"rules": [
-                // A pod deleted, evicted or preempted is not the work's fault:
-                // its replacement redoes only the unfinished ranges.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                // Exit 2 is bad input and 3 differences found (sidecar
-                // bulk::exit): retrying cannot help. Anything else (a cluster
-                // down, a signal) is retried.
-                {"action": "FailJob", "onExitCodes": {"containerName": kind.as_str(), "operator": "In", "values": [2, 3]}}
-            ]},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    // The Jobs talk CQL only: no Kubernetes API token.
-                    "automountServiceAccountToken": false,
-                    "imagePullSecrets": (!inputs.image_pull_secrets.is_empty()).then(|| {
-                        inputs.image_pull_secrets.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()
-                    }),
-                    "containers": [container],
-                    "volumes": (!tls.is_empty()).then(|| tls.iter().map(TlsMount::volume).collect::<Vec<_>>()),
-                    "nodeSelector": spec.backfill.node_selector,
-                    "tolerations": spec.backfill.tolerations,
-                },
-            },
+    let container = Container {
+        name: kind.as_str().to_owned(),
+        image: Some(inputs.image.clone()),
+        args: Some(vec![kind.mode().to_owned()]),
+        env: Some(job_env(cm, kind, inputs)),
+        termination_message_policy: Some("File".to_owned()),
+        // What the `restricted` Pod Security Standard asks of a container.
+        security_context: Some(pod_security::restricted()),
+        volume_mounts: (!tls.is_empty()).then(|| tls.iter().map(TlsMount::volume_mount).collect()),
+        resources: spec.backfill.resources.clone(),
+        ..Container::default()
+    };
+    let on_exit_codes = PodFailurePolicyOnExitCodesRequirement {
+        container_name: Some(kind.as_str().to_owned()),
+        operator: "In".to_owned(),
+        values: vec![2, 3],
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(inputs.name.clone()),
+            labels: Some(labels.clone()),
+            owner_references: cm.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
         },
-    }))
+        spec: Some(JobSpec {
+            completion_mode: Some("Indexed".to_owned()),
+            completions: Some(spec.backfill.parallelism),
+            parallelism: Some(spec.backfill.parallelism),
+            backoff_limit_per_index: Some(3),
+            max_failed_indexes: Some(0),
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![
+                    // A pod deleted, evicted or preempted is not the work's
+                    // fault: its replacement redoes only the unfinished ranges.
+                    PodFailurePolicyRule {
+                        action: "Ignore".to_owned(),
+                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                            type_: "DisruptionTarget".to_owned(),
+                            status: Some("True".to_owned()),
+                        }]),
+                        ..PodFailurePolicyRule::default()
+                    },
+                    // Exit 2 is bad input and 3 differences found (sidecar
+                    // bulk::exit): retrying cannot help. Anything else (a
+                    // cluster down, a signal) is retried.
+                    PodFailurePolicyRule {
+                        action: "FailJob".to_owned(),
+                        on_exit_codes: Some(on_exit_codes),
+                        ..PodFailurePolicyRule::default()
+                    },
+                ],
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_owned()),
+                    // The Jobs talk CQL only: no Kubernetes API token.
+                    automount_service_account_token: Some(false),
+                    image_pull_secrets: (!inputs.image_pull_secrets.is_empty()).then(|| {
+                        inputs
+                            .image_pull_secrets
+                            .iter()
+                            .map(|n| LocalObjectReference { name: n.clone() })
+                            .collect()
+                    }),
+                    containers: vec![container],
+                    volumes: (!tls.is_empty()).then(|| tls.iter().map(TlsMount::volume).collect()),
+                    node_selector: (!spec.backfill.node_selector.is_empty())
+                        .then(|| spec.backfill.node_selector.clone()),
+                    tolerations: (!spec.backfill.tolerations.is_empty())
+                        .then(|| spec.backfill.tolerations.clone()),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
 }
 
 /// Up to `total` example keys of a validation's differences, at most
@@ -426,6 +472,7 @@ pub fn validation_results(job_name: &str, sums: &[Summary]) -> ValidationResults
 mod tests {
     use super::*;
     use crate::crd::CassandraMigrationSpec;
+    use serde_json::json;
 
     fn migration() -> CassandraMigration {
         let spec: CassandraMigrationSpec = serde_json::from_value(json!({
@@ -472,7 +519,7 @@ mod tests {
 
     #[test]
     fn backfill_job_is_indexed_and_carries_the_spec() {
-        let job = build_job(&migration(), JobKind::Backfill, &inputs()).unwrap();
+        let job = build_job(&migration(), JobKind::Backfill, &inputs());
         let spec = job.spec.as_ref().unwrap();
         assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
         assert_eq!(spec.completions, Some(4));
@@ -508,7 +555,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let job = build_job(&cm, JobKind::Backfill, &inputs()).unwrap();
+        let job = build_job(&cm, JobKind::Backfill, &inputs());
         let env = env_of(&job);
         assert_eq!(
             env["FERRY_SOURCE_TLS_CA_FILE"],
@@ -537,14 +584,14 @@ mod tests {
         let mounts = pod.containers[0].volume_mounts.clone().unwrap();
         assert_eq!(mounts[1].mount_path, "/etc/ferry/tls/target");
         // Without TLS the Job has no volumes at all.
-        let plain = build_job(&migration(), JobKind::Backfill, &inputs()).unwrap();
+        let plain = build_job(&migration(), JobKind::Backfill, &inputs());
         let plain = plain.spec.unwrap().template.spec.unwrap();
         assert!(plain.volumes.is_none() && plain.containers[0].volume_mounts.is_none());
     }
 
     #[test]
     fn validate_job_carries_the_validation_settings() {
-        let job = build_job(&migration(), JobKind::Validate, &inputs()).unwrap();
+        let job = build_job(&migration(), JobKind::Validate, &inputs());
         let env = env_of(&job);
         assert_eq!(env["FERRY_VALIDATE_MODE"], "sample");
         assert_eq!(env["FERRY_SAMPLE_PERCENT"], "10");
@@ -554,7 +601,7 @@ mod tests {
 
     #[test]
     fn job_pods_meet_the_restricted_pod_security_standard_without_an_api_token() {
-        let job = build_job(&migration(), JobKind::Backfill, &inputs()).unwrap();
+        let job = build_job(&migration(), JobKind::Backfill, &inputs());
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(
@@ -577,7 +624,7 @@ mod tests {
 
     #[test]
     fn a_reverse_check_reads_the_target_as_the_reference_and_never_repairs() {
-        let job = build_job(&migration(), JobKind::Reverse, &inputs()).unwrap();
+        let job = build_job(&migration(), JobKind::Reverse, &inputs());
         let env = env_of(&job);
         assert_eq!(env["FERRY_REVERSE"], "true");
         assert_eq!(env["FERRY_VALIDATE_MODE"], "sample");
@@ -596,7 +643,7 @@ mod tests {
     fn a_scheduled_check_samples_without_repairing_and_runs_the_validate_mode() {
         let mut cm = migration();
         cm.spec.validation.schedule_sample_percent = 3;
-        let job = build_job(&cm, JobKind::Check, &inputs()).unwrap();
+        let job = build_job(&cm, JobKind::Check, &inputs());
         let env = env_of(&job);
         assert_eq!(env["FERRY_VALIDATE_MODE"], "sample");
         assert_eq!(env["FERRY_SAMPLE_PERCENT"], "3");

@@ -10,6 +10,7 @@
 //! - [`cql`]: the operator's own CQL checks (ring health before evictions, the probe write).
 //! - [`proxy_state`]: what each proxy still owes the target (read before an eviction, and for `MirroringBehind`).
 //! - [`leader`]: Lease-based leader election so two replicas never roll at once.
+//! - [`pod_security`]: the `restricted` security context of every container Ferry makes.
 //! - [`tls_mount`]: the TLS Secrets a migration names, mounted into the proxy and the Jobs.
 
 pub mod certs;
@@ -23,6 +24,7 @@ pub mod jobs;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
+pub mod pod_security;
 pub mod proxy_state;
 pub mod roll;
 pub mod schema_copy;

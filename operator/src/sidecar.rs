@@ -3,11 +3,20 @@
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod,
+    Probe, ResourceRequirements, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
 use crate::crd::{CassandraMigration, TrafficRedirect, WriteMode};
 use crate::labels;
+use crate::pod_security;
 use crate::tls_mount::{TlsMount, TlsUse};
 
 /// Settings of the injection that do not come from the CR.
@@ -167,16 +176,14 @@ pub fn split_host_port(cp: &str) -> Option<(String, u16)> {
 const TARGET_CREDENTIALS_DIR: &str = "/etc/ferry/target-credentials";
 const TARGET_CREDENTIALS_VOLUME: &str = "ferry-target-credentials";
 
-/// The sidecar container as JSON.
-pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) -> Value {
+/// The sidecar container.
+pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) -> Container {
     let spec = &cm.spec;
     let image = spec
         .proxy
         .image
         .clone()
         .unwrap_or_else(|| settings.sidecar_image.clone());
-    let env =
-        vec![json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})];
     let mut args = proxy_args(cm, settings.probe_keyspace.as_deref());
     if spec.target.credentials_secret.is_some() {
         // Files from the Secret, read at each login: a rotated password
@@ -188,45 +195,98 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
             "--target-password-file={TARGET_CREDENTIALS_DIR}/password"
         ));
     }
-    let mut container = json!({
-        "name": labels::SIDECAR_CONTAINER,
-        "image": image,
-        "args": args,
-        "env": env,
-        "ports": [
-            {"name": "ferry-cql", "containerPort": spec.proxy.listen_port},
-            {"name": "ferry-admin", "containerPort": labels::PROXY_ADMIN_PORT},
-        ],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": labels::PROXY_ADMIN_PORT}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/livez", "port": labels::PROXY_ADMIN_PORT}, "periodSeconds": 10, "failureThreshold": 6},
-        "volumeMounts": [
-            {"name": "ferry-peers", "mountPath": labels::PEER_MAP_DIR, "readOnly": true},
-            {"name": "ferry-spool", "mountPath": "/var/lib/ferry/spool"},
-        ],
+    let mut mounts = vec![
+        mount("ferry-peers", labels::PEER_MAP_DIR, true),
+        mount("ferry-spool", "/var/lib/ferry/spool", false),
+    ];
+    mounts.extend(TlsMount::proxy(spec).iter().map(TlsMount::volume_mount));
+    if spec.target.credentials_secret.is_some() {
+        mounts.push(mount(
+            TARGET_CREDENTIALS_VOLUME,
+            TARGET_CREDENTIALS_DIR,
+            true,
+        ));
+    }
+    let admin_probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(labels::PROXY_ADMIN_PORT),
+            ..HTTPGetAction::default()
+        }),
+        ..Probe::default()
+    };
+    Container {
+        name: labels::SIDECAR_CONTAINER.to_owned(),
+        image: Some(image),
+        args: Some(args),
+        env: Some(vec![EnvVar {
+            name: "POD_IP".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        ports: Some(vec![
+            port("ferry-cql", spec.proxy.listen_port),
+            port("ferry-admin", labels::PROXY_ADMIN_PORT),
+        ]),
+        readiness_probe: Some(Probe {
+            period_seconds: Some(5),
+            ..admin_probe("/readyz")
+        }),
+        liveness_probe: Some(Probe {
+            period_seconds: Some(10),
+            failure_threshold: Some(6),
+            ..admin_probe("/livez")
+        }),
+        volume_mounts: Some(mounts),
         // What the `restricted` Pod Security Standard asks of a container.
-        "securityContext": {
-            "runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "resources": default_proxy_resources(),
-    });
-    if let (Some(mounts), tls) = (
-        container["volumeMounts"].as_array_mut(),
-        TlsMount::proxy(spec),
-    ) {
-        mounts.extend(tls.iter().map(TlsMount::volume_mount));
-        if spec.target.credentials_secret.is_some() {
-            mounts.push(json!({"name": TARGET_CREDENTIALS_VOLUME, "mountPath": TARGET_CREDENTIALS_DIR, "readOnly": true}));
-        }
+        security_context: Some(pod_security::restricted()),
+        resources: Some(
+            spec.proxy
+                .resources
+                .clone()
+                .unwrap_or_else(default_proxy_resources),
+        ),
+        restart_policy: settings.native_sidecar.then(|| "Always".to_owned()),
+        ..Container::default()
     }
-    if let Some(resources) = &spec.proxy.resources {
-        container["resources"] = serde_json::to_value(resources).unwrap_or(Value::Null);
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
     }
-    if settings.native_sidecar {
-        container["restartPolicy"] = json!("Always");
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: number,
+        ..ContainerPort::default()
     }
-    container
+}
+
+/// CPU and memory requests and limits.
+fn resources(requests: (&str, &str), limits: (&str, &str)) -> ResourceRequirements {
+    let pair = |(cpu, memory): (&str, &str)| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(pair(requests)),
+        limits: Some(pair(limits)),
+        ..ResourceRequirements::default()
+    }
 }
 
 /// The spool's limit in bytes (`proxy.spoolMaxMiB`).
@@ -237,26 +297,27 @@ fn spool_max_bytes(spec: &crate::crd::CassandraMigrationSpec) -> u64 {
 /// The spool volume: an `emptyDir` that the kubelet lets grow to the
 /// proxy's own limit and a margin (its segment files and head record),
 /// never past it.
-fn spool_volume(spec: &crate::crd::CassandraMigrationSpec) -> Value {
+fn spool_volume(spec: &crate::crd::CassandraMigrationSpec) -> Volume {
     let mib = spec.proxy.spool_max_mib.max(16) + 64;
-    json!({"name": "ferry-spool", "emptyDir": {"sizeLimit": format!("{mib}Mi")}})
+    Volume {
+        name: "ferry-spool".to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(format!("{mib}Mi"))),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
 }
 
 /// The proxy's resources when `proxy.resources` says none.
-fn default_proxy_resources() -> Value {
-    json!({
-        "requests": {"cpu": "100m", "memory": "64Mi"},
-        "limits": {"cpu": "500m", "memory": "256Mi"},
-    })
+fn default_proxy_resources() -> ResourceRequirements {
+    resources(("100m", "64Mi"), ("500m", "256Mi"))
 }
 
 /// The redirect init container's resources: small, and requests equal to
 /// limits so it never lowers a pod's QoS class.
-fn redirect_resources() -> Value {
-    json!({
-        "requests": {"cpu": "50m", "memory": "32Mi"},
-        "limits": {"cpu": "50m", "memory": "32Mi"},
-    })
+fn redirect_resources() -> ResourceRequirements {
+    resources(("50m", "32Mi"), ("50m", "32Mi"))
 }
 
 /// Whether every container of the pod has CPU and memory requests equal to
@@ -266,7 +327,7 @@ pub fn guaranteed(pod: &Pod) -> bool {
     let Some(spec) = pod.spec.as_ref() else {
         return false;
     };
-    let all: Vec<&k8s_openapi::api::core::v1::Container> = spec
+    let all: Vec<&Container> = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
@@ -286,47 +347,69 @@ pub fn guaranteed(pod: &Pod) -> bool {
 }
 
 /// Requests raised to the limits (for a Guaranteed pod).
-fn as_guaranteed(resources: &Value) -> Value {
-    let mut out = resources.clone();
-    if let Some(limits) = resources.get("limits").cloned() {
-        out["requests"] = limits;
-    }
-    out
+fn as_guaranteed(resources: Option<ResourceRequirements>) -> Option<ResourceRequirements> {
+    resources.map(|mut r| {
+        if r.limits.is_some() {
+            r.requests.clone_from(&r.limits);
+        }
+        r
+    })
 }
 
 /// The proxy's preStop hook: `/drain` waits until the spool is empty and no
 /// write is on its way to the target, for at most the pod's termination
 /// grace less a margin for the proxy's own shutdown.
-pub fn drain_hook(grace_seconds: i64) -> Value {
+pub fn drain_hook(grace_seconds: i64) -> Lifecycle {
     let wait = (grace_seconds - 5).max(1);
-    json!({"preStop": {"httpGet": {
-        "path": format!("/drain?timeout={wait}"),
-        "port": labels::PROXY_ADMIN_PORT,
-    }}})
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            http_get: Some(HTTPGetAction {
+                path: Some(format!("/drain?timeout={wait}")),
+                port: IntOrString::Int(labels::PROXY_ADMIN_PORT),
+                ..HTTPGetAction::default()
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
 }
 
 /// The init container that redirects inbound CQL traffic to the proxy. It
 /// needs NET_ADMIN (and NET_RAW for iptables) in this container only; the
 /// proxy's own connection to Cassandra goes over loopback (OUTPUT chain), so
 /// it is not redirected.
-pub fn redirect_container(cm: &CassandraMigration, settings: &InjectionSettings) -> Value {
+pub fn redirect_container(cm: &CassandraMigration, settings: &InjectionSettings) -> Container {
     let spec = &cm.spec;
     let rule = format!(
         "iptables -t nat -C PREROUTING -p tcp --dport {src} -j REDIRECT --to-ports {proxy} 2>/dev/null || iptables -t nat -A PREROUTING -p tcp --dport {src} -j REDIRECT --to-ports {proxy}",
         src = spec.source.cql_port,
         proxy = spec.proxy.listen_port
     );
-    json!({
-        "name": labels::REDIRECT_CONTAINER,
-        "image": settings.redirect_image,
-        "command": ["sh", "-c", rule],
-        "securityContext": {
-            "runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "resources": redirect_resources(),
-    })
+    Container {
+        name: labels::REDIRECT_CONTAINER.to_owned(),
+        image: Some(settings.redirect_image.clone()),
+        command: Some(vec!["sh".to_owned(), "-c".to_owned(), rule]),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: Some(vec!["NET_ADMIN".to_owned(), "NET_RAW".to_owned()]),
+            }),
+            seccomp_profile: Some(pod_security::runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        resources: Some(redirect_resources()),
+        ..Container::default()
+    }
+}
+
+/// A typed object as the value of a JSON patch operation.
+fn to_patch_value<T: serde::Serialize>(object: &T) -> Value {
+    // Serializing a k8s-openapi object cannot fail: no map has a
+    // non-string key.
+    serde_json::to_value(object).unwrap_or(Value::Null)
 }
 
 fn add(path: &[&str], value: Value) -> PatchOperation {
@@ -352,62 +435,77 @@ pub fn injection_patch(pod: &Pod, cm: &CassandraMigration, settings: &InjectionS
         json!(proxy_config_hash(cm, settings.probe_keyspace.as_deref())),
     ));
     let spec = pod.spec.as_ref();
-    let mut init = Vec::new();
+    let mut init: Vec<Container> = Vec::new();
     if cm.spec.proxy.redirect == TrafficRedirect::Iptables {
         init.push(redirect_container(cm, settings));
     }
     let mut sidecar = sidecar_container(cm, settings);
     // A Guaranteed pod stays Guaranteed: the proxy's requests are its limits.
     if guaranteed(pod) {
-        sidecar["resources"] = as_guaranteed(&sidecar["resources"]);
+        sidecar.resources = as_guaranteed(sidecar.resources);
     }
     // Before the pod goes, its proxy hands the target what it still owes it
     // (the spool is in the pod and goes with it), within the pod's grace.
     let grace = spec
         .and_then(|s| s.termination_grace_period_seconds)
         .unwrap_or(30);
-    sidecar["lifecycle"] = drain_hook(grace);
+    sidecar.lifecycle = Some(drain_hook(grace));
     if settings.native_sidecar {
         init.push(sidecar);
     } else {
         let has_containers = spec.is_some_and(|s| !s.containers.is_empty());
         if has_containers {
-            ops.push(add(&["spec", "containers", "-"], sidecar));
+            ops.push(add(&["spec", "containers", "-"], to_patch_value(&sidecar)));
         } else {
-            ops.push(add(&["spec", "containers"], json!([sidecar])));
+            ops.push(add(&["spec", "containers"], to_patch_value(&[sidecar])));
         }
     }
     let has_init = spec.is_some_and(|s| s.init_containers.is_some());
     if has_init {
-        for c in init {
-            ops.push(add(&["spec", "initContainers", "-"], c));
+        for c in &init {
+            ops.push(add(&["spec", "initContainers", "-"], to_patch_value(c)));
         }
     } else if !init.is_empty() {
-        ops.push(add(&["spec", "initContainers"], Value::Array(init)));
+        ops.push(add(&["spec", "initContainers"], to_patch_value(&init)));
     }
     let mut volumes = vec![
-        json!({"name": "ferry-peers", "configMap": {"name": labels::peer_map_name(&name), "optional": true}}),
+        Volume {
+            name: "ferry-peers".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: labels::peer_map_name(&name),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
         spool_volume(&cm.spec),
     ];
     volumes.extend(TlsMount::proxy(&cm.spec).iter().map(TlsMount::volume));
     if let Some(secret) = &cm.spec.target.credentials_secret {
-        volumes.push(json!({
-            "name": TARGET_CREDENTIALS_VOLUME,
-            "secret": {
-                "secretName": secret.name,
-                "items": [
-                    {"key": secret.username_key, "path": "username"},
-                    {"key": secret.password_key, "path": "password"},
-                ],
-            },
-        }));
+        let item = |key: &str, path: &str| KeyToPath {
+            key: key.to_owned(),
+            path: path.to_owned(),
+            ..KeyToPath::default()
+        };
+        volumes.push(Volume {
+            name: TARGET_CREDENTIALS_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![
+                    item(&secret.username_key, "username"),
+                    item(&secret.password_key, "password"),
+                ]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
     }
     if spec.is_some_and(|s| s.volumes.is_some()) {
-        for v in volumes {
-            ops.push(add(&["spec", "volumes", "-"], v));
+        for v in &volumes {
+            ops.push(add(&["spec", "volumes", "-"], to_patch_value(v)));
         }
     } else {
-        ops.push(add(&["spec", "volumes"], Value::Array(volumes)));
+        ops.push(add(&["spec", "volumes"], to_patch_value(&volumes)));
     }
     Patch(ops)
 }
@@ -610,20 +708,20 @@ mod tests {
             .expect("a preStop httpGet hook");
         assert_eq!(hook.path.as_deref(), Some("/drain?timeout=115"));
         // The default grace of 30 s, and one too short for a margin.
-        assert_eq!(
-            drain_hook(30)["preStop"]["httpGet"]["path"],
-            "/drain?timeout=25"
-        );
-        assert_eq!(
-            drain_hook(2)["preStop"]["httpGet"]["path"],
-            "/drain?timeout=1"
-        );
+        let path = |grace| {
+            drain_hook(grace)
+                .pre_stop
+                .and_then(|h| h.http_get)
+                .and_then(|g| g.path)
+        };
+        assert_eq!(path(30).as_deref(), Some("/drain?timeout=25"));
+        assert_eq!(path(2).as_deref(), Some("/drain?timeout=1"));
     }
 
     #[test]
     fn target_credentials_come_from_the_secret_as_files_read_at_each_login() {
         let cm = migration(TrafficRedirect::Port);
-        let c = sidecar_container(&cm, &settings(true));
+        let c = to_patch_value(&sidecar_container(&cm, &settings(true)));
         let args: Vec<&str> = c["args"]
             .as_array()
             .unwrap()

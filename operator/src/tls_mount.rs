@@ -10,7 +10,7 @@
 //! A key missing from its Secret keeps the pod from starting, with an event
 //! that names it: better than a proxy or Job that quietly speaks plain CQL.
 
-use serde_json::{json, Value};
+use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, Volume, VolumeMount};
 
 use crate::crd::CassandraMigrationSpec;
 
@@ -93,28 +93,42 @@ impl TlsMount {
     }
 
     /// The pod volume.
-    pub fn volume(&self) -> Value {
-        let items: Vec<Value> = self
-            .keys
-            .iter()
-            .map(|k| json!({"key": k, "path": k}))
-            .collect();
-        json!({"name": self.volume_name(), "secret": {"secretName": self.secret, "items": items}})
+    pub fn volume(&self) -> Volume {
+        Volume {
+            name: self.volume_name(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(self.secret.clone()),
+                items: Some(
+                    self.keys
+                        .iter()
+                        .map(|k| KeyToPath {
+                            key: (*k).to_owned(),
+                            path: (*k).to_owned(),
+                            ..KeyToPath::default()
+                        })
+                        .collect(),
+                ),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        }
     }
 
     /// The container's mount of the volume.
-    pub fn volume_mount(&self) -> Value {
-        json!({
-            "name": self.volume_name(),
-            "mountPath": format!("/etc/ferry/tls/{}", self.tls_use.as_str()),
-            "readOnly": true,
-        })
+    pub fn volume_mount(&self) -> VolumeMount {
+        VolumeMount {
+            name: self.volume_name(),
+            mount_path: format!("/etc/ferry/tls/{}", self.tls_use.as_str()),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn each_secret_gets_its_own_volume_of_the_keys_ferry_reads() {
@@ -132,12 +146,12 @@ mod tests {
         );
         assert_eq!(jobs[1].file("ca.crt"), "/etc/ferry/tls/target/ca.crt");
         assert_eq!(
-            jobs[1].volume(),
+            serde_json::to_value(jobs[1].volume()).unwrap(),
             json!({"name": "ferry-target-tls", "secret": {"secretName": "target-ca",
                    "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
         );
         assert_eq!(
-            jobs[1].volume_mount(),
+            serde_json::to_value(jobs[1].volume_mount()).unwrap(),
             json!({"name": "ferry-target-tls", "mountPath": "/etc/ferry/tls/target", "readOnly": true})
         );
         let proxy = TlsMount::proxy(&spec);

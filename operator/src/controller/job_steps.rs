@@ -77,7 +77,7 @@ pub(super) async fn start_job(
         mirroring_since_micros: mirroring_since_micros(step.cm),
         image_pull_secrets: step.ctx.settings.image_pull_secrets.clone(),
     };
-    let job = jobs::build_job(step.cm, kind, &inputs)?;
+    let job = jobs::build_job(step.cm, kind, &inputs);
     let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);
     match api.create(&PostParams::default(), &job).await {
         Ok(_) => {

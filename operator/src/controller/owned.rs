@@ -2,6 +2,9 @@
 //! proxies read and the PodDisruptionBudget of the roll.
 
 use super::*;
+use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The port drivers are told to use for a source node: with the iptables
 /// redirect, the CQL port itself (it reaches the proxy once the pod has one
@@ -51,15 +54,11 @@ pub(super) async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> 
         "mirrorDdl": step.cm.spec.schema == SchemaMode::Copy,
         "targetReplication": target_replication,
     }))?;
-    let cm = json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {
-            "name": labels::peer_map_name(&step.name),
-            "labels": {labels::MIGRATION_LABEL: step.name},
-            "ownerReferences": [owner_ref(step.cm)],
-        },
-        "data": {labels::PEER_MAP_KEY: body},
-    });
+    let cm = ConfigMap {
+        metadata: owned_meta(step, labels::peer_map_name(&step.name)),
+        data: Some(BTreeMap::from([(labels::PEER_MAP_KEY.to_owned(), body)])),
+        ..ConfigMap::default()
+    };
     let api: Api<ConfigMap> = Api::namespaced(step.ctx.client.clone(), &step.ns);
     api.patch(
         &labels::peer_map_name(&step.name),
@@ -70,12 +69,19 @@ pub(super) async fn write_peer_map(step: &Step<'_>, pods: &[Pod]) -> Result<()> 
     Ok(())
 }
 
-fn owner_ref(cm: &CassandraMigration) -> serde_json::Value {
-    json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
-        "name": cm.name_any(), "uid": cm.metadata.uid.clone().unwrap_or_default(),
-        "controller": true, "blockOwnerDeletion": true,
-    })
+/// The metadata of an object the migration owns: its name, the migration's
+/// label, and the migration as its controlling owner (so the garbage
+/// collector removes it with the migration, whatever the finalizer did).
+fn owned_meta(step: &Step<'_>, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        labels: Some(BTreeMap::from([(
+            labels::MIGRATION_LABEL.to_owned(),
+            step.name.clone(),
+        )])),
+        owner_references: step.cm.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
 }
 
 /// Makes sure a PodDisruptionBudget guards the source pods: the roll evicts
@@ -108,11 +114,18 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
     if covered {
         return Ok(());
     }
-    let pdb = json!({
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-        "metadata": {"name": name, "labels": {labels::MIGRATION_LABEL: step.name}, "ownerReferences": [owner_ref(step.cm)]},
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
-    });
+    let pdb = PodDisruptionBudget {
+        metadata: owned_meta(step, name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
     api.patch(
         &name,
         &PatchParams::apply(MANAGER).force(),

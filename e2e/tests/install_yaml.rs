@@ -1,0 +1,307 @@
+//! `kubectl apply --server-side -f manifests/install.yaml`, as the README
+//! writes it, from a kubeconfig whose namespace is `default` (issue 14 §4):
+//! the operator comes up in `ferry-system` under its own ServiceAccount and
+//! rights, reconciles a migration in another namespace, and its webhook,
+//! reached through the manifest's Service with the `caBundle` the operator
+//! publishes, puts the proxy into a source pod. No Helm.
+//!
+//! The manifest names the published images
+//! (`ghcr.io/ferry-dev/ferry-*:<appVersion>`); the test gives the images
+//! `e2e/images/build.sh` made those names in the node's containerd, as a
+//! user with a registry mirror would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ferry_e2e::kube_client::{self, TestNamespace};
+use ferry_e2e::migration::Cluster;
+use ferry_e2e::testbed;
+use ferry_operator::crd::CassandraMigration;
+use ferry_operator::sidecar;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde::Deserialize;
+use serde_json::json;
+
+fn kubectl(cluster: &Cluster, args: &[&str]) -> (bool, String) {
+    let out = Command::new(&cluster.kubectl)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The images the manifest names, in order of appearance.
+fn published_images(install: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for part in install.split('"').skip(1).step_by(2) {
+        if part.starts_with("ghcr.io/ferry-dev/ferry-") && !found.iter().any(|f| f == part) {
+            found.push(part.to_owned());
+        }
+    }
+    found
+}
+
+/// Gives the locally built image (`ferry.dev/ferry-operator:dev`) the
+/// published name the manifest uses.
+fn tag_local_image(published: &str) {
+    let local_tag = std::env::var("FERRY_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
+    let component = published
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.split(':').next())
+        .expect("image name");
+    let local = format!("ferry.dev/{component}:{local_tag}");
+    let sock = testbed::run_dir().join("node/containerd/containerd.sock");
+    let status = Command::new("ctr")
+        .arg("--address")
+        .arg(&sock)
+        .args([
+            "-n", "k8s.io", "images", "tag", "--force", &local, published,
+        ])
+        .status()
+        .expect("run ctr");
+    assert!(status.success(), "ctr images tag {local} {published}");
+}
+
+/// The manifest without its Namespace and CRD: what the test removes at the
+/// end (the CRD stays, since other tests' migrations use it, and
+/// `ferry-system` stays for the next Helm install).
+fn removable(install: &str) -> String {
+    let mut keep = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(install) {
+        let value = serde_yaml::Value::deserialize(doc).expect("YAML");
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if kind.is_empty() || kind == "Namespace" || kind == "CustomResourceDefinition" {
+            continue;
+        }
+        keep.push(serde_yaml::to_string(&value).expect("YAML"));
+    }
+    keep.join("---\n")
+}
+
+/// At the end, pass or fail: the operator and its objects go first (so no
+/// clean-up of its own runs against a namespace being deleted), then the
+/// migration's finalizer is released and the namespace deleted.
+struct Uninstall {
+    cluster: Cluster,
+    objects: PathBuf,
+}
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let objects = self.objects.to_string_lossy().into_owned();
+        let _ = kubectl(
+            &self.cluster,
+            &[
+                "delete",
+                "-f",
+                &objects,
+                "--ignore-not-found",
+                "--wait=true",
+            ],
+        );
+    }
+}
+
+fn pod_spec() -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "cassandra"},
+        "spec": {
+            "serviceName": "cassandra", "replicas": 1,
+            "selector": {"matchLabels": {"app": "install-yaml"}},
+            "template": {
+                "metadata": {"labels": {"app": "install-yaml"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "cassandra", "image": "ferry.dev/pause:dev",
+                                    "imagePullPolicy": "Never"}],
+                },
+            },
+        },
+    })
+}
+
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..secs {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("{what}: not within {secs}s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_yaml_as_written_runs_the_operator_and_injects_the_proxy() {
+    testbed::node().expect("the local node comes up");
+    let build = testbed::repo_root().join("e2e/images/build.sh");
+    let status = Command::new("bash")
+        .arg(&build)
+        .args(["pause", "operator", "sidecar", "redirect"])
+        .status()
+        .expect("run e2e/images/build.sh");
+    assert!(status.success(), "building the images failed");
+
+    let cluster = Cluster::local();
+    let manifest = testbed::repo_root().join("manifests/install.yaml");
+    let install = std::fs::read_to_string(&manifest).expect("manifests/install.yaml");
+    let images = published_images(&install);
+    assert_eq!(
+        images.len(),
+        3,
+        "the operator, sidecar and redirect images: {images:?}"
+    );
+    for image in &images {
+        tag_local_image(image);
+    }
+    let objects = std::env::temp_dir().join(format!("ferry-install-{}.yaml", std::process::id()));
+    std::fs::write(&objects, removable(&install)).expect("write the removable objects");
+    let _uninstall = Uninstall {
+        cluster: cluster.clone(),
+        objects: objects.clone(),
+    };
+
+    // The bed's kubeconfig has no namespace: kubectl's is `default`.
+    let manifest_arg = manifest.to_string_lossy().into_owned();
+    let (ok, out) = kubectl(
+        &cluster,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &manifest_arg,
+        ],
+    );
+    assert!(ok, "kubectl apply -f manifests/install.yaml: {out}");
+    let (ok, out) = kubectl(
+        &cluster,
+        &[
+            "-n",
+            "ferry-system",
+            "rollout",
+            "status",
+            "deployment/ferry",
+            "--timeout=240s",
+        ],
+    );
+    assert!(ok, "the operator's Deployment is not ready: {out}");
+    let (_, stray) = kubectl(
+        &cluster,
+        &[
+            "-n",
+            "default",
+            "get",
+            "deployment,serviceaccount,service",
+            "-l",
+            "app.kubernetes.io/name=ferry",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(
+        stray.trim().is_empty() || stray.contains("No resources"),
+        "objects of the install landed in the caller's namespace: {stray}"
+    );
+
+    let client = kube_client::client(&cluster.kubeconfig)
+        .await
+        .expect("client");
+    let ns = TestNamespace::create(&client, "ferry-install")
+        .await
+        .expect("namespace");
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    statefulsets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod_spec()).expect("StatefulSet"),
+        )
+        .await
+        .expect("create the StatefulSet");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let first = eventually(120, "cassandra-0 running", || async {
+        let pod = pods.get_opt("cassandra-0").await.ok()??;
+        (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(pod)
+    })
+    .await;
+    assert!(
+        !sidecar::has_sidecar(&first),
+        "a pod with no migration got the proxy"
+    );
+
+    let migrations: Api<CassandraMigration> = Api::namespaced(client.clone(), &ns.name);
+    let migration: CassandraMigration = serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+        "metadata": {"name": "install-yaml"},
+        "spec": {
+            "source": {"statefulSet": "cassandra"},
+            "target": {"contactPoints": ["127.0.0.1:9042"], "localDatacenter": "dc1"},
+        },
+    }))
+    .expect("migration");
+    migrations
+        .create(&PostParams::default(), &migration)
+        .await
+        .expect("create the migration");
+    // The operator reads it and writes its status: its rights on
+    // migrations and their status hold in another namespace.
+    eventually(90, "the operator writes the migration's status", || async {
+        let m = migrations.get_opt("install-yaml").await.ok()??;
+        m.status.filter(|s| !s.phase_history.is_empty())
+    })
+    .await;
+
+    // A pod of the source created now comes up with the proxy: the API
+    // server reached the webhook through the manifest's Service and trusted
+    // the certificate the operator published.
+    // (The operator may have evicted it already, to roll it.)
+    match pods.delete("cassandra-0", &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => panic!("delete cassandra-0: {e}"),
+    }
+    let uid = first.metadata.uid.clone();
+    let injected = eventually(120, "cassandra-0 recreated", || async {
+        let pod = pods.get_opt("cassandra-0").await.ok()??;
+        (pod.metadata.uid != uid && pod.metadata.deletion_timestamp.is_none()).then_some(pod)
+    })
+    .await;
+    assert!(
+        sidecar::has_sidecar(&injected),
+        "the recreated source pod has no proxy: the install's webhook did not inject it"
+    );
+    let images_in_pod: Vec<String> = injected
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+        })
+        .filter_map(|c| c.image.clone())
+        .collect();
+    let sidecar_image = images
+        .iter()
+        .find(|i| i.contains("/ferry-sidecar:"))
+        .expect("the manifest names the sidecar image");
+    assert!(
+        images_in_pod.contains(sidecar_image),
+        "the proxy is not the manifest's sidecar image {sidecar_image}: {images_in_pod:?}"
+    );
+    drop(_uninstall);
+    kube_client::release_stuck(&client, &ns.name).await;
+    let _ = std::fs::remove_file(Path::new(&objects));
+}

@@ -1,3 +1,6 @@
+//! The two ways to install and the way to upgrade, as the docs write them,
+//! against the local node. Both tests use `ferry-system`, so they take turns.
+//!
 //! `kubectl apply --server-side -f manifests/install.yaml`, as the README
 //! writes it, from a kubeconfig whose namespace is `default` (issue 14 §4):
 //! the operator comes up in `ferry-system` under its own ServiceAccount and
@@ -24,6 +27,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::Deserialize;
 use serde_json::json;
+
+/// One install in `ferry-system` at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn kubectl(cluster: &Cluster, args: &[&str]) -> (bool, String) {
     let out = Command::new(&cluster.kubectl)
@@ -129,6 +135,18 @@ fn pod_spec() -> serde_json::Value {
     })
 }
 
+/// The node up and Ferry's images in its containerd.
+fn prepare() {
+    testbed::node().expect("the local node comes up");
+    let build = testbed::repo_root().join("e2e/images/build.sh");
+    let status = Command::new("bash")
+        .arg(&build)
+        .args(["pause", "operator", "sidecar", "redirect"])
+        .status()
+        .expect("run e2e/images/build.sh");
+    assert!(status.success(), "building the images failed");
+}
+
 async fn eventually<T, F, Fut>(secs: u64, what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
@@ -145,14 +163,8 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn install_yaml_as_written_runs_the_operator_and_injects_the_proxy() {
-    testbed::node().expect("the local node comes up");
-    let build = testbed::repo_root().join("e2e/images/build.sh");
-    let status = Command::new("bash")
-        .arg(&build)
-        .args(["pause", "operator", "sidecar", "redirect"])
-        .status()
-        .expect("run e2e/images/build.sh");
-    assert!(status.success(), "building the images failed");
+    let _turn = ONE_AT_A_TIME.lock().await;
+    prepare();
 
     let cluster = Cluster::local();
     let manifest = testbed::repo_root().join("manifests/install.yaml");
@@ -304,4 +316,272 @@ async fn install_yaml_as_written_runs_the_operator_and_injects_the_proxy() {
     drop(_uninstall);
     kube_client::release_stuck(&client, &ns.name).await;
     let _ = std::fs::remove_file(Path::new(&objects));
+}
+
+fn helm(cluster: &Cluster, args: &[&str]) -> (bool, String) {
+    let out = Command::new(&cluster.helm)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(args)
+        .current_dir(testbed::repo_root())
+        .output()
+        .expect("run helm");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The chart's CRD as an older Ferry shipped it: without
+/// `validation.scheduleMinutes` (added with the scheduled checks).
+fn older_crd(current: &str) -> String {
+    let mut crd: serde_yaml::Value = serde_yaml::from_str(current).expect("CRD YAML");
+    let validation = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+        ["spec"]["properties"]["validation"];
+    let props = validation["properties"]
+        .as_mapping_mut()
+        .expect("validation's properties");
+    assert!(
+        props.remove("scheduleMinutes").is_some(),
+        "the current CRD has validation.scheduleMinutes"
+    );
+    if let Some(default) = validation["default"].as_mapping_mut() {
+        default.remove("scheduleMinutes");
+    }
+    serde_yaml::to_string(&crd).expect("CRD YAML")
+}
+
+/// Removes the release whatever happened, and puts the current CRD back.
+struct HelmUninstall {
+    cluster: Cluster,
+    crd: String,
+}
+
+impl Drop for HelmUninstall {
+    fn drop(&mut self) {
+        let _ = helm(
+            &self.cluster,
+            &["uninstall", "ferry", "-n", "ferry-system", "--wait"],
+        );
+        let _ = kubectl(
+            &self.cluster,
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                &self.crd,
+            ],
+        );
+    }
+}
+
+/// The upgrade path of docs/operator.md (issue 14 §4): Helm installs
+/// `crds/` once and never upgrades it, so `helm upgrade` alone leaves the
+/// older CRD, which refuses a field the new version added; the documented
+/// `kubectl apply --server-side` of the chart's CRD first, then `helm
+/// upgrade`, gives the new field, with its default, on a migration stored
+/// before, and the upgraded operator goes on reconciling it.
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_upgrade_after_the_crd_changed_follows_the_documented_path() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    prepare();
+    let cluster = Cluster::local();
+    let root = testbed::repo_root();
+    let crd_file = root.join("charts/ferry/crds/cassandramigrations.ferry.dev.yaml");
+    let crd_arg = crd_file.to_string_lossy().into_owned();
+    let current = std::fs::read_to_string(&crd_file).expect("the chart's CRD");
+    let older = std::env::temp_dir().join(format!("ferry-older-crd-{}.yaml", std::process::id()));
+    std::fs::write(&older, older_crd(&current)).expect("write the older CRD");
+    let _uninstall = HelmUninstall {
+        cluster: cluster.clone(),
+        crd: crd_arg.clone(),
+    };
+    let older_arg = older.to_string_lossy().into_owned();
+    let (ok, out) = kubectl(
+        &cluster,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &older_arg,
+        ],
+    );
+    assert!(ok, "apply the older CRD: {out}");
+
+    let client = kube_client::client(&cluster.kubeconfig)
+        .await
+        .expect("client");
+    let ns = TestNamespace::create(&client, "ferry-upgrade")
+        .await
+        .expect("namespace");
+    let images = ferry_e2e::migration::Images::local();
+    let split = |image: &str| {
+        let (repo, tag) = image.rsplit_once(':').expect("image:tag");
+        (repo.to_owned(), tag.to_owned())
+    };
+    let (op_repo, op_tag) = split(&images.operator);
+    let (sc_repo, sc_tag) = split(&images.sidecar);
+    let values = |log: &str| {
+        vec![
+            "--set".to_owned(),
+            format!(
+                "image.registry=,image.repository={op_repo},image.tag={op_tag},image.pullPolicy=Never,\
+                 sidecarImage.registry=,sidecarImage.repository={sc_repo},sidecarImage.tag={sc_tag},\
+                 redirectImage.reference={},watchNamespace={},logLevel={log}",
+                images.redirect, ns.name
+            ),
+        ]
+    };
+    let mut install: Vec<String> = [
+        "install",
+        "ferry",
+        "charts/ferry",
+        "-n",
+        "ferry-system",
+        "--create-namespace",
+        "--skip-crds",
+        "--wait",
+        "--timeout",
+        "4m",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    install.extend(values("info"));
+    let args: Vec<&str> = install.iter().map(String::as_str).collect();
+    let (ok, out) = helm(&cluster, &args);
+    assert!(ok, "helm install with the older CRD: {out}");
+
+    // A migration stored under the older CRD (its source is absent: the
+    // operator records SourceNotFound, which is all this test needs of it).
+    let migrations: Api<CassandraMigration> = Api::namespaced(client.clone(), &ns.name);
+    let doc = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "CassandraMigration",
+        "metadata": {"name": "stored-before"},
+        "spec": {
+            "source": {"statefulSet": "not-here"},
+            "target": {"contactPoints": ["127.0.0.1:9042"], "localDatacenter": "dc1"},
+        },
+    });
+    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &kube::api::ApiResource::erase::<CassandraMigration>(&()),
+    );
+    dynamic
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(doc).expect("object"),
+        )
+        .await
+        .expect("create the migration under the older CRD");
+    eventually(
+        90,
+        "the operator reconciles the stored migration",
+        || async {
+            let m = dynamic.get_opt("stored-before").await.ok()??;
+            m.data["status"]["phaseHistory"]
+                .as_array()
+                .filter(|h| !h.is_empty())
+                .cloned()
+        },
+    )
+    .await;
+    let new_field = json!({"spec": {"validation": {"scheduleMinutes": 5}}});
+    let strict = kube::api::PatchParams {
+        field_validation: Some(kube::api::ValidationDirective::Strict),
+        ..Default::default()
+    };
+    let refused = dynamic
+        .patch(
+            "stored-before",
+            &strict,
+            &kube::api::Patch::Merge(&new_field),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "the older CRD took validation.scheduleMinutes: this test's older CRD is not older"
+    );
+
+    // helm upgrade alone: Helm leaves crds/ as it was.
+    let mut upgrade: Vec<String> = [
+        "upgrade",
+        "ferry",
+        "charts/ferry",
+        "-n",
+        "ferry-system",
+        "--wait",
+        "--timeout",
+        "4m",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    upgrade.extend(values("debug"));
+    let args: Vec<&str> = upgrade.iter().map(String::as_str).collect();
+    let (ok, out) = helm(&cluster, &args);
+    assert!(ok, "helm upgrade: {out}");
+    assert!(
+        dynamic
+            .patch("stored-before", &strict, &kube::api::Patch::Merge(&new_field))
+            .await
+            .is_err(),
+        "helm upgrade changed the CRD, which Helm never does: the docs' first step would be needless"
+    );
+
+    // The documented path: the CRD first, then helm upgrade.
+    let (ok, out) = kubectl(
+        &cluster,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &crd_arg,
+        ],
+    );
+    assert!(ok, "apply the chart's CRD: {out}");
+    upgrade.truncate(upgrade.len() - 2);
+    upgrade.extend(values("info"));
+    let args: Vec<&str> = upgrade.iter().map(String::as_str).collect();
+    let (ok, out) = helm(&cluster, &args);
+    assert!(ok, "helm upgrade after the CRD: {out}");
+    let stored = migrations
+        .get("stored-before")
+        .await
+        .expect("the stored migration reads as today's type");
+    assert_eq!(
+        stored.spec.validation.schedule_minutes, 60,
+        "the new field's default on a migration stored before"
+    );
+    eventually(60, "the new field accepted", || async {
+        dynamic
+            .patch(
+                "stored-before",
+                &strict,
+                &kube::api::Patch::Merge(&new_field),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    let updated = migrations.get("stored-before").await.expect("read back");
+    assert_eq!(updated.spec.validation.schedule_minutes, 5);
+    // The upgraded operator still reconciles it: the spec change is seen
+    // (observedGeneration follows the new generation).
+    let generation = updated.metadata.generation;
+    eventually(
+        90,
+        "the upgraded operator reconciles the changed spec",
+        || async {
+            let m = migrations.get_opt("stored-before").await.ok()??;
+            (m.status?.observed_generation == generation).then_some(())
+        },
+    )
+    .await;
+    drop(_uninstall);
+    kube_client::release_stuck(&client, &ns.name).await;
+    let _ = std::fs::remove_file(&older);
 }

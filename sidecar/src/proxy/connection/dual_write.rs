@@ -166,10 +166,7 @@ impl Session {
         let permit = mirror_permit(&self.ctx).await;
         let hold = MirrorHold { permit, room };
         let (stream, version) = (frame.stream, frame.version);
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        let session = self.clone();
-        tokio::spawn(async move {
-            let _guard = TaskGuard(session.tasks.clone());
+        self.spawn_tracked(move |session| async move {
             let ctx = &session.ctx;
             let target = async {
                 let conn = session.target.get().await?;
@@ -246,13 +243,8 @@ impl Session {
         hold: MirrorHold,
         traits: WriteTraits,
     ) -> Result<(), SessionError> {
-        let (tx, rx) = oneshot::channel();
-        self.set_pending(frame.stream, Pending::Capture(tx));
-        self.forward(frame).await?;
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        let session = self.clone();
-        tokio::spawn(async move {
-            let _guard = TaskGuard(session.tasks.clone());
+        let rx = self.forward_capturing(frame).await?;
+        self.spawn_tracked(move |session| async move {
             let Ok(source) = rx.await else {
                 return;
             };
@@ -312,15 +304,10 @@ impl Session {
         answer: Answer,
         lwt: bool,
     ) -> Result<(), SessionError> {
-        let (tx, rx) = oneshot::channel();
         let stream = frame.stream;
         let version = frame.version;
-        self.set_pending(stream, Pending::Capture(tx));
-        self.forward(frame).await?;
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        let session = self.clone();
-        tokio::spawn(async move {
-            let _guard = TaskGuard(session.tasks.clone());
+        let rx = self.forward_capturing(frame).await?;
+        self.spawn_tracked(move |session| async move {
             let target = async {
                 let conn = session.target.get().await?;
                 send_to_target(&session.ctx, &conn, &req, false).await
@@ -376,13 +363,8 @@ impl Session {
         on_target: bool,
     ) -> Result<(), SessionError> {
         self.count("use", "source");
-        let (tx, rx) = oneshot::channel();
-        self.set_pending(frame.stream, Pending::Capture(tx));
-        self.forward(frame).await?;
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        let session = self.clone();
-        tokio::spawn(async move {
-            let _guard = TaskGuard(session.tasks.clone());
+        let rx = self.forward_capturing(frame).await?;
+        self.spawn_tracked(move |session| async move {
             let Ok(reply) = rx.await else {
                 return;
             };

@@ -342,6 +342,35 @@ impl Session {
         Ok(())
     }
 
+    /// Forwards `frame` to the source and hands its answer to the caller
+    /// instead of the client: the caller decides what the client hears.
+    async fn forward_capturing(
+        &self,
+        frame: Frame,
+    ) -> Result<oneshot::Receiver<Frame>, SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.set_pending(frame.stream, Pending::Capture(tx));
+        self.forward(frame).await?;
+        Ok(rx)
+    }
+
+    /// Runs `work` in the background, counted in `tasks` until it ends, so
+    /// the connection's close waits for it (a mirror or a captured answer
+    /// is never cut off half way).
+    fn spawn_tracked<F, Fut>(self: &Arc<Self>, work: F)
+    where
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.fetch_add(1, Ordering::AcqRel);
+        let guard = TaskGuard(self.tasks.clone());
+        let fut = work(self.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            fut.await;
+        });
+    }
+
     fn set_pending(&self, stream: i16, p: Pending) {
         self.pending
             .lock()

@@ -82,13 +82,8 @@ impl Session {
         }
         let permit = mirror_permit(&self.ctx).await;
         let hold = MirrorHold { permit, room };
-        let (tx, rx) = oneshot::channel();
-        self.set_pending(frame.stream, Pending::Capture(tx));
-        self.forward(frame).await?;
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        let session = self.clone();
-        tokio::spawn(async move {
-            let _guard = TaskGuard(session.tasks.clone());
+        let rx = self.forward_capturing(frame).await?;
+        self.spawn_tracked(move |session| async move {
             let Ok(source) = rx.await else {
                 return;
             };

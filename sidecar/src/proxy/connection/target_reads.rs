@@ -22,13 +22,8 @@ impl Session {
     ) -> Result<(), SessionError> {
         let req = self.mirror_request(&frame, statements, true);
         let again = req.clone();
-        let (tx, rx) = oneshot::channel();
-        self.set_pending(frame.stream, Pending::Capture(tx));
-        self.forward(frame).await?;
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        let session = self.clone();
-        tokio::spawn(async move {
-            let _guard = TaskGuard(session.tasks.clone());
+        let rx = self.forward_capturing(frame).await?;
+        self.spawn_tracked(move |session| async move {
             let ctx = session.ctx.clone();
             let link = session.target.clone();
             let target = tokio::spawn(async move {
@@ -113,10 +108,7 @@ impl Session {
         statements: Vec<(Bytes, Arc<PreparedStatement>)>,
     ) {
         let req = self.mirror_request(&frame, statements, true);
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        let session = self.clone();
-        tokio::spawn(async move {
-            let _guard = TaskGuard(session.tasks.clone());
+        self.spawn_tracked(move |session| async move {
             let result = async {
                 let conn = session.target.get().await?;
                 send_to_target(&session.ctx, &conn, &req, false).await

@@ -2,6 +2,7 @@
 //! retried, and what their pods report folded into the status.
 
 use super::*;
+use crate::crd::{ScheduledValidation, ValidationResults};
 
 /// Source contact points for the Jobs: each pod's IP (or its stable DNS name).
 pub(super) fn source_contact_points(
@@ -128,7 +129,7 @@ pub(super) async fn start_job(
     Ok(name)
 }
 
-pub(super) async fn job_pods(client: &Client, ns: &str, job: &str) -> Result<Vec<Pod>> {
+async fn job_pods(client: &Client, ns: &str, job: &str) -> Result<Vec<Pod>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     Ok(api
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
@@ -353,4 +354,46 @@ pub(super) async fn delete_failed_jobs(client: &Client, ns: &str, migration: &st
         }
     }
     Ok(())
+}
+
+/// Where a check Job (scheduled or reverse) stands, with what its pods
+/// found so far.
+pub(super) enum CheckJob {
+    /// Deleted by someone.
+    Gone,
+    Running,
+    Failed {
+        why: String,
+        results: ValidationResults,
+    },
+    Complete(ValidationResults),
+}
+
+/// Reads a check Job and sums its pods' reports.
+pub(super) async fn follow_check_job(step: &Step<'_>, name: &str) -> Result<CheckJob> {
+    let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);
+    let Some(job) = api.get_opt(name).await? else {
+        return Ok(CheckJob::Gone);
+    };
+    let sums = jobs::summaries(&job_pods(&step.ctx.client, &step.ns, name).await?);
+    let results = jobs::validation_results(name, &sums);
+    Ok(match jobs::job_state(&job) {
+        JobState::Running => CheckJob::Running,
+        JobState::Failed(why) => CheckJob::Failed { why, results },
+        JobState::Complete => CheckJob::Complete(results),
+    })
+}
+
+/// A check's record once its Job is over (or gone): no Job running, when it
+/// ended, and what it found if anything.
+pub(super) fn check_finished(
+    check: &mut ScheduledValidation,
+    now: &Time,
+    results: Option<ValidationResults>,
+) {
+    check.job = None;
+    check.last_finished = Some(now.clone());
+    if results.is_some() {
+        check.last_result = results;
+    }
 }

@@ -62,9 +62,7 @@ mod schema_step;
 use cleanup::cleanup;
 use cutover_step::{follow_cutover, metrics_stage};
 use gates::{pod_ips, probe_gate, ring_gate};
-use job_steps::{
-    delete_failed_jobs, follow_backfill, follow_validation, job_pods, revalidate, start_job,
-};
+use job_steps::{delete_failed_jobs, follow_backfill, follow_validation, revalidate, start_job};
 use owned::{delete_if_present, ensure_pdb, write_peer_map};
 use phases::{apply, mirroring_since_micros, set_ready};
 use proxies::{check_mirroring, mirroring_behind, read_proxies, spool_hold};

@@ -5,6 +5,7 @@
 //! applications made while the target served them must all be on the
 //! source too. The condition `RollBackVerified` says what it found.
 
+use super::job_steps::{check_finished, follow_check_job, CheckJob};
 use super::*;
 use crate::crd::{CutoverStage, ScheduledValidation};
 
@@ -50,17 +51,14 @@ pub(super) async fn reverse_check(step: &mut Step<'_>, pods: &[Pod]) -> Result<(
 }
 
 async fn follow(step: &mut Step<'_>, name: &str) -> Result<()> {
-    let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);
     let generation = step.cm.metadata.generation;
-    let Some(job) = api.get_opt(name).await? else {
-        done(step, None);
-        return Ok(());
-    };
-    let sums = jobs::summaries(&job_pods(&step.ctx.client, &step.ns, name).await?);
-    let results = jobs::validation_results(name, &sums);
-    match jobs::job_state(&job) {
-        JobState::Running => Ok(()),
-        JobState::Failed(why) => {
+    match follow_check_job(step, name).await? {
+        CheckJob::Gone => {
+            done(step, None);
+            Ok(())
+        }
+        CheckJob::Running => Ok(()),
+        CheckJob::Failed { why, results } => {
             done(step, Some(results));
             let message = format!("the reverse validation Job {name} failed: {why}");
             status::set_condition(
@@ -81,7 +79,7 @@ async fn follow(step: &mut Step<'_>, name: &str) -> Result<()> {
             .await;
             Ok(())
         }
-        JobState::Complete => {
+        CheckJob::Complete(results) => {
             // Reversed: `missing` are rows the source lacks.
             let (lacking, extra, differing) = (results.missing, results.extra, results.mismatched);
             let compared = results.rows_compared;
@@ -131,10 +129,6 @@ fn done(step: &mut Step<'_>, results: Option<crate::crd::ValidationResults>) {
     if let Some(cut) = step.status.cutover.as_mut() {
         let check: &mut ScheduledValidation =
             cut.reverse_check.get_or_insert_with(Default::default);
-        check.job = None;
-        check.last_finished = Some(now);
-        if results.is_some() {
-            check.last_result = results;
-        }
+        check_finished(check, &now, results);
     }
 }

@@ -6,6 +6,7 @@
 //! `status.scheduledValidation.lastResult` and a Warning event. A check that
 //! fails (its Job, not the data) is reported and tried again next time.
 
+use super::job_steps::{check_finished, follow_check_job, CheckJob};
 use super::*;
 
 /// In `Ready`, with every pod proxied and nothing else under way: starts a
@@ -53,32 +54,24 @@ pub(super) async fn scheduled_check(step: &mut Step<'_>, pods: &[Pod]) -> Result
 }
 
 async fn follow_check(step: &mut Step<'_>, name: &str) -> Result<()> {
-    let api: Api<Job> = Api::namespaced(step.ctx.client.clone(), &step.ns);
     let generation = step.cm.metadata.generation;
-    let now = step.now.clone();
-    let Some(job) = api.get_opt(name).await? else {
-        // Deleted by someone: the next one starts when due.
-        if let Some(checks) = step.status.scheduled_validation.as_mut() {
-            checks.job = None;
-            checks.last_finished = Some(now);
-        }
-        return Ok(());
-    };
-    let sums = jobs::summaries(&job_pods(&step.ctx.client, &step.ns, name).await?);
-    let results = jobs::validation_results(name, &sums);
     let finished = |step: &mut Step<'_>, results| {
+        let now = step.now.clone();
         let checks = step
             .status
             .scheduled_validation
             .get_or_insert_with(Default::default);
-        checks.job = None;
-        checks.last_finished = Some(step.now.clone());
-        checks.last_result = Some(results);
+        check_finished(checks, &now, results);
     };
-    match jobs::job_state(&job) {
-        JobState::Running => Ok(()),
-        JobState::Failed(why) => {
-            finished(step, results);
+    match follow_check_job(step, name).await? {
+        // Deleted by someone: the next one starts when due.
+        CheckJob::Gone => {
+            finished(step, None);
+            Ok(())
+        }
+        CheckJob::Running => Ok(()),
+        CheckJob::Failed { why, results } => {
+            finished(step, Some(results));
             step.event(
                 EventType::Warning,
                 "ScheduledCheckFailed",
@@ -88,12 +81,12 @@ async fn follow_check(step: &mut Step<'_>, name: &str) -> Result<()> {
             .await;
             Ok(())
         }
-        JobState::Complete => {
+        CheckJob::Complete(results) => {
             let differences = results.missing + results.extra + results.mismatched;
             let percent = step.cm.spec.validation.schedule_sample_percent;
             let examples = jobs::example_keys(&results, 3, 5);
             let compared = results.rows_compared;
-            finished(step, results);
+            finished(step, Some(results));
             if differences == 0 {
                 status::set_condition(
                     &mut step.status,

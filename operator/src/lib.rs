@@ -6,7 +6,7 @@
 //! - [`cutover`]: which cut-over stage may be applied and whether every proxy serves it.
 //! - [`roll`], [`sidecar`], [`jobs`], [`status`]: the pure decisions it makes.
 //! - [`webhook`] and [`certs`]: the sidecar-injection admission webhook and its TLS.
-//! - [`schema_plan`], [`schema_copy`]: the target's schema made from the source's before the roll.
+//! - [`schema_plan`], [`schema_copy`], [`system_schema`]: the target's schema made from the source's before the roll (its `DESCRIBE`, or before 4.0 its `system_schema`).
 //! - [`cql`]: the operator's own CQL checks (ring health before evictions, the probe write).
 //! - [`proxy_state`]: what each proxy still owes the target (read before an eviction, and for `MirroringBehind`).
 //! - [`leader`]: Lease-based leader election so two replicas never roll at once.
@@ -32,5 +32,6 @@ pub mod schema_plan;
 pub mod sidecar;
 pub mod source;
 pub mod status;
+pub mod system_schema;
 pub mod tls_mount;
 pub mod webhook;

@@ -11,6 +11,7 @@ use scylla::client::session::Session;
 
 use crate::crd::{CassandraMigrationSpec, SchemaMode};
 use crate::schema_plan::{self, Action, Described};
+use crate::system_schema;
 
 /// Why the schema step did not pass.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +88,18 @@ pub async fn make_target_schema(
     let wanted: BTreeSet<(String, String)> = selected.iter().cloned().collect();
     let keyspaces: BTreeSet<&str> = wanted.iter().map(|(ks, _)| ks.as_str()).collect();
     for keyspace in keyspaces {
-        let objects = describe(source, keyspace).await?;
+        let objects = match describe(source, keyspace).await {
+            Ok(objects) => objects,
+            // Before 4.0: the same objects, built from system_schema.
+            Err(SchemaCopyError::Unsupported(_)) => {
+                system_schema::describe_from_tables(source, keyspace)
+                    .await
+                    .map_err(cql_error(format!(
+                        "reading {keyspace}'s system_schema on the source"
+                    )))?
+            }
+            Err(e) => return Err(e),
+        };
         for action in schema_plan::plan(&objects, &wanted, &replication) {
             match action {
                 Action::Create { what, cql } => {
@@ -157,7 +169,7 @@ async fn describe(source: &Session, keyspace: &str) -> Result<Vec<Described>, Sc
         let text = e.to_string();
         if text.to_lowercase().contains("syntax") {
             SchemaCopyError::Unsupported(format!(
-                "the source does not answer DESCRIBE (Cassandra before 4.0): create the schema on the target yourself and set spec.schema to verify ({text})"
+                "the source does not answer DESCRIBE (Cassandra before 4.0; its system_schema is read instead): {text}"
             ))
         } else {
             cql_error(format!("DESCRIBE KEYSPACE {keyspace} on the source"))(text)

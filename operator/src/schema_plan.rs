@@ -109,6 +109,10 @@ pub fn plan(
                     why: "its table could not be read from the statement".to_owned(),
                 }),
             },
+            crate::system_schema::COMPACT_TABLE => actions.push(Action::LeftOut {
+                what: format!("table {}.{}", o.keyspace, o.name),
+                why: "it has COMPACT STORAGE, which Cassandra 4.0 removed: run ALTER TABLE ... DROP COMPACT STORAGE on the source (3.0.19, 3.11.5 or later) before the migration".to_owned(),
+            }),
             "materialized_view" => actions.push(Action::LeftOut {
                 what,
                 why: "a materialized view is derived data, never written by the proxies or the backfill; create it on the target after the migration (docs/operator.md, \"Schema\")".to_owned(),

@@ -43,6 +43,16 @@ fn kubectl(cluster: &Cluster, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `kubectl apply --server-side` of a file, taking over fields another
+/// manager (Helm, an earlier apply) set.
+fn apply_file(cluster: &Cluster, file: &Path) -> (bool, String) {
+    let file = file.to_string_lossy().into_owned();
+    kubectl(
+        cluster,
+        &["apply", "--server-side", "--force-conflicts", "-f", &file],
+    )
+}
+
 /// The images the manifest names, in order of appearance.
 fn published_images(install: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -186,17 +196,7 @@ async fn install_yaml_as_written_runs_the_operator_and_injects_the_proxy() {
     };
 
     // The bed's kubeconfig has no namespace: kubectl's is `default`.
-    let manifest_arg = manifest.to_string_lossy().into_owned();
-    let (ok, out) = kubectl(
-        &cluster,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &manifest_arg,
-        ],
-    );
+    let (ok, out) = apply_file(&cluster, &manifest);
     assert!(ok, "kubectl apply -f manifests/install.yaml: {out}");
     let (ok, out) = kubectl(
         &cluster,
@@ -353,7 +353,7 @@ fn older_crd(current: &str) -> String {
 /// Removes the release whatever happened, and puts the current CRD back.
 struct HelmUninstall {
     cluster: Cluster,
-    crd: String,
+    crd: PathBuf,
 }
 
 impl Drop for HelmUninstall {
@@ -362,16 +362,7 @@ impl Drop for HelmUninstall {
             &self.cluster,
             &["uninstall", "ferry", "-n", "ferry-system", "--wait"],
         );
-        let _ = kubectl(
-            &self.cluster,
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "-f",
-                &self.crd,
-            ],
-        );
+        let _ = apply_file(&self.cluster, &self.crd);
     }
 }
 
@@ -388,25 +379,14 @@ async fn helm_upgrade_after_the_crd_changed_follows_the_documented_path() {
     let cluster = Cluster::local();
     let root = testbed::repo_root();
     let crd_file = root.join("charts/ferry/crds/cassandramigrations.ferry.dev.yaml");
-    let crd_arg = crd_file.to_string_lossy().into_owned();
     let current = std::fs::read_to_string(&crd_file).expect("the chart's CRD");
     let older = std::env::temp_dir().join(format!("ferry-older-crd-{}.yaml", std::process::id()));
     std::fs::write(&older, older_crd(&current)).expect("write the older CRD");
     let _uninstall = HelmUninstall {
         cluster: cluster.clone(),
-        crd: crd_arg.clone(),
+        crd: crd_file.clone(),
     };
-    let older_arg = older.to_string_lossy().into_owned();
-    let (ok, out) = kubectl(
-        &cluster,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &older_arg,
-        ],
-    );
+    let (ok, out) = apply_file(&cluster, &older);
     assert!(ok, "apply the older CRD: {out}");
 
     let client = kube_client::client(&cluster.kubeconfig)
@@ -532,16 +512,7 @@ async fn helm_upgrade_after_the_crd_changed_follows_the_documented_path() {
     );
 
     // The documented path: the CRD first, then helm upgrade.
-    let (ok, out) = kubectl(
-        &cluster,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &crd_arg,
-        ],
-    );
+    let (ok, out) = apply_file(&cluster, &crd_file);
     assert!(ok, "apply the chart's CRD: {out}");
     upgrade.truncate(upgrade.len() - 2);
     upgrade.extend(values("info"));

@@ -259,6 +259,71 @@ pub struct Outcome {
     pub seconds_to_ready: f64,
     /// Seconds for the whole run (clusters included).
     pub seconds_total: f64,
+    /// What the operator process cost over the run, read from `/proc` at
+    /// the end (None where its process is not on this machine: kind).
+    pub operator_usage: Option<ProcessUsage>,
+}
+
+/// CPU and memory of one process, from `/proc`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessUsage {
+    /// User and system CPU seconds since the process started.
+    pub cpu_seconds: f64,
+    /// Seconds since the process started.
+    pub age_seconds: f64,
+    /// Resident set now, and its peak (`VmHWM`), in KiB.
+    pub rss_kib: u64,
+    pub peak_rss_kib: u64,
+}
+
+/// The operator's process on this machine (the local node runs its
+/// containers as host processes), found by its command line.
+pub fn operator_process_usage() -> Option<ProcessUsage> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let dir = entry.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_operator = args.first().is_some_and(|a| a.ends_with(b"ferry-operator"))
+            && args.get(1).is_some_and(|a| *a == b"run");
+        if is_operator {
+            return process_usage(&dir);
+        }
+    }
+    None
+}
+
+/// One process's usage from its `/proc/<pid>` folder.
+pub fn process_usage(dir: &std::path::Path) -> Option<ProcessUsage> {
+    // The kernel's USER_HZ: 100 on every Linux this runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // The fields after the command (which may hold spaces) and its ')':
+    // field 3 (state) is the first.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
+    let (utime, stime, start) = (field(14)?, field(15)?, field(22)?);
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(ProcessUsage {
+        cpu_seconds: (utime + stime) / TICKS_PER_SECOND,
+        age_seconds: uptime - start / TICKS_PER_SECOND,
+        rss_kib: kib("VmRSS:"),
+        peak_rss_kib: kib("VmHWM:"),
+    })
 }
 
 impl Outcome {
@@ -421,6 +486,16 @@ impl Outcome {
             "target: {} acknowledged ids checked, {} missing; at most {} source pod down at once\n",
             self.target_checked, self.target_missing, self.max_source_pods_down
         ));
+        if let Some(u) = &self.operator_usage {
+            out.push_str(&format!(
+                "operator: {:.1} CPU seconds over its {:.0} s ({:.2} % of a core), RSS {} MiB now, peak {} MiB\n",
+                u.cpu_seconds,
+                u.age_seconds,
+                100.0 * u.cpu_seconds / u.age_seconds.max(1.0),
+                u.rss_kib / 1024,
+                u.peak_rss_kib / 1024
+            ));
+        }
         let kinds = self.app.ledger_by_kind.len();
         out.push_str(&format!(
             "ledger: {} operations acknowledged ({kinds} kinds), {} uncertain, {} LWT not applied\n",
@@ -665,6 +740,7 @@ impl Run<'_> {
             cutover,
             seconds_to_ready,
             seconds_total: self.started.elapsed().as_secs_f64(),
+            operator_usage: operator_process_usage(),
         })
     }
 
@@ -1381,6 +1457,25 @@ mod tests {
     }
 
     #[test]
+    fn a_process_usage_reads_from_proc() {
+        // Burn a little CPU so the figure cannot be zero by accident.
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(300) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        assert_ne!(x, 1);
+        let me = process_usage(std::path::Path::new("/proc/self")).expect("own usage");
+        // The loop had the CPU for part of its 300 ms at least (the
+        // machine may be busy); a test process is neither older than a day
+        // nor has it used more CPU than two cores could give it.
+        assert!(me.cpu_seconds > 0.0, "{me:?}");
+        assert!(me.age_seconds >= 0.3 && me.age_seconds < 86_400.0, "{me:?}");
+        assert!(me.cpu_seconds <= 2.0 * me.age_seconds + 0.1, "{me:?}");
+        assert!(me.rss_kib > 1024 && me.peak_rss_kib >= me.rss_kib, "{me:?}");
+    }
+
+    #[test]
     fn splits_image_references() {
         assert_eq!(
             split_image("ferry.dev/ferry-operator:dev"),
@@ -1424,6 +1519,7 @@ mod tests {
             cutover: Vec::new(),
             seconds_to_ready: 120.0,
             seconds_total: 300.0,
+            operator_usage: None,
         };
         assert!(good.problems().is_empty(), "{:?}", good.problems());
         let mut missing = good.clone();

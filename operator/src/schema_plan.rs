@@ -19,6 +19,10 @@ pub struct Described {
     pub create: String,
 }
 
+/// The kind of a table with COMPACT STORAGE (a 3.x source's; no 4.0+
+/// target has it), as [`crate::system_schema`] lists it.
+pub const COMPACT_TABLE: &str = "compact_storage_table";
+
 /// What the plan does with one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -109,7 +113,7 @@ pub fn plan(
                     why: "its table could not be read from the statement".to_owned(),
                 }),
             },
-            crate::system_schema::COMPACT_TABLE => actions.push(Action::LeftOut {
+            COMPACT_TABLE => actions.push(Action::LeftOut {
                 what: format!("table {}.{}", o.keyspace, o.name),
                 why: "it has COMPACT STORAGE, which Cassandra 4.0 removed: run ALTER TABLE ... DROP COMPACT STORAGE on the source (3.0.19, 3.11.5 or later) before the migration".to_owned(),
             }),

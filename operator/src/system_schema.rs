@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use scylla::client::session::Session;
 use scylla::value::CqlValue;
 
-use crate::schema_plan::{quote, Described};
+use crate::schema_plan::{quote, Described, COMPACT_TABLE};
 
 /// One row of a schema table: column name → value (nulls left out).
 pub type SchemaRow = BTreeMap<String, CqlValue>;
@@ -29,9 +29,6 @@ pub struct KeyspaceRows {
     pub views: Vec<SchemaRow>,
     pub triggers: Vec<SchemaRow>,
 }
-
-/// The kind of a table with COMPACT STORAGE, which no target (4.0+) has.
-pub const COMPACT_TABLE: &str = "compact_storage_table";
 
 /// Columns of `system_schema.tables` that are not options of `CREATE TABLE`.
 const NOT_OPTIONS: &[&str] = &["keyspace_name", "table_name", "id", "flags", "extensions"];

@@ -20,9 +20,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::classify::{
-    random_uuid, random_uuid_parts, timeuuid, timeuuid_parts, tokenize_spans, Token,
-};
+use super::cql_tokens::{tokenize_spans, Token};
+use super::uuids::{random_uuid, random_uuid_parts, timeuuid, timeuuid_parts};
 use super::wire::{Reader, WireError};
 
 /// The value a bound function stands for.
@@ -369,9 +368,47 @@ pub fn splice_values(
     Ok(out.freeze())
 }
 
+/// Replaces `now()`, `currentTimeUUID()`, `uuid()`, `currentTimestamp()`,
+/// `currentDate()` and `currentTime()` in a statement's text with literals the proxy generates, so source and
+/// target store the same value. Returns the new text and the functions
+/// replaced, or `None` when there is nothing to replace. (Prepared
+/// statements get bind markers instead: `bound::bind_nondeterministic`.)
+pub fn replace_nondeterministic(
+    text: &str,
+    now_micros: i64,
+) -> Option<(String, Vec<&'static str>)> {
+    let (calls, _) = replaceable_calls(&tokenize_spans(text));
+    if calls.is_empty() {
+        return None;
+    }
+    let out = rewrite_calls(text, &calls, |c| c.kind.literal(now_micros));
+    Some((out, calls.iter().map(|c| c.kind.function()).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replaces_nondeterministic_calls_outside_strings() {
+        let (text, kinds) = replace_nondeterministic(
+            "INSERT INTO t (k, id, u, ts, s) VALUES (1, now(), UUID( ), currentTimestamp(), 'now()')",
+            1_700_000_000_123_456,
+        )
+        .unwrap();
+        assert_eq!(kinds, vec!["now", "uuid", "currenttimestamp"]);
+        assert!(text.ends_with(", 1700000000123, 'now()')"), "{text}");
+        assert!(!text.contains("now()") || text.contains("'now()'"));
+        let uuids: Vec<&str> = text
+            .split([',', '(', ')', ' '])
+            .filter(|w| w.len() == 36 && w.matches('-').count() == 4)
+            .collect();
+        assert_eq!(uuids.len(), 2, "{text}");
+        assert_eq!(&uuids[0][14..15], "1", "version-1 timeuuid: {}", uuids[0]);
+        assert_eq!(&uuids[1][14..15], "4", "version-4 uuid: {}", uuids[1]);
+        assert_eq!(replace_nondeterministic("SELECT now FROM t", 0), None);
+        assert_eq!(replace_nondeterministic("now(", 0), None);
+    }
 
     #[test]
     fn turns_calls_into_typed_markers_and_counts_positions() {

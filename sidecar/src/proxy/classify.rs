@@ -2,7 +2,7 @@
 //! CQL grammar): read or write, which table, and the traits that need a
 //! policy (LWT, counters, non-deterministic functions).
 
-use super::bound::{replaceable_calls, rewrite_calls};
+use super::cql_tokens::{tokenize, tokenize_spans, Token};
 
 /// Which system table a read targets, for peer substitution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,112 +120,6 @@ pub fn batch_statements(text: &str) -> Vec<BatchStatement> {
     }
     if let Some(start) = current {
         close(&mut out, start, text.len());
-    }
-    out
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Token<'a> {
-    Word(&'a str),
-    Quoted(&'a str),
-    Str,
-    Number,
-    Punct(char),
-}
-
-fn tokenize(text: &str) -> Vec<Token<'_>> {
-    tokenize_spans(text).into_iter().map(|(t, _)| t).collect()
-}
-
-/// Tokens with the byte offset where each starts.
-pub(crate) fn tokenize_spans(text: &str) -> Vec<(Token<'_>, usize)> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        let at = i;
-        match c {
-            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
-            }
-            b'\'' => {
-                i += 1;
-                while i < bytes.len() {
-                    if bytes[i] == b'\'' {
-                        if bytes.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-                out.push((Token::Str, at));
-            }
-            b'$' if bytes.get(i + 1) == Some(&b'$') => {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'$' && bytes[i + 1] == b'$') {
-                    i += 1;
-                }
-                i += 2;
-                out.push((Token::Str, at));
-            }
-            b'"' => {
-                let start = i + 1;
-                i += 1;
-                while i < bytes.len() {
-                    if bytes[i] == b'"' {
-                        if bytes.get(i + 1) == Some(&b'"') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                let end = i.min(bytes.len());
-                out.push((Token::Quoted(text.get(start..end).unwrap_or("")), at));
-                i += 1;
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
-                }
-                out.push((Token::Word(&text[start..i]), at));
-            }
-            c if c.is_ascii_digit() => {
-                while i < bytes.len()
-                    && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.' || bytes[i] == b'-')
-                {
-                    i += 1;
-                }
-                out.push((Token::Number, at));
-            }
-            _ => {
-                // Multi-byte UTF-8 outside quotes is not valid CQL; skip it.
-                let ch = text[i..].chars().next().unwrap_or(' ');
-                out.push((Token::Punct(ch), at));
-                i += ch.len_utf8().max(1);
-            }
-        }
     }
     out
 }
@@ -391,76 +285,6 @@ fn nondeterministic_call(toks: &[Token<'_>]) -> Option<&'static str> {
     })
 }
 
-/// Replaces `now()`, `currentTimeUUID()`, `uuid()`, `currentTimestamp()`,
-/// `currentDate()` and `currentTime()` in a statement's text with literals the proxy generates, so source and
-/// target store the same value. Returns the new text and the functions
-/// replaced, or `None` when there is nothing to replace. (Prepared
-/// statements get bind markers instead: `bound::bind_nondeterministic`.)
-pub fn replace_nondeterministic(
-    text: &str,
-    now_micros: i64,
-) -> Option<(String, Vec<&'static str>)> {
-    let (calls, _) = replaceable_calls(&tokenize_spans(text));
-    if calls.is_empty() {
-        return None;
-    }
-    let out = rewrite_calls(text, &calls, |c| c.kind.literal(now_micros));
-    Some((out, calls.iter().map(|c| c.kind.function()).collect()))
-}
-
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
-}
-
-fn format_uuid(hi: u64, lo: u64) -> String {
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xFFFF,
-        hi & 0xFFFF,
-        lo >> 48,
-        lo & 0xFFFF_FFFF_FFFF
-    )
-}
-
-/// A version-1 (time-based) UUID for `micros` since the Unix epoch.
-pub fn timeuuid(micros: i64) -> String {
-    let (hi, lo) = timeuuid_parts(micros);
-    format_uuid(hi, lo)
-}
-
-/// A version-1 UUID for `micros` as its two big-endian halves.
-pub fn timeuuid_parts(micros: i64) -> (u64, u64) {
-    // 100 ns intervals since 1582-10-15.
-    let ts = (micros.max(0) as u64) * 10 + 0x01B2_1DD2_1381_4000;
-    let time_low = ts & 0xFFFF_FFFF;
-    let time_mid = (ts >> 32) & 0xFFFF;
-    let time_hi = ((ts >> 48) & 0x0FFF) | 0x1000;
-    let hi = time_low << 32 | time_mid << 16 | time_hi;
-    let r = random_u64();
-    let clock_seq = ((r >> 48) & 0x3FFF) | 0x8000;
-    let node = (r & 0xFFFF_FFFF_FFFF) | 0x0100_0000_0000;
-    (hi, clock_seq << 48 | node)
-}
-
-/// A random (version 4) UUID.
-pub fn random_uuid() -> String {
-    let (hi, lo) = random_uuid_parts();
-    format_uuid(hi, lo)
-}
-
-/// A random (version 4) UUID as its two big-endian halves.
-pub fn random_uuid_parts() -> (u64, u64) {
-    let hi = (random_u64() & !0xF000) | 0x4000;
-    let lo = (random_u64() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-    (hi, lo)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,27 +403,6 @@ mod tests {
         );
         assert_eq!(w.batch.len(), 1);
         assert!(batch_statements("INSERT INTO t (k) VALUES (1)").is_empty());
-    }
-
-    #[test]
-    fn replaces_nondeterministic_calls_outside_strings() {
-        let (text, kinds) = replace_nondeterministic(
-            "INSERT INTO t (k, id, u, ts, s) VALUES (1, now(), UUID( ), currentTimestamp(), 'now()')",
-            1_700_000_000_123_456,
-        )
-        .unwrap();
-        assert_eq!(kinds, vec!["now", "uuid", "currenttimestamp"]);
-        assert!(text.ends_with(", 1700000000123, 'now()')"), "{text}");
-        assert!(!text.contains("now()") || text.contains("'now()'"));
-        let uuids: Vec<&str> = text
-            .split([',', '(', ')', ' '])
-            .filter(|w| w.len() == 36 && w.matches('-').count() == 4)
-            .collect();
-        assert_eq!(uuids.len(), 2, "{text}");
-        assert_eq!(&uuids[0][14..15], "1", "version-1 timeuuid: {}", uuids[0]);
-        assert_eq!(&uuids[1][14..15], "4", "version-4 uuid: {}", uuids[1]);
-        assert_eq!(replace_nondeterministic("SELECT now FROM t", 0), None);
-        assert_eq!(replace_nondeterministic("now(", 0), None);
     }
 
     #[test]

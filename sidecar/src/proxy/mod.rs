@@ -18,6 +18,7 @@ pub mod codec;
 pub mod compression;
 pub mod config;
 pub mod connection;
+pub mod cql_tokens;
 pub mod credentials;
 pub mod frame;
 pub mod link;
@@ -34,6 +35,7 @@ pub mod spool;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod uuids;
 pub mod wire;
 
 use std::net::SocketAddr;

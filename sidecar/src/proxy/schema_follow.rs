@@ -10,7 +10,7 @@
 //! what is each cluster's own (replication, roles, triggers, derived
 //! views) never is repeated.
 
-use crate::proxy::classify::{tokenize_spans, Token};
+use crate::proxy::cql_tokens::{tokenize_spans, Token};
 
 /// What the target gets.
 #[derive(Debug, Clone, PartialEq, Eq)]

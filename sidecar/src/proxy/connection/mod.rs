@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::bound::{bind_nondeterministic, splice_values, BoundFunction};
+use super::bound::{bind_nondeterministic, replace_nondeterministic, splice_values, BoundFunction};
 use super::codec::{FrameDecoder, LinkState};
 use super::compression::Compression;
 use super::config::Mode;
@@ -27,7 +27,7 @@ use super::frame::{error_code, opcode, DecodeRules, Frame, FrameError};
 use super::link::{FrameReader, FrameWriter, Outbound, ReadError};
 use super::tls::{BoxRead, BoxWrite};
 use crate::proxy::classify::{
-    batch_statements, classify, replace_nondeterministic, StatementClass, SystemTable, WriteTraits,
+    batch_statements, classify, StatementClass, SystemTable, WriteTraits,
 };
 use crate::proxy::mirror::{
     deliver, live_mirrors_done, mirror_async, mirror_permit, send_to_target, send_toward,

@@ -1346,7 +1346,8 @@ fn examples_dir() -> PathBuf {
 
 /// `registry/path:tag` → (`registry/path`, `tag`); a reference without a
 /// tag gets `latest`.
-fn split_image(reference: &str) -> (String, String) {
+/// `repo:tag` → (`repo`, `tag`); no tag is `latest`.
+pub fn split_image(reference: &str) -> (String, String) {
     match reference.rsplit_once(':') {
         Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
         _ => (reference.to_string(), "latest".to_string()),

@@ -344,6 +344,15 @@ fn granted(docs: &[serde_yaml::Value]) -> Vec<(String, Option<String>, String, V
     out
 }
 
+/// The webhook's namespaceSelector, as YAML text.
+fn webhook_namespace_selector(docs: &[serde_yaml::Value]) -> String {
+    let webhook = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("MutatingWebhookConfiguration"))
+        .expect("webhook");
+    serde_yaml::to_string(&webhook["webhooks"][0]["namespaceSelector"]).expect("selector")
+}
+
 /// Issue 14 §4, RBAC least privilege: the operator never patches a
 /// namespace (the webhook finds Cassandra pods by an object selector, with
 /// no label the operator must set), and with `watchNamespace` every
@@ -358,12 +367,7 @@ fn rbac_is_least_privilege_and_namespaced_when_one_namespace_is_watched() {
             "{kind} grants {verbs:?} on namespaces: injection must not need a namespace label"
         );
     }
-    let webhook = everywhere
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("MutatingWebhookConfiguration"))
-        .expect("webhook");
-    let selector =
-        serde_yaml::to_string(&webhook["webhooks"][0]["namespaceSelector"]).expect("selector");
+    let selector = webhook_namespace_selector(&everywhere);
     assert!(
         !selector.contains("ferry.dev/injection"),
         "the webhook waits for a namespace label: {selector}"
@@ -416,12 +420,7 @@ fn rbac_is_least_privilege_and_namespaced_when_one_namespace_is_watched() {
         bound,
         "no RoleBinding in apps for the operator's ServiceAccount"
     );
-    let webhook = one
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("MutatingWebhookConfiguration"))
-        .expect("webhook");
-    let selector =
-        serde_yaml::to_string(&webhook["webhooks"][0]["namespaceSelector"]).expect("selector");
+    let selector = webhook_namespace_selector(&one);
     assert!(
         selector.contains("apps") && selector.contains("In"),
         "with watchNamespace the webhook sees only that namespace: {selector}"

@@ -396,41 +396,23 @@ async fn helm_upgrade_after_the_crd_changed_follows_the_documented_path() {
         .await
         .expect("namespace");
     let images = ferry_e2e::migration::Images::local();
-    let split = |image: &str| {
-        let (repo, tag) = image.rsplit_once(':').expect("image:tag");
-        (repo.to_owned(), tag.to_owned())
+    let (op_repo, op_tag) = ferry_e2e::migration::split_image(&images.operator);
+    let (sc_repo, sc_tag) = ferry_e2e::migration::split_image(&images.sidecar);
+    // `helm install|upgrade` of the release with the local images, at a
+    // log level (changing it makes the upgrade roll the operator).
+    let release = |verb: &str, extra: &[&str], log: &str| {
+        let values = format!(
+            "image.registry=,image.repository={op_repo},image.tag={op_tag},image.pullPolicy=Never,\
+             sidecarImage.registry=,sidecarImage.repository={sc_repo},sidecarImage.tag={sc_tag},\
+             redirectImage.reference={},watchNamespace={},logLevel={log}",
+            images.redirect, ns.name
+        );
+        let mut args = vec![verb, "ferry", "charts/ferry", "-n", "ferry-system"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--wait", "--timeout", "4m", "--set", &values]);
+        helm(&cluster, &args)
     };
-    let (op_repo, op_tag) = split(&images.operator);
-    let (sc_repo, sc_tag) = split(&images.sidecar);
-    let values = |log: &str| {
-        vec![
-            "--set".to_owned(),
-            format!(
-                "image.registry=,image.repository={op_repo},image.tag={op_tag},image.pullPolicy=Never,\
-                 sidecarImage.registry=,sidecarImage.repository={sc_repo},sidecarImage.tag={sc_tag},\
-                 redirectImage.reference={},watchNamespace={},logLevel={log}",
-                images.redirect, ns.name
-            ),
-        ]
-    };
-    let mut install: Vec<String> = [
-        "install",
-        "ferry",
-        "charts/ferry",
-        "-n",
-        "ferry-system",
-        "--create-namespace",
-        "--skip-crds",
-        "--wait",
-        "--timeout",
-        "4m",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    install.extend(values("info"));
-    let args: Vec<&str> = install.iter().map(String::as_str).collect();
-    let (ok, out) = helm(&cluster, &args);
+    let (ok, out) = release("install", &["--create-namespace", "--skip-crds"], "info");
     assert!(ok, "helm install with the older CRD: {out}");
 
     // A migration stored under the older CRD (its source is absent: the
@@ -486,22 +468,7 @@ async fn helm_upgrade_after_the_crd_changed_follows_the_documented_path() {
     );
 
     // helm upgrade alone: Helm leaves crds/ as it was.
-    let mut upgrade: Vec<String> = [
-        "upgrade",
-        "ferry",
-        "charts/ferry",
-        "-n",
-        "ferry-system",
-        "--wait",
-        "--timeout",
-        "4m",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    upgrade.extend(values("debug"));
-    let args: Vec<&str> = upgrade.iter().map(String::as_str).collect();
-    let (ok, out) = helm(&cluster, &args);
+    let (ok, out) = release("upgrade", &[], "debug");
     assert!(ok, "helm upgrade: {out}");
     assert!(
         dynamic
@@ -514,10 +481,7 @@ async fn helm_upgrade_after_the_crd_changed_follows_the_documented_path() {
     // The documented path: the CRD first, then helm upgrade.
     let (ok, out) = apply_file(&cluster, &crd_file);
     assert!(ok, "apply the chart's CRD: {out}");
-    upgrade.truncate(upgrade.len() - 2);
-    upgrade.extend(values("info"));
-    let args: Vec<&str> = upgrade.iter().map(String::as_str).collect();
-    let (ok, out) = helm(&cluster, &args);
+    let (ok, out) = release("upgrade", &[], "info");
     assert!(ok, "helm upgrade after the CRD: {out}");
     let stored = migrations
         .get("stored-before")

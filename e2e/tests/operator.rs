@@ -2317,10 +2317,19 @@ async fn a_difference_found_after_ready_sends_the_migration_back_to_validation()
                 .unwrap_or(true),
         "an old check's Job is removed when the next starts"
     );
-    let check = jobs
-        .get(&labels::check_job_name("chk", clean.runs))
-        .await
-        .expect("the last check's Job");
+    // Checks start every 600 ms here and each removes the one before, so
+    // read whichever check Job exists now (they are all built alike).
+    let check = eventually(30, "a check Job", || async {
+        let listed = jobs.list(&ListParams::default()).await.ok()?;
+        listed.items.into_iter().find(|j| {
+            j.metadata.deletion_timestamp.is_none()
+                && j.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("chk-check-"))
+        })
+    })
+    .await;
     let env: BTreeSet<String> = check
         .spec
         .expect("spec")

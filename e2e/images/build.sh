@@ -2,7 +2,7 @@
 # Builds Ferry's container images as OCI archives, without Docker, and imports
 # them into the local node's containerd (namespace k8s.io) when it runs.
 #
-#   build.sh [--no-import] [--e2e-bin] [pause|cassandra|operator|sidecar|loadgen|redirect|all]...
+#   build.sh [--no-import] [--e2e-bin] [pause|cassandra|cassandra-4.1|operator|sidecar|loadgen|redirect|all]...
 #   build.sh --cached    import every cached archive containerd lacks; no build
 #
 # --e2e-bin also prints the path of the ferry-e2e driver, built with the
@@ -12,6 +12,10 @@
 #   ferry.dev/pause       the pod sandbox: a static C binary that sleeps
 #   ferry.dev/cassandra   Cassandra $CASSANDRA_VERSION: a jlink'ed Java 17 from
 #                         Debian's JDK, the Maven-resolved jars, busybox
+#   ferry.dev/cassandra:4.1-$TAG  (name cassandra-4.1) Cassandra
+#                         $FERRY_OLDER_CASSANDRA_VERSION (4.1.10) on the Java 11
+#                         runtime the test bed takes from PyPI, for the
+#                         cross-version migration; not in `all`
 #   ferry.dev/ferry-operator, ferry.dev/ferry-sidecar, ferry.dev/ferry-loadgen
 #                         static musl binaries on an empty root, uid 65532
 #   ferry.dev/ferry-redirect  busybox sh + Debian's iptables, for the proxy's
@@ -111,15 +115,26 @@ copy_libs() {
   done
 }
 
+# build_cassandra [4.1]: the image of Cassandra $CASSANDRA_VERSION on the
+# jlink'ed Java 17, or with "4.1" of $FERRY_OLDER_CASSANDRA_VERSION on the Java
+# 11 runtime from PyPI (4.1 does not run on 17). That runtime lacks
+# jdk.naming.rmi, which nodetool's JMX client needs, so the 4.1 image also
+# carries the Java 17 runtime for nodetool alone (/opt/java-tools).
 build_cassandra() {
-  local key archive lib base jars conf jre_dir uid=999
+  local flavour=${1:-} key archive lib base jars conf jre_dir tools_jre='' uid=999 name=cassandra
+  if [ "$flavour" = 4.1 ]; then
+    export CASSANDRA_VERSION=${FERRY_OLDER_CASSANDRA_VERSION:-4.1.10}
+    name=cassandra41
+    jre_dir=$("$FERRY_ROOT/e2e/testbed/cassandra/cassandra.sh" java)
+    jre_dir=${jre_dir%/bin/java}
+  fi
   "$FERRY_ROOT/e2e/testbed/cassandra/cassandra.sh" fetch >&2
   lib=$FERRY_CACHE/cassandra-$CASSANDRA_VERSION/lib
-  key=$(hash_inputs "$images_dir/cassandra" "$lib" "$JDK/release" /bin/busybox)
-  archive=$OUT/cassandra-$key.tar
+  key=$(hash_inputs "$images_dir/cassandra" "$lib" "$JDK/release" /bin/busybox ${jre_dir:+"$jre_dir/release"})
+  archive=$OUT/$name-$key.tar
   if [ -s "$archive" ]; then echo "$archive"; return 0; fi
-  log "building image $REPO/cassandra:$TAG (Cassandra $CASSANDRA_VERSION)"
-  jre_dir=$(jre)
+  log "building image $REPO/$(cassandra_ref "$flavour") (Cassandra $CASSANDRA_VERSION)"
+  if [ -n "${jre_dir:-}" ]; then tools_jre=$(jre); else jre_dir=$(jre); fi
   # Layer 1: busybox, the C libraries, the Java runtime, a cassandra user.
   base=$(staging cassandra-base)
   base_files "$base" "$uid" cassandra
@@ -130,8 +145,9 @@ build_cassandra() {
     [ -e "$base/bin/$applet" ] || ln -s busybox "$base/bin/$applet"
   done
   cp -a "$jre_dir" "$base/opt/java"
+  [ -z "$tools_jre" ] || cp -a "$tools_jre" "$base/opt/java-tools"
   # shellcheck disable=SC2046 # one word per file
-  copy_libs "$base" $(find "$base/opt/java" -type f \( -name '*.so' -o -perm -u+x \) )
+  copy_libs "$base" $(find "$base/opt" -type f \( -name '*.so' -o -perm -u+x \) )
   # Native code unpacked from jars at run time (netty epoll, JNA, zstd, lz4,
   # snappy) links against these without the JRE needing them.
   local l
@@ -150,7 +166,7 @@ build_cassandra() {
   chmod 755 "$conf/opt/cassandra/bin/"*
   chown "$uid:$uid" "$conf/var/lib/cassandra"
   # Root by default, as the official image: the entrypoint drops to $uid.
-  oci_image "$archive" "$REPO/cassandra:$TAG" "$(jq -nc --arg v "$CASSANDRA_VERSION" '{
+  oci_image "$archive" "$REPO/$(cassandra_ref "$flavour")" "$(jq -nc --arg v "$CASSANDRA_VERSION" '{
       User: "0:0", WorkingDir: "/var/lib/cassandra",
       Env: ["PATH=/opt/java/bin:/opt/cassandra/bin:/bin", "JAVA_HOME=/opt/java", "CASSANDRA_HOME=/opt/cassandra"],
       Entrypoint: ["/opt/cassandra/bin/entrypoint.sh"],
@@ -161,6 +177,11 @@ build_cassandra() {
     "$base" "$jars" "$conf"
   rm -rf "$base" "$jars" "$conf"
   echo "$archive"
+}
+
+# cassandra_ref [4.1]: the image's name and tag, without the repository.
+cassandra_ref() {
+  if [ "${1:-}" = 4.1 ]; then echo "cassandra:4.1-$TAG"; else echo "cassandra:$TAG"; fi
 }
 
 # --- operator and sidecar ----------------------------------------------------
@@ -298,8 +319,8 @@ for a in "$@"; do
     --no-import) do_import=0 ;;
     --e2e-bin) print_e2e=1 ;;
     all) names+=(pause cassandra operator sidecar loadgen redirect) ;;
-    pause | cassandra | operator | sidecar | loadgen | redirect) names+=("$a") ;;
-    *) die "usage: $0 [--no-import] [--e2e-bin] [pause|cassandra|operator|sidecar|loadgen|redirect|all]... | --cached" ;;
+    pause | cassandra | cassandra-4.1 | operator | sidecar | loadgen | redirect) names+=("$a") ;;
+    *) die "usage: $0 [--no-import] [--e2e-bin] [pause|cassandra|cassandra-4.1|operator|sidecar|loadgen|redirect|all]... | --cached" ;;
   esac
 done
 [ ${#names[@]} -eq 0 ] && [ "$print_e2e" = 0 ] && names=(pause cassandra operator sidecar loadgen redirect)
@@ -310,7 +331,8 @@ fi
 for name in "${names[@]}"; do
   case $name in
     pause) archive=$(locked "$name" build_pause); ref=$REPO/pause:$TAG ;;
-    cassandra) archive=$(locked "$name" build_cassandra); ref=$REPO/cassandra:$TAG ;;
+    cassandra) archive=$(locked "$name" build_cassandra); ref=$REPO/$(cassandra_ref) ;;
+    cassandra-4.1) archive=$(locked "$name" build_cassandra 4.1); ref=$REPO/$(cassandra_ref 4.1) ;;
     operator | sidecar | loadgen) archive=$(locked "$name" build_rust "$name"); ref=$REPO/ferry-$name:$TAG ;;
     redirect) archive=$(locked "$name" build_redirect); ref=$REPO/ferry-redirect:$TAG ;;
   esac

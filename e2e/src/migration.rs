@@ -69,6 +69,9 @@ pub struct Images {
     /// Cassandra for the example clusters; `None` keeps the examples' own
     /// (the official `cassandra` image).
     pub cassandra: Option<String>,
+    /// Cassandra for the source cluster alone, when it differs from the
+    /// target's (a migration across versions); `None` uses `cassandra`.
+    pub source_cassandra: Option<String>,
     /// Pull policy of the example pods and of Ferry's own.
     pub pull_policy: String,
 }
@@ -84,13 +87,15 @@ impl Images {
             redirect: format!("{repo}/ferry-redirect:{tag}"),
             loadgen: format!("{repo}/ferry-loadgen:{tag}"),
             cassandra: Some(format!("{repo}/cassandra:{tag}")),
+            source_cassandra: None,
             pull_policy: "Never".into(),
         }
     }
 
     /// `$FERRY_E2E_IMAGE_PREFIX/ferry-*:$FERRY_E2E_IMAGE_TAG` (defaults
     /// `ghcr.io/ferry-dev` and `dev`), as `e2e/kind.sh` builds and loads them;
-    /// `FERRY_E2E_CASSANDRA_IMAGE` overrides the examples' Cassandra image.
+    /// `FERRY_E2E_CASSANDRA_IMAGE` overrides the examples' Cassandra image,
+    /// `FERRY_E2E_SOURCE_CASSANDRA_IMAGE` the source cluster's alone.
     pub fn from_env() -> Self {
         let prefix =
             std::env::var("FERRY_E2E_IMAGE_PREFIX").unwrap_or_else(|_| "ghcr.io/ferry-dev".into());
@@ -101,6 +106,7 @@ impl Images {
             redirect: format!("{prefix}/ferry-redirect:{tag}"),
             loadgen: format!("{prefix}/ferry-loadgen:{tag}"),
             cassandra: std::env::var("FERRY_E2E_CASSANDRA_IMAGE").ok(),
+            source_cassandra: std::env::var("FERRY_E2E_SOURCE_CASSANDRA_IMAGE").ok(),
             pull_policy: "IfNotPresent".into(),
         }
     }
@@ -262,6 +268,10 @@ pub struct Outcome {
     /// What the operator process cost over the run, read from `/proc` at
     /// the end (None where its process is not on this machine: kind).
     pub operator_usage: Option<ProcessUsage>,
+    /// Cassandra's version on a source and on a target pod, as `nodetool
+    /// version` gave it once the clusters were up (None: not read).
+    pub source_release_version: Option<String>,
+    pub target_release_version: Option<String>,
 }
 
 /// CPU and memory of one process, from `/proc`.
@@ -445,6 +455,11 @@ impl Outcome {
             "migration Ready {:.0}s after kubectl apply ({:.0}s in all, clusters included)\n",
             self.seconds_to_ready, self.seconds_total
         ));
+        out.push_str(&format!(
+            "Cassandra {} on the source, {} on the target\n",
+            self.source_release_version.as_deref().unwrap_or("?"),
+            self.target_release_version.as_deref().unwrap_or("?")
+        ));
         for (i, (phase, at)) in self.phases.iter().enumerate() {
             let took = self
                 .phases
@@ -623,6 +638,18 @@ impl Run<'_> {
         ])
         .await?;
 
+        let source_pod = match self.opts.layout {
+            SourceLayout::OneStatefulSet => "cassandra-0".to_owned(),
+            SourceLayout::Racks => format!("{}-0", RACK_STATEFULSETS[0]),
+        };
+        let source_release_version = self.release_version(&source_pod).await;
+        let target_release_version = self.release_version("cassandra-target-0").await;
+        self.say(format!(
+            "Cassandra {} on the source, {} on the target",
+            source_release_version.as_deref().unwrap_or("?"),
+            target_release_version.as_deref().unwrap_or("?")
+        ));
+
         // The target starts empty: the operator copies the schema before
         // the roll (spec.schema: copy).
         self.say("starting the application (the target is empty: the operator copies the schema)");
@@ -741,6 +768,8 @@ impl Run<'_> {
             seconds_to_ready,
             seconds_total: self.started.elapsed().as_secs_f64(),
             operator_usage: operator_process_usage(),
+            source_release_version,
+            target_release_version,
         })
     }
 
@@ -880,8 +909,9 @@ impl Run<'_> {
                 .pointer_mut("/spec/template/spec/containers")
                 .and_then(Value::as_array_mut)
             {
+                let source = file == "source-cluster.yaml";
                 for c in containers {
-                    self.localise_container(c);
+                    self.localise_container(c, source);
                 }
             }
             out.push_str(&serde_json::to_string(&value)?);
@@ -890,10 +920,13 @@ impl Run<'_> {
         Ok(out)
     }
 
-    fn localise_container(&self, c: &mut Value) {
+    fn localise_container(&self, c: &mut Value, source: bool) {
         let image = c["image"].as_str().unwrap_or_default().to_string();
         let replacement = if image.starts_with("cassandra:") {
-            self.images.cassandra.clone()
+            match &self.images.source_cassandra {
+                Some(own) if source => Some(own.clone()),
+                _ => self.images.cassandra.clone(),
+            }
         } else if image.contains("ferry-loadgen") {
             Some(self.images.loadgen.clone())
         } else {
@@ -909,6 +942,18 @@ impl Run<'_> {
                     "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=2000"}));
             }
         }
+    }
+
+    /// `ReleaseVersion` from `nodetool version` in a Cassandra pod; None
+    /// where the image has no `nodetool` (the official image has one too).
+    async fn release_version(&self, pod: &str) -> Option<String> {
+        let out = self
+            .kubectl(&["exec", pod, "-c", "cassandra", "--", "nodetool", "version"])
+            .await
+            .ok()?;
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("ReleaseVersion:"))
+            .map(|v| v.trim().to_owned())
     }
 
     async fn apply(&self, manifests: &str) -> anyhow::Result<()> {
@@ -1521,6 +1566,8 @@ mod tests {
             seconds_to_ready: 120.0,
             seconds_total: 300.0,
             operator_usage: None,
+            source_release_version: Some("4.1.10".into()),
+            target_release_version: Some("5.0.9".into()),
         };
         assert!(good.problems().is_empty(), "{:?}", good.problems());
         let mut missing = good.clone();

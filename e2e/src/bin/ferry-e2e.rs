@@ -54,6 +54,11 @@ struct MigrateArgs {
     /// of a minute per node): always on the local node, asked for on kind.
     #[arg(long)]
     fast_cassandra: bool,
+    /// The source cluster's Cassandra image, when it differs from the
+    /// target's: e.g. ferry.dev/cassandra:4.1-dev (`e2e/images/build.sh
+    /// cassandra-4.1`) for a 4.1 to 5.0 migration.
+    #[arg(long)]
+    source_cassandra_image: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -73,10 +78,13 @@ enum FaultArg {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli::Migrate(args) = Cli::parse();
-    let (cluster, images) = match args.cluster {
+    let (cluster, mut images) = match args.cluster {
         Target::Local => (Cluster::local(), Images::local()),
         Target::Kubeconfig => (Cluster::from_env(), Images::from_env()),
     };
+    if let Some(image) = args.source_cassandra_image {
+        images.source_cassandra = Some(image);
+    }
     let faults = args
         .fault
         .iter()

@@ -7,6 +7,7 @@
 #   cassandra.sh wait NAME IP                  wait until it answers CQL and is UN
 #   cassandra.sh stop NAME                     clean stop (SIGTERM, then SIGKILL)
 #   cassandra.sh nodetool NAME ARGS...         nodetool against that node
+#   cassandra.sh java                          the java binary for $CASSANDRA_VERSION
 #
 # Environment: CASSANDRA_VERSION (5.0.9; 4.1.x runs on a JDK 11 if one is
 # found), FERRY_CASSANDRA_HEAP (default 1g), FERRY_CASSANDRA_AUTH=1 for
@@ -216,5 +217,6 @@ case $cmd in
   wait) wait_node "$@" ;;
   stop) stop "$@" ;;
   nodetool) nodetool "$@" ;;
-  *) die "usage: $0 fetch|start|wait|stop|nodetool" ;;
+  java) java_for_version ;;
+  *) die "usage: $0 fetch|start|wait|stop|nodetool|java" ;;
 esac

@@ -6,6 +6,10 @@
 //! prints the medians (rows/s, and MB/s of the rows' key and cell values,
 //! 92 bytes a row, the same basis for all three phases) and the peak RSS of
 //! the backfill and validate processes (measured with /usr/bin/time).
+//! The source's baseline is a plain token-range scan of the same rows by the
+//! driver alone, split as the Jobs split it, once for the values and once
+//! with each cell's WRITETIME and TTL (what the backfill reads); the last
+//! line per size gives issue 16's aims as ratios of CPU per row.
 //!
 //! ```text
 //! cargo build --release -p ferry-sidecar --bins
@@ -59,6 +63,14 @@ struct Args {
     /// Extra flags passed to `ferry-sidecar validate`.
     #[arg(long, default_value = "--concurrency 8 --splits 256")]
     validate_flags: String,
+    /// Token ranges, ranges at once and page size of the plain scans, the
+    /// source's baseline (the same as the backfill's and validation's).
+    #[arg(long, default_value_t = 256)]
+    scan_splits: u64,
+    #[arg(long, default_value_t = 8)]
+    scan_concurrency: usize,
+    #[arg(long, default_value_t = 2000)]
+    scan_page_size: i32,
     /// The ferry-sidecar binary (default: next to this one).
     #[arg(long)]
     sidecar: Option<PathBuf>,
@@ -157,6 +169,98 @@ async fn write_partition_batches(
         .await;
     results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// What a plain token-range scan reads: the values alone, or each regular
+/// cell's value with its WRITETIME and TTL as the backfill reads them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ScanKind {
+    Values,
+    WithStamps,
+}
+
+/// The baseline of the source's cost per row: the driver alone reading
+/// `table` range by range, as the backfill and the validation split it
+/// (`splits` equal token ranges, `concurrency` at once, `page_size` rows a
+/// page, rows deserialised and dropped). Returns the rows read and the
+/// seconds it took.
+async fn plain_scan(
+    session: Arc<Session>,
+    table: &str,
+    kind: ScanKind,
+    splits: u64,
+    concurrency: usize,
+    page_size: i32,
+) -> anyhow::Result<(u64, f64)> {
+    use futures::TryStreamExt;
+    let columns = match kind {
+        ScanKind::Values => "k, c, v1, v2, v3".to_owned(),
+        ScanKind::WithStamps => ["v1", "v2", "v3"]
+            .iter()
+            .map(|c| format!("{c}, WRITETIME({c}), TTL({c})"))
+            .fold("k, c".to_owned(), |acc, c| format!("{acc}, {c}")),
+    };
+    let mut select = session
+        .prepare(format!(
+            "SELECT {columns} FROM {table} WHERE token(k) > ? AND token(k) <= ?"
+        ))
+        .await?;
+    select.set_page_size(page_size);
+    select.set_is_idempotent(true);
+    // `splits` equal slices of the Murmur3 ring (-2^63, 2^63 - 1].
+    let width = (u64::MAX / splits) as i128;
+    let bounds: Vec<(i64, i64)> = (0..splits)
+        .map(|i| {
+            let lo = i64::MIN as i128 + width * i as i128;
+            let hi = if i + 1 == splits {
+                i64::MAX as i128
+            } else {
+                lo + width
+            };
+            (lo as i64, hi as i64)
+        })
+        .collect();
+    let start = Instant::now();
+    let counts: Vec<anyhow::Result<u64>> = futures::stream::iter(bounds)
+        .map(|range| {
+            let (session, select) = (session.clone(), select.clone());
+            async move {
+                let pager = session.execute_iter(select, range).await?;
+                let rows =
+                    match kind {
+                        ScanKind::Values => pager
+                            .rows_stream::<(i64, i32, Option<String>, Option<i64>, Option<f64>)>()?
+                            .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+                            .await?,
+                        ScanKind::WithStamps => {
+                            // Value, WRITETIME, TTL of v1, v2, v3 (one column each).
+                            type Row = (
+                                i64,
+                                i32,
+                                Option<String>,
+                                Option<i64>,
+                                Option<i32>,
+                                Option<i64>,
+                                Option<i64>,
+                                Option<i32>,
+                                Option<f64>,
+                                Option<i64>,
+                                Option<i32>,
+                            );
+                            pager
+                                .rows_stream::<Row>()?
+                                .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+                                .await?
+                        }
+                    };
+                Ok(rows)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let rows = counts.into_iter().sum::<anyhow::Result<u64>>()?;
+    Ok((rows, start.elapsed().as_secs_f64()))
 }
 
 struct ChildRun {
@@ -360,7 +464,8 @@ async fn main() -> anyhow::Result<()> {
         let (mut backfill_copy, mut validate_copy) = (vec![], vec![]);
         let (mut backfill_rss, mut validate_rss) = (0u64, 0u64);
         // Per phase, in the order of the table: one cost per run.
-        let mut costs: [Vec<Cost>; 4] = Default::default();
+        let mut costs: [Vec<Cost>; 6] = Default::default();
+        let (mut scan, mut scan_stamped) = (vec![], vec![]);
         for run in 0..args.runs {
             exec(&target, &format!("TRUNCATE {ks}.raw")).await?;
             exec(&target, &format!("TRUNCATE {ks}.raw_batched")).await?;
@@ -421,6 +526,24 @@ async fn main() -> anyhow::Result<()> {
             let copy_ms = v.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
             validate_copy.push(size as f64 / copy_ms * 1000.0);
             validate_rss = validate_rss.max(v.max_rss_kb);
+            for (kind, rates, cost) in [
+                (ScanKind::Values, &mut scan, 4),
+                (ScanKind::WithStamps, &mut scan_stamped, 5),
+            ] {
+                let meter = Meter::start_when_idle().await;
+                let (rows, secs) = plain_scan(
+                    source.clone(),
+                    &format!("{ks}.t"),
+                    kind,
+                    args.scan_splits,
+                    args.scan_concurrency,
+                    args.scan_page_size,
+                )
+                .await?;
+                anyhow::ensure!(rows == size, "the plain scan read {rows} of {size} rows");
+                rates.push(size as f64 / secs);
+                costs[cost].push(meter.done(size, None));
+            }
             eprintln!("size {size} run {run}: raw {:.0} rows/s, raw batched {:.0} rows/s, backfill {:.0} rows/s, validate {:.0} rows/s", raw[run], raw_batched[run], backfill[run], validate[run]);
         }
         // The % column compares with the faster of the two raw writers.
@@ -479,6 +602,25 @@ async fn main() -> anyhow::Result<()> {
         );
         row("validate", &validate, Some(validate_rss), Some(&costs[3]));
         row("validate, compare phase", &validate_copy, None, None);
+        row("source plain scan (values)", &scan, None, Some(&costs[4]));
+        row(
+            "source plain scan (values, WRITETIME, TTL)",
+            &scan_stamped,
+            None,
+            Some(&costs[5]),
+        );
+        // Issue 16's aims, each a ratio of CPU per row in this run.
+        let per_row = |i: usize, f: fn(&Cost) -> f64| median(costs[i].iter().map(f).collect());
+        let target_cpu = |c: &Cost| c.target_jvms_us_per_row;
+        let source_cpu = |c: &Cost| c.source_jvms_us_per_row;
+        println!(
+            "| {size} | aims: backfill's target ÷ batched writer's target {:.2} (≤ 1.05); backfill's source ÷ plain scan {:.2} (≤ 1.05), ÷ stamped scan {:.2}; validation's source ÷ plain scan {:.2}; backfill client {:.1} µs/row (≤ 2) | | | | | | | | | |",
+            per_row(2, target_cpu) / per_row(1, target_cpu),
+            per_row(2, source_cpu) / per_row(4, source_cpu),
+            per_row(2, source_cpu) / per_row(5, source_cpu),
+            per_row(3, source_cpu) / per_row(4, source_cpu),
+            per_row(2, |c| c.client_us_per_row),
+        );
         for session in [&source, &target] {
             exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
         }

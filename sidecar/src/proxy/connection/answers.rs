@@ -218,6 +218,7 @@ impl Session {
             }
         }
         if frame.opcode == opcode::ERROR && frame.error_code() == Some(error_code::UNPREPARED) {
+            debug!("the source answered UNPREPARED");
             self.unprepared_rewritten(&mut frame);
         }
         Some(match switch {

@@ -453,6 +453,7 @@ impl Session {
     async fn unprepared(&self, frame: &Frame, id: &[u8]) -> Result<(), SessionError> {
         // The proxy does not know this id (evicted, or prepared before the
         // proxy started): make the driver prepare it again through us.
+        debug!(id = %hex_id(id), "an id this proxy does not know: UNPREPARED");
         let mut body = BytesMut::new();
         body.put_i32(error_code::UNPREPARED);
         put_string(
@@ -468,4 +469,9 @@ impl Session {
         ))
         .await
     }
+}
+
+/// A statement id as hex, for logs.
+pub(crate) fn hex_id(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }

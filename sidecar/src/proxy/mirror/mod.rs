@@ -269,6 +269,12 @@ pub async fn send_to_target(
             .with_label_values(&["target"])
             .observe(started.elapsed().as_secs_f64());
         if reply.error_code() == Some(error_code::UNPREPARED) && !req.statements.is_empty() {
+            debug!(
+                host = conn.host,
+                statement = %req.statements[0].1.query,
+                keyspace = ?req.statements[0].1.keyspace,
+                "the target answered UNPREPARED; preparing again"
+            );
             unprepared_since = Some(started);
             continue;
         }

@@ -480,7 +480,8 @@ pub struct ProxySpec {
     /// CPU and 64Mi, limits of 500m and 256Mi; in a pod whose containers
     /// all have requests equal to limits (QoS Guaranteed, as Cassandra pods
     /// often are) the requests are raised to the limits, so the pod stays
-    /// Guaranteed.
+    /// Guaranteed. The proxy runs one worker thread per core of its CPU
+    /// limit, rounded up (one under the default limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 

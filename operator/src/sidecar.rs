@@ -215,21 +215,34 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
         }),
         ..Probe::default()
     };
+    let resources = spec
+        .proxy
+        .resources
+        .clone()
+        .unwrap_or_else(default_proxy_resources);
+    let mut env = vec![EnvVar {
+        name: "POD_IP".to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }];
+    if let Some(threads) = worker_threads_for(&resources) {
+        env.push(EnvVar {
+            name: "FERRY_WORKER_THREADS".to_owned(),
+            value: Some(threads.to_string()),
+            ..EnvVar::default()
+        });
+    }
     Container {
         name: labels::SIDECAR_CONTAINER.to_owned(),
         image: Some(image),
         args: Some(args),
-        env: Some(vec![EnvVar {
-            name: "POD_IP".to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".to_owned(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+        env: Some(env),
         ports: Some(vec![
             port("ferry-cql", spec.proxy.listen_port),
             port("ferry-admin", labels::PROXY_ADMIN_PORT),
@@ -246,12 +259,7 @@ pub fn sidecar_container(cm: &CassandraMigration, settings: &InjectionSettings) 
         volume_mounts: Some(mounts),
         // What the `restricted` Pod Security Standard asks of a container.
         security_context: Some(pod_security::restricted()),
-        resources: Some(
-            spec.proxy
-                .resources
-                .clone()
-                .unwrap_or_else(default_proxy_resources),
-        ),
+        resources: Some(resources),
         restart_policy: settings.native_sidecar.then(|| "Always".to_owned()),
         ..Container::default()
     }
@@ -307,6 +315,29 @@ fn spool_volume(spec: &crate::crd::CassandraMigrationSpec) -> Volume {
         }),
         ..Volume::default()
     }
+}
+
+/// The proxy runtime's worker threads for the container's CPU limit: the
+/// limit in whole cores, rounded up (the default 500m gives 1, tokio's
+/// current-thread runtime). Without a limit, none: the proxy then runs one
+/// worker per core of the node. One thread per core the container may use
+/// avoids both CFS throttling of idle workers and the cross-thread wake-ups
+/// that cost a third of the CPU per request at a modest rate
+/// (docs/benchmarks.md, "The runtime's threads").
+fn worker_threads_for(resources: &ResourceRequirements) -> Option<u32> {
+    let limit = resources.limits.as_ref()?.get("cpu")?;
+    let millicores = cpu_millicores(&limit.0)?;
+    Some(millicores.div_ceil(1000).clamp(1, 64) as u32)
+}
+
+/// A CPU quantity in millicores: `500m`, `2`, `1.5`; `None` when unreadable.
+fn cpu_millicores(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    let millis = match q.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok()?,
+        None => q.parse::<f64>().ok()? * 1000.0,
+    };
+    (millis.is_finite() && millis > 0.0).then(|| millis.ceil() as u64)
 }
 
 /// The proxy's resources when `proxy.resources` says none.
@@ -609,6 +640,39 @@ mod tests {
             ann.get(labels::MIGRATION_ANNOTATION).map(String::as_str),
             Some("mig")
         );
+    }
+
+    fn env_of(c: &Container, name: &str) -> Option<String> {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    /// The proxy's runtime gets one worker thread per core of its CPU
+    /// limit, rounded up: one (the current-thread runtime) under the
+    /// default 500m limit; the node's core count only without a limit.
+    #[test]
+    fn the_proxy_runs_one_worker_thread_per_core_of_its_cpu_limit() {
+        let mut cm = migration(TrafficRedirect::Port);
+        let threads = |cm: &CassandraMigration| {
+            env_of(
+                &sidecar_container(cm, &settings(true)),
+                "FERRY_WORKER_THREADS",
+            )
+        };
+        assert_eq!(threads(&cm).as_deref(), Some("1"), "default 500m limit");
+        for (limit, want) in [("2500m", Some("3")), ("2", Some("2")), ("1.5", Some("2"))] {
+            cm.spec.proxy.resources = Some(resources(("100m", "64Mi"), (limit, "256Mi")));
+            assert_eq!(threads(&cm).as_deref(), want, "limit {limit}");
+        }
+        cm.spec.proxy.resources = Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".to_owned(), Quantity("1".into()))])),
+            ..ResourceRequirements::default()
+        });
+        assert_eq!(threads(&cm), None, "no limit: one worker per core");
+        assert_eq!(cpu_millicores("bogus"), None);
     }
 
     /// What the `restricted` Pod Security Standard checks, for the proxy

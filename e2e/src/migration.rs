@@ -79,8 +79,7 @@ pub struct Images {
 impl Images {
     /// What `e2e/images/build.sh` imports into the local node's containerd.
     pub fn local() -> Self {
-        let tag = std::env::var("FERRY_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
-        let repo = std::env::var("FERRY_IMAGE_REPO").unwrap_or_else(|_| "ferry.dev".into());
+        let (repo, tag) = local_repo_and_tag();
         Images {
             operator: format!("{repo}/ferry-operator:{tag}"),
             sidecar: format!("{repo}/ferry-sidecar:{tag}"),
@@ -89,6 +88,16 @@ impl Images {
             cassandra: Some(format!("{repo}/cassandra:{tag}")),
             source_cassandra: None,
             pull_policy: "Never".into(),
+        }
+    }
+
+    /// [`Images::local`] with the source on `e2e/images/build.sh
+    /// cassandra-4.1`'s Cassandra 4.1 image.
+    pub fn local_with_4_1_source() -> Self {
+        let (repo, tag) = local_repo_and_tag();
+        Images {
+            source_cassandra: Some(format!("{repo}/cassandra:4.1-{tag}")),
+            ..Images::local()
         }
     }
 
@@ -110,6 +119,24 @@ impl Images {
             pull_policy: "IfNotPresent".into(),
         }
     }
+}
+
+/// The repository and tag `e2e/images/build.sh` gives its images
+/// (`FERRY_IMAGE_REPO`, `FERRY_IMAGE_TAG`; `ferry.dev` and `dev`).
+fn local_repo_and_tag() -> (String, String) {
+    (
+        std::env::var("FERRY_IMAGE_REPO").unwrap_or_else(|_| "ferry.dev".into()),
+        std::env::var("FERRY_IMAGE_TAG").unwrap_or_else(|_| "dev".into()),
+    )
+}
+
+/// "Cassandra 4.1.10 on the source, 5.0.9 on the target" (`?`: not read).
+fn release_versions_line(source: Option<&str>, target: Option<&str>) -> String {
+    format!(
+        "Cassandra {} on the source, {} on the target",
+        source.unwrap_or("?"),
+        target.unwrap_or("?")
+    )
 }
 
 /// A failure injected during the run; the migration must still end `Ready`
@@ -455,11 +482,11 @@ impl Outcome {
             "migration Ready {:.0}s after kubectl apply ({:.0}s in all, clusters included)\n",
             self.seconds_to_ready, self.seconds_total
         ));
-        out.push_str(&format!(
-            "Cassandra {} on the source, {} on the target\n",
-            self.source_release_version.as_deref().unwrap_or("?"),
-            self.target_release_version.as_deref().unwrap_or("?")
+        out.push_str(&release_versions_line(
+            self.source_release_version.as_deref(),
+            self.target_release_version.as_deref(),
         ));
+        out.push('\n');
         for (i, (phase, at)) in self.phases.iter().enumerate() {
             let took = self
                 .phases
@@ -644,10 +671,9 @@ impl Run<'_> {
         };
         let source_release_version = self.release_version(&source_pod).await;
         let target_release_version = self.release_version("cassandra-target-0").await;
-        self.say(format!(
-            "Cassandra {} on the source, {} on the target",
-            source_release_version.as_deref().unwrap_or("?"),
-            target_release_version.as_deref().unwrap_or("?")
+        self.say(release_versions_line(
+            source_release_version.as_deref(),
+            target_release_version.as_deref(),
         ));
 
         // The target starts empty: the operator copies the schema before

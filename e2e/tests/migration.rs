@@ -178,15 +178,11 @@ async fn a_cass_operator_shaped_source_migrates_with_every_write_on_the_target()
 #[ignore = "about 20 minutes; run by make e2e"]
 async fn a_cassandra_4_1_source_migrates_to_a_5_0_target() {
     prepare_with(&["cassandra-4.1"]);
-    let mut images = Images::local();
-    let tag = std::env::var("FERRY_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
-    let repo = std::env::var("FERRY_IMAGE_REPO").unwrap_or_else(|_| "ferry.dev".into());
-    images.source_cassandra = Some(format!("{repo}/cassandra:4.1-{tag}"));
     let outcome = migrate_with(
         "ferry-mig-41",
         Vec::new(),
         SourceLayout::OneStatefulSet,
-        images,
+        Images::local_with_4_1_source(),
     )
     .await;
     let (source, target) = (

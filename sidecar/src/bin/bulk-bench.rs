@@ -7,7 +7,7 @@
 //! 92 bytes a row, the same basis for all three phases) and the peak RSS of
 //! the backfill and validate processes (measured with /usr/bin/time).
 //! The source's baseline is a plain token-range scan of the same rows by the
-//! driver alone, split as the Jobs split it, once for the values and once
+//! driver alone, over the ranges the Jobs use, once for the values and once
 //! with each cell's WRITETIME and TTL (what the backfill reads); the last
 //! line per size gives issue 16's aims as ratios of CPU per row.
 //!
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+use ferry_sidecar::bulk::ring;
 use ferry_sidecar::procstat::{machine_busy_seconds, process_cpu_seconds};
 use futures::StreamExt;
 use scylla::client::session::Session;
@@ -179,11 +180,23 @@ enum ScanKind {
     WithStamps,
 }
 
+/// Counts the rows of a range scan, deserialised as `R` and dropped.
+async fn count_rows<R>(pager: scylla::client::pager::QueryPager) -> anyhow::Result<u64>
+where
+    R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+{
+    use futures::TryStreamExt;
+    Ok(pager
+        .rows_stream::<R>()?
+        .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+        .await?)
+}
+
 /// The baseline of the source's cost per row: the driver alone reading
-/// `table` range by range, as the backfill and the validation split it
-/// (`splits` equal token ranges, `concurrency` at once, `page_size` rows a
-/// page, rows deserialised and dropped). Returns the rows read and the
-/// seconds it took.
+/// `table` range by range, with the ranges the backfill and the validation
+/// use (`ring::ranges_of`: the vnode ranges subdivided to `splits`),
+/// `concurrency` at once, `page_size` rows a page, rows deserialised and
+/// dropped. Returns the rows read and the seconds it took.
 async fn plain_scan(
     session: Arc<Session>,
     table: &str,
@@ -192,7 +205,6 @@ async fn plain_scan(
     concurrency: usize,
     page_size: i32,
 ) -> anyhow::Result<(u64, f64)> {
-    use futures::TryStreamExt;
     let columns = match kind {
         ScanKind::Values => "k, c, v1, v2, v3".to_owned(),
         ScanKind::WithStamps => ["v1", "v2", "v3"]
@@ -207,53 +219,38 @@ async fn plain_scan(
         .await?;
     select.set_page_size(page_size);
     select.set_is_idempotent(true);
-    // `splits` equal slices of the Murmur3 ring (-2^63, 2^63 - 1].
-    let width = (u64::MAX / splits) as i128;
-    let bounds: Vec<(i64, i64)> = (0..splits)
-        .map(|i| {
-            let lo = i64::MIN as i128 + width * i as i128;
-            let hi = if i + 1 == splits {
-                i64::MAX as i128
-            } else {
-                lo + width
-            };
-            (lo as i64, hi as i64)
-        })
-        .collect();
+    let ranges = ring::ranges_of(&session, splits as usize);
     let start = Instant::now();
-    let counts: Vec<anyhow::Result<u64>> = futures::stream::iter(bounds)
+    let counts: Vec<anyhow::Result<u64>> = futures::stream::iter(ranges)
         .map(|range| {
             let (session, select) = (session.clone(), select.clone());
             async move {
-                let pager = session.execute_iter(select, range).await?;
-                let rows =
-                    match kind {
-                        ScanKind::Values => pager
-                            .rows_stream::<(i64, i32, Option<String>, Option<i64>, Option<f64>)>()?
-                            .try_fold(0u64, |n, _| async move { Ok(n + 1) })
-                            .await?,
-                        ScanKind::WithStamps => {
-                            // Value, WRITETIME, TTL of v1, v2, v3 (one column each).
-                            type Row = (
-                                i64,
-                                i32,
-                                Option<String>,
-                                Option<i64>,
-                                Option<i32>,
-                                Option<i64>,
-                                Option<i64>,
-                                Option<i32>,
-                                Option<f64>,
-                                Option<i64>,
-                                Option<i32>,
-                            );
-                            pager
-                                .rows_stream::<Row>()?
-                                .try_fold(0u64, |n, _| async move { Ok(n + 1) })
-                                .await?
-                        }
-                    };
-                Ok(rows)
+                let pager = session
+                    .execute_iter(select, (range.start, range.end))
+                    .await?;
+                match kind {
+                    ScanKind::Values => {
+                        count_rows::<(i64, i32, Option<String>, Option<i64>, Option<f64>)>(pager)
+                            .await
+                    }
+                    // Value, WRITETIME, TTL of v1, v2, v3 (one column each).
+                    ScanKind::WithStamps => {
+                        count_rows::<(
+                            i64,
+                            i32,
+                            Option<String>,
+                            Option<i64>,
+                            Option<i32>,
+                            Option<i64>,
+                            Option<i64>,
+                            Option<i32>,
+                            Option<f64>,
+                            Option<i64>,
+                            Option<i32>,
+                        )>(pager)
+                        .await
+                    }
+                }
             }
         })
         .buffer_unordered(concurrency)

@@ -231,6 +231,10 @@ pub struct AppTally {
     pub failed_ids: Vec<u64>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The first failed requests, each with every node the driver tried and
+    /// what it answered, and the nodes the driver knew when it gave up.
+    #[serde(default)]
+    pub failure_traces: Vec<Value>,
     /// Ledger operations issued, acknowledged, and of unknown outcome
     /// (failed or timed out; `crate::ledger`).
     #[serde(default)]
@@ -410,6 +414,9 @@ impl Outcome {
                 "the application saw {} failed writes and {} failed reads at QUORUM (last error: {:?})",
                 self.app.write_failures, self.app.read_failures, self.app.last_error
             ));
+            for trace in self.app.failure_traces.iter().take(5) {
+                problems.push(format!("  a failed request: {trace}"));
+            }
         }
         if self.app.read_missing > 0 {
             problems.push(format!(

@@ -6,19 +6,118 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// utime + stime of process `pid` (this process when `None`), in seconds.
 pub fn process_cpu_seconds(pid: Option<u32>) -> f64 {
-    let path = pid.map_or("/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the ")" that closes the command name; utime and stime
-    // are fields 14 and 15 of the whole line.
-    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / TICKS_PER_SECOND
+    let c = ProcessCounters::read(pid);
+    c.user_seconds + c.system_seconds
+}
+
+/// Where a process's CPU time goes, as counters that only grow: the
+/// difference of two readings, divided by the requests served between them,
+/// says what one request costs in user time, kernel time, read and write
+/// system calls, and sleeps (each voluntary context switch is the process
+/// waiting for I/O and being woken again: a wake-up).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessCounters {
+    pub user_seconds: f64,
+    pub system_seconds: f64,
+    /// `syscr` of `/proc/<pid>/io`: read-like system calls (read, recvmsg…).
+    pub read_calls: f64,
+    /// `syscw`: write-like system calls (write, sendmsg, writev…).
+    pub write_calls: f64,
+    /// `voluntary_ctxt_switches` of `/proc/<pid>/status`, summed over the
+    /// process's threads.
+    pub sleeps: f64,
+}
+
+impl ProcessCounters {
+    /// Reads process `pid` (this process when `None`); a counter `/proc`
+    /// does not give (another user's `io`, say) reads as zero.
+    pub fn read(pid: Option<u32>) -> Self {
+        let dir = pid.map_or("/proc/self".to_owned(), |p| format!("/proc/{p}"));
+        let stat = std::fs::read_to_string(format!("{dir}/stat")).unwrap_or_default();
+        // Fields after the ")" that closes the command name; utime and
+        // stime are fields 14 and 15 of the whole line.
+        let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let io = std::fs::read_to_string(format!("{dir}/io")).unwrap_or_default();
+        // The process's threads each count their own switches; the
+        // process's `status` gives only the main thread's.
+        let sleeps = std::fs::read_dir(format!("{dir}/task"))
+            .map(|tasks| {
+                tasks
+                    .filter_map(Result::ok)
+                    .map(|t| {
+                        let status =
+                            std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                        field_of(&status, "voluntary_ctxt_switches:")
+                    })
+                    .sum()
+            })
+            .unwrap_or(0.0);
+        Self {
+            user_seconds: ticks(11) / TICKS_PER_SECOND,
+            system_seconds: ticks(12) / TICKS_PER_SECOND,
+            read_calls: field_of(&io, "syscr:"),
+            write_calls: field_of(&io, "syscw:"),
+            sleeps,
+        }
+    }
+
+    /// What each of `requests` cost between `earlier` and `self`.
+    pub fn per_request_since(&self, earlier: &Self, requests: u64) -> PerRequest {
+        let n = requests.max(1) as f64;
+        PerRequest {
+            user_us: (self.user_seconds - earlier.user_seconds) * 1e6 / n,
+            system_us: (self.system_seconds - earlier.system_seconds) * 1e6 / n,
+            read_calls: (self.read_calls - earlier.read_calls) / n,
+            write_calls: (self.write_calls - earlier.write_calls) / n,
+            sleeps: (self.sleeps - earlier.sleeps) / n,
+        }
+    }
+}
+
+/// One request's share of a process's counters ([`ProcessCounters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerRequest {
+    pub user_us: f64,
+    pub system_us: f64,
+    pub read_calls: f64,
+    pub write_calls: f64,
+    pub sleeps: f64,
+}
+
+impl PerRequest {
+    pub fn cpu_us(&self) -> f64 {
+        self.user_us + self.system_us
+    }
+}
+
+impl std::fmt::Display for PerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} us CPU ({:.1} user, {:.1} kernel), {:.2} reads, {:.2} writes, {:.2} wake-ups",
+            self.cpu_us(),
+            self.user_us,
+            self.system_us,
+            self.read_calls,
+            self.write_calls,
+            self.sleeps
+        )
+    }
+}
+
+/// The number after `key` on its line of a `/proc` file (0 when absent).
+fn field_of(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Resident memory of process `pid`, in MiB.
@@ -73,5 +172,20 @@ mod tests {
         assert!(process_cpu_seconds(None) > 0.0);
         assert!(process_rss_mib(std::process::id()) > 0.0);
         assert!(machine_busy_seconds() > 0.0);
+    }
+
+    #[test]
+    fn system_calls_and_sleeps_of_this_process_are_counted() {
+        let before = ProcessCounters::read(None);
+        // Ten reads of a file and ten sleeps: each must show in the counters.
+        for _ in 0..10 {
+            let _ = std::fs::read_to_string("/proc/self/stat");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let after = ProcessCounters::read(None);
+        let per = after.per_request_since(&before, 10);
+        assert!(per.read_calls >= 1.0, "{per}");
+        assert!(per.sleeps >= 1.0, "{per}");
+        assert!(per.cpu_us() >= 0.0, "{per}");
     }
 }

@@ -19,6 +19,7 @@
 //! last line is the final tally after SIGTERM/SIGINT or `--duration-secs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +30,8 @@ use ferry_e2e::ledger::{self, Key, Op, ReadCell, ReadRow, Table, Val};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{DbError, RequestAttemptError};
+use scylla::errors::{DbError, RequestAttemptError, RequestError};
+use scylla::observability::history::{AttemptId, HistoryListener, RequestId, SpeculativeId};
 use scylla::policies::retry::{
     DefaultRetrySession, RequestInfo, RetryDecision, RetryPolicy, RetrySession,
 };
@@ -129,8 +131,126 @@ struct Counters {
     /// node restart can take seconds): reading one back proves nothing.
     pending_ids: Mutex<BTreeSet<u64>>,
     last_error: Mutex<Option<String>>,
+    /// What the driver tried for each failed request (the first
+    /// [`MAX_FAILURES_TRACED`]), and the nodes it knew when it gave up.
+    failure_traces: Mutex<Vec<serde_json::Value>>,
     ledger: LedgerCounters,
     schedule: ledger::Schedule,
+}
+
+/// How many failed requests the tally describes attempt by attempt.
+const MAX_FAILURES_TRACED: usize = 20;
+
+/// Records every attempt of one request, so that a request the driver gives
+/// up on can say which nodes it tried and what each answered. The driver's
+/// error names only its last step, which after a node restart is often a
+/// node whose address is gone ("No connections in the pool"), hiding the
+/// answers of the live nodes tried before it. Attempts the driver skipped
+/// because a node had no connection are not attempts, so they are not here:
+/// the known nodes listed beside the trail show those.
+#[derive(Debug)]
+struct AttemptTrail {
+    started: Instant,
+    attempts: Mutex<Vec<(SocketAddr, Option<String>)>>,
+}
+
+impl AttemptTrail {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            attempts: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// One line per attempt: the node, when it started, and its error.
+    fn lines(&self) -> Vec<String> {
+        self.attempts
+            .lock()
+            .map(|a| {
+                a.iter()
+                    .map(|(node, error)| match error {
+                        Some(e) => format!("{node}: {e}"),
+                        None => format!("{node}: no answer yet"),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl HistoryListener for AttemptTrail {
+    fn log_request_start(&self) -> RequestId {
+        RequestId(0)
+    }
+    fn log_request_success(&self, _: RequestId) {}
+    fn log_request_error(&self, _: RequestId, _: &RequestError) {}
+    fn log_new_speculative_fiber(&self, _: RequestId) -> SpeculativeId {
+        SpeculativeId(0)
+    }
+    fn log_attempt_start(
+        &self,
+        _: RequestId,
+        _: Option<SpeculativeId>,
+        node: SocketAddr,
+    ) -> AttemptId {
+        let mut attempts = match self.attempts.lock() {
+            Ok(a) => a,
+            Err(_) => return AttemptId(usize::MAX),
+        };
+        attempts.push((node, None));
+        AttemptId(attempts.len() - 1)
+    }
+    fn log_attempt_success(&self, _: AttemptId) {}
+    fn log_attempt_error(
+        &self,
+        id: AttemptId,
+        error: &RequestAttemptError,
+        decision: &RetryDecision,
+    ) {
+        let at = self.started.elapsed().as_millis();
+        if let Ok(mut attempts) = self.attempts.lock() {
+            if let Some((_, slot)) = attempts.get_mut(id.0) {
+                *slot = Some(format!("{error} (after {at} ms; then {decision:?})"));
+            }
+        }
+    }
+}
+
+/// Describes a failed request: its id, the wall-clock time, every attempt,
+/// the driver's final error, and each node the driver knew then (address,
+/// host id, whether it had a connection).
+fn failure_trace(
+    what: &str,
+    id: u64,
+    trail: &AttemptTrail,
+    error: &str,
+    session: &Session,
+) -> serde_json::Value {
+    let nodes: Vec<String> = session
+        .get_cluster_state()
+        .get_nodes_info()
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} {}",
+                n.address,
+                n.host_id,
+                if n.is_connected() {
+                    "connected"
+                } else {
+                    "not connected"
+                }
+            )
+        })
+        .collect();
+    json!({
+        "what": what,
+        "id": id,
+        "atUnixMs": now_millis().0,
+        "attempts": trail.lines(),
+        "error": error,
+        "knownNodes": nodes,
+    })
 }
 
 /// The outcome of each ledger operation, by number.
@@ -184,6 +304,17 @@ impl LedgerCounters {
 }
 
 impl Counters {
+    /// Keeps a failed request's trace (the first [`MAX_FAILURES_TRACED`]) and
+    /// prints it to stderr at once, so a run that is killed still shows it.
+    fn trace_failure(&self, trace: serde_json::Value) {
+        eprintln!("{trace}");
+        if let Ok(mut t) = self.failure_traces.lock() {
+            if t.len() < MAX_FAILURES_TRACED {
+                t.push(trace);
+            }
+        }
+    }
+
     fn report(&self, started: Instant, last: bool) -> String {
         let failed: Vec<u64> = self
             .failed_ids
@@ -203,6 +334,7 @@ impl Counters {
             "readMissing": self.read_missing.load(Ordering::SeqCst),
             "failedIds": failed,
             "lastError": self.last_error.lock().ok().and_then(|e| e.clone()),
+            "failureTraces": self.failure_traces.lock().map(|t| t.clone()).unwrap_or_default(),
             "ledgerOps": l.issued.load(Ordering::SeqCst),
             "ledgerLwt": self.schedule.lwt,
             "ledgerAcked": l.acked.load(Ordering::SeqCst),
@@ -906,6 +1038,9 @@ async fn main() -> anyhow::Result<()> {
             p.insert(id);
         }
         inflight.spawn(async move {
+            let trail = AttemptTrail::new();
+            let mut insert = insert;
+            insert.set_history_listener(trail.clone());
             let written = session
                 .execute_unpaged(&insert, (id as i64, format!("event-{id}"), now_millis()))
                 .await;
@@ -921,6 +1056,13 @@ async fn main() -> anyhow::Result<()> {
                     if let Ok(mut f) = counters.failed_ids.lock() {
                         f.insert(id);
                     }
+                    counters.trace_failure(failure_trace(
+                        "write",
+                        id,
+                        &trail,
+                        &e.to_string(),
+                        &session,
+                    ));
                     if let Ok(mut l) = counters.last_error.lock() {
                         *l = Some(e.to_string());
                     }
@@ -936,6 +1078,9 @@ async fn main() -> anyhow::Result<()> {
                     .lock()
                     .map(|p| p.contains(&earlier))
                     .unwrap_or(false);
+                let trail = AttemptTrail::new();
+                let mut select = select;
+                select.set_history_listener(trail.clone());
                 match session.execute_unpaged(&select, (earlier as i64,)).await {
                     Ok(r) => {
                         let found = r
@@ -953,6 +1098,13 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Err(e) => {
                         counters.read_failures.fetch_add(1, Ordering::SeqCst);
+                        counters.trace_failure(failure_trace(
+                            "read",
+                            earlier,
+                            &trail,
+                            &e.to_string(),
+                            &session,
+                        ));
                         if let Ok(mut l) = counters.last_error.lock() {
                             *l = Some(e.to_string());
                         }

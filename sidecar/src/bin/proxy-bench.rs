@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use ferry_sidecar::procstat::{process_cpu_seconds, process_rss_mib};
+use ferry_sidecar::procstat::{process_rss_mib, PerRequest, ProcessCounters};
 use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -475,6 +475,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut dual50, mut dual99, mut dual_added99) = (vec![], vec![], vec![]);
     let (mut d_tput, mut p_tput, mut ratio, mut cpu_us) = (vec![], vec![], vec![], vec![]);
     let mut open_cpu_us = vec![];
+    let (mut closed_costs, mut open_costs): (Vec<PerRequest>, Vec<PerRequest>) = (vec![], vec![]);
     let (mut d50, mut d99, mut p50, mut p99, mut added99) =
         (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..args.rounds {
@@ -485,22 +486,26 @@ async fn main() -> anyhow::Result<()> {
             }
             None => None,
         };
-        let cpu0 = process_cpu_seconds(Some(pid));
+        let cpu0 = ProcessCounters::read(Some(pid));
         let p = closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds).await;
-        let cpu1 = process_cpu_seconds(Some(pid));
-        let per_req = (cpu1 - cpu0) * 1e6 / p.requests.max(1) as f64;
+        let closed_cost = ProcessCounters::read(Some(pid)).per_request_since(&cpu0, p.requests);
+        let per_req = closed_cost.cpu_us();
+        println!(
+            "round {round}: closed loop c={}: proxy per request: {closed_cost}",
+            args.concurrency
+        );
+        closed_costs.push(closed_cost);
         // Half of the saturation of the same work: with mirroring, that of
         // the client's own dual write (the target's writes share this box).
         let half = dd.map_or(d.ops_per_sec, |x| x.ops_per_sec.min(d.ops_per_sec))
             * args.open_fraction.clamp(0.01, 1.0);
         let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
-        let cpu2 = process_cpu_seconds(Some(pid));
+        let cpu2 = ProcessCounters::read(Some(pid));
         let pl = open_loop(proxied.clone(), wp.clone(), half, args.seconds).await;
-        let cpu3 = process_cpu_seconds(Some(pid));
-        let open_per_req = (cpu3 - cpu2) * 1e6 / pl.requests.max(1) as f64;
-        println!(
-            "round {round}: open loop at {half:.0} ops/s: proxy CPU {open_per_req:.1} us/request"
-        );
+        let open_cost = ProcessCounters::read(Some(pid)).per_request_since(&cpu2, pl.requests);
+        let open_per_req = open_cost.cpu_us();
+        println!("round {round}: open loop at {half:.0} ops/s: proxy per request: {open_cost}");
+        open_costs.push(open_cost);
         open_cpu_us.push(open_per_req);
         let ddl = match &wdual {
             Some(w) => Some(open_loop(direct.clone(), w.clone(), half, args.seconds).await),
@@ -601,6 +606,26 @@ async fn main() -> anyhow::Result<()> {
         args.open_fraction * 100.0,
         median(open_cpu_us)
     );
+    for (loop_kind, costs) in [
+        (
+            format!("closed loop, {} in flight", args.concurrency),
+            &closed_costs,
+        ),
+        (
+            format!("open loop at {:.0} %", args.open_fraction * 100.0),
+            &open_costs,
+        ),
+    ] {
+        let of = |f: fn(&PerRequest) -> f64| median(costs.iter().map(f).collect());
+        println!(
+            "| proxy per request, {loop_kind}: user / kernel CPU, read / write system calls, wake-ups | | {:.1} / {:.1} us, {:.2} / {:.2}, {:.2} |",
+            of(|c| c.user_us),
+            of(|c| c.system_us),
+            of(|c| c.read_calls),
+            of(|c| c.write_calls),
+            of(|c| c.sleeps),
+        );
+    }
     println!(
         "| proxy RSS with {} driver connections | | {:.1} MiB |",
         args.rss_connections, rss

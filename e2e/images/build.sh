@@ -2,7 +2,7 @@
 # Builds Ferry's container images as OCI archives, without Docker, and imports
 # them into the local node's containerd (namespace k8s.io) when it runs.
 #
-#   build.sh [--no-import] [--e2e-bin] [pause|cassandra|cassandra-4.1|operator|sidecar|loadgen|redirect|all]...
+#   build.sh [--no-import] [--e2e-bin] [pause|cassandra|cassandra-4.1|cassandra-3.11|operator|sidecar|loadgen|redirect|all]...
 #   build.sh --cached    import every cached archive containerd lacks; no build
 #
 # --e2e-bin also prints the path of the ferry-e2e driver, built with the
@@ -16,6 +16,12 @@
 #                         $FERRY_OLDER_CASSANDRA_VERSION (4.1.10) on the Java 11
 #                         runtime the test bed takes from PyPI, for the
 #                         cross-version migration; not in `all`
+#   ferry.dev/cassandra:3.11-$TAG (name cassandra-3.11) Cassandra
+#                         $FERRY_OLDEST_CASSANDRA_VERSION (3.11.19) on Debian's
+#                         OpenJDK 8 (3.11 runs on 8 only), its root of Debian
+#                         packages from the `sid` suite (the only suite left
+#                         with OpenJDK 8): libc6 and the JRE's few libraries;
+#                         not in `all`
 #   ferry.dev/ferry-operator, ferry.dev/ferry-sidecar, ferry.dev/ferry-loadgen
 #                         static musl binaries on an empty root, uid 65532
 #   ferry.dev/ferry-redirect  busybox sh + Debian's iptables, for the proxy's
@@ -104,6 +110,45 @@ jre() {
   echo "$dir"
 }
 
+# java8_root: a root with Debian's OpenJDK 8 JRE and the C libraries it
+# links, unpacked from `sid` packages (Debian 12 has no Java 8; `sid` still
+# builds it). `apt-get download` with a private source list and state, so the
+# machine's own apt setup is untouched; unpacked with `dpkg -x` (no
+# maintainer scripts run: the JRE needs none to start). Cached by the
+# packages' file names, which carry their versions.
+JAVA8_PACKAGES=(libc6 libgcc-s1 libstdc++6 zlib1g openjdk-8-jre-headless)
+java8_root() {
+  local apt=$OUT/apt-sid debs key dir
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/sources" "$apt/debs"
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    >"$apt/sources/sid.sources"
+  local opts=(-o Dir::Etc::sourcelist=/dev/null -o "Dir::Etc::sourceparts=$apt/sources"
+    -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Dir::State::status=/dev/null
+    -o APT::Sandbox::User=root)
+  if ! ls "$apt"/debs/openjdk-8-jre-headless_*.deb >/dev/null 2>&1; then
+    log "downloading OpenJDK 8 and its C libraries from Debian sid: ${JAVA8_PACKAGES[*]}"
+    apt-get -q "${opts[@]}" update >&2 || die "apt-get update of Debian sid failed"
+    (cd "$apt/debs" && apt-get -q "${opts[@]}" download "${JAVA8_PACKAGES[@]}" >&2) ||
+      die "downloading ${JAVA8_PACKAGES[*]} from Debian sid failed"
+  fi
+  debs=$(cd "$apt/debs" && ls ./*.deb)
+  key=$(echo "$debs" | sha256sum | cut -c1-12)
+  dir=$OUT/java8-root-$key
+  if [ ! -x "$dir/usr/lib/jvm/java-8-openjdk-amd64/jre/bin/java" ]; then
+    rm -rf "$dir" "$dir.tmp"
+    mkdir -p "$dir.tmp"
+    local d
+    for d in "$apt"/debs/*.deb; do dpkg -x "$d" "$dir.tmp"; done
+    # The merged /usr of current Debian: base-files makes these links.
+    ln -s usr/lib "$dir.tmp/lib"
+    ln -s usr/lib64 "$dir.tmp/lib64"
+    # Documentation and the JRE's man pages are not needed in an image.
+    rm -rf "$dir.tmp/usr/share/doc" "$dir.tmp/usr/share/man" "$dir.tmp/usr/share/lintian"
+    mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+
 # copy_libs ROOT ELF...: copies the shared libraries the ELF files need (as
 # ldd resolves them on this machine, Debian 12) into ROOT at the same paths.
 copy_libs() {
@@ -115,26 +160,35 @@ copy_libs() {
   done
 }
 
-# build_cassandra [4.1]: the image of Cassandra $CASSANDRA_VERSION on the
-# jlink'ed Java 17, or with "4.1" of $FERRY_OLDER_CASSANDRA_VERSION on the Java
-# 11 runtime from PyPI (4.1 does not run on 17). That runtime lacks
+# build_cassandra [4.1|3.11]: the image of Cassandra $CASSANDRA_VERSION on
+# the jlink'ed Java 17; with "4.1" of $FERRY_OLDER_CASSANDRA_VERSION on the
+# Java 11 runtime from PyPI (4.1 does not run on 17). That runtime lacks
 # jdk.naming.rmi, which nodetool's JMX client needs, so the 4.1 image also
-# carries the Java 17 runtime for nodetool alone (/opt/java-tools).
+# carries the Java 17 runtime for nodetool alone (/opt/java-tools). With
+# "3.11", of $FERRY_OLDEST_CASSANDRA_VERSION on a root of Debian sid's
+# OpenJDK 8 and C libraries (java8_root), its own yaml and JVM options.
 build_cassandra() {
   local flavour=${1:-} key archive lib base jars conf jre_dir tools_jre='' uid=999 name=cassandra
+  local java8='' yaml=cassandra.yaml.in jvm_options=jvm17.options
   if [ "$flavour" = 4.1 ]; then
     export CASSANDRA_VERSION=${FERRY_OLDER_CASSANDRA_VERSION:-4.1.10}
     name=cassandra41
     jre_dir=$("$FERRY_ROOT/e2e/testbed/cassandra/cassandra.sh" java)
     jre_dir=${jre_dir%/bin/java}
+  elif [ "$flavour" = 3.11 ]; then
+    export CASSANDRA_VERSION=${FERRY_OLDEST_CASSANDRA_VERSION:-3.11.19}
+    name=cassandra311
+    java8=$(java8_root)
+    yaml=cassandra-3.11.yaml.in jvm_options=jvm8.options
   fi
   "$FERRY_ROOT/e2e/testbed/cassandra/cassandra.sh" fetch >&2
   lib=$FERRY_CACHE/cassandra-$CASSANDRA_VERSION/lib
-  key=$(hash_inputs "$images_dir/cassandra" "$lib" "$JDK/release" /bin/busybox ${jre_dir:+"$jre_dir/release"})
+  key=$(hash_inputs "$images_dir/cassandra" "$lib" "$JDK/release" /bin/busybox ${jre_dir:+"$jre_dir/release"} \
+    ${java8:+"$java8/usr/lib/jvm/java-8-openjdk-amd64/jre/release"})
   archive=$OUT/$name-$key.tar
   if [ -s "$archive" ]; then echo "$archive"; return 0; fi
   log "building image $REPO/$(cassandra_ref "$flavour") (Cassandra $CASSANDRA_VERSION)"
-  if [ -n "${jre_dir:-}" ]; then tools_jre=$(jre); else jre_dir=$(jre); fi
+  if [ -n "$java8" ]; then :; elif [ -n "${jre_dir:-}" ]; then tools_jre=$(jre); else jre_dir=$(jre); fi
   # Layer 1: busybox, the C libraries, the Java runtime, a cassandra user.
   base=$(staging cassandra-base)
   base_files "$base" "$uid" cassandra
@@ -144,16 +198,23 @@ build_cassandra() {
   /bin/busybox --list | while read -r applet; do
     [ -e "$base/bin/$applet" ] || ln -s busybox "$base/bin/$applet"
   done
-  cp -a "$jre_dir" "$base/opt/java"
-  [ -z "$tools_jre" ] || cp -a "$tools_jre" "$base/opt/java-tools"
-  # shellcheck disable=SC2046 # one word per file
-  copy_libs "$base" $(find "$base/opt" -type f \( -name '*.so' -o -perm -u+x \) )
-  # Native code unpacked from jars at run time (netty epoll, JNA, zstd, lz4,
-  # snappy) links against these without the JRE needing them.
-  local l
-  for l in libdl.so.2 libpthread.so.0 librt.so.1 libm.so.6 libresolv.so.2 libgcc_s.so.1 libstdc++.so.6 libz.so.1; do
-    [ -e "$base/lib/x86_64-linux-gnu/$l" ] || cp -L "/lib/x86_64-linux-gnu/$l" "$base/lib/x86_64-linux-gnu/$l"
-  done
+  if [ -n "$java8" ]; then
+    # The sid root brings its own C libraries (newer than this host's), so
+    # nothing is copied from the host but busybox, which is static.
+    cp -a "$java8/." "$base/"
+    ln -s /usr/lib/jvm/java-8-openjdk-amd64/jre "$base/opt/java"
+  else
+    cp -a "$jre_dir" "$base/opt/java"
+    [ -z "$tools_jre" ] || cp -a "$tools_jre" "$base/opt/java-tools"
+    # shellcheck disable=SC2046 # one word per file
+    copy_libs "$base" $(find "$base/opt" -type f \( -name '*.so' -o -perm -u+x \) )
+    # Native code unpacked from jars at run time (netty epoll, JNA, zstd, lz4,
+    # snappy) links against these without the JRE needing them.
+    local l
+    for l in libdl.so.2 libpthread.so.0 librt.so.1 libm.so.6 libresolv.so.2 libgcc_s.so.1 libstdc++.so.6 libz.so.1; do
+      [ -e "$base/lib/x86_64-linux-gnu/$l" ] || cp -L "/lib/x86_64-linux-gnu/$l" "$base/lib/x86_64-linux-gnu/$l"
+    done
+  fi
   # Layer 2: the jars Maven resolved. Layer 3: entrypoint and configuration.
   jars=$(staging cassandra-jars)
   mkdir -p "$jars/opt/cassandra/lib"
@@ -161,8 +222,9 @@ build_cassandra() {
   conf=$(staging cassandra-conf)
   mkdir -p "$conf/opt/cassandra/bin" "$conf/opt/cassandra/conf" "$conf/var/lib/cassandra"
   cp "$images_dir/cassandra/entrypoint.sh" "$images_dir/cassandra/nodetool" "$conf/opt/cassandra/bin/"
-  cp "$images_dir/cassandra/cassandra.yaml.in" "$images_dir/cassandra/logback.xml" \
-    "$images_dir/cassandra/logback-tools.xml" "$images_dir/cassandra/jvm17.options" "$conf/opt/cassandra/conf/"
+  cp "$images_dir/cassandra/logback.xml" "$images_dir/cassandra/logback-tools.xml" "$conf/opt/cassandra/conf/"
+  cp "$images_dir/cassandra/$yaml" "$conf/opt/cassandra/conf/cassandra.yaml.in"
+  cp "$images_dir/cassandra/$jvm_options" "$conf/opt/cassandra/conf/jvm.options"
   chmod 755 "$conf/opt/cassandra/bin/"*
   chown "$uid:$uid" "$conf/var/lib/cassandra"
   # Root by default, as the official image: the entrypoint drops to $uid.
@@ -179,9 +241,9 @@ build_cassandra() {
   echo "$archive"
 }
 
-# cassandra_ref [4.1]: the image's name and tag, without the repository.
+# cassandra_ref [4.1|3.11]: the image's name and tag, without the repository.
 cassandra_ref() {
-  if [ "${1:-}" = 4.1 ]; then echo "cassandra:4.1-$TAG"; else echo "cassandra:$TAG"; fi
+  if [ -n "${1:-}" ]; then echo "cassandra:$1-$TAG"; else echo "cassandra:$TAG"; fi
 }
 
 # --- operator and sidecar ----------------------------------------------------
@@ -319,8 +381,8 @@ for a in "$@"; do
     --no-import) do_import=0 ;;
     --e2e-bin) print_e2e=1 ;;
     all) names+=(pause cassandra operator sidecar loadgen redirect) ;;
-    pause | cassandra | cassandra-4.1 | operator | sidecar | loadgen | redirect) names+=("$a") ;;
-    *) die "usage: $0 [--no-import] [--e2e-bin] [pause|cassandra|cassandra-4.1|operator|sidecar|loadgen|redirect|all]... | --cached" ;;
+    pause | cassandra | cassandra-4.1 | cassandra-3.11 | operator | sidecar | loadgen | redirect) names+=("$a") ;;
+    *) die "usage: $0 [--no-import] [--e2e-bin] [pause|cassandra|cassandra-4.1|cassandra-3.11|operator|sidecar|loadgen|redirect|all]... | --cached" ;;
   esac
 done
 [ ${#names[@]} -eq 0 ] && [ "$print_e2e" = 0 ] && names=(pause cassandra operator sidecar loadgen redirect)
@@ -333,6 +395,7 @@ for name in "${names[@]}"; do
     pause) archive=$(locked "$name" build_pause); ref=$REPO/pause:$TAG ;;
     cassandra) archive=$(locked "$name" build_cassandra); ref=$REPO/$(cassandra_ref) ;;
     cassandra-4.1) archive=$(locked "$name" build_cassandra 4.1); ref=$REPO/$(cassandra_ref 4.1) ;;
+    cassandra-3.11) archive=$(locked "$name" build_cassandra 3.11); ref=$REPO/$(cassandra_ref 3.11) ;;
     operator | sidecar | loadgen) archive=$(locked "$name" build_rust "$name"); ref=$REPO/ferry-$name:$TAG ;;
     redirect) archive=$(locked "$name" build_redirect); ref=$REPO/ferry-redirect:$TAG ;;
   esac

@@ -91,12 +91,13 @@ impl Images {
         }
     }
 
-    /// [`Images::local`] with the source on `e2e/images/build.sh
-    /// cassandra-4.1`'s Cassandra 4.1 image.
-    pub fn local_with_4_1_source() -> Self {
+    /// [`Images::local`] with the source on an older Cassandra: `series`
+    /// `4.1` or `3.11`, the images `e2e/images/build.sh cassandra-4.1` and
+    /// `cassandra-3.11` build.
+    pub fn local_with_older_source(series: &str) -> Self {
         let (repo, tag) = local_repo_and_tag();
         Images {
-            source_cassandra: Some(format!("{repo}/cassandra:4.1-{tag}")),
+            source_cassandra: Some(format!("{repo}/cassandra:{series}-{tag}")),
             ..Images::local()
         }
     }

@@ -74,7 +74,7 @@ echo "entrypoint: cluster '${CASSANDRA_CLUSTER_NAME:-Test Cluster}' dc ${CASSAND
 exec java -Xms"$heap" -Xmx"$heap" -Xmn"$newsize" -Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled \
   -XX:MaxTenuringThreshold=1 -XX:+PerfDisableSharedMem -XX:+ExitOnOutOfMemoryError \
   -Djava.net.preferIPv4Stack=true -javaagent:"$(ls $CASSANDRA_HOME/lib/jamm-*.jar | head -1)" \
-  $(cat "$CASSANDRA_HOME/conf/jvm17.options") ${JVM_EXTRA_OPTS:-} \
+  $(cat "$CASSANDRA_HOME/conf/jvm.options") ${JVM_EXTRA_OPTS:-} \
   -Dcassandra-foreground=yes -Dcassandra.config="file://$CONF/cassandra.yaml" \
   -Dcassandra.storagedir=/var/lib/cassandra -Dcassandra.logdir=/var/lib/cassandra/logs \
   -Dlogback.configurationFile="$CONF/logback.xml" -Dcassandra.jmx.local.port=7199 \

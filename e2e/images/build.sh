@@ -144,6 +144,7 @@ java8_root() {
     ln -s usr/lib64 "$dir.tmp/lib64"
     # Documentation and the JRE's man pages are not needed in an image.
     rm -rf "$dir.tmp/usr/share/doc" "$dir.tmp/usr/share/man" "$dir.tmp/usr/share/lintian"
+    echo "$debs" >"$dir.tmp/.ferry-debs" # what went in, for the image's cache key
     mv "$dir.tmp" "$dir"
   fi
   echo "$dir"
@@ -184,7 +185,7 @@ build_cassandra() {
   "$FERRY_ROOT/e2e/testbed/cassandra/cassandra.sh" fetch >&2
   lib=$FERRY_CACHE/cassandra-$CASSANDRA_VERSION/lib
   key=$(hash_inputs "$images_dir/cassandra" "$lib" "$JDK/release" /bin/busybox ${jre_dir:+"$jre_dir/release"} \
-    ${java8:+"$java8/usr/lib/jvm/java-8-openjdk-amd64/jre/release"})
+    ${java8:+"$java8/.ferry-debs"})
   archive=$OUT/$name-$key.tar
   if [ -s "$archive" ]; then echo "$archive"; return 0; fi
   log "building image $REPO/$(cassandra_ref "$flavour") (Cassandra $CASSANDRA_VERSION)"

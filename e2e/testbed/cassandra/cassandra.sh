@@ -89,7 +89,9 @@ fetch() {
   rm -rf "$lib"
   # -q hides the harmless "${jmc5.path}" noise from cassandra-parent; a real
   # resolution failure still fails the command.
-  mvn -B -q -Dstyle.color=never -f "$here/pom.xml" -Dcassandra.version="$CASSANDRA_VERSION" \
+  local thrift=()
+  case $CASSANDRA_VERSION in 3.*) thrift=(-Dcassandra.thrift) ;; esac
+  mvn -B -q -Dstyle.color=never -f "$here/pom.xml" -Dcassandra.version="$CASSANDRA_VERSION" "${thrift[@]}" \
     org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$lib"
   ls "$lib"/cassandra-all-*.jar "$lib"/jamm-*.jar >/dev/null || die "cassandra jars missing in $lib"

@@ -230,6 +230,10 @@ pub struct AppTally {
     pub read_missing: u64,
     #[serde(default)]
     pub failed_ids: Vec<u64>,
+    /// More writes failed than the tally lists: the ids not listed would
+    /// read as acknowledged writes missing, so those are not checked.
+    #[serde(default)]
+    pub failed_ids_truncated: bool,
     #[serde(default)]
     pub last_error: Option<String>,
     /// The first failed requests, each with every node the driver tried and
@@ -448,6 +452,12 @@ impl Outcome {
                     ));
                 }
             }
+        }
+        if self.app.failed_ids_truncated {
+            problems.push(format!(
+                "more writes failed than the tally lists ({} listed): the check of acknowledged ids could not tell them from lost ones",
+                self.app.failed_ids.len()
+            ));
         }
         if self.target_missing > 0 || self.target_checked < self.app.acked {
             problems.push(format!(

@@ -13,7 +13,7 @@
 //! proxy in `e2e/tests/cql_checks.rs`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -206,6 +206,11 @@ pub async fn session(
         builder = builder.tls_context(Some(tls.clone()));
     }
     if reach == Reach::ContactPointsOnly {
+        if let [one] = contact {
+            if let Ok(at) = one.parse::<SocketAddr>() {
+                builder = builder.address_translator(Arc::new(UnspecifiedIsContact(at)));
+            }
+        }
         let only = scylla::policies::host_filter::AllowListHostFilter::new(
             contact.iter().map(String::as_str),
         )
@@ -219,6 +224,34 @@ pub async fn session(
         contact: contact.join(","),
         source: Box::new(source),
     })
+}
+
+/// The address a node that reports itself at `reported` is reached at,
+/// when the session was opened to `contact`: Cassandra 3.x gives its
+/// configured `rpc_address` in `system.local`, which is `0.0.0.0` wherever
+/// the native port listens on every interface (the usual container setup),
+/// and the driver would look for the node there. Such a node is the one the
+/// session connected to; any other address is kept.
+pub fn reachable_address(reported: SocketAddr, contact: SocketAddr) -> SocketAddr {
+    if reported.ip().is_unspecified() {
+        SocketAddr::new(contact.ip(), reported.port())
+    } else {
+        reported
+    }
+}
+
+/// [`reachable_address`] as the driver's address translator, for a session
+/// held to one node.
+struct UnspecifiedIsContact(SocketAddr);
+
+#[async_trait::async_trait]
+impl scylla::policies::address_translator::AddressTranslator for UnspecifiedIsContact {
+    async fn translate_address(
+        &self,
+        peer: &scylla::policies::address_translator::UntranslatedPeer,
+    ) -> Result<SocketAddr, scylla::errors::TranslationError> {
+        Ok(reachable_address(peer.untranslated_address(), self.0))
+    }
 }
 
 /// What one node says, in `system_views.gossip_info`, about one node.
@@ -490,6 +523,21 @@ pub async fn probe_write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Cassandra 3.11 with `rpc_address: 0.0.0.0` says so in `system.local`;
+    /// the ring check's session, held to that one node, found no node to
+    /// ask ("Load balancing policy returned an empty plan") and the roll of
+    /// a 3.11 source waited forever (`a_cassandra_3_11_source_migrates_to_a_5_0_target`).
+    #[test]
+    fn a_node_reporting_the_unspecified_address_is_reached_at_the_contact_point() {
+        let contact: SocketAddr = "10.244.0.25:9042".parse().unwrap();
+        let unspecified: SocketAddr = "0.0.0.0:9042".parse().unwrap();
+        assert_eq!(reachable_address(unspecified, contact), contact);
+        let other: SocketAddr = "10.244.0.26:9042".parse().unwrap();
+        assert_eq!(reachable_address(other, contact), other);
+        let v6: SocketAddr = "[::]:9042".parse().unwrap();
+        assert_eq!(reachable_address(v6, contact), contact);
+    }
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])

@@ -206,19 +206,26 @@ pub async fn session(
         builder = builder.tls_context(Some(tls.clone()));
     }
     if reach == Reach::ContactPointsOnly {
-        if let [one] = contact {
-            if let Ok(at) = one.parse::<SocketAddr>() {
-                builder = builder.address_translator(Arc::new(UnspecifiedIsContact(at)));
-            }
-        }
-        let only = scylla::policies::host_filter::AllowListHostFilter::new(
+        let listed = scylla::policies::host_filter::AllowListHostFilter::new(
             contact.iter().map(String::as_str),
         )
         .map_err(|e| CqlError::Address {
             addresses: contact.join(","),
             reason: e.to_string(),
         })?;
-        builder = builder.host_filter(Arc::new(only));
+        // A session held to one node takes that node however it names
+        // itself: the filter sees the address before translation.
+        let single = match contact {
+            [one] => one.parse::<SocketAddr>().ok(),
+            _ => None,
+        };
+        if let Some(at) = single {
+            builder = builder.address_translator(Arc::new(UnspecifiedIsContact(at)));
+        }
+        builder = builder.host_filter(Arc::new(ContactPointsOnly {
+            listed,
+            single: single.is_some(),
+        }));
     }
     builder.build().await.map_err(|source| CqlError::Connect {
         contact: contact.join(","),
@@ -251,6 +258,21 @@ impl scylla::policies::address_translator::AddressTranslator for UnspecifiedIsCo
         peer: &scylla::policies::address_translator::UntranslatedPeer,
     ) -> Result<SocketAddr, scylla::errors::TranslationError> {
         Ok(reachable_address(peer.untranslated_address(), self.0))
+    }
+}
+
+/// The contact points, and with a single one a node at the unspecified
+/// address too (that node, [`reachable_address`]).
+struct ContactPointsOnly {
+    listed: scylla::policies::host_filter::AllowListHostFilter,
+    single: bool,
+}
+
+impl scylla::policies::host_filter::HostFilter for ContactPointsOnly {
+    fn accept(&self, peer: &scylla::cluster::metadata::Peer) -> bool {
+        let unspecified = matches!(peer.address,
+            scylla::cluster::NodeAddr::Translatable(addr) if addr.ip().is_unspecified());
+        self.listed.accept(peer) || (self.single && unspecified)
     }
 }
 

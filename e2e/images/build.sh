@@ -189,7 +189,10 @@ build_cassandra() {
   archive=$OUT/$name-$key.tar
   if [ -s "$archive" ]; then echo "$archive"; return 0; fi
   log "building image $REPO/$(cassandra_ref "$flavour") (Cassandra $CASSANDRA_VERSION)"
-  if [ -n "$java8" ]; then :; elif [ -n "${jre_dir:-}" ]; then tools_jre=$(jre); else jre_dir=$(jre); fi
+  # The 3.11 image brings its Java in the sid root (java8_root).
+  if [ -z "$java8" ]; then
+    if [ -n "${jre_dir:-}" ]; then tools_jre=$(jre); else jre_dir=$(jre); fi
+  fi
   # Layer 1: busybox, the C libraries, the Java runtime, a cassandra user.
   base=$(staging cassandra-base)
   base_files "$base" "$uid" cassandra

@@ -222,7 +222,7 @@ pub async fn session(
         if let Some(at) = single {
             builder = builder.address_translator(Arc::new(UnspecifiedIsContact(at)));
         }
-        builder = builder.host_filter(Arc::new(ContactPointsOnly {
+        builder = builder.host_filter(Arc::new(ContactPointFilter {
             listed,
             single: single.is_some(),
         }));
@@ -263,12 +263,12 @@ impl scylla::policies::address_translator::AddressTranslator for UnspecifiedIsCo
 
 /// The contact points, and with a single one a node at the unspecified
 /// address too (that node, [`reachable_address`]).
-struct ContactPointsOnly {
+struct ContactPointFilter {
     listed: scylla::policies::host_filter::AllowListHostFilter,
     single: bool,
 }
 
-impl scylla::policies::host_filter::HostFilter for ContactPointsOnly {
+impl scylla::policies::host_filter::HostFilter for ContactPointFilter {
     fn accept(&self, peer: &scylla::cluster::metadata::Peer) -> bool {
         let unspecified = matches!(peer.address,
             scylla::cluster::NodeAddr::Translatable(addr) if addr.ip().is_unspecified());

@@ -5,9 +5,32 @@
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// utime + stime of process `pid` (this process when `None`), in seconds.
+/// Reads `stat` alone: the JVMs bulk-bench watches have a hundred threads,
+/// whose files [`ProcessCounters::read`] would also read.
 pub fn process_cpu_seconds(pid: Option<u32>) -> f64 {
-    let c = ProcessCounters::read(pid);
-    c.user_seconds + c.system_seconds
+    let (user, system) = cpu_seconds(&proc_dir(pid));
+    user + system
+}
+
+/// `/proc/self` or `/proc/<pid>`.
+fn proc_dir(pid: Option<u32>) -> String {
+    pid.map_or("/proc/self".to_owned(), |p| format!("/proc/{p}"))
+}
+
+/// (utime, stime) in seconds from the `stat` of the process at `dir`.
+fn cpu_seconds(dir: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).unwrap_or_default();
+    // Fields after the ")" that closes the command name; utime and stime
+    // are fields 14 and 15 of the whole line.
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) / TICKS_PER_SECOND, ticks(12) / TICKS_PER_SECOND)
 }
 
 /// Where a process's CPU time goes, as counters that only grow: the
@@ -32,18 +55,8 @@ impl ProcessCounters {
     /// Reads process `pid` (this process when `None`); a counter `/proc`
     /// does not give (another user's `io`, say) reads as zero.
     pub fn read(pid: Option<u32>) -> Self {
-        let dir = pid.map_or("/proc/self".to_owned(), |p| format!("/proc/{p}"));
-        let stat = std::fs::read_to_string(format!("{dir}/stat")).unwrap_or_default();
-        // Fields after the ")" that closes the command name; utime and
-        // stime are fields 14 and 15 of the whole line.
-        let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let dir = proc_dir(pid);
+        let (user_seconds, system_seconds) = cpu_seconds(&dir);
         let io = std::fs::read_to_string(format!("{dir}/io")).unwrap_or_default();
         // The process's threads each count their own switches; the
         // process's `status` gives only the main thread's.
@@ -60,8 +73,8 @@ impl ProcessCounters {
             })
             .unwrap_or(0.0);
         Self {
-            user_seconds: ticks(11) / TICKS_PER_SECOND,
-            system_seconds: ticks(12) / TICKS_PER_SECOND,
+            user_seconds,
+            system_seconds,
             read_calls: field_of(&io, "syscr:"),
             write_calls: field_of(&io, "syscw:"),
             sleeps,
@@ -122,13 +135,8 @@ fn field_of(text: &str, key: &str) -> f64 {
 
 /// Resident memory of process `pid`, in MiB.
 pub fn process_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    field_of(&status, "VmRSS:") / 1024.0
 }
 
 /// CPU seconds the whole machine has spent busy since boot (every core,

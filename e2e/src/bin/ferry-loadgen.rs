@@ -167,7 +167,8 @@ impl AttemptTrail {
         })
     }
 
-    /// One line per attempt: the node, when it started, and its error.
+    /// One line per attempt: the node, and its error with the time since
+    /// the request started.
     fn lines(&self) -> Vec<String> {
         self.attempts
             .lock()
@@ -1070,15 +1071,10 @@ async fn main() -> anyhow::Result<()> {
                     if let Ok(mut f) = counters.failed_ids.lock() {
                         f.insert(id);
                     }
-                    counters.trace_failure(failure_trace(
-                        "write",
-                        id,
-                        &trail,
-                        &e.to_string(),
-                        &session,
-                    ));
+                    let error = e.to_string();
+                    counters.trace_failure(failure_trace("write", id, &trail, &error, &session));
                     if let Ok(mut l) = counters.last_error.lock() {
-                        *l = Some(e.to_string());
+                        *l = Some(error);
                     }
                 }
             }
@@ -1112,15 +1108,12 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Err(e) => {
                         counters.read_failures.fetch_add(1, Ordering::SeqCst);
+                        let error = e.to_string();
                         counters.trace_failure(failure_trace(
-                            "read",
-                            earlier,
-                            &trail,
-                            &e.to_string(),
-                            &session,
+                            "read", earlier, &trail, &error, &session,
                         ));
                         if let Ok(mut l) = counters.last_error.lock() {
-                            *l = Some(e.to_string());
+                            *l = Some(error);
                         }
                     }
                 }

@@ -473,8 +473,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (mut dual_tput, mut dual_ratio) = (vec![], vec![]);
     let (mut dual50, mut dual99, mut dual_added99) = (vec![], vec![], vec![]);
-    let (mut d_tput, mut p_tput, mut ratio, mut cpu_us) = (vec![], vec![], vec![], vec![]);
-    let mut open_cpu_us = vec![];
+    let (mut d_tput, mut p_tput, mut ratio) = (vec![], vec![], vec![]);
     let (mut closed_costs, mut open_costs): (Vec<PerRequest>, Vec<PerRequest>) = (vec![], vec![]);
     let (mut d50, mut d99, mut p50, mut p99, mut added99) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -489,7 +488,6 @@ async fn main() -> anyhow::Result<()> {
         let cpu0 = ProcessCounters::read(Some(pid));
         let p = closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds).await;
         let closed_cost = ProcessCounters::read(Some(pid)).per_request_since(&cpu0, p.requests);
-        let per_req = closed_cost.cpu_us();
         println!(
             "round {round}: closed loop c={}: proxy per request: {closed_cost}",
             args.concurrency
@@ -503,10 +501,8 @@ async fn main() -> anyhow::Result<()> {
         let cpu2 = ProcessCounters::read(Some(pid));
         let pl = open_loop(proxied.clone(), wp.clone(), half, args.seconds).await;
         let open_cost = ProcessCounters::read(Some(pid)).per_request_since(&cpu2, pl.requests);
-        let open_per_req = open_cost.cpu_us();
         println!("round {round}: open loop at {half:.0} ops/s: proxy per request: {open_cost}");
         open_costs.push(open_cost);
-        open_cpu_us.push(open_per_req);
         let ddl = match &wdual {
             Some(w) => Some(open_loop(direct.clone(), w.clone(), half, args.seconds).await),
             None => None,
@@ -514,7 +510,7 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "round {round}: closed loop c={}: direct {:.0} ops/s (p99 {:.0} us, {} errors), proxy {:.0} ops/s (p99 {:.0} us, {} errors), ratio {:.3}, proxy CPU {:.1} us/request; open loop at {:.0} ops/s: direct p50 {:.0} p99 {:.0} us, proxy p50 {:.0} p99 {:.0} us",
             args.concurrency, d.ops_per_sec, d.p99_us, d.errors, p.ops_per_sec, p.p99_us, p.errors,
-            p.ops_per_sec / d.ops_per_sec, per_req, half, dl.p50_us, dl.p99_us, pl.p50_us, pl.p99_us
+            p.ops_per_sec / d.ops_per_sec, closed_cost.cpu_us(), half, dl.p50_us, dl.p99_us, pl.p50_us, pl.p99_us
         );
         if let Some(dd) = dd {
             println!(
@@ -536,7 +532,6 @@ async fn main() -> anyhow::Result<()> {
         d_tput.push(d.ops_per_sec);
         p_tput.push(p.ops_per_sec);
         ratio.push(p.ops_per_sec / d.ops_per_sec);
-        cpu_us.push(per_req);
         d50.push(dl.p50_us);
         d99.push(dl.p99_us);
         p50.push(pl.p50_us);
@@ -599,12 +594,12 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "| proxy CPU time per request | | {:.1} us |",
-        median(cpu_us)
+        median(closed_costs.iter().map(PerRequest::cpu_us).collect())
     );
     println!(
         "| proxy CPU time per request, open loop at {:.0} % of saturation | | {:.1} us |",
         args.open_fraction * 100.0,
-        median(open_cpu_us)
+        median(open_costs.iter().map(PerRequest::cpu_us).collect())
     );
     for (loop_kind, costs) in [
         (

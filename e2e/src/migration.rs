@@ -168,6 +168,15 @@ pub struct Options {
     /// Start Cassandra with the JVM options that skip gossip settling
     /// (seconds instead of a minute per node; fine for test clusters).
     pub fast_cassandra: bool,
+    /// Cassandra's `write_request_timeout` on both clusters (the test bed's
+    /// images read it; the official image ignores it), and the proxies'
+    /// target timeout 2 s above it (`spec.proxy.targetTimeoutMillis`).
+    /// For a machine where four Cassandra JVMs, Kubernetes and the
+    /// application share two cores: a node rejoining after its restart
+    /// starves the others for seconds, and at Cassandra's 2 s a QUORUM
+    /// write then times out on every live coordinator, proxied or not
+    /// (the application's failure traces show it). None: Cassandra's own.
+    pub cassandra_write_timeout_ms: Option<u32>,
     /// Rows the application writes before the migration starts (history for
     /// the backfill), at its normal rate plus a burst.
     pub history_rows: u64,
@@ -209,6 +218,7 @@ impl Default for Options {
             timeout: Duration::from_secs(1500),
             faults: Vec::new(),
             fast_cassandra: false,
+            cassandra_write_timeout_ms: None,
             history_rows: 2000,
             cutover: true,
             check_teardown: true,
@@ -696,6 +706,13 @@ impl Run<'_> {
             target_release_version.as_deref(),
         ));
 
+        if let Some(ms) = self.opts.cassandra_write_timeout_ms {
+            self.say(format!(
+                "write_request_timeout {ms} ms on both clusters (this machine's allowance), the proxies' target timeout {} ms",
+                ms + 2000
+            ));
+        }
+
         // The target starts empty: the operator copies the schema before
         // the roll (spec.schema: copy).
         self.say("starting the application (the target is empty: the operator copies the schema)");
@@ -711,6 +728,11 @@ impl Run<'_> {
         let mut migration: Value = serde_yaml::from_str(&std::fs::read_to_string(
             examples_dir().join("cassandramigration.yaml"),
         )?)?;
+        if let Some(ms) = self.opts.cassandra_write_timeout_ms {
+            // Above the target's own timeout: a slow target answers for
+            // itself before the proxy gives up on it.
+            migration["spec"]["proxy"]["targetTimeoutMillis"] = json!(ms + 2000);
+        }
         if self.opts.layout == SourceLayout::Racks {
             let source = &mut migration["spec"]["source"];
             source.as_object_mut().map(|s| s.remove("statefulSet"));
@@ -986,6 +1008,16 @@ impl Run<'_> {
             if let Some(env) = c["env"].as_array_mut() {
                 env.push(json!({"name": "JVM_EXTRA_OPTS", "value":
                     "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=2000"}));
+            }
+        }
+        if let (true, Some(ms)) = (
+            image.starts_with("cassandra:"),
+            self.opts.cassandra_write_timeout_ms,
+        ) {
+            if let Some(env) = c["env"].as_array_mut() {
+                env.push(
+                    json!({"name": "CASSANDRA_WRITE_REQUEST_TIMEOUT_MS", "value": ms.to_string()}),
+                );
             }
         }
     }

@@ -94,6 +94,8 @@ async fn migrate_with(
         timeout: Duration::from_secs(1500),
         faults,
         fast_cassandra: true,
+        // Four JVMs on this machine's two cores: see the option's comment.
+        cassandra_write_timeout_ms: Some(8000),
         history_rows: 1000,
         // Past Ready: the operator cuts over and back with the application
         // writing, then to done (Complete).

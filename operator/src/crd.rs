@@ -499,6 +499,17 @@ pub struct ProxySpec {
     /// it the proxy speaks plain CQL to clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret: Option<ProxyTlsSecretRef>,
+
+    /// How long the proxy waits for the target to answer one request, in
+    /// milliseconds (default 2000). Set it above the target's
+    /// `write_request_timeout`, so that a slow target answers with its own
+    /// timeout (which says how many replicas took the write) before the
+    /// proxy gives up with an unknown outcome. In `sync` mode a client's
+    /// write waits up to this long for the target; in `async` mode a target
+    /// write is retried, then spooled. Changing it rolls the proxies again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 120000))]
+    pub target_timeout_millis: Option<i32>,
 }
 
 impl Default for ProxySpec {
@@ -512,6 +523,7 @@ impl Default for ProxySpec {
             resources: None,
             spool_max_mib: default_spool_max_mib(),
             tls_secret: None,
+            target_timeout_millis: None,
         }
     }
 }

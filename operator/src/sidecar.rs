@@ -64,6 +64,9 @@ pub fn proxy_args(cm: &CassandraMigration, probe_keyspace: Option<&str>) -> Vec<
     if let Some(v) = spec.proxy.protocol_version {
         args.push(format!("--protocol-version={v}"));
     }
+    if let Some(ms) = spec.proxy.target_timeout_millis {
+        args.push(format!("--target-timeout-ms={ms}"));
+    }
     // The proxies mirror what the backfill copies: the same include lists.
     if !spec.keyspaces.include.is_empty() || !spec.tables.include.is_empty() {
         let mut include = spec.keyspaces.include.clone();
@@ -932,6 +935,35 @@ mod tests {
             proxy_config_hash(&cm, None),
             base,
             "the probe keyspace is mirrored"
+        );
+    }
+
+    #[test]
+    fn the_target_timeout_reaches_the_proxy_and_rolls_it() {
+        let cm = migration(TrafficRedirect::Iptables);
+        let args = proxy_args(&cm, Some("ferry"));
+        assert!(
+            !args.iter().any(|a| a.starts_with("--target-timeout-ms")),
+            "unset, the proxy keeps its own default: {args:?}"
+        );
+        let mut slow: CassandraMigration = cm.clone();
+        slow.spec = serde_json::from_value(json!({
+            "source": {"statefulSet": "cassandra"},
+            "target": {"contactPoints": ["10.0.0.2:9042"], "localDatacenter": "dc1"},
+            "proxy": {"targetTimeoutMillis": 9000},
+        }))
+        .unwrap();
+        let args = proxy_args(&slow, Some("ferry"));
+        assert!(
+            args.contains(&"--target-timeout-ms=9000".to_owned()),
+            "{args:?}"
+        );
+        let mut faster = slow.clone();
+        faster.spec.proxy.target_timeout_millis = Some(3000);
+        assert_ne!(
+            proxy_config_hash(&slow, Some("ferry")),
+            proxy_config_hash(&faster, Some("ferry")),
+            "a running proxy reads it at start: a change rolls the proxies"
         );
     }
 

@@ -12,6 +12,7 @@
 #   CASSANDRA_ENDPOINT_SNITCH                             (GossipingPropertyFileSnitch)
 #   CASSANDRA_AUTHENTICATOR, CASSANDRA_AUTHORIZER          (AllowAll*)
 #   CASSANDRA_AUTO_BOOTSTRAP                               (true)
+#   CASSANDRA_WRITE_REQUEST_TIMEOUT_MS  write_request_timeout (2000, Cassandra's own)
 #   MAX_HEAP_SIZE, HEAP_NEWSIZE  -Xmx/-Xms and -Xmn       (512M, 128M)
 #   JVM_EXTRA_OPTS           appended to the JVM's options
 # Extra arguments are passed to the JVM before the main class.
@@ -60,6 +61,7 @@ sed -e "s#@CLUSTER_NAME@#${CASSANDRA_CLUSTER_NAME:-Test Cluster}#" \
   -e "s#@SEEDS@#$seeds#" -e "s#@AUTO_BOOTSTRAP@#${CASSANDRA_AUTO_BOOTSTRAP:-true}#" \
   -e "s#@AUTHENTICATOR@#${CASSANDRA_AUTHENTICATOR:-AllowAllAuthenticator}#" \
   -e "s#@AUTHORIZER@#${CASSANDRA_AUTHORIZER:-AllowAllAuthorizer}#" \
+  -e "s#@WRITE_REQUEST_TIMEOUT_MS@#${CASSANDRA_WRITE_REQUEST_TIMEOUT_MS:-2000}#" \
   "$CASSANDRA_HOME/conf/cassandra.yaml.in" >"$CONF/cassandra.yaml"
 printf 'dc=%s\nrack=%s\nprefer_local=true\n' "${CASSANDRA_DC:-dc1}" "${CASSANDRA_RACK:-rack1}" \
   >"$CONF/cassandra-rackdc.properties"

@@ -54,6 +54,11 @@ struct MigrateArgs {
     /// of a minute per node): always on the local node, asked for on kind.
     #[arg(long)]
     fast_cassandra: bool,
+    /// Cassandra's write_request_timeout on both clusters (test bed images),
+    /// the proxies' target timeout 2 s above it. Default: 8000 on the local
+    /// node, where four JVMs share two cores; Cassandra's own (2000) on kind.
+    #[arg(long)]
+    cassandra_write_timeout_ms: Option<u32>,
     /// The source cluster's Cassandra image, when it differs from the
     /// target's: e.g. ferry.dev/cassandra:4.1-dev (`e2e/images/build.sh
     /// cassandra-4.1`) for a 4.1 to 5.0 migration.
@@ -100,6 +105,10 @@ async fn main() -> anyhow::Result<()> {
         timeout: Duration::from_secs(args.timeout_secs),
         faults,
         fast_cassandra: args.fast_cassandra || matches!(args.cluster, Target::Local),
+        cassandra_write_timeout_ms: args.cassandra_write_timeout_ms.or(match args.cluster {
+            Target::Local => Some(8000),
+            _ => None,
+        }),
         history_rows: args.history_rows,
         check_teardown: !args.keep,
         cutover: !args.stop_at_ready,

@@ -844,6 +844,14 @@ impl Run<'_> {
     async fn install_ferry(&self) -> anyhow::Result<()> {
         self.say("installing Ferry with Helm");
         let chart = testbed::repo_root().join("charts/ferry");
+        // Helm installs a chart's CRD on the first install only: on a bed
+        // that ran an older Ferry, the documented upgrade path applies this
+        // tree's CRD first (docs/operator.md, "Upgrading").
+        let crd = chart.join("crds/cassandramigrations.ferry.dev.yaml");
+        let mut cmd = self.kubectl_cmd();
+        cmd.args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(&crd);
+        output(cmd, "kubectl apply --server-side (the CRD)").await?;
         let (op_repo, op_tag) = split_image(&self.images.operator);
         let (sc_repo, sc_tag) = split_image(&self.images.sidecar);
         let mut sets = vec![

@@ -261,3 +261,78 @@ async fn backdate_writes_every_cell_at_the_start_timestamp() {
     let strict = run_validate(&bed, &["--keyspaces", &ks]).await;
     assert_eq!(strict.differences(), 0, "{strict:?}");
 }
+
+/// A cell expires at the same moment on both clusters, however long its
+/// row waited between the source read and the target write. A rate limit
+/// makes rows wait (here, pages of 100 rows at 100 rows a second, the scan
+/// one page ahead: about 2 s each); the backfill writes the TTL the source
+/// gave less the whole seconds since it read it, so the target's expiry is
+/// never earlier than the source's and at most 1 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_expires_at_the_same_moment_on_both_clusters_after_a_wait() {
+    let bed = bed().await;
+    let ks = unique("expiry");
+    create_on_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.t (k int, c int, v text, PRIMARY KEY (k, c))"],
+    )
+    .await;
+    // One partition, so one range holds every row and its pages queue.
+    insert_on_source(
+        &bed,
+        &format!("INSERT INTO {ks}.t (k, c, v) VALUES (1, ?, 'x') USING TTL 3600"),
+        (0..600).map(|c: i32| (c,)),
+    )
+    .await;
+    let report = run_backfill(
+        &bed,
+        &[
+            "--keyspaces",
+            &ks,
+            "--job-id",
+            &ks,
+            "--concurrency",
+            "1",
+            "--page-size",
+            "100",
+            "--rows-per-second",
+            "100",
+        ],
+    )
+    .await;
+    assert_eq!(report.rows, 600, "{report:?}");
+    let select = format!("SELECT c, TTL(v) FROM {ks}.t WHERE k = 1");
+    let ttls = |session: &std::sync::Arc<scylla::client::session::Session>| {
+        let select = select.clone();
+        let session = session.clone();
+        async move {
+            session
+                .query_unpaged(select, ())
+                .await
+                .expect("select")
+                .into_rows_result()
+                .expect("rows")
+                .rows::<(i32, i32)>()
+                .expect("typed")
+                .map(|r| r.expect("row"))
+                .collect::<std::collections::BTreeMap<i32, i32>>()
+        }
+    };
+    // Read both sides within the same few milliseconds.
+    let (source, target) = tokio::join!(ttls(&bed.source), ttls(&bed.target));
+    assert_eq!(source.len(), 600);
+    let off: Vec<(i32, i32, i32)> = source
+        .iter()
+        .filter_map(|(c, s)| {
+            let t = target.get(c).copied().unwrap_or(-1);
+            ((t - s).abs() > 1).then_some((*c, *s, t))
+        })
+        .collect();
+    assert!(
+        off.is_empty(),
+        "{} of 600 cells expire more than 1 s apart (row, source TTL, target TTL), e.g. {:?}",
+        off.len(),
+        &off[..off.len().min(5)]
+    );
+}

@@ -395,8 +395,13 @@ async fn copy_range(
                 last_partition = Some(partition);
             }
             let planned = ops.len();
-            job.planner
-                .plan_row(row, new_partition, i64::from(attempt), &mut ops);
+            job.planner.plan_row(
+                row,
+                new_partition,
+                i64::from(attempt),
+                page.read_at,
+                &mut ops,
+            );
             // A batch holds the writes of one partition only (one mutation
             // on one replica set), and at most `batch_bytes` of values.
             if new_partition && planned > 0 {

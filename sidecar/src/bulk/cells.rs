@@ -2,6 +2,8 @@
 //! bytes, so the copy never converts a value through a Rust type (exact for
 //! every CQL type, and cheap).
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use scylla::deserialize::row::{ColumnIterator, DeserializeRow};
 use scylla::deserialize::{DeserializationError, TypeCheckError};
@@ -57,8 +59,24 @@ pub enum BindCell {
     Unset,
     /// A `bigint` (timestamps).
     BigInt(i64),
-    /// An `int` (TTLs).
+    /// An `int` (a TTL of 0: none).
     Int(i32),
+    /// A remaining TTL the source gave at `read_at`, written as what is
+    /// left of it when the write is sent (see [`ttl_left`]).
+    Ttl { seconds: i32, read_at: Instant },
+}
+
+/// What is left of a TTL of `seconds` read `elapsed` ago, for a write sent
+/// now: the whole seconds elapsed are taken off, so that the copy expires
+/// when the source's cell does, never earlier and at most 1 s later (the
+/// two clusters count whole seconds; the fraction is left on). A cell whose
+/// time is up gets 1 s rather than 0, which would mean "no TTL".
+pub fn ttl_left(seconds: i32, elapsed: std::time::Duration) -> i32 {
+    if seconds <= 0 {
+        return 0;
+    }
+    let elapsed = i32::try_from(elapsed.as_secs()).unwrap_or(i32::MAX);
+    seconds.saturating_sub(elapsed).max(1)
 }
 
 impl SerializeValue for BindCell {
@@ -73,6 +91,9 @@ impl SerializeValue for BindCell {
             BindCell::Unset => Ok(writer.set_unset()),
             BindCell::BigInt(v) => writer.set_value(&v.to_be_bytes()),
             BindCell::Int(v) => writer.set_value(&v.to_be_bytes()),
+            BindCell::Ttl { seconds, read_at } => {
+                writer.set_value(&ttl_left(*seconds, read_at.elapsed()).to_be_bytes())
+            }
         };
         written.map_err(SerializationError::new)
     }
@@ -181,6 +202,19 @@ fn uuid_text(bytes: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ttl_loses_the_whole_seconds_since_it_was_read() {
+        use std::time::Duration;
+        assert_eq!(ttl_left(3600, Duration::ZERO), 3600);
+        assert_eq!(ttl_left(3600, Duration::from_millis(2_900)), 3598);
+        assert_eq!(ttl_left(0, Duration::from_secs(5)), 0, "no TTL stays none");
+        assert_eq!(
+            ttl_left(3, Duration::from_secs(10)),
+            1,
+            "a cell whose time is up must not become one without a TTL"
+        );
+    }
 
     #[test]
     fn decodes_a_ttl_list_with_null_elements() {

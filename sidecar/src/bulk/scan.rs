@@ -2,7 +2,7 @@
 //! TTL, paged, routed to a replica, prefetching one page ahead.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use scylla::client::session::Session;
@@ -358,6 +358,9 @@ impl TableScan {
                     Err(err) => break Err(err),
                 }
             };
+            // When the source computed this page's TTLs: the backfill takes
+            // the time since off each TTL it writes (`BindCell::Ttl`).
+            let read_at = Instant::now();
             let read_error = |source: Box<dyn std::error::Error + Send + Sync>| ScanError::Read {
                 cluster: self.cluster,
                 table: self.table.clone(),
@@ -392,7 +395,15 @@ impl TableScan {
                 }
             };
             let last = matches!(next, PagingStateResponse::NoMorePages);
-            if tx.send(Ok(Page { rows, on_replica })).await.is_err() {
+            if tx
+                .send(Ok(Page {
+                    rows,
+                    on_replica,
+                    read_at,
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
             match next {
@@ -412,4 +423,6 @@ pub struct Page {
     pub rows: Vec<RawRow>,
     /// Whether the coordinator that served the page was a replica.
     pub on_replica: bool,
+    /// When its answer arrived: the remaining TTLs it holds count from then.
+    pub read_at: Instant,
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use futures::stream::StreamExt;
@@ -772,7 +772,11 @@ async fn repair(
                     .unwrap_or(0)
                     .clamp(0, 1000)
             });
-            check.planner.plan_row(source_row, true, bump, &mut ops);
+            // The source row was read just before (a re-read of this key):
+            // its TTLs count from about now.
+            check
+                .planner
+                .plan_row(source_row, true, bump, Instant::now(), &mut ops);
             if let Some(target_row) = target {
                 for (i, slot) in layout.values.iter().enumerate() {
                     let s = layout.cell(source_row, slot);
@@ -808,7 +812,9 @@ async fn repair(
     if !fixed {
         info!(key = %describe_key(&check.schema, layout, key), "target holds newer data than the source; rewriting at the validation start");
         let mut late = Vec::new();
-        check.late_planner.plan_row(source_row, true, 0, &mut late);
+        check
+            .late_planner
+            .plan_row(source_row, true, 0, Instant::now(), &mut late);
         for op in &late {
             writer.execute(op).await?;
         }

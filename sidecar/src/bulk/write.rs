@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use scylla::client::session::Session;
@@ -184,21 +184,31 @@ impl WritePlanner {
 
     /// The writes copying `row`; with `write_statics`, also its partition's
     /// static cells (once per partition). `attempt` is how many times this
-    /// range was started before (see the list note in `groups`).
+    /// range was started before (see the list note in `groups`). `read_at`:
+    /// when the source gave the row's remaining TTLs; each write takes the
+    /// time since off them as it is sent ([`BindCell::Ttl`]).
     pub fn plan_row(
         &self,
         row: &RawRow,
         write_statics: bool,
         attempt: i64,
+        read_at: Instant,
         out: &mut Vec<WriteOp>,
     ) {
+        let ttl_cell = |seconds: i32| {
+            if seconds > 0 {
+                BindCell::Ttl { seconds, read_at }
+            } else {
+                BindCell::Int(0)
+            }
+        };
         let key_bytes: u64 = (1..self.layout.clustering_range().end)
             .map(|i| row.cell(i).map_or(0, |b| b.len() as u64))
             .sum();
         if write_statics && self.n_static > 0 {
             for ((ts, ttl), chosen) in self.groups(row, self.static_slots(), attempt) {
                 let (values, bytes) = self.slot_values(self.static_slots(), &chosen);
-                let mut bind = vec![BindCell::BigInt(ts), BindCell::Int(ttl)];
+                let mut bind = vec![BindCell::BigInt(ts), ttl_cell(ttl)];
                 bind.extend(values);
                 bind.extend(self.keys(row, false));
                 out.push(WriteOp {
@@ -232,14 +242,14 @@ impl WritePlanner {
                 let mut bind = self.keys(row, true);
                 bind.extend(values);
                 bind.push(BindCell::BigInt(ts));
-                bind.push(BindCell::Int(ttl));
+                bind.push(ttl_cell(ttl));
                 out.push(WriteOp {
                     kind: StatementKind::InsertRow,
                     values: bind,
                     bytes: bytes + key_bytes,
                 });
             } else {
-                let mut bind = vec![BindCell::BigInt(ts), BindCell::Int(ttl)];
+                let mut bind = vec![BindCell::BigInt(ts), ttl_cell(ttl)];
                 bind.extend(values);
                 bind.extend(self.keys(row, true));
                 out.push(WriteOp {
@@ -562,7 +572,8 @@ mod tests {
             None,
         ]);
         let mut ops = Vec::new();
-        planner.plan_row(&row, true, 0, &mut ops);
+        let read_at = Instant::now();
+        planner.plan_row(&row, true, 0, read_at, &mut ops);
         let kinds: Vec<_> = ops.iter().map(|o| o.kind).collect();
         assert_eq!(
             kinds,
@@ -580,10 +591,16 @@ mod tests {
         );
         assert_eq!(insert[3], BindCell::Unset);
         assert_eq!(&insert[5..], &[BindCell::BigInt(100), BindCell::Int(0)]);
-        // The UPDATE carries `b` at 200 with TTL 60.
+        // The UPDATE carries `b` at 200 with TTL 60, counted from the read.
         assert_eq!(
             &ops[2].values[..2],
-            &[BindCell::BigInt(200), BindCell::Int(60)]
+            &[
+                BindCell::BigInt(200),
+                BindCell::Ttl {
+                    seconds: 60,
+                    read_at
+                }
+            ]
         );
         assert_eq!(
             ops[2].values[3],
@@ -612,7 +629,7 @@ mod tests {
             None,
         ]);
         let mut ops = Vec::new();
-        planner.plan_row(&pk_only, true, 0, &mut ops);
+        planner.plan_row(&pk_only, true, 0, Instant::now(), &mut ops);
         assert_eq!(ops.len(), 1);
         assert_eq!(ops[0].kind, StatementKind::InsertRow);
         assert_eq!(ops[0].values.last(), Some(&BindCell::Int(0)));
@@ -636,7 +653,7 @@ mod tests {
             None,
         ]);
         let mut ops = Vec::new();
-        planner.plan_row(&static_only, true, 0, &mut ops);
+        planner.plan_row(&static_only, true, 0, Instant::now(), &mut ops);
         assert_eq!(ops.len(), 1);
         assert_eq!(ops[0].kind, StatementKind::UpdateStatic);
     }
@@ -655,7 +672,7 @@ mod tests {
         row.0.extend(vec![None; 9]);
         row.0.extend([Some(list), Some(writetimes), None]);
         let mut ops = Vec::new();
-        planner.plan_row(&row, false, 2, &mut ops);
+        planner.plan_row(&row, false, 2, Instant::now(), &mut ops);
         assert_eq!(ops.len(), 1);
         // The element written at 500 (after the proxy start, 450) is left
         // to the proxy; the other is written at 400 + attempt 2.
@@ -684,7 +701,7 @@ mod tests {
             None,
         ]);
         let mut ops = Vec::new();
-        planner.plan_row(&row, false, 0, &mut ops);
+        planner.plan_row(&row, false, 0, Instant::now(), &mut ops);
         assert_eq!(ops.len(), 1, "one group: same timestamp, same TTL");
         assert_eq!(ops[0].values[5], BindCell::BigInt(1_000));
     }

@@ -210,6 +210,15 @@ pub enum SourceLayout {
 /// The racks layout's StatefulSets, in the order they start.
 const RACK_STATEFULSETS: [&str; 3] = ["demo-dc1-r1-sts", "demo-dc1-r2-sts", "demo-dc1-r3-sts"];
 
+impl Options {
+    /// The proxies' target timeout with `cassandra_write_timeout_ms`: 2 s
+    /// above the target's own, so a slow target answers for itself before
+    /// the proxy gives up on it.
+    pub fn proxy_target_timeout_ms(&self) -> Option<u32> {
+        self.cassandra_write_timeout_ms.map(|ms| ms + 2000)
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -706,10 +715,12 @@ impl Run<'_> {
             target_release_version.as_deref(),
         ));
 
-        if let Some(ms) = self.opts.cassandra_write_timeout_ms {
+        if let (Some(ms), Some(proxy_ms)) = (
+            self.opts.cassandra_write_timeout_ms,
+            self.opts.proxy_target_timeout_ms(),
+        ) {
             self.say(format!(
-                "write_request_timeout {ms} ms on both clusters (this machine's allowance), the proxies' target timeout {} ms",
-                ms + 2000
+                "write_request_timeout {ms} ms on both clusters (this machine's allowance), the proxies' target timeout {proxy_ms} ms"
             ));
         }
 
@@ -728,10 +739,8 @@ impl Run<'_> {
         let mut migration: Value = serde_yaml::from_str(&std::fs::read_to_string(
             examples_dir().join("cassandramigration.yaml"),
         )?)?;
-        if let Some(ms) = self.opts.cassandra_write_timeout_ms {
-            // Above the target's own timeout: a slow target answers for
-            // itself before the proxy gives up on it.
-            migration["spec"]["proxy"]["targetTimeoutMillis"] = json!(ms + 2000);
+        if let Some(ms) = self.opts.proxy_target_timeout_ms() {
+            migration["spec"]["proxy"]["targetTimeoutMillis"] = json!(ms);
         }
         if self.opts.layout == SourceLayout::Racks {
             let source = &mut migration["spec"]["source"];
@@ -1012,21 +1021,20 @@ impl Run<'_> {
             c["image"] = json!(new);
             c["imagePullPolicy"] = json!(self.images.pull_policy);
         }
-        if image.starts_with("cassandra:") && self.opts.fast_cassandra {
-            if let Some(env) = c["env"].as_array_mut() {
-                env.push(json!({"name": "JVM_EXTRA_OPTS", "value":
-                    "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=2000"}));
-            }
+        if !image.starts_with("cassandra:") {
+            return;
         }
-        if let (true, Some(ms)) = (
-            image.starts_with("cassandra:"),
-            self.opts.cassandra_write_timeout_ms,
-        ) {
-            if let Some(env) = c["env"].as_array_mut() {
-                env.push(
-                    json!({"name": "CASSANDRA_WRITE_REQUEST_TIMEOUT_MS", "value": ms.to_string()}),
-                );
-            }
+        let Some(env) = c["env"].as_array_mut() else {
+            return;
+        };
+        if self.opts.fast_cassandra {
+            env.push(json!({"name": "JVM_EXTRA_OPTS", "value":
+                "-Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=2000"}));
+        }
+        if let Some(ms) = self.opts.cassandra_write_timeout_ms {
+            env.push(
+                json!({"name": "CASSANDRA_WRITE_REQUEST_TIMEOUT_MS", "value": ms.to_string()}),
+            );
         }
     }
 

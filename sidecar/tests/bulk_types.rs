@@ -303,24 +303,11 @@ async fn a_cell_expires_at_the_same_moment_on_both_clusters_after_a_wait() {
     .await;
     assert_eq!(report.rows, 600, "{report:?}");
     let select = format!("SELECT c, TTL(v) FROM {ks}.t WHERE k = 1");
-    let ttls = |session: &std::sync::Arc<scylla::client::session::Session>| {
-        let select = select.clone();
-        let session = session.clone();
-        async move {
-            session
-                .query_unpaged(select, ())
-                .await
-                .expect("select")
-                .into_rows_result()
-                .expect("rows")
-                .rows::<(i32, i32)>()
-                .expect("typed")
-                .map(|r| r.expect("row"))
-                .collect::<std::collections::BTreeMap<i32, i32>>()
-        }
-    };
     // Read both sides within the same few milliseconds.
-    let (source, target) = tokio::join!(ttls(&bed.source), ttls(&bed.target));
+    let (source, target) = tokio::join!(
+        pairs::<i32, i32>(&bed.source, &select),
+        pairs::<i32, i32>(&bed.target, &select)
+    );
     assert_eq!(source.len(), 600);
     let off: Vec<(i32, i32, i32)> = source
         .iter()

@@ -223,6 +223,25 @@ where
         .and_then(|(v,)| v)
 }
 
+/// Every row of a two-column query, first column to second, e.g.
+/// `SELECT c, TTL(v) FROM ...`.
+pub async fn pairs<K, V>(session: &Session, cql: &str) -> std::collections::BTreeMap<K, V>
+where
+    K: Ord + for<'f, 'm> scylla::deserialize::value::DeserializeValue<'f, 'm>,
+    V: for<'f, 'm> scylla::deserialize::value::DeserializeValue<'f, 'm>,
+{
+    session
+        .query_unpaged(cql, ())
+        .await
+        .unwrap_or_else(|e| panic!("{cql}: {e}"))
+        .into_rows_result()
+        .expect("rows")
+        .rows::<(K, V)>()
+        .expect("row type")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
 pub fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

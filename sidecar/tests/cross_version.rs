@@ -218,3 +218,83 @@ async fn a_cassandra_4_1_source_migrates_to_5_0_with_every_cell_the_same() {
             .await;
     }
 }
+
+/// A non-frozen list on a source older than 5.0 has no readable element
+/// WRITETIME, so the repair writes it at the validation start - 1 µs. When
+/// that first rewrite does not fix the row (here: the target holds a
+/// tombstone on another column newer than the source's cell), the repair
+/// writes the row again, later: that second write must not leave the list
+/// twice on the target (two overwrites of a list at one timestamp keep both
+/// copies, CASSANDRA-11368). Seen in a 3.11 → 5.0 run: lists that differed
+/// again after every repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_from_a_4_1_source_is_repaired_once_even_when_the_row_is_rewritten() {
+    let testbed = tokio::task::spawn_blocking(ferry_e2e::testbed::older)
+        .await
+        .expect("join")
+        .expect("the test bed with its older node");
+    let older = testbed.older.clone().expect("the older node runs");
+    let source = Arc::new(proxy_support::connect(&older.contact_point).await);
+    let target = Arc::new(proxy_support::connect(&testbed.target_contact_points[0]).await);
+    let ks = bulk_support::unique("xlist");
+    for (session, dc) in [
+        (&source, &older.datacenter),
+        (&target, &testbed.target_datacenter),
+    ] {
+        for cql in [
+            format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{dc}': 1}}"),
+            format!("CREATE TABLE {ks}.t (k int PRIMARY KEY, v text, l list<int>)"),
+        ] {
+            bulk_support::exec(session, &cql).await;
+        }
+        session.await_schema_agreement().await.expect("agreement");
+    }
+    // Row 1: the target lost `v` to a newer tombstone, so the first rewrite
+    // (at the source's WRITETIME) cannot bring it back. Row 2: the target
+    // holds the list twice (an append copied again by the backfill).
+    for cql in [
+        format!("UPDATE {ks}.t USING TIMESTAMP 1000 SET v = 'a', l = [1, 2] WHERE k = 1"),
+        format!("UPDATE {ks}.t USING TIMESTAMP 1000 SET v = 'b', l = [3, 4] WHERE k = 2"),
+    ] {
+        bulk_support::exec(&source, &cql).await;
+    }
+    for cql in [
+        format!("UPDATE {ks}.t USING TIMESTAMP 1000 SET v = 'a', l = [1, 2] WHERE k = 1"),
+        format!("DELETE v FROM {ks}.t USING TIMESTAMP 2000 WHERE k = 1"),
+        format!("UPDATE {ks}.t USING TIMESTAMP 1000 SET v = 'b', l = [3, 4, 4] WHERE k = 2"),
+    ] {
+        bulk_support::exec(&target, &cql).await;
+    }
+
+    let bed = bulk_support::Bed {
+        testbed: ferry_e2e::testbed::Testbed {
+            source_contact_points: vec![older.contact_point.clone()],
+            source_datacenter: older.datacenter.clone(),
+            ..testbed.clone()
+        },
+        source: source.clone(),
+        target: target.clone(),
+    };
+    let selection = ["--keyspaces", ks.as_str()];
+    let repaired =
+        bulk_support::run_validate(&bed, &[&selection[..], &["--repair"]].concat()).await;
+    assert_eq!(repaired.differences(), 2, "{repaired:?}");
+    let lists = format!("SELECT k, l FROM {ks}.t");
+    let on_target = bulk_support::pairs::<i32, Vec<i32>>(&target, &lists).await;
+    assert_eq!(
+        on_target,
+        bulk_support::pairs::<i32, Vec<i32>>(&source, &lists).await,
+        "every list as on the source after one repair"
+    );
+    assert_eq!(
+        bulk_support::scalar::<String>(&target, &format!("SELECT v FROM {ks}.t WHERE k = 1")).await,
+        Some("a".to_owned())
+    );
+    let again = bulk_support::run_validate(&bed, &selection).await;
+    assert_eq!(again.differences(), 0, "{again:?}");
+    for session in [&source, &target] {
+        let _ = session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), &[])
+            .await;
+    }
+}

@@ -710,6 +710,26 @@ async fn resolve(
     Ok(())
 }
 
+/// How many µs after its planned timestamp a rewrite of `source_row` puts
+/// its non-frozen lists: 1 µs after the newest copy the target holds (a
+/// duplicated copy is newer than the source's), so the overwrite's
+/// tombstone covers it; at most 1 ms.
+fn list_bump(layout: &ScanLayout, source_row: &RawRow, target: Option<&RawRow>) -> i64 {
+    target.map_or(0, |t| {
+        layout
+            .values
+            .iter()
+            .filter(|slot| slot.column.is_multi_cell_list())
+            .filter_map(|slot| {
+                Some(layout.cell(t, slot).writetime? - layout.cell(source_row, slot).writetime?)
+            })
+            .map(|d| d + 1)
+            .max()
+            .unwrap_or(0)
+            .clamp(0, 1000)
+    })
+}
+
 /// Makes the target's row equal to the source's.
 ///
 /// Missing or mismatched: the source version is written with its original
@@ -731,6 +751,8 @@ async fn repair(
 ) -> Result<(), RangeError> {
     let layout = &check.layout;
     let mut ops = Vec::new();
+    // How much later than planned the rewrite puts its lists (see list_bump).
+    let mut bump = 0;
     match (kind, source) {
         (Kind::Extra, _) | (_, None) => {
             let Some(target_row) = target else {
@@ -754,24 +776,7 @@ async fn repair(
             }
         }
         (_, Some(source_row)) => {
-            // A list the target holds newer (a duplicated copy) is
-            // overwritten 1 µs after it.
-            let bump = target.map_or(0, |t| {
-                layout
-                    .values
-                    .iter()
-                    .filter(|slot| slot.column.is_multi_cell_list())
-                    .filter_map(|slot| {
-                        Some(
-                            layout.cell(t, slot).writetime?
-                                - layout.cell(source_row, slot).writetime?,
-                        )
-                    })
-                    .map(|d| d + 1)
-                    .max()
-                    .unwrap_or(0)
-                    .clamp(0, 1000)
-            });
+            bump = list_bump(layout, source_row, target);
             // The source row was read just before (a re-read of this key):
             // its TTLs count from about now.
             check
@@ -811,10 +816,14 @@ async fn repair(
         .is_some_and(|t| difference(check, source_row, t, args).is_none());
     if !fixed {
         info!(key = %describe_key(&check.schema, layout, key), "target holds newer data than the source; rewriting at the validation start");
+        // The first rewrite put a non-frozen list at most at the validation
+        // start - 1 µs + `bump` (exactly there when the source has no
+        // element WRITETIME, before 5.0); this one goes 1 µs after it, so
+        // its tombstone covers that copy instead of keeping both.
         let mut late = Vec::new();
         check
             .late_planner
-            .plan_row(source_row, true, 0, Instant::now(), &mut late);
+            .plan_row(source_row, true, bump + 1, Instant::now(), &mut late);
         for op in &late {
             writer.execute(op).await?;
         }

@@ -237,3 +237,168 @@ async fn drop_target_writes_keeps_serving_and_counts_every_drop() {
     proxy.kill_9().await;
     let _ = std::fs::remove_dir_all(&spool);
 }
+
+/// A write made `USING TTL` while the target is down (async mode) waits in
+/// the spool; replayed later, it must expire on the target when it expires
+/// on the source, not as much later as it waited. Cassandra counts a TTL
+/// from when a node takes the write, so the replay takes the time spent in
+/// the spool off each TTL: a literal in the text, a bound `?` or `:name`,
+/// in a QUERY, an EXECUTE and the children of a BATCH. The spool is
+/// replayed by a restarted proxy, so the time a write was taken survives
+/// on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_write_expires_on_the_target_when_it_expires_on_the_source() {
+    let tb = testbed(1);
+    let (src, tgt) = (
+        tb.source_contact_points[0].clone(),
+        tb.target_contact_points[0].clone(),
+    );
+    let source = connect(&src).await;
+    let target = connect(&tgt).await;
+    let ks = keyspace("fault_ttl");
+    create_keyspace(&source, &ks).await;
+    create_keyspace(&target, &ks).await;
+    ddl_both(
+        &source,
+        &target,
+        &[format!(
+            "CREATE TABLE {ks}.t (k int PRIMARY KEY, v text, n int)"
+        )],
+    )
+    .await;
+    let spool = std::env::temp_dir().join(format!("ferry-fault-ttl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let async_flags = ["--mode", "async", "--async-retries", "1"];
+    let down = ProxyProcess::start("127.0.0.102", &src, "127.0.0.97", &spool, &async_flags).await;
+    let client = connect("127.0.0.102:29042").await;
+    let run = |cql: String| {
+        let client = &client;
+        async move {
+            client
+                .query_unpaged(cql.clone(), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{cql}: {e}"));
+        }
+    };
+    // Literals, in an INSERT, an UPDATE and a text batch.
+    run(format!(
+        "INSERT INTO {ks}.t (k, v) VALUES (1, 'literal') USING TTL 600"
+    ))
+    .await;
+    run(format!(
+        "UPDATE {ks}.t USING TIMESTAMP 1000 AND TTL 700 SET v = 'update' WHERE k = 2"
+    ))
+    .await;
+    run(format!(
+        "BEGIN UNLOGGED BATCH INSERT INTO {ks}.t (k, v) VALUES (3, 'b1') USING TTL 800; \
+         UPDATE {ks}.t USING TTL 900 SET v = 'b2' WHERE k = 4; APPLY BATCH"
+    ))
+    .await;
+    // Bound values: a QUERY with values, prepared `?` and `:name`.
+    client
+        .query_unpaged(
+            format!("INSERT INTO {ks}.t (k, v, n) VALUES (?, ?, ?) USING TTL ?"),
+            (5, "query values", 7, 1000),
+        )
+        .await
+        .expect("query with values");
+    let positional = client
+        .prepare(format!(
+            "INSERT INTO {ks}.t (k, v) VALUES (?, ?) USING TTL ?"
+        ))
+        .await
+        .expect("prepare");
+    client
+        .execute_unpaged(&positional, (6, "positional", 1100))
+        .await
+        .expect("execute");
+    let named = client
+        .prepare(format!(
+            "UPDATE {ks}.t USING TTL :ttl AND TIMESTAMP :ts SET v = :v WHERE k = :k"
+        ))
+        .await
+        .expect("prepare named");
+    client
+        .execute_unpaged(&named, (1200, 5_000i64, "named", 7))
+        .await
+        .expect("execute named");
+    // A batch of prepared children, one without a TTL (it keeps none).
+    let mut batch =
+        scylla::statement::batch::Batch::new(scylla::statement::batch::BatchType::Unlogged);
+    batch.append_statement(positional.clone());
+    batch.append_statement(
+        client
+            .prepare(format!("INSERT INTO {ks}.t (k, v) VALUES (?, ?)"))
+            .await
+            .expect("prepare plain"),
+    );
+    client
+        .batch(&batch, ((8, "batch child", 1300), (9, "no ttl")))
+        .await
+        .expect("batch");
+    const WRITES: f64 = 7.0;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            down.metric("ferry_proxy_spool_records").await == WRITES
+        })
+        .await,
+        "{} of {WRITES} spooled",
+        down.metric("ferry_proxy_spool_records").await
+    );
+    drop(client);
+    down.kill_9().await;
+    // The writes wait in the spool; a replay that kept their TTLs whole
+    // would leave them this much longer on the target.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let up = ProxyProcess::start("127.0.0.102", &src, &tgt, &spool, &async_flags).await;
+    let q = format!("SELECT count(*) FROM {ks}.t");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count(&target, &q).await == 9
+        })
+        .await,
+        "{} of 9 rows on the target after the replay",
+        count(&target, &q).await
+    );
+    let ttls = format!("SELECT k, TTL(v) FROM {ks}.t");
+    let on_source = bulk_ttls(&source, &ttls).await;
+    let on_target = bulk_ttls(&target, &ttls).await;
+    assert_eq!(on_source.len(), 9, "{on_source:?}");
+    for (k, source_ttl) in &on_source {
+        let target_ttl = on_target.get(k).copied().flatten();
+        match (source_ttl, target_ttl) {
+            (None, None) => {}
+            (Some(s), Some(t)) => assert!(
+                (s - t).abs() <= 1,
+                "k={k}: TTL {s} s left on the source, {t} s on the target \
+                 (source {on_source:?}, target {on_target:?})"
+            ),
+            _ => panic!("k={k}: TTL {source_ttl:?} on the source, {target_ttl:?} on the target"),
+        }
+    }
+    assert_eq!(
+        on_source.get(&9),
+        Some(&None),
+        "the child without a TTL keeps none"
+    );
+    up.kill_9().await;
+    let _ = std::fs::remove_dir_all(&spool);
+}
+
+/// Every row's `k` and `TTL(v)`.
+async fn bulk_ttls(
+    session: &scylla::client::session::Session,
+    cql: &str,
+) -> std::collections::BTreeMap<i32, Option<i32>> {
+    session
+        .query_unpaged(cql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{cql}: {e}"))
+        .into_rows_result()
+        .expect("rows")
+        .rows::<(i32, Option<i32>)>()
+        .expect("row type")
+        .map(|r| r.expect("row"))
+        .collect()
+}

@@ -179,7 +179,7 @@ pub(crate) struct Markers<'a> {
 /// a `:` can be nothing else; inside a map or UDT literal (`{k: v}`) it also
 /// separates a key from its value, and is a separator exactly when a term
 /// ends right before it.
-fn is_named_marker<'a>(
+pub(crate) fn is_named_marker<'a>(
     toks: &[(Token<'a>, usize)],
     i: usize,
     brace_depth: usize,

@@ -181,6 +181,8 @@ pub enum BatchChild<'a> {
         text: &'a str,
         /// Byte range of the `[long string]` text (length included).
         range: (usize, usize),
+        /// Byte range of the child's `[short n][value]*` section.
+        values: (usize, usize),
     },
     Prepared {
         id: &'a [u8],
@@ -209,34 +211,28 @@ pub fn parse_batch(frame: &Frame) -> Result<BatchRequest<'_>, WireError> {
     let n = r.u16()?;
     let mut children = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let prepared = match r.u8()? {
-            0 => {
-                let start = r.position();
-                let text = r.long_string()?;
-                children.push(BatchChild::Query {
-                    text,
-                    range: (start, r.position()),
-                });
-                None
-            }
-            _ => {
-                let s = r.position();
-                let id = r.short_bytes()?;
-                Some((id, (s, r.position())))
-            }
+        let kind = r.u8()?;
+        let start = r.position();
+        let statement = if kind == 0 {
+            Ok(r.long_string()?)
+        } else {
+            Err(r.short_bytes()?)
         };
+        let range = (start, r.position());
         let values_at = r.position();
         let values = r.u16()?;
         for _ in 0..values {
             r.bytes()?;
         }
-        if let Some((id, range)) = prepared {
-            children.push(BatchChild::Prepared {
-                id,
+        let values = (values_at, r.position());
+        children.push(match statement {
+            Ok(text) => BatchChild::Query {
+                text,
                 range,
-                values: (values_at, r.position()),
-            });
-        }
+                values,
+            },
+            Err(id) => BatchChild::Prepared { id, range, values },
+        });
     }
     r.u16()?; // consistency
     let (flags_at, flags_wide, f) = read_flags(&mut r, frame.version)?;

@@ -7,9 +7,12 @@
 //! never spooled for this reason).
 //!
 //! Record layout: `[u32 LE length][u32 LE crc32][payload]`, payload:
-//! `version u8, opcode u8, flags u8, keyspace [string], prepared count u16,
+//! `version u8, [accepted at: u64 ms since the epoch, when version has bit
+//! 0x80], opcode u8, flags u8, keyspace [string], prepared count u16,
 //! prepared × (id [short bytes], keyspace [string], query [long string]),
-//! body (rest)`. An empty keyspace string means none.
+//! body (rest)`. An empty keyspace string means none. Records written
+//! before the accepted time was kept have no 0x80 bit, and are read as
+//! they were.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -20,6 +23,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::segment::crc32;
 use super::wire::{put_long_string, put_short_bytes, put_string, Reader, WireError};
+
+/// The bit of a record's first byte that says an accepted time follows.
+const ACCEPTED_AT: u8 = 0x80;
 
 const LOG: &str = "spool.log";
 const HEAD: &str = "spool.head";
@@ -41,6 +47,10 @@ pub struct SpoolRecord {
     pub flags: u8,
     /// The connection's keyspace when the write was made.
     pub keyspace: Option<String>,
+    /// When the proxy took the write (ms since the epoch), the moment its
+    /// TTLs started counting on the source; the replay takes the time since
+    /// off them (`mirror::spooled_ttl`).
+    pub accepted_at_millis: Option<u64>,
     pub statements: Vec<SpooledStatement>,
     /// Body with source ids and the pinned timestamp.
     pub body: Bytes,
@@ -49,7 +59,13 @@ pub struct SpoolRecord {
 impl SpoolRecord {
     fn encode(&self) -> BytesMut {
         let mut p = BytesMut::with_capacity(self.body.len() + 64);
-        p.put_u8(self.version);
+        match self.accepted_at_millis {
+            Some(at) => {
+                p.put_u8(self.version | ACCEPTED_AT);
+                p.put_u64(at);
+            }
+            None => p.put_u8(self.version),
+        }
         p.put_u8(self.opcode);
         p.put_u8(self.flags);
         put_string(&mut p, self.keyspace.as_deref().unwrap_or(""));
@@ -65,7 +81,13 @@ impl SpoolRecord {
 
     fn decode(payload: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
-        let version = r.u8()?;
+        let first = r.u8()?;
+        let version = first & !ACCEPTED_AT;
+        let accepted_at_millis = if first & ACCEPTED_AT != 0 {
+            Some(r.i64()? as u64)
+        } else {
+            None
+        };
         let opcode = r.u8()?;
         let flags = r.u8()?;
         let ks = r.string()?;
@@ -87,6 +109,7 @@ impl SpoolRecord {
             opcode,
             flags,
             keyspace: (!ks.is_empty()).then(|| ks.to_owned()),
+            accepted_at_millis,
             statements,
             body,
         })
@@ -144,7 +167,7 @@ impl Reservation {
     /// The room a spooled request can need at most: its body, its
     /// statements' texts and ids, and the record's framing.
     pub fn size_of(body: usize, statements: impl Iterator<Item = usize>) -> u64 {
-        (body + statements.map(|s| s + 2 + 2 + 4 + 48).sum::<usize>() + 8 + 5 + 2 + 48) as u64
+        (body + statements.map(|s| s + 2 + 2 + 4 + 48).sum::<usize>() + 8 + 8 + 5 + 2 + 48) as u64
     }
 }
 
@@ -461,6 +484,11 @@ mod tests {
             opcode: 0x0A,
             flags: 0,
             keyspace: Some("ks".into()),
+            // Both layouts: with the accepted time and (as written before
+            // it was kept) without.
+            accepted_at_millis: i
+                .is_multiple_of(2)
+                .then_some(1_700_000_000_000 + u64::from(i)),
             statements: vec![SpooledStatement {
                 source_id: Bytes::from(vec![i; 16]),
                 keyspace: None,

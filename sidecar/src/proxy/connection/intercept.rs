@@ -224,7 +224,7 @@ impl Session {
         let micros = next_timestamp_micros();
         for child in &batch.children {
             match child {
-                BatchChild::Query { text, range } => {
+                BatchChild::Query { text, range, .. } => {
                     if self.ctx.mode() == Mode::SourceOnly {
                         continue;
                     }

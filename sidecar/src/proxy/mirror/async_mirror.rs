@@ -75,8 +75,17 @@ pub async fn deliver(
 ) -> Option<Frame> {
     let _permit = hold.permit;
     let room = hold.room;
+    // The source has just taken the write: its TTLs count from about now.
+    let accepted_at = std::time::SystemTime::now();
     if req.idempotent && !ctx.spool_toward(toward).is_empty() {
-        spool_request(ctx, toward, req, "spool not empty", room.as_ref());
+        spool_request(
+            ctx,
+            toward,
+            req,
+            accepted_at,
+            "spool not empty",
+            room.as_ref(),
+        );
         return None;
     }
     let mut delay = ctx.retry_backoff;
@@ -138,7 +147,7 @@ pub async fn deliver(
         error!(toward = toward.name(), error = %last_error, "counter update not mirrored (counters are never retried)");
         return None;
     }
-    spool_request(ctx, toward, req, &last_error, room.as_ref());
+    spool_request(ctx, toward, req, accepted_at, &last_error, room.as_ref());
     None
 }
 
@@ -161,6 +170,7 @@ pub(super) fn spool_request(
     ctx: &ProxyContext,
     toward: Toward,
     req: &MirrorRequest,
+    accepted_at: std::time::SystemTime,
     why: &str,
     room: Option<&Reservation>,
 ) {
@@ -169,6 +179,10 @@ pub(super) fn spool_request(
         opcode: req.opcode,
         flags: req.flags,
         keyspace: req.keyspace.clone(),
+        accepted_at_millis: accepted_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64),
         statements: req
             .statements
             .iter()

@@ -27,6 +27,7 @@ mod async_mirror;
 mod context;
 mod progress;
 mod replay;
+mod spooled_ttl;
 mod target_link;
 
 pub use async_mirror::{

@@ -296,6 +296,13 @@ impl ReplayStatements {
     }
 }
 
+/// Whole seconds since the source took a spooled write, when known.
+fn waited_seconds(record: &SpoolRecord) -> Option<i64> {
+    let accepted = std::time::UNIX_EPOCH + Duration::from_millis(record.accepted_at_millis?);
+    let waited = std::time::SystemTime::now().duration_since(accepted).ok()?;
+    Some(waited.as_secs() as i64)
+}
+
 async fn replay_one(
     ctx: &Arc<ProxyContext>,
     toward: Toward,
@@ -303,11 +310,28 @@ async fn replay_one(
     record: &SpoolRecord,
     statements: Vec<(Bytes, Arc<PreparedStatement>)>,
 ) -> Result<(), MirrorError> {
+    let (opcode, body) =
+        match waited_seconds(record).map(|waited| super::spooled_ttl::lower_ttls(record, waited)) {
+            Some(Ok(Some(lowered))) => lowered,
+            Some(Err(e)) => {
+                // Sent as it was, the target refuses it or takes it as the
+                // source did; either way its TTL cannot be made worse.
+                debug!(error = %e, "a spooled write's TTLs could not be read; replayed as it was");
+                (record.opcode, record.body.clone())
+            }
+            _ => (record.opcode, record.body.clone()),
+        };
+    // An EXECUTE turned into a QUERY needs no prepared statement.
+    let statements = if opcode == record.opcode {
+        statements
+    } else {
+        Vec::new()
+    };
     let req = MirrorRequest {
         version: record.version,
         flags: record.flags,
-        opcode: record.opcode,
-        body: record.body.clone(),
+        opcode,
+        body,
         keyspace: record.keyspace.clone(),
         statements,
         idempotent: true,
@@ -359,6 +383,7 @@ mod tests {
             opcode: opcode::QUERY,
             flags: 0,
             keyspace: keyspace.map(str::to_owned),
+            accepted_at_millis: None,
             statements: Vec::new(),
             body,
         }

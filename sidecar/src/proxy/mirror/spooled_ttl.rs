@@ -1,0 +1,440 @@
+//! A spooled write's TTLs, lowered by the time it waited in the spool.
+//!
+//! Cassandra counts a TTL from the moment a node takes the write. A write
+//! replayed from the spool `n` seconds after the source took it would live
+//! `n` seconds longer on the target, so the replayer takes the whole
+//! seconds it waited off every TTL the request sets (never below 1 s: a
+//! cell that expired on the source must still expire on the target, where
+//! it shadows older data as it does there; `TTL 0`, none, stays 0):
+//!
+//! - a literal (`USING TTL 600`) in a QUERY's text or a text child of a
+//!   BATCH is rewritten in the text;
+//! - a bound TTL (`USING TTL ?`, `USING TTL :name`) gets a lowered value,
+//!   found by its position among the statement's markers (or its name, when
+//!   the request sends values with names);
+//! - a literal in a *prepared* statement cannot change without a statement
+//!   of its own, so that EXECUTE (or BATCH child) is replayed as a QUERY of
+//!   the lowered text with the same values.
+//!
+//! A table's `default_time_to_live` is not handled: a write that relies on
+//! it is replayed as it was, and expires on the target as much later as it
+//! waited (validation reports it past `--ttl-tolerance-seconds`).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::proxy::bound::is_named_marker;
+use crate::proxy::cql_tokens::{tokenize_spans, Token};
+use crate::proxy::frame::{opcode, Frame};
+use crate::proxy::request::{
+    body_start, param_flags, parse_batch, parse_execute, parse_query, replace_ranges, BatchChild,
+    ParamsLayout, RangeEdit,
+};
+use crate::proxy::spool::SpoolRecord;
+use crate::proxy::wire::{put_long_string, Reader, WireError};
+
+/// Where a statement sets a TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TtlSite<'a> {
+    /// `USING TTL 600`: the literal's byte span in the text, and its value.
+    Literal { span: (usize, usize), seconds: i64 },
+    /// `USING TTL ?` or `USING TTL :name`: the marker's position among the
+    /// statement's bind markers, and its name.
+    Marker {
+        position: usize,
+        name: Option<&'a str>,
+    },
+}
+
+/// Every TTL a statement's text sets (a `BEGIN BATCH` text can set several),
+/// in order.
+fn ttl_sites(text: &str) -> Vec<TtlSite<'_>> {
+    let toks = tokenize_spans(text);
+    let mut sites = Vec::new();
+    let mut markers = 0;
+    let mut braces = 0usize;
+    let mut i = 0;
+    while i < toks.len() {
+        match toks[i].0 {
+            Token::Punct('?') => markers += 1,
+            Token::Punct('{') => braces += 1,
+            Token::Punct('}') => braces = braces.saturating_sub(1),
+            Token::Punct(':') if is_named_marker(&toks, i, braces).is_some() => {
+                markers += 1;
+                i += 2;
+                continue;
+            }
+            Token::Word(w) if w.eq_ignore_ascii_case("using") => {
+                i = using_clause(text, &toks, i + 1, &mut markers, braces, &mut sites);
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    sites
+}
+
+/// Reads `TTL v | TIMESTAMP v [AND ...]` from `toks[i]`, counting its
+/// markers and noting its TTL; returns where the clause ends.
+fn using_clause<'a>(
+    text: &str,
+    toks: &[(Token<'a>, usize)],
+    mut i: usize,
+    markers: &mut usize,
+    braces: usize,
+    sites: &mut Vec<TtlSite<'a>>,
+) -> usize {
+    loop {
+        let Some((Token::Word(option), _)) = toks.get(i) else {
+            return i;
+        };
+        let ttl = option.eq_ignore_ascii_case("ttl");
+        if !ttl && !option.eq_ignore_ascii_case("timestamp") {
+            return i;
+        }
+        match toks.get(i + 1) {
+            Some((Token::Number, at)) => {
+                let end = text[*at..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+                    .map_or(text.len(), |n| at + n);
+                if let (true, Ok(seconds)) = (ttl, text[*at..end].parse::<i64>()) {
+                    sites.push(TtlSite::Literal {
+                        span: (*at, end),
+                        seconds,
+                    });
+                }
+                i += 2;
+            }
+            Some((Token::Punct('?'), _)) => {
+                if ttl {
+                    sites.push(TtlSite::Marker {
+                        position: *markers,
+                        name: None,
+                    });
+                }
+                *markers += 1;
+                i += 2;
+            }
+            Some((Token::Punct(':'), _)) => {
+                let Some(name) = is_named_marker(toks, i + 1, braces) else {
+                    return i + 1;
+                };
+                if ttl {
+                    sites.push(TtlSite::Marker {
+                        position: *markers,
+                        name: Some(name),
+                    });
+                }
+                *markers += 1;
+                i += 3;
+            }
+            _ => return i + 1,
+        }
+        match toks.get(i) {
+            Some((Token::Word(w), _)) if w.eq_ignore_ascii_case("and") => i += 1,
+            _ => return i,
+        }
+    }
+}
+
+/// A TTL `waited` seconds later: what is left of it, at least 1 s; 0 (no
+/// TTL) stays 0.
+fn lowered(seconds: i64, waited: i64) -> i64 {
+    if seconds <= 0 {
+        seconds
+    } else {
+        (seconds - waited).max(1)
+    }
+}
+
+/// `text` with its TTL literals lowered; `None` when it has none.
+fn lower_literals(text: &str, sites: &[TtlSite<'_>], waited: i64) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for site in sites {
+        if let TtlSite::Literal { span, seconds } = site {
+            out.push_str(&text[copied..span.0]);
+            out.push_str(&lowered(*seconds, waited).to_string());
+            copied = span.1;
+        }
+    }
+    (copied > 0).then(|| {
+        out.push_str(&text[copied..]);
+        out
+    })
+}
+
+/// The edits lowering the bound TTLs in the values section at `section`
+/// (`[short n]` then each value, with its name first when `named`).
+fn lower_values(
+    body: &[u8],
+    section: (usize, usize),
+    named: bool,
+    sites: &[TtlSite<'_>],
+    waited: i64,
+    edits: &mut Vec<RangeEdit>,
+) -> Result<(), WireError> {
+    let mut r = Reader::new(&body[section.0..section.1]);
+    let n = r.u16()?;
+    for position in 0..usize::from(n) {
+        let name = if named { Some(r.string()?) } else { None };
+        let start = section.0 + r.position();
+        let value = r.bytes()?;
+        let is_ttl = sites.iter().any(|site| match (site, name) {
+            (TtlSite::Marker { name: Some(m), .. }, Some(n)) => m.eq_ignore_ascii_case(n),
+            (TtlSite::Marker { position: p, .. }, None) => *p == position,
+            _ => false,
+        });
+        let Some(bytes) = value.filter(|_| is_ttl) else {
+            continue;
+        };
+        let Ok(four) = <[u8; 4]>::try_from(bytes) else {
+            continue;
+        };
+        let seconds = lowered(i64::from(i32::from_be_bytes(four)), waited);
+        let mut v = BytesMut::with_capacity(8);
+        v.put_i32(4);
+        v.put_i32(seconds as i32);
+        edits.push(((start, section.0 + r.position()), v.freeze()));
+    }
+    Ok(())
+}
+
+fn long_string(text: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(text.len() + 4);
+    put_long_string(&mut b, text);
+    b.freeze()
+}
+
+/// The text a prepared statement in `record` was prepared from.
+fn prepared_text<'r>(record: &'r SpoolRecord, id: &[u8]) -> Option<&'r str> {
+    record
+        .statements
+        .iter()
+        .find(|s| &s.source_id[..] == id)
+        // Run as a QUERY, its text resolves names in the record's keyspace.
+        .filter(|s| s.keyspace.is_none() || s.keyspace == record.keyspace)
+        .map(|s| s.query.as_str())
+}
+
+/// The record's request with every TTL lowered by `waited` whole seconds:
+/// its opcode (an EXECUTE whose text holds a literal TTL becomes a QUERY)
+/// and body. `None` when nothing changes.
+pub fn lower_ttls(record: &SpoolRecord, waited: i64) -> Result<Option<(u8, Bytes)>, WireError> {
+    if waited < 1 {
+        return Ok(None);
+    }
+    let frame = Frame {
+        version: record.version,
+        response: false,
+        flags: record.flags,
+        stream: 0,
+        opcode: record.opcode,
+        body: record.body.clone(),
+    };
+    let body = &record.body[..];
+    let named = |p: &ParamsLayout| p.flags & param_flags::NAMES_FOR_VALUES != 0;
+    let mut edits: Vec<RangeEdit> = Vec::new();
+    let mut opcode_now = record.opcode;
+    match record.opcode {
+        opcode::QUERY => {
+            let q = parse_query(&frame)?;
+            let sites = ttl_sites(q.query);
+            let start = body_start(&frame)?;
+            if let Some(text) = lower_literals(q.query, &sites, waited) {
+                edits.push(((start, start + 4 + q.query.len()), long_string(&text)));
+            }
+            if let Some(section) = q.params.values {
+                lower_values(body, section, named(&q.params), &sites, waited, &mut edits)?;
+            }
+        }
+        opcode::EXECUTE => {
+            let e = parse_execute(&frame)?;
+            let Some(text) = prepared_text(record, e.id) else {
+                return Ok(None);
+            };
+            let sites = ttl_sites(text);
+            if let Some(text) = lower_literals(text, &sites, waited) {
+                // QUERY and EXECUTE share the parameters that follow.
+                let end = e.result_metadata_id_range.map_or(e.id_range.1, |r| r.1);
+                edits.push(((e.id_range.0, end), long_string(&text)));
+                opcode_now = opcode::QUERY;
+            }
+            if let Some(section) = e.params.values {
+                lower_values(body, section, named(&e.params), &sites, waited, &mut edits)?;
+            }
+        }
+        opcode::BATCH => {
+            let b = parse_batch(&frame)?;
+            for child in &b.children {
+                match child {
+                    BatchChild::Query {
+                        text,
+                        range,
+                        values,
+                    } => {
+                        let sites = ttl_sites(text);
+                        if let Some(text) = lower_literals(text, &sites, waited) {
+                            edits.push((*range, long_string(&text)));
+                        }
+                        lower_values(body, *values, false, &sites, waited, &mut edits)?;
+                    }
+                    BatchChild::Prepared { id, range, values } => {
+                        let Some(text) = prepared_text(record, id) else {
+                            continue;
+                        };
+                        let sites = ttl_sites(text);
+                        if let Some(text) = lower_literals(text, &sites, waited) {
+                            // The child's kind byte, just before its id, turns
+                            // from prepared (1) to query (0).
+                            let mut child = BytesMut::with_capacity(text.len() + 5);
+                            child.put_u8(0);
+                            child.put_slice(&long_string(&text));
+                            edits.push(((range.0 - 1, range.1), child.freeze()));
+                        }
+                        lower_values(body, *values, false, &sites, waited, &mut edits)?;
+                    }
+                }
+            }
+        }
+        _ => return Ok(None),
+    }
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    edits.sort_by_key(|(range, _)| range.0);
+    Ok(Some((opcode_now, replace_ranges(body, &edits))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::request::tests::query_body;
+    use crate::proxy::spool::SpooledStatement;
+
+    fn int(v: i32) -> [u8; 4] {
+        v.to_be_bytes()
+    }
+
+    #[test]
+    fn the_ttl_of_a_statement_is_found_as_a_literal_or_a_marker() {
+        assert_eq!(
+            ttl_sites("INSERT INTO t (k) VALUES (1) USING TTL 600"),
+            vec![TtlSite::Literal {
+                span: (39, 42),
+                seconds: 600
+            }]
+        );
+        assert_eq!(
+            ttl_sites("UPDATE t USING TIMESTAMP ? AND ttl ? SET v = ? WHERE k = ?"),
+            vec![TtlSite::Marker {
+                position: 1,
+                name: None
+            }]
+        );
+        assert_eq!(
+            ttl_sites("UPDATE t SET m = {'a': :x} WHERE k = :k USING TTL :ttl"),
+            vec![TtlSite::Marker {
+                position: 2,
+                name: Some("ttl")
+            }]
+        );
+        // A column named ttl, a TTL() read, a string: none of them is one.
+        assert!(ttl_sites("UPDATE t SET ttl = 5 WHERE k = 'USING TTL 9'").is_empty());
+        assert!(ttl_sites("SELECT TTL(v) FROM t").is_empty());
+        assert_eq!(
+            ttl_sites("BEGIN BATCH INSERT INTO t (k) VALUES (?) USING TTL 5; UPDATE t USING TTL ? SET v = 1 WHERE k = 2; APPLY BATCH").len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_ttl_loses_the_seconds_waited_but_never_reaches_zero() {
+        assert_eq!(lowered(600, 6), 594);
+        assert_eq!(lowered(5, 6), 1);
+        assert_eq!(lowered(0, 6), 0);
+    }
+
+    fn record(opcode: u8, body: Bytes, statements: Vec<SpooledStatement>) -> SpoolRecord {
+        SpoolRecord {
+            version: 4,
+            opcode,
+            flags: 0,
+            keyspace: Some("ks".into()),
+            accepted_at_millis: None,
+            statements,
+            body,
+        }
+    }
+
+    #[test]
+    fn a_query_gets_its_literal_and_its_bound_ttl_lowered() {
+        let text = "INSERT INTO t (k, v) VALUES (?, 'x') USING TTL 600 AND TIMESTAMP ?";
+        let body = query_body(4, text, 0x01, &[&int(1), &9i64.to_be_bytes()]);
+        let (op, lowered_body) = lower_ttls(&record(opcode::QUERY, body, vec![]), 10)
+            .expect("parses")
+            .expect("changed");
+        assert_eq!(op, opcode::QUERY);
+        let frame = Frame {
+            version: 4,
+            response: false,
+            flags: 0,
+            stream: 0,
+            opcode: op,
+            body: lowered_body,
+        };
+        let q = parse_query(&frame).expect("still a query");
+        assert!(
+            q.query.ends_with("USING TTL 590 AND TIMESTAMP ?"),
+            "{}",
+            q.query
+        );
+
+        let text = "INSERT INTO t (k, v) VALUES (?, ?) USING TTL ?";
+        let body = query_body(4, text, 0x01, &[&int(1), b"v", &int(600)]);
+        let (_, lowered_body) = lower_ttls(&record(opcode::QUERY, body, vec![]), 10)
+            .expect("parses")
+            .expect("changed");
+        let expected = query_body(4, text, 0x01, &[&int(1), b"v", &int(590)]);
+        assert_eq!(lowered_body, expected);
+        // Nothing to lower: no change, and none before a whole second.
+        let plain = query_body(4, "INSERT INTO t (k) VALUES (1)", 0, &[]);
+        assert!(lower_ttls(&record(opcode::QUERY, plain, vec![]), 10)
+            .expect("parses")
+            .is_none());
+        let body = query_body(4, text, 0x01, &[&int(1), b"v", &int(600)]);
+        assert!(lower_ttls(&record(opcode::QUERY, body, vec![]), 0)
+            .expect("parses")
+            .is_none());
+    }
+
+    #[test]
+    fn an_execute_with_a_literal_ttl_is_replayed_as_a_query_of_the_lowered_text() {
+        let id = Bytes::from_static(&[7; 16]);
+        let mut body = BytesMut::new();
+        body.put_u16(16);
+        body.put_slice(&id);
+        body.put_u16(0x0001); // consistency ONE
+        body.put_u8(0x01); // values
+        body.put_u16(1);
+        body.put_i32(4);
+        body.put_slice(&int(3));
+        let statement = SpooledStatement {
+            source_id: id,
+            keyspace: Some("ks".into()),
+            query: "INSERT INTO t (k) VALUES (?) USING TTL 100".into(),
+        };
+        let (op, lowered_body) =
+            lower_ttls(&record(opcode::EXECUTE, body.freeze(), vec![statement]), 30)
+                .expect("parses")
+                .expect("changed");
+        assert_eq!(op, opcode::QUERY);
+        let expected = query_body(
+            4,
+            "INSERT INTO t (k) VALUES (?) USING TTL 70",
+            0x01,
+            &[&int(3)],
+        );
+        assert_eq!(lowered_body, expected);
+    }
+}

@@ -18,6 +18,8 @@ pub mod param_flags {
     pub const DEFAULT_TIMESTAMP: u32 = 0x20;
     pub const NAMES_FOR_VALUES: u32 = 0x40;
     pub const KEYSPACE: u32 = 0x80;
+    /// v5: the request says what "now" is, in seconds (TTLs count from it).
+    pub const NOW_IN_SECONDS: u32 = 0x100;
 }
 
 /// Where the flags are and where a default timestamp goes.

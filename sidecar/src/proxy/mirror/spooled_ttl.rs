@@ -45,33 +45,80 @@ enum TtlSite<'a> {
     },
 }
 
-/// Every TTL a statement's text sets (a `BEGIN BATCH` text can set several),
-/// in order.
-fn ttl_sites(text: &str) -> Vec<TtlSite<'_>> {
+/// The TTLs a statement's text sets (a `BEGIN BATCH` text can set
+/// several), in order, and the name of each of its bind markers (`None`
+/// for `?`), by position.
+#[derive(Debug, Default)]
+struct StatementTtls<'a> {
+    sites: Vec<TtlSite<'a>>,
+    markers: Vec<Option<&'a str>>,
+}
+
+impl StatementTtls<'_> {
+    /// Whether the value sent at `position`, or with `name`, is a TTL and
+    /// nothing else. A value sent with a name binds every marker of that
+    /// name, so one that also fills a column is left as it is.
+    fn binds_only_a_ttl(&self, position: usize, name: Option<&str>) -> bool {
+        match name {
+            None => self
+                .sites
+                .iter()
+                .any(|s| matches!(s, TtlSite::Marker { position: p, .. } if *p == position)),
+            Some(name) => {
+                // Cassandra names an anonymous TTL marker `[ttl]`.
+                fn site_name<'s>(s: &TtlSite<'s>) -> Option<&'s str> {
+                    match s {
+                        TtlSite::Marker { name: Some(m), .. } => Some(m),
+                        TtlSite::Marker { name: None, .. } => Some("[ttl]"),
+                        TtlSite::Literal { .. } => None,
+                    }
+                }
+                let ttls = self
+                    .sites
+                    .iter()
+                    .filter(|s| site_name(s).is_some_and(|m| m.eq_ignore_ascii_case(name)))
+                    .count();
+                let ttl_at = |p: usize| {
+                    self.sites
+                        .iter()
+                        .any(|s| matches!(s, TtlSite::Marker { position, .. } if *position == p))
+                };
+                let elsewhere =
+                    self.markers.iter().enumerate().any(|(p, m)| {
+                        !ttl_at(p) && m.is_some_and(|m| m.eq_ignore_ascii_case(name))
+                    });
+                ttls > 0 && !elsewhere
+            }
+        }
+    }
+}
+
+fn ttl_sites(text: &str) -> StatementTtls<'_> {
     let toks = tokenize_spans(text);
-    let mut sites = Vec::new();
-    let mut markers = 0;
+    let mut found = StatementTtls::default();
     let mut braces = 0usize;
     let mut i = 0;
     while i < toks.len() {
         match toks[i].0 {
-            Token::Punct('?') => markers += 1,
+            Token::Punct('?') => found.markers.push(None),
             Token::Punct('{') => braces += 1,
             Token::Punct('}') => braces = braces.saturating_sub(1),
-            Token::Punct(':') if is_named_marker(&toks, i, braces).is_some() => {
-                markers += 1;
-                i += 2;
-                continue;
+            Token::Punct(':') => {
+                if let Some(name) = is_named_marker(&toks, i, braces) {
+                    found.markers.push(Some(name));
+                    i += 2;
+                    continue;
+                }
             }
             Token::Word(w) if w.eq_ignore_ascii_case("using") => {
-                i = using_clause(text, &toks, i + 1, &mut markers, braces, &mut sites);
+                i = using_clause(text, &toks, i + 1, braces, &mut found);
                 continue;
             }
             _ => {}
         }
         i += 1;
     }
-    sites
+    found
 }
 
 /// Reads `TTL v | TIMESTAMP v [AND ...]` from `toks[i]`, counting its
@@ -80,9 +127,8 @@ fn using_clause<'a>(
     text: &str,
     toks: &[(Token<'a>, usize)],
     mut i: usize,
-    markers: &mut usize,
     braces: usize,
-    sites: &mut Vec<TtlSite<'a>>,
+    found: &mut StatementTtls<'a>,
 ) -> usize {
     loop {
         let Some((Token::Word(option), _)) = toks.get(i) else {
@@ -98,7 +144,7 @@ fn using_clause<'a>(
                     .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
                     .map_or(text.len(), |n| at + n);
                 if let (true, Ok(seconds)) = (ttl, text[*at..end].parse::<i64>()) {
-                    sites.push(TtlSite::Literal {
+                    found.sites.push(TtlSite::Literal {
                         span: (*at, end),
                         seconds,
                     });
@@ -107,12 +153,12 @@ fn using_clause<'a>(
             }
             Some((Token::Punct('?'), _)) => {
                 if ttl {
-                    sites.push(TtlSite::Marker {
-                        position: *markers,
+                    found.sites.push(TtlSite::Marker {
+                        position: found.markers.len(),
                         name: None,
                     });
                 }
-                *markers += 1;
+                found.markers.push(None);
                 i += 2;
             }
             Some((Token::Punct(':'), _)) => {
@@ -120,12 +166,12 @@ fn using_clause<'a>(
                     return i + 1;
                 };
                 if ttl {
-                    sites.push(TtlSite::Marker {
-                        position: *markers,
+                    found.sites.push(TtlSite::Marker {
+                        position: found.markers.len(),
                         name: Some(name),
                     });
                 }
-                *markers += 1;
+                found.markers.push(Some(name));
                 i += 3;
             }
             _ => return i + 1,
@@ -147,18 +193,21 @@ fn lowered(seconds: i64, waited: i64) -> i64 {
     }
 }
 
-/// `text` with its TTL literals lowered; `None` when it has none.
-fn lower_literals(text: &str, sites: &[TtlSite<'_>], waited: i64) -> Option<String> {
+/// `text` with its TTL literals lowered; `None` when none changes.
+fn lower_literals(text: &str, found: &StatementTtls<'_>, waited: i64) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
-    for site in sites {
+    let mut changed = false;
+    for site in &found.sites {
         if let TtlSite::Literal { span, seconds } = site {
+            let now = lowered(*seconds, waited);
+            changed |= now != *seconds;
             out.push_str(&text[copied..span.0]);
-            out.push_str(&lowered(*seconds, waited).to_string());
+            out.push_str(&now.to_string());
             copied = span.1;
         }
     }
-    (copied > 0).then(|| {
+    changed.then(|| {
         out.push_str(&text[copied..]);
         out
     })
@@ -170,7 +219,7 @@ fn lower_values(
     body: &[u8],
     section: (usize, usize),
     named: bool,
-    sites: &[TtlSite<'_>],
+    found: &StatementTtls<'_>,
     waited: i64,
     edits: &mut Vec<RangeEdit>,
 ) -> Result<(), WireError> {
@@ -180,11 +229,7 @@ fn lower_values(
         let name = if named { Some(r.string()?) } else { None };
         let start = section.0 + r.position();
         let value = r.bytes()?;
-        let is_ttl = sites.iter().any(|site| match (site, name) {
-            (TtlSite::Marker { name: Some(m), .. }, Some(n)) => m.eq_ignore_ascii_case(n),
-            (TtlSite::Marker { position: p, .. }, None) => *p == position,
-            _ => false,
-        });
+        let is_ttl = found.binds_only_a_ttl(position, name);
         let Some(bytes) = value.filter(|_| is_ttl) else {
             continue;
         };
@@ -206,15 +251,18 @@ fn long_string(text: &str) -> Bytes {
     b.freeze()
 }
 
-/// The text a prepared statement in `record` was prepared from.
-fn prepared_text<'r>(record: &'r SpoolRecord, id: &[u8]) -> Option<&'r str> {
-    record
-        .statements
-        .iter()
-        .find(|s| &s.source_id[..] == id)
-        // Run as a QUERY, its text resolves names in the record's keyspace.
-        .filter(|s| s.keyspace.is_none() || s.keyspace == record.keyspace)
-        .map(|s| s.query.as_str())
+/// The text a prepared statement in `record` was prepared from, and
+/// whether it can run as a QUERY: its names resolve in the keyspace the
+/// request runs in (`keyspace`: the request's own in v5, else the
+/// connection's) as they did when it was prepared.
+fn prepared_text<'r>(
+    record: &'r SpoolRecord,
+    id: &[u8],
+    keyspace: Option<&str>,
+) -> Option<(&'r str, bool)> {
+    let s = record.statements.iter().find(|s| &s.source_id[..] == id)?;
+    let as_query = s.keyspace.is_none() || s.keyspace.as_deref() == keyspace;
+    Some((s.query.as_str(), as_query))
 }
 
 /// The record's request with every TTL lowered by `waited` whole seconds:
@@ -234,11 +282,18 @@ pub fn lower_ttls(record: &SpoolRecord, waited: i64) -> Result<Option<(u8, Bytes
     };
     let body = &record.body[..];
     let named = |p: &ParamsLayout| p.flags & param_flags::NAMES_FOR_VALUES != 0;
+    // A v5 request that says what "now" is has its expiry counted from
+    // then on any node: nothing to lower.
+    let pinned_now = |p: &ParamsLayout| p.flags & param_flags::NOW_IN_SECONDS != 0;
+    let keyspace_of = |p: &ParamsLayout| p.keyspace.clone().or_else(|| record.keyspace.clone());
     let mut edits: Vec<RangeEdit> = Vec::new();
     let mut opcode_now = record.opcode;
     match record.opcode {
         opcode::QUERY => {
             let q = parse_query(&frame)?;
+            if pinned_now(&q.params) {
+                return Ok(None);
+            }
             let sites = ttl_sites(q.query);
             let start = body_start(&frame)?;
             if let Some(text) = lower_literals(q.query, &sites, waited) {
@@ -250,11 +305,15 @@ pub fn lower_ttls(record: &SpoolRecord, waited: i64) -> Result<Option<(u8, Bytes
         }
         opcode::EXECUTE => {
             let e = parse_execute(&frame)?;
-            let Some(text) = prepared_text(record, e.id) else {
+            if pinned_now(&e.params) {
+                return Ok(None);
+            }
+            let keyspace = keyspace_of(&e.params);
+            let Some((text, as_query)) = prepared_text(record, e.id, keyspace.as_deref()) else {
                 return Ok(None);
             };
             let sites = ttl_sites(text);
-            if let Some(text) = lower_literals(text, &sites, waited) {
+            if let Some(text) = lower_literals(text, &sites, waited).filter(|_| as_query) {
                 // QUERY and EXECUTE share the parameters that follow.
                 let end = e.result_metadata_id_range.map_or(e.id_range.1, |r| r.1);
                 edits.push(((e.id_range.0, end), long_string(&text)));
@@ -266,6 +325,10 @@ pub fn lower_ttls(record: &SpoolRecord, waited: i64) -> Result<Option<(u8, Bytes
         }
         opcode::BATCH => {
             let b = parse_batch(&frame)?;
+            if pinned_now(&b.params) {
+                return Ok(None);
+            }
+            let keyspace = keyspace_of(&b.params);
             for child in &b.children {
                 match child {
                     BatchChild::Query {
@@ -280,11 +343,14 @@ pub fn lower_ttls(record: &SpoolRecord, waited: i64) -> Result<Option<(u8, Bytes
                         lower_values(body, *values, false, &sites, waited, &mut edits)?;
                     }
                     BatchChild::Prepared { id, range, values } => {
-                        let Some(text) = prepared_text(record, id) else {
+                        let Some((text, as_query)) = prepared_text(record, id, keyspace.as_deref())
+                        else {
                             continue;
                         };
                         let sites = ttl_sites(text);
-                        if let Some(text) = lower_literals(text, &sites, waited) {
+                        if let Some(text) =
+                            lower_literals(text, &sites, waited).filter(|_| as_query)
+                        {
                             // The child's kind byte, just before its id, turns
                             // from prepared (1) to query (0).
                             let mut child = BytesMut::with_capacity(text.len() + 5);
@@ -319,33 +385,65 @@ mod tests {
     #[test]
     fn the_ttl_of_a_statement_is_found_as_a_literal_or_a_marker() {
         assert_eq!(
-            ttl_sites("INSERT INTO t (k) VALUES (1) USING TTL 600"),
+            ttl_sites("INSERT INTO t (k) VALUES (1) USING TTL 600").sites,
             vec![TtlSite::Literal {
                 span: (39, 42),
                 seconds: 600
             }]
         );
         assert_eq!(
-            ttl_sites("UPDATE t USING TIMESTAMP ? AND ttl ? SET v = ? WHERE k = ?"),
+            ttl_sites("UPDATE t USING TIMESTAMP ? AND ttl ? SET v = ? WHERE k = ?").sites,
             vec![TtlSite::Marker {
                 position: 1,
                 name: None
             }]
         );
         assert_eq!(
-            ttl_sites("UPDATE t SET m = {'a': :x} WHERE k = :k USING TTL :ttl"),
+            ttl_sites("INSERT INTO t (k, m) VALUES (:k, {'a': :x}) USING TTL :ttl").sites,
             vec![TtlSite::Marker {
                 position: 2,
                 name: Some("ttl")
             }]
         );
         // A column named ttl, a TTL() read, a string: none of them is one.
-        assert!(ttl_sites("UPDATE t SET ttl = 5 WHERE k = 'USING TTL 9'").is_empty());
-        assert!(ttl_sites("SELECT TTL(v) FROM t").is_empty());
+        assert!(ttl_sites("UPDATE t SET ttl = 5 WHERE k = 'USING TTL 9'")
+            .sites
+            .is_empty());
+        assert!(ttl_sites("SELECT TTL(v) FROM t").sites.is_empty());
         assert_eq!(
-            ttl_sites("BEGIN BATCH INSERT INTO t (k) VALUES (?) USING TTL 5; UPDATE t USING TTL ? SET v = 1 WHERE k = 2; APPLY BATCH").len(),
+            ttl_sites("BEGIN BATCH INSERT INTO t (k) VALUES (?) USING TTL 5; UPDATE t USING TTL ? SET v = 1 WHERE k = 2; APPLY BATCH").sites.len(),
             2
         );
+    }
+
+    #[test]
+    fn a_value_sent_by_name_is_lowered_only_when_it_binds_nothing_but_a_ttl() {
+        let shared = ttl_sites("UPDATE t USING TTL :ttl SET n = :ttl WHERE k = :k");
+        assert!(!shared.binds_only_a_ttl(0, Some("ttl")), "it also fills n");
+        assert!(
+            shared.binds_only_a_ttl(0, None),
+            "by position, each marker is its own"
+        );
+        let own = ttl_sites("UPDATE t USING TTL :ttl SET n = :n WHERE k = :k");
+        assert!(own.binds_only_a_ttl(0, Some("TTL")));
+        assert!(!own.binds_only_a_ttl(1, Some("n")));
+        // An anonymous TTL marker is named `[ttl]` in the statement's metadata.
+        let anonymous = ttl_sites("INSERT INTO t (k) VALUES (?) USING TTL ?");
+        assert!(anonymous.binds_only_a_ttl(1, Some("[ttl]")));
+        assert!(!anonymous.binds_only_a_ttl(0, Some("k")));
+    }
+
+    #[test]
+    fn a_request_that_pins_now_keeps_its_ttl() {
+        let text = "INSERT INTO t (k) VALUES (1) USING TTL 600";
+        let mut body = BytesMut::new();
+        put_long_string(&mut body, text);
+        body.put_u16(1);
+        body.put_u32(param_flags::NOW_IN_SECONDS);
+        body.put_i32(1_700_000_000);
+        let mut pinned = record(opcode::QUERY, body.freeze(), vec![]);
+        pinned.version = 5;
+        assert!(lower_ttls(&pinned, 10).expect("parses").is_none());
     }
 
     #[test]

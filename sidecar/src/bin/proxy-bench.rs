@@ -78,6 +78,31 @@ struct Args {
     /// Driver connections for the memory measurement.
     #[arg(long, default_value_t = 100)]
     rss_connections: usize,
+    /// A command run beside each round's open loop through the proxy (by
+    /// `sh -c`), with `{pid}` (the proxy's), `{seconds}` and `{round}`
+    /// filled in: a profiler or a system-call count of exactly that phase,
+    /// e.g. `perf record -e cpu-clock -g -p {pid} -o open.{round}.perf --
+    /// sleep {seconds}`. It costs the proxy CPU, so a probed run's figures
+    /// are not the unprobed ones.
+    #[arg(long)]
+    open_loop_probe: Option<String>,
+}
+
+/// Starts `--open-loop-probe` for one round, if given.
+fn start_probe(args: &Args, pid: u32, round: usize) -> anyhow::Result<Option<Child>> {
+    let Some(template) = &args.open_loop_probe else {
+        return Ok(None);
+    };
+    let command = template
+        .replace("{pid}", &pid.to_string())
+        .replace("{seconds}", &args.seconds.to_string())
+        .replace("{round}", &round.to_string());
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .spawn()
+        .with_context(|| format!("starting the probe {command:?}"))?;
+    Ok(Some(child))
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -498,9 +523,14 @@ async fn main() -> anyhow::Result<()> {
         let half = dd.map_or(d.ops_per_sec, |x| x.ops_per_sec.min(d.ops_per_sec))
             * args.open_fraction.clamp(0.01, 1.0);
         let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
+        let probe = start_probe(&args, pid, round)?;
         let cpu2 = ProcessCounters::read(Some(pid));
         let pl = open_loop(proxied.clone(), wp.clone(), half, args.seconds).await;
         let open_cost = ProcessCounters::read(Some(pid)).per_request_since(&cpu2, pl.requests);
+        if let Some(mut probe) = probe {
+            let status = probe.wait().context("waiting for the probe")?;
+            println!("round {round}: open-loop probe ended: {status}");
+        }
         println!("round {round}: open loop at {half:.0} ops/s: proxy per request: {open_cost}");
         open_costs.push(open_cost);
         let ddl = match &wdual {

@@ -5,6 +5,7 @@
 //! on their own loopback addresses (127.0.0.85-86; 127.0.0.97 stands for a
 //! target that is down).
 
+mod bulk_support;
 mod proxy_support;
 
 use std::path::Path;
@@ -362,8 +363,8 @@ async fn a_spooled_write_expires_on_the_target_when_it_expires_on_the_source() {
         count(&target, &q).await
     );
     let ttls = format!("SELECT k, TTL(v) FROM {ks}.t");
-    let on_source = bulk_ttls(&source, &ttls).await;
-    let on_target = bulk_ttls(&target, &ttls).await;
+    let on_source = bulk_support::pairs::<i32, Option<i32>>(&source, &ttls).await;
+    let on_target = bulk_support::pairs::<i32, Option<i32>>(&target, &ttls).await;
     assert_eq!(on_source.len(), 9, "{on_source:?}");
     for (k, source_ttl) in &on_source {
         let target_ttl = on_target.get(k).copied().flatten();
@@ -384,21 +385,4 @@ async fn a_spooled_write_expires_on_the_target_when_it_expires_on_the_source() {
     );
     up.kill_9().await;
     let _ = std::fs::remove_dir_all(&spool);
-}
-
-/// Every row's `k` and `TTL(v)`.
-async fn bulk_ttls(
-    session: &scylla::client::session::Session,
-    cql: &str,
-) -> std::collections::BTreeMap<i32, Option<i32>> {
-    session
-        .query_unpaged(cql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{cql}: {e}"))
-        .into_rows_result()
-        .expect("rows")
-        .rows::<(i32, Option<i32>)>()
-        .expect("row type")
-        .map(|r| r.expect("row"))
-        .collect()
 }

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::frame::Frame;
 use super::segment::crc32;
 use super::wire::{put_long_string, put_short_bytes, put_string, Reader, WireError};
 
@@ -57,6 +58,18 @@ pub struct SpoolRecord {
 }
 
 impl SpoolRecord {
+    /// The record as the request frame it was, to be read again.
+    pub fn request_frame(&self) -> Frame {
+        Frame {
+            version: self.version,
+            response: false,
+            flags: self.flags,
+            stream: 0,
+            opcode: self.opcode,
+            body: self.body.clone(),
+        }
+    }
+
     fn encode(&self) -> BytesMut {
         let mut p = BytesMut::with_capacity(self.body.len() + 64);
         match self.accepted_at_millis {

@@ -191,7 +191,7 @@ fn needs_order(record: &SpoolRecord) -> bool {
     if record.statements.iter().any(|s| ordered(&s.query)) {
         return true;
     }
-    let frame = request_frame(record);
+    let frame = record.request_frame();
     match record.opcode {
         opcode::QUERY => parse_query(&frame).map_or(true, |q| ordered(q.query)),
         opcode::BATCH => parse_batch(&frame).map_or(true, |b| {
@@ -203,22 +203,10 @@ fn needs_order(record: &SpoolRecord) -> bool {
     }
 }
 
-/// A spooled record as the request frame it was, to be read again.
-fn request_frame(record: &SpoolRecord) -> Frame {
-    Frame {
-        version: record.version,
-        response: false,
-        flags: record.flags,
-        stream: 0,
-        opcode: record.opcode,
-        body: record.body.clone(),
-    }
-}
-
 /// Whether a spooled write carries its own timestamp (the client's or the
 /// proxy's), which makes its replay order free.
 fn carries_timestamp(record: &SpoolRecord) -> bool {
-    let frame = request_frame(record);
+    let frame = record.request_frame();
     match record.opcode {
         opcode::QUERY => parse_query(&frame).is_ok_and(|q| q.params.has_timestamp()),
         opcode::EXECUTE => parse_execute(&frame).is_ok_and(|e| e.params.has_timestamp()),

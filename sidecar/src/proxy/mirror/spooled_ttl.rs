@@ -24,7 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::proxy::bound::is_named_marker;
 use crate::proxy::cql_tokens::{tokenize_spans, Token};
-use crate::proxy::frame::{opcode, Frame};
+use crate::proxy::frame::opcode;
 use crate::proxy::request::{
     body_start, param_flags, parse_batch, parse_execute, parse_query, replace_ranges, BatchChild,
     ParamsLayout, RangeEdit,
@@ -55,15 +55,19 @@ struct StatementTtls<'a> {
 }
 
 impl StatementTtls<'_> {
+    /// Whether the marker at `position` is a TTL's.
+    fn ttl_marker_at(&self, position: usize) -> bool {
+        self.sites
+            .iter()
+            .any(|s| matches!(s, TtlSite::Marker { position: p, .. } if *p == position))
+    }
+
     /// Whether the value sent at `position`, or with `name`, is a TTL and
     /// nothing else. A value sent with a name binds every marker of that
     /// name, so one that also fills a column is left as it is.
     fn binds_only_a_ttl(&self, position: usize, name: Option<&str>) -> bool {
         match name {
-            None => self
-                .sites
-                .iter()
-                .any(|s| matches!(s, TtlSite::Marker { position: p, .. } if *p == position)),
+            None => self.ttl_marker_at(position),
             Some(name) => {
                 // Cassandra names an anonymous TTL marker `[ttl]`.
                 fn site_name<'s>(s: &TtlSite<'s>) -> Option<&'s str> {
@@ -78,15 +82,9 @@ impl StatementTtls<'_> {
                     .iter()
                     .filter(|s| site_name(s).is_some_and(|m| m.eq_ignore_ascii_case(name)))
                     .count();
-                let ttl_at = |p: usize| {
-                    self.sites
-                        .iter()
-                        .any(|s| matches!(s, TtlSite::Marker { position, .. } if *position == p))
-                };
-                let elsewhere =
-                    self.markers.iter().enumerate().any(|(p, m)| {
-                        !ttl_at(p) && m.is_some_and(|m| m.eq_ignore_ascii_case(name))
-                    });
+                let elsewhere = self.markers.iter().enumerate().any(|(p, m)| {
+                    !self.ttl_marker_at(p) && m.is_some_and(|m| m.eq_ignore_ascii_case(name))
+                });
                 ttls > 0 && !elsewhere
             }
         }
@@ -272,14 +270,7 @@ pub fn lower_ttls(record: &SpoolRecord, waited: i64) -> Result<Option<(u8, Bytes
     if waited < 1 {
         return Ok(None);
     }
-    let frame = Frame {
-        version: record.version,
-        response: false,
-        flags: record.flags,
-        stream: 0,
-        opcode: record.opcode,
-        body: record.body.clone(),
-    };
+    let frame = record.request_frame();
     let body = &record.body[..];
     let named = |p: &ParamsLayout| p.flags & param_flags::NAMES_FOR_VALUES != 0;
     // A v5 request that says what "now" is has its expiry counted from
@@ -375,6 +366,7 @@ pub fn lower_ttls(record: &SpoolRecord, waited: i64) -> Result<Option<(u8, Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::frame::Frame;
     use crate::proxy::request::tests::query_body;
     use crate::proxy::spool::SpooledStatement;
 

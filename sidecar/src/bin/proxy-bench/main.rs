@@ -29,6 +29,8 @@ use scylla::client::PoolSize;
 use scylla::policies::host_filter::AllowListHostFilter;
 use scylla::statement::prepared::PreparedStatement;
 
+mod relay;
+
 #[derive(Parser, Debug)]
 #[command(about = "Direct vs through-the-proxy CQL benchmark")]
 struct Args {
@@ -86,6 +88,12 @@ struct Args {
     /// are not the unprobed ones.
     #[arg(long)]
     open_loop_probe: Option<String>,
+    /// Also measure a byte-copying relay (port 29043 on `--proxy-ip`) in
+    /// front of the same source node, at the same rates: the floor that
+    /// any event-driven proxy pays on this machine to be woken, to read and
+    /// to write.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    relay_baseline: bool,
 }
 
 /// Starts `--open-loop-probe` for one round, if given.
@@ -139,6 +147,30 @@ async fn session(addr: &str, pool: usize) -> anyhow::Result<Session> {
         .build()
         .await
         .with_context(|| format!("connecting to {addr}"))
+}
+
+/// A session through the byte relay at `relay_addr` to the node `source`.
+/// The relay passes the node's own `system.local` through, so the driver
+/// learns the node's IP (with the port it connected to) and must be told
+/// to reach it at the relay.
+async fn relayed_session(relay_addr: &str, source: &str) -> anyhow::Result<Session> {
+    let parse = |a: &str| {
+        a.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("address {a:?}"))
+    };
+    let relay = parse(relay_addr)?;
+    let learned = std::net::SocketAddr::new(parse(source)?.ip(), relay.port());
+    let to_relay = std::collections::HashMap::from([(learned, relay)]);
+    let only = AllowListHostFilter::new([learned])
+        .with_context(|| format!("the host filter for {learned}"))?;
+    SessionBuilder::new()
+        .known_node(relay_addr)
+        .address_translator(Arc::new(to_relay))
+        .host_filter(Arc::new(only))
+        .pool_size(PoolSize::PerHost(NonZeroUsize::MIN))
+        .build()
+        .await
+        .with_context(|| format!("connecting to {source} through the relay {relay_addr}"))
 }
 
 async fn setup(source: &Session, target: &Session, ks: &str) -> anyhow::Result<()> {
@@ -312,13 +344,7 @@ async fn spawn_proxy(
         .spawn()
         .with_context(|| format!("starting {}", proxy_bin.display()))?;
     let proxy = ProxyChild(child);
-    let addr = format!("{}:29042", args.proxy_ip);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_listening(&format!("{}:29042", args.proxy_ip)).await;
     Ok(proxy)
 }
 
@@ -432,9 +458,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> anyhow::Result<()> {
+    if let Some((listen, upstream)) = relay::requested() {
+        return relay::run(&listen, &upstream);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the bench's runtime")?
+        .block_on(bench(Args::parse()))
+}
+
+/// Waits until something accepts connections at `addr` (5 s at most).
+async fn wait_listening(addr: &str) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A phase run while process `pid`'s counters are read before and after:
+/// what the phase gave, and what each of its requests cost that process.
+async fn measured(
+    pid: u32,
+    phase: impl std::future::Future<Output = Phase>,
+) -> (Phase, PerRequest) {
+    let before = ProcessCounters::read(Some(pid));
+    let p = phase.await;
+    let cost = ProcessCounters::read(Some(pid)).per_request_since(&before, p.requests);
+    (p, cost)
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
     let proxy_bin = match &args.proxy_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("ferry-sidecar"),
@@ -459,6 +516,18 @@ async fn main() -> anyhow::Result<()> {
     let proxied = Arc::new(session(&proxy_addr, 1).await?);
     let wd = Arc::new(workload(&direct, &ks, args.write_percent).await?);
     let wp = Arc::new(workload(&proxied, &ks, args.write_percent).await?);
+    // The relay, its session and its workload (`--relay-baseline`).
+    let relay_path = if args.relay_baseline {
+        let relay_addr = format!("{}:29043", args.proxy_ip);
+        let child = relay::spawn(&std::env::current_exe()?, &relay_addr, &args.source)?;
+        let child = ProxyChild(child);
+        wait_listening(&relay_addr).await;
+        let relayed = Arc::new(relayed_session(&relay_addr, &args.source).await?);
+        let wr = Arc::new(workload(&relayed, &ks, args.write_percent).await?);
+        Some((child, relayed, wr))
+    } else {
+        None
+    };
     // The same writes to both clusters by the client itself: the work the
     // proxy's mirroring adds, without the proxy. Not in source-only mode,
     // which mirrors nothing.
@@ -495,6 +564,16 @@ async fn main() -> anyhow::Result<()> {
         args.warmup_seconds,
     )
     .await;
+    if let Some((_, relayed, wr)) = &relay_path {
+        closed_loop(
+            relayed.clone(),
+            wr.clone(),
+            args.concurrency,
+            args.warmup_seconds,
+        )
+        .await;
+    }
+    let (mut relay_closed, mut relay_open): (Vec<PerRequest>, Vec<PerRequest>) = (vec![], vec![]);
 
     let (mut dual_tput, mut dual_ratio) = (vec![], vec![]);
     let (mut dual50, mut dual99, mut dual_added99) = (vec![], vec![], vec![]);
@@ -510,9 +589,11 @@ async fn main() -> anyhow::Result<()> {
             }
             None => None,
         };
-        let cpu0 = ProcessCounters::read(Some(pid));
-        let p = closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds).await;
-        let closed_cost = ProcessCounters::read(Some(pid)).per_request_since(&cpu0, p.requests);
+        let (p, closed_cost) = measured(
+            pid,
+            closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds),
+        )
+        .await;
         println!(
             "round {round}: closed loop c={}: proxy per request: {closed_cost}",
             args.concurrency
@@ -524,9 +605,11 @@ async fn main() -> anyhow::Result<()> {
             * args.open_fraction.clamp(0.01, 1.0);
         let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
         let probe = start_probe(&args, pid, round)?;
-        let cpu2 = ProcessCounters::read(Some(pid));
-        let pl = open_loop(proxied.clone(), wp.clone(), half, args.seconds).await;
-        let open_cost = ProcessCounters::read(Some(pid)).per_request_since(&cpu2, pl.requests);
+        let (pl, open_cost) = measured(
+            pid,
+            open_loop(proxied.clone(), wp.clone(), half, args.seconds),
+        )
+        .await;
         if let Some(mut probe) = probe {
             let status = probe.wait().context("waiting for the probe")?;
             println!("round {round}: open-loop probe ended: {status}");
@@ -558,6 +641,25 @@ async fn main() -> anyhow::Result<()> {
             dual50.push(ddl.p50_us);
             dual99.push(ddl.p99_us);
             dual_added99.push(pl.p99_us - ddl.p99_us);
+        }
+        if let Some((child, relayed, wr)) = &relay_path {
+            let relay_pid = child.0.id();
+            let (rc, rc_cost) = measured(
+                relay_pid,
+                closed_loop(relayed.clone(), wr.clone(), args.concurrency, args.seconds),
+            )
+            .await;
+            let (ro, ro_cost) = measured(
+                relay_pid,
+                open_loop(relayed.clone(), wr.clone(), half, args.seconds),
+            )
+            .await;
+            println!(
+                "round {round}: byte relay: closed loop c={} {:.0} ops/s ({} errors), per request: {rc_cost}; open loop at {half:.0} ops/s ({} errors) p50 {:.0} p99 {:.0} us, per request: {ro_cost}",
+                args.concurrency, rc.ops_per_sec, rc.errors, ro.errors, ro.p50_us, ro.p99_us
+            );
+            relay_closed.push(rc_cost);
+            relay_open.push(ro_cost);
         }
         d_tput.push(d.ops_per_sec);
         p_tput.push(p.ops_per_sec);
@@ -631,23 +733,23 @@ async fn main() -> anyhow::Result<()> {
         args.open_fraction * 100.0,
         median(open_costs.iter().map(PerRequest::cpu_us).collect())
     );
-    for (loop_kind, costs) in [
-        (
-            format!("closed loop, {} in flight", args.concurrency),
-            &closed_costs,
-        ),
-        (
-            format!("open loop at {:.0} %", args.open_fraction * 100.0),
-            &open_costs,
-        ),
+    let closed_kind = format!("closed loop, {} in flight", args.concurrency);
+    let open_kind = format!("open loop at {:.0} %", args.open_fraction * 100.0);
+    for (who, loop_kind, costs) in [
+        ("proxy", &closed_kind, &closed_costs),
+        ("proxy", &open_kind, &open_costs),
+        ("byte relay", &closed_kind, &relay_closed),
+        ("byte relay", &open_kind, &relay_open),
     ] {
+        if costs.is_empty() {
+            continue;
+        }
         let of = |f: fn(&PerRequest) -> f64| median(costs.iter().map(f).collect());
         println!(
-            "| proxy per request, {loop_kind}: user / kernel CPU, read / write system calls, wake-ups | | {:.1} / {:.1} us, {:.2} / {:.2}, {:.2} |",
+            "| {who} per request, {loop_kind}: CPU (user / kernel), wake-ups | | {:.1} us ({:.1} / {:.1}), {:.2} |",
+            of(PerRequest::cpu_us),
             of(|c| c.user_us),
             of(|c| c.system_us),
-            of(|c| c.read_calls),
-            of(|c| c.write_calls),
             of(|c| c.sleeps),
         );
     }

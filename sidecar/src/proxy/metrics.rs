@@ -42,6 +42,49 @@ pub struct Metrics {
     pub replay_latency: Histogram,
     pub shadow_reads: IntCounterVec,
     pub shadow_read_mismatches: IntCounterVec,
+    /// The series counted on every request, resolved once.
+    hot: HotSeries,
+}
+
+/// Request kinds with a resolved series, in [`HotSeries::requests`] order.
+const HOT_KINDS: [&str; 5] = ["read", "write", "use", "schema", "other"];
+/// Sides, in [`HotSeries`] order.
+const SIDES: [&str; 2] = ["source", "target"];
+
+/// Handles of the series touched on every request or write. Resolving a
+/// series by its labels (`with_label_values`) hashes the labels, takes a
+/// lock and clones a handle: per request, that cost more than the count.
+#[derive(Clone)]
+struct HotSeries {
+    /// By [`HOT_KINDS`], then [`SIDES`].
+    requests: Vec<[IntCounter; 2]>,
+    /// By [`SIDES`].
+    latency: [Histogram; 2],
+    mirrored_ok: IntCounter,
+}
+
+impl HotSeries {
+    fn resolve(
+        requests: &IntCounterVec,
+        latency: &HistogramVec,
+        mirrored_writes: &IntCounterVec,
+    ) -> Self {
+        // Every series a dashboard draws exists from the start, at 0:
+        // "no data" would read as a proxy that does not report.
+        Self {
+            requests: HOT_KINDS
+                .iter()
+                .map(|kind| SIDES.map(|side| requests.with_label_values(&[kind, side])))
+                .collect(),
+            latency: SIDES.map(|side| latency.with_label_values(&[side])),
+            mirrored_ok: mirrored_writes.with_label_values(&["ok"]),
+        }
+    }
+}
+
+/// A side's index in [`SIDES`].
+fn side_index(side: &str) -> Option<usize> {
+    SIDES.iter().position(|s| *s == side)
 }
 
 impl Metrics {
@@ -153,16 +196,7 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(mirrored_writes.clone()))?;
         registry.register(Box::new(target_failures.clone()))?;
-        // Every series a dashboard draws exists from the start, at 0:
-        // "no data" would read as a proxy that does not report.
-        for kind in ["read", "write", "use", "schema", "other"] {
-            for side in ["source", "target"] {
-                requests.with_label_values(&[kind, side]);
-            }
-        }
-        for side in ["source", "target"] {
-            latency.with_label_values(&[side]);
-        }
+        let hot = HotSeries::resolve(&requests, &latency, &mirrored_writes);
         registry.register(Box::new(policy_writes.clone()))?;
         registry.register(Box::new(schema_changes.clone()))?;
         registry.register(Box::new(lwt_divergence.clone()))?;
@@ -223,7 +257,34 @@ impl Metrics {
             replay_latency,
             shadow_reads,
             shadow_read_mismatches,
+            hot,
         })
+    }
+
+    /// Counts one request of `kind` sent to `side` (`source` or `target`).
+    pub fn count_request(&self, kind: &str, side: &str) {
+        let resolved = HOT_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .zip(side_index(side))
+            .map(|(k, s)| &self.hot.requests[k][s]);
+        match resolved {
+            Some(counter) => counter.inc(),
+            None => self.requests.with_label_values(&[kind, side]).inc(),
+        }
+    }
+
+    /// Records one request's latency on `side` (`source` or `target`).
+    pub fn observe_latency(&self, side: &str, seconds: f64) {
+        match side_index(side) {
+            Some(s) => self.hot.latency[s].observe(seconds),
+            None => self.latency.with_label_values(&[side]).observe(seconds),
+        }
+    }
+
+    /// Counts one write the target took.
+    pub fn mirrored_ok(&self) {
+        self.hot.mirrored_ok.inc();
     }
 
     /// The text exposition of every metric.

@@ -80,14 +80,16 @@ struct Args {
     /// Driver connections for the memory measurement.
     #[arg(long, default_value_t = 100)]
     rss_connections: usize,
-    /// A command run beside each round's open loop through the proxy (by
-    /// `sh -c`), with `{pid}` (the proxy's), `{seconds}` and `{round}`
-    /// filled in: a profiler or a system-call count of exactly that phase,
-    /// e.g. `perf record -e cpu-clock -g -p {pid} -o open.{round}.perf --
-    /// sleep {seconds}`. It costs the proxy CPU, so a probed run's figures
-    /// are not the unprobed ones.
-    #[arg(long)]
-    open_loop_probe: Option<String>,
+    /// A command run (by `sh -c`) beside each measured phase of the proxy
+    /// and of the byte relay, with `{who}` (`proxy` or `relay`), `{phase}`
+    /// (`closed` or `open`), `{pid}` (the measured process's), `{seconds}`
+    /// and `{round}` filled in: a profiler or a system-call count of
+    /// exactly that phase, e.g. `perf record -e cpu-clock -g -p {pid} -o
+    /// {who}.{phase}.{round}.perf -- sleep {seconds}`. It costs the
+    /// measured process CPU, so a probed run's figures are not the
+    /// unprobed ones.
+    #[arg(long, alias = "open-loop-probe")]
+    probe: Option<String>,
     /// Also measure a byte-copying relay (port 29043 on `--proxy-ip`) in
     /// front of the same source node, at the same rates: the floor that
     /// any event-driven proxy pays on this machine to be woken, to read and
@@ -96,15 +98,24 @@ struct Args {
     relay_baseline: bool,
 }
 
-/// Starts `--open-loop-probe` for one round, if given.
-fn start_probe(args: &Args, pid: u32, round: usize) -> anyhow::Result<Option<Child>> {
-    let Some(template) = &args.open_loop_probe else {
+/// Which process and phase a [`measured`] phase is, for `--probe`.
+struct ProbeTarget<'a> {
+    who: &'a str,
+    phase: &'a str,
+    round: usize,
+}
+
+/// Starts `--probe` for one phase, if given.
+fn start_probe(args: &Args, pid: u32, at: &ProbeTarget) -> anyhow::Result<Option<Child>> {
+    let Some(template) = &args.probe else {
         return Ok(None);
     };
     let command = template
+        .replace("{who}", at.who)
+        .replace("{phase}", at.phase)
         .replace("{pid}", &pid.to_string())
         .replace("{seconds}", &args.seconds.to_string())
-        .replace("{round}", &round.to_string());
+        .replace("{round}", &at.round.to_string());
     let child = Command::new("sh")
         .arg("-c")
         .arg(&command)
@@ -479,16 +490,27 @@ async fn wait_listening(addr: &str) {
     }
 }
 
-/// A phase run while process `pid`'s counters are read before and after:
-/// what the phase gave, and what each of its requests cost that process.
+/// A phase run while process `pid`'s counters are read before and after
+/// (and `--probe` runs beside it): what the phase gave, and what each of
+/// its requests cost that process.
 async fn measured(
+    args: &Args,
     pid: u32,
+    at: ProbeTarget<'_>,
     phase: impl std::future::Future<Output = Phase>,
-) -> (Phase, PerRequest) {
+) -> anyhow::Result<(Phase, PerRequest)> {
+    let probe = start_probe(args, pid, &at)?;
     let before = ProcessCounters::read(Some(pid));
     let p = phase.await;
     let cost = ProcessCounters::read(Some(pid)).per_request_since(&before, p.requests);
-    (p, cost)
+    if let Some(mut probe) = probe {
+        let status = probe.wait().context("waiting for the probe")?;
+        println!(
+            "round {}: probe of the {} {} loop ended: {status}",
+            at.round, at.who, at.phase
+        );
+    }
+    Ok((p, cost))
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -590,13 +612,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             None => None,
         };
         let (p, closed_cost) = measured(
+            &args,
             pid,
+            ProbeTarget {
+                who: "proxy",
+                phase: "closed",
+                round,
+            },
             closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds),
         )
-        .await;
+        .await?;
         println!(
-            "round {round}: closed loop c={}: proxy per request: {closed_cost}",
-            args.concurrency
+            "round {round}: closed loop c={}: {} requests, proxy per request: {closed_cost}",
+            args.concurrency, p.requests
         );
         closed_costs.push(closed_cost);
         // Half of the saturation of the same work: with mirroring, that of
@@ -604,17 +632,21 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         let half = dd.map_or(d.ops_per_sec, |x| x.ops_per_sec.min(d.ops_per_sec))
             * args.open_fraction.clamp(0.01, 1.0);
         let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
-        let probe = start_probe(&args, pid, round)?;
         let (pl, open_cost) = measured(
+            &args,
             pid,
+            ProbeTarget {
+                who: "proxy",
+                phase: "open",
+                round,
+            },
             open_loop(proxied.clone(), wp.clone(), half, args.seconds),
         )
-        .await;
-        if let Some(mut probe) = probe {
-            let status = probe.wait().context("waiting for the probe")?;
-            println!("round {round}: open-loop probe ended: {status}");
-        }
-        println!("round {round}: open loop at {half:.0} ops/s: proxy per request: {open_cost}");
+        .await?;
+        println!(
+            "round {round}: open loop at {half:.0} ops/s: {} requests, proxy per request: {open_cost}",
+            pl.requests
+        );
         open_costs.push(open_cost);
         let ddl = match &wdual {
             Some(w) => Some(open_loop(direct.clone(), w.clone(), half, args.seconds).await),
@@ -645,15 +677,27 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         if let Some((child, relayed, wr)) = &relay_path {
             let relay_pid = child.0.id();
             let (rc, rc_cost) = measured(
+                &args,
                 relay_pid,
+                ProbeTarget {
+                    who: "relay",
+                    phase: "closed",
+                    round,
+                },
                 closed_loop(relayed.clone(), wr.clone(), args.concurrency, args.seconds),
             )
-            .await;
+            .await?;
             let (ro, ro_cost) = measured(
+                &args,
                 relay_pid,
+                ProbeTarget {
+                    who: "relay",
+                    phase: "open",
+                    round,
+                },
                 open_loop(relayed.clone(), wr.clone(), half, args.seconds),
             )
-            .await;
+            .await?;
             println!(
                 "round {round}: byte relay: closed loop c={} {:.0} ops/s ({} errors), per request: {rc_cost}; open loop at {half:.0} ops/s ({} errors) p50 {:.0} p99 {:.0} us, per request: {ro_cost}",
                 args.concurrency, rc.ops_per_sec, rc.errors, ro.errors, ro.p50_us, ro.p99_us

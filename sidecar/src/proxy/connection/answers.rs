@@ -60,9 +60,7 @@ impl Session {
             if let Some(t) = started {
                 self.ctx
                     .metrics
-                    .latency
-                    .with_label_values(&["source"])
-                    .observe(t.elapsed().as_secs_f64());
+                    .observe_latency("source", t.elapsed().as_secs_f64());
             }
         }
         if frame.stream >= 0 {

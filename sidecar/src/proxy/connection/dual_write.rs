@@ -324,7 +324,7 @@ impl Session {
                         m.target_failures.with_label_values(&["error"]).inc();
                         m.mirrored_writes.with_label_values(&["error"]).inc();
                     } else {
-                        m.mirrored_writes.with_label_values(&["ok"]).inc();
+                        m.mirrored_ok();
                     }
                     f
                 }

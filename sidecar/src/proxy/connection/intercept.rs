@@ -2,6 +2,8 @@
 //! PREPARE, EXECUTE and BATCH are parsed, `now()`/`uuid()` filled, batch
 //! children looked up; then `route` decides where the request goes.
 
+use std::borrow::Cow;
+
 use super::*;
 
 impl Session {
@@ -66,7 +68,8 @@ impl Session {
                     .inc_by(replaced.len() as u64);
             }
         }
-        self.route(frame, class, params, Vec::new(), false).await
+        self.route(frame, Cow::Owned(class), params, Vec::new(), false)
+            .await
     }
 
     pub(super) async fn on_prepare(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
@@ -105,7 +108,8 @@ impl Session {
 
     pub(super) async fn on_execute(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
         let (id, mut params) = match parse_execute(&frame) {
-            Ok(e) => (Bytes::copy_from_slice(e.id), e.params),
+            // A view of the frame's bytes, not a copy.
+            Ok(e) => (frame.body.slice_ref(e.id), e.params),
             Err(e) => return self.malformed(&frame, e).await,
         };
         let Some(stmt) = self.ctx.prepared.get(&id) else {
@@ -150,15 +154,22 @@ impl Session {
                 Err(e) => return self.malformed(&frame, e).await,
             };
         }
-        let mut class = stmt.class.clone();
-        if let StatementClass::Write(w) = &mut class {
-            w.counter |= stmt.counter;
-            // `x = x + ?` that is not a counter: a collection update, maybe
-            // a list append, whose order matters.
-            w.list_order |= w.increment_by_marker && !w.counter;
-        }
+        // The prepared statement's class as it is, unless it is a write,
+        // whose copy takes what the prepared answer said of it.
+        let shared = stmt.clone();
+        let class = match &shared.class {
+            StatementClass::Write(w) => {
+                let mut w = w.clone();
+                w.counter |= stmt.counter;
+                // `x = x + ?` that is not a counter: a collection update,
+                // maybe a list append, whose order matters.
+                w.list_order |= w.increment_by_marker && !w.counter;
+                Cow::Owned(StatementClass::Write(w))
+            }
+            other => Cow::Borrowed(other),
+        };
         if matches!(
-            class,
+            *class,
             StatementClass::Read {
                 system: Some(_),
                 ..
@@ -201,7 +212,7 @@ impl Session {
             Ok((traits, params, statements, mirrored_any)) => {
                 self.route(
                     frame,
-                    StatementClass::Write(traits),
+                    Cow::Owned(StatementClass::Write(traits)),
                     params,
                     statements,
                     !mirrored_any,

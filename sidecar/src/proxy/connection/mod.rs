@@ -318,10 +318,15 @@ impl Session {
     /// queue after its current batch.
     /// Writes the requests queued for the source, with one syscall.
     async fn flush_source(&self) -> std::io::Result<()> {
-        let queued =
-            std::mem::take(&mut *self.source_queue.lock().unwrap_or_else(|p| p.into_inner()));
         let mut out = self.source_out.lock().await;
-        for frame in queued {
+        // Drained in place: the queue keeps its capacity, so a request
+        // costs no allocation here.
+        for frame in self
+            .source_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             out.queue(Outbound::Frame(frame));
         }
         out.flush().await
@@ -379,11 +384,7 @@ impl Session {
     }
 
     fn count(&self, kind: &str, side: &str) {
-        self.ctx
-            .metrics
-            .requests
-            .with_label_values(&[kind, side])
-            .inc();
+        self.ctx.metrics.count_request(kind, side);
     }
 
     /// Answers a malformed or refused frame, then the connection closes.

@@ -3,6 +3,8 @@
 //! session method (`route`) that carries it out. Every choice of side,
 //! order and answer is made here and nowhere else.
 
+use std::borrow::Cow;
+
 use super::*;
 use crate::proxy::classify::BatchStatement;
 use crate::proxy::config::MirrorFilter;
@@ -178,63 +180,79 @@ pub(super) fn selected_batch_text(
 
 impl Session {
     /// Sends a classified request where `decide` says.
+    /// `class` is borrowed where it comes unchanged from a prepared
+    /// statement: only the routes that keep it (a write mirrored, a `USE`)
+    /// copy it.
     pub(super) async fn route(
         self: &Arc<Self>,
         frame: Frame,
-        class: StatementClass,
+        class: Cow<'_, StatementClass>,
         params: ParamsLayout,
         statements: Vec<(Bytes, Arc<PreparedStatement>)>,
         force_source_only: bool,
     ) -> Result<(), SessionError> {
         let mode = self.ctx.mode();
         let kind = kind_label(&class);
-        let session_keyspace = params.keyspace.clone().or_else(|| self.keyspace());
-        let shadow_sampled = matches!(class, StatementClass::Read { system: None, .. })
+        let shadow_sampled = matches!(*class, StatementClass::Read { system: None, .. })
             && self.sample_shadow_read(mode);
-        let route = decide(
-            &RouteInput {
-                class: &class,
-                mode,
-                session_keyspace: session_keyspace.as_deref(),
-                force_source_only,
-                shadow_sampled,
-                mirror_ddl: self.ctx.mirror_ddl.load(Ordering::Relaxed),
-            },
-            &self.ctx.filter,
-        );
-        match (route, class) {
-            (Route::Peers { local }, _) => {
+        // Decided under the connection's keyspace lock, so the keyspace is
+        // copied only for the routes that keep it, not for every request.
+        let (route, session_keyspace) = {
+            let connection_keyspace = self.keyspace.lock().unwrap_or_else(|p| p.into_inner());
+            let session_keyspace = params
+                .keyspace
+                .as_deref()
+                .or(connection_keyspace.as_deref());
+            let route = decide(
+                &RouteInput {
+                    class: &class,
+                    mode,
+                    session_keyspace,
+                    force_source_only,
+                    shadow_sampled,
+                    mirror_ddl: self.ctx.mirror_ddl.load(Ordering::Relaxed),
+                },
+                &self.ctx.filter,
+            );
+            let kept = matches!(route, Route::ShadowRead | Route::Schema)
+                .then(|| session_keyspace.map(str::to_owned))
+                .flatten();
+            (route, kept)
+        };
+        match route {
+            Route::Peers { local } => {
                 self.set_pending(frame.stream, Pending::Peers(local));
                 self.count(kind, "source");
                 self.forward(frame).await
             }
-            (Route::TargetRead, _) => {
+            Route::TargetRead => {
                 self.count(kind, "target");
                 self.read_from_target(frame, statements);
                 Ok(())
             }
-            (
-                Route::ShadowRead,
-                StatementClass::Read {
+            Route::ShadowRead => {
+                let StatementClass::Read {
                     keyspace, table, ..
-                },
-            ) => {
+                } = &*class
+                else {
+                    return self.to_source(kind, frame).await;
+                };
                 self.count(kind, "source");
                 self.count(kind, "target");
                 let table = TableName {
-                    keyspace: keyspace.or(session_keyspace).unwrap_or_default(),
-                    table: table.unwrap_or_default(),
+                    keyspace: keyspace.clone().or(session_keyspace).unwrap_or_default(),
+                    table: table.clone().unwrap_or_default(),
                 };
                 self.shadow_read(frame, statements, table).await
             }
-            (
-                Route::Write {
-                    answer,
-                    asynchronous,
-                    part,
-                },
-                StatementClass::Write(traits),
-            ) => {
+            Route::Write {
+                answer,
+                asynchronous,
+                part,
+            } => {
+                let StatementClass::Write(traits) = class.into_owned() else {
+                    return self.to_source(kind, frame).await;
+                };
                 let target_text = match part {
                     Part::All => None,
                     Part::Statements(selected) => match parse_query(&frame)
@@ -252,18 +270,24 @@ impl Session {
                 self.mirrored_write(frame, traits, params, statements, plan)
                     .await
             }
-            (Route::Use { on_target }, StatementClass::Use(ks)) => {
+            Route::Use { on_target } => {
+                let StatementClass::Use(ks) = class.into_owned() else {
+                    return self.to_source(kind, frame).await;
+                };
                 self.use_keyspace(frame, ks, on_target).await
             }
-            (Route::Schema, _) => {
+            Route::Schema => {
                 self.schema_change(frame, statements, session_keyspace)
                     .await
             }
-            _ => {
-                self.count(kind, "source");
-                self.forward(frame).await
-            }
+            Route::Source => self.to_source(kind, frame).await,
         }
+    }
+
+    /// Counts a request of `kind` and sends it to the source alone.
+    async fn to_source(&self, kind: &str, frame: Frame) -> Result<(), SessionError> {
+        self.count(kind, "source");
+        self.forward(frame).await
     }
 }
 

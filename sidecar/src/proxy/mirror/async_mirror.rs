@@ -97,7 +97,7 @@ pub async fn deliver(
         };
         match result {
             Ok(reply) if reply.opcode != opcode::ERROR || already_exists(&reply) => {
-                ctx.metrics.mirrored_writes.with_label_values(&["ok"]).inc();
+                ctx.metrics.mirrored_ok();
                 return Some(reply);
             }
             Ok(reply) if !is_retryable_error(&reply) => {

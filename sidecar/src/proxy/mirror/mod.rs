@@ -266,9 +266,7 @@ pub async fn send_to_target(
             .call(req.opcode, req.flags, body, ctx.target_timeout)
             .await?;
         ctx.metrics
-            .latency
-            .with_label_values(&["target"])
-            .observe(started.elapsed().as_secs_f64());
+            .observe_latency("target", started.elapsed().as_secs_f64());
         if reply.error_code() == Some(error_code::UNPREPARED) && !req.statements.is_empty() {
             debug!(
                 host = conn.host,

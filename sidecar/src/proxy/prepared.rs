@@ -160,7 +160,9 @@ pub struct PreparedCache {
 
 #[derive(Debug, Default)]
 struct CacheInner {
-    map: HashMap<Bytes, Arc<PreparedStatement>>,
+    /// Keyed by ids the source made (MD5s of statements), looked up on
+    /// every EXECUTE: hashed with foldhash, a fraction of SipHash's cost.
+    map: HashMap<Bytes, Arc<PreparedStatement>, foldhash::fast::RandomState>,
     order: VecDeque<Bytes>,
 }
 

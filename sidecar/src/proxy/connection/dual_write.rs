@@ -18,7 +18,7 @@ impl Session {
     pub(super) fn mirror_request(
         &self,
         frame: &Frame,
-        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        statements: UsedStatements,
         idempotent: bool,
     ) -> MirrorRequest {
         MirrorRequest {
@@ -27,7 +27,8 @@ impl Session {
             opcode: frame.opcode,
             body: frame.body.clone(),
             keyspace: self.keyspace(),
-            statements,
+            // A mirrored write allocates here, not every request.
+            statements: statements.into_vec(),
             idempotent,
         }
     }
@@ -37,7 +38,7 @@ impl Session {
         mut frame: Frame,
         traits: WriteTraits,
         params: ParamsLayout,
-        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        statements: UsedStatements,
         plan: WritePlan,
     ) -> Result<(), SessionError> {
         let WritePlan {
@@ -119,7 +120,7 @@ impl Session {
                     conditional: policy.conditional,
                 })),
             );
-            return self.forward(frame).await;
+            return self.forward(frame);
         }
         if pin {
             m.timestamps_injected.inc();

@@ -48,7 +48,7 @@ impl Session {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = options;
         self.count("startup", "source");
-        self.forward(frame).await
+        self.forward(frame)
     }
 
     /// AUTH_RESPONSE: the client's credentials noted (the target link and
@@ -64,7 +64,7 @@ impl Session {
             }
         }
         self.count("auth", "source");
-        self.forward(frame).await
+        self.forward(frame)
     }
 
     /// The source handshake is over: the proxy can now introduce itself to

@@ -21,7 +21,7 @@ impl Session {
             opcode::BATCH => self.on_batch(frame).await,
             op => {
                 self.count(opcode::name(op), "source");
-                self.forward(frame).await
+                self.forward(frame)
             }
         }
     }
@@ -68,8 +68,14 @@ impl Session {
                     .inc_by(replaced.len() as u64);
             }
         }
-        self.route(frame, Cow::Owned(class), params, Vec::new(), false)
-            .await
+        self.route(
+            frame,
+            Cow::Owned(class),
+            params,
+            UsedStatements::new(),
+            false,
+        )
+        .await
     }
 
     pub(super) async fn on_prepare(self: &Arc<Self>, frame: Frame) -> Result<(), SessionError> {
@@ -103,7 +109,7 @@ impl Session {
             },
         );
         self.count("prepare", "source");
-        self.forward(frame).await
+        self.forward(frame)
     }
 
     pub(super) async fn on_execute(self: &Arc<Self>, mut frame: Frame) -> Result<(), SessionError> {
@@ -179,7 +185,7 @@ impl Session {
             // Peer rewriting needs column names: ask the source for metadata.
             frame.body = clear_flag(&frame.body, &params, param_flags::SKIP_METADATA);
         }
-        self.route(frame, class, params, vec![(id, stmt)], false)
+        self.route(frame, class, params, smallvec::smallvec![(id, stmt)], false)
             .await
     }
 
@@ -293,20 +299,12 @@ impl Session {
         &self,
         batch: &crate::proxy::request::BatchRequest<'_>,
         session_ks: Option<String>,
-    ) -> Result<
-        (
-            WriteTraits,
-            ParamsLayout,
-            Vec<(Bytes, Arc<PreparedStatement>)>,
-            bool,
-        ),
-        Bytes,
-    > {
+    ) -> Result<(WriteTraits, ParamsLayout, UsedStatements, bool), Bytes> {
         let mut traits = WriteTraits {
             counter: batch.batch_type == COUNTER_BATCH,
             ..WriteTraits::default()
         };
-        let mut statements: Vec<(Bytes, Arc<PreparedStatement>)> = Vec::new();
+        let mut statements = UsedStatements::new();
         let mut mirrored_any = false;
         let session_ks = batch.params.keyspace.clone().or(session_ks);
         for child in &batch.children {

@@ -150,6 +150,11 @@ impl Drop for TaskGuard {
     }
 }
 
+/// The prepared statements a request executes, with the ids the client
+/// sent: one for an EXECUTE (kept inline, no allocation), several for a
+/// BATCH, none for a QUERY.
+pub(super) type UsedStatements = smallvec::SmallVec<[(Bytes, Arc<PreparedStatement>); 1]>;
+
 fn kind_label(class: &StatementClass) -> &'static str {
     match class {
         StatementClass::Read { .. } => "read",
@@ -314,8 +319,6 @@ impl Session {
         self.to_client(Outbound::Frame(frame)).await
     }
 
-    /// Queues a request for the source; the client reader writes the
-    /// queue after its current batch.
     /// Writes the requests queued for the source, with one syscall.
     async fn flush_source(&self) -> std::io::Result<()> {
         let mut out = self.source_out.lock().await;
@@ -332,7 +335,10 @@ impl Session {
         out.flush().await
     }
 
-    async fn forward(&self, frame: Frame) -> Result<(), SessionError> {
+    /// Queues `frame` for the source (written after the client reader's
+    /// current batch). Not `async`: nothing here waits, and every request
+    /// passes through it.
+    fn forward(&self, frame: Frame) -> Result<(), SessionError> {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         if frame.stream & LATENCY_SAMPLE_MASK == 0 {
             self.source_started
@@ -355,7 +361,7 @@ impl Session {
     ) -> Result<oneshot::Receiver<Frame>, SessionError> {
         let (tx, rx) = oneshot::channel();
         self.set_pending(frame.stream, Pending::Capture(tx));
-        self.forward(frame).await?;
+        self.forward(frame)?;
         Ok(rx)
     }
 

@@ -188,7 +188,7 @@ impl Session {
         frame: Frame,
         class: Cow<'_, StatementClass>,
         params: ParamsLayout,
-        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        statements: UsedStatements,
         force_source_only: bool,
     ) -> Result<(), SessionError> {
         let mode = self.ctx.mode();
@@ -223,7 +223,7 @@ impl Session {
             Route::Peers { local } => {
                 self.set_pending(frame.stream, Pending::Peers(local));
                 self.count(kind, "source");
-                self.forward(frame).await
+                self.forward(frame)
             }
             Route::TargetRead => {
                 self.count(kind, "target");
@@ -235,7 +235,7 @@ impl Session {
                     keyspace, table, ..
                 } = &*class
                 else {
-                    return self.to_source(kind, frame).await;
+                    return self.to_source(kind, frame);
                 };
                 self.count(kind, "source");
                 self.count(kind, "target");
@@ -251,7 +251,7 @@ impl Session {
                 part,
             } => {
                 let StatementClass::Write(traits) = class.into_owned() else {
-                    return self.to_source(kind, frame).await;
+                    return self.to_source(kind, frame);
                 };
                 let target_text = match part {
                     Part::All => None,
@@ -272,7 +272,7 @@ impl Session {
             }
             Route::Use { on_target } => {
                 let StatementClass::Use(ks) = class.into_owned() else {
-                    return self.to_source(kind, frame).await;
+                    return self.to_source(kind, frame);
                 };
                 self.use_keyspace(frame, ks, on_target).await
             }
@@ -280,14 +280,14 @@ impl Session {
                 self.schema_change(frame, statements, session_keyspace)
                     .await
             }
-            Route::Source => self.to_source(kind, frame).await,
+            Route::Source => self.to_source(kind, frame),
         }
     }
 
     /// Counts a request of `kind` and sends it to the source alone.
-    async fn to_source(&self, kind: &str, frame: Frame) -> Result<(), SessionError> {
+    fn to_source(&self, kind: &str, frame: Frame) -> Result<(), SessionError> {
         self.count(kind, "source");
-        self.forward(frame).await
+        self.forward(frame)
     }
 }
 

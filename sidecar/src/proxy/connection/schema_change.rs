@@ -13,7 +13,7 @@ impl Session {
     pub(super) async fn schema_change(
         self: &Arc<Self>,
         frame: Frame,
-        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        statements: UsedStatements,
         session_keyspace: Option<String>,
     ) -> Result<(), SessionError> {
         let text = match (frame.opcode, statements.first()) {
@@ -51,7 +51,7 @@ impl Session {
             Follow::NotRepeated(why) => {
                 m.schema_changes.with_label_values(&["not_repeated"]).inc();
                 tracing::info!(keyspace = keyspace.as_deref().unwrap_or(""), statement = %text, why, "schema change not repeated on the target");
-                return self.forward(frame).await;
+                return self.forward(frame);
             }
             Follow::Same => None,
             Follow::Instead(text) => Some(text),

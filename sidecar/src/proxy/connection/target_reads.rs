@@ -17,7 +17,7 @@ impl Session {
     pub(super) async fn shadow_read(
         self: &Arc<Self>,
         frame: Frame,
-        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+        statements: UsedStatements,
         table: TableName,
     ) -> Result<(), SessionError> {
         let req = self.mirror_request(&frame, statements, true);
@@ -102,11 +102,7 @@ impl Session {
     }
 
     /// target-primary: a read served by the target.
-    pub(super) fn read_from_target(
-        self: &Arc<Self>,
-        frame: Frame,
-        statements: Vec<(Bytes, Arc<PreparedStatement>)>,
-    ) {
+    pub(super) fn read_from_target(self: &Arc<Self>, frame: Frame, statements: UsedStatements) {
         let req = self.mirror_request(&frame, statements, true);
         self.spawn_tracked(move |session| async move {
             let result = async {

@@ -6,6 +6,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::compression::{Compression, CompressionError};
 
+/// A map keyed by stream id: the requests in flight on a link, looked up
+/// on every answer. Hashed with foldhash (randomly seeded), a fraction of
+/// SipHash's cost for a two-byte key.
+pub type StreamMap<V> = std::collections::HashMap<i16, V, foldhash::fast::RandomState>;
+
+/// A set of stream ids ([`StreamMap`]'s hasher).
+pub type StreamSet = std::collections::HashSet<i16, foldhash::fast::RandomState>;
+
 pub const HEADER_LEN: usize = 9;
 /// Lowest protocol version the proxy speaks.
 pub const MIN_VERSION: u8 = 3;

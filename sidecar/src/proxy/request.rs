@@ -329,7 +329,11 @@ pub fn replace_ranges(body: &[u8], edits: &[RangeEdit]) -> Bytes {
 
 /// Returns `body` with the given `[short bytes]` ranges replaced, in order.
 /// Ranges must be sorted and non-overlapping.
-pub fn replace_short_bytes(body: &[u8], edits: &[((usize, usize), &[u8])]) -> Bytes {
+/// One `[short bytes]` of a body to replace: its byte range (length prefix
+/// included) and the new bytes.
+pub type ShortBytesEdit<'a> = ((usize, usize), &'a [u8]);
+
+pub fn replace_short_bytes(body: &[u8], edits: &[ShortBytesEdit<'_>]) -> Bytes {
     let extra: usize = edits.iter().map(|(_, b)| b.len() + 2).sum();
     let mut out = BytesMut::with_capacity(body.len() + extra);
     let mut at = 0;

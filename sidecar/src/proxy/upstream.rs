@@ -2,7 +2,6 @@
 //! for the spool replayer): request/response multiplexing over the proxy's
 //! own stream ids, with per-request timeouts.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::codec::{FrameDecoder, LinkState};
 use super::compression::Compression;
-use super::frame::{opcode, DecodeRules, Frame};
+use super::frame::{opcode, DecodeRules, Frame, StreamMap, StreamSet};
 use super::link::{spawn_writer, FrameReader, Outbound};
 use super::tls::{self, Connector};
 use super::wire::{put_long_string, put_string, put_string_map, Reader};
@@ -272,9 +271,9 @@ pub enum UpstreamError {
 
 #[derive(Default)]
 struct Waiters {
-    map: HashMap<i16, oneshot::Sender<Frame>>,
+    map: StreamMap<oneshot::Sender<Frame>>,
     /// Ids whose caller gave up; kept reserved until the late answer comes.
-    orphans: HashSet<i16>,
+    orphans: StreamSet,
     next: i16,
 }
 

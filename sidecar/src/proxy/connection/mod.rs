@@ -9,7 +9,6 @@
 //! (target-primary and shadow reads), `answers` (the
 //! source's replies) and `prepares` (prepared statements and their ids).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +22,7 @@ use super::bound::{bind_nondeterministic, replace_nondeterministic, splice_value
 use super::codec::{FrameDecoder, LinkState};
 use super::compression::Compression;
 use super::config::Mode;
-use super::frame::{error_code, opcode, DecodeRules, Frame, FrameError};
+use super::frame::{error_code, opcode, DecodeRules, Frame, FrameError, StreamMap};
 use super::link::{FrameReader, FrameWriter, Outbound, ReadError};
 use super::tls::{BoxRead, BoxWrite};
 use crate::proxy::classify::{
@@ -115,10 +114,10 @@ struct Session {
     source_out: tokio::sync::Mutex<FrameWriter>,
     /// Send times of sampled source requests (stream ids that are a
     /// multiple of 16), for the source latency histogram.
-    source_started: Mutex<HashMap<i16, Instant>>,
+    source_started: Mutex<StreamMap<Instant>>,
     client_state: Arc<LinkState>,
     source_state: Arc<LinkState>,
-    pending: Mutex<HashMap<i16, Pending>>,
+    pending: Mutex<StreamMap<Pending>>,
     version: AtomicU8,
     keyspace: Mutex<Option<String>>,
     startup_options: Mutex<Vec<(String, String)>>,
@@ -198,10 +197,10 @@ pub async fn serve(
             client_out,
             source_queue: Mutex::new(Vec::new()),
             source_out,
-            source_started: Mutex::new(HashMap::new()),
+            source_started: Mutex::new(StreamMap::default()),
             client_state: client_state.clone(),
             source_state: source_state.clone(),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(StreamMap::default()),
             version: AtomicU8::new(4),
             keyspace: Mutex::new(None),
             startup_options: Mutex::new(Vec::new()),

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
@@ -17,7 +18,9 @@ use super::frame::{error_code, opcode, Frame};
 use super::metrics::Metrics;
 use super::peers::PeerMap;
 use super::prepared::{parse_prepared_result, PreparedCache, PreparedStatement, TargetPrepared};
-use super::request::{parse_batch, parse_execute, parse_query, replace_short_bytes, BatchChild};
+use super::request::{
+    parse_batch, parse_execute, parse_query, replace_short_bytes, BatchChild, ShortBytesEdit,
+};
 use super::result::lwt_applied;
 use super::spool::{Reservation, Spool, SpoolRecord, SpooledStatement};
 use super::upstream::{describe_error, Endpoint, Handshake, Upstream, UpstreamError};
@@ -188,7 +191,10 @@ pub async fn target_id(
     prepare_on_target(ctx, conn, stmt, switch_keyspace).await
 }
 
-/// Replaces source ids with target ids in an EXECUTE or BATCH body.
+/// Replaces source ids with target ids in an EXECUTE or BATCH body. Where
+/// the two clusters gave a statement the same id (the same Cassandra
+/// version and schema, the usual case) the body is sent as it is, not
+/// copied.
 fn rewrite_ids(req: &MirrorRequest, ids: &[(Bytes, TargetPrepared)]) -> Result<Bytes, WireError> {
     let frame = Frame {
         version: req.version,
@@ -199,36 +205,42 @@ fn rewrite_ids(req: &MirrorRequest, ids: &[(Bytes, TargetPrepared)]) -> Result<B
         body: req.body.clone(),
     };
     let lookup = |id: &[u8]| ids.iter().find(|(s, _)| &s[..] == id).map(|(_, t)| t);
+    // The `[short bytes]` at `range` of the body, without its length.
+    let current = |range: (usize, usize)| req.body.get(range.0 + 2..range.1);
+    let mut edits: SmallVec<[ShortBytesEdit<'_>; 2]> = SmallVec::new();
     match req.opcode {
         opcode::EXECUTE => {
             let e = parse_execute(&frame)?;
             let Some(t) = lookup(e.id) else {
                 return Ok(req.body.clone());
             };
-            let mut edits: Vec<((usize, usize), &[u8])> = vec![(e.id_range, &t.id[..])];
+            if t.id[..] != *e.id {
+                edits.push((e.id_range, &t.id[..]));
+            }
             if let (Some(range), Some(rm)) =
                 (e.result_metadata_id_range, t.result_metadata_id.as_ref())
             {
-                edits.push((range, &rm[..]));
+                if current(range) != Some(&rm[..]) {
+                    edits.push((range, &rm[..]));
+                }
             }
-            Ok(replace_short_bytes(&req.body, &edits))
         }
         opcode::BATCH => {
             let b = parse_batch(&frame)?;
-            let edits: Vec<((usize, usize), &[u8])> = b
-                .children
-                .iter()
-                .filter_map(|c| match c {
-                    BatchChild::Prepared { id, range, .. } => {
-                        lookup(id).map(|t| (*range, &t.id[..]))
+            for child in &b.children {
+                if let BatchChild::Prepared { id, range, .. } = child {
+                    if let Some(t) = lookup(id).filter(|t| t.id[..] != **id) {
+                        edits.push((*range, &t.id[..]));
                     }
-                    BatchChild::Query { .. } => None,
-                })
-                .collect();
-            Ok(replace_short_bytes(&req.body, &edits))
+                }
+            }
         }
-        _ => Ok(req.body.clone()),
+        _ => {}
     }
+    if edits.is_empty() {
+        return Ok(req.body.clone());
+    }
+    Ok(replace_short_bytes(&req.body, &edits))
 }
 
 /// How many times a request goes to the target while it answers
@@ -422,5 +434,101 @@ fn statement_handshake(ctx: &ProxyContext) -> Handshake {
             .and_then(|c| c.current())
             .or_else(|| base.and_then(|h| h.credentials)),
         keyspace: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+
+    use super::*;
+    use crate::proxy::wire::put_short_bytes;
+
+    fn request(version: u8, opcode: u8, body: BytesMut) -> MirrorRequest {
+        MirrorRequest {
+            version,
+            flags: 0,
+            opcode,
+            body: body.freeze(),
+            keyspace: None,
+            statements: Vec::new(),
+            idempotent: true,
+        }
+    }
+
+    /// An EXECUTE of `id` at consistency ONE (v5: with `metadata_id`).
+    fn execute(version: u8, id: &[u8], metadata_id: &[u8]) -> MirrorRequest {
+        let mut body = BytesMut::new();
+        put_short_bytes(&mut body, id);
+        if version >= 5 {
+            put_short_bytes(&mut body, metadata_id);
+            body.put_u16(1);
+            body.put_u32(0);
+        } else {
+            body.put_u16(1);
+            body.put_u8(0);
+        }
+        request(version, opcode::EXECUTE, body)
+    }
+
+    fn on_target(source: &[u8], id: &[u8], metadata_id: Option<&[u8]>) -> (Bytes, TargetPrepared) {
+        (
+            Bytes::copy_from_slice(source),
+            TargetPrepared {
+                id: Bytes::copy_from_slice(id),
+                result_metadata_id: metadata_id.map(Bytes::copy_from_slice),
+            },
+        )
+    }
+
+    #[test]
+    fn an_execute_whose_id_is_the_same_on_the_target_is_sent_without_a_copy() {
+        let req = execute(4, b"same-id", b"");
+        let body = rewrite_ids(&req, &[on_target(b"same-id", b"same-id", None)]).unwrap();
+        assert_eq!(body, req.body);
+        assert_eq!(body.as_ptr(), req.body.as_ptr(), "the body was copied");
+        let req = execute(5, b"same-id", b"meta");
+        let body = rewrite_ids(&req, &[on_target(b"same-id", b"same-id", Some(b"meta"))]).unwrap();
+        assert_eq!(body.as_ptr(), req.body.as_ptr(), "the v5 body was copied");
+    }
+
+    #[test]
+    fn an_execute_gets_the_targets_id_and_metadata_id_where_they_differ() {
+        let req = execute(4, b"source-id", b"");
+        let body = rewrite_ids(&req, &[on_target(b"source-id", b"target-id!", None)]).unwrap();
+        assert_eq!(body, execute(4, b"target-id!", b"").body);
+        // Only the result metadata differs (a column added on one side).
+        let req = execute(5, b"id", b"source-meta");
+        let body = rewrite_ids(&req, &[on_target(b"id", b"id", Some(b"tm"))]).unwrap();
+        assert_eq!(body, execute(5, b"id", b"tm").body);
+    }
+
+    #[test]
+    fn a_batch_rewrites_only_the_children_whose_ids_differ() {
+        let batch = |ids: [&[u8]; 2]| {
+            let mut body = BytesMut::new();
+            body.put_u8(1); // unlogged
+            body.put_u16(2);
+            for id in ids {
+                body.put_u8(1);
+                put_short_bytes(&mut body, id);
+                body.put_u16(0);
+            }
+            body.put_u16(1);
+            body.put_u8(0);
+            request(4, opcode::BATCH, body)
+        };
+        let req = batch([b"kept", b"moved"]);
+        let ids = [
+            on_target(b"kept", b"kept", None),
+            on_target(b"moved", b"elsewhere", None),
+        ];
+        assert_eq!(
+            rewrite_ids(&req, &ids).unwrap(),
+            batch([b"kept", b"elsewhere"]).body
+        );
+        let same = batch([b"kept", b"kept"]);
+        let body = rewrite_ids(&same, &ids[..1]).unwrap();
+        assert_eq!(body.as_ptr(), same.body.as_ptr(), "the batch was copied");
     }
 }

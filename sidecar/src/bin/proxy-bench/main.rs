@@ -29,7 +29,10 @@ use scylla::client::PoolSize;
 use scylla::policies::host_filter::AllowListHostFilter;
 use scylla::statement::prepared::PreparedStatement;
 
+mod instructions;
 mod relay;
+
+use instructions::Callgrind;
 
 #[derive(Parser, Debug)]
 #[command(about = "Direct vs through-the-proxy CQL benchmark")]
@@ -96,6 +99,13 @@ struct Args {
     /// to write.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     relay_baseline: bool,
+    /// Run the proxy and the relay under valgrind's callgrind and report
+    /// their user-space instructions per request in each phase
+    /// (deterministic, unlike CPU time on a shared machine; the CPU
+    /// figures of such a run are valgrind's). Use a low `--open-fraction`
+    /// (0.02): the proxy runs some 20x slower.
+    #[arg(long)]
+    callgrind: bool,
 }
 
 /// Which process and phase a [`measured`] phase is, for `--probe`.
@@ -334,8 +344,12 @@ async fn spawn_proxy(
     target_host: &str,
     spool: &Path,
     extra: &[&str],
+    callgrind: Option<&Callgrind>,
 ) -> anyhow::Result<ProxyChild> {
-    let mut command = Command::new(proxy_bin);
+    let mut command = match callgrind {
+        Some(c) => c.command(proxy_bin),
+        None => Command::new(proxy_bin),
+    };
     if args.proxy_threads > 0 {
         command.env("FERRY_WORKER_THREADS", args.proxy_threads.to_string());
     }
@@ -387,7 +401,7 @@ async fn spool_drain(
     let proxy_addr = format!("{}:29042", args.proxy_ip);
     let metric = |name: &'static str| reqwest_metric(&args.proxy_ip, name);
     {
-        let _down = spawn_proxy(args, proxy_bin, UNREACHABLE_TARGET, &spool, &flags).await?;
+        let _down = spawn_proxy(args, proxy_bin, UNREACHABLE_TARGET, &spool, &flags, None).await?;
         let client = session(&proxy_addr, 1).await?;
         let insert = client
             .prepare(format!("INSERT INTO {table} (k, v) VALUES (?, ?)"))
@@ -418,7 +432,7 @@ async fn spool_drain(
         // The spool is synced every 100 ms.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let _up = spawn_proxy(args, proxy_bin, host(&args.target), &spool, &flags).await?;
+    let _up = spawn_proxy(args, proxy_bin, host(&args.target), &spool, &flags, None).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
     while metric("ferry_proxy_mirrored_writes_total{outcome=\"replayed\"}").await < records as f64 {
@@ -490,19 +504,39 @@ async fn wait_listening(addr: &str) {
     }
 }
 
+/// What one measured phase gave: the load's figures, what each request
+/// cost the measured process, and (`--callgrind`) its user-space
+/// instructions per request.
+struct Measured {
+    phase: Phase,
+    cost: PerRequest,
+    instructions: Option<f64>,
+}
+
 /// A phase run while process `pid`'s counters are read before and after
-/// (and `--probe` runs beside it): what the phase gave, and what each of
-/// its requests cost that process.
+/// (and `--probe` runs beside it; `--callgrind` zeroes and dumps its
+/// instruction counts around it).
 async fn measured(
     args: &Args,
+    callgrind: Option<&Callgrind>,
     pid: u32,
     at: ProbeTarget<'_>,
     phase: impl std::future::Future<Output = Phase>,
-) -> anyhow::Result<(Phase, PerRequest)> {
+) -> anyhow::Result<Measured> {
     let probe = start_probe(args, pid, &at)?;
+    if let Some(c) = callgrind {
+        c.zero(pid)?;
+    }
     let before = ProcessCounters::read(Some(pid));
     let p = phase.await;
     let cost = ProcessCounters::read(Some(pid)).per_request_since(&before, p.requests);
+    let instructions = match callgrind {
+        Some(c) => {
+            let label = format!("{}.{}.{}", at.who, at.phase, at.round);
+            Some(c.dump(pid, &label)? as f64 / p.requests.max(1) as f64)
+        }
+        None => None,
+    };
     if let Some(mut probe) = probe {
         let status = probe.wait().context("waiting for the probe")?;
         println!(
@@ -510,7 +544,31 @@ async fn measured(
             at.round, at.who, at.phase
         );
     }
-    Ok((p, cost))
+    if let Some(i) = instructions {
+        println!(
+            "round {}: {} {} loop: {i:.0} user-space instructions per request",
+            at.round, at.who, at.phase
+        );
+    }
+    Ok(Measured {
+        phase: p,
+        cost,
+        instructions,
+    })
+}
+
+/// The per-request costs of one kind of measured phase, over the rounds.
+#[derive(Default)]
+struct CostLog {
+    costs: Vec<PerRequest>,
+    instructions: Vec<f64>,
+}
+
+impl CostLog {
+    fn push(&mut self, m: &Measured) {
+        self.costs.push(m.cost);
+        self.instructions.extend(m.instructions);
+    }
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -519,12 +577,21 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("ferry-sidecar"),
     };
     let spool = std::env::temp_dir().join(format!("ferry-bench-spool-{}", std::process::id()));
+    let callgrind = if args.callgrind {
+        let dir =
+            std::env::temp_dir().join(format!("ferry-bench-callgrind-{}", std::process::id()));
+        println!("callgrind dumps in {}", dir.display());
+        Some(Callgrind::new(dir)?)
+    } else {
+        None
+    };
     let proxy = spawn_proxy(
         &args,
         &proxy_bin,
         host(&args.target),
         &spool,
         &["--mode", &args.mode],
+        callgrind.as_ref(),
     )
     .await?;
     let pid = proxy.0.id();
@@ -541,7 +608,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     // The relay, its session and its workload (`--relay-baseline`).
     let relay_path = if args.relay_baseline {
         let relay_addr = format!("{}:29043", args.proxy_ip);
-        let child = relay::spawn(&std::env::current_exe()?, &relay_addr, &args.source)?;
+        let bench_bin = std::env::current_exe()?;
+        let command = match &callgrind {
+            Some(c) => c.command(&bench_bin),
+            None => Command::new(&bench_bin),
+        };
+        let child = relay::spawn(command, &relay_addr, &args.source)?;
         let child = ProxyChild(child);
         wait_listening(&relay_addr).await;
         let relayed = Arc::new(relayed_session(&relay_addr, &args.source).await?);
@@ -595,12 +667,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         )
         .await;
     }
-    let (mut relay_closed, mut relay_open): (Vec<PerRequest>, Vec<PerRequest>) = (vec![], vec![]);
+    let (mut relay_closed, mut relay_open) = (CostLog::default(), CostLog::default());
 
     let (mut dual_tput, mut dual_ratio) = (vec![], vec![]);
     let (mut dual50, mut dual99, mut dual_added99) = (vec![], vec![], vec![]);
     let (mut d_tput, mut p_tput, mut ratio) = (vec![], vec![], vec![]);
-    let (mut closed_costs, mut open_costs): (Vec<PerRequest>, Vec<PerRequest>) = (vec![], vec![]);
+    let (mut closed_costs, mut open_costs) = (CostLog::default(), CostLog::default());
     let (mut d50, mut d99, mut p50, mut p99, mut added99) =
         (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..args.rounds {
@@ -611,8 +683,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let (p, closed_cost) = measured(
+        let closed = measured(
             &args,
+            callgrind.as_ref(),
             pid,
             ProbeTarget {
                 who: "proxy",
@@ -622,18 +695,20 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             closed_loop(proxied.clone(), wp.clone(), args.concurrency, args.seconds),
         )
         .await?;
+        let (p, closed_cost) = (closed.phase, closed.cost);
         println!(
             "round {round}: closed loop c={}: {} requests, proxy per request: {closed_cost}",
             args.concurrency, p.requests
         );
-        closed_costs.push(closed_cost);
+        closed_costs.push(&closed);
         // Half of the saturation of the same work: with mirroring, that of
         // the client's own dual write (the target's writes share this box).
         let half = dd.map_or(d.ops_per_sec, |x| x.ops_per_sec.min(d.ops_per_sec))
             * args.open_fraction.clamp(0.01, 1.0);
         let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
-        let (pl, open_cost) = measured(
+        let open = measured(
             &args,
+            callgrind.as_ref(),
             pid,
             ProbeTarget {
                 who: "proxy",
@@ -643,11 +718,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             open_loop(proxied.clone(), wp.clone(), half, args.seconds),
         )
         .await?;
+        let (pl, open_cost) = (open.phase, open.cost);
         println!(
             "round {round}: open loop at {half:.0} ops/s: {} requests, proxy per request: {open_cost}",
             pl.requests
         );
-        open_costs.push(open_cost);
+        open_costs.push(&open);
         let ddl = match &wdual {
             Some(w) => Some(open_loop(direct.clone(), w.clone(), half, args.seconds).await),
             None => None,
@@ -676,8 +752,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
         if let Some((child, relayed, wr)) = &relay_path {
             let relay_pid = child.0.id();
-            let (rc, rc_cost) = measured(
+            let rc = measured(
                 &args,
+                callgrind.as_ref(),
                 relay_pid,
                 ProbeTarget {
                     who: "relay",
@@ -687,8 +764,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 closed_loop(relayed.clone(), wr.clone(), args.concurrency, args.seconds),
             )
             .await?;
-            let (ro, ro_cost) = measured(
+            let ro = measured(
                 &args,
+                callgrind.as_ref(),
                 relay_pid,
                 ProbeTarget {
                     who: "relay",
@@ -699,11 +777,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             )
             .await?;
             println!(
-                "round {round}: byte relay: closed loop c={} {:.0} ops/s ({} errors), per request: {rc_cost}; open loop at {half:.0} ops/s ({} errors) p50 {:.0} p99 {:.0} us, per request: {ro_cost}",
-                args.concurrency, rc.ops_per_sec, rc.errors, ro.errors, ro.p50_us, ro.p99_us
+                "round {round}: byte relay: closed loop c={} {:.0} ops/s ({} errors), per request: {}; open loop at {half:.0} ops/s ({} errors) p50 {:.0} p99 {:.0} us, per request: {}",
+                args.concurrency, rc.phase.ops_per_sec, rc.phase.errors, rc.cost, ro.phase.errors, ro.phase.p50_us, ro.phase.p99_us, ro.cost
             );
-            relay_closed.push(rc_cost);
-            relay_open.push(ro_cost);
+            relay_closed.push(&rc);
+            relay_open.push(&ro);
         }
         d_tput.push(d.ops_per_sec);
         p_tput.push(p.ops_per_sec);
@@ -770,12 +848,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     println!(
         "| proxy CPU time per request | | {:.1} us |",
-        median(closed_costs.iter().map(PerRequest::cpu_us).collect())
+        median(closed_costs.costs.iter().map(PerRequest::cpu_us).collect())
     );
     println!(
         "| proxy CPU time per request, open loop at {:.0} % of saturation | | {:.1} us |",
         args.open_fraction * 100.0,
-        median(open_costs.iter().map(PerRequest::cpu_us).collect())
+        median(open_costs.costs.iter().map(PerRequest::cpu_us).collect())
     );
     let closed_kind = format!("closed loop, {} in flight", args.concurrency);
     let open_kind = format!("open loop at {:.0} %", args.open_fraction * 100.0);
@@ -785,10 +863,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ("byte relay", &closed_kind, &relay_closed),
         ("byte relay", &open_kind, &relay_open),
     ] {
-        if costs.is_empty() {
+        if costs.costs.is_empty() {
             continue;
         }
-        let of = |f: fn(&PerRequest) -> f64| median(costs.iter().map(f).collect());
+        let of = |f: fn(&PerRequest) -> f64| median(costs.costs.iter().map(f).collect());
         println!(
             "| {who} per request, {loop_kind}: CPU (user / kernel), wake-ups | | {:.1} us ({:.1} / {:.1}), {:.2} |",
             of(PerRequest::cpu_us),
@@ -796,6 +874,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             of(|c| c.system_us),
             of(|c| c.sleeps),
         );
+        if !costs.instructions.is_empty() {
+            println!(
+                "| {who} per request, {loop_kind}: user-space instructions (callgrind) | | {:.0} |",
+                median(costs.instructions.clone())
+            );
+        }
     }
     println!(
         "| proxy RSS with {} driver connections | | {:.1} MiB |",

@@ -10,7 +10,6 @@
 //! time and wake-ups come from `/proc` like the proxy's.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
@@ -57,12 +56,13 @@ pub fn run(listen: &str, upstream: &str) -> anyhow::Result<()> {
         })
 }
 
-/// Starts this binary as a relay from `listen` to `upstream`; the caller
-/// waits until it accepts connections.
-pub fn spawn(bench_bin: &Path, listen: &str, upstream: &str) -> anyhow::Result<Child> {
-    Command::new(bench_bin)
+/// Starts this binary as a relay from `listen` to `upstream` (by
+/// `command`, which runs the binary it is given: directly, or under a
+/// profiler); the caller waits until it accepts connections.
+pub fn spawn(mut command: Command, listen: &str, upstream: &str) -> anyhow::Result<Child> {
+    command
         .env(RELAY_ENV, format!("{listen} {upstream}"))
         .stdout(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting the relay {}", bench_bin.display()))
+        .context("starting the relay")
 }

@@ -106,6 +106,11 @@ struct Args {
     /// (0.02): the proxy runs some 20x slower.
     #[arg(long)]
     callgrind: bool,
+    /// After the rounds, keep the open loop's rate going over the
+    /// `--rss-connections` session for this many minutes, and print the
+    /// proxy's RSS and CPU per request minute by minute (0: skip).
+    #[arg(long, default_value_t = 0)]
+    soak_minutes: u64,
 }
 
 /// Which process and phase a [`measured`] phase is, for `--probe`.
@@ -557,6 +562,33 @@ async fn measured(
     })
 }
 
+/// `--soak-minutes`: the open loop at `rate` over `session`, minute by
+/// minute, printing the proxy's RSS and CPU per request after each;
+/// returns the RSS after the first minute, after the last, and the
+/// highest (MiB).
+async fn soak(
+    args: &Args,
+    pid: u32,
+    session: Arc<Session>,
+    w: Arc<Workload>,
+    rate: f64,
+) -> Option<(f64, f64, f64)> {
+    let mut curve = Vec::new();
+    for minute in 1..=args.soak_minutes {
+        let before = ProcessCounters::read(Some(pid));
+        let p = open_loop(session.clone(), w.clone(), rate, 60).await;
+        let cost = ProcessCounters::read(Some(pid)).per_request_since(&before, p.requests);
+        let rss = process_rss_mib(pid);
+        println!(
+            "soak minute {minute}: {} requests ({} errors), p50 {:.0} p99 {:.0} us, proxy RSS {rss:.1} MiB, per request: {cost}",
+            p.requests, p.errors, p.p50_us, p.p99_us
+        );
+        curve.push(rss);
+    }
+    let max = curve.iter().copied().fold(f64::MIN, f64::max);
+    Some((*curve.first()?, *curve.last()?, max))
+}
+
 /// The per-request costs of one kind of measured phase, over the rounds.
 #[derive(Default)]
 struct CostLog {
@@ -675,6 +707,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let (mut closed_costs, mut open_costs) = (CostLog::default(), CostLog::default());
     let (mut d50, mut d99, mut p50, mut p99, mut added99) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut open_rate = 0.0;
     for round in 0..args.rounds {
         let d = closed_loop(direct.clone(), wd.clone(), args.concurrency, args.seconds).await;
         let dd = match &wdual {
@@ -705,6 +738,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         // the client's own dual write (the target's writes share this box).
         let half = dd.map_or(d.ops_per_sec, |x| x.ops_per_sec.min(d.ops_per_sec))
             * args.open_fraction.clamp(0.01, 1.0);
+        open_rate = half;
         let dl = open_loop(direct.clone(), wd.clone(), half, args.seconds).await;
         let open = measured(
             &args,
@@ -797,8 +831,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let wm = Arc::new(workload(&many, &ks, args.write_percent).await?);
     let many = Arc::new(many);
-    closed_loop(many.clone(), wm, args.concurrency, 3).await;
+    closed_loop(many.clone(), wm.clone(), args.concurrency, 3).await;
     let rss = process_rss_mib(pid);
+    let soak = soak(&args, pid, many.clone(), wm, open_rate).await;
     let mirrored = reqwest_metric(&args.proxy_ip, "ferry_proxy_mirrored_writes_total").await;
     let spooled = reqwest_metric(
         &args.proxy_ip,
@@ -885,6 +920,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "| proxy RSS with {} driver connections | | {:.1} MiB |",
         args.rss_connections, rss
     );
+    if let Some((first, last, max)) = soak {
+        println!(
+            "| proxy RSS over a {}-minute open loop at {open_rate:.0} ops/s, {} connections: first minute, last, highest | | {first:.1}, {last:.1}, {max:.1} MiB |",
+            args.soak_minutes, args.rss_connections
+        );
+    }
     println!("| writes mirrored to the target (all phases) | | {mirrored:.0} |");
     println!("| of which spooled (target too slow or down) | | {spooled:.0} |");
     println!("| client writes held back by --mirror-max-in-flight | | {waits:.0} |");

@@ -57,7 +57,7 @@ const SIDES: [&str; 2] = ["source", "target"];
 #[derive(Clone)]
 struct HotSeries {
     /// By [`HOT_KINDS`], then [`SIDES`].
-    requests: Vec<[IntCounter; 2]>,
+    requests: [[IntCounter; 2]; HOT_KINDS.len()],
     /// By [`SIDES`].
     latency: [Histogram; 2],
     mirrored_ok: IntCounter,
@@ -73,9 +73,7 @@ impl HotSeries {
         // "no data" would read as a proxy that does not report.
         Self {
             requests: HOT_KINDS
-                .iter()
-                .map(|kind| SIDES.map(|side| requests.with_label_values(&[kind, side])))
-                .collect(),
+                .map(|kind| SIDES.map(|side| requests.with_label_values(&[kind, side]))),
             latency: SIDES.map(|side| latency.with_label_values(&[side])),
             mirrored_ok: mirrored_writes.with_label_values(&["ok"]),
         }

@@ -148,6 +148,23 @@ struct Phase {
     requests: u64,
 }
 
+impl Phase {
+    /// The figures of a phase that began at `start` and has just ended,
+    /// from its requests' latencies (µs) and its error count.
+    fn from_latencies(lat: &Mutex<Vec<u32>>, errors: &AtomicU64, start: Instant) -> Self {
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut l = std::mem::take(&mut *lat.lock().unwrap_or_else(|p| p.into_inner()));
+        l.sort_unstable();
+        Phase {
+            ops_per_sec: l.len() as f64 / elapsed,
+            p50_us: percentile(&l, 0.50),
+            p99_us: percentile(&l, 0.99),
+            errors: errors.load(Ordering::Relaxed),
+            requests: l.len() as u64,
+        }
+    }
+}
+
 struct Workload {
     insert: PreparedStatement,
     select: PreparedStatement,
@@ -294,16 +311,7 @@ async fn closed_loop(s: Arc<Session>, w: Arc<Workload>, concurrency: usize, secs
     for t in tasks {
         let _ = t.await;
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut l = std::mem::take(&mut *lat.lock().unwrap_or_else(|p| p.into_inner()));
-    l.sort_unstable();
-    Phase {
-        ops_per_sec: l.len() as f64 / elapsed,
-        p50_us: percentile(&l, 0.50),
-        p99_us: percentile(&l, 0.99),
-        errors: errors.load(Ordering::Relaxed),
-        requests: l.len() as u64,
-    }
+    Phase::from_latencies(&lat, &errors, start)
 }
 
 /// Open loop at `rate` requests/s; latency from the scheduled start.
@@ -329,16 +337,7 @@ async fn open_loop(s: Arc<Session>, w: Arc<Workload>, rate: f64, secs: u64) -> P
     for t in tasks {
         let _ = t.await;
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut l = std::mem::take(&mut *lat.lock().unwrap_or_else(|p| p.into_inner()));
-    l.sort_unstable();
-    Phase {
-        ops_per_sec: l.len() as f64 / elapsed,
-        p50_us: percentile(&l, 0.50),
-        p99_us: percentile(&l, 0.99),
-        errors: errors.load(Ordering::Relaxed),
-        requests: l.len() as u64,
-    }
+    Phase::from_latencies(&lat, &errors, start)
 }
 
 /// Starts `ferry-sidecar proxy` in front of the source, mirroring to
@@ -563,30 +562,41 @@ async fn measured(
 }
 
 /// `--soak-minutes`: the open loop at `rate` over `session`, minute by
-/// minute, printing the proxy's RSS and CPU per request after each;
-/// returns the RSS after the first minute, after the last, and the
-/// highest (MiB).
+/// minute (each a [`measured`] phase, `soak` in `--probe`'s `{phase}`),
+/// printing the proxy's RSS and CPU per request after each; returns the
+/// RSS after the first minute, after the last, and the highest (MiB).
 async fn soak(
     args: &Args,
+    callgrind: Option<&Callgrind>,
     pid: u32,
     session: Arc<Session>,
     w: Arc<Workload>,
     rate: f64,
-) -> Option<(f64, f64, f64)> {
+) -> anyhow::Result<Option<(f64, f64, f64)>> {
     let mut curve = Vec::new();
     for minute in 1..=args.soak_minutes {
-        let before = ProcessCounters::read(Some(pid));
-        let p = open_loop(session.clone(), w.clone(), rate, 60).await;
-        let cost = ProcessCounters::read(Some(pid)).per_request_since(&before, p.requests);
+        let at = ProbeTarget {
+            who: "proxy",
+            phase: "soak",
+            round: minute as usize,
+        };
+        let m = measured(
+            args,
+            callgrind,
+            pid,
+            at,
+            open_loop(session.clone(), w.clone(), rate, 60),
+        )
+        .await?;
         let rss = process_rss_mib(pid);
         println!(
-            "soak minute {minute}: {} requests ({} errors), p50 {:.0} p99 {:.0} us, proxy RSS {rss:.1} MiB, per request: {cost}",
-            p.requests, p.errors, p.p50_us, p.p99_us
+            "soak minute {minute}: {} requests ({} errors), p50 {:.0} p99 {:.0} us, proxy RSS {rss:.1} MiB, per request: {}",
+            m.phase.requests, m.phase.errors, m.phase.p50_us, m.phase.p99_us, m.cost
         );
         curve.push(rss);
     }
     let max = curve.iter().copied().fold(f64::MIN, f64::max);
-    Some((*curve.first()?, *curve.last()?, max))
+    Ok(curve.first().zip(curve.last()).map(|(f, l)| (*f, *l, max)))
 }
 
 /// The per-request costs of one kind of measured phase, over the rounds.
@@ -833,7 +843,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let many = Arc::new(many);
     closed_loop(many.clone(), wm.clone(), args.concurrency, 3).await;
     let rss = process_rss_mib(pid);
-    let soak = soak(&args, pid, many.clone(), wm, open_rate).await;
+    let soak = soak(&args, callgrind.as_ref(), pid, many.clone(), wm, open_rate).await?;
     let mirrored = reqwest_metric(&args.proxy_ip, "ferry_proxy_mirrored_writes_total").await;
     let spooled = reqwest_metric(
         &args.proxy_ip,

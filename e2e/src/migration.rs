@@ -755,6 +755,7 @@ impl Run<'_> {
                 // Best effort, to tell which writes differ: what the ledger
                 // check finds on both clusters as they are.
                 self.say(format!("{e:#}"));
+                self.report_pods().await;
                 let ledger = match self.stop_app().await {
                     Ok(app) => match self.check_ledger(&app).await {
                         Ok(report) => serde_json::to_string(&report)?,
@@ -1077,6 +1078,54 @@ impl Run<'_> {
         let mut cmd = self.kubectl_cmd();
         cmd.args(["-n", &self.opts.namespace]).args(args);
         with_stdin(cmd, input, &format!("kubectl {}", args.join(" "))).await
+    }
+
+    /// On a failed run, best effort: every pod of the namespace, and for
+    /// each one that is not Ready its description (conditions, container
+    /// states, events) and the last lines of each container's log, the
+    /// previous instance's too, so a failure in CI can be told apart
+    /// (Cassandra not starting, the proxy not ready, the pod not scheduled).
+    async fn report_pods(&self) {
+        if let Ok(pods) = self.kubectl(&["get", "pods", "-o", "wide"]).await {
+            self.say(format!("pods:\n{pods}"));
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let Ok(pods) = api.list(&Default::default()).await else {
+            return;
+        };
+        for pod in pods {
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let succeeded =
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+            if ready || succeeded {
+                continue;
+            }
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if let Ok(text) = self.kubectl(&["describe", "pod", &name]).await {
+                self.say(format!("kubectl describe pod {name}:\n{text}"));
+            }
+            let containers = pod.spec.iter().flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+                    .map(|c| c.name.clone())
+            });
+            for container in containers.collect::<Vec<_>>() {
+                for previous in ["--previous=false", "--previous=true"] {
+                    if let Ok(log) = self
+                        .kubectl(&["logs", &name, "-c", &container, "--tail=60", previous])
+                        .await
+                    {
+                        self.say(format!("logs of {name}/{container} ({previous}):\n{log}"));
+                    }
+                }
+            }
+        }
     }
 
     /// Runs the load generator once as a pod (schema, verify) and returns

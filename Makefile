@@ -8,6 +8,9 @@ SHELL := bash
 # clone on the same machine (which is what CI is) builds incrementally.
 export FERRY_CACHE ?= $(HOME)/.cache/ferry
 export CARGO_TARGET_DIR ?= $(FERRY_CACHE)/target
+# A fresh clone rebuilds the workspace's own crates once: incremental state
+# would only fill the disk (23 GiB of it after a few weeks of runs).
+export CARGO_INCREMENTAL ?= 0
 KUBECTL = $(FERRY_CACHE)/bin/kubectl --kubeconfig $(FERRY_CACHE)/run/kubeconfig
 
 .PHONY: help
@@ -18,8 +21,12 @@ help: ## list the targets
 deps: ## install the machine packages the test bed needs (idempotent)
 	@bash e2e/testbed/deps.sh
 
+.PHONY: space
+space: ## make sure the disk has room for a run (prunes build outputs when it has not)
+	@bash e2e/testbed/disk.sh
+
 .PHONY: testbed
-testbed: deps ## bring up both Cassandra clusters and the Kubernetes control plane
+testbed: deps space ## bring up both Cassandra clusters and the Kubernetes control plane
 	@bash e2e/testbed/up.sh --source-nodes 3 --fresh-if-full
 
 .PHONY: down
@@ -49,7 +56,7 @@ test: testbed lint ## every test, against the real test bed
 	cargo test --workspace --locked --no-fail-fast
 
 .PHONY: demo
-demo: deps ## the main job: a whole live migration on the local real node, with a summary
+demo: deps space ## the main job: a whole live migration on the local real node, with a summary
 	bash e2e/demo.sh
 
 .PHONY: demo-clean
@@ -57,10 +64,10 @@ demo-clean: ## remove the demo's migration, clusters and Ferry release
 	bash e2e/demo.sh --clean
 
 .PHONY: kind-e2e
-kind-e2e: deps ## the end-to-end migration on kind (1 control plane, 3 workers), built from packages alone; deletes the cluster at the end (KIND_ARGS=--keep-cluster keeps it)
+kind-e2e: deps space ## the end-to-end migration on kind (1 control plane, 3 workers), built from packages alone; deletes the cluster at the end (KIND_ARGS=--keep-cluster keeps it)
 	bash e2e/kind.sh $(KIND_ARGS)
 
 .PHONY: e2e
-e2e: deps ## the end-to-end migration tests, the long fault cases included
+e2e: deps space ## the end-to-end migration tests, the long fault cases included
 	bash e2e/testbed/up.sh --no-cassandra --node
 	cargo test -p ferry-e2e --locked --test migration -- --include-ignored --test-threads=1

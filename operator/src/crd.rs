@@ -556,6 +556,17 @@ pub enum TimestampMode {
     Backdate,
 }
 
+/// Compression of the Jobs' CQL connections.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum JobCompression {
+    /// No compression.
+    #[default]
+    None,
+    /// LZ4.
+    Lz4,
+}
+
 /// The bulk copy of historical data, run as an Indexed Job.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -586,6 +597,13 @@ pub struct BackfillSpec {
     #[serde(default)]
     pub timestamp_mode: TimestampMode,
 
+    /// Compression of the backfill's and validation's CQL connections to
+    /// both clusters: `none` (default) or `lz4`. LZ4 costs CPU on every node
+    /// the Jobs read from or write to; choose it when the clusters are far
+    /// apart and the network, not CPU, is what is short.
+    #[serde(default)]
+    pub compression: JobCompression,
+
     /// CPU and memory for each Job pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -608,6 +626,7 @@ impl Default for BackfillSpec {
             concurrency: default_concurrency(),
             rows_per_second: None,
             timestamp_mode: TimestampMode::default(),
+            compression: JobCompression::default(),
             resources: None,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),

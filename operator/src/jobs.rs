@@ -16,7 +16,8 @@ use kube::Resource;
 use serde::Deserialize;
 
 use crate::crd::{
-    BackfillProgress, CassandraMigration, TimestampMode, ValidationMode, ValidationResults,
+    BackfillProgress, CassandraMigration, JobCompression, TimestampMode, ValidationMode,
+    ValidationResults,
 };
 use crate::labels;
 use crate::pod_security;
@@ -111,6 +112,13 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
         env("FERRY_SPLITS", spec.backfill.splits),
         env("FERRY_SPLIT_COUNT", spec.backfill.parallelism),
         env("FERRY_CONCURRENCY", spec.backfill.concurrency),
+        env(
+            "FERRY_COMPRESSION",
+            match spec.backfill.compression {
+                JobCompression::None => "none",
+                JobCompression::Lz4 => "lz4",
+            },
+        ),
         env("FERRY_SUMMARY_FILE", "/dev/termination-log"),
         env("FERRY_JOB_ID", &inputs.name),
     ];
@@ -527,6 +535,10 @@ mod tests {
         let env = env_of(&job);
         assert_eq!(env["FERRY_SPLITS"], "64");
         assert_eq!(env["FERRY_SPLIT_COUNT"], "4");
+        assert_eq!(
+            env["FERRY_COMPRESSION"], "none",
+            "no compression unless asked"
+        );
         assert_eq!(env["FERRY_TIMESTAMP_MODE"], "backdate");
         assert_eq!(env["FERRY_START_TIMESTAMP"], "1700000000000000");
         assert_eq!(env["FERRY_MIRRORING_SINCE"], "1699999000000000");
@@ -542,6 +554,16 @@ mod tests {
         let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(owner.uid, "uid-1");
         assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn lz4_compression_reaches_both_kinds_of_job() {
+        let mut cm = migration();
+        cm.spec.backfill.compression = JobCompression::Lz4;
+        for kind in [JobKind::Backfill, JobKind::Validate] {
+            let env = env_of(&build_job(&cm, kind, &inputs()));
+            assert_eq!(env["FERRY_COMPRESSION"], "lz4", "{kind:?}");
+        }
     }
 
     #[test]

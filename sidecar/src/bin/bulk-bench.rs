@@ -75,6 +75,12 @@ struct Args {
     /// The ferry-sidecar binary (default: next to this one).
     #[arg(long)]
     sidecar: Option<PathBuf>,
+    /// Runs the backfill and the validation under valgrind's callgrind and
+    /// reports their user-space instructions per row: a figure that does
+    /// not move with the machine's load, unlike CPU time. Their rows/s and
+    /// CPU columns are then valgrind's, not theirs. Needs `valgrind`.
+    #[arg(long)]
+    callgrind: bool,
 }
 
 /// Row `i` of the benchmark table: 10 rows per partition, ~100 bytes of values.
@@ -265,6 +271,22 @@ struct ChildRun {
     max_rss_kb: u64,
     /// user + system CPU seconds of the child.
     cpu_seconds: f64,
+    /// Instructions the child ran (`--callgrind`).
+    instructions: Option<u64>,
+}
+
+/// The instructions a callgrind output file counts (its `totals:` line, or
+/// `summary:` in older valgrinds).
+fn callgrind_total(path: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .find_map(|line| {
+            let rest = line
+                .strip_prefix("totals:")
+                .or_else(|| line.strip_prefix("summary:"))?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no totals in {}", path.display()))
 }
 
 /// CPU spent over one phase, per row: by the process doing the phase (the
@@ -365,12 +387,15 @@ fn run_child(
 ) -> anyhow::Result<ChildRun> {
     let summary = dir.join(format!("{mode}-summary.json"));
     let time_out = dir.join(format!("{mode}-time.txt"));
+    let callgrind_out = dir.join(format!("{mode}.callgrind"));
     let mut command = Command::new("/usr/bin/time");
+    command.arg("-f").arg("%M %U %S").arg("-o").arg(&time_out);
+    if args.callgrind {
+        command
+            .args(["valgrind", "--tool=callgrind", "--quiet"])
+            .arg(format!("--callgrind-out-file={}", callgrind_out.display()));
+    }
     command
-        .arg("-f")
-        .arg("%M %U %S")
-        .arg("-o")
-        .arg(&time_out)
         .arg(sidecar)
         .arg(mode)
         .args(["--source-contact-points", &args.source_contact_points])
@@ -399,6 +424,11 @@ fn run_child(
         summary,
         max_rss_kb: field(0).unwrap_or(0.0) as u64,
         cpu_seconds: field(1).unwrap_or(0.0) + field(2).unwrap_or(0.0),
+        instructions: if args.callgrind {
+            Some(callgrind_total(&callgrind_out)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -460,6 +490,7 @@ async fn main() -> anyhow::Result<()> {
             (vec![], vec![], vec![], vec![]);
         let (mut backfill_copy, mut validate_copy) = (vec![], vec![]);
         let (mut backfill_rss, mut validate_rss) = (0u64, 0u64);
+        let (mut backfill_instructions, mut validate_instructions) = (vec![], vec![]);
         // Per phase, in the order of the table: one cost per run.
         let mut costs: [Vec<Cost>; 6] = Default::default();
         let (mut scan, mut scan_stamped) = (vec![], vec![]);
@@ -508,6 +539,7 @@ async fn main() -> anyhow::Result<()> {
             let copy_ms = b.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
             backfill_copy.push(size as f64 / copy_ms * 1000.0);
             backfill_rss = backfill_rss.max(b.max_rss_kb);
+            backfill_instructions.extend(b.instructions.map(|n| n as f64 / size as f64));
             let meter = Meter::start_when_idle().await;
             let v = run_child(&sidecar, "validate", &args, &ks, &args.validate_flags, &dir)?;
             let ms = v.summary["elapsedMillis"].as_f64().unwrap_or(1.0).max(1.0);
@@ -523,6 +555,7 @@ async fn main() -> anyhow::Result<()> {
             let copy_ms = v.summary["copyMillis"].as_f64().unwrap_or(ms).max(1.0);
             validate_copy.push(size as f64 / copy_ms * 1000.0);
             validate_rss = validate_rss.max(v.max_rss_kb);
+            validate_instructions.extend(v.instructions.map(|n| n as f64 / size as f64));
             for (kind, rates, cost) in [
                 (ScanKind::Values, &mut scan, 4),
                 (ScanKind::WithStamps, &mut scan_stamped, 5),
@@ -618,6 +651,13 @@ async fn main() -> anyhow::Result<()> {
             per_row(3, source_cpu) / per_row(4, source_cpu),
             per_row(2, |c| c.client_us_per_row),
         );
+        if args.callgrind {
+            println!(
+                "| {size} | instructions per row (callgrind, the Job's user space; median): backfill {:.0}, validate {:.0} | | | | | | | | | |",
+                median(backfill_instructions),
+                median(validate_instructions),
+            );
+        }
         for session in [&source, &target] {
             exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
         }

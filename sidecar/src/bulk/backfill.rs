@@ -384,15 +384,16 @@ async fn copy_range(
         rows_limit.acquire(page.rows.len() as u64).await;
         bytes_limit.acquire(page_bytes).await;
         for row in &page.rows {
-            let partition: Vec<Option<Bytes>> = job
-                .planner
-                .layout
-                .partition_bytes(row)
-                .map(|b| b.cloned())
-                .collect();
-            let new_partition = last_partition.as_ref() != Some(&partition);
+            // Compared in place; a copy of the key is kept once per partition.
+            let layout = &job.planner.layout;
+            let new_partition = last_partition.as_ref().is_none_or(|last| {
+                !last
+                    .iter()
+                    .map(Option::as_ref)
+                    .eq(layout.partition_bytes(row))
+            });
             if new_partition {
-                last_partition = Some(partition);
+                last_partition = Some(layout.partition_bytes(row).map(|b| b.cloned()).collect());
             }
             let planned = ops.len();
             job.planner.plan_row(

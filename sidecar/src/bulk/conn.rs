@@ -128,6 +128,31 @@ pub struct ConnectionArgs {
     /// node restarting, a target briefly down) before giving up, in seconds.
     #[arg(long, env = "FERRY_CONNECT_WAIT_SECS", default_value_t = 180)]
     pub connect_wait_secs: u64,
+    /// Compression of the CQL connections to both clusters: `none` (the
+    /// default) or `lz4`. LZ4 costs CPU on every node read from or written
+    /// to, and on the Job, for bytes a network inside one site carries
+    /// easily; it pays where the clusters are far apart.
+    #[arg(long, env = "FERRY_COMPRESSION", value_enum, default_value_t = WireCompression::None)]
+    pub compression: WireCompression,
+}
+
+/// Compression of the Jobs' CQL connections (`--compression`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WireCompression {
+    /// Frames as they are.
+    #[default]
+    None,
+    /// LZ4 frame bodies (protocol v4) or segments (v5).
+    Lz4,
+}
+
+impl WireCompression {
+    fn driver_setting(self) -> Option<Compression> {
+        match self {
+            Self::None => None,
+            Self::Lz4 => Some(Compression::Lz4),
+        }
+    }
 }
 
 // Hand-written so that passwords never reach a log line.
@@ -142,6 +167,7 @@ impl std::fmt::Debug for ConnectionArgs {
             .field("target_local_dc", &self.target_local_dc)
             .field("target_username", &self.target_username)
             .field("target_tls", &self.target_tls)
+            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +186,7 @@ pub struct ClusterConfig<'a> {
     pub connections_per_node: usize,
     /// How long to keep trying an unreachable cluster.
     pub connect_wait: Duration,
+    pub compression: WireCompression,
 }
 
 impl ConnectionArgs {
@@ -197,6 +224,7 @@ impl ConnectionArgs {
             tls_skip_hostname_verification: self.source_tls_skip_hostname_verification,
             connections_per_node: self.connections_per_node,
             connect_wait: Duration::from_secs(self.connect_wait_secs),
+            compression: self.compression,
         }
     }
 
@@ -213,6 +241,7 @@ impl ConnectionArgs {
             tls_skip_hostname_verification: self.target_tls_skip_hostname_verification,
             connections_per_node: self.connections_per_node,
             connect_wait: Duration::from_secs(self.connect_wait_secs),
+            compression: self.compression,
         }
     }
 
@@ -261,7 +290,8 @@ fn tls_config(cfg: &ClusterConfig<'_>) -> Result<Arc<rustls::ClientConfig>, Conn
 }
 
 /// Opens a session to one cluster: token-aware, preferring the local DC,
-/// LZ4-compressed, with `connections_per_node` connections per node.
+/// compressed as `--compression` says, with `connections_per_node`
+/// connections per node.
 pub async fn connect(
     cfg: &ClusterConfig<'_>,
     consistency: Consistency,
@@ -281,7 +311,7 @@ pub async fn connect(
     let mut builder = SessionBuilder::new()
         .known_nodes(cfg.contact_points)
         .default_execution_profile_handle(profile.into_handle())
-        .compression(Some(Compression::Lz4))
+        .compression(cfg.compression.driver_setting())
         // Keyspace strategies and table partitioners only (enough for
         // token-aware routing): the jobs read the schemas they need from
         // system_schema themselves, and the driver's full fetch (every

@@ -7,6 +7,7 @@ pub mod cells;
 pub mod checkpoint;
 pub mod conn;
 pub mod job;
+pub mod pairing;
 pub mod progress;
 pub mod ratelimit;
 pub mod ring;

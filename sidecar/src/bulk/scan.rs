@@ -210,6 +210,12 @@ impl ScanLayout {
         out
     }
 
+    /// Whether two rows have the same primary key, byte for byte (what
+    /// [`Self::key_bytes`] tells apart, without building it).
+    pub fn same_key(&self, a: &RawRow, b: &RawRow) -> bool {
+        (1..1 + self.n_partition_key + self.n_clustering).all(|i| a.cell(i) == b.cell(i))
+    }
+
     /// The partition key bytes alone.
     pub fn partition_bytes<'a>(&self, row: &'a RawRow) -> impl Iterator<Item = Option<&'a Bytes>> {
         self.partition_key_range().map(move |i| row.cell(i))

@@ -2,7 +2,7 @@
 //! token-ordered streams, compares rows, re-checks differences once, and
 //! optionally repairs them from the source.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use tracing::{info, info_span, Instrument};
 
 use super::cells::{render_cell, BindCell, RawRow};
 use super::job::{now_micros, CommonArgs};
+use super::pairing::pair_rows;
 use super::progress::{self, Stats};
 use super::ratelimit::RateLimiter;
 use super::ring::TokenRange;
@@ -561,31 +562,13 @@ async fn compare_range(
         Stats::add(&stats.rows, source_rows.len() as u64);
         Stats::add(&stats.bytes, bytes);
         // One token's rows on each side, matched by primary key.
-        let mut by_key: HashMap<Vec<u8>, RawRow> = target_rows
-            .into_iter()
-            .map(|row| (layout.key_bytes(&row), row))
-            .collect();
-        for row in source_rows {
+        pair_rows(layout, source_rows, target_rows, |source, target| {
             compared += 1;
-            match by_key.remove(&layout.key_bytes(&row)) {
-                Some(t) if difference(check, &row, &t, args).is_none() => {}
-                Some(t) => suspects.push(Suspect {
-                    source: Some(row),
-                    target: Some(t),
-                }),
-                None => suspects.push(Suspect {
-                    source: Some(row),
-                    target: None,
-                }),
+            match (source, target) {
+                (Some(s), Some(t)) if difference(check, &s, &t, args).is_none() => {}
+                (source, target) => suspects.push(Suspect { source, target }),
             }
-        }
-        for (_, t) in by_key {
-            compared += 1;
-            suspects.push(Suspect {
-                source: None,
-                target: Some(t),
-            });
-        }
+        });
         if next_source.is_none() {
             next_source = source.next(layout, Some(stats)).await?;
         }

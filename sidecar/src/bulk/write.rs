@@ -9,7 +9,6 @@
 //! are written once per partition with their own UPDATEs. Null cells are
 //! left unset, never written as tombstones.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use super::cells::{join_collection, BindCell, RawRow};
 use super::scan::{ScanLayout, ValueSlot};
 use super::schema::{Column, TableSchema};
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// Which timestamps the copies carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -52,6 +52,10 @@ pub struct WriteOp {
     pub values: Vec<BindCell>,
     pub bytes: u64,
 }
+
+/// A row's non-null cells grouped by (WRITETIME, TTL): per group, the
+/// slot index and bytes of each cell.
+type CellGroups = SmallVec<[((i64, i32), SmallVec<[(usize, Bytes); 8]>); 2]>;
 
 /// Plans the writes of a table's rows.
 #[derive(Debug, Clone)]
@@ -84,17 +88,21 @@ impl WritePlanner {
     }
 
     /// Groups the non-null cells of `slots` by (timestamp, ttl), oldest first.
-    fn groups(
-        &self,
-        row: &RawRow,
-        slots: &[ValueSlot],
-        attempt: i64,
-    ) -> BTreeMap<(i64, i32), Vec<(usize, Bytes)>> {
-        let mut groups: BTreeMap<(i64, i32), Vec<(usize, Bytes)>> = BTreeMap::new();
+    /// Kept inline: a row's cells nearly always share one or two groups, and
+    /// this runs for every row copied.
+    fn groups(&self, row: &RawRow, slots: &[ValueSlot], attempt: i64) -> CellGroups {
+        let mut groups = CellGroups::new();
+        let mut add = |key: (i64, i32), cell: (usize, Bytes)| match groups
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+        {
+            Some((_, cells)) => cells.push(cell),
+            None => groups.push((key, smallvec::smallvec![cell])),
+        };
         for (i, slot) in slots.iter().enumerate() {
             if slot.column.is_multi_cell_list() {
                 if let Some((key, value)) = self.list_group(row, slot, attempt) {
-                    groups.entry(key).or_default().push((i, value));
+                    add(key, (i, value));
                 }
                 continue;
             }
@@ -106,11 +114,10 @@ impl WritePlanner {
                 TimestampMode::Preserve => cell.writetime.unwrap_or(self.base_timestamp),
                 TimestampMode::Backdate => self.base_timestamp,
             };
-            groups
-                .entry((ts, cell.ttl))
-                .or_default()
-                .push((i, value.clone()));
+            add((ts, cell.ttl), (i, value.clone()));
         }
+        // Keys are distinct, so the order is that of (timestamp, ttl).
+        groups.sort_unstable_by_key(|(key, _)| *key);
         groups
     }
 
@@ -158,28 +165,48 @@ impl WritePlanner {
         Some(((ts + attempt, ttl), value))
     }
 
-    fn keys(&self, row: &RawRow, with_clustering: bool) -> Vec<BindCell> {
+    /// How many key columns a write names: the partition key, and with
+    /// `with_clustering` the clustering columns too.
+    fn key_count(&self, with_clustering: bool) -> usize {
         let end = if with_clustering {
             self.layout.clustering_range().end
         } else {
             self.layout.partition_key_range().end
         };
-        (1..end)
-            .map(|i| {
-                row.cell(i)
-                    .map_or(BindCell::Null, |b| BindCell::Raw(b.clone()))
-            })
-            .collect()
+        end.saturating_sub(1)
     }
 
-    fn slot_values(&self, slots: &[ValueSlot], chosen: &[(usize, Bytes)]) -> (Vec<BindCell>, u64) {
-        let mut values = vec![BindCell::Unset; slots.len()];
+    /// Appends the row's key cells to `bind`.
+    fn push_keys(&self, row: &RawRow, with_clustering: bool, bind: &mut Vec<BindCell>) {
+        let end = 1 + self.key_count(with_clustering);
+        bind.extend((1..end).map(|i| {
+            row.cell(i)
+                .map_or(BindCell::Null, |b| BindCell::Raw(b.clone()))
+        }));
+    }
+
+    fn keys(&self, row: &RawRow, with_clustering: bool) -> Vec<BindCell> {
+        let mut keys = Vec::with_capacity(self.key_count(with_clustering));
+        self.push_keys(row, with_clustering, &mut keys);
+        keys
+    }
+
+    /// Appends one value per slot to `bind`: the chosen cells' bytes, every
+    /// other slot unset. Returns the bytes of the values.
+    fn push_slot_values(
+        &self,
+        slots: &[ValueSlot],
+        chosen: impl IntoIterator<Item = (usize, Bytes)>,
+        bind: &mut Vec<BindCell>,
+    ) -> u64 {
+        let start = bind.len();
+        bind.resize(start + slots.len(), BindCell::Unset);
         let mut bytes = 0;
         for (i, value) in chosen {
             bytes += value.len() as u64;
-            values[*i] = BindCell::Raw(value.clone());
+            bind[start + i] = BindCell::Raw(value);
         }
-        (values, bytes)
+        bytes
     }
 
     /// The writes copying `row`; with `write_statics`, also its partition's
@@ -206,11 +233,12 @@ impl WritePlanner {
             .map(|i| row.cell(i).map_or(0, |b| b.len() as u64))
             .sum();
         if write_statics && self.n_static > 0 {
-            for ((ts, ttl), chosen) in self.groups(row, self.static_slots(), attempt) {
-                let (values, bytes) = self.slot_values(self.static_slots(), &chosen);
-                let mut bind = vec![BindCell::BigInt(ts), ttl_cell(ttl)];
-                bind.extend(values);
-                bind.extend(self.keys(row, false));
+            let slots = self.static_slots();
+            for ((ts, ttl), chosen) in self.groups(row, slots, attempt) {
+                let mut bind = Vec::with_capacity(2 + slots.len() + self.key_count(false));
+                bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
+                let bytes = self.push_slot_values(slots, chosen, &mut bind);
+                self.push_keys(row, false, &mut bind);
                 out.push(WriteOp {
                     kind: StatementKind::UpdateStatic,
                     values: bind,
@@ -221,14 +249,18 @@ impl WritePlanner {
         if self.layout.is_static_only(row) {
             return;
         }
-        let groups = self.groups(row, self.regular_slots(), attempt);
+        let slots = self.regular_slots();
+        // Every write of a row binds its keys, one value per slot, a
+        // timestamp and a TTL: one allocation of the right size each.
+        let capacity = self.key_count(true) + slots.len() + 2;
+        let groups = self.groups(row, slots, attempt);
         if groups.is_empty() {
             // Only the primary key: the row exists through its marker, whose
             // timestamp and TTL CQL cannot read; see docs/bulk.md.
-            let mut bind = self.keys(row, true);
-            bind.extend(self.regular_slots().iter().map(|_| BindCell::Unset));
-            bind.push(BindCell::BigInt(self.base_timestamp));
-            bind.push(BindCell::Int(0));
+            let mut bind = Vec::with_capacity(capacity);
+            self.push_keys(row, true, &mut bind);
+            self.push_slot_values(slots, [], &mut bind);
+            bind.extend([BindCell::BigInt(self.base_timestamp), BindCell::Int(0)]);
             out.push(WriteOp {
                 kind: StatementKind::InsertRow,
                 values: bind,
@@ -237,21 +269,20 @@ impl WritePlanner {
             return;
         }
         for (n, ((ts, ttl), chosen)) in groups.into_iter().enumerate() {
-            let (values, bytes) = self.slot_values(self.regular_slots(), &chosen);
+            let mut bind = Vec::with_capacity(capacity);
             if n == 0 {
-                let mut bind = self.keys(row, true);
-                bind.extend(values);
-                bind.push(BindCell::BigInt(ts));
-                bind.push(ttl_cell(ttl));
+                self.push_keys(row, true, &mut bind);
+                let bytes = self.push_slot_values(slots, chosen, &mut bind);
+                bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
                 out.push(WriteOp {
                     kind: StatementKind::InsertRow,
                     values: bind,
                     bytes: bytes + key_bytes,
                 });
             } else {
-                let mut bind = vec![BindCell::BigInt(ts), ttl_cell(ttl)];
-                bind.extend(values);
-                bind.extend(self.keys(row, true));
+                bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
+                let bytes = self.push_slot_values(slots, chosen, &mut bind);
+                self.push_keys(row, true, &mut bind);
                 out.push(WriteOp {
                     kind: StatementKind::UpdateRow,
                     values: bind,

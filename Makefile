@@ -5,7 +5,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 # Build outputs live with the test bed's caches, outside the clone, so a fresh
-# clone on the same machine (which is what CI is) builds incrementally.
+# clone on the same machine (which is what CI is) reuses the dependencies'
+# build outputs.
 export FERRY_CACHE ?= $(HOME)/.cache/ferry
 export CARGO_TARGET_DIR ?= $(FERRY_CACHE)/target
 # A fresh clone rebuilds the workspace's own crates once: incremental state

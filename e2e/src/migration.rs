@@ -622,7 +622,13 @@ pub async fn run(cluster: &Cluster, images: &Images, opts: &Options) -> anyhow::
         client: crate::kube_client::client(&cluster.kubeconfig).await?,
         started: Instant::now(),
     };
-    run.go().await
+    let result = run.go().await;
+    if result.is_err() {
+        // Whichever step failed (the roll, a cut-over, the teardown).
+        run.report_pods(&opts.namespace).await;
+        run.report_pods("ferry-system").await;
+    }
+    result
 }
 
 struct Run<'a> {
@@ -755,7 +761,6 @@ impl Run<'_> {
                 // Best effort, to tell which writes differ: what the ledger
                 // check finds on both clusters as they are.
                 self.say(format!("{e:#}"));
-                self.report_pods().await;
                 let ledger = match self.stop_app().await {
                     Ok(app) => match self.check_ledger(&app).await {
                         Ok(report) => serde_json::to_string(&report)?,
@@ -1069,9 +1074,14 @@ impl Run<'_> {
 
     /// kubectl in the run's namespace; its stdout.
     async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.kubectl_in(&self.opts.namespace, args).await
+    }
+
+    /// kubectl in `namespace`; its stdout.
+    async fn kubectl_in(&self, namespace: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = self.kubectl_cmd();
-        cmd.args(["-n", &self.opts.namespace]).args(args);
-        output(cmd, &format!("kubectl {}", args.join(" "))).await
+        cmd.args(["-n", namespace]).args(args);
+        output(cmd, &format!("kubectl -n {namespace} {}", args.join(" "))).await
     }
 
     async fn kubectl_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<()> {
@@ -1085,11 +1095,14 @@ impl Run<'_> {
     /// states, events) and the last lines of each container's log, the
     /// previous instance's too, so a failure in CI can be told apart
     /// (Cassandra not starting, the proxy not ready, the pod not scheduled).
-    async fn report_pods(&self) {
-        if let Ok(pods) = self.kubectl(&["get", "pods", "-o", "wide"]).await {
-            self.say(format!("pods:\n{pods}"));
+    async fn report_pods(&self, namespace: &str) {
+        if let Ok(pods) = self
+            .kubectl_in(namespace, &["get", "pods", "-o", "wide"])
+            .await
+        {
+            self.say(format!("pods in {namespace}:\n{pods}"));
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let Ok(pods) = api.list(&Default::default()).await else {
             return;
         };
@@ -1105,7 +1118,10 @@ impl Run<'_> {
                 continue;
             }
             let name = pod.metadata.name.clone().unwrap_or_default();
-            if let Ok(text) = self.kubectl(&["describe", "pod", &name]).await {
+            if let Ok(text) = self
+                .kubectl_in(namespace, &["describe", "pod", &name])
+                .await
+            {
                 self.say(format!("kubectl describe pod {name}:\n{text}"));
             }
             let containers = pod.spec.iter().flat_map(|s| {
@@ -1118,7 +1134,10 @@ impl Run<'_> {
             for container in containers.collect::<Vec<_>>() {
                 for previous in ["--previous=false", "--previous=true"] {
                     if let Ok(log) = self
-                        .kubectl(&["logs", &name, "-c", &container, "--tail=60", previous])
+                        .kubectl_in(
+                            namespace,
+                            &["logs", &name, "-c", &container, "--tail=60", previous],
+                        )
                         .await
                     {
                         self.say(format!("logs of {name}/{container} ({previous}):\n{log}"));

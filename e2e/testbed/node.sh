@@ -250,8 +250,8 @@ authorization: {mode: AlwaysAllow}
 serverTLSBootstrap: false
 rotateCertificates: false
 registerNode: true
-# Test bed: never evict for disk or memory pressure of a shared dev machine.
-# Absolute floors: a percentage of a large disk is gigabytes (1 % of 252 GiB
+# Test bed: evict for disk or memory pressure only at the very end of a
+# shared dev machine's room. Absolute floors: a percentage of a large disk is gigabytes (1 % of 252 GiB
 # left the node DiskPressure-tainted, refusing pods, with 2.5 GiB free).
 # e2e/testbed/disk.sh keeps far more than this free before a run.
 evictionHard: {memory.available: "100Mi", nodefs.available: "512Mi", imagefs.available: "512Mi", nodefs.inodesFree: "1%"}

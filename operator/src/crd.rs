@@ -567,6 +567,16 @@ pub enum JobCompression {
     Lz4,
 }
 
+impl JobCompression {
+    /// The value of the Jobs' `--compression` (`FERRY_COMPRESSION`).
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Lz4 => "lz4",
+        }
+    }
+}
+
 /// The bulk copy of historical data, run as an Indexed Job.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -16,8 +16,7 @@ use kube::Resource;
 use serde::Deserialize;
 
 use crate::crd::{
-    BackfillProgress, CassandraMigration, JobCompression, TimestampMode, ValidationMode,
-    ValidationResults,
+    BackfillProgress, CassandraMigration, TimestampMode, ValidationMode, ValidationResults,
 };
 use crate::labels;
 use crate::pod_security;
@@ -112,13 +111,7 @@ pub fn job_env(cm: &CassandraMigration, kind: JobKind, inputs: &JobInputs) -> Ve
         env("FERRY_SPLITS", spec.backfill.splits),
         env("FERRY_SPLIT_COUNT", spec.backfill.parallelism),
         env("FERRY_CONCURRENCY", spec.backfill.concurrency),
-        env(
-            "FERRY_COMPRESSION",
-            match spec.backfill.compression {
-                JobCompression::None => "none",
-                JobCompression::Lz4 => "lz4",
-            },
-        ),
+        env("FERRY_COMPRESSION", spec.backfill.compression.as_flag()),
         env("FERRY_SUMMARY_FILE", "/dev/termination-log"),
         env("FERRY_JOB_ID", &inputs.name),
     ];
@@ -559,7 +552,7 @@ mod tests {
     #[test]
     fn lz4_compression_reaches_both_kinds_of_job() {
         let mut cm = migration();
-        cm.spec.backfill.compression = JobCompression::Lz4;
+        cm.spec.backfill.compression = crate::crd::JobCompression::Lz4;
         for kind in [JobKind::Backfill, JobKind::Validate] {
             let env = env_of(&build_job(&cm, kind, &inputs()));
             assert_eq!(env["FERRY_COMPRESSION"], "lz4", "{kind:?}");

@@ -33,6 +33,10 @@ pub fn pair_rows(
         source.for_each(|s| each(Some(s), None));
         return;
     }
+    if source.peek().is_none() {
+        target.for_each(|t| each(None, Some(t)));
+        return;
+    }
     let mut by_key: HashMap<Vec<u8>, RawRow, foldhash::fast::RandomState> =
         target.map(|row| (layout.key_bytes(&row), row)).collect();
     for s in source {

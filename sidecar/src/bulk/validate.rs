@@ -562,13 +562,18 @@ async fn compare_range(
         Stats::add(&stats.rows, source_rows.len() as u64);
         Stats::add(&stats.bytes, bytes);
         // One token's rows on each side, matched by primary key.
-        pair_rows(layout, source_rows, target_rows, |source, target| {
-            compared += 1;
-            match (source, target) {
-                (Some(s), Some(t)) if difference(check, &s, &t, args).is_none() => {}
-                (source, target) => suspects.push(Suspect { source, target }),
-            }
-        });
+        pair_rows(
+            layout,
+            source_rows,
+            target_rows,
+            |source_row, target_row| {
+                compared += 1;
+                match (source_row, target_row) {
+                    (Some(s), Some(t)) if difference(check, &s, &t, args).is_none() => {}
+                    (source, target) => suspects.push(Suspect { source, target }),
+                }
+            },
+        );
         if next_source.is_none() {
             next_source = source.next(layout, Some(stats)).await?;
         }

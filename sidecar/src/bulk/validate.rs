@@ -268,12 +268,21 @@ pub async fn run(args: &ValidateArgs, stats: Arc<Stats>) -> anyhow::Result<Valid
         if args.repair {
             return Err(ReverseRepairRefused.into());
         }
-        // The same comparison with the clusters' roles swapped.
-        let mut forward = args.clone();
-        forward.reverse = false;
-        forward.common.connection = args.common.connection.swapped();
-        return Box::pin(run(&forward, stats)).await;
+        // The same comparison with the clusters' roles swapped;
+        // `args.reverse` tells the comparison so (see `difference`).
+        let mut swapped = args.clone();
+        swapped.common.connection = args.common.connection.swapped();
+        return compare_tables(&swapped, stats).await;
     }
+    compare_tables(args, stats).await
+}
+
+/// Compares every selected table of the cluster `args` calls the source
+/// with the one it calls the target (swapped by a reverse validation).
+async fn compare_tables(
+    args: &ValidateArgs,
+    stats: Arc<Stats>,
+) -> anyhow::Result<ValidationReport> {
     let common = &args.common;
     let read = common.connection.read_consistency()?;
     let write = common.connection.write_consistency()?;
@@ -481,7 +490,10 @@ fn difference(
             // a re-copied non-frozen list is 1 µs later per attempt, and a
             // repair that had to beat a target-only tombstone writes just
             // before the validation start (docs/bulk.md). An older one is not.
+            // A reverse validation reads the target as `source`: there the
+            // reference is the one that may be newer.
             let same_writetime = match (s.writetime, t.writetime) {
+                (Some(a), Some(b)) if args.reverse => a >= b,
                 (Some(a), Some(b)) => b >= a,
                 (a, b) => a == b,
             };

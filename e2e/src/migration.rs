@@ -316,6 +316,10 @@ pub struct Outcome {
     /// Each cut-over stage confirmed on every proxy, with the seconds from
     /// the request to the confirmation (`done`: to `Complete`).
     pub cutover: Vec<(String, f64)>,
+    /// The operator's check of the roll-back from `targetPrimary` to
+    /// `mirror` (`RollBackVerified`): its reason and message (None: no
+    /// cut-over in this run).
+    pub roll_back_check: Option<(String, String)>,
     /// Seconds from `kubectl apply` of the migration to `Ready`.
     pub seconds_to_ready: f64,
     /// Seconds for the whole run (clusters included).
@@ -419,6 +423,13 @@ impl Outcome {
         }
         if order.contains(&Phase::Failed) {
             problems.push(format!("the migration went through Failed: {order:?}"));
+        }
+        if let Some((reason, message)) = &self.roll_back_check {
+            if reason != "SourceHasEverything" {
+                problems.push(format!(
+                    "the roll-back to mirror was not verified: {reason}: {message}"
+                ));
+            }
         }
         if self.max_source_pods_down > 1 {
             problems.push(format!(
@@ -774,12 +785,18 @@ impl Run<'_> {
         let seconds_to_ready = applied.elapsed().as_secs_f64();
 
         let mut cutover = Vec::new();
+        let mut roll_back_check = None;
         if self.opts.cutover {
             // The application goes on writing and reading through every
             // switch: no restart, no reconnect.
             for stage in ["shadowReads", "targetPrimary", "mirror", "targetPrimary"] {
                 let took = self.cut_over_to(stage).await?;
                 cutover.push((stage.to_owned(), took));
+                if stage == "mirror" && roll_back_check.is_none() {
+                    // Back from targetPrimary: the operator checks the
+                    // source against the target before calling it safe.
+                    roll_back_check = Some(self.roll_back_verified().await?);
+                }
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
@@ -848,6 +865,7 @@ impl Run<'_> {
             sidecars_left,
             faults_injected: watch.faults,
             cutover,
+            roll_back_check,
             seconds_to_ready,
             seconds_total: self.started.elapsed().as_secs_f64(),
             operator_usage: operator_process_usage(),
@@ -1521,6 +1539,31 @@ impl Run<'_> {
         }
     }
 
+    /// Waits (at most 600 s) for the operator's verdict on the roll-back
+    /// (`RollBackVerified` True or False); its reason and message.
+    async fn roll_back_verified(&self) -> anyhow::Result<(String, String)> {
+        self.say("waiting for the operator's check of the roll-back (RollBackVerified)");
+        let api: Api<CassandraMigration> =
+            Api::namespaced(self.client.clone(), &self.opts.namespace);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let status = api.get(MIGRATION).await?.status.unwrap_or_default();
+            let verdict = status
+                .conditions
+                .iter()
+                // "Checking" (False) while the reverse validation runs.
+                .find(|c| c.type_ == "RollBackVerified" && c.reason != "Checking");
+            if let Some(c) = verdict {
+                self.say(format!("roll-back check: {} ({})", c.reason, c.message));
+                return Ok((c.reason.clone(), c.message.clone()));
+            }
+            if Instant::now() > deadline {
+                bail!("no RollBackVerified verdict 600 s after the roll-back to mirror");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
     /// Waits until every source pod runs without Ferry's containers and is
     /// Ready; returns how many still had them when the wait ended.
     async fn wait_sidecars_gone(&self) -> anyhow::Result<usize> {
@@ -1731,6 +1774,7 @@ mod tests {
             sidecars_left: Some(0),
             faults_injected: vec![],
             cutover: Vec::new(),
+            roll_back_check: Some(("SourceHasEverything".into(), "0 differences".into())),
             seconds_to_ready: 120.0,
             seconds_total: 300.0,
             operator_usage: None,
@@ -1741,6 +1785,14 @@ mod tests {
         let mut missing = good.clone();
         missing.target_missing = 1;
         assert_eq!(missing.problems().len(), 1);
+        let mut unverified = good.clone();
+        unverified.roll_back_check = Some(("SourceDiffers".into(), "14 mismatched".into()));
+        assert_eq!(
+            unverified.problems().len(),
+            1,
+            "{:?}",
+            unverified.problems()
+        );
         let mut skipped = good.clone();
         skipped.phases.remove(2);
         assert_eq!(skipped.problems().len(), 1);

@@ -4,8 +4,10 @@
 //! `ferry_e2e::migration::Outcome::problems` (phases in order, at most one
 //! source pod down at once, no failed request at QUORUM, every acknowledged
 //! write on the target, the ledger of acknowledged operations equal cell by
-//! cell on source and target, zero unresolved differences, sidecars gone and
-//! the data kept after the migration is deleted).
+//! cell on source and target, zero unresolved differences, the roll-back
+//! from `targetPrimary` verified by the operator (`RollBackVerified`,
+//! `SourceHasEverything`), sidecars gone and the data kept after the
+//! migration is deleted).
 //!
 //! The runs are long (a 3-node Cassandra StatefulSet is started and rolled
 //! twice), so they share one test process and run one after the other.

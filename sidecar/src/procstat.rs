@@ -1,5 +1,18 @@
 //! CPU time and memory of processes and of the machine, from `/proc`, for
-//! the benchmark binaries (Linux only; zero where `/proc` says nothing).
+//! the benchmark binaries (Linux only; zero where `/proc` says nothing),
+//! and the instruction count of a callgrind dump.
+
+/// The instructions a callgrind output file counts, from its text: the
+/// `totals:` line (`summary:` in older valgrinds). Used by proxy-bench and
+/// bulk-bench `--callgrind`.
+pub fn callgrind_instructions(text: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line
+            .strip_prefix("totals:")
+            .or_else(|| line.strip_prefix("summary:"))?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
 
 /// Clock ticks per second of `/proc` times (`USER_HZ`, 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -161,6 +174,17 @@ pub fn machine_busy_seconds() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callgrind_dump_gives_its_totals() {
+        let dump = "events: Ir\nfn=(1) main\n16 5\ntotals: 1234567\n";
+        assert_eq!(callgrind_instructions(dump), Some(1_234_567));
+        assert_eq!(
+            callgrind_instructions("events: Ir\nsummary: 42\n"),
+            Some(42)
+        );
+        assert_eq!(callgrind_instructions("events: Ir\n"), None);
+    }
 
     #[test]
     fn this_process_has_spent_cpu_and_memory() {

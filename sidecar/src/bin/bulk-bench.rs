@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use ferry_sidecar::bulk::ring;
-use ferry_sidecar::procstat::{machine_busy_seconds, process_cpu_seconds};
+use ferry_sidecar::procstat::{callgrind_instructions, machine_busy_seconds, process_cpu_seconds};
 use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -275,18 +275,10 @@ struct ChildRun {
     instructions: Option<u64>,
 }
 
-/// The instructions a callgrind output file counts (its `totals:` line, or
-/// `summary:` in older valgrinds).
+/// The instructions a callgrind output file counts.
 fn callgrind_total(path: &Path) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(path)?;
-    text.lines()
-        .find_map(|line| {
-            let rest = line
-                .strip_prefix("totals:")
-                .or_else(|| line.strip_prefix("summary:"))?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .ok_or_else(|| anyhow::anyhow!("no totals in {}", path.display()))
+    callgrind_instructions(&text).ok_or_else(|| anyhow::anyhow!("no totals in {}", path.display()))
 }
 
 /// CPU spent over one phase, per row: by the process doing the phase (the

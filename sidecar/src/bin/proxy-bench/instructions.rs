@@ -60,10 +60,7 @@ impl Callgrind {
             if !text.lines().any(|l| l == trigger) {
                 continue;
             }
-            return text
-                .lines()
-                .find_map(|l| l.strip_prefix("totals: "))
-                .and_then(|v| v.trim().parse().ok())
+            return ferry_sidecar::procstat::callgrind_instructions(&text)
                 .with_context(|| format!("no totals in {}", path.display()));
         }
         anyhow::bail!("callgrind wrote no dump {label:?} for process {pid}")

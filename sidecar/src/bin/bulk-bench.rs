@@ -9,7 +9,11 @@
 //! The source's baseline is a plain token-range scan of the same rows by the
 //! driver alone, over the ranges the Jobs use, once for the values and once
 //! with each cell's WRITETIME and TTL (what the backfill reads); the last
-//! line per size gives issue 16's aims as ratios of CPU per row.
+//! line per size gives issue 16's aims as ratios of CPU per row. Each phase
+//! also gets the rows one core of its client process could handle (10⁶ ÷
+//! its CPU µs per row) and the bytes the loopback interface carried per row
+//! (every packet of the phase, TCP/IP headers included: on the test bed all
+//! traffic is loopback).
 //!
 //! ```text
 //! cargo build --release -p ferry-sidecar --bins
@@ -23,7 +27,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use ferry_sidecar::bulk::ring;
-use ferry_sidecar::procstat::{callgrind_instructions, machine_busy_seconds, process_cpu_seconds};
+use ferry_sidecar::procstat::{
+    callgrind_instructions, loopback_bytes, machine_busy_seconds, process_cpu_seconds,
+};
 use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -290,6 +296,9 @@ struct Cost {
     machine_us_per_row: f64,
     source_jvms_us_per_row: f64,
     target_jvms_us_per_row: f64,
+    /// Bytes the loopback interface carried per row: every packet between
+    /// the client and the nodes (and between nodes), headers included.
+    wire_bytes_per_row: f64,
 }
 
 /// The test bed's Cassandra JVMs: (source?, pid), from the `pid` file of each
@@ -336,6 +345,7 @@ struct Meter {
     jvms: Vec<(bool, u32)>,
     source_jvms: f64,
     target_jvms: f64,
+    wire_bytes: u64,
 }
 
 impl Meter {
@@ -350,6 +360,7 @@ impl Meter {
             jvms,
             source_jvms,
             target_jvms,
+            wire_bytes: loopback_bytes(),
         }
     }
 
@@ -365,6 +376,8 @@ impl Meter {
                 child_cpu.unwrap_or_else(|| process_cpu_seconds(None) - self.own),
             ),
             machine_us_per_row: per_row(machine_busy_seconds() - self.machine),
+            wire_bytes_per_row: loopback_bytes().saturating_sub(self.wire_bytes) as f64
+                / rows.max(1) as f64,
         }
     }
 }
@@ -463,8 +476,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let dir = std::env::temp_dir().join(format!("ferry-bulk-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    println!("| rows | phase | rows/s (median) | MB/s (median) | % of raw ingest | peak RSS MiB (max) | CPU µs/row: client | source JVMs | target JVM | machine | runs (rows/s) |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| rows | phase | rows/s (median) | MB/s (median) | % of raw ingest | peak RSS MiB (max) | CPU µs/row: client | source JVMs | target JVM | machine | rows/s per client core | loopback bytes/row | runs (rows/s) |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for &size in &args.sizes {
         let ks = format!("ferry_bench_{size}");
         for (session, dc) in [(&source, &args.source_dc), (&target, &args.target_dc)] {
@@ -591,8 +604,16 @@ async fn main() -> anyhow::Result<()> {
                     format!("{:.1}", median(c.iter().map(f).collect()))
                 })
             };
+            // What one core of the client process alone could do.
+            let per_core = cost.map_or("-".to_owned(), |c| {
+                let us = median(c.iter().map(|c| c.client_us_per_row).collect());
+                format!("{:.0}", 1e6 / us.max(0.001))
+            });
+            let wire = cost.map_or("-".to_owned(), |c| {
+                format!("{:.0}", median(c.iter().map(|c| c.wire_bytes_per_row).collect()))
+            });
             println!(
-                "| {size} | {phase} | {:.0} | {:.1} | {:.0}% | {rss} | {} | {} | {} | {} | {} |",
+                "| {size} | {phase} | {:.0} | {:.1} | {:.0}% | {rss} | {} | {} | {} | {} | {per_core} | {wire} | {} |",
                 median(v.to_vec()),
                 mb(v),
                 median(v.to_vec()) / raw_median * 100.0,
@@ -636,7 +657,7 @@ async fn main() -> anyhow::Result<()> {
         let target_cpu = |c: &Cost| c.target_jvms_us_per_row;
         let source_cpu = |c: &Cost| c.source_jvms_us_per_row;
         println!(
-            "| {size} | aims: backfill's target ÷ batched writer's target {:.2} (≤ 1.05); backfill's source ÷ plain scan {:.2} (≤ 1.05), ÷ stamped scan {:.2}; validation's source ÷ plain scan {:.2}; backfill client {:.1} µs/row (≤ 2) | | | | | | | | | |",
+            "| {size} | aims: backfill's target ÷ batched writer's target {:.2} (≤ 1.05); backfill's source ÷ plain scan {:.2} (≤ 1.05), ÷ stamped scan {:.2}; validation's source ÷ plain scan {:.2}; backfill client {:.1} µs/row (≤ 2) | | | | | | | | | | | |",
             per_row(2, target_cpu) / per_row(1, target_cpu),
             per_row(2, source_cpu) / per_row(4, source_cpu),
             per_row(2, source_cpu) / per_row(5, source_cpu),
@@ -645,7 +666,7 @@ async fn main() -> anyhow::Result<()> {
         );
         if args.callgrind {
             println!(
-                "| {size} | instructions per row (callgrind, the Job's user space; median): backfill {:.0}, validate {:.0} | | | | | | | | | |",
+                "| {size} | instructions per row (callgrind, the Job's user space; median): backfill {:.0}, validate {:.0} | | | | | | | | | | | |",
                 median(backfill_instructions),
                 median(validate_instructions),
             );

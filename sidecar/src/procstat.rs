@@ -220,7 +220,9 @@ eth0:  999 9 0 0 0 0 0 0 777 7 0 0 0 0 0 0\n";
         // Live: sending to ourselves over loopback moves the counter.
         let before = loopback_bytes();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.send_to(&[0u8; 1000], socket.local_addr().unwrap()).unwrap();
+        socket
+            .send_to(&[0u8; 1000], socket.local_addr().unwrap())
+            .unwrap();
         assert!(loopback_bytes() >= before + 1000);
     }
 

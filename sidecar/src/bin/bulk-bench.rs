@@ -610,7 +610,10 @@ async fn main() -> anyhow::Result<()> {
                 format!("{:.0}", 1e6 / us.max(0.001))
             });
             let wire = cost.map_or("-".to_owned(), |c| {
-                format!("{:.0}", median(c.iter().map(|c| c.wire_bytes_per_row).collect()))
+                format!(
+                    "{:.0}",
+                    median(c.iter().map(|c| c.wire_bytes_per_row).collect())
+                )
             });
             println!(
                 "| {size} | {phase} | {:.0} | {:.1} | {:.0}% | {rss} | {} | {} | {} | {} | {per_core} | {wire} | {} |",

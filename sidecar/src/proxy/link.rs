@@ -14,6 +14,20 @@ use super::tls::{BoxRead, BoxWrite};
 /// Bytes gathered before one write syscall.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// What a link's buffers start with, and what a reader adds when it runs
+/// short. A proxy holds three links per client connection, each with a
+/// reader and a writer, and every page a buffer has touched stays
+/// resident: at 16 KiB read and 64 KiB write buffers 100 mostly idle
+/// connections held some 7 MiB. Requests and answers are mostly far
+/// smaller than a page; a frame larger than what is buffered makes the
+/// decoder reserve all of it at once (`frame.rs`, `segment.rs`), and a
+/// writer grows to what one flush needs.
+const START_CAPACITY: usize = 4 * 1024;
+
+/// A reader with less room than this left reserves `START_CAPACITY` more
+/// before it reads, so that a read is never for a few bytes.
+const MIN_READ_ROOM: usize = 1024;
+
 /// What a writer task is asked to send.
 #[derive(Debug)]
 pub enum Outbound {
@@ -45,7 +59,7 @@ impl FrameReader {
     pub fn new(read: BoxRead, decoder: FrameDecoder, state: Arc<LinkState>) -> Self {
         Self {
             read,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(START_CAPACITY),
             decoder,
             state,
         }
@@ -66,8 +80,8 @@ impl FrameReader {
             if let Some(frame) = self.decoder.decode(&self.state, &mut self.buf)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(16 * 1024);
+            if self.buf.capacity() - self.buf.len() < MIN_READ_ROOM {
+                self.buf.reserve(START_CAPACITY);
             }
             if self.read.read_buf(&mut self.buf).await? == 0 {
                 return Ok(None);
@@ -92,7 +106,7 @@ impl FrameWriter {
             write,
             state,
             encoder: FrameEncoder::default(),
-            buf: BytesMut::with_capacity(WRITE_BATCH),
+            buf: BytesMut::with_capacity(START_CAPACITY),
         }
     }
 
@@ -124,14 +138,21 @@ impl FrameWriter {
         }
         let result = self.write.write_all(&self.buf).await;
         self.buf.clear();
-        if self.buf.capacity() > 4 * WRITE_BATCH {
-            self.buf = BytesMut::with_capacity(WRITE_BATCH);
-        }
+        shrink_after_burst(&mut self.buf);
         result
     }
 
     pub async fn shutdown(&mut self) {
         let _ = self.write.shutdown().await;
+    }
+}
+
+/// A write buffer that grew past one batch for a burst (a large result, a
+/// backlog) goes back to the starting size, so a connection that was busy
+/// once does not keep that memory while it idles.
+fn shrink_after_burst(buf: &mut BytesMut) {
+    if buf.capacity() > WRITE_BATCH {
+        *buf = BytesMut::with_capacity(START_CAPACITY);
     }
 }
 
@@ -144,7 +165,7 @@ pub fn spawn_writer(
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     tokio::spawn(async move {
         let mut encoder = FrameEncoder::default();
-        let mut out = BytesMut::with_capacity(WRITE_BATCH);
+        let mut out = BytesMut::with_capacity(START_CAPACITY);
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
@@ -167,8 +188,97 @@ pub fn spawn_writer(
             encoder.flush(&state, &mut out);
             write.write_all(&out).await?;
             out.clear();
+            shrink_after_burst(&mut out);
         }
         let _ = write.shutdown().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::frame::{opcode, DecodeRules, Frame};
+    use bytes::Bytes;
+
+    fn body(len: usize, seed: u8) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn encoded(frames: &[Frame]) -> Vec<u8> {
+        let state = LinkState::default();
+        let mut encoder = FrameEncoder::default();
+        let mut out = BytesMut::new();
+        for f in frames {
+            encoder.encode(&state, f, &mut out);
+        }
+        encoder.flush(&state, &mut out);
+        out.to_vec()
+    }
+
+    #[tokio::test]
+    async fn frames_larger_than_the_starting_buffer_arrive_whole() {
+        let frames = vec![
+            Frame::request(4, 1, opcode::QUERY, body(10, 1)),
+            Frame::request(4, 2, opcode::QUERY, body(100 * 1024, 2)),
+            Frame::request(4, 3, opcode::EXECUTE, body(3 * 1024, 3)),
+            Frame::request(4, 4, opcode::QUERY, body(START_CAPACITY, 4)),
+        ];
+        let bytes = encoded(&frames);
+        let (mut near, far) = tokio::io::duplex(1500);
+        // Dribbled in pieces smaller than a frame header and larger than
+        // the buffer's room, so every boundary falls mid-read.
+        let sender = tokio::spawn(async move {
+            for piece in bytes.chunks(997) {
+                near.write_all(piece).await.unwrap();
+            }
+        });
+        let (read, _write) = tokio::io::split(far);
+        let mut reader = FrameReader::new(
+            Box::new(read),
+            FrameDecoder::new(DecodeRules {
+                max_frame_bytes: 1 << 20,
+                max_version: 5,
+                expect_response: false,
+            }),
+            Arc::new(LinkState::default()),
+        );
+        for want in &frames {
+            let got = reader.next().await.unwrap().expect("a frame");
+            assert_eq!(&got, want);
+        }
+        sender.await.unwrap();
+        assert!(reader.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_writer_returns_to_its_starting_size_after_a_burst() {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let drain = tokio::spawn(async move {
+            let mut all = Vec::new();
+            far.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let (_read, write) = tokio::io::split(near);
+        let mut writer = FrameWriter::new(Box::new(write), Arc::new(LinkState::default()));
+        assert!(writer.buf.capacity() <= START_CAPACITY);
+        let burst = Frame::response(4, 7, opcode::RESULT, body(200 * 1024, 9));
+        let small = Frame::response(4, 8, opcode::RESULT, body(100, 5));
+        writer.queue(Outbound::Frame(burst.clone()));
+        assert!(writer.buf.capacity() > WRITE_BATCH);
+        writer.flush().await.unwrap();
+        assert!(
+            writer.buf.capacity() <= START_CAPACITY,
+            "kept {} bytes after the burst",
+            writer.buf.capacity()
+        );
+        writer.queue(Outbound::Frame(small.clone()));
+        writer.flush().await.unwrap();
+        writer.shutdown().await;
+        drop(writer);
+        assert_eq!(drain.await.unwrap(), encoded(&[burst, small]));
+    }
 }

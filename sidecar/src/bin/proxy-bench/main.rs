@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use ferry_sidecar::procstat::{process_rss_mib, PerRequest, ProcessCounters};
+use ferry_sidecar::procstat::{PerRequest, ProcessCounters, Resident};
 use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -588,12 +588,12 @@ async fn soak(
             open_loop(session.clone(), w.clone(), rate, 60),
         )
         .await?;
-        let rss = process_rss_mib(pid);
+        let rss = Resident::of(pid);
         println!(
-            "soak minute {minute}: {} requests ({} errors), p50 {:.0} p99 {:.0} us, proxy RSS {rss:.1} MiB, per request: {}",
+            "soak minute {minute}: {} requests ({} errors), p50 {:.0} p99 {:.0} us, proxy RSS {rss}, per request: {}",
             m.phase.requests, m.phase.errors, m.phase.p50_us, m.phase.p99_us, m.cost
         );
-        curve.push(rss);
+        curve.push(rss.total_mib);
     }
     let max = curve.iter().copied().fold(f64::MIN, f64::max);
     Ok(curve.first().zip(curve.last()).map(|(f, l)| (*f, *l, max)))
@@ -842,7 +842,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let wm = Arc::new(workload(&many, &ks, args.write_percent).await?);
     let many = Arc::new(many);
     closed_loop(many.clone(), wm.clone(), args.concurrency, 3).await;
-    let rss = process_rss_mib(pid);
+    let rss = Resident::of(pid);
     let soak = soak(&args, callgrind.as_ref(), pid, many.clone(), wm, open_rate).await?;
     let mirrored = reqwest_metric(&args.proxy_ip, "ferry_proxy_mirrored_writes_total").await;
     let spooled = reqwest_metric(
@@ -927,7 +927,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "| proxy RSS with {} driver connections | | {:.1} MiB |",
+        "| proxy RSS with {} driver connections | | {} |",
         args.rss_connections, rss
     );
     if let Some((first, last, max)) = soak {

@@ -11,25 +11,29 @@ use ferry_sidecar::{bulk, proxy};
 
 /// mimalloc rather than musl's allocator (the images are static musl
 /// binaries): at 10M rows it cut the backfill's own CPU per row by 28 %
-/// and the validation's by half, most of it the system calls musl's
-/// allocator makes to map and unmap memory; the proxy's RSS with 100
-/// connections stayed the same (docs/benchmarks.md, "The allocator").
-/// Built without transparent huge pages (`no_thp`), and see
-/// [`without_huge_pages`].
+/// and the validation's by half, much of it the system calls musl's
+/// allocator makes to map and unmap memory, and it leaves the proxy's RSS
+/// where musl's had it once huge pages are off (docs/benchmarks.md, "The
+/// allocator, and 10M rows"). Built without transparent huge pages
+/// (`no_thp`); see also [`without_huge_pages`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turns transparent huge pages off for this process. With them, each
-/// 2 MiB region the allocator touches can become resident whole: the
-/// proxy's RSS with 100 connections was 16.5 MiB with them and 11.6
-/// without, on a node whose THP setting is `madvise`; on nodes set to
-/// `always` the kernel would use them even without the allocator asking.
-fn without_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only
-    // this process's memory policy; a failure (an old kernel) is harmless.
-    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not turn transparent huge pages off");
+/// Turns transparent huge pages off for this process, before anything
+/// else allocates much. With them, each 2 MiB region the allocator
+/// touches can become resident whole (the proxy's RSS with 100
+/// connections rose by 40 %); on nodes whose THP setting is `always` the
+/// kernel would use them even though the allocator does not ask.
+fn without_huge_pages() -> std::io::Result<()> {
+    let (disable, unused) = (1 as libc::c_ulong, 0 as libc::c_ulong);
+    // SAFETY: PR_SET_THP_DISABLE reads four integer arguments, passed at
+    // the width the kernel reads them, and changes only this process's
+    // memory policy.
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, unused, unused, unused) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -94,9 +98,12 @@ fn runtime_builder(workers: Option<usize>) -> tokio::runtime::Builder {
 }
 
 fn main() -> ExitCode {
+    let huge_pages_off = without_huge_pages();
     let cli = Cli::parse();
     init_tracing();
-    without_huge_pages();
+    if let Err(err) = huge_pages_off {
+        tracing::warn!(error = %err, "could not turn transparent huge pages off; the RSS may be larger");
+    }
     // The scylla driver turns on rustls' aws-lc-rs provider and our own TLS
     // uses ring: with both compiled in, rustls needs the process to choose.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -599,22 +599,16 @@ async fn main() -> anyhow::Result<()> {
         // One table row per phase; RSS only for the ferry-sidecar processes.
         let row = |phase: &str, v: &[f64], rss_kb: Option<u64>, cost: Option<&[Cost]>| {
             let rss = rss_kb.map_or("-".to_owned(), |kb| format!("{:.0}", kb as f64 / 1024.0));
-            let cpu = |f: fn(&Cost) -> f64| {
+            // The median of one figure over the runs, with `digits` decimals.
+            let figure = |f: &dyn Fn(&Cost) -> f64, digits: usize| {
                 cost.map_or("-".to_owned(), |c| {
-                    format!("{:.1}", median(c.iter().map(f).collect()))
+                    format!("{:.digits$}", median(c.iter().map(f).collect()))
                 })
             };
+            let cpu = |f: fn(&Cost) -> f64| figure(&f, 1);
             // What one core of the client process alone could do.
-            let per_core = cost.map_or("-".to_owned(), |c| {
-                let us = median(c.iter().map(|c| c.client_us_per_row).collect());
-                format!("{:.0}", 1e6 / us.max(0.001))
-            });
-            let wire = cost.map_or("-".to_owned(), |c| {
-                format!(
-                    "{:.0}",
-                    median(c.iter().map(|c| c.wire_bytes_per_row).collect())
-                )
-            });
+            let per_core = figure(&|c| 1e6 / c.client_us_per_row.max(0.001), 0);
+            let wire = figure(&|c| c.wire_bytes_per_row, 0);
             println!(
                 "| {size} | {phase} | {:.0} | {:.1} | {:.0}% | {rss} | {} | {} | {} | {} | {per_core} | {wire} | {} |",
                 median(v.to_vec()),

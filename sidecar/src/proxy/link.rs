@@ -17,16 +17,20 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// What a link's buffers start with, and what a reader adds when it runs
 /// short. A proxy holds three links per client connection, each with a
 /// reader and a writer, and every page a buffer has touched stays
-/// resident: at 16 KiB read and 64 KiB write buffers 100 mostly idle
-/// connections held some 7 MiB. Requests and answers are mostly far
-/// smaller than a page; a frame larger than what is buffered makes the
-/// decoder reserve all of it at once (`frame.rs`, `segment.rs`), and a
-/// writer grows to what one flush needs.
+/// resident: 16 KiB read and 64 KiB write buffers cost 100 connections
+/// 2.8 MiB more than these (docs/benchmarks.md). Requests and answers
+/// are mostly far smaller than a page; a frame larger than what is
+/// buffered makes the decoder reserve all of it at once (`frame.rs`,
+/// `segment.rs`), and a writer grows to what one flush needs.
 const START_CAPACITY: usize = 4 * 1024;
 
 /// A reader with less room than this left reserves `START_CAPACITY` more
 /// before it reads, so that a read is never for a few bytes.
 const MIN_READ_ROOM: usize = 1024;
+
+/// An empty read buffer with more room than this left by a large frame
+/// is replaced by a new one of `START_CAPACITY`.
+const MAX_IDLE_READ_ROOM: usize = 16 * 1024;
 
 /// What a writer task is asked to send.
 #[derive(Debug)]
@@ -80,7 +84,14 @@ impl FrameReader {
             if let Some(frame) = self.decoder.decode(&self.state, &mut self.buf)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < MIN_READ_ROOM {
+            let room = self.buf.capacity() - self.buf.len();
+            if self.buf.is_empty() && !(MIN_READ_ROOM..=MAX_IDLE_READ_ROOM).contains(&room) {
+                // A fresh buffer, not `reserve`, which would take back the
+                // whole of one that once held a large frame; nor the rest
+                // of such a buffer, whose pages the next reads would walk
+                // through and keep resident.
+                self.buf = BytesMut::with_capacity(START_CAPACITY);
+            } else if room < MIN_READ_ROOM {
                 self.buf.reserve(START_CAPACITY);
             }
             if self.read.read_buf(&mut self.buf).await? == 0 {
@@ -130,6 +141,11 @@ impl FrameWriter {
         !self.buf.is_empty()
     }
 
+    /// Bytes queued and not yet written.
+    fn pending_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.encoder.flush(&self.state, &mut self.buf);
@@ -147,11 +163,13 @@ impl FrameWriter {
     }
 }
 
-/// A write buffer that grew past one batch for a burst (a large result, a
-/// backlog) goes back to the starting size, so a connection that was busy
-/// once does not keep that memory while it idles.
+/// A write buffer that grew past two batches for a burst (a large result)
+/// goes back to the starting size, so a connection that was busy once
+/// does not keep that memory while it idles. Two, because a full batch
+/// ends just past one and the buffer's doubling then leaves it at two:
+/// shrinking that would re-grow it on every batch under load.
 fn shrink_after_burst(buf: &mut BytesMut) {
-    if buf.capacity() > WRITE_BATCH {
+    if buf.capacity() > 2 * WRITE_BATCH {
         *buf = BytesMut::with_capacity(START_CAPACITY);
     }
 }
@@ -159,38 +177,24 @@ fn shrink_after_burst(buf: &mut BytesMut) {
 /// Spawns the task that writes queued frames to `write`; it ends when every
 /// sender is dropped or the socket fails.
 pub fn spawn_writer(
-    mut write: BoxWrite,
+    write: BoxWrite,
     state: Arc<LinkState>,
     mut rx: mpsc::Receiver<Outbound>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     tokio::spawn(async move {
-        let mut encoder = FrameEncoder::default();
-        let mut out = BytesMut::with_capacity(START_CAPACITY);
+        let mut writer = FrameWriter::new(write, state);
         while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Outbound::Frame(f) => encoder.encode(&state, &f, &mut out),
-                    Outbound::FrameThenSegments(f) => {
-                        encoder.encode(&state, &f, &mut out);
-                        encoder.flush(&state, &mut out);
-                        state.set_segmented_out();
-                    }
-                    Outbound::FrameThenCompress(f) => {
-                        encoder.encode(&state, &f, &mut out);
-                        state.enable_compress_out();
-                    }
-                }
-                if out.len() < WRITE_BATCH {
-                    next = rx.try_recv().ok();
+            writer.queue(first);
+            // Everything already queued goes in the same write, up to a batch.
+            while writer.pending_len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(msg) => writer.queue(msg),
+                    Err(_) => break,
                 }
             }
-            encoder.flush(&state, &mut out);
-            write.write_all(&out).await?;
-            out.clear();
-            shrink_after_burst(&mut out);
+            writer.flush().await?;
         }
-        let _ = write.shutdown().await;
+        writer.shutdown().await;
         Ok(())
     })
 }
@@ -229,8 +233,8 @@ mod tests {
         ];
         let bytes = encoded(&frames);
         let (mut near, far) = tokio::io::duplex(1500);
-        // Dribbled in pieces smaller than a frame header and larger than
-        // the buffer's room, so every boundary falls mid-read.
+        // Dribbled in pieces of 997 bytes, so frame boundaries fall inside
+        // reads and a frame spans many of them.
         let sender = tokio::spawn(async move {
             for piece in bytes.chunks(997) {
                 near.write_all(piece).await.unwrap();
@@ -252,6 +256,12 @@ mod tests {
         }
         sender.await.unwrap();
         assert!(reader.next().await.unwrap().is_none());
+        // The 100 KiB frame's buffer was not kept for the small ones after.
+        assert!(
+            reader.buf.capacity() <= 2 * START_CAPACITY,
+            "the reader kept {} bytes",
+            reader.buf.capacity()
+        );
     }
 
     #[tokio::test]

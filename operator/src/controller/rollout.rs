@@ -175,7 +175,11 @@ pub(super) async fn roll_sidecars(
                 info!(pod = %name, ?direction, "evicted");
                 if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
                     s.state = SidecarState::Rolling;
-                    s.since = Some(step.now.clone());
+                    // The roll's timer starts at the eviction, not at this
+                    // reconcile's start: a reconcile that stalled before it
+                    // evicted (a slow API server, a paused machine: stop
+                    // 27's local CI) must not count against the pod.
+                    s.since = Some(now());
                     s.message = Some("evicted; coming back".to_owned());
                 }
                 let what = if direction == Direction::Inject {

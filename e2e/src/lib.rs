@@ -9,4 +9,5 @@ pub mod compare;
 pub mod kube_client;
 pub mod ledger;
 pub mod migration;
+pub mod poll;
 pub mod testbed;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use ferry_operator::crd::{CassandraMigration, Phase, SidecarState};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use crate::poll::{self, Look};
 use crate::testbed;
 
 /// Where the cluster is and the tools that drive it.
@@ -1187,22 +1188,26 @@ impl Run<'_> {
         });
         self.apply(&serde_json::to_string(&pod)?).await?;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let phase = loop {
-            let phase = api
-                .get(name)
-                .await?
-                .status
-                .and_then(|s| s.phase)
-                .unwrap_or_default();
-            if phase == "Succeeded" || phase == "Failed" {
-                break phase;
-            }
-            if Instant::now() > deadline {
-                bail!("pod {name} still {phase} after 300s");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        };
+        let api = &api;
+        let phase = poll::until(
+            Duration::from_secs(300),
+            Duration::from_secs(1),
+            || async move {
+                let phase = api
+                    .get(name)
+                    .await?
+                    .status
+                    .and_then(|s| s.phase)
+                    .unwrap_or_default();
+                Ok(if phase == "Succeeded" || phase == "Failed" {
+                    Look::Done(phase)
+                } else {
+                    Look::NotYet(phase)
+                })
+            },
+        )
+        .await?
+        .map_err(|phase| anyhow!("pod {name} still {phase} after 300s"))?;
         let logs = self.kubectl(&["logs", name]).await.unwrap_or_default();
         let last = logs.lines().last().unwrap_or_default().to_string();
         Ok((phase == "Succeeded", last))
@@ -1292,8 +1297,7 @@ impl Run<'_> {
             "letting the application write {} rows of history",
             self.opts.history_rows
         ));
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
+        poll::until(Duration::from_secs(600), Duration::from_secs(5), || async {
             let logs = self
                 .kubectl(&["logs", "deployment/load-app", "--tail=1"])
                 .await
@@ -1304,14 +1308,14 @@ impl Run<'_> {
                 .and_then(|l| serde_json::from_str::<AppTally>(l).ok())
                 .map(|t| t.acked)
                 .unwrap_or(0);
-            if acked >= self.opts.history_rows {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the application acknowledged only {acked} writes in 600s");
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
+            Ok(if acked >= self.opts.history_rows {
+                Look::Done(())
+            } else {
+                Look::NotYet(acked)
+            })
+        })
+        .await?
+        .map_err(|acked| anyhow!("the application acknowledged only {acked} writes in 600s"))
     }
 
     /// Follows the migration until `Ready` (or `Failed`, or the timeout),
@@ -1515,8 +1519,9 @@ impl Run<'_> {
         )
         .await
         .with_context(|| format!("asking for stage {stage}"))?;
-        let deadline = asked + Duration::from_secs(if stage == "done" { 900 } else { 120 });
-        loop {
+        let within = Duration::from_secs(if stage == "done" { 900 } else { 120 });
+        let api = &api;
+        poll::until(within, Duration::from_secs(1), || async move {
             let status = api.get(MIGRATION).await?.status.unwrap_or_default();
             let reached = match (&status.cutover, stage) {
                 (_, "done") => status.phase == Phase::Complete,
@@ -1524,19 +1529,18 @@ impl Run<'_> {
                 (None, _) => false,
             };
             if reached {
-                return Ok(asked.elapsed().as_secs_f64());
+                return Ok(Look::Done(asked.elapsed().as_secs_f64()));
             }
-            if Instant::now() > deadline {
-                let why = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Cutover")
-                    .map(|c| format!("{}: {}", c.reason, c.message))
-                    .unwrap_or_default();
-                bail!("stage {stage} not reached: {why}");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+            let why = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Cutover")
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_default();
+            Ok(Look::NotYet(why))
+        })
+        .await?
+        .map_err(|why| anyhow!("stage {stage} not reached: {why}"))
     }
 
     /// Waits (at most 600 s) for the operator's verdict on the roll-back
@@ -1545,41 +1549,53 @@ impl Run<'_> {
         self.say("waiting for the operator's check of the roll-back (RollBackVerified)");
         let api: Api<CassandraMigration> =
             Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let status = api.get(MIGRATION).await?.status.unwrap_or_default();
-            let verdict = status
-                .conditions
-                .iter()
-                // "Checking" (False) while the reverse validation runs.
-                .find(|c| c.type_ == "RollBackVerified" && c.reason != "Checking");
-            if let Some(c) = verdict {
-                self.say(format!("roll-back check: {} ({})", c.reason, c.message));
-                return Ok((c.reason.clone(), c.message.clone()));
-            }
-            if Instant::now() > deadline {
-                bail!("no RollBackVerified verdict 600 s after the roll-back to mirror");
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        let api = &api;
+        let (reason, message) = poll::until(
+            Duration::from_secs(600),
+            Duration::from_secs(2),
+            || async move {
+                let status = api.get(MIGRATION).await?.status.unwrap_or_default();
+                let verdict = status
+                    .conditions
+                    .iter()
+                    // "Checking" (False) while the reverse validation runs.
+                    .find(|c| c.type_ == "RollBackVerified" && c.reason != "Checking");
+                Ok(match verdict {
+                    Some(c) => Look::Done((c.reason.clone(), c.message.clone())),
+                    None => Look::NotYet(()),
+                })
+            },
+        )
+        .await?
+        .map_err(|()| anyhow!("no RollBackVerified verdict 600 s after the roll-back to mirror"))?;
+        self.say(format!("roll-back check: {reason} ({message})"));
+        Ok((reason, message))
     }
 
     /// Waits until every source pod runs without Ferry's containers and is
     /// Ready; returns how many still had them when the wait ended.
     async fn wait_sidecars_gone(&self) -> anyhow::Result<usize> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.opts.namespace);
-        let deadline = Instant::now() + Duration::from_secs(900);
-        loop {
-            let list = pods
-                .list(&ListParams::default().labels("app=cassandra"))
-                .await?;
-            let with_ferry = list.items.iter().filter(|p| has_ferry_container(p)).count();
-            let ready = list.items.iter().filter(|p| pod_ready(p)).count();
-            if (with_ferry == 0 && ready == 3) || Instant::now() > deadline {
-                return Ok(with_ferry);
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        let pods = &pods;
+        let waited = poll::until(
+            Duration::from_secs(900),
+            Duration::from_secs(2),
+            || async move {
+                let list = pods
+                    .list(&ListParams::default().labels("app=cassandra"))
+                    .await?;
+                let with_ferry = list.items.iter().filter(|p| has_ferry_container(p)).count();
+                let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+                Ok(if with_ferry == 0 && ready == 3 {
+                    Look::Done(0)
+                } else {
+                    Look::NotYet(with_ferry)
+                })
+            },
+        )
+        .await?;
+        // Pods still carrying Ferry's containers are reported, not an error.
+        Ok(waited.unwrap_or_else(|with_ferry| with_ferry))
     }
 }
 

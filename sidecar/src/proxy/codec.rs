@@ -94,6 +94,12 @@ impl FrameDecoder {
         self.rules.max_version = v;
     }
 
+    /// Bytes of memory the decoder holds between frames.
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
+        self.segment_bytes.capacity()
+    }
+
     /// The next complete frame from `buf`, if any.
     pub fn decode(
         &mut self,
@@ -107,6 +113,11 @@ impl FrameDecoder {
         loop {
             // Envelopes inside segments never use per-frame compression.
             if let Some(frame) = decode_envelope(&mut self.segment_bytes, &self.rules)? {
+                if self.segment_bytes.is_empty() {
+                    // Not even a view of the read buffer is kept between
+                    // frames: it would keep that whole buffer alive.
+                    self.segment_bytes = BytesMut::new();
+                }
                 return Ok(Some(frame));
             }
             match decode_segment(buf, compressed)? {
@@ -144,11 +155,20 @@ impl FrameEncoder {
         }
     }
 
+    /// Bytes of memory the encoder holds between batches.
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
+        self.scratch.capacity() + self.segments.held_bytes()
+    }
+
     /// Closes the current segment; call before writing `out` to the socket.
     pub fn flush(&mut self, state: &LinkState, out: &mut BytesMut) {
         if state.segmented_out.load(Ordering::Acquire) {
             let compressed = state.compression() == Compression::Lz4;
             self.segments.flush(compressed, out);
+            // Nothing held between batches: the scratch grows to the
+            // largest frame a batch had.
+            self.scratch = BytesMut::new();
         }
     }
 }
@@ -208,6 +228,36 @@ mod tests {
             }
             assert_eq!(got, frames, "{compression:?}");
         }
+    }
+
+    /// A v5 link's encoder and decoder keep no buffer once a batch is
+    /// written and every whole frame read: a burst of large results used
+    /// to leave its 128 KiB segment and its largest frame's scratch held
+    /// for the connection's life, one of each per link (the Java driver
+    /// speaks v5 to Cassandra 4 and 5).
+    #[test]
+    fn a_v5_link_holds_no_buffer_between_batches() {
+        let state = LinkState::default();
+        state.set_segmented_in();
+        state.set_segmented_out();
+        let mut enc = FrameEncoder::default();
+        let mut out = BytesMut::new();
+        let frames = [
+            Frame::request(5, 1, opcode::QUERY, Bytes::from(vec![7u8; 100_000])),
+            Frame::request(5, 2, opcode::QUERY, Bytes::from(vec![8u8; 50])),
+        ];
+        for f in &frames {
+            enc.encode(&state, f, &mut out);
+        }
+        enc.flush(&state, &mut out);
+        assert_eq!(enc.held_bytes(), 0, "the encoder kept its buffers");
+        let mut dec = FrameDecoder::new(rules());
+        let mut got = Vec::new();
+        while let Some(f) = dec.decode(&state, &mut out).unwrap() {
+            got.push(f);
+        }
+        assert_eq!(got, frames);
+        assert_eq!(dec.held_bytes(), 0, "the decoder kept a segment's bytes");
     }
 
     /// The DataStax Java driver 4.17 at v5 with lz4 sets the COMPRESSED

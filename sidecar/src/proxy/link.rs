@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
 use super::codec::{FrameDecoder, FrameEncoder, LinkState};
@@ -14,23 +14,20 @@ use super::tls::{BoxRead, BoxWrite};
 /// Bytes gathered before one write syscall.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// What a link's buffers start with, and what a reader adds when it runs
-/// short. A proxy holds three links per client connection, each with a
-/// reader and a writer, and every page a buffer has touched stays
-/// resident: 16 KiB read and 64 KiB write buffers cost 100 connections
-/// 2.8 MiB more than these (docs/benchmarks.md). Requests and answers
-/// are mostly far smaller than a page; a frame larger than what is
-/// buffered makes the decoder reserve all of it at once (`frame.rs`,
-/// `segment.rs`), and a writer grows to what one flush needs.
-const START_CAPACITY: usize = 4 * 1024;
+/// The most one read from an idle link takes in. It reads into the stack
+/// and then into a buffer of just what arrived, so that a link holds no
+/// buffer while it waits: a proxy holds three links per client connection,
+/// each with a reader and a writer, most of them idle at any moment, and
+/// every page a buffer has touched stays resident (docs/benchmarks.md).
+/// A frame larger than what is buffered makes the decoder reserve all of
+/// it at once (`frame.rs`, `segment.rs`).
+const IDLE_READ: usize = 16 * 1024;
 
-/// A reader with less room than this left reserves `START_CAPACITY` more
-/// before it reads, so that a read is never for a few bytes.
+/// A reader in the middle of a frame with less room than this left
+/// reserves `PARTIAL_READ` more before it reads, so that a read is never
+/// for a few bytes.
 const MIN_READ_ROOM: usize = 1024;
-
-/// An empty read buffer with more room than this left by a large frame
-/// is replaced by a new one of `START_CAPACITY`.
-const MAX_IDLE_READ_ROOM: usize = 16 * 1024;
+const PARTIAL_READ: usize = 4 * 1024;
 
 /// What a writer task is asked to send.
 #[derive(Debug)]
@@ -63,7 +60,7 @@ impl FrameReader {
     pub fn new(read: BoxRead, decoder: FrameDecoder, state: Arc<LinkState>) -> Self {
         Self {
             read,
-            buf: BytesMut::with_capacity(START_CAPACITY),
+            buf: BytesMut::new(),
             decoder,
             state,
         }
@@ -75,30 +72,57 @@ impl FrameReader {
 
     /// A frame already buffered, without reading from the socket.
     pub fn try_next(&mut self) -> Result<Option<Frame>, ReadError> {
-        Ok(self.decoder.decode(&self.state, &mut self.buf)?)
+        let frame = self.decoder.decode(&self.state, &mut self.buf)?;
+        self.release_if_empty();
+        Ok(frame)
     }
 
     /// The next frame, or `None` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
             if let Some(frame) = self.decoder.decode(&self.state, &mut self.buf)? {
+                self.release_if_empty();
                 return Ok(Some(frame));
             }
-            let room = self.buf.capacity() - self.buf.len();
-            if self.buf.is_empty() && !(MIN_READ_ROOM..=MAX_IDLE_READ_ROOM).contains(&room) {
-                // A fresh buffer, not `reserve`, which would take back the
-                // whole of one that once held a large frame; nor the rest
-                // of such a buffer, whose pages the next reads would walk
-                // through and keep resident.
-                self.buf = BytesMut::with_capacity(START_CAPACITY);
-            } else if room < MIN_READ_ROOM {
-                self.buf.reserve(START_CAPACITY);
-            }
-            if self.read.read_buf(&mut self.buf).await? == 0 {
+            let read = if self.buf.is_empty() {
+                read_idle(&mut self.read, &mut self.buf).await?
+            } else {
+                if self.buf.capacity() - self.buf.len() < MIN_READ_ROOM {
+                    self.buf.reserve(PARTIAL_READ);
+                }
+                self.read.read_buf(&mut self.buf).await?
+            };
+            if read == 0 {
                 return Ok(None);
             }
         }
     }
+
+    /// Every whole frame is out: drop the buffer (the frames still in use
+    /// hold what they need of it), so that the link holds none while it
+    /// waits for more.
+    fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+}
+
+/// Reads from a link that has nothing buffered: into the stack while it
+/// waits, then into `buf`, a new buffer of just what arrived. Returns the
+/// bytes read (0 at the end of the stream).
+async fn read_idle(read: &mut BoxRead, buf: &mut BytesMut) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        // On the stack of this poll only, never in the task's state: an
+        // idle link's future stays small.
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
+        let mut landed = ReadBuf::uninit(&mut stack);
+        std::task::ready!(std::pin::Pin::new(&mut *read).poll_read(cx, &mut landed))?;
+        let arrived = landed.filled();
+        *buf = BytesMut::from(arrived);
+        std::task::Poll::Ready(Ok(arrived.len()))
+    })
+    .await
 }
 
 /// Writes frames to one side of a link from the task that produced them:
@@ -117,7 +141,7 @@ impl FrameWriter {
             write,
             state,
             encoder: FrameEncoder::default(),
-            buf: BytesMut::with_capacity(START_CAPACITY),
+            buf: BytesMut::new(),
         }
     }
 
@@ -146,31 +170,22 @@ impl FrameWriter {
         self.buf.len()
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued, then drops the buffer: a link holds none
+    /// between flushes (one allocation per write syscall, measured in
+    /// docs/benchmarks.md, against 4 KiB per idle link, or a burst's
+    /// whole size, kept).
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.encoder.flush(&self.state, &mut self.buf);
         if self.buf.is_empty() {
             return Ok(());
         }
         let result = self.write.write_all(&self.buf).await;
-        self.buf.clear();
-        shrink_after_burst(&mut self.buf);
+        self.buf = BytesMut::new();
         result
     }
 
     pub async fn shutdown(&mut self) {
         let _ = self.write.shutdown().await;
-    }
-}
-
-/// A write buffer that grew past two batches for a burst (a large result)
-/// goes back to the starting size, so a connection that was busy once
-/// does not keep that memory while it idles. Two, because a full batch
-/// ends just past one and the buffer's doubling then leaves it at two:
-/// shrinking that would re-grow it on every batch under load.
-fn shrink_after_burst(buf: &mut BytesMut) {
-    if buf.capacity() > 2 * WRITE_BATCH {
-        *buf = BytesMut::with_capacity(START_CAPACITY);
     }
 }
 
@@ -229,7 +244,7 @@ mod tests {
             Frame::request(4, 1, opcode::QUERY, body(10, 1)),
             Frame::request(4, 2, opcode::QUERY, body(100 * 1024, 2)),
             Frame::request(4, 3, opcode::EXECUTE, body(3 * 1024, 3)),
-            Frame::request(4, 4, opcode::QUERY, body(START_CAPACITY, 4)),
+            Frame::request(4, 4, opcode::QUERY, body(IDLE_READ, 4)),
         ];
         let bytes = encoded(&frames);
         let (mut near, far) = tokio::io::duplex(1500);
@@ -254,18 +269,20 @@ mod tests {
             let got = reader.next().await.unwrap().expect("a frame");
             assert_eq!(&got, want);
         }
+        assert_eq!(
+            reader.buf.capacity(),
+            0,
+            "the reader kept its buffer after the last whole frame"
+        );
         sender.await.unwrap();
         assert!(reader.next().await.unwrap().is_none());
-        // The 100 KiB frame's buffer was not kept for the small ones after.
-        assert!(
-            reader.buf.capacity() <= 2 * START_CAPACITY,
-            "the reader kept {} bytes",
-            reader.buf.capacity()
-        );
+        // Once every whole frame is out, the reader holds no buffer while it
+        // waits: most links are idle most of the time.
+        assert_eq!(reader.buf.capacity(), 0, "the reader kept its buffer");
     }
 
     #[tokio::test]
-    async fn a_writer_returns_to_its_starting_size_after_a_burst() {
+    async fn a_writer_holds_no_buffer_between_flushes() {
         let (near, mut far) = tokio::io::duplex(64 * 1024);
         let drain = tokio::spawn(async move {
             let mut all = Vec::new();
@@ -274,19 +291,15 @@ mod tests {
         });
         let (_read, write) = tokio::io::split(near);
         let mut writer = FrameWriter::new(Box::new(write), Arc::new(LinkState::default()));
-        assert!(writer.buf.capacity() <= START_CAPACITY);
         let burst = Frame::response(4, 7, opcode::RESULT, body(200 * 1024, 9));
         let small = Frame::response(4, 8, opcode::RESULT, body(100, 5));
         writer.queue(Outbound::Frame(burst.clone()));
         assert!(writer.buf.capacity() > WRITE_BATCH);
         writer.flush().await.unwrap();
-        assert!(
-            writer.buf.capacity() <= START_CAPACITY,
-            "kept {} bytes after the burst",
-            writer.buf.capacity()
-        );
+        assert_eq!(writer.buf.capacity(), 0, "kept its buffer after the burst");
         writer.queue(Outbound::Frame(small.clone()));
         writer.flush().await.unwrap();
+        assert_eq!(writer.buf.capacity(), 0, "kept its buffer after a flush");
         writer.shutdown().await;
         drop(writer);
         assert_eq!(drain.await.unwrap(), encoded(&[burst, small]));

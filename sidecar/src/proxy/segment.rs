@@ -175,11 +175,19 @@ impl SegmentWriter {
         self.pending.extend_from_slice(frame);
     }
 
+    /// Bytes of memory the writer holds between batches.
+    #[cfg(test)]
+    pub fn held_bytes(&self) -> usize {
+        self.pending.capacity()
+    }
+
     /// Writes any buffered frames as one self-contained segment.
     pub fn flush(&mut self, compressed: bool, out: &mut BytesMut) {
         if !self.pending.is_empty() {
             encode_segment(&self.pending, true, compressed, out);
-            self.pending.clear();
+            // Dropped, not cleared: a burst grows it to a whole segment
+            // (128 KiB), which an idle link would otherwise keep.
+            self.pending = BytesMut::new();
         }
     }
 }

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub schema_changes: IntCounterVec,
     /// LWT answers that differ between source and target (sync mode).
     pub lwt_divergence: IntCounter,
+    pub conditional_resends: IntCounter,
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
     pub source_spool_records: IntGauge,
@@ -133,6 +134,10 @@ impl Metrics {
             "lwt_divergence_total",
             "Conditional writes whose [applied] differed between source and target",
         )?;
+        let conditional_resends = IntCounter::new(
+            "conditional_resends_total",
+            "Conditional writes sent again to the second cluster because it did not apply what the first applied (async modes)",
+        )?;
         let spool_records = IntGauge::new("spool_records", "Target writes waiting in the spool")?;
         let spool_bytes = IntGauge::new("spool_bytes", "Bytes of the spool on disk")?;
         let source_spool_records = IntGauge::new(
@@ -198,6 +203,7 @@ impl Metrics {
         registry.register(Box::new(policy_writes.clone()))?;
         registry.register(Box::new(schema_changes.clone()))?;
         registry.register(Box::new(lwt_divergence.clone()))?;
+        registry.register(Box::new(conditional_resends.clone()))?;
         registry.register(Box::new(spool_records.clone()))?;
         registry.register(Box::new(spool_bytes.clone()))?;
         registry.register(Box::new(source_spool_records.clone()))?;
@@ -238,6 +244,7 @@ impl Metrics {
             policy_writes,
             schema_changes,
             lwt_divergence,
+            conditional_resends,
             spool_records,
             spool_bytes,
             source_spool_records,

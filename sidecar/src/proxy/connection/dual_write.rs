@@ -215,6 +215,15 @@ impl Session {
                 let source =
                     deliver(ctx, Toward::Source, &session.source_copies, &copy, hold).await;
                 if let (true, Some(source)) = (traits.lwt, source) {
+                    let source = until_applied(
+                        ctx,
+                        Toward::Source,
+                        &session.source_copies,
+                        &copy,
+                        &answer,
+                        source,
+                    )
+                    .await;
                     count_lwt_divergence(ctx, &source, &answer);
                 }
                 let _ = session.reply(answer).await;
@@ -256,6 +265,9 @@ impl Session {
                 }
                 let target = deliver(ctx, Toward::Target, &session.target, &req, hold).await;
                 if let (true, Some(target)) = (traits.lwt, target) {
+                    let target =
+                        until_applied(ctx, Toward::Target, &session.target, &req, &source, target)
+                            .await;
                     count_lwt_divergence(ctx, &source, &target);
                 }
             } else {

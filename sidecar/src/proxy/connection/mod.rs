@@ -30,7 +30,8 @@ use crate::proxy::classify::{
 };
 use crate::proxy::mirror::{
     deliver, live_mirrors_done, mirror_async, mirror_permit, send_to_target, send_toward,
-    source_may_hold, MirrorError, MirrorHold, MirrorRequest, ProxyContext, TargetLink, Toward,
+    source_may_hold, until_applied, MirrorError, MirrorHold, MirrorRequest, ProxyContext,
+    TargetLink, Toward,
 };
 use crate::proxy::peers::{rewrite_event, rewrite_rows};
 use crate::proxy::policy::WritePolicy;

@@ -1,8 +1,9 @@
 //! Sending writes to the target: the request as the target gets it,
 //! prepared-id mapping with transparent re-prepare (here); the shared
 //! context (`context`), the per-connection link (`target_link`), async
-//! mode's retries and spooling (`async_mirror`) and the replayer that drains
-//! the spool in order (`replay`).
+//! mode's retries and spooling (`async_mirror`), a conditional write the
+//! other side did not apply sent again (`conditional`), and the replayer
+//! that drains the spool in order (`replay`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +28,7 @@ use super::upstream::{describe_error, Endpoint, Handshake, Upstream, UpstreamErr
 use super::wire::WireError;
 
 mod async_mirror;
+mod conditional;
 mod context;
 mod progress;
 mod replay;
@@ -36,6 +38,7 @@ mod target_link;
 pub use async_mirror::{
     deliver, mirror_async, mirror_permit, source_may_hold, update_spool_gauges,
 };
+pub use conditional::until_applied;
 pub use context::{MirrorHold, ProxyContext, SpoolFull, Toward};
 pub use progress::ReplayProgress;
 pub use replay::live_mirrors_done;

@@ -8,10 +8,14 @@
 //! conditional write the time it is applied. So it is sent again after
 //! short pauses, until the second cluster applies it or the pauses run
 //! out. The client is still waiting for it (ordered writes answer once
-//! both clusters have them), so its own later writes cannot overtake it.
-//! A row the second cluster lacks for another reason (not yet backfilled)
-//! costs the pauses and is counted as a divergence, as before; the
-//! validation repairs it.
+//! both clusters have them), so the writes it makes after hearing cannot
+//! overtake it. The risk taken: a write another client (or another stream
+//! of the same one) makes to the same row within those pauses, after the
+//! first cluster applied the conditional write, can reach the second
+//! cluster first and be overwritten there by the resend, which Paxos
+//! stamps later. A row the second cluster lacks for another reason (not
+//! yet backfilled) costs the pauses and is counted as a divergence, as
+//! before; the validation repairs it.
 
 use super::*;
 
@@ -38,9 +42,11 @@ pub async fn until_applied(
             break;
         }
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        ctx.metrics.conditional_resends.inc();
         let again = match link.get().await {
-            Ok(conn) => send_toward(ctx, toward, &conn, req, false).await,
+            Ok(conn) => {
+                ctx.metrics.conditional_resends.inc();
+                send_toward(ctx, toward, &conn, req, false).await
+            }
             Err(e) => Err(e.into()),
         };
         match again {

@@ -18,6 +18,7 @@
 //! every connection); a statement with `now()` prepared before must keep
 //! its id (`prepared_before_roll`).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::compare::{self, CompareOptions, Difference};
+use ferry_e2e::poll::{self, Look};
 use ferry_e2e::testbed;
 use futures::StreamExt;
 use scylla::client::session::Session;
@@ -168,15 +170,23 @@ async fn set_mode(proxies: &[Proxy], map: &Path, sources: &[String], mode: &str)
         other => panic!("mode {other}"),
     };
     write_peer_map(map, sources, mode);
-    let deadline = Instant::now() + Duration::from_secs(10);
     for p in proxies {
-        while p.metric("ferry_proxy_mode").await != code {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not switch to {mode}",
-                p.addr
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let switched = poll::until(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || async {
+                let seen = p.metric("ferry_proxy_mode").await;
+                Ok(if seen == code {
+                    Look::Done(())
+                } else {
+                    Look::NotYet(seen)
+                })
+            },
+        )
+        .await
+        .expect("these looks cannot fail");
+        if let Err(seen) = switched {
+            panic!("{} did not switch to {mode} (its mode is {seen})", p.addr);
         }
     }
 }
@@ -184,30 +194,34 @@ async fn set_mode(proxies: &[Proxy], map: &Path, sources: &[String], mode: &str)
 /// Waits until no proxy has a spooled write left and the mirrored-write
 /// counters stopped moving (in-flight async writes landed).
 async fn wait_drained(proxies: &[Proxy]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = f64::NAN;
-    let mut stable = 0;
-    loop {
-        let mut spooled = 0.0;
-        let mut mirrored = 0.0;
-        for p in proxies {
-            spooled += p.metric("ferry_proxy_spool_records").await;
-            mirrored += p.metric("ferry_proxy_mirrored_writes_total").await;
-        }
-        if spooled == 0.0 && mirrored == last {
-            stable += 1;
-            if stable >= 3 {
-                return;
+    // What the looks before saw: the mirrored count, and for how many
+    // looks in a row it has not moved with nothing spooled.
+    let last = Cell::new(f64::NAN);
+    let stable = Cell::new(0);
+    let drained = poll::until(
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || async {
+            let mut spooled = 0.0;
+            let mut mirrored = 0.0;
+            for p in proxies {
+                spooled += p.metric("ferry_proxy_spool_records").await;
+                mirrored += p.metric("ferry_proxy_mirrored_writes_total").await;
             }
-        } else {
-            stable = 0;
-        }
-        last = mirrored;
-        assert!(
-            Instant::now() < deadline,
-            "the proxies' spools did not drain: {spooled} records left"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+            let before = last.replace(mirrored);
+            let still = spooled == 0.0 && mirrored == before;
+            stable.set(if still { stable.get() + 1 } else { 0 });
+            Ok(if stable.get() >= 3 {
+                Look::Done(())
+            } else {
+                Look::NotYet(spooled)
+            })
+        },
+    )
+    .await
+    .expect("these looks cannot fail");
+    if let Err(spooled) = drained {
+        panic!("the proxies' spools did not drain: {spooled} records left");
     }
 }
 

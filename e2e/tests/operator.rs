@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::kube_client::{self, TestNamespace};
+use ferry_e2e::poll::{self, Look};
 use ferry_e2e::testbed;
 use ferry_operator::controller::{self, Context, Settings};
 use ferry_operator::crd::{CassandraMigration, Phase, WriteMode};
@@ -340,17 +341,22 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let waited = poll::until(
+        Duration::from_secs(secs),
+        Duration::from_millis(250),
+        || {
+            let seen = check();
+            async move {
+                Ok(match seen.await {
+                    Some(value) => Look::Done(value),
+                    None => Look::NotYet(()),
+                })
+            }
+        },
+    )
+    .await
+    .expect("these looks cannot fail");
+    waited.unwrap_or_else(|()| panic!("timed out after {secs}s waiting for {what}"))
 }
 
 async fn phase_of(api: &Api<CassandraMigration>, name: &str) -> Option<Phase> {
@@ -1620,24 +1626,28 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
         };
         // Async copies in flight when the writer stopped land within
         // moments; a write missing after that is lost.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut missing: Vec<i32>;
-        loop {
-            let on_side = keys().await;
-            missing = acknowledged
-                .iter()
-                .filter(|k| !on_side.contains(k))
-                .copied()
-                .collect();
-            if missing.is_empty() || std::time::Instant::now() > deadline {
-                break;
+        let landed = poll::until(Duration::from_secs(30), Duration::from_millis(500), || {
+            let on_side = keys();
+            let acknowledged = &acknowledged;
+            async move {
+                let on_side = on_side.await;
+                let missing: Vec<i32> = acknowledged
+                    .iter()
+                    .filter(|k| !on_side.contains(k))
+                    .copied()
+                    .collect();
+                Ok(if missing.is_empty() {
+                    Look::Done(())
+                } else {
+                    Look::NotYet(missing)
+                })
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await
+        .expect("these looks cannot fail");
+        if let Err(missing) = landed {
+            panic!("{side} lacks acknowledged writes {missing:?}");
         }
-        assert!(
-            missing.is_empty(),
-            "{side} lacks acknowledged writes {missing:?}"
-        );
     }
     syncer.abort();
     operator.abort();

@@ -42,14 +42,15 @@ pub async fn until_applied(
             break;
         }
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        let again = match link.get().await {
-            Ok(conn) => {
-                ctx.metrics.conditional_resends.inc();
-                send_toward(ctx, toward, &conn, req, false).await
+        let conn = match link.get().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                debug!(error = %e, "no connection to send a conditional write again");
+                break;
             }
-            Err(e) => Err(e.into()),
         };
-        match again {
+        ctx.metrics.conditional_resends.inc();
+        match send_toward(ctx, toward, &conn, req, false).await {
             Ok(reply) if reply.opcode == opcode::RESULT => answer = reply,
             Ok(reply) => {
                 debug!(error = %describe_error(&reply), "a conditional write sent again failed");

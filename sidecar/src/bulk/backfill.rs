@@ -9,11 +9,12 @@ use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::{info, info_span, warn, Instrument};
 
+use super::batching::{BatchCutter, BatchLimits, TargetVnodes};
 use super::checkpoint::Checkpoints;
 use super::job::{now_micros, CommonArgs, JobTable};
 use super::progress::{self, Stats};
 use super::ratelimit::RateLimiter;
-use super::ring::TokenRange;
+use super::ring::{ring_tokens, TokenRange};
 use super::scan::{ScanError, TableScan};
 use super::write::{TableWriter, TimestampMode, WriteError, WriteOp, WritePlanner};
 
@@ -66,10 +67,14 @@ pub struct BackfillArgs {
     /// Writes in flight per pod.
     #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
-    /// Writes of one partition sent as one UNLOGGED batch, at most this
-    /// many bytes of values (Cassandra warns above 5 KiB); 0 disables.
+    /// Writes sent as one UNLOGGED batch hold at most this many bytes of
+    /// values (Cassandra warns above 5 KiB); 0 sends each row's writes alone.
     #[arg(long, env = "FERRY_BATCH_BYTES", default_value_t = 5000)]
     pub batch_bytes: u64,
+    /// Partitions one batch may hold, all in one vnode range of the target
+    /// (Cassandra warns above 10); 1 gives each partition its own batches.
+    #[arg(long, env = "FERRY_BATCH_PARTITIONS", default_value_t = 10)]
+    pub batch_partitions: usize,
     /// Attempts per write before the range fails.
     #[arg(long, env = "FERRY_WRITE_ATTEMPTS", default_value_t = 8)]
     pub write_attempts: u32,
@@ -282,7 +287,13 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
     let bytes_limit = Arc::new(RateLimiter::new(common.bytes_per_second));
     let concurrency = common.concurrency.max(1);
     let in_flight_per_range = (args.max_in_flight / concurrency).max(1);
-    let batch_bytes = args.batch_bytes;
+    let batch_limits = BatchLimits {
+        max_bytes: args.batch_bytes,
+        max_partitions: args.batch_partitions,
+    };
+    let target_vnodes = Arc::new(TargetVnodes::new(ring_tokens(
+        &setup.target.get_cluster_state(),
+    )));
 
     futures::stream::iter(work)
         .for_each_concurrent(concurrency, |(job, range, attempt)| {
@@ -290,6 +301,7 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
             let checkpoints = checkpoints.clone();
             let rows_limit = rows_limit.clone();
             let bytes_limit = bytes_limit.clone();
+            let target_vnodes = target_vnodes.clone();
             let table = job.table.schema.display_name();
             let span = info_span!("range", %table, %range, attempt);
             async move {
@@ -302,7 +314,7 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
                     &rows_limit,
                     &bytes_limit,
                     in_flight_per_range,
-                    batch_bytes,
+                    BatchCutter::new(&target_vnodes, batch_limits),
                 )
                 .await;
                 stats.record_range(result);
@@ -350,7 +362,7 @@ async fn copy_range(
     rows_limit: &RateLimiter,
     bytes_limit: &RateLimiter,
     max_in_flight: usize,
-    batch_bytes: u64,
+    mut batches: BatchCutter<'_>,
 ) -> Result<(), RangeError> {
     let table = job.table.schema.display_name();
     checkpoints
@@ -389,11 +401,19 @@ async fn copy_range(
             let new_partition = last_partition.as_ref().is_none_or(|last| {
                 !last
                     .iter()
-                    .map(Option::as_ref)
+                    .map(Option::as_deref)
                     .eq(layout.partition_bytes(row))
             });
             if new_partition {
-                last_partition = Some(layout.partition_bytes(row).map(|b| b.cloned()).collect());
+                last_partition = Some(
+                    layout
+                        .partition_key_range()
+                        .map(|i| row.cell_bytes(i))
+                        .collect(),
+                );
+                if batches.before_partition(layout.token(row)) && !ops.is_empty() {
+                    submit!(std::mem::take(&mut ops));
+                }
             }
             let planned = ops.len();
             job.planner.plan_row(
@@ -403,15 +423,9 @@ async fn copy_range(
                 page.read_at,
                 &mut ops,
             );
-            // A batch holds the writes of one partition only (one mutation
-            // on one replica set), and at most `batch_bytes` of values.
-            if new_partition && planned > 0 {
-                let batch: Vec<WriteOp> = ops.drain(..planned).collect();
-                submit!(batch);
-            }
-            if ops.iter().map(|o| o.bytes).sum::<u64>() > batch_bytes {
-                let batch = std::mem::take(&mut ops);
-                submit!(batch);
+            let row_bytes = ops[planned..].iter().map(|o| o.bytes).sum();
+            if batches.after_row(row_bytes) && !ops.is_empty() {
+                submit!(std::mem::take(&mut ops));
             }
             rows += 1;
         }

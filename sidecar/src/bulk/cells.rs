@@ -12,10 +12,26 @@ use scylla::frame::response::result::ColumnType;
 use scylla::serialize::value::SerializeValue;
 use scylla::serialize::writers::{CellWriter, WrittenCellProof};
 use scylla::serialize::SerializationError;
+use smallvec::SmallVec;
 
-/// One result row, each column kept as its serialized bytes (`None` = null).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RawRow(pub Vec<Option<Bytes>>);
+/// One result row: where each column's serialized bytes lie in the result
+/// frame, which the row keeps alive. Reading a row costs one pass over its
+/// cells and no allocation below 16 columns: the driver's own way, one
+/// `Bytes` per cell, cost a quarter of the backfill's instructions.
+#[derive(Debug, Clone, Default)]
+pub struct RawRow {
+    frame: Bytes,
+    cells: SmallVec<[CellSpan; 16]>,
+}
+
+/// Where a cell's bytes lie in the frame; `len` < 0 for a null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CellSpan {
+    start: u32,
+    len: i32,
+}
+
+const NULL: CellSpan = CellSpan { start: 0, len: -1 };
 
 impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RawRow {
     fn type_check(_specs: &[ColumnSpec]) -> Result<(), TypeCheckError> {
@@ -23,30 +39,138 @@ impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RawRow {
         Ok(())
     }
 
-    fn deserialize(row: ColumnIterator<'frame, 'metadata>) -> Result<Self, DeserializationError> {
-        let mut cells = Vec::with_capacity(row.size_hint().0);
-        for column in row {
-            let column = column?;
-            cells.push(column.slice.map(|slice| slice.to_bytes()));
+    fn deserialize(
+        mut row: ColumnIterator<'frame, 'metadata>,
+    ) -> Result<Self, DeserializationError> {
+        let mut cells = SmallVec::with_capacity(row.columns_remaining());
+        // The driver's iterator tells where the row lies in the frame only
+        // through a non-null cell; the cells after it are read directly.
+        let mut found = None;
+        for column in row.by_ref() {
+            match column?.slice {
+                None => cells.push(NULL),
+                Some(slice) => {
+                    found = Some(slice);
+                    break;
+                }
+            }
         }
-        Ok(RawRow(cells))
+        let Some(first) = found else {
+            return Ok(RawRow {
+                frame: Bytes::new(),
+                cells,
+            });
+        };
+        let frame = first.as_original_frame_bytes();
+        let start = (first.as_slice().as_ptr() as usize)
+            .checked_sub(frame.as_ptr() as usize)
+            .ok_or_else(|| malformed("a cell outside its frame"))?;
+        cells.push(span(start, first.as_slice().len())?);
+        let mut at = start + first.as_slice().len();
+        for _ in 0..row.columns_remaining() {
+            let head = frame
+                .get(at..at + 4)
+                .ok_or_else(|| malformed("a row cut short"))?;
+            let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            at += 4;
+            if len < 0 {
+                cells.push(NULL);
+                continue;
+            }
+            let end = at + len as usize;
+            if end > frame.len() {
+                return Err(malformed("a cell longer than its frame"));
+            }
+            cells.push(span(at, len as usize)?);
+            at = end;
+        }
+        Ok(RawRow {
+            frame: frame.clone(),
+            cells,
+        })
     }
 }
 
+fn span(start: usize, len: usize) -> Result<CellSpan, DeserializationError> {
+    Ok(CellSpan {
+        start: u32::try_from(start).map_err(|_| malformed("a frame over 4 GiB"))?,
+        len: i32::try_from(len).map_err(|_| malformed("a cell over 2 GiB"))?,
+    })
+}
+
+fn malformed(what: &'static str) -> DeserializationError {
+    DeserializationError::new(MalformedRow(what))
+}
+
+/// A result row the server sent malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed result row: {0}")]
+struct MalformedRow(&'static str);
+
 impl RawRow {
+    /// A row of the given cells (`None` = null), in a frame of its own.
+    pub fn from_cells(cells: impl IntoIterator<Item = Option<Bytes>>) -> Self {
+        let mut frame = Vec::new();
+        let mut spans = SmallVec::new();
+        for cell in cells {
+            match cell {
+                None => spans.push(NULL),
+                Some(bytes) => {
+                    spans.push(CellSpan {
+                        start: frame.len() as u32,
+                        len: bytes.len() as i32,
+                    });
+                    frame.extend_from_slice(&bytes);
+                }
+            }
+        }
+        RawRow {
+            frame: Bytes::from(frame),
+            cells: spans,
+        }
+    }
+
+    /// How many columns the row has.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    fn range(&self, index: usize) -> Option<std::ops::Range<usize>> {
+        let span = self.cells.get(index)?;
+        let len = usize::try_from(span.len).ok()?;
+        let start = span.start as usize;
+        Some(start..start + len)
+    }
+
     /// The cell at `index`, `None` when null or absent.
-    pub fn cell(&self, index: usize) -> Option<&Bytes> {
-        self.0.get(index).and_then(Option::as_ref)
+    pub fn cell(&self, index: usize) -> Option<&[u8]> {
+        self.range(index).map(|range| &self.frame[range])
+    }
+
+    /// The cell at `index` as `Bytes` sharing the frame (no copy), to be
+    /// written as it is.
+    pub fn cell_bytes(&self, index: usize) -> Option<Bytes> {
+        self.range(index).map(|range| self.frame.slice(range))
     }
 
     /// Serialized size of the row's values, the figure "bytes copied" counts.
     pub fn byte_size(&self) -> u64 {
-        self.0
-            .iter()
-            .map(|c| c.as_ref().map_or(0, |b| b.len() as u64))
-            .sum()
+        self.cells.iter().map(|c| c.len.max(0) as u64).sum()
     }
 }
+
+impl PartialEq for RawRow {
+    /// Rows are equal when their cells are, wherever the frames lie.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && (0..self.len()).all(|i| self.cell(i) == other.cell(i))
+    }
+}
+
+impl Eq for RawRow {}
 
 /// A value bound to a write statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +255,7 @@ pub fn decode_nullable_int_list(bytes: &[u8]) -> Option<Vec<Option<i32>>> {
 
 /// Splits a serialized list or set into its elements' bytes (`None` for a
 /// null element).
-pub fn split_collection(bytes: &Bytes) -> Option<Vec<Option<Bytes>>> {
+pub fn split_collection(bytes: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     let mut rest: &[u8] = bytes;
     let count = take_i32(&mut rest)?;
     let mut out = Vec::with_capacity(count.max(0) as usize);
@@ -140,9 +264,8 @@ pub fn split_collection(bytes: &Bytes) -> Option<Vec<Option<Bytes>>> {
         if len < 0 {
             out.push(None);
         } else {
-            let start = bytes.len() - rest.len();
-            let (_, tail) = rest.split_at_checked(len as usize)?;
-            out.push(Some(bytes.slice(start..start + len as usize)));
+            let (element, tail) = rest.split_at_checked(len as usize)?;
+            out.push(Some(element));
             rest = tail;
         }
     }
@@ -150,7 +273,7 @@ pub fn split_collection(bytes: &Bytes) -> Option<Vec<Option<Bytes>>> {
 }
 
 /// Serializes elements back into a list.
-pub fn join_collection(elements: &[&Bytes]) -> Bytes {
+pub fn join_collection(elements: &[&[u8]]) -> Bytes {
     let mut out = Vec::with_capacity(4 + elements.iter().map(|e| 4 + e.len()).sum::<usize>());
     out.extend_from_slice(&(elements.len() as i32).to_be_bytes());
     for element in elements {
@@ -168,7 +291,7 @@ fn take_i32(rest: &mut &[u8]) -> Option<i32> {
 
 /// A short human-readable rendering of a key cell for reports: decoded for
 /// the common key types (named as `system_schema` spells them), hex otherwise.
-pub fn render_cell(cql_type: &str, bytes: Option<&Bytes>) -> String {
+pub fn render_cell(cql_type: &str, bytes: Option<&[u8]>) -> String {
     let Some(bytes) = bytes else {
         return "null".to_owned();
     };
@@ -228,10 +351,86 @@ mod tests {
             Some(vec![Some(600), None])
         );
         assert_eq!(decode_nullable_int_list(&bytes[..6]), None);
-        let list = join_collection(&[&Bytes::from_static(b"ab"), &Bytes::from_static(b"")]);
+        let list = join_collection(&[b"ab", b""]);
         assert_eq!(
             split_collection(&list),
-            Some(vec![Some(Bytes::from_static(b"ab")), Some(Bytes::new())])
+            Some(vec![Some(&b"ab"[..]), Some(&b""[..])])
         );
+    }
+
+    /// A result frame: `junk` bytes before the row, then the cells, each
+    /// length-prefixed as in a ROWS result (`None` = null, length -1).
+    fn frame_with_row(junk: usize, cells: &[Option<&[u8]>]) -> Bytes {
+        let mut frame = vec![0xAA; junk];
+        for cell in cells {
+            match cell {
+                None => frame.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(bytes) => {
+                    frame.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                    frame.extend_from_slice(bytes);
+                }
+            }
+        }
+        Bytes::from(frame)
+    }
+
+    fn read_row(
+        frame: &Bytes,
+        junk: usize,
+        columns: usize,
+    ) -> Result<RawRow, DeserializationError> {
+        use scylla::deserialize::FrameSlice;
+        use scylla::frame::response::result::TableSpec;
+        let table = TableSpec::borrowed("ks", "t");
+        let specs: Vec<ColumnSpec> = (0..columns)
+            .map(|_| {
+                ColumnSpec::borrowed(
+                    "c",
+                    ColumnType::Native(scylla::frame::response::result::NativeType::Blob),
+                    table.clone(),
+                )
+            })
+            .collect();
+        let mut slice = FrameSlice::new(frame);
+        slice.read_n_bytes(junk).expect("junk");
+        RawRow::deserialize(ColumnIterator::new(&specs, slice))
+    }
+
+    #[test]
+    fn a_row_is_read_as_spans_of_its_frame() {
+        let cells: [Option<&[u8]>; 5] =
+            [None, Some(b"\0\0\0\x07"), None, Some(b""), Some(b"value")];
+        let frame = frame_with_row(13, &cells);
+        let row = read_row(&frame, 13, cells.len()).expect("a well-formed row");
+        assert_eq!(row.len(), 5);
+        for (i, cell) in cells.iter().enumerate() {
+            assert_eq!(row.cell(i), *cell, "cell {i}");
+            assert_eq!(row.cell_bytes(i).as_deref(), *cell, "cell {i} as bytes");
+        }
+        assert_eq!(row.byte_size(), 9);
+        assert_eq!(
+            row,
+            RawRow::from_cells(cells.iter().map(|c| c.map(Bytes::copy_from_slice)))
+        );
+        // A cell kept as bytes shares the frame: no copy.
+        let kept = row.cell_bytes(4).expect("a value");
+        assert_eq!(kept.as_ptr(), frame[frame.len() - 5..].as_ptr());
+    }
+
+    #[test]
+    fn a_row_of_nulls_needs_no_frame() {
+        let frame = frame_with_row(0, &[None, None]);
+        let row = read_row(&frame, 0, 2).expect("a row of nulls");
+        assert_eq!((row.len(), row.cell(0), row.cell(1)), (2, None, None));
+    }
+
+    #[test]
+    fn a_row_cut_short_is_an_error_not_a_panic() {
+        let full = frame_with_row(3, &[Some(b"key"), Some(b"a long value")]);
+        // The frame ends inside the second cell, then inside its length.
+        for cut in [full.len() - 4, 3 + 4 + 3 + 2] {
+            let frame = full.slice(..cut);
+            assert!(read_row(&frame, 3, 2).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! See docs/bulk.md for the design, the flags and the summary format.
 
 pub mod backfill;
+pub mod batching;
 pub mod cells;
 pub mod checkpoint;
 pub mod conn;

@@ -80,7 +80,7 @@ mod tests {
     fn row(k: i32, c: i32, v: i32) -> RawRow {
         let int = |n: i32| Some(Bytes::copy_from_slice(&n.to_be_bytes()));
         let token = Some(Bytes::copy_from_slice(&1i64.to_be_bytes()));
-        RawRow(vec![token, int(k), int(c), int(v), None, None])
+        RawRow::from_cells(vec![token, int(k), int(c), int(v), None, None])
     }
 
     /// The pairs as (source value, target value) by key, sorted.

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use scylla::client::session::Session;
 use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::prepared::PreparedStatement;
@@ -57,8 +56,8 @@ pub struct ValueSlot {
 
 /// One element of a non-frozen list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListElement {
-    pub value: Bytes,
+pub struct ListElement<'a> {
+    pub value: &'a [u8],
     pub writetime: Option<i64>,
     pub ttl: Option<i32>,
 }
@@ -66,7 +65,7 @@ pub struct ListElement {
 /// A cell's value with its timestamp metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CellMeta<'a> {
-    pub value: Option<&'a Bytes>,
+    pub value: Option<&'a [u8]>,
     /// WRITETIME, or for a non-frozen collection/UDT the newest element's.
     pub writetime: Option<i64>,
     /// Remaining TTL in seconds, 0 for none. For a non-frozen collection the
@@ -118,9 +117,7 @@ impl ScanLayout {
 
     /// The row's token.
     pub fn token(&self, row: &RawRow) -> i64 {
-        row.cell(0)
-            .and_then(|b| decode_bigint(b))
-            .unwrap_or(i64::MIN)
+        row.cell(0).and_then(decode_bigint).unwrap_or(i64::MIN)
     }
 
     /// Whether the row is the static row of a partition without clustering
@@ -137,7 +134,7 @@ impl ScanLayout {
                 // Per-element WRITETIMEs of a non-frozen list: the newest.
                 split_collection(b)?
                     .iter()
-                    .filter_map(|e| e.as_ref().and_then(|e| decode_bigint(e)))
+                    .filter_map(|e| e.and_then(decode_bigint))
                     .max()
             } else {
                 decode_bigint(b)
@@ -164,7 +161,11 @@ impl ScanLayout {
 
     /// A non-frozen list's elements with each one's WRITETIME and TTL
     /// (Cassandra 5 returns both per element).
-    pub fn list_elements(&self, row: &RawRow, slot: &ValueSlot) -> Option<Vec<ListElement>> {
+    pub fn list_elements<'a>(
+        &self,
+        row: &'a RawRow,
+        slot: &ValueSlot,
+    ) -> Option<Vec<ListElement<'a>>> {
         let values = split_collection(row.cell(slot.value)?)?;
         let writetimes = slot
             .writetime
@@ -174,7 +175,7 @@ impl ScanLayout {
         let ttls = slot
             .ttl
             .and_then(|i| row.cell(i))
-            .and_then(|b| decode_nullable_int_list(b))
+            .and_then(decode_nullable_int_list)
             .unwrap_or_default();
         Some(
             values
@@ -183,10 +184,7 @@ impl ScanLayout {
                 .filter_map(|(i, value)| {
                     Some(ListElement {
                         value: value?,
-                        writetime: writetimes
-                            .get(i)
-                            .and_then(|w| w.as_ref())
-                            .and_then(|w| decode_bigint(w)),
+                        writetime: writetimes.get(i).copied().flatten().and_then(decode_bigint),
                         ttl: ttls.get(i).copied().flatten(),
                     })
                 })
@@ -217,7 +215,7 @@ impl ScanLayout {
     }
 
     /// The partition key bytes alone.
-    pub fn partition_bytes<'a>(&self, row: &'a RawRow) -> impl Iterator<Item = Option<&'a Bytes>> {
+    pub fn partition_bytes<'a>(&self, row: &'a RawRow) -> impl Iterator<Item = Option<&'a [u8]>> {
         self.partition_key_range().map(move |i| row.cell(i))
     }
 }
@@ -389,10 +387,13 @@ impl TableScan {
                 .into_rows_result()
                 .map_err(|e| read_error(Box::new(e)))
                 .and_then(|rows| {
-                    rows.rows::<RawRow>()
-                        .map_err(|e| read_error(Box::new(e)))?
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| read_error(Box::new(e)))
+                    // Sized once: collecting a `Result` iterator would grow
+                    // the page's vector by doubling, copying every row.
+                    let mut page = Vec::with_capacity(rows.rows_num());
+                    for row in rows.rows::<RawRow>().map_err(|e| read_error(Box::new(e)))? {
+                        page.push(row.map_err(|e| read_error(Box::new(e)))?);
+                    }
+                    Ok(page)
                 }) {
                 Ok(rows) => rows,
                 Err(err) => {

@@ -188,10 +188,7 @@ impl PointReads {
             layout.clustering_range().end
         };
         let values: Vec<BindCell> = (1..end)
-            .map(|i| {
-                key.cell(i)
-                    .map_or(BindCell::Null, |b| BindCell::Raw(b.clone()))
-            })
+            .map(|i| key.cell_bytes(i).map_or(BindCell::Null, BindCell::Raw))
             .collect();
         let statement = if static_only {
             &self.partition

@@ -53,9 +53,10 @@ pub struct WriteOp {
     pub bytes: u64,
 }
 
-/// A row's non-null cells grouped by (WRITETIME, TTL): per group, the
-/// slot index and bytes of each cell.
-type CellGroups = SmallVec<[((i64, i32), SmallVec<[(usize, Bytes); 8]>); 2]>;
+/// A row's non-null cells, each as its (WRITETIME, TTL) and slot index,
+/// sorted: each run of one (WRITETIME, TTL) is one write. Kept flat and
+/// small, as it is built for every row copied.
+type CellKeys = SmallVec<[((i64, i32), usize); 16]>;
 
 /// Plans the writes of a table's rows.
 #[derive(Debug, Clone)]
@@ -87,38 +88,38 @@ impl WritePlanner {
         &self.layout.values[self.n_static..]
     }
 
-    /// Groups the non-null cells of `slots` by (timestamp, ttl), oldest first.
-    /// Kept inline: a row's cells nearly always share one or two groups, and
-    /// this runs for every row copied.
-    fn groups(&self, row: &RawRow, slots: &[ValueSlot], attempt: i64) -> CellGroups {
-        let mut groups = CellGroups::new();
-        let mut add = |key: (i64, i32), cell: (usize, Bytes)| match groups
-            .iter_mut()
-            .find(|(k, _)| *k == key)
-        {
-            Some((_, cells)) => cells.push(cell),
-            None => groups.push((key, smallvec::smallvec![cell])),
-        };
+    /// The (timestamp, ttl) of each non-null cell of `slots`, oldest first.
+    fn cell_keys(&self, row: &RawRow, slots: &[ValueSlot], attempt: i64) -> CellKeys {
+        let mut keys = CellKeys::new();
         for (i, slot) in slots.iter().enumerate() {
             if slot.column.is_multi_cell_list() {
-                if let Some((key, value)) = self.list_group(row, slot, attempt) {
-                    add(key, (i, value));
+                if let Some((key, _)) = self.list_group(row, slot, attempt) {
+                    keys.push((key, i));
                 }
                 continue;
             }
-            let cell = self.layout.cell(row, slot);
-            let Some(value) = cell.value else {
+            if row.cell(slot.value).is_none() {
                 continue;
-            };
+            }
+            let cell = self.layout.cell(row, slot);
             let ts = match self.mode {
                 TimestampMode::Preserve => cell.writetime.unwrap_or(self.base_timestamp),
                 TimestampMode::Backdate => self.base_timestamp,
             };
-            add((ts, cell.ttl), (i, value.clone()));
+            keys.push(((ts, cell.ttl), i));
         }
-        // Keys are distinct, so the order is that of (timestamp, ttl).
-        groups.sort_unstable_by_key(|(key, _)| *key);
-        groups
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The bytes a write sends for `slot`: the cell as read, or for a
+    /// non-frozen list the elements the backfill copies.
+    fn slot_value(&self, row: &RawRow, slot: &ValueSlot, attempt: i64) -> Option<Bytes> {
+        if slot.column.is_multi_cell_list() {
+            self.list_group(row, slot, attempt).map(|(_, value)| value)
+        } else {
+            row.cell_bytes(slot.value)
+        }
     }
 
     /// A non-frozen list's write. Its elements' cell names are timeuuids the
@@ -145,9 +146,9 @@ impl WritePlanner {
             return None;
         }
         let value = if kept.len() == elements.len() {
-            row.cell(slot.value)?.clone()
+            row.cell_bytes(slot.value)?
         } else {
-            join_collection(&kept.iter().map(|e| &e.value).collect::<Vec<_>>())
+            join_collection(&kept.iter().map(|e| e.value).collect::<Vec<_>>())
         };
         let ts = match self.mode {
             TimestampMode::Preserve => kept
@@ -179,10 +180,7 @@ impl WritePlanner {
     /// Appends the row's key cells to `bind`.
     fn push_keys(&self, row: &RawRow, with_clustering: bool, bind: &mut Vec<BindCell>) {
         let end = 1 + self.key_count(with_clustering);
-        bind.extend((1..end).map(|i| {
-            row.cell(i)
-                .map_or(BindCell::Null, |b| BindCell::Raw(b.clone()))
-        }));
+        bind.extend((1..end).map(|i| row.cell_bytes(i).map_or(BindCell::Null, BindCell::Raw)));
     }
 
     fn keys(&self, row: &RawRow, with_clustering: bool) -> Vec<BindCell> {
@@ -195,23 +193,27 @@ impl WritePlanner {
     /// other slot unset. Returns the bytes of the values.
     fn push_slot_values(
         &self,
+        row: &RawRow,
         slots: &[ValueSlot],
-        chosen: impl IntoIterator<Item = (usize, Bytes)>,
+        chosen: &[((i64, i32), usize)],
+        attempt: i64,
         bind: &mut Vec<BindCell>,
     ) -> u64 {
         let start = bind.len();
         bind.resize(start + slots.len(), BindCell::Unset);
         let mut bytes = 0;
-        for (i, value) in chosen {
-            bytes += value.len() as u64;
-            bind[start + i] = BindCell::Raw(value);
+        for &(_, i) in chosen {
+            if let Some(value) = self.slot_value(row, &slots[i], attempt) {
+                bytes += value.len() as u64;
+                bind[start + i] = BindCell::Raw(value);
+            }
         }
         bytes
     }
 
     /// The writes copying `row`; with `write_statics`, also its partition's
     /// static cells (once per partition). `attempt` is how many times this
-    /// range was started before (see the list note in `groups`). `read_at`:
+    /// range was started before (see the note on `list_group`). `read_at`:
     /// when the source gave the row's remaining TTLs; each write takes the
     /// time since off them as it is sent ([`BindCell::Ttl`]).
     pub fn plan_row(
@@ -234,10 +236,12 @@ impl WritePlanner {
             .sum();
         if write_statics && self.n_static > 0 {
             let slots = self.static_slots();
-            for ((ts, ttl), chosen) in self.groups(row, slots, attempt) {
+            let keys = self.cell_keys(row, slots, attempt);
+            for chosen in keys.chunk_by(|a, b| a.0 == b.0) {
+                let (ts, ttl) = chosen[0].0;
                 let mut bind = Vec::with_capacity(2 + slots.len() + self.key_count(false));
                 bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
-                let bytes = self.push_slot_values(slots, chosen, &mut bind);
+                let bytes = self.push_slot_values(row, slots, chosen, attempt, &mut bind);
                 self.push_keys(row, false, &mut bind);
                 out.push(WriteOp {
                     kind: StatementKind::UpdateStatic,
@@ -253,13 +257,13 @@ impl WritePlanner {
         // Every write of a row binds its keys, one value per slot, a
         // timestamp and a TTL: one allocation of the right size each.
         let capacity = self.key_count(true) + slots.len() + 2;
-        let groups = self.groups(row, slots, attempt);
-        if groups.is_empty() {
+        let keys = self.cell_keys(row, slots, attempt);
+        if keys.is_empty() {
             // Only the primary key: the row exists through its marker, whose
             // timestamp and TTL CQL cannot read; see docs/bulk.md.
             let mut bind = Vec::with_capacity(capacity);
             self.push_keys(row, true, &mut bind);
-            self.push_slot_values(slots, [], &mut bind);
+            self.push_slot_values(row, slots, &[], attempt, &mut bind);
             bind.extend([BindCell::BigInt(self.base_timestamp), BindCell::Int(0)]);
             out.push(WriteOp {
                 kind: StatementKind::InsertRow,
@@ -268,11 +272,12 @@ impl WritePlanner {
             });
             return;
         }
-        for (n, ((ts, ttl), chosen)) in groups.into_iter().enumerate() {
+        for (n, chosen) in keys.chunk_by(|a, b| a.0 == b.0).enumerate() {
+            let (ts, ttl) = chosen[0].0;
             let mut bind = Vec::with_capacity(capacity);
             if n == 0 {
                 self.push_keys(row, true, &mut bind);
-                let bytes = self.push_slot_values(slots, chosen, &mut bind);
+                let bytes = self.push_slot_values(row, slots, chosen, attempt, &mut bind);
                 bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
                 out.push(WriteOp {
                     kind: StatementKind::InsertRow,
@@ -281,7 +286,7 @@ impl WritePlanner {
                 });
             } else {
                 bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
-                let bytes = self.push_slot_values(slots, chosen, &mut bind);
+                let bytes = self.push_slot_values(row, slots, chosen, attempt, &mut bind);
                 self.push_keys(row, true, &mut bind);
                 out.push(WriteOp {
                     kind: StatementKind::UpdateRow,
@@ -585,7 +590,7 @@ mod tests {
     fn groups_cells_by_timestamp_and_ttl() {
         let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 5);
         // token, k, c, s wt ttl, a wt ttl, b wt ttl, l maxwt ttl-list
-        let row = RawRow(vec![
+        let row = RawRow::from_cells(vec![
             i64b(1),
             i32b(1),
             i32b(2),
@@ -642,7 +647,7 @@ mod tests {
     #[test]
     fn primary_key_only_rows_and_static_only_partitions() {
         let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 5);
-        let pk_only = RawRow(vec![
+        let pk_only = RawRow::from_cells(vec![
             i64b(1),
             i32b(1),
             i32b(2),
@@ -666,7 +671,7 @@ mod tests {
         assert_eq!(ops[0].values.last(), Some(&BindCell::Int(0)));
         assert_eq!(ops[0].values[ops[0].values.len() - 2], BindCell::BigInt(5));
 
-        let static_only = RawRow(vec![
+        let static_only = RawRow::from_cells(vec![
             i64b(1),
             i32b(1),
             None,
@@ -694,14 +699,13 @@ mod tests {
         let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 450);
         let one = Bytes::copy_from_slice(&1i32.to_be_bytes());
         let two = Bytes::copy_from_slice(&2i32.to_be_bytes());
-        let list = crate::bulk::cells::join_collection(&[&one, &two]);
-        let writetimes = crate::bulk::cells::join_collection(&[
-            &Bytes::copy_from_slice(&400i64.to_be_bytes()),
-            &Bytes::copy_from_slice(&500i64.to_be_bytes()),
-        ]);
-        let mut row = RawRow(vec![i64b(1), i32b(1), i32b(2)]);
-        row.0.extend(vec![None; 9]);
-        row.0.extend([Some(list), Some(writetimes), None]);
+        let list = crate::bulk::cells::join_collection(&[&one[..], &two[..]]);
+        let writetimes =
+            crate::bulk::cells::join_collection(&[&400i64.to_be_bytes(), &500i64.to_be_bytes()]);
+        let mut cells = vec![i64b(1), i32b(1), i32b(2)];
+        cells.extend(vec![None; 9]);
+        cells.extend([Some(list), Some(writetimes), None]);
+        let row = RawRow::from_cells(cells);
         let mut ops = Vec::new();
         planner.plan_row(&row, false, 2, Instant::now(), &mut ops);
         assert_eq!(ops.len(), 1);
@@ -710,11 +714,11 @@ mod tests {
         assert_eq!(ops[0].values[5], BindCell::BigInt(402));
         assert_eq!(
             ops[0].values[4],
-            BindCell::Raw(crate::bulk::cells::join_collection(&[&one]))
+            BindCell::Raw(crate::bulk::cells::join_collection(&[&one[..]]))
         );
 
         let planner = WritePlanner::new(&schema(), TimestampMode::Backdate, 1_000);
-        let row = RawRow(vec![
+        let row = RawRow::from_cells(vec![
             i64b(1),
             i32b(1),
             i32b(2),

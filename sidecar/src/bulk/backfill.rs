@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::batching::{BatchCutter, BatchLimits, TargetVnodes};
+use super::batching::{counted_size, BatchCutter, BatchLimits, TargetVnodes};
 use super::checkpoint::Checkpoints;
 use super::job::{now_micros, CommonArgs, JobTable};
 use super::progress::{self, Stats};
@@ -67,8 +67,9 @@ pub struct BackfillArgs {
     /// Writes in flight per pod.
     #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
-    /// Writes sent as one UNLOGGED batch hold at most this many bytes of
-    /// values (Cassandra warns above 5 KiB); 0 sends each row's writes alone.
+    /// Writes sent as one UNLOGGED batch hold at most this many bytes as
+    /// Cassandra counts them (values, and 16 per cell and 24 per row; it
+    /// warns above 5 KiB); 0 sends each row's writes alone.
     #[arg(long, env = "FERRY_BATCH_BYTES", default_value_t = 5000)]
     pub batch_bytes: u64,
     /// Partitions one batch may hold, all in one vnode range of the target
@@ -123,6 +124,8 @@ pub struct BackfillReport {
     pub bytes: u64,
     pub pages: u64,
     pub pages_off_replica: u64,
+    pub write_requests: u64,
+    pub target_warnings: u64,
 }
 
 struct TableJob {
@@ -345,11 +348,19 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
         bytes: Stats::get(&stats.bytes),
         pages: Stats::get(&stats.pages),
         pages_off_replica: Stats::get(&stats.pages_off_replica),
+        write_requests: Stats::get(&stats.write_requests),
+        target_warnings: Stats::get(&stats.target_warnings),
     })
 }
 
-async fn send_batch(writer: Arc<TableWriter>, batch: Vec<WriteOp>) -> Result<(), WriteError> {
+async fn send_batch(writer: Arc<TableWriter>, batch: Vec<WriteOp>) -> Result<u64, WriteError> {
     writer.execute_batch(&batch).await
+}
+
+/// Counts a write request the target answered, with its warnings.
+fn answered(stats: &Stats, warnings: u64) {
+    Stats::add(&stats.write_requests, 1);
+    Stats::add(&stats.target_warnings, warnings);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -379,7 +390,7 @@ async fn copy_range(
             let batch: Vec<WriteOp> = $batch;
             while pending.len() >= max_in_flight {
                 if let Some(result) = pending.next().await {
-                    result?;
+                    answered(stats, result?);
                 }
             }
             bytes += batch.iter().map(|o| o.bytes).sum::<u64>();
@@ -411,9 +422,6 @@ async fn copy_range(
                         .map(|i| row.cell_bytes(i))
                         .collect(),
                 );
-                if batches.before_partition(layout.token(row)) && !ops.is_empty() {
-                    submit!(std::mem::take(&mut ops));
-                }
             }
             let planned = ops.len();
             job.planner.plan_row(
@@ -423,9 +431,10 @@ async fn copy_range(
                 page.read_at,
                 &mut ops,
             );
-            let row_bytes = ops[planned..].iter().map(|o| o.bytes).sum();
-            if batches.after_row(row_bytes) && !ops.is_empty() {
-                submit!(std::mem::take(&mut ops));
+            let size = ops[planned..].iter().map(counted_size).sum();
+            if batches.before_row(new_partition, layout.token(row), size) && planned > 0 {
+                let this_row = ops.split_off(planned);
+                submit!(std::mem::replace(&mut ops, this_row));
             }
             rows += 1;
         }
@@ -439,7 +448,7 @@ async fn copy_range(
     }
     Stats::add(&stats.bytes, bytes - bytes_reported);
     while let Some(result) = pending.next().await {
-        result?;
+        answered(stats, result?);
     }
     checkpoints
         .mark(&table, range, true, attempt, rows as i64, bytes as i64)

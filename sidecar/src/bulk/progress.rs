@@ -30,6 +30,11 @@ pub struct Stats {
     pub ranges_failed: AtomicU64,
     pub pages: AtomicU64,
     pub pages_off_replica: AtomicU64,
+    /// Write requests (batches or single writes) the target answered.
+    pub write_requests: AtomicU64,
+    /// Warnings the target sent with its answers (a batch too large, or
+    /// across too many partitions, for its thresholds).
+    pub target_warnings: AtomicU64,
     pub compared: AtomicU64,
     pub missing: AtomicU64,
     pub extra: AtomicU64,
@@ -75,6 +80,8 @@ impl Stats {
             ranges_failed: AtomicU64::new(0),
             pages: AtomicU64::new(0),
             pages_off_replica: AtomicU64::new(0),
+            write_requests: AtomicU64::new(0),
+            target_warnings: AtomicU64::new(0),
             compared: AtomicU64::new(0),
             missing: AtomicU64::new(0),
             extra: AtomicU64::new(0),
@@ -191,6 +198,8 @@ impl Stats {
                 "rangesFailed": g(&self.ranges_failed),
                 "rowsCopied": g(&self.rows),
                 "bytesCopied": g(&self.bytes),
+                "writeRequests": g(&self.write_requests),
+                "targetWarnings": g(&self.target_warnings),
                 "rowsPerSecond": self.rows_per_second(),
                 "elapsedMillis": self.started.elapsed().as_millis() as u64,
                 "copyMillis": self.copy_millis(),
@@ -315,7 +324,7 @@ pub fn metrics_text(stats: &Stats) -> String {
     use prometheus::{Encoder, IntGauge, Opts, Registry, TextEncoder};
     let registry = Registry::new();
     let g = Stats::get;
-    let gauges: [(&str, &str, u64); 14] = [
+    let gauges: [(&str, &str, u64); 16] = [
         (
             "ferry_bulk_rows",
             "Rows copied (backfill) or read from the source (validate)",
@@ -351,6 +360,16 @@ pub fn metrics_text(stats: &Stats) -> String {
             "ferry_bulk_pages_off_replica",
             "Pages served by a coordinator that is no replica of the range",
             g(&stats.pages_off_replica),
+        ),
+        (
+            "ferry_bulk_write_requests",
+            "Write requests (batches or single writes) the target answered",
+            g(&stats.write_requests),
+        ),
+        (
+            "ferry_bulk_target_warnings",
+            "Warnings the target sent with its answers to writes",
+            g(&stats.target_warnings),
         ),
         (
             "ferry_validate_rows_compared",

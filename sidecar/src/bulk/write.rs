@@ -9,11 +9,13 @@
 //! are written once per partition with their own UPDATEs. Null cells are
 //! left unset, never written as tombstones.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use scylla::client::session::Session;
+use scylla::response::query_result::QueryResult;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
@@ -408,6 +410,8 @@ pub struct TableWriter {
     delete_row: PreparedStatement,
     consistency: Consistency,
     max_attempts: u32,
+    /// Whether a warning of the target was logged already.
+    warned: Arc<AtomicBool>,
 }
 
 impl TableWriter {
@@ -467,6 +471,7 @@ impl TableWriter {
             update_row,
             update_static,
             max_attempts: max_attempts.max(1),
+            warned: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -482,7 +487,8 @@ impl TableWriter {
     /// Executes the writes of one partition as one UNLOGGED batch (one
     /// mutation on the replica instead of one request per row; each
     /// statement keeps its own USING TIMESTAMP), retrying the whole batch.
-    pub async fn execute_batch(&self, ops: &[WriteOp]) -> Result<(), WriteError> {
+    /// Returns how many warnings the target sent with its answer.
+    pub async fn execute_batch(&self, ops: &[WriteOp]) -> Result<u64, WriteError> {
         if let [op] = ops {
             return self.execute(op).await;
         }
@@ -501,10 +507,10 @@ impl TableWriter {
     }
 
     /// Executes one write, retrying with exponential backoff.
-    pub async fn execute(&self, op: &WriteOp) -> Result<(), WriteError> {
+    pub async fn execute(&self, op: &WriteOp) -> Result<u64, WriteError> {
         // The planner only emits updates for tables that have such columns.
         let Some(statement) = self.statement(op.kind) else {
-            return Ok(());
+            return Ok(0);
         };
         self.with_retries("write", || {
             self.session.execute_unpaged(statement, &op.values)
@@ -513,17 +519,27 @@ impl TableWriter {
     }
 
     /// Runs `request` until it succeeds or `max_attempts` are used, backing
-    /// off 100 ms, 200 ms, ... up to 5 s between attempts.
-    async fn with_retries<T, F, Fut>(&self, what: &str, mut request: F) -> Result<(), WriteError>
+    /// off 100 ms, 200 ms, ... up to 5 s between attempts. Returns how many
+    /// warnings the answer carried; the first of the run is logged.
+    async fn with_retries<F, Fut>(&self, what: &str, mut request: F) -> Result<u64, WriteError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, scylla::errors::ExecutionError>>,
+        Fut: std::future::Future<Output = Result<QueryResult, scylla::errors::ExecutionError>>,
     {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match request().await {
-                Ok(_) => return Ok(()),
+                Ok(answer) => {
+                    let mut warnings = 0;
+                    for warning in answer.warnings() {
+                        warnings += 1;
+                        if !self.warned.swap(true, Ordering::Relaxed) {
+                            warn!(table = %self.table, %warning, "the target warned about a {what} (logged once; ferry_bulk_target_warnings counts them)");
+                        }
+                    }
+                    return Ok(warnings);
+                }
                 Err(source) if attempt >= self.max_attempts => {
                     return Err(WriteError::Execute {
                         table: self.table.clone(),

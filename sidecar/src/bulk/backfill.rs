@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::batching::{counted_size, BatchCutter, BatchLimits, TargetVnodes};
+use super::batching::{BatchCutter, BatchLimits, TargetVnodes};
 use super::checkpoint::Checkpoints;
 use super::job::{now_micros, CommonArgs, JobTable};
 use super::progress::{self, Stats};
@@ -294,9 +294,11 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
         max_bytes: args.batch_bytes,
         max_partitions: args.batch_partitions,
     };
-    let target_vnodes = Arc::new(TargetVnodes::new(ring_tokens(
-        &setup.target.get_cluster_state(),
-    )));
+    let target_ring = ring_tokens(&setup.target.get_cluster_state());
+    if target_ring.is_empty() {
+        warn!("the target's token ring is unknown: batches may hold partitions of several vnode ranges, which costs the target forwarding");
+    }
+    let target_vnodes = Arc::new(TargetVnodes::new(target_ring));
 
     futures::stream::iter(work)
         .for_each_concurrent(concurrency, |(job, range, attempt)| {
@@ -431,7 +433,7 @@ async fn copy_range(
                 page.read_at,
                 &mut ops,
             );
-            let size = ops[planned..].iter().map(counted_size).sum();
+            let size = ops[planned..].iter().map(|op| op.counted).sum();
             if batches.before_row(new_partition, layout.token(row), size) && planned > 0 {
                 let this_row = ops.split_off(planned);
                 submit!(std::mem::replace(&mut ops, this_row));

@@ -64,6 +64,14 @@ impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RawRow {
         let frame = first.as_original_frame_bytes();
         let start = (first.as_slice().as_ptr() as usize)
             .checked_sub(frame.as_ptr() as usize)
+            .filter(|&start| {
+                // The driver reads rows from slices of their frame; a slice
+                // made otherwise (`FrameSlice::new_borrowed`) has an empty
+                // frame, and its cells cannot be found in it.
+                frame
+                    .get(start..start + first.as_slice().len())
+                    .is_some_and(|cell| cell.as_ptr() == first.as_slice().as_ptr())
+            })
             .ok_or_else(|| malformed("a cell outside its frame"))?;
         cells.push(span(start, first.as_slice().len())?);
         let mut at = start + first.as_slice().len();
@@ -415,6 +423,20 @@ mod tests {
         // A cell kept as bytes shares the frame: no copy.
         let kept = row.cell_bytes(4).expect("a value");
         assert_eq!(kept.as_ptr(), frame[frame.len() - 5..].as_ptr());
+    }
+
+    #[test]
+    fn a_row_outside_its_frame_is_an_error_not_a_panic() {
+        use scylla::deserialize::FrameSlice;
+        use scylla::frame::response::result::{NativeType, TableSpec};
+        let specs = vec![ColumnSpec::borrowed(
+            "c",
+            ColumnType::Native(NativeType::Blob),
+            TableSpec::borrowed("ks", "t"),
+        )];
+        let row = frame_with_row(0, &[Some(b"value")]);
+        let borrowed = FrameSlice::new_borrowed(&row);
+        assert!(RawRow::deserialize(ColumnIterator::new(&specs, borrowed)).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use tracing::warn;
 
+use super::batching;
 use super::cells::{join_collection, BindCell, RawRow};
 use super::scan::{ScanLayout, ValueSlot};
 use super::schema::{Column, TableSchema};
@@ -53,6 +54,9 @@ pub struct WriteOp {
     pub kind: StatementKind,
     pub values: Vec<BindCell>,
     pub bytes: u64,
+    /// Its size as Cassandra counts it toward a batch's
+    /// ([`batching::cell_size`], [`batching::ROW_SIZE`]).
+    pub counted: u64,
 }
 
 /// A row's non-null cells, each as its (WRITETIME, TTL) and slot index,
@@ -192,7 +196,8 @@ impl WritePlanner {
     }
 
     /// Appends one value per slot to `bind`: the chosen cells' bytes, every
-    /// other slot unset. Returns the bytes of the values.
+    /// other slot unset. Returns the bytes of the values, and their size as
+    /// Cassandra counts it.
     fn push_slot_values(
         &self,
         row: &RawRow,
@@ -200,17 +205,18 @@ impl WritePlanner {
         chosen: &[((i64, i32), usize)],
         attempt: i64,
         bind: &mut Vec<BindCell>,
-    ) -> u64 {
+    ) -> (u64, u64) {
         let start = bind.len();
         bind.resize(start + slots.len(), BindCell::Unset);
-        let mut bytes = 0;
+        let (mut bytes, mut counted) = (0, 0);
         for &(_, i) in chosen {
             if let Some(value) = self.slot_value(row, &slots[i], attempt) {
                 bytes += value.len() as u64;
+                counted += batching::cell_size(&slots[i].column, &value);
                 bind[start + i] = BindCell::Raw(value);
             }
         }
-        bytes
+        (bytes, counted)
     }
 
     /// The writes copying `row`; with `write_statics`, also its partition's
@@ -243,12 +249,14 @@ impl WritePlanner {
                 let (ts, ttl) = chosen[0].0;
                 let mut bind = Vec::with_capacity(2 + slots.len() + self.key_count(false));
                 bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
-                let bytes = self.push_slot_values(row, slots, chosen, attempt, &mut bind);
+                let (bytes, counted) =
+                    self.push_slot_values(row, slots, chosen, attempt, &mut bind);
                 self.push_keys(row, false, &mut bind);
                 out.push(WriteOp {
                     kind: StatementKind::UpdateStatic,
                     values: bind,
                     bytes,
+                    counted: counted + batching::ROW_SIZE,
                 });
             }
         }
@@ -271,6 +279,7 @@ impl WritePlanner {
                 kind: StatementKind::InsertRow,
                 values: bind,
                 bytes: key_bytes,
+                counted: key_bytes + batching::ROW_SIZE,
             });
             return;
         }
@@ -279,21 +288,25 @@ impl WritePlanner {
             let mut bind = Vec::with_capacity(capacity);
             if n == 0 {
                 self.push_keys(row, true, &mut bind);
-                let bytes = self.push_slot_values(row, slots, chosen, attempt, &mut bind);
+                let (bytes, counted) =
+                    self.push_slot_values(row, slots, chosen, attempt, &mut bind);
                 bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
                 out.push(WriteOp {
                     kind: StatementKind::InsertRow,
                     values: bind,
                     bytes: bytes + key_bytes,
+                    counted: counted + key_bytes + batching::ROW_SIZE,
                 });
             } else {
                 bind.extend([BindCell::BigInt(ts), ttl_cell(ttl)]);
-                let bytes = self.push_slot_values(row, slots, chosen, attempt, &mut bind);
+                let (bytes, counted) =
+                    self.push_slot_values(row, slots, chosen, attempt, &mut bind);
                 self.push_keys(row, true, &mut bind);
                 out.push(WriteOp {
                     kind: StatementKind::UpdateRow,
                     values: bind,
                     bytes,
+                    counted: counted + key_bytes + batching::ROW_SIZE,
                 });
             }
         }
@@ -307,6 +320,7 @@ impl WritePlanner {
             kind: StatementKind::DeleteRow,
             values: bind,
             bytes: 0,
+            counted: batching::ROW_SIZE,
         }
     }
 
@@ -337,6 +351,7 @@ impl WritePlanner {
             },
             values: bind,
             bytes: 0,
+            counted: batching::ROW_SIZE,
         }
     }
 }

@@ -68,8 +68,9 @@ pub struct BackfillArgs {
     #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
     /// Writes sent as one UNLOGGED batch hold at most this many bytes as
-    /// Cassandra counts them (values, and 16 per cell and 24 per row; it
-    /// warns above 5 KiB); 0 sends each row's writes alone.
+    /// Cassandra counts them (values, 16 per cell or collection element,
+    /// 24 per row, 48 per partition; it warns above 5 KiB); a larger row
+    /// goes alone; 0 sends each row's writes alone.
     #[arg(long, env = "FERRY_BATCH_BYTES", default_value_t = 5000)]
     pub batch_bytes: u64,
     /// Partitions one batch may hold, all in one vnode range of the target

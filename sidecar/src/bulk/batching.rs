@@ -15,6 +15,7 @@
 //! ([`cell_size`]; `batch_size_warn_threshold`, 5 KiB).
 //! A partition larger than `max_bytes` goes in several batches.
 
+use super::cells::take_i32;
 use super::schema::Column;
 
 /// The target ring's tokens, to tell which vnode range a token lies in.
@@ -75,16 +76,14 @@ pub fn cell_size(column: &Column, value: &[u8]) -> u64 {
 /// holds: the count that starts a list, set or map, or a UDT's fields.
 fn elements(column: &Column, value: &[u8]) -> u64 {
     let t = column.cql_type.as_str();
+    let mut rest = value;
     if t.starts_with("list<") || t.starts_with("set<") || t.starts_with("map<") {
-        return value.get(..4).map_or(0, |n| {
-            i32::from_be_bytes([n[0], n[1], n[2], n[3]]).max(0) as u64
-        });
+        return take_i32(&mut rest).map_or(0, |count| count.max(0) as u64);
     }
-    let (mut fields, mut rest) = (0, value);
-    while let Some(head) = rest.get(..4) {
-        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]).max(0) as usize;
+    let mut fields = 0;
+    while let Some(len) = take_i32(&mut rest) {
         fields += 1;
-        rest = rest.get(4 + len..).unwrap_or_default();
+        rest = rest.get(len.max(0) as usize..).unwrap_or_default();
     }
     fields
 }

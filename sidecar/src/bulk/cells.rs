@@ -76,10 +76,10 @@ impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RawRow {
         cells.push(span(start, first.as_slice().len())?);
         let mut at = start + first.as_slice().len();
         for _ in 0..row.columns_remaining() {
-            let head = frame
+            let len = frame
                 .get(at..at + 4)
+                .and_then(decode_int)
                 .ok_or_else(|| malformed("a row cut short"))?;
-            let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
             at += 4;
             if len < 0 {
                 cells.push(NULL);
@@ -291,7 +291,8 @@ pub fn join_collection(elements: &[&[u8]]) -> Bytes {
     Bytes::from(out)
 }
 
-fn take_i32(rest: &mut &[u8]) -> Option<i32> {
+/// Takes a big-endian `int` (a count or a length) off the front of `rest`.
+pub fn take_i32(rest: &mut &[u8]) -> Option<i32> {
     let (head, tail) = rest.split_at_checked(4)?;
     *rest = tail;
     decode_int(head)

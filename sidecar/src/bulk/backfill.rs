@@ -10,6 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::batching::{BatchCutter, BatchLimits, TargetVnodes};
+use super::cells::RawRow;
 use super::checkpoint::Checkpoints;
 use super::job::{now_micros, CommonArgs, JobTable};
 use super::progress::{self, Stats};
@@ -406,9 +407,11 @@ async fn copy_range(
         if !page.on_replica {
             Stats::add(&stats.pages_off_replica, 1);
         }
-        let page_bytes: u64 = page.rows.iter().map(|r| r.byte_size()).sum();
         rows_limit.acquire(page.rows.len() as u64).await;
-        bytes_limit.acquire(page_bytes).await;
+        if bytes_limit.is_limited() {
+            let page_bytes = page.rows.iter().map(RawRow::byte_size).sum();
+            bytes_limit.acquire(page_bytes).await;
+        }
         for row in &page.rows {
             // Compared in place; a copy of the key is kept once per partition.
             let layout = &job.planner.layout;

@@ -16,7 +16,7 @@
 //! A partition larger than `max_bytes` goes in several batches.
 
 use super::cells::take_i32;
-use super::schema::Column;
+use super::schema::CellShape;
 
 /// The target ring's tokens, to tell which vnode range a token lies in.
 #[derive(Debug, Clone, Default)]
@@ -64,20 +64,19 @@ pub const PARTITION_SIZE: u64 = 48;
 /// tombstone for the overwrite (12). Counting the values alone let batches
 /// of 5,000 bytes of values reach 9 KiB, and the target logged a warning
 /// for each.
-pub fn cell_size(column: &Column, value: &[u8]) -> u64 {
+pub fn cell_size(shape: CellShape, value: &[u8]) -> u64 {
     let len = value.len() as u64;
-    if !column.is_multi_cell() {
+    if !shape.is_multi_cell() {
         return len + 16;
     }
-    len + 12 + 32 * elements(column, value)
+    len + 12 + 32 * elements(shape, value)
 }
 
 /// How many cells a non-frozen collection's or UDT's serialized value
 /// holds: the count that starts a list, set or map, or a UDT's fields.
-fn elements(column: &Column, value: &[u8]) -> u64 {
-    let t = column.cql_type.as_str();
+fn elements(shape: CellShape, value: &[u8]) -> u64 {
     let mut rest = value;
-    if t.starts_with("list<") || t.starts_with("set<") || t.starts_with("map<") {
+    if shape != CellShape::Udt {
         return take_i32(&mut rest).map_or(0, |count| count.max(0) as u64);
     }
     let mut fields = 0;
@@ -266,26 +265,26 @@ mod tests {
 
     #[test]
     fn a_collection_counts_a_cell_per_element() {
-        let column = |cql_type: &str| Column {
+        let column = |cql_type: &str| crate::bulk::schema::Column {
             name: "c".to_owned(),
             kind: crate::bulk::schema::ColumnKind::Regular,
             position: -1,
             cql_type: cql_type.to_owned(),
             clustering_order: "none".to_owned(),
         };
-        assert_eq!(cell_size(&column("text"), b"value"), 5 + 16);
+        assert_eq!(cell_size(column("text").shape(), b"value"), 5 + 16);
         let mut list = 3i32.to_be_bytes().to_vec();
         for n in [1i32, 2, 3] {
             list.extend_from_slice(&4i32.to_be_bytes());
             list.extend_from_slice(&n.to_be_bytes());
         }
         assert_eq!(
-            cell_size(&column("list<int>"), &list),
+            cell_size(column("list<int>").shape(), &list),
             list.len() as u64 + 12 + 3 * 32
         );
         // A frozen list is one cell.
         assert_eq!(
-            cell_size(&column("frozen<list<int>>"), &list),
+            cell_size(column("frozen<list<int>>").shape(), &list),
             list.len() as u64 + 16
         );
         // A non-frozen UDT: a cell per field, a null one included.
@@ -293,7 +292,7 @@ mod tests {
         udt.push(7);
         udt.extend_from_slice(&(-1i32).to_be_bytes());
         assert_eq!(
-            cell_size(&column("address"), &udt),
+            cell_size(column("address").shape(), &udt),
             udt.len() as u64 + 12 + 2 * 32
         );
     }

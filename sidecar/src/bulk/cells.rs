@@ -39,71 +39,82 @@ impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RawRow {
         Ok(())
     }
 
-    fn deserialize(
-        mut row: ColumnIterator<'frame, 'metadata>,
-    ) -> Result<Self, DeserializationError> {
-        let mut cells = SmallVec::with_capacity(row.columns_remaining());
-        // The driver's iterator tells where the row lies in the frame only
-        // through a non-null cell; the cells after it are read directly.
-        let mut found = None;
-        for column in row.by_ref() {
-            match column?.slice {
-                None => cells.push(NULL),
-                Some(slice) => {
-                    found = Some(slice);
-                    break;
-                }
-            }
+    fn deserialize(row: ColumnIterator<'frame, 'metadata>) -> Result<Self, DeserializationError> {
+        let columns = row.columns_remaining();
+        match RowStart::deserialize(row)?.0 {
+            None => Ok(RawRow::nulls(columns)),
+            Some((frame, mut at)) => RawRow::read(&frame, &mut at, columns),
         }
-        let Some(first) = found else {
-            return Ok(RawRow {
-                frame: Bytes::new(),
-                cells,
-            });
-        };
-        let frame = first.as_original_frame_bytes();
-        let start = (first.as_slice().as_ptr() as usize)
-            .checked_sub(frame.as_ptr() as usize)
-            .filter(|&start| {
-                // The driver reads rows from slices of their frame; a slice
-                // made otherwise (`FrameSlice::new_borrowed`) has an empty
-                // frame, and its cells cannot be found in it.
-                frame
-                    .get(start..start + first.as_slice().len())
-                    .is_some_and(|cell| cell.as_ptr() == first.as_slice().as_ptr())
-            })
-            .ok_or_else(|| malformed("a cell outside its frame"))?;
-        cells.push(span(start, first.as_slice().len())?);
-        let mut at = start + first.as_slice().len();
-        for _ in 0..row.columns_remaining() {
-            let len = frame
-                .get(at..at + 4)
-                .and_then(decode_int)
-                .ok_or_else(|| malformed("a row cut short"))?;
-            at += 4;
-            if len < 0 {
-                cells.push(NULL);
-                continue;
-            }
-            let end = at + len as usize;
-            if end > frame.len() {
-                return Err(malformed("a cell longer than its frame"));
-            }
-            cells.push(span(at, len as usize)?);
-            at = end;
-        }
-        Ok(RawRow {
-            frame: frame.clone(),
-            cells,
-        })
     }
 }
 
-fn span(start: usize, len: usize) -> Result<CellSpan, DeserializationError> {
-    Ok(CellSpan {
-        start: u32::try_from(start).map_err(|_| malformed("a frame over 4 GiB"))?,
-        len: i32::try_from(len).map_err(|_| malformed("a cell over 2 GiB"))?,
-    })
+/// Where a row starts in its result frame, `None` for a row of nulls. The
+/// driver's iterator tells where a row lies only through a non-null cell:
+/// the row starts 4 bytes before it, and 4 more before each null ahead of
+/// it (a null is its length, -1, alone).
+#[derive(Debug)]
+pub struct RowStart(Option<(Bytes, usize)>);
+
+impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RowStart {
+    fn type_check(_specs: &[ColumnSpec]) -> Result<(), TypeCheckError> {
+        Ok(())
+    }
+
+    fn deserialize(row: ColumnIterator<'frame, 'metadata>) -> Result<Self, DeserializationError> {
+        let mut nulls = 0;
+        for column in row {
+            let Some(slice) = column?.slice else {
+                nulls += 1;
+                continue;
+            };
+            let frame = slice.as_original_frame_bytes();
+            let cell = slice.as_slice();
+            let start = (cell.as_ptr() as usize)
+                .checked_sub(frame.as_ptr() as usize)
+                .filter(|&start| {
+                    // The driver reads rows from slices of their frame; a
+                    // slice made otherwise (`FrameSlice::new_borrowed`) has
+                    // an empty frame, and its cells cannot be found in it.
+                    frame
+                        .get(start..start + cell.len())
+                        .is_some_and(|found| found.as_ptr() == cell.as_ptr())
+                })
+                .and_then(|start| start.checked_sub(4 * (nulls + 1)))
+                .ok_or_else(|| malformed("a cell outside its frame"))?;
+            return Ok(RowStart(Some((frame.clone(), start))));
+        }
+        Ok(RowStart(None))
+    }
+}
+
+/// Reads `count` rows of `columns` cells each, the first of them starting
+/// where `first` says: the driver's iterator finds each row by reading its
+/// cells, so reading every row through it read every cell twice. Rows of
+/// nulls ahead of the first that has a value cannot be placed and need not
+/// be: they are rows of nulls.
+pub fn read_rows<I>(
+    mut first: I,
+    count: usize,
+    columns: usize,
+) -> Result<Vec<RawRow>, DeserializationError>
+where
+    I: Iterator<Item = Result<RowStart, DeserializationError>>,
+{
+    let mut rows = Vec::with_capacity(count);
+    while rows.len() < count {
+        match first.next() {
+            None => return Err(malformed("fewer rows than the page says")),
+            Some(start) => match start?.0 {
+                None => rows.push(RawRow::nulls(columns)),
+                Some((frame, mut at)) => {
+                    while rows.len() < count {
+                        rows.push(RawRow::read(&frame, &mut at, columns)?);
+                    }
+                }
+            },
+        }
+    }
+    Ok(rows)
 }
 
 fn malformed(what: &'static str) -> DeserializationError {
@@ -116,6 +127,56 @@ fn malformed(what: &'static str) -> DeserializationError {
 struct MalformedRow(&'static str);
 
 impl RawRow {
+    /// The rows of a result page, each cell read once ([`read_rows`]).
+    pub fn read_page(
+        page: &scylla::response::query_result::QueryRowsResult,
+    ) -> Result<Vec<RawRow>, DeserializationError> {
+        let starts = page.rows::<RowStart>().map_err(DeserializationError::new)?;
+        read_rows(starts, page.rows_num(), page.column_specs().len())
+    }
+
+    /// A row of `columns` nulls.
+    fn nulls(columns: usize) -> Self {
+        RawRow {
+            frame: Bytes::new(),
+            cells: smallvec::smallvec![NULL; columns],
+        }
+    }
+
+    /// The row of `columns` cells at `*at` in `frame`, leaving `*at` past it:
+    /// the one reader of a row's cells.
+    fn read(frame: &Bytes, at: &mut usize, columns: usize) -> Result<Self, DeserializationError> {
+        // Spans hold u32 offsets.
+        if frame.len() > u32::MAX as usize {
+            return Err(malformed("a frame over 4 GiB"));
+        }
+        let mut cells = SmallVec::with_capacity(columns);
+        for _ in 0..columns {
+            let len = frame
+                .get(*at..*at + 4)
+                .and_then(decode_int)
+                .ok_or_else(|| malformed("a row cut short"))?;
+            *at += 4;
+            if len < 0 {
+                cells.push(NULL);
+                continue;
+            }
+            let end = *at + len as usize;
+            if end > frame.len() {
+                return Err(malformed("a cell longer than its frame"));
+            }
+            cells.push(CellSpan {
+                start: *at as u32,
+                len,
+            });
+            *at = end;
+        }
+        Ok(RawRow {
+            frame: frame.clone(),
+            cells,
+        })
+    }
+
     /// A row of the given cells (`None` = null), in a frame of its own.
     pub fn from_cells(cells: impl IntoIterator<Item = Option<Bytes>>) -> Self {
         let mut frame = Vec::new();
@@ -388,6 +449,15 @@ mod tests {
         junk: usize,
         columns: usize,
     ) -> Result<RawRow, DeserializationError> {
+        read_with::<RawRow>(frame, junk, columns)
+    }
+
+    /// What the driver hands a row's deserializer: its cells from `junk`.
+    fn read_with<R: for<'f, 'm> DeserializeRow<'f, 'm>>(
+        frame: &Bytes,
+        junk: usize,
+        columns: usize,
+    ) -> Result<R, DeserializationError> {
         use scylla::deserialize::FrameSlice;
         use scylla::frame::response::result::TableSpec;
         let table = TableSpec::borrowed("ks", "t");
@@ -402,7 +472,7 @@ mod tests {
             .collect();
         let mut slice = FrameSlice::new(frame);
         slice.read_n_bytes(junk).expect("junk");
-        RawRow::deserialize(ColumnIterator::new(&specs, slice))
+        R::deserialize(ColumnIterator::new(&specs, slice))
     }
 
     #[test]
@@ -455,5 +525,75 @@ mod tests {
             let frame = full.slice(..cut);
             assert!(read_row(&frame, 3, 2).is_err(), "cut at {cut}");
         }
+    }
+
+    /// A page's rows after `junk` bytes, and where each row starts.
+    fn page(junk: usize, rows: &[&[Option<&[u8]>]]) -> (Bytes, Vec<usize>) {
+        let mut frame = vec![0xAA; junk];
+        let mut starts = Vec::new();
+        for row in rows {
+            starts.push(frame.len());
+            frame.extend_from_slice(&frame_with_row(0, row));
+        }
+        (Bytes::from(frame), starts)
+    }
+
+    #[test]
+    fn a_page_is_read_in_one_pass_as_its_rows_are_one_by_one() {
+        let rows: [&[Option<&[u8]>]; 4] = [
+            &[None, None, None],
+            &[None, Some(b"k1"), Some(b"")],
+            &[Some(b"x"), None, Some(b"value")],
+            &[None, None, None],
+        ];
+        let (frame, starts) = page(7, &rows);
+        // What the driver's iterator would hand over, row by row; the page
+        // reader asks only up to the first row it can place.
+        let asked = std::cell::Cell::new(0);
+        let driver = starts.iter().map(|&at| {
+            asked.set(asked.get() + 1);
+            read_with::<RowStart>(&frame, at, 3)
+        });
+        let read = read_rows(driver, rows.len(), 3).expect("a well-formed page");
+        assert_eq!(asked.get(), 2, "read past the first row with a value");
+        assert_eq!(read.len(), rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let one_by_one = read_row(&frame, starts[i], 3).expect("a well-formed row");
+            assert_eq!(read[i], one_by_one, "row {i}");
+            assert_eq!(
+                read[i],
+                RawRow::from_cells(row.iter().map(|c| c.map(Bytes::copy_from_slice))),
+                "row {i}"
+            );
+        }
+        // Cells still share the frame.
+        let kept = read[2].cell_bytes(2).expect("a value");
+        assert_eq!(kept.as_ptr(), frame[starts[3] - 5..].as_ptr());
+    }
+
+    #[test]
+    fn a_page_shorter_than_it_says_is_an_error_not_a_panic() {
+        let rows: [&[Option<&[u8]>]; 2] = [&[Some(b"a"), None], &[Some(b"b"), Some(b"c")]];
+        let (frame, starts) = page(0, &rows);
+        let driver = || {
+            starts
+                .iter()
+                .map(|&at| read_with::<RowStart>(&frame, at, 2))
+        };
+        assert_eq!(read_rows(driver(), 2, 2).expect("whole").len(), 2);
+        assert!(
+            read_rows(driver(), 3, 2).is_err(),
+            "a third row past the frame"
+        );
+        let cut = frame.slice(..frame.len() - 2);
+        let driver = starts.iter().map(|&at| read_with::<RowStart>(&cut, at, 2));
+        assert!(read_rows(driver, 2, 2).is_err(), "the last cell cut short");
+        // Rows of nulls only, more than the driver has.
+        let nulls = frame_with_row(0, &[None, None]);
+        let driver = std::iter::once(read_with::<RowStart>(&nulls, 0, 2));
+        assert!(
+            read_rows(driver, 2, 2).is_err(),
+            "fewer rows than the page says"
+        );
     }
 }

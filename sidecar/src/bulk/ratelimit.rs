@@ -32,6 +32,12 @@ impl RateLimiter {
         }
     }
 
+    /// Whether it limits anything: an amount that is costly to count need
+    /// not be counted for a limiter that never waits.
+    pub fn is_limited(&self) -> bool {
+        self.per_second.is_some()
+    }
+
     /// Waits until `amount` units may pass. Amounts above one second's
     /// worth are let through when the bucket is full (a huge row must not
     /// block forever).

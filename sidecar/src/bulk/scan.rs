@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::cells::{decode_bigint, decode_int, decode_nullable_int_list, split_collection, RawRow};
 use super::ring::{replicas_of, ReplicaRouting, TokenRange};
-use super::schema::{Column, TableSchema};
+use super::schema::{CellShape, Column, TableSchema};
 
 /// Why a range could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,8 @@ pub struct ScanLayout {
 #[derive(Debug, Clone)]
 pub struct ValueSlot {
     pub column: Column,
+    /// `column.shape()`, decided once: it is consulted for every row.
+    pub shape: CellShape,
     pub value: usize,
     /// Absent for counters (no WRITETIME/TTL on counters).
     pub writetime: Option<usize>,
@@ -91,6 +93,7 @@ impl ScanLayout {
                     (Some(value + 1), Some(value + 2))
                 };
             values.push(ValueSlot {
+                shape: column.shape(),
                 column: column.clone(),
                 value,
                 writetime,
@@ -130,7 +133,7 @@ impl ScanLayout {
     pub fn cell<'a>(&self, row: &'a RawRow, slot: &ValueSlot) -> CellMeta<'a> {
         let value = row.cell(slot.value);
         let writetime = slot.writetime.and_then(|i| row.cell(i)).and_then(|b| {
-            if slot.column.is_multi_cell_list() {
+            if slot.shape == CellShape::List {
                 // Per-element WRITETIMEs of a non-frozen list: the newest.
                 split_collection(b)?
                     .iter()
@@ -141,7 +144,7 @@ impl ScanLayout {
             }
         });
         let ttl = slot.ttl.and_then(|i| row.cell(i)).map_or(0, |b| {
-            if slot.column.is_multi_cell() {
+            if slot.shape.is_multi_cell() {
                 let ttls = decode_nullable_int_list(b).unwrap_or_default();
                 if ttls.iter().any(Option::is_none) {
                     0
@@ -316,7 +319,8 @@ impl TableScan {
     }
 
     /// Starts reading `range` in the background; pages arrive on the
-    /// returned channel (at most one page read ahead). The reader stops when
+    /// returned channel (at most one page read ahead: the next is fetched
+    /// once the channel is empty). The reader stops when
     /// the receiver is dropped.
     pub fn spawn(&self, range: TokenRange) -> mpsc::Receiver<Result<Page, ScanError>> {
         let (tx, rx) = mpsc::channel(1);
@@ -346,6 +350,13 @@ impl TableScan {
             .set_load_balancing_policy(Some(Arc::new(ReplicaRouting::new(replicas, fallback))));
         let mut paging = PagingState::start();
         loop {
+            // A page is fetched only once the channel has room for it: the
+            // reader then holds no page of its own while the one before
+            // waits in the channel, so a range holds at most two pages (the
+            // one being copied and the one read ahead), not three.
+            let Ok(slot) = tx.reserve().await else {
+                return;
+            };
             let mut attempt = 0u32;
             let fetched = loop {
                 match self
@@ -374,7 +385,7 @@ impl TableScan {
             let (result, next) = match fetched {
                 Ok(page) => page,
                 Err(err) => {
-                    let _ = tx.send(Err(read_error(Box::new(err)))).await;
+                    slot.send(Err(read_error(Box::new(err))));
                     return;
                 }
             };
@@ -386,33 +397,20 @@ impl TableScan {
             let rows = match result
                 .into_rows_result()
                 .map_err(|e| read_error(Box::new(e)))
-                .and_then(|rows| {
-                    // Sized once: collecting a `Result` iterator would grow
-                    // the page's vector by doubling, copying every row.
-                    let mut page = Vec::with_capacity(rows.rows_num());
-                    for row in rows.rows::<RawRow>().map_err(|e| read_error(Box::new(e)))? {
-                        page.push(row.map_err(|e| read_error(Box::new(e)))?);
-                    }
-                    Ok(page)
-                }) {
+                .and_then(|rows| RawRow::read_page(&rows).map_err(|e| read_error(Box::new(e))))
+            {
                 Ok(rows) => rows,
                 Err(err) => {
-                    let _ = tx.send(Err(err)).await;
+                    slot.send(Err(err));
                     return;
                 }
             };
             let last = matches!(next, PagingStateResponse::NoMorePages);
-            if tx
-                .send(Ok(Page {
-                    rows,
-                    on_replica,
-                    read_at,
-                }))
-                .await
-                .is_err()
-            {
-                return;
-            }
+            slot.send(Ok(Page {
+                rows,
+                on_replica,
+                read_at,
+            }));
             match next {
                 PagingStateResponse::HasMorePages { state } => paging = state,
                 PagingStateResponse::NoMorePages => {}

@@ -59,27 +59,68 @@ pub struct Column {
     pub clustering_order: String,
 }
 
+/// How a column's cells are stored, which decides how the Jobs read,
+/// write and count them. Decided from the CQL type once per column
+/// ([`Column::shape`]); the Jobs keep it beside each value slot rather than
+/// reading the type's text for every row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellShape {
+    /// One cell: any frozen or built-in type.
+    Single,
+    /// A counter: cannot be written with a timestamp.
+    Counter,
+    /// A non-frozen list: a cell per element, named by a timeuuid.
+    List,
+    /// A non-frozen set or map: a cell per element, named by its key.
+    Collection,
+    /// A non-frozen UDT: a cell per field.
+    Udt,
+}
+
+impl CellShape {
+    /// Stored as one cell per element or field, so its WRITETIME/TTL are
+    /// per element (Cassandra 5 returns lists of them).
+    pub fn is_multi_cell(self) -> bool {
+        matches!(
+            self,
+            CellShape::List | CellShape::Collection | CellShape::Udt
+        )
+    }
+}
+
 impl Column {
+    /// How the column's cells are stored.
+    pub fn shape(&self) -> CellShape {
+        let t = self.cql_type.as_str();
+        if t == "counter" {
+            CellShape::Counter
+        } else if t.starts_with("list<") {
+            CellShape::List
+        } else if t.starts_with("set<") || t.starts_with("map<") {
+            CellShape::Collection
+        } else if !t.contains('<') && !t.starts_with('\'') && !BUILTIN_TYPES.contains(&t) {
+            // A bare identifier that is no built-in type is a non-frozen UDT.
+            CellShape::Udt
+        } else {
+            CellShape::Single
+        }
+    }
+
     /// A counter column: cannot be written with a timestamp.
     pub fn is_counter(&self) -> bool {
-        self.cql_type == "counter"
+        self.shape() == CellShape::Counter
     }
 
     /// A non-frozen collection or UDT: stored as one cell per element, so its
     /// WRITETIME/TTL are per element (Cassandra 5 returns lists of them).
     pub fn is_multi_cell(&self) -> bool {
-        let t = self.cql_type.as_str();
-        if t.starts_with("list<") || t.starts_with("set<") || t.starts_with("map<") {
-            return true;
-        }
-        // A bare identifier that is no built-in type is a non-frozen UDT.
-        !t.contains('<') && !t.starts_with('\'') && !BUILTIN_TYPES.contains(&t)
+        self.shape().is_multi_cell()
     }
 
     /// A non-frozen list: re-writing it at the same timestamp appends
     /// duplicates (CASSANDRA-11368), so its copies need distinct timestamps.
     pub fn is_multi_cell_list(&self) -> bool {
-        self.cql_type.starts_with("list<")
+        self.shape() == CellShape::List
     }
 
     /// The column name quoted for CQL.
@@ -481,6 +522,9 @@ mod tests {
         assert!(!col("a", "vector<float, 3>").is_multi_cell());
         assert!(!col("a", "text").is_multi_cell());
         assert!(col("a", "counter").is_counter());
+        assert_eq!(col("a", "set<int>").shape(), CellShape::Collection);
+        assert_eq!(col("a", "my_udt").shape(), CellShape::Udt);
+        assert_eq!(col("a", "frozen<set<int>>").shape(), CellShape::Single);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::progress::{self, Stats};
 use super::ratelimit::RateLimiter;
 use super::ring::TokenRange;
 use super::scan::{point_query, Page, ScanError, ScanLayout, TableScan};
-use super::schema::TableSchema;
+use super::schema::{CellShape, TableSchema};
 use super::write::{TableWriter, TimestampMode, WriteError, WritePlanner};
 
 /// Full or sampled validation.
@@ -479,7 +479,7 @@ fn difference(
         if s.value != t.value {
             return Some(format!("{} value", slot.column.name));
         }
-        if s.value.is_none() || slot.column.is_counter() {
+        if s.value.is_none() || slot.shape == CellShape::Counter {
             continue;
         }
         if args.timestamp_mode == TimestampMode::Preserve {
@@ -716,7 +716,7 @@ fn list_bump(layout: &ScanLayout, source_row: &RawRow, target: Option<&RawRow>) 
         layout
             .values
             .iter()
-            .filter(|slot| slot.column.is_multi_cell_list())
+            .filter(|slot| slot.shape == CellShape::List)
             .filter_map(|slot| {
                 Some(layout.cell(t, slot).writetime? - layout.cell(source_row, slot).writetime?)
             })

@@ -24,7 +24,7 @@ use tracing::warn;
 use super::batching;
 use super::cells::{join_collection, BindCell, RawRow};
 use super::scan::{ScanLayout, ValueSlot};
-use super::schema::{Column, TableSchema};
+use super::schema::{CellShape, Column, TableSchema};
 use bytes::Bytes;
 use smallvec::SmallVec;
 
@@ -94,11 +94,13 @@ impl WritePlanner {
         &self.layout.values[self.n_static..]
     }
 
-    /// The (timestamp, ttl) of each non-null cell of `slots`, oldest first.
-    fn cell_keys(&self, row: &RawRow, slots: &[ValueSlot], attempt: i64) -> CellKeys {
-        let mut keys = CellKeys::new();
+    /// The (timestamp, ttl) of each non-null cell of `slots`, oldest first,
+    /// into `keys` (the caller's: returning them would move the whole
+    /// inline vector for every row).
+    fn cell_keys(&self, row: &RawRow, slots: &[ValueSlot], attempt: i64, keys: &mut CellKeys) {
+        keys.clear();
         for (i, slot) in slots.iter().enumerate() {
-            if slot.column.is_multi_cell_list() {
+            if slot.shape == CellShape::List {
                 if let Some((key, _)) = self.list_group(row, slot, attempt) {
                     keys.push((key, i));
                 }
@@ -115,13 +117,12 @@ impl WritePlanner {
             keys.push(((ts, cell.ttl), i));
         }
         keys.sort_unstable();
-        keys
     }
 
     /// The bytes a write sends for `slot`: the cell as read, or for a
     /// non-frozen list the elements the backfill copies.
     fn slot_value(&self, row: &RawRow, slot: &ValueSlot, attempt: i64) -> Option<Bytes> {
-        if slot.column.is_multi_cell_list() {
+        if slot.shape == CellShape::List {
             self.list_group(row, slot, attempt).map(|(_, value)| value)
         } else {
             row.cell_bytes(slot.value)
@@ -212,7 +213,7 @@ impl WritePlanner {
         for &(_, i) in chosen {
             if let Some(value) = self.slot_value(row, &slots[i], attempt) {
                 bytes += value.len() as u64;
-                counted += batching::cell_size(&slots[i].column, &value);
+                counted += batching::cell_size(slots[i].shape, &value);
                 bind[start + i] = BindCell::Raw(value);
             }
         }
@@ -242,9 +243,10 @@ impl WritePlanner {
         let key_bytes: u64 = (1..self.layout.clustering_range().end)
             .map(|i| row.cell(i).map_or(0, |b| b.len() as u64))
             .sum();
+        let mut keys = CellKeys::new();
         if write_statics && self.n_static > 0 {
             let slots = self.static_slots();
-            let keys = self.cell_keys(row, slots, attempt);
+            self.cell_keys(row, slots, attempt, &mut keys);
             for chosen in keys.chunk_by(|a, b| a.0 == b.0) {
                 let (ts, ttl) = chosen[0].0;
                 let mut bind = Vec::with_capacity(2 + slots.len() + self.key_count(false));
@@ -267,7 +269,7 @@ impl WritePlanner {
         // Every write of a row binds its keys, one value per slot, a
         // timestamp and a TTL: one allocation of the right size each.
         let capacity = self.key_count(true) + slots.len() + 2;
-        let keys = self.cell_keys(row, slots, attempt);
+        self.cell_keys(row, slots, attempt, &mut keys);
         if keys.is_empty() {
             // Only the primary key: the row exists through its marker, whose
             // timestamp and TTL CQL cannot read; see docs/bulk.md.

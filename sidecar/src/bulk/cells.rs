@@ -61,10 +61,9 @@ impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RowStart {
     }
 
     fn deserialize(row: ColumnIterator<'frame, 'metadata>) -> Result<Self, DeserializationError> {
-        let mut nulls = 0;
-        for column in row {
+        // Every cell before the first non-null one is a null.
+        for (nulls, column) in row.enumerate() {
             let Some(slice) = column?.slice else {
-                nulls += 1;
                 continue;
             };
             let frame = slice.as_original_frame_bytes();

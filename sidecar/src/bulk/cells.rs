@@ -43,7 +43,11 @@ impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RawRow {
         let columns = row.columns_remaining();
         match RowStart::deserialize(row)?.0 {
             None => Ok(RawRow::nulls(columns)),
-            Some((frame, mut at)) => RawRow::read(&frame, &mut at, columns),
+            Some((frame, mut at)) => {
+                let mut row = RawRow::in_frame(frame);
+                row.read_cells(&mut at, columns)?;
+                Ok(row)
+            }
         }
     }
 }
@@ -107,7 +111,12 @@ where
                 None => rows.push(RawRow::nulls(columns)),
                 Some((frame, mut at)) => {
                     while rows.len() < count {
-                        rows.push(RawRow::read(&frame, &mut at, columns)?);
+                        // Filled where it lies: a row is some 170 bytes,
+                        // and moving each one in cost a copy per row.
+                        rows.push(RawRow::in_frame(frame.clone()));
+                        if let Some(row) = rows.last_mut() {
+                            row.read_cells(&mut at, columns)?;
+                        }
                     }
                 }
             },
@@ -142,14 +151,23 @@ impl RawRow {
         }
     }
 
-    /// The row of `columns` cells at `*at` in `frame`, leaving `*at` past it:
-    /// the one reader of a row's cells.
-    fn read(frame: &Bytes, at: &mut usize, columns: usize) -> Result<Self, DeserializationError> {
+    /// A row of no cells yet in `frame`.
+    fn in_frame(frame: Bytes) -> Self {
+        RawRow {
+            frame,
+            cells: SmallVec::new(),
+        }
+    }
+
+    /// Reads the row's `columns` cells at `*at` in its frame, leaving `*at`
+    /// past them: the one reader of a row's cells.
+    fn read_cells(&mut self, at: &mut usize, columns: usize) -> Result<(), DeserializationError> {
+        let frame: &[u8] = &self.frame;
         // Spans hold u32 offsets.
         if frame.len() > u32::MAX as usize {
             return Err(malformed("a frame over 4 GiB"));
         }
-        let mut cells = SmallVec::with_capacity(columns);
+        self.cells.reserve_exact(columns);
         for _ in 0..columns {
             let len = frame
                 .get(*at..*at + 4)
@@ -157,23 +175,20 @@ impl RawRow {
                 .ok_or_else(|| malformed("a row cut short"))?;
             *at += 4;
             if len < 0 {
-                cells.push(NULL);
+                self.cells.push(NULL);
                 continue;
             }
             let end = *at + len as usize;
             if end > frame.len() {
                 return Err(malformed("a cell longer than its frame"));
             }
-            cells.push(CellSpan {
+            self.cells.push(CellSpan {
                 start: *at as u32,
                 len,
             });
             *at = end;
         }
-        Ok(RawRow {
-            frame: frame.clone(),
-            cells,
-        })
+        Ok(())
     }
 
     /// A row of the given cells (`None` = null), in a frame of its own.

@@ -10,7 +10,7 @@
 //! left unset, never written as tombstones.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -207,15 +207,22 @@ impl WritePlanner {
         attempt: i64,
         bind: &mut Vec<BindCell>,
     ) -> (u64, u64) {
-        let start = bind.len();
-        bind.resize(start + slots.len(), BindCell::Unset);
+        // `chosen` is in slot order (sorted by key, then slot): one pass
+        // over the slots pushes each value or an unset.
+        let mut chosen = chosen.iter().map(|&(_, i)| i).peekable();
         let (mut bytes, mut counted) = (0, 0);
-        for &(_, i) in chosen {
-            if let Some(value) = self.slot_value(row, &slots[i], attempt) {
-                bytes += value.len() as u64;
-                counted += batching::cell_size(slots[i].shape, &value);
-                bind[start + i] = BindCell::Raw(value);
-            }
+        for (i, slot) in slots.iter().enumerate() {
+            let value = chosen
+                .next_if_eq(&i)
+                .and_then(|_| self.slot_value(row, slot, attempt));
+            bind.push(match value {
+                Some(value) => {
+                    bytes += value.len() as u64;
+                    counted += batching::cell_size(slot.shape, &value);
+                    BindCell::Raw(value)
+                }
+                None => BindCell::Unset,
+            });
         }
         (bytes, counted)
     }
@@ -429,7 +436,15 @@ pub struct TableWriter {
     max_attempts: u32,
     /// Whether a warning of the target was logged already.
     warned: Arc<AtomicBool>,
+    /// Batches of n inserts, by n, built on first use: nearly every batch
+    /// of the backfill is inserts only, and building each one afresh
+    /// cloned the prepared statement for every row.
+    insert_batches: Box<[OnceLock<Batch>]>,
 }
+
+/// The largest batch of inserts kept built ([`TableWriter::execute_batch`]);
+/// rows small enough to fill a batch with more are rare.
+const KEPT_INSERT_BATCHES: usize = 64;
 
 impl TableWriter {
     pub async fn prepare(
@@ -489,6 +504,7 @@ impl TableWriter {
             update_static,
             max_attempts: max_attempts.max(1),
             warned: Arc::new(AtomicBool::new(false)),
+            insert_batches: (0..=KEPT_INSERT_BATCHES).map(|_| OnceLock::new()).collect(),
         })
     }
 
@@ -509,18 +525,39 @@ impl TableWriter {
         if let [op] = ops {
             return self.execute(op).await;
         }
-        let mut batch = Batch::new(BatchType::Unlogged);
-        batch.set_consistency(self.consistency);
-        batch.set_is_idempotent(true);
+        if ops.iter().all(|op| op.kind == StatementKind::InsertRow) {
+            if let Some(kept) = self.insert_batches.get(ops.len()) {
+                let batch = kept.get_or_init(|| {
+                    self.new_batch(std::iter::repeat_n(&self.insert_row, ops.len()))
+                });
+                let values: Vec<&Vec<BindCell>> = ops.iter().map(|op| &op.values).collect();
+                return self
+                    .with_retries("batch write", || self.session.batch(batch, &values))
+                    .await;
+            }
+        }
         let mut values: Vec<&Vec<BindCell>> = Vec::with_capacity(ops.len());
+        let mut statements = Vec::with_capacity(ops.len());
         for op in ops {
             if let Some(statement) = self.statement(op.kind) {
-                batch.append_statement(statement.clone());
+                statements.push(statement);
                 values.push(&op.values);
             }
         }
+        let batch = self.new_batch(statements);
         self.with_retries("batch write", || self.session.batch(&batch, &values))
             .await
+    }
+
+    /// An UNLOGGED batch of `statements`, at the writer's consistency.
+    fn new_batch<'a>(&self, statements: impl IntoIterator<Item = &'a PreparedStatement>) -> Batch {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        batch.set_consistency(self.consistency);
+        batch.set_is_idempotent(true);
+        for statement in statements {
+            batch.append_statement(statement.clone());
+        }
+        batch
     }
 
     /// Executes one write, retrying with exponential backoff.

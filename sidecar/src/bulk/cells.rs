@@ -94,15 +94,21 @@ impl<'frame, 'metadata> DeserializeRow<'frame, 'metadata> for RowStart {
 /// where `first` says: the driver's iterator finds each row by reading its
 /// cells, so reading every row through it read every cell twice. Rows of
 /// nulls ahead of the first that has a value cannot be placed and need not
-/// be: they are rows of nulls.
+/// be: they are rows of nulls. `bytes`: the size of the page's rows, which
+/// bounds how many there can be (4 bytes a cell at least), so a count the
+/// server sent malformed is an error, not an allocation of its size.
 pub fn read_rows<I>(
     mut first: I,
     count: usize,
     columns: usize,
+    bytes: usize,
 ) -> Result<Vec<RawRow>, DeserializationError>
 where
     I: Iterator<Item = Result<RowStart, DeserializationError>>,
 {
+    if count > 0 && (columns == 0 || count > bytes / (4 * columns)) {
+        return Err(malformed("more rows than the page's bytes can hold"));
+    }
     let mut rows = Vec::with_capacity(count);
     while rows.len() < count {
         match first.next() {
@@ -140,7 +146,12 @@ impl RawRow {
         page: &scylla::response::query_result::QueryRowsResult,
     ) -> Result<Vec<RawRow>, DeserializationError> {
         let starts = page.rows::<RowStart>().map_err(DeserializationError::new)?;
-        read_rows(starts, page.rows_num(), page.column_specs().len())
+        read_rows(
+            starts,
+            page.rows_num(),
+            page.column_specs().len(),
+            page.rows_bytes_size(),
+        )
     }
 
     /// A row of `columns` nulls.
@@ -568,7 +579,7 @@ mod tests {
             asked.set(asked.get() + 1);
             read_with::<RowStart>(&frame, at, 3)
         });
-        let read = read_rows(driver, rows.len(), 3).expect("a well-formed page");
+        let read = read_rows(driver, rows.len(), 3, frame.len() - 7).expect("a well-formed page");
         assert_eq!(asked.get(), 2, "read past the first row with a value");
         assert_eq!(read.len(), rows.len());
         for (i, row) in rows.iter().enumerate() {
@@ -594,20 +605,38 @@ mod tests {
                 .iter()
                 .map(|&at| read_with::<RowStart>(&frame, at, 2))
         };
-        assert_eq!(read_rows(driver(), 2, 2).expect("whole").len(), 2);
+        assert_eq!(
+            read_rows(driver(), 2, 2, frame.len()).expect("whole").len(),
+            2
+        );
         assert!(
-            read_rows(driver(), 3, 2).is_err(),
+            read_rows(driver(), 3, 2, frame.len() + 8).is_err(),
             "a third row past the frame"
         );
         let cut = frame.slice(..frame.len() - 2);
         let driver = starts.iter().map(|&at| read_with::<RowStart>(&cut, at, 2));
-        assert!(read_rows(driver, 2, 2).is_err(), "the last cell cut short");
+        assert!(
+            read_rows(driver, 2, 2, cut.len()).is_err(),
+            "the last cell cut short"
+        );
         // Rows of nulls only, more than the driver has.
         let nulls = frame_with_row(0, &[None, None]);
         let driver = std::iter::once(read_with::<RowStart>(&nulls, 0, 2));
         assert!(
-            read_rows(driver, 2, 2).is_err(),
+            read_rows(driver, 2, 2, 16).is_err(),
             "fewer rows than the page says"
         );
+    }
+
+    #[test]
+    fn a_page_claiming_more_rows_than_its_bytes_hold_is_an_error_not_an_abort() {
+        // A row takes at least 4 bytes a column: a row count past that is a
+        // malformed answer, not a reason to reserve memory for it.
+        let rows: [&[Option<&[u8]>]; 1] = [&[Some(b"a"), None]];
+        let (frame, starts) = page(0, &rows);
+        let driver = starts
+            .iter()
+            .map(|&at| read_with::<RowStart>(&frame, at, 2));
+        assert!(read_rows(driver, usize::MAX / 8, 2, frame.len()).is_err());
     }
 }

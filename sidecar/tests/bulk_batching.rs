@@ -6,6 +6,9 @@
 
 mod bulk_support;
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use bulk_support::*;
 use ferry_sidecar::bulk::ring::ring_tokens;
 
@@ -65,4 +68,66 @@ async fn small_partitions_share_batches_and_the_target_never_warns() {
     assert_eq!(copied, Some(ROWS));
     let lists: Option<i64> = scalar(&bed.target, &format!("SELECT count(*) FROM {ks}.l")).await;
     assert_eq!(lists, Some(200));
+}
+
+/// A batch leaves when it is cut, not when its range ends: the rows of a
+/// range read slowly reach the target while the range is being read. (The
+/// writes were futures polled only once `--max-in-flight` of them were
+/// pending: a range of fewer batches sent nothing until its end, and the
+/// writes held its pages' memory all the while.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_leave_as_they_are_cut_not_when_the_range_ends() {
+    let bed = bed().await;
+    let ks = unique("pacing");
+    create_on_both(
+        &bed,
+        &ks,
+        &["CREATE TABLE {ks}.t (k int, c int, v text, PRIMARY KEY (k, c))"],
+    )
+    .await;
+    // One partition: one range holds every row.
+    const ROWS: i64 = 1000;
+    insert_on_source(
+        &bed,
+        &format!("INSERT INTO {ks}.t (k, c, v) VALUES (?, ?, ?)"),
+        (0..ROWS).map(|c| (1, c as i32, format!("{c:0>64}"))),
+    )
+    .await;
+    // 200 rows a second in pages of 50: the range takes some 5 s to read,
+    // in some 25 batches, far fewer than may be in flight.
+    let args = [
+        "--keyspaces",
+        &ks,
+        "--job-id",
+        &ks,
+        "--rows-per-second",
+        "200",
+        "--page-size",
+        "50",
+        "--concurrency",
+        "1",
+    ];
+    let backfill = run_backfill(&bed, &args);
+    tokio::pin!(backfill);
+    let count = format!("SELECT count(*) FROM {ks}.t");
+    let mut seen_while_running = BTreeSet::new();
+    let report = loop {
+        tokio::select! {
+            report = &mut backfill => break report,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                let copied: Option<i64> = scalar(&bed.target, &count).await;
+                seen_while_running.insert(copied.unwrap_or(0));
+            }
+        }
+    };
+    assert_eq!(report.rows, ROWS as u64, "{report:?}");
+    let partial: Vec<i64> = seen_while_running
+        .iter()
+        .copied()
+        .filter(|n| *n > 0 && *n < ROWS)
+        .collect();
+    assert!(
+        partial.len() >= 3,
+        "the rows reached the target all at once, not as they were read: counts seen while the backfill ran {seen_while_running:?}"
+    );
 }

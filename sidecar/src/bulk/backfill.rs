@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::batching::{BatchCutter, BatchLimits, TargetVnodes};
@@ -399,6 +400,20 @@ async fn copy_range(
             }
             bytes += batch.iter().map(|o| o.bytes).sum::<u64>();
             pending.push(send_batch(job.writer.clone(), batch));
+            // Polled once now, so that it is sent now: a write is a future
+            // that does nothing until polled, and `pending` was polled only
+            // when full or at the range's end, so a range of fewer batches
+            // than that sent nothing until it was read whole.
+            harvest!();
+        }};
+    }
+    // Polls `pending` without waiting: sends what was pushed, and counts
+    // (and frees) what the target has answered.
+    macro_rules! harvest {
+        () => {{
+            while let Some(Some(result)) = pending.next().now_or_never() {
+                answered(stats, result?);
+            }
         }};
     }
     while let Some(page) = pages.recv().await {

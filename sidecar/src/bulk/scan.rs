@@ -83,17 +83,17 @@ impl ScanLayout {
         let mut next = 1 + n_partition_key + n_clustering;
         let mut values = Vec::new();
         for column in schema.value_columns() {
+            let shape = column.shape();
             let value = next;
             next += 1;
-            let (writetime, ttl) =
-                if column.is_counter() || (column.is_multi_cell() && !schema.multi_cell_stamps) {
-                    (None, None)
-                } else {
-                    next += 2;
-                    (Some(value + 1), Some(value + 2))
-                };
+            let (writetime, ttl) = if reads_stamps(schema, shape) {
+                next += 2;
+                (Some(value + 1), Some(value + 2))
+            } else {
+                (None, None)
+            };
             values.push(ValueSlot {
-                shape: column.shape(),
+                shape,
                 column: column.clone(),
                 value,
                 writetime,
@@ -223,6 +223,14 @@ impl ScanLayout {
     }
 }
 
+/// Whether the scan reads a column's WRITETIME and TTL: not a counter's
+/// (it has none), nor a non-frozen collection's or UDT's before Cassandra 5
+/// (which cannot select them). The scan's columns and their places in a
+/// row both follow from it.
+fn reads_stamps(schema: &TableSchema, shape: CellShape) -> bool {
+    !(shape == CellShape::Counter || (shape.is_multi_cell() && !schema.multi_cell_stamps))
+}
+
 fn select_list(schema: &TableSchema) -> String {
     let pk: Vec<String> = schema.partition_key.iter().map(Column::quoted).collect();
     let mut cols = vec![format!("token({})", pk.join(", "))];
@@ -230,9 +238,10 @@ fn select_list(schema: &TableSchema) -> String {
     cols.extend(schema.clustering.iter().map(Column::quoted));
     for column in schema.value_columns() {
         let q = column.quoted();
-        if column.is_counter() || (column.is_multi_cell() && !schema.multi_cell_stamps) {
+        let shape = column.shape();
+        if !reads_stamps(schema, shape) {
             cols.push(q);
-        } else if column.is_multi_cell() && !column.is_multi_cell_list() {
+        } else if shape.is_multi_cell() && shape != CellShape::List {
             cols.push(format!("{q}, MAXWRITETIME({q}), TTL({q})"));
         } else {
             cols.push(format!("{q}, WRITETIME({q}), TTL({q})"));

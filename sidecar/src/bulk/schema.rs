@@ -106,23 +106,6 @@ impl Column {
         }
     }
 
-    /// A counter column: cannot be written with a timestamp.
-    pub fn is_counter(&self) -> bool {
-        self.shape() == CellShape::Counter
-    }
-
-    /// A non-frozen collection or UDT: stored as one cell per element, so its
-    /// WRITETIME/TTL are per element (Cassandra 5 returns lists of them).
-    pub fn is_multi_cell(&self) -> bool {
-        self.shape().is_multi_cell()
-    }
-
-    /// A non-frozen list: re-writing it at the same timestamp appends
-    /// duplicates (CASSANDRA-11368), so its copies need distinct timestamps.
-    pub fn is_multi_cell_list(&self) -> bool {
-        self.shape() == CellShape::List
-    }
-
     /// The column name quoted for CQL.
     pub fn quoted(&self) -> String {
         quote(&self.name)
@@ -210,7 +193,7 @@ impl TableSchema {
         self.statics
             .iter()
             .chain(&self.regulars)
-            .any(Column::is_counter)
+            .any(|c| c.shape() == CellShape::Counter)
     }
 
     /// Non-key columns: statics first, then regulars (the scan's order).
@@ -512,16 +495,16 @@ mod tests {
 
     #[test]
     fn tells_multi_cell_columns_from_single_cell_ones() {
-        assert!(col("a", "list<int>").is_multi_cell());
-        assert!(col("a", "list<int>").is_multi_cell_list());
-        assert!(col("a", "map<int, text>").is_multi_cell());
-        assert!(col("a", "my_udt").is_multi_cell());
-        assert!(!col("a", "frozen<list<int>>").is_multi_cell());
-        assert!(!col("a", "frozen<my_udt>").is_multi_cell());
-        assert!(!col("a", "tuple<int, text>").is_multi_cell());
-        assert!(!col("a", "vector<float, 3>").is_multi_cell());
-        assert!(!col("a", "text").is_multi_cell());
-        assert!(col("a", "counter").is_counter());
+        assert!(col("a", "list<int>").shape().is_multi_cell());
+        assert_eq!(col("a", "list<int>").shape(), CellShape::List);
+        assert!(col("a", "map<int, text>").shape().is_multi_cell());
+        assert!(col("a", "my_udt").shape().is_multi_cell());
+        assert!(!col("a", "frozen<list<int>>").shape().is_multi_cell());
+        assert!(!col("a", "frozen<my_udt>").shape().is_multi_cell());
+        assert!(!col("a", "tuple<int, text>").shape().is_multi_cell());
+        assert!(!col("a", "vector<float, 3>").shape().is_multi_cell());
+        assert!(!col("a", "text").shape().is_multi_cell());
+        assert_eq!(col("a", "counter").shape(), CellShape::Counter);
         assert_eq!(col("a", "set<int>").shape(), CellShape::Collection);
         assert_eq!(col("a", "my_udt").shape(), CellShape::Udt);
         assert_eq!(col("a", "frozen<set<int>>").shape(), CellShape::Single);

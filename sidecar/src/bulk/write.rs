@@ -525,17 +525,6 @@ impl TableWriter {
         if let [op] = ops {
             return self.execute(op).await;
         }
-        if ops.iter().all(|op| op.kind == StatementKind::InsertRow) {
-            if let Some(kept) = self.insert_batches.get(ops.len()) {
-                let batch = kept.get_or_init(|| {
-                    self.new_batch(std::iter::repeat_n(&self.insert_row, ops.len()))
-                });
-                let values: Vec<&Vec<BindCell>> = ops.iter().map(|op| &op.values).collect();
-                return self
-                    .with_retries("batch write", || self.session.batch(batch, &values))
-                    .await;
-            }
-        }
         let mut values: Vec<&Vec<BindCell>> = Vec::with_capacity(ops.len());
         let mut statements = Vec::with_capacity(ops.len());
         for op in ops {
@@ -544,8 +533,16 @@ impl TableWriter {
                 values.push(&op.values);
             }
         }
-        let batch = self.new_batch(statements);
-        self.with_retries("batch write", || self.session.batch(&batch, &values))
+        let all_inserts = ops.iter().all(|op| op.kind == StatementKind::InsertRow);
+        let built;
+        let batch = match self.insert_batches.get(ops.len()).filter(|_| all_inserts) {
+            Some(kept) => kept.get_or_init(|| self.new_batch(statements)),
+            None => {
+                built = self.new_batch(statements);
+                &built
+            }
+        };
+        self.with_retries("batch write", || self.session.batch(batch, &values))
             .await
     }
 

@@ -87,6 +87,13 @@ struct Args {
     /// CPU columns are then valgrind's, not theirs. Needs `valgrind`.
     #[arg(long)]
     callgrind: bool,
+    /// Keeps each size's keyspace when done, and loads the source only if
+    /// the keyspace does not already hold a finished load of that size:
+    /// variants of a build or its flags then run on the same rows (a
+    /// 10M-row load takes some 25 minutes here). The target's tables are
+    /// emptied before every phase either way.
+    #[arg(long)]
+    keep_tables: bool,
 }
 
 /// Row `i` of the benchmark table: 10 rows per partition, ~100 bytes of values.
@@ -480,16 +487,31 @@ async fn main() -> anyhow::Result<()> {
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for &size in &args.sizes {
         let ks = format!("ferry_bench_{size}");
-        for (session, dc) in [(&source, &args.source_dc), (&target, &args.target_dc)] {
-            exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
-            exec(session, &format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{dc}': 1}}")).await?;
-            for table in ["t", "raw", "raw_batched"] {
-                exec(session, &format!("CREATE TABLE {ks}.{table} (k bigint, c int, v1 text, v2 bigint, v3 double, PRIMARY KEY (k, c))")).await?;
+        if args.keep_tables && loaded(&source, &ks, size).await {
+            eprintln!("{ks}: the source holds a finished load of {size} rows; not loading again (--keep-tables)");
+        } else {
+            for (session, dc) in [(&source, &args.source_dc), (&target, &args.target_dc)] {
+                exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
+                exec(session, &format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{dc}': 1}}")).await?;
+                for table in ["t", "raw", "raw_batched"] {
+                    exec(session, &format!("CREATE TABLE {ks}.{table} (k bigint, c int, v1 text, v2 bigint, v3 double, PRIMARY KEY (k, c))")).await?;
+                }
+                exec(
+                    session,
+                    &format!("CREATE TABLE {ks}.loaded (rows bigint PRIMARY KEY)"),
+                )
+                .await?;
+                session.await_schema_agreement().await?;
             }
-            session.await_schema_agreement().await?;
+            eprintln!("loading {size} rows into the source");
+            write_rows(source.clone(), &format!("{ks}.t"), size, args.raw_in_flight).await?;
+            // Written last: a load stopped half way leaves no mark.
+            exec(
+                &source,
+                &format!("INSERT INTO {ks}.loaded (rows) VALUES ({size})"),
+            )
+            .await?;
         }
-        eprintln!("loading {size} rows into the source");
-        write_rows(source.clone(), &format!("{ks}.t"), size, args.raw_in_flight).await?;
         let bytes: u64 = (0..size).map(row_bytes).sum();
         let (mut raw, mut raw_batched, mut backfill, mut validate) =
             (vec![], vec![], vec![], vec![]);
@@ -668,9 +690,28 @@ async fn main() -> anyhow::Result<()> {
                 median(validate_instructions),
             );
         }
-        for session in [&source, &target] {
-            exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
+        if !args.keep_tables {
+            for session in [&source, &target] {
+                exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
+            }
         }
     }
     Ok(())
+}
+
+/// Whether `ks` on the source holds a finished load of `size` rows (its
+/// `loaded` table is written once the load has finished).
+async fn loaded(source: &Session, ks: &str, size: u64) -> bool {
+    let Ok(result) = source
+        .query_unpaged(
+            format!("SELECT rows FROM {ks}.loaded WHERE rows = {size}"),
+            (),
+        )
+        .await
+    else {
+        return false;
+    };
+    result
+        .into_rows_result()
+        .is_ok_and(|rows| rows.rows_num() == 1)
 }

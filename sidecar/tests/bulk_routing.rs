@@ -78,6 +78,7 @@ async fn range_reads_are_served_by_replicas() {
         &schema,
         Consistency::One,
         50,
+        0,
         None,
     )
     .await

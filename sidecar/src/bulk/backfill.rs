@@ -209,6 +209,7 @@ pub async fn run(args: &BackfillArgs, stats: Arc<Stats>) -> anyhow::Result<Backf
             &table.schema,
             common.connection.read_consistency()?,
             common.page_size,
+            common.page_bytes,
             common.connection.source_local_dc.clone(),
         )
         .await?;

@@ -46,9 +46,15 @@ pub struct CommonArgs {
     /// Token ranges worked on at once.
     #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
-    /// Rows per page of a range read.
-    #[arg(long, env = "FERRY_PAGE_SIZE", default_value_t = 2000)]
+    /// Rows per page of a range read, at most.
+    #[arg(long, env = "FERRY_PAGE_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(i32).range(1..))]
     pub page_size: i32,
+    /// Bytes a page of a range read holds, about: each page asks for as
+    /// many rows (at most --page-size) as the table's rows read so far say
+    /// fit, so that the Job's memory does not depend on its rows' width;
+    /// 0 asks for --page-size rows whatever their size.
+    #[arg(long, env = "FERRY_PAGE_BYTES", default_value_t = 256 * 1024)]
+    pub page_bytes: u64,
     /// Rows read per second from the source, for the whole pod (unlimited if unset).
     #[arg(long, env = "FERRY_ROWS_PER_SECOND")]
     pub rows_per_second: Option<u64>,

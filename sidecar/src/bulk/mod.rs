@@ -8,6 +8,7 @@ pub mod cells;
 pub mod checkpoint;
 pub mod conn;
 pub mod job;
+pub mod page_sizing;
 pub mod pairing;
 pub mod progress;
 pub mod ratelimit;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::cells::{decode_bigint, decode_int, decode_nullable_int_list, split_collection, RawRow};
+use super::page_sizing::PageSizing;
 use super::ring::{replicas_of, ReplicaRouting, TokenRange};
 use super::schema::{CellShape, Column, TableSchema};
 
@@ -294,6 +295,8 @@ pub struct TableScan {
     pub keyspace: String,
     pub table_name: String,
     pub local_dc: Option<String>,
+    /// How many rows each page asks for, shared by the table's ranges.
+    pub sizing: Arc<PageSizing>,
 }
 
 impl TableScan {
@@ -303,6 +306,7 @@ impl TableScan {
         schema: &TableSchema,
         consistency: Consistency,
         page_size: i32,
+        page_bytes: u64,
         local_dc: Option<String>,
     ) -> Result<Self, ScanError> {
         let mut statement = session
@@ -313,7 +317,6 @@ impl TableScan {
                 source: Box::new(source),
             })?;
         statement.set_consistency(consistency);
-        statement.set_page_size(page_size);
         statement.set_is_idempotent(true);
         statement.set_request_timeout(Some(Duration::from_secs(60)));
         Ok(TableScan {
@@ -324,6 +327,7 @@ impl TableScan {
             keyspace: schema.keyspace.clone(),
             table_name: schema.table.clone(),
             local_dc,
+            sizing: Arc::new(PageSizing::new(page_size, page_bytes)),
         })
     }
 
@@ -366,6 +370,7 @@ impl TableScan {
             let Ok(slot) = tx.reserve().await else {
                 return;
             };
+            statement.set_page_size(self.sizing.next_rows());
             let mut attempt = 0u32;
             let fetched = loop {
                 match self
@@ -406,8 +411,10 @@ impl TableScan {
             let rows = match result
                 .into_rows_result()
                 .map_err(|e| read_error(Box::new(e)))
-                .and_then(|rows| RawRow::read_page(&rows).map_err(|e| read_error(Box::new(e))))
-            {
+                .and_then(|rows| {
+                    self.sizing.observe(rows.rows_num(), rows.rows_bytes_size());
+                    RawRow::read_page(&rows).map_err(|e| read_error(Box::new(e)))
+                }) {
                 Ok(rows) => rows,
                 Err(err) => {
                     slot.send(Err(err));

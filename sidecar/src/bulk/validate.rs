@@ -295,6 +295,7 @@ async fn compare_tables(
             &schema,
             read,
             common.page_size,
+            common.page_bytes,
             common.connection.source_local_dc.clone(),
         )
         .await?;
@@ -304,6 +305,7 @@ async fn compare_tables(
             &schema,
             read,
             common.page_size,
+            common.page_bytes,
             common.connection.target_local_dc.clone(),
         )
         .await?;

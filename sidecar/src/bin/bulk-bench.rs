@@ -62,10 +62,7 @@ struct Args {
     #[arg(long, default_value_t = 512)]
     raw_in_flight: usize,
     /// Extra flags passed to `ferry-sidecar backfill`.
-    #[arg(
-        long,
-        default_value = "--concurrency 8 --max-in-flight 512 --splits 256"
-    )]
+    #[arg(long, default_value = "--concurrency 8 --splits 256")]
     backfill_flags: String,
     /// Extra flags passed to `ferry-sidecar validate`.
     #[arg(long, default_value = "--concurrency 8 --splits 256")]

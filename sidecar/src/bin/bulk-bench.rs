@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+use ferry_sidecar::bulk::page_sizing::{PageSizing, RangePaging};
 use ferry_sidecar::bulk::ring;
 use ferry_sidecar::procstat::{
     callgrind_instructions, loopback_bytes, machine_busy_seconds, process_cpu_seconds,
@@ -33,7 +34,9 @@ use ferry_sidecar::procstat::{
 use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -67,14 +70,17 @@ struct Args {
     /// Extra flags passed to `ferry-sidecar validate`.
     #[arg(long, default_value = "--concurrency 8 --splits 256")]
     validate_flags: String,
-    /// Token ranges, ranges at once and page size of the plain scans, the
-    /// source's baseline (the same as the backfill's and validation's).
+    /// Token ranges, ranges at once and page size (rows at most, and
+    /// bytes) of the plain scans, the source's baseline: the same as the
+    /// backfill's and validation's defaults, pages sized the same way.
     #[arg(long, default_value_t = 256)]
     scan_splits: u64,
     #[arg(long, default_value_t = 8)]
     scan_concurrency: usize,
     #[arg(long, default_value_t = 2000)]
     scan_page_size: i32,
+    #[arg(long, default_value_t = 256 * 1024)]
+    scan_page_bytes: u64,
     /// The ferry-sidecar binary (default: next to this one).
     #[arg(long)]
     sidecar: Option<PathBuf>,
@@ -87,8 +93,8 @@ struct Args {
     /// Keeps each size's keyspace when done, and loads the source only if
     /// the keyspace does not already hold a finished load of that size:
     /// variants of a build or its flags then run on the same rows (a
-    /// 10M-row load takes some 25 minutes here). The target's tables are
-    /// emptied before every phase either way.
+    /// 10M-row load takes some 25 minutes here). The target's keyspace is
+    /// made anew, and its tables emptied before each run, either way.
     #[arg(long)]
     keep_tables: bool,
 }
@@ -197,22 +203,46 @@ enum ScanKind {
 }
 
 /// Counts the rows of a range scan, deserialised as `R` and dropped.
-async fn count_rows<R>(pager: scylla::client::pager::QueryPager) -> anyhow::Result<u64>
+/// Reads `range` page by page, each page sized as the Jobs size theirs
+/// (`PageSizing`, shared by the table's ranges), each row deserialised as
+/// `R` and dropped; returns the rows read.
+async fn count_range<R>(
+    session: &Session,
+    select: &PreparedStatement,
+    range: ring::TokenRange,
+    sizing: &PageSizing,
+) -> anyhow::Result<u64>
 where
     R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
 {
-    use futures::TryStreamExt;
-    Ok(pager
-        .rows_stream::<R>()?
-        .try_fold(0u64, |n, _| async move { Ok(n + 1) })
-        .await?)
+    let mut select = select.clone();
+    let mut paging = PagingState::start();
+    let mut page_rows = RangePaging::new(sizing);
+    let mut rows = 0u64;
+    loop {
+        select.set_page_size(page_rows.next_rows());
+        let (result, next) = session
+            .execute_single_page(&select, (range.start, range.end), paging)
+            .await?;
+        let page = result.into_rows_result()?;
+        page_rows.observe(page.rows_num(), page.rows_bytes_size());
+        for row in page.rows::<R>()? {
+            row?;
+            rows += 1;
+        }
+        match next {
+            PagingStateResponse::HasMorePages { state } => paging = state,
+            PagingStateResponse::NoMorePages => return Ok(rows),
+        }
+    }
 }
 
 /// The baseline of the source's cost per row: the driver alone reading
 /// `table` range by range, with the ranges the backfill and the validation
 /// use (`ring::ranges_of`: the vnode ranges subdivided to `splits`),
-/// `concurrency` at once, `page_size` rows a page, rows deserialised and
-/// dropped. Returns the rows read and the seconds it took.
+/// `concurrency` at once, pages sized as theirs are (about `page_bytes`, at
+/// most `page_size` rows), rows deserialised and dropped. Returns the rows
+/// read and the seconds it took.
 async fn plain_scan(
     session: Arc<Session>,
     table: &str,
@@ -220,6 +250,7 @@ async fn plain_scan(
     splits: u64,
     concurrency: usize,
     page_size: i32,
+    page_bytes: u64,
 ) -> anyhow::Result<(u64, f64)> {
     let columns = match kind {
         ScanKind::Values => "k, c, v1, v2, v3".to_owned(),
@@ -233,25 +264,24 @@ async fn plain_scan(
             "SELECT {columns} FROM {table} WHERE token(k) > ? AND token(k) <= ?"
         ))
         .await?;
-    select.set_page_size(page_size);
     select.set_is_idempotent(true);
+    let sizing = PageSizing::new(page_size, page_bytes);
     let ranges = ring::ranges_of(&session, splits as usize);
     let start = Instant::now();
     let counts: Vec<anyhow::Result<u64>> = futures::stream::iter(ranges)
         .map(|range| {
-            let (session, select) = (session.clone(), select.clone());
+            let (session, select, sizing) = (&session, &select, &sizing);
             async move {
-                let pager = session
-                    .execute_iter(select, (range.start, range.end))
-                    .await?;
                 match kind {
                     ScanKind::Values => {
-                        count_rows::<(i64, i32, Option<String>, Option<i64>, Option<f64>)>(pager)
-                            .await
+                        count_range::<(i64, i32, Option<String>, Option<i64>, Option<f64>)>(
+                            session, select, range, sizing,
+                        )
+                        .await
                     }
                     // Value, WRITETIME, TTL of v1, v2, v3 (one column each).
                     ScanKind::WithStamps => {
-                        count_rows::<(
+                        count_range::<(
                             i64,
                             i32,
                             Option<String>,
@@ -263,7 +293,7 @@ async fn plain_scan(
                             Option<f64>,
                             Option<i64>,
                             Option<i32>,
-                        )>(pager)
+                        )>(session, select, range, sizing)
                         .await
                     }
                 }
@@ -484,28 +514,33 @@ async fn main() -> anyhow::Result<()> {
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for &size in &args.sizes {
         let ks = format!("ferry_bench_{size}");
-        if args.keep_tables && loaded(&source, &ks, size).await {
+        let kept = args.keep_tables && loaded(&source, &ks, size).await;
+        if kept {
             eprintln!("{ks}: the source holds a finished load of {size} rows; not loading again (--keep-tables)");
-        } else {
-            for (session, dc) in [(&source, &args.source_dc), (&target, &args.target_dc)] {
-                exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
-                exec(session, &format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{dc}': 1}}")).await?;
-                for table in ["t", "raw", "raw_batched"] {
-                    exec(session, &format!("CREATE TABLE {ks}.{table} (k bigint, c int, v1 text, v2 bigint, v3 double, PRIMARY KEY (k, c))")).await?;
-                }
-                exec(
-                    session,
-                    &format!("CREATE TABLE {ks}.loaded (rows bigint PRIMARY KEY)"),
-                )
-                .await?;
-                session.await_schema_agreement().await?;
+        }
+        // The target is made anew every time (a kept source's target may
+        // have been reset); the source only when it is loaded.
+        let clusters = [(&source, &args.source_dc), (&target, &args.target_dc)];
+        for (session, dc) in clusters.into_iter().skip(usize::from(kept)) {
+            exec(session, &format!("DROP KEYSPACE IF EXISTS {ks}")).await?;
+            exec(session, &format!("CREATE KEYSPACE {ks} WITH replication = {{'class': 'NetworkTopologyStrategy', '{dc}': 1}}")).await?;
+            for table in ["t", "raw", "raw_batched"] {
+                exec(session, &format!("CREATE TABLE {ks}.{table} (k bigint, c int, v1 text, v2 bigint, v3 double, PRIMARY KEY (k, c))")).await?;
             }
+            exec(
+                session,
+                &format!("CREATE TABLE {ks}.loaded (rows bigint PRIMARY KEY, layout int)"),
+            )
+            .await?;
+            session.await_schema_agreement().await?;
+        }
+        if !kept {
             eprintln!("loading {size} rows into the source");
             write_rows(source.clone(), &format!("{ks}.t"), size, args.raw_in_flight).await?;
             // Written last: a load stopped half way leaves no mark.
             exec(
                 &source,
-                &format!("INSERT INTO {ks}.loaded (rows) VALUES ({size})"),
+                &format!("INSERT INTO {ks}.loaded (rows, layout) VALUES ({size}, {DATA_LAYOUT})"),
             )
             .await?;
         }
@@ -592,6 +627,7 @@ async fn main() -> anyhow::Result<()> {
                     args.scan_splits,
                     args.scan_concurrency,
                     args.scan_page_size,
+                    args.scan_page_bytes,
                 )
                 .await?;
                 anyhow::ensure!(rows == size, "the plain scan read {rows} of {size} rows");
@@ -696,19 +732,21 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether `ks` on the source holds a finished load of `size` rows (its
-/// `loaded` table is written once the load has finished).
+/// The version of what [`row`] writes and of the table's columns: a load
+/// marked with another is loaded again. Change it with either.
+const DATA_LAYOUT: i32 = 1;
+
+/// Whether `ks` on the source holds a finished load of `size` rows of
+/// this [`DATA_LAYOUT`] (its `loaded` table is written once the load has
+/// finished).
 async fn loaded(source: &Session, ks: &str, size: u64) -> bool {
-    let Ok(result) = source
-        .query_unpaged(
-            format!("SELECT rows FROM {ks}.loaded WHERE rows = {size}"),
-            (),
-        )
-        .await
-    else {
+    let query = format!("SELECT layout FROM {ks}.loaded WHERE rows = {size}");
+    let Ok(result) = source.query_unpaged(query, ()).await else {
         return false;
     };
     result
         .into_rows_result()
-        .is_ok_and(|rows| rows.rows_num() == 1)
+        .ok()
+        .and_then(|rows| rows.single_row::<(Option<i32>,)>().ok())
+        .is_some_and(|(layout,)| layout == Some(DATA_LAYOUT))
 }

@@ -10,17 +10,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Rows of a table's first pages, before any answer has told its width:
-/// small enough that a table of wide rows does not overshoot much, and
-/// asked only until the first page of the table arrives.
-pub const FIRST_PAGE_ROWS: i32 = 32;
+/// few, so that a table of wide rows does not overshoot much (8 ranges of 4
+/// rows of 1 MiB are 32 MiB), and asked only until the first page of the
+/// table arrives.
+pub const FIRST_PAGE_ROWS: i32 = 4;
 
 /// The page size of one table's reads on one cluster, shared by its ranges.
 #[derive(Debug)]
 pub struct PageSizing {
     max_rows: i32,
     goal_bytes: u64,
-    /// Bytes per row seen so far, a running average; 0 until a page with
-    /// rows has arrived.
+    /// Bytes per row seen so far; 0 until a page with rows has arrived.
+    /// It rises at once to a wider page's width and falls a quarter of the
+    /// way to a narrower one's: a page too large costs memory, one too
+    /// small only a round trip.
     bytes_per_row: AtomicU64,
 }
 
@@ -35,12 +38,17 @@ impl PageSizing {
         }
     }
 
-    /// Rows to ask for in the next page.
+    /// Rows to ask for in a range's next page, as the table's pages so far
+    /// say (for a range read, [`RangePaging::next_rows`]).
     pub fn next_rows(&self) -> i32 {
+        self.rows_for(self.bytes_per_row.load(Ordering::Relaxed))
+    }
+
+    fn rows_for(&self, bytes_per_row: u64) -> i32 {
         if self.goal_bytes == 0 {
             return self.max_rows;
         }
-        match self.bytes_per_row.load(Ordering::Relaxed) {
+        match bytes_per_row {
             0 => FIRST_PAGE_ROWS.min(self.max_rows),
             per_row => {
                 let rows = (self.goal_bytes / per_row).clamp(1, self.max_rows as u64);
@@ -49,23 +57,56 @@ impl PageSizing {
         }
     }
 
-    /// Learns from a page of `rows` rows in `bytes` bytes. The average
-    /// weighs each page a quarter, so one range of unusually wide or narrow
-    /// rows moves the size of the others' pages without setting it.
-    pub fn observe(&self, rows: usize, bytes: usize) {
+    /// Learns from a page of `rows` rows in `bytes` bytes; returns its
+    /// bytes per row (0 for an empty page, which tells nothing).
+    pub fn observe(&self, rows: usize, bytes: usize) -> u64 {
         if rows == 0 {
-            return;
+            return 0;
         }
         let per_row = (bytes as u64).div_ceil(rows as u64).max(1);
-        // Ranges read at once race here; a lost update only delays the
-        // average by one page.
-        let before = self.bytes_per_row.load(Ordering::Relaxed);
-        let after = if before == 0 {
-            per_row
-        } else {
-            (before * 3 + per_row).div_ceil(4)
-        };
-        self.bytes_per_row.store(after, Ordering::Relaxed);
+        let _ = self
+            .bytes_per_row
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |before| {
+                Some(if before == 0 || per_row >= before {
+                    per_row
+                } else {
+                    (before * 3 + per_row).div_ceil(4)
+                })
+            });
+        per_row
+    }
+}
+
+/// One range read's page sizes: the table's, or its own last page's width
+/// when that is wider. A range of wide rows among ranges of narrow ones
+/// would otherwise be sized by the narrow pages, which pull the table's
+/// figure down between its own pages.
+#[derive(Debug)]
+pub struct RangePaging<'a> {
+    table: &'a PageSizing,
+    own_bytes_per_row: u64,
+}
+
+impl<'a> RangePaging<'a> {
+    pub fn new(table: &'a PageSizing) -> Self {
+        RangePaging {
+            table,
+            own_bytes_per_row: 0,
+        }
+    }
+
+    /// Rows to ask for in this range's next page.
+    pub fn next_rows(&self) -> i32 {
+        let table = self.table.bytes_per_row.load(Ordering::Relaxed);
+        self.table.rows_for(table.max(self.own_bytes_per_row))
+    }
+
+    /// Learns from this range's page of `rows` rows in `bytes` bytes.
+    pub fn observe(&mut self, rows: usize, bytes: usize) {
+        let per_row = self.table.observe(rows, bytes);
+        if per_row > 0 {
+            self.own_bytes_per_row = per_row;
+        }
     }
 }
 
@@ -84,7 +125,7 @@ mod tests {
             "an empty page tells nothing"
         );
         // 64 KiB rows: 4 to a page.
-        sizing.observe(32, 32 * 65_536);
+        sizing.observe(4, 4 * 65_536);
         assert_eq!(sizing.next_rows(), 4);
     }
 
@@ -103,14 +144,35 @@ mod tests {
     }
 
     #[test]
-    fn the_width_is_a_running_average_not_the_last_page() {
+    fn the_width_rises_at_once_and_falls_by_a_quarter() {
         let sizing = PageSizing::new(2000, 100_000);
         sizing.observe(100, 100 * 1000);
         assert_eq!(sizing.next_rows(), 100);
-        // One page of rows ten times wider moves the estimate a quarter of
-        // the way: (3 * 1000 + 10000) / 4 = 3250 bytes a row.
+        // A page of rows ten times wider sets the width at once...
         sizing.observe(10, 10 * 10_000);
-        assert_eq!(sizing.next_rows(), 30);
+        assert_eq!(sizing.next_rows(), 10);
+        // ... and a narrower one moves it a quarter of the way:
+        // (3 * 10000 + 1000) / 4 = 7750 bytes a row.
+        sizing.observe(100, 100 * 1000);
+        assert_eq!(sizing.next_rows(), 12);
+    }
+
+    #[test]
+    fn a_range_of_wide_rows_is_sized_by_its_own_width_among_narrow_ranges() {
+        let table = PageSizing::new(2000, 256 * 1024);
+        let mut wide = RangePaging::new(&table);
+        let mut narrow = RangePaging::new(&table);
+        wide.observe(4, 4 * 65_536);
+        assert_eq!(wide.next_rows(), 4);
+        // Many narrow pages bring the table's width down...
+        for _ in 0..40 {
+            narrow.observe(1000, 1000 * 200);
+        }
+        assert!(narrow.next_rows() > 1000, "{}", narrow.next_rows());
+        // ... but not the wide range's.
+        assert_eq!(wide.next_rows(), 4);
+        // A range that has read nothing yet goes by the table.
+        assert_eq!(RangePaging::new(&table).next_rows(), table.next_rows());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::cells::{decode_bigint, decode_int, decode_nullable_int_list, split_collection, RawRow};
-use super::page_sizing::PageSizing;
+use super::page_sizing::{PageSizing, RangePaging};
 use super::ring::{replicas_of, ReplicaRouting, TokenRange};
 use super::schema::{CellShape, Column, TableSchema};
 
@@ -362,6 +362,7 @@ impl TableScan {
         statement
             .set_load_balancing_policy(Some(Arc::new(ReplicaRouting::new(replicas, fallback))));
         let mut paging = PagingState::start();
+        let mut page_rows = RangePaging::new(&self.sizing);
         loop {
             // A page is fetched only once the channel has room for it: the
             // reader then holds no page of its own while the one before
@@ -370,7 +371,7 @@ impl TableScan {
             let Ok(slot) = tx.reserve().await else {
                 return;
             };
-            statement.set_page_size(self.sizing.next_rows());
+            statement.set_page_size(page_rows.next_rows());
             let mut attempt = 0u32;
             let fetched = loop {
                 match self
@@ -412,7 +413,7 @@ impl TableScan {
                 .into_rows_result()
                 .map_err(|e| read_error(Box::new(e)))
                 .and_then(|rows| {
-                    self.sizing.observe(rows.rows_num(), rows.rows_bytes_size());
+                    page_rows.observe(rows.rows_num(), rows.rows_bytes_size());
                     RawRow::read_page(&rows).map_err(|e| read_error(Box::new(e)))
                 }) {
                 Ok(rows) => rows,

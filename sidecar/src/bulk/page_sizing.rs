@@ -38,12 +38,6 @@ impl PageSizing {
         }
     }
 
-    /// Rows to ask for in a range's next page, as the table's pages so far
-    /// say (for a range read, [`RangePaging::next_rows`]).
-    pub fn next_rows(&self) -> i32 {
-        self.rows_for(self.bytes_per_row.load(Ordering::Relaxed))
-    }
-
     fn rows_for(&self, bytes_per_row: u64) -> i32 {
         if self.goal_bytes == 0 {
             return self.max_rows;
@@ -114,6 +108,13 @@ impl<'a> RangePaging<'a> {
 mod tests {
     use super::*;
 
+    /// What a range that has read nothing yet asks for: the table's figure.
+    impl PageSizing {
+        fn next_rows(&self) -> i32 {
+            RangePaging::new(self).next_rows()
+        }
+    }
+
     #[test]
     fn the_first_pages_are_small_until_a_page_tells_the_width() {
         let sizing = PageSizing::new(2000, 256 * 1024);
@@ -172,7 +173,10 @@ mod tests {
         // ... but not the wide range's.
         assert_eq!(wide.next_rows(), 4);
         // A range that has read nothing yet goes by the table.
-        assert_eq!(RangePaging::new(&table).next_rows(), table.next_rows());
+        assert_eq!(
+            RangePaging::new(&table).next_rows(),
+            table.rows_for(table.bytes_per_row.load(Ordering::Relaxed))
+        );
     }
 
     #[test]

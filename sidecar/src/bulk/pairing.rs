@@ -75,22 +75,21 @@ mod tests {
         })
     }
 
-    /// A row of token 1, key (k, c), value `v` (its WRITETIME and TTL null):
-    /// token, k, c, v, WRITETIME(v), TTL(v).
+    /// A row of key (k, c), value `v` (its WRITETIME and TTL null):
+    /// k, c, v, WRITETIME(v), TTL(v).
     fn row(k: i32, c: i32, v: i32) -> RawRow {
         let int = |n: i32| Some(Bytes::copy_from_slice(&n.to_be_bytes()));
-        let token = Some(Bytes::copy_from_slice(&1i64.to_be_bytes()));
-        RawRow::from_cells(vec![token, int(k), int(c), int(v), None, None])
+        RawRow::from_cells(vec![int(k), int(c), int(v), None, None])
     }
 
     /// The pairs as (source value, target value) by key, sorted.
     fn pairs(source: Vec<RawRow>, target: Vec<RawRow>) -> Vec<(i32, Option<i32>, Option<i32>)> {
         let value = |r: &RawRow| {
-            let b = r.cell(3).expect("a value");
+            let b = r.cell(2).expect("a value");
             i32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
         };
         let clustering = |r: &RawRow| {
-            let b = r.cell(2).expect("a clustering value");
+            let b = r.cell(1).expect("a clustering value");
             i32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
         };
         let mut out = Vec::new();

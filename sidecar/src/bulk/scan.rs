@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::cells::{decode_bigint, decode_int, decode_nullable_int_list, split_collection, RawRow};
 use super::page_sizing::{PageSizing, RangePaging};
-use super::ring::{replicas_of, ReplicaRouting, TokenRange};
+use super::ring::{replicas_of, token_of, ReplicaRouting, TokenRange};
 use super::schema::{CellShape, Column, TableSchema};
 
 /// Why a range could not be read.
@@ -81,7 +81,7 @@ impl ScanLayout {
     pub fn new(schema: &TableSchema) -> Self {
         let n_partition_key = schema.partition_key.len();
         let n_clustering = schema.clustering.len();
-        let mut next = 1 + n_partition_key + n_clustering;
+        let mut next = n_partition_key + n_clustering;
         let mut values = Vec::new();
         for column in schema.value_columns() {
             let shape = column.shape();
@@ -109,19 +109,32 @@ impl ScanLayout {
         }
     }
 
-    /// Index of the first partition key column.
+    /// Where the partition key's columns sit: a scan row starts with them.
     pub fn partition_key_range(&self) -> std::ops::Range<usize> {
-        1..1 + self.n_partition_key
+        0..self.n_partition_key
     }
 
     pub fn clustering_range(&self) -> std::ops::Range<usize> {
-        let start = 1 + self.n_partition_key;
+        let start = self.n_partition_key;
         start..start + self.n_clustering
     }
 
-    /// The row's token.
+    /// Where the key columns a write or a read names sit: the partition key,
+    /// and with `with_clustering` the clustering columns after it.
+    pub fn key_range(&self, with_clustering: bool) -> std::ops::Range<usize> {
+        if with_clustering {
+            0..self.clustering_range().end
+        } else {
+            self.partition_key_range()
+        }
+    }
+
+    /// The row's token, computed from its partition key (`ring::token_of`).
     pub fn token(&self, row: &RawRow) -> i64 {
-        row.cell(0).and_then(decode_bigint).unwrap_or(i64::MIN)
+        token_of(
+            self.partition_key_range()
+                .map(|i| row.cell(i).unwrap_or_default()),
+        )
     }
 
     /// Whether the row is the static row of a partition without clustering
@@ -200,7 +213,7 @@ impl ScanLayout {
     /// give equal byte strings on both clusters.
     pub fn key_bytes(&self, row: &RawRow) -> Vec<u8> {
         let mut out = Vec::new();
-        for i in 1..1 + self.n_partition_key + self.n_clustering {
+        for i in self.key_range(true) {
             match row.cell(i) {
                 Some(b) => {
                     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
@@ -215,7 +228,7 @@ impl ScanLayout {
     /// Whether two rows have the same primary key, byte for byte (what
     /// [`Self::key_bytes`] tells apart, without building it).
     pub fn same_key(&self, a: &RawRow, b: &RawRow) -> bool {
-        (1..1 + self.n_partition_key + self.n_clustering).all(|i| a.cell(i) == b.cell(i))
+        self.key_range(true).all(|i| a.cell(i) == b.cell(i))
     }
 
     /// The partition key bytes alone.
@@ -234,8 +247,7 @@ fn reads_stamps(schema: &TableSchema, shape: CellShape) -> bool {
 
 fn select_list(schema: &TableSchema) -> String {
     let pk: Vec<String> = schema.partition_key.iter().map(Column::quoted).collect();
-    let mut cols = vec![format!("token({})", pk.join(", "))];
-    cols.extend(pk.iter().cloned());
+    let mut cols = pk.clone();
     cols.extend(schema.clustering.iter().map(Column::quoted));
     for column in schema.value_columns() {
         let q = column.quoted();
@@ -251,7 +263,7 @@ fn select_list(schema: &TableSchema) -> String {
     cols.join(", ")
 }
 
-/// `SELECT token, keys, cells... WHERE token(pk) > ? AND token(pk) <= ?`.
+/// `SELECT keys, cells... WHERE token(pk) > ? AND token(pk) <= ?`.
 pub fn range_query(schema: &TableSchema) -> String {
     let pk: Vec<String> = schema.partition_key.iter().map(Column::quoted).collect();
     format!(

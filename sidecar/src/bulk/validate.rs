@@ -182,12 +182,8 @@ impl PointReads {
         key: &RawRow,
     ) -> Result<Option<RawRow>, Box<dyn std::error::Error + Send + Sync>> {
         let static_only = layout.is_static_only(key);
-        let end = if static_only {
-            layout.partition_key_range().end
-        } else {
-            layout.clustering_range().end
-        };
-        let values: Vec<BindCell> = (1..end)
+        let values: Vec<BindCell> = layout
+            .key_range(!static_only)
             .map(|i| key.cell_bytes(i).map_or(BindCell::Null, BindCell::Raw))
             .collect();
         let statement = if static_only {
@@ -526,14 +522,10 @@ fn newest_writetime(layout: &ScanLayout, row: &RawRow) -> i64 {
 
 fn describe_key(schema: &TableSchema, layout: &ScanLayout, row: &RawRow) -> String {
     let mut parts = Vec::new();
-    for (i, col) in schema
-        .partition_key
-        .iter()
-        .chain(&schema.clustering)
-        .enumerate()
-    {
-        let cell = row.cell(1 + i);
-        if i >= layout.n_partition_key && cell.is_none() {
+    let columns = schema.partition_key.iter().chain(&schema.clustering);
+    for (col, i) in columns.zip(layout.key_range(true)) {
+        let cell = row.cell(i);
+        if layout.clustering_range().contains(&i) && cell.is_none() {
             continue;
         }
         parts.push(format!("{}={}", col.name, render_cell(&col.cql_type, cell)));

@@ -176,18 +176,16 @@ impl WritePlanner {
     /// How many key columns a write names: the partition key, and with
     /// `with_clustering` the clustering columns too.
     fn key_count(&self, with_clustering: bool) -> usize {
-        let end = if with_clustering {
-            self.layout.clustering_range().end
-        } else {
-            self.layout.partition_key_range().end
-        };
-        end.saturating_sub(1)
+        self.layout.key_range(with_clustering).len()
     }
 
     /// Appends the row's key cells to `bind`.
     fn push_keys(&self, row: &RawRow, with_clustering: bool, bind: &mut Vec<BindCell>) {
-        let end = 1 + self.key_count(with_clustering);
-        bind.extend((1..end).map(|i| row.cell_bytes(i).map_or(BindCell::Null, BindCell::Raw)));
+        bind.extend(
+            self.layout
+                .key_range(with_clustering)
+                .map(|i| row.cell_bytes(i).map_or(BindCell::Null, BindCell::Raw)),
+        );
     }
 
     fn keys(&self, row: &RawRow, with_clustering: bool) -> Vec<BindCell> {
@@ -247,7 +245,7 @@ impl WritePlanner {
                 BindCell::Int(0)
             }
         };
-        let key_bytes: u64 = (1..self.layout.clustering_range().end)
+        let key_bytes: u64 = (self.layout.key_range(true))
             .map(|i| row.cell(i).map_or(0, |b| b.len() as u64))
             .sum();
         let mut keys = CellKeys::new();
@@ -656,9 +654,8 @@ mod tests {
     #[test]
     fn groups_cells_by_timestamp_and_ttl() {
         let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 5);
-        // token, k, c, s wt ttl, a wt ttl, b wt ttl, l maxwt ttl-list
+        // k, c, s wt ttl, a wt ttl, b wt ttl, l maxwt ttl-list
         let row = RawRow::from_cells(vec![
-            i64b(1),
             i32b(1),
             i32b(2),
             i32b(9),
@@ -715,7 +712,6 @@ mod tests {
     fn primary_key_only_rows_and_static_only_partitions() {
         let planner = WritePlanner::new(&schema(), TimestampMode::Preserve, 5);
         let pk_only = RawRow::from_cells(vec![
-            i64b(1),
             i32b(1),
             i32b(2),
             None,
@@ -739,7 +735,6 @@ mod tests {
         assert_eq!(ops[0].values[ops[0].values.len() - 2], BindCell::BigInt(5));
 
         let static_only = RawRow::from_cells(vec![
-            i64b(1),
             i32b(1),
             None,
             i32b(3),
@@ -769,7 +764,7 @@ mod tests {
         let list = crate::bulk::cells::join_collection(&[&one[..], &two[..]]);
         let writetimes =
             crate::bulk::cells::join_collection(&[&400i64.to_be_bytes(), &500i64.to_be_bytes()]);
-        let mut cells = vec![i64b(1), i32b(1), i32b(2)];
+        let mut cells = vec![i32b(1), i32b(2)];
         cells.extend(vec![None; 9]);
         cells.extend([Some(list), Some(writetimes), None]);
         let row = RawRow::from_cells(cells);
@@ -786,7 +781,6 @@ mod tests {
 
         let planner = WritePlanner::new(&schema(), TimestampMode::Backdate, 1_000);
         let row = RawRow::from_cells(vec![
-            i64b(1),
             i32b(1),
             i32b(2),
             None,

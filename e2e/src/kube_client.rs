@@ -18,12 +18,14 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A client authenticated as the test bed's admin.
+/// A client authenticated as the test bed's admin, built as the operator
+/// builds its own (`controller::api_client`): the controllers the tests run
+/// in-process act through it.
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
     install_crypto_provider();
     let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
+    Ok(ferry_operator::controller::api_client(config)?)
 }
 
 /// Server-side applies the committed CRD file and waits until it is Established.

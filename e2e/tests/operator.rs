@@ -26,6 +26,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -1042,6 +1043,52 @@ fn condition_of(cm: &CassandraMigration, type_: &str) -> Option<(String, String,
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// A PodDisruptionBudget that refuses an eviction (the Eviction API's 429)
+/// is the operator's to see at once: it waits, says why in the status, and
+/// goes on when the budget allows. kube's client retries a 429 by itself,
+/// for minutes once the refusals last (stop 30's local CI: a roll that
+/// stood still for 120 s after its first pod, with nothing in the log); the
+/// operator's client must not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eviction_a_budget_refuses_is_reported_at_once_and_the_roll_resumes_when_allowed() {
+    let bed = bed("ferry-budget").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    let hold: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "hold"},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": STS}}},
+    }))
+    .expect("pdb");
+    budgets
+        .create(&PostParams::default(), &hold)
+        .await
+        .expect("create the budget");
+    let operator = start_controller(client, ns);
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &migration("budget"))
+        .await
+        .expect("create migration");
+    let (reason, message) = eventually(30, "SidecarsReady False for the budget", || async {
+        let cm = api.get("budget").await.ok()?;
+        let (status, reason, message) = condition_of(&cm, "SidecarsReady")?;
+        (status == "False" && reason == "EvictionRefused").then_some((reason, message))
+    })
+    .await;
+    assert!(message.contains(&format!("{STS}-0")), "{reason}: {message}");
+    let pods = source_pods(client, ns).await;
+    assert_eq!(pods.len(), REPLICAS, "no pod may have gone");
+
+    budgets
+        .delete("hold", &DeleteParams::default())
+        .await
+        .expect("delete the budget");
+    eventually(180, "phase Ready once the budget is gone", || async {
+        (phase_of(&api, "budget").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    operator.abort();
 }
 
 /// Issue 13 §3 / issue 14 §2: the spool is in the pod, so evicting a pod

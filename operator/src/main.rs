@@ -216,9 +216,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // In a workspace build another crate may also turn on rustls'
     // aws-lc-rs; choose ring (what kube and the webhook use) explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("finding the Kubernetes API")?;
+    let client = controller::api_client(config).context("connecting to the Kubernetes API")?;
     let metrics = metrics::Metrics::new().context("registering metrics")?;
 
     // Metrics and health, on every replica.

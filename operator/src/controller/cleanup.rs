@@ -64,7 +64,7 @@ pub(super) async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> R
                         "not evicting {pod} yet: {reason}"
                     )));
                 }
-                if evict(&ctx, &ns, &pod).await? {
+                if evict(&ctx, &ns, &pod).await? == Eviction::Done {
                     step.event(
                         EventType::Normal,
                         "EvictedPod",

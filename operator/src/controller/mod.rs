@@ -67,7 +67,7 @@ use owned::{delete_if_present, ensure_pdb, write_peer_map};
 use phases::{apply, mirroring_since_micros, set_ready};
 use proxies::{check_mirroring, mirroring_behind, read_proxies, spool_hold};
 use reverse_check::reverse_check;
-use rollout::{check_sidecars, evict, roll_sidecars, sidecar_states, take_proxies_out};
+use rollout::{check_sidecars, evict, roll_sidecars, sidecar_states, take_proxies_out, Eviction};
 use scheduled_check::scheduled_check;
 use schema_step::{schema_gate, schema_recheck};
 
@@ -213,6 +213,19 @@ impl Error {
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs the controller until SIGTERM/SIGINT.
+/// The client the controller acts through, with kube's blanket retry of
+/// 429, 503 and 504 turned off. A PodDisruptionBudget refuses an eviction
+/// with a 429; retried inside the client (15 times, the waits doubling to
+/// minutes) the refusal would hold the reconcile, with nothing in its status
+/// or log, for as long as the budget refuses, and let a replica that lost
+/// its lease meanwhile evict long after. Without it the refusal reaches
+/// `rollout::evict`, and any other refusal the error policy, which both
+/// requeue on the controller's own terms.
+pub fn api_client(mut config: kube::Config) -> std::result::Result<Client, kube::Error> {
+    config.default_retry = false;
+    Client::try_from(config)
+}
+
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let (migrations, jobs, pods): (Api<CassandraMigration>, Api<Job>, Api<Pod>) =

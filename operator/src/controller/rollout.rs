@@ -171,32 +171,45 @@ pub(super) async fn roll_sidecars(
                 );
                 return Ok(Action::requeue(poll));
             }
-            if evict(step.ctx, &step.ns, &name).await? {
-                info!(pod = %name, ?direction, "evicted");
-                if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
-                    s.state = SidecarState::Rolling;
-                    // The roll's timer starts at the eviction, not at this
-                    // reconcile's start: a reconcile that stalled before it
-                    // evicted (a slow API server, a paused machine: stop
-                    // 27's local CI) must not count against the pod.
-                    s.since = Some(now());
-                    s.message = Some("evicted; coming back".to_owned());
+            match evict(step.ctx, &step.ns, &name).await? {
+                Eviction::Done => {
+                    info!(pod = %name, ?direction, "evicted");
+                    if let Some(s) = step.status.sidecars.iter_mut().find(|s| s.pod == name) {
+                        s.state = SidecarState::Rolling;
+                        // The roll's timer starts at the eviction, not at this
+                        // reconcile's start: a reconcile that stalled before it
+                        // evicted (a slow API server, a paused machine: stop
+                        // 27's local CI) must not count against the pod.
+                        s.since = Some(now());
+                        s.message = Some("evicted; coming back".to_owned());
+                    }
+                    let what = if direction == Direction::Inject {
+                        "inject"
+                    } else {
+                        "remove"
+                    };
+                    step.event(
+                        EventType::Normal,
+                        "EvictedPod",
+                        "Roll",
+                        format!("evicted {name} to {what} the proxy sidecar"),
+                    )
+                    .await;
                 }
-                let what = if direction == Direction::Inject {
-                    "inject"
-                } else {
-                    "remove"
-                };
-                step.event(
-                    EventType::Normal,
-                    "EvictedPod",
-                    "Roll",
-                    format!("evicted {name} to {what} the proxy sidecar"),
-                )
-                .await;
-            } else {
-                // A PodDisruptionBudget says not now (or the pod is gone).
-                info!(pod = %name, "eviction not possible now; waiting");
+                Eviction::Refused(why) => {
+                    info!(pod = %name, %why, "eviction refused for now; waiting");
+                    status::set_condition(
+                        &mut step.status,
+                        condition::SIDECARS_READY,
+                        false,
+                        "EvictionRefused",
+                        format!("not evicting {name} yet: {why}"),
+                        generation,
+                        &step.now,
+                    );
+                }
+                // Already going: the next look sees it come back.
+                Eviction::Gone => {}
             }
             Ok(Action::requeue(poll))
         }
@@ -318,7 +331,9 @@ async fn roll_sidecars_quiet(
             );
             return Ok(());
         }
-        if evict(step.ctx, &step.ns, &name).await? {
+        if let Eviction::Refused(why) = evict(step.ctx, &step.ns, &name).await? {
+            info!(pod = %name, %why, "not re-rolling yet");
+        } else {
             let why = if views.iter().any(|v| v.name == name && v.outdated) {
                 "ran a proxy with outdated settings"
             } else {
@@ -380,19 +395,35 @@ pub(super) async fn take_proxies_out(
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
-/// Evicts a pod through the Eviction API. `Ok(false)` when a
-/// PodDisruptionBudget refuses for now (429) or the pod is already gone.
-pub(super) async fn evict(ctx: &Context, ns: &str, pod: &str) -> Result<bool> {
+/// What asking the Eviction API for a pod came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Eviction {
+    /// The pod is going.
+    Done,
+    /// Not now, and why: a PodDisruptionBudget refuses (429, the API
+    /// server's own words), or this replica no longer leads.
+    Refused(String),
+    /// The pod was already gone (404).
+    Gone,
+}
+
+/// Evicts a pod through the Eviction API. A budget's refusal comes back at
+/// once: the controller's client does not retry a 429 by itself
+/// (`controller::api_client`).
+pub(super) async fn evict(ctx: &Context, ns: &str, pod: &str) -> Result<Eviction> {
     // The one step that takes a node down: never from a replica that may
     // have lost the lease while this reconcile ran.
     if !ctx.leadership.is_leading() {
         warn!(%pod, "not evicting: this replica no longer holds the leader lease");
-        return Ok(false);
+        return Ok(Eviction::Refused(
+            "this replica no longer holds the leader lease".to_owned(),
+        ));
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     match api.evict(pod, &EvictParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 429 || s.code == 404 => Ok(false),
+        Ok(_) => Ok(Eviction::Done),
+        Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Refused(s.message)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Eviction::Gone),
         Err(err) => Err(err.into()),
     }
 }

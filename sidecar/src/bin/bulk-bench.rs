@@ -200,9 +200,6 @@ async fn write_partition_batches(
 enum ScanKind {
     Values,
     WithStamps,
-    /// The backfill's own SELECT: each row's token, then the values with
-    /// their WRITETIME and TTL.
-    WithTokenAndStamps,
 }
 
 /// Counts the rows of a range scan, deserialised as `R` and dropped.
@@ -277,7 +274,6 @@ async fn plain_scan(
     let columns = match kind {
         ScanKind::Values => "k, c, v1, v2, v3".to_owned(),
         ScanKind::WithStamps => stamped("k, c"),
-        ScanKind::WithTokenAndStamps => stamped("token(k), k, c"),
     };
     let mut select = session
         .prepare(format!(
@@ -302,23 +298,6 @@ async fn plain_scan(
                     // Value, WRITETIME, TTL of v1, v2, v3 (one column each).
                     ScanKind::WithStamps => {
                         count_range::<(
-                            i64,
-                            i32,
-                            Option<String>,
-                            Option<i64>,
-                            Option<i32>,
-                            Option<i64>,
-                            Option<i64>,
-                            Option<i32>,
-                            Option<f64>,
-                            Option<i64>,
-                            Option<i32>,
-                        )>(session, select, table, range, sizing)
-                        .await
-                    }
-                    ScanKind::WithTokenAndStamps => {
-                        count_range::<(
-                            i64,
                             i64,
                             i32,
                             Option<String>,
@@ -363,6 +342,10 @@ fn callgrind_total(path: &Path) -> anyhow::Result<u64> {
 /// the whole machine (Cassandra JVMs included).
 #[derive(Clone, Copy)]
 struct Cost {
+    /// How long the phase took, and the source JVMs' CPU seconds over it:
+    /// what [`Idle`] and a Job's fixed cost are taken off.
+    secs: f64,
+    source_jvms_seconds: f64,
     client_us_per_row: f64,
     machine_us_per_row: f64,
     source_jvms_us_per_row: f64,
@@ -411,6 +394,7 @@ fn jvm_cpu_seconds(jvms: &[(bool, u32)]) -> (f64, f64) {
 
 /// Where the CPU counters stood when a phase began.
 struct Meter {
+    started: Instant,
     machine: f64,
     own: f64,
     jvms: Vec<(bool, u32)>,
@@ -426,6 +410,7 @@ impl Meter {
         let jvms = bed_jvms();
         let (source_jvms, target_jvms) = jvm_cpu_seconds(&jvms);
         Meter {
+            started: Instant::now(),
             machine: machine_busy_seconds(),
             own: process_cpu_seconds(None),
             jvms,
@@ -441,6 +426,8 @@ impl Meter {
         let per_row = |secs: f64| secs * 1e6 / rows.max(1) as f64;
         let (source_jvms, target_jvms) = jvm_cpu_seconds(&self.jvms);
         Cost {
+            secs: self.started.elapsed().as_secs_f64(),
+            source_jvms_seconds: source_jvms - self.source_jvms,
             source_jvms_us_per_row: per_row(source_jvms - self.source_jvms),
             target_jvms_us_per_row: per_row(target_jvms - self.target_jvms),
             client_us_per_row: per_row(
@@ -457,7 +444,7 @@ fn run_child(
     sidecar: &Path,
     mode: &str,
     args: &Args,
-    keyspace: &str,
+    table: &str,
     extra: &str,
     dir: &Path,
 ) -> anyhow::Result<ChildRun> {
@@ -478,7 +465,7 @@ fn run_child(
         .args(["--source-local-dc", &args.source_dc])
         .args(["--target-contact-points", &args.target_contact_points])
         .args(["--target-local-dc", &args.target_dc])
-        .args(["--tables", &format!("{keyspace}.t")])
+        .args(["--tables", table])
         .arg("--summary-file")
         .arg(&summary)
         .args(extra.split_whitespace())
@@ -506,6 +493,33 @@ fn run_child(
             None
         },
     })
+}
+
+/// What the bed's JVMs spend with nothing asked of them (gossip, metrics,
+/// the collector), in cores: taken off a phase's CPU in proportion to its
+/// length, so that a slower phase is not charged for the JVMs' idling.
+struct Idle {
+    source: f64,
+}
+
+impl Idle {
+    /// Measures over 10 s once the machine has settled.
+    async fn measure() -> Self {
+        settle().await;
+        let jvms = bed_jvms();
+        let (before, _) = jvm_cpu_seconds(&jvms);
+        let started = Instant::now();
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let (after, _) = jvm_cpu_seconds(&jvms);
+        Idle {
+            source: (after - before) / started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The source JVMs' CPU seconds over a phase, less their idling.
+    fn source_net(&self, cost: &Cost) -> f64 {
+        cost.source_jvms_seconds - self.source * cost.secs
+    }
 }
 
 /// Waits (at most 30 s) until the machine is nearly idle: the JVMs flush
@@ -587,9 +601,15 @@ async fn main() -> anyhow::Result<()> {
         let (mut backfill_copy, mut validate_copy) = (vec![], vec![]);
         let (mut backfill_rss, mut validate_rss) = (0u64, 0u64);
         let (mut backfill_instructions, mut validate_instructions) = (vec![], vec![]);
-        // Per phase, in the order of the table: one cost per run.
-        let mut costs: [Vec<Cost>; 7] = Default::default();
-        let (mut scan, mut scan_stamped, mut scan_token) = (vec![], vec![], vec![]);
+        // Per phase, in the order of the table, then the Jobs on an empty
+        // table: one cost per run.
+        let mut costs: [Vec<Cost>; 8] = Default::default();
+        let (mut scan, mut scan_stamped) = (vec![], vec![]);
+        for session in [&source, &target] {
+            exec(session, &format!("CREATE TABLE IF NOT EXISTS {ks}.empty (k bigint, c int, v1 text, v2 bigint, v3 double, PRIMARY KEY (k, c))")).await?;
+            session.await_schema_agreement().await?;
+        }
+        let idle = Idle::measure().await;
         for run in 0..args.runs {
             exec(&target, &format!("TRUNCATE {ks}.raw")).await?;
             exec(&target, &format!("TRUNCATE {ks}.raw_batched")).await?;
@@ -620,7 +640,7 @@ async fn main() -> anyhow::Result<()> {
                 &sidecar,
                 "backfill",
                 &args,
-                &ks,
+                &format!("{ks}.t"),
                 &format!("{} --job-id {job}", args.backfill_flags),
                 &dir,
             )?;
@@ -637,7 +657,14 @@ async fn main() -> anyhow::Result<()> {
             backfill_rss = backfill_rss.max(b.max_rss_kb);
             backfill_instructions.extend(b.instructions.map(|n| n as f64 / size as f64));
             let meter = Meter::start_when_idle().await;
-            let v = run_child(&sidecar, "validate", &args, &ks, &args.validate_flags, &dir)?;
+            let v = run_child(
+                &sidecar,
+                "validate",
+                &args,
+                &format!("{ks}.t"),
+                &args.validate_flags,
+                &dir,
+            )?;
             let ms = v.summary["elapsedMillis"].as_f64().unwrap_or(1.0).max(1.0);
             anyhow::ensure!(
                 v.summary["rowsCompared"].as_u64() == Some(size)
@@ -655,7 +682,6 @@ async fn main() -> anyhow::Result<()> {
             for (kind, rates, cost) in [
                 (ScanKind::Values, &mut scan, 4),
                 (ScanKind::WithStamps, &mut scan_stamped, 5),
-                (ScanKind::WithTokenAndStamps, &mut scan_token, 6),
             ] {
                 let meter = Meter::start_when_idle().await;
                 let (rows, secs) = plain_scan(
@@ -671,6 +697,21 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(rows == size, "the plain scan read {rows} of {size} rows");
                 rates.push(size as f64 / secs);
                 costs[cost].push(meter.done(size, None));
+            }
+            // A Job's fixed cost: connecting, reading schemas, its
+            // checkpoint table, every range asked once, on an empty table.
+            for (mode, flags, cost) in [
+                ("backfill", &args.backfill_flags, 6),
+                ("validate", &args.validate_flags, 7),
+            ] {
+                let meter = Meter::start_when_idle().await;
+                let job = format!("bench-empty-{size}-{}-{run}", std::process::id());
+                let flags = match mode {
+                    "backfill" => format!("{flags} --job-id {job}"),
+                    _ => flags.clone(),
+                };
+                let j = run_child(&sidecar, mode, &args, &format!("{ks}.empty"), &flags, &dir)?;
+                costs[cost].push(meter.done(1, Some(j.cpu_seconds)));
             }
             eprintln!("size {size} run {run}: raw {:.0} rows/s, raw batched {:.0} rows/s, backfill {:.0} rows/s, validate {:.0} rows/s", raw[run], raw_batched[run], backfill[run], validate[run]);
         }
@@ -742,24 +783,44 @@ async fn main() -> anyhow::Result<()> {
             None,
             Some(&costs[5]),
         );
-        row(
-            "source plain scan (token, values, WRITETIME, TTL: the backfill's SELECT)",
-            &scan_token,
-            None,
-            Some(&costs[6]),
-        );
+
         // Issue 16's aims, each a ratio of CPU per row in this run.
         let per_row = |i: usize, f: fn(&Cost) -> f64| median(costs[i].iter().map(f).collect());
         let target_cpu = |c: &Cost| c.target_jvms_us_per_row;
         let source_cpu = |c: &Cost| c.source_jvms_us_per_row;
         println!(
-            "| {size} | aims: backfill's target ÷ batched writer's target {:.2} (≤ 1.05); backfill's source ÷ plain scan {:.2} (≤ 1.05), ÷ stamped scan {:.2}, ÷ its own SELECT {:.2}; validation's source ÷ plain scan {:.2}; backfill client {:.1} µs/row (≤ 2) | | | | | | | | | | | |",
+            "| {size} | aims: backfill's target ÷ batched writer's target {:.2} (≤ 1.05); backfill's source ÷ plain scan {:.2} (≤ 1.05), ÷ stamped scan {:.2}; validation's source ÷ plain scan {:.2}; backfill client {:.1} µs/row (≤ 2) | | | | | | | | | | | |",
             per_row(2, target_cpu) / per_row(1, target_cpu),
             per_row(2, source_cpu) / per_row(4, source_cpu),
             per_row(2, source_cpu) / per_row(5, source_cpu),
-            per_row(2, source_cpu) / per_row(6, source_cpu),
             per_row(3, source_cpu) / per_row(4, source_cpu),
             per_row(2, |c| c.client_us_per_row),
+        );
+        // The same, net of what the JVMs spend idle and of a Job's fixed
+        // cost (medians over the runs), so that what is left is the cost of
+        // reading each row.
+        let net = |i: usize, fixed: Option<usize>| {
+            let fixed = fixed.map_or(0.0, |f| {
+                median(costs[f].iter().map(|c| idle.source_net(c)).collect())
+            });
+            median(
+                costs[i]
+                    .iter()
+                    .map(|c| (idle.source_net(c) - fixed) * 1e6 / size as f64)
+                    .collect(),
+            )
+        };
+        println!(
+            "| {size} | net of the bed's idle ({:.3} cores of source JVMs) and of a Job's fixed cost (on an empty table: backfill {:.2}, validation {:.2} CPU-s of the source): source µs/row backfill {:.2}, validation {:.2}, stamped scan {:.2}, values scan {:.2}; backfill ÷ stamped scan {:.2}, validation ÷ stamped scan {:.2} | | | | | | | | | | | |",
+            idle.source,
+            median(costs[6].iter().map(|c| idle.source_net(c)).collect()),
+            median(costs[7].iter().map(|c| idle.source_net(c)).collect()),
+            net(2, Some(6)),
+            net(3, Some(7)),
+            net(5, None),
+            net(4, None),
+            net(2, Some(6)) / net(5, None),
+            net(3, Some(7)) / net(5, None),
         );
         if args.callgrind {
             println!(

@@ -18,14 +18,23 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A client authenticated as the test bed's admin, built as the operator
-/// builds its own (`controller::api_client`): the controllers the tests run
-/// in-process act through it.
+/// A client authenticated as the test bed's admin.
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
+    Ok(Client::try_from(admin_config(kubeconfig).await?)?)
+}
+
+/// The client a controller run in-process acts through: built as the
+/// operator builds its own (`controller::api_client`).
+pub async fn controller_client(kubeconfig: &Path) -> anyhow::Result<Client> {
+    Ok(ferry_operator::controller::api_client(
+        admin_config(kubeconfig).await?,
+    )?)
+}
+
+async fn admin_config(kubeconfig: &Path) -> anyhow::Result<Config> {
     install_crypto_provider();
     let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(ferry_operator::controller::api_client(config)?)
+    Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
 }
 
 /// Server-side applies the committed CRD file and waits until it is Established.

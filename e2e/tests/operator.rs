@@ -104,15 +104,13 @@ async fn start_webhook(client: &Client, ns: &str) -> WebhookGuard {
     }
 }
 
-fn start_controller(client: &Client, ns: &str) -> JoinHandle<()> {
-    start_controller_with(client, ns, |_| {})
+fn start_controller(ns: &str) -> JoinHandle<()> {
+    start_controller_with(ns, |_| {})
 }
 
-fn start_controller_with(
-    client: &Client,
-    ns: &str,
-    adjust: impl FnOnce(&mut Settings),
-) -> JoinHandle<()> {
+/// Runs the controller in-process on `ns`, with the client the operator
+/// builds for it (`controller::api_client`).
+fn start_controller_with(ns: &str, adjust: impl FnOnce(&mut Settings)) -> JoinHandle<()> {
     let mut settings = Settings {
         sidecar_image: "ferry.dev/ferry-sidecar:test".into(),
         roll_timeout: Duration::from_secs(120),
@@ -132,13 +130,22 @@ fn start_controller_with(
         ..Settings::default()
     };
     adjust(&mut settings);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings,
-        Metrics::new().expect("metrics"),
-        None,
-    ));
-    tokio::spawn(controller::run(ctx))
+    // The bed is up (the test's own `bed` brought it up): read where it is.
+    let kubeconfig = testbed::read_env(&testbed::run_dir().join("testbed.env"))
+        .expect("test bed")
+        .kubeconfig;
+    tokio::spawn(async move {
+        let client = kube_client::controller_client(&kubeconfig)
+            .await
+            .expect("the controller's client");
+        let ctx = Arc::new(Context::new(
+            client,
+            settings,
+            Metrics::new().expect("metrics"),
+            None,
+        ));
+        controller::run(ctx).await
+    })
 }
 
 /// How the fake kubelet finishes Job pods.
@@ -459,7 +466,7 @@ async fn migration_rolls_one_pod_at_a_time_runs_jobs_reaches_ready_and_backs_out
         "no sidecar before the migration"
     );
 
-    let mut operator = start_controller(client, ns);
+    let mut operator = start_controller(ns);
     api.create(&PostParams::default(), &migration("mig"))
         .await
         .expect("create migration");
@@ -476,7 +483,7 @@ async fn migration_rolls_one_pod_at_a_time_runs_jobs_reaches_ready_and_backs_out
     .await;
     operator.abort();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    operator = start_controller(client, ns);
+    operator = start_controller(ns);
 
     eventually(120, "phase Ready", || async {
         (phase_of(&api, "mig").await == Some(Phase::Ready)).then_some(())
@@ -694,7 +701,7 @@ async fn failed_backfill_is_reported_and_resumes_after_a_spec_fix() {
     let (client, ns) = (&bed.client, bed.ns.name.as_str());
     bed.script.fail_backfill.store(true, Ordering::SeqCst);
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
-    let operator = start_controller(client, ns);
+    let operator = start_controller(ns);
     api.create(&PostParams::default(), &migration("broken"))
         .await
         .expect("create");
@@ -1065,7 +1072,10 @@ async fn an_eviction_a_budget_refuses_is_reported_at_once_and_the_roll_resumes_w
         .create(&PostParams::default(), &hold)
         .await
         .expect("create the budget");
-    let operator = start_controller(client, ns);
+    let uids =
+        |pods: Vec<Pod>| -> BTreeSet<String> { pods.iter().filter_map(|p| p.uid()).collect() };
+    let before = uids(source_pods(client, ns).await);
+    let operator = start_controller(ns);
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &migration("budget"))
         .await
@@ -1077,8 +1087,9 @@ async fn an_eviction_a_budget_refuses_is_reported_at_once_and_the_roll_resumes_w
     })
     .await;
     assert!(message.contains(&format!("{STS}-0")), "{reason}: {message}");
-    let pods = source_pods(client, ns).await;
-    assert_eq!(pods.len(), REPLICAS, "no pod may have gone");
+    let after = uids(source_pods(client, ns).await);
+    assert_eq!(after, before, "no pod may have been evicted");
+    assert_eq!(after.len(), REPLICAS);
 
     budgets
         .delete("hold", &DeleteParams::default())
@@ -1151,7 +1162,7 @@ async fn no_pod_is_evicted_while_its_proxy_owes_the_target_writes() {
         );
     }
 
-    let operator = start_controller_with(client, ns, |s| {
+    let operator = start_controller_with(ns, |s| {
         s.proxy_checks = true;
         s.mirroring_behind_after = Duration::from_secs(3);
     });
@@ -1381,7 +1392,7 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
         files.push(file);
     }
     let syncer = sync_runtime_files(client, ns, "cut", files);
-    let operator = start_controller_with(client, ns, |s| s.proxy_checks = true);
+    let operator = start_controller_with(ns, |s| s.proxy_checks = true);
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
     // Async: the target's copy follows the source's answer, and in
     // targetPrimary the source's follows the target's (the proxies' mode
@@ -1823,7 +1834,7 @@ async fn a_paused_leader_stops_acting_before_another_takes_over() {
 async fn a_pod_that_ran_without_its_proxy_is_validated_again() {
     let bed = bed("ferry-revalidate").await;
     let (client, ns) = (&bed.client, bed.ns.name.as_str());
-    let operator = start_controller(client, ns);
+    let operator = start_controller(ns);
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &migration("reval"))
         .await
@@ -1997,7 +2008,7 @@ async fn the_targets_schema_is_copied_before_the_roll_and_a_difference_stops_it(
     let bed = bed("ferry-schema").await;
     let (client, ns) = (&bed.client, bed.ns.name.as_str());
     pods_on_source_nodes(&bed).await;
-    let operator = start_controller_with(client, ns, |s| {
+    let operator = start_controller_with(ns, |s| {
         s.schema_step = true;
         s.schema_recheck = Duration::from_secs(2);
     });
@@ -2229,7 +2240,7 @@ async fn a_cass_operator_cluster_rolls_across_its_racks_and_data_centers() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     bed.script.max_unavailable.store(0, Ordering::SeqCst);
 
-    let operator = start_controller(client, ns);
+    let operator = start_controller(ns);
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
     let mut mig = migration("racks");
     mig.spec.source.stateful_set = String::new();
@@ -2335,7 +2346,7 @@ async fn a_cass_operator_cluster_rolls_across_its_racks_and_data_centers() {
 async fn a_difference_found_after_ready_sends_the_migration_back_to_validation() {
     let bed = bed("ferry-check").await;
     let (client, ns) = (&bed.client, bed.ns.name.as_str());
-    let operator = start_controller_with(client, ns, |s| {
+    let operator = start_controller_with(ns, |s| {
         s.schedule_minute = Duration::from_millis(300);
     });
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
@@ -2513,7 +2524,7 @@ async fn a_migration_runs_in_a_namespace_that_enforces_the_restricted_standard()
     })
     .await;
 
-    let operator = start_controller(client, ns);
+    let operator = start_controller(ns);
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
     let mig = migration("strict");
     assert_eq!(

@@ -219,7 +219,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API")?;
-    let client = controller::api_client(config).context("connecting to the Kubernetes API")?;
+    // The webhook, the certificates and the leader election keep kube's
+    // retry of 429/503/504; the controller acts through a client without it
+    // (`controller::api_client` says why).
+    let controller_client =
+        controller::api_client(config.clone()).context("connecting to the Kubernetes API")?;
+    let client = kube::Client::try_from(config).context("connecting to the Kubernetes API")?;
     let metrics = metrics::Metrics::new().context("registering metrics")?;
 
     // Metrics and health, on every replica.
@@ -323,7 +328,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Settings::default()
     };
     let ctx = Context::new(
-        client.clone(),
+        controller_client,
         settings,
         metrics,
         Some(args.pod_name.clone()),

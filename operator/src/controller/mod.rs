@@ -212,9 +212,10 @@ impl Error {
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs the controller until SIGTERM/SIGINT.
-/// The client the controller acts through, with kube's blanket retry of
-/// 429, 503 and 504 turned off. A PodDisruptionBudget refuses an eviction
+/// The client the controller acts through (its reconciles, status and
+/// events; the webhook, certificates and leader election keep kube's
+/// default client), with kube's blanket retry of 429, 503 and 504 turned
+/// off. A PodDisruptionBudget refuses an eviction
 /// with a 429; retried inside the client (15 times, the waits doubling to
 /// minutes) the refusal would hold the reconcile, with nothing in its status
 /// or log, for as long as the budget refuses, and let a replica that lost
@@ -226,6 +227,7 @@ pub fn api_client(mut config: kube::Config) -> std::result::Result<Client, kube:
     Client::try_from(config)
 }
 
+/// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let (migrations, jobs, pods): (Api<CassandraMigration>, Api<Job>, Api<Pod>) =

@@ -208,8 +208,9 @@ pub(super) async fn roll_sidecars(
                         &step.now,
                     );
                 }
-                // Already going: the next look sees it come back.
-                Eviction::Gone => {}
+                // Already going: the next look sees it come back. Or not
+                // this replica's to say.
+                Eviction::Gone | Eviction::NotLeader => {}
             }
             Ok(Action::requeue(poll))
         }
@@ -331,9 +332,11 @@ async fn roll_sidecars_quiet(
             );
             return Ok(());
         }
-        if let Eviction::Refused(why) = evict(step.ctx, &step.ns, &name).await? {
+        let eviction = evict(step.ctx, &step.ns, &name).await?;
+        if let Eviction::Refused(why) = &eviction {
             info!(pod = %name, %why, "not re-rolling yet");
-        } else {
+        }
+        if eviction == Eviction::Done {
             let why = if views.iter().any(|v| v.name == name && v.outdated) {
                 "ran a proxy with outdated settings"
             } else {
@@ -401,10 +404,13 @@ pub(super) enum Eviction {
     /// The pod is going.
     Done,
     /// Not now, and why: a PodDisruptionBudget refuses (429, the API
-    /// server's own words), or this replica no longer leads.
+    /// server's own words).
     Refused(String),
     /// The pod was already gone (404).
     Gone,
+    /// Not asked: this replica no longer holds the leader lease, and the
+    /// one that does speaks for the migration.
+    NotLeader,
 }
 
 /// Evicts a pod through the Eviction API. A budget's refusal comes back at
@@ -415,9 +421,7 @@ pub(super) async fn evict(ctx: &Context, ns: &str, pod: &str) -> Result<Eviction
     // have lost the lease while this reconcile ran.
     if !ctx.leadership.is_leading() {
         warn!(%pod, "not evicting: this replica no longer holds the leader lease");
-        return Ok(Eviction::Refused(
-            "this replica no longer holds the leader lease".to_owned(),
-        ));
+        return Ok(Eviction::NotLeader);
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     match api.evict(pod, &EvictParams::default()).await {

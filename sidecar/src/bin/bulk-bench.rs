@@ -97,6 +97,12 @@ struct Args {
     /// made anew, and its tables emptied before each run, either way.
     #[arg(long)]
     keep_tables: bool,
+    /// Runs only this plain scan, `--runs` times, and prints its rate and
+    /// the source JVMs' CPU per row: the baseline alone, for a profiler
+    /// attached to the source (docs/benchmarks.md, "The token computed by
+    /// the Job").
+    #[arg(long, value_enum)]
+    only_scan: Option<ScanKind>,
 }
 
 /// Row `i` of the benchmark table: 10 rows per partition, ~100 bytes of values.
@@ -196,7 +202,7 @@ async fn write_partition_batches(
 
 /// What a plain token-range scan reads: the values alone, or each regular
 /// cell's value with its WRITETIME and TTL as the backfill reads them.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum ScanKind {
     Values,
     WithStamps,
@@ -608,6 +614,28 @@ async fn main() -> anyhow::Result<()> {
         for session in [&source, &target] {
             exec(session, &format!("CREATE TABLE IF NOT EXISTS {ks}.empty (k bigint, c int, v1 text, v2 bigint, v3 double, PRIMARY KEY (k, c))")).await?;
             session.await_schema_agreement().await?;
+        }
+        if let Some(kind) = args.only_scan {
+            for run in 0..args.runs {
+                let meter = Meter::start_when_idle().await;
+                let (rows, secs) = plain_scan(
+                    source.clone(),
+                    &format!("{ks}.t"),
+                    kind,
+                    args.scan_splits,
+                    args.scan_concurrency,
+                    args.scan_page_size,
+                    args.scan_page_bytes,
+                )
+                .await?;
+                let cost = meter.done(rows, None);
+                eprintln!(
+                    "size {size} run {run}: {kind:?} scan of {rows} rows, {:.0} rows/s, source JVMs {:.1} µs/row",
+                    rows as f64 / secs,
+                    cost.source_jvms_us_per_row
+                );
+            }
+            continue;
         }
         let idle = Idle::measure().await;
         for run in 0..args.runs {

@@ -332,23 +332,23 @@ async fn roll_sidecars_quiet(
             );
             return Ok(());
         }
-        let eviction = evict(step.ctx, &step.ns, &name).await?;
-        if let Eviction::Refused(why) = &eviction {
-            info!(pod = %name, %why, "not re-rolling yet");
-        }
-        if eviction == Eviction::Done {
-            let why = if views.iter().any(|v| v.name == name && v.outdated) {
-                "ran a proxy with outdated settings"
-            } else {
-                "ran without the proxy"
-            };
-            step.event(
-                EventType::Warning,
-                "ReRolledPod",
-                "Roll",
-                format!("{name} {why}; evicted it"),
-            )
-            .await;
+        match evict(step.ctx, &step.ns, &name).await? {
+            Eviction::Done => {
+                let why = if views.iter().any(|v| v.name == name && v.outdated) {
+                    "ran a proxy with outdated settings"
+                } else {
+                    "ran without the proxy"
+                };
+                step.event(
+                    EventType::Warning,
+                    "ReRolledPod",
+                    "Roll",
+                    format!("{name} {why}; evicted it"),
+                )
+                .await;
+            }
+            Eviction::Refused(why) => info!(pod = %name, %why, "not re-rolling yet"),
+            Eviction::Gone | Eviction::NotLeader => {}
         }
     }
     Ok(())

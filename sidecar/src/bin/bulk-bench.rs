@@ -227,14 +227,7 @@ where
     // would fetch the rows from the replica and charge the source twice.
     let (keyspace, table) = table.split_once('.').unwrap_or(("", table));
     let replicas = ring::replicas_of(&session.get_cluster_state(), keyspace, table, range, None);
-    let fallback = session
-        .get_default_execution_profile_handle()
-        .to_profile()
-        .get_load_balancing_policy()
-        .clone();
-    select.set_load_balancing_policy(Some(Arc::new(ring::ReplicaRouting::new(
-        replicas, fallback,
-    ))));
+    select.set_load_balancing_policy(Some(Arc::new(ring::ReplicaRouting::new(replicas, session))));
     let mut paging = PagingState::start();
     let mut page_rows = RangePaging::new(sizing);
     let mut rows = 0u64;
@@ -326,6 +319,28 @@ async fn plain_scan(
         .await;
     let rows = counts.into_iter().sum::<anyhow::Result<u64>>()?;
     Ok((rows, start.elapsed().as_secs_f64()))
+}
+
+/// [`plain_scan`] of `table` with the bench's scan flags, metered once the
+/// machine has settled: rows read, seconds, and its cost.
+async fn metered_scan(
+    source: &Arc<Session>,
+    args: &Args,
+    table: &str,
+    kind: ScanKind,
+) -> anyhow::Result<(u64, f64, Cost)> {
+    let meter = Meter::start_when_idle().await;
+    let (rows, secs) = plain_scan(
+        source.clone(),
+        table,
+        kind,
+        args.scan_splits,
+        args.scan_concurrency,
+        args.scan_page_size,
+        args.scan_page_bytes,
+    )
+    .await?;
+    Ok((rows, secs, meter.done(rows, None)))
 }
 
 struct ChildRun {
@@ -617,18 +632,8 @@ async fn main() -> anyhow::Result<()> {
         }
         if let Some(kind) = args.only_scan {
             for run in 0..args.runs {
-                let meter = Meter::start_when_idle().await;
-                let (rows, secs) = plain_scan(
-                    source.clone(),
-                    &format!("{ks}.t"),
-                    kind,
-                    args.scan_splits,
-                    args.scan_concurrency,
-                    args.scan_page_size,
-                    args.scan_page_bytes,
-                )
-                .await?;
-                let cost = meter.done(rows, None);
+                let (rows, secs, cost) =
+                    metered_scan(&source, &args, &format!("{ks}.t"), kind).await?;
                 eprintln!(
                     "size {size} run {run}: {kind:?} scan of {rows} rows, {:.0} rows/s, source JVMs {:.1} µs/row",
                     rows as f64 / secs,
@@ -711,20 +716,11 @@ async fn main() -> anyhow::Result<()> {
                 (ScanKind::Values, &mut scan, 4),
                 (ScanKind::WithStamps, &mut scan_stamped, 5),
             ] {
-                let meter = Meter::start_when_idle().await;
-                let (rows, secs) = plain_scan(
-                    source.clone(),
-                    &format!("{ks}.t"),
-                    kind,
-                    args.scan_splits,
-                    args.scan_concurrency,
-                    args.scan_page_size,
-                    args.scan_page_bytes,
-                )
-                .await?;
+                let (rows, secs, scan_cost) =
+                    metered_scan(&source, &args, &format!("{ks}.t"), kind).await?;
                 anyhow::ensure!(rows == size, "the plain scan read {rows} of {size} rows");
                 rates.push(size as f64 / secs);
-                costs[cost].push(meter.done(size, None));
+                costs[cost].push(scan_cost);
             }
             // A Job's fixed cost: connecting, reading schemas, its
             // checkpoint table, every range asked once, on an empty table.

@@ -456,7 +456,7 @@ async fn copy_range(
                 &mut ops,
             );
             let size = ops[planned..].iter().map(|op| op.counted).sum();
-            if batches.before_row(new_partition, layout.token(row), size) && planned > 0 {
+            if batches.before_row(new_partition, || layout.token(row), size) && planned > 0 {
                 let this_row = ops.split_off(planned);
                 submit!(std::mem::replace(&mut ops, this_row));
             }

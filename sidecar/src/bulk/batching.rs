@@ -127,15 +127,21 @@ impl<'a> BatchCutter<'a> {
     }
 
     /// A row's writes, of `size` (their `counted`), are to join the batch;
-    /// `starts_partition` with the `token` of a row that starts a new
-    /// partition. True when the writes held so far must be sent first, as a
+    /// `starts_partition` when the row starts a new partition, whose
+    /// `token` is asked for only then (or for a batch's first row): the Job
+    /// computes it by hashing the row's key. True when the writes held so far must be sent first, as a
     /// batch of their own: the new partition lies in another vnode range of
     /// the target, or the batch holds as many partitions as it may, or the
     /// row would take it past `max_bytes`.
-    pub fn before_row(&mut self, starts_partition: bool, token: i64, size: u64) -> bool {
+    pub fn before_row(
+        &mut self,
+        starts_partition: bool,
+        token: impl FnOnce() -> i64,
+        size: u64,
+    ) -> bool {
         let vnode = match (&self.open, starts_partition) {
             (Some(open), false) => open.vnode,
-            _ => self.vnodes.of(token),
+            _ => self.vnodes.of(token()),
         };
         let limits = self.limits;
         let size = size + if starts_partition { PARTITION_SIZE } else { 0 };
@@ -181,7 +187,7 @@ mod tests {
         let mut out = Vec::new();
         let mut held = Vec::new();
         for (i, &(token, starts, size)) in rows.iter().enumerate() {
-            if cutter.before_row(starts, token, size) {
+            if cutter.before_row(starts, || token, size) {
                 out.push(std::mem::take(&mut held));
             }
             held.push(i);

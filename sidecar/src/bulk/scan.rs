@@ -365,14 +365,10 @@ impl TableScan {
         );
         let replica_ids: Vec<_> = replicas.iter().map(|n| n.host_id).collect();
         let mut statement = self.statement.clone();
-        let fallback = self
-            .session
-            .get_default_execution_profile_handle()
-            .to_profile()
-            .get_load_balancing_policy()
-            .clone();
-        statement
-            .set_load_balancing_policy(Some(Arc::new(ReplicaRouting::new(replicas, fallback))));
+        statement.set_load_balancing_policy(Some(Arc::new(ReplicaRouting::new(
+            replicas,
+            &self.session,
+        ))));
         let mut paging = PagingState::start();
         let mut page_rows = RangePaging::new(&self.sizing);
         loop {

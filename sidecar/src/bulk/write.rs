@@ -245,7 +245,9 @@ impl WritePlanner {
                 BindCell::Int(0)
             }
         };
-        let key_bytes: u64 = (self.layout.key_range(true))
+        let key_bytes: u64 = self
+            .layout
+            .key_range(true)
             .map(|i| row.cell(i).map_or(0, |b| b.len() as u64))
             .sum();
         let mut keys = CellKeys::new();

@@ -177,21 +177,52 @@ pub async fn target_id(
     switch_keyspace: bool,
     unprepared_since: Option<Instant>,
 ) -> Result<TargetPrepared, MirrorError> {
-    let kept = |stmt: &PreparedStatement| match unprepared_since {
-        None => stmt.target(),
-        Some(sent) => stmt.target_prepared_after(conn.host, sent),
-    };
-    if let Some(t) = kept(stmt) {
+    if let Some(t) = kept_target_id(stmt, conn, unprepared_since) {
         return Ok(t);
     }
+    // Boxed: preparing is rare, and its state would otherwise be part of
+    // every mirrored write's future (see `TargetLink::get`).
+    Box::pin(prepare_one_at_a_time(
+        ctx,
+        conn,
+        stmt,
+        switch_keyspace,
+        unprepared_since,
+    ))
+    .await
+}
+
+/// `target_id`'s slow path: prepares `stmt` on the target unless another
+/// write did while this one waited its turn.
+async fn prepare_one_at_a_time(
+    ctx: &ProxyContext,
+    conn: &Upstream,
+    stmt: &PreparedStatement,
+    switch_keyspace: bool,
+    unprepared_since: Option<Instant>,
+) -> Result<TargetPrepared, MirrorError> {
     let _one_at_a_time = stmt.preparing_on_target.lock().await;
-    if let Some(t) = kept(stmt) {
+    if let Some(t) = kept_target_id(stmt, conn, unprepared_since) {
         return Ok(t);
     }
     if unprepared_since.is_some() {
         ctx.metrics.reprepares.inc();
     }
     prepare_on_target(ctx, conn, stmt, switch_keyspace).await
+}
+
+/// The target's id kept for `stmt`: any, or (the target answered
+/// UNPREPARED to a request sent at `unprepared_since`) one prepared on
+/// `conn`'s host since.
+fn kept_target_id(
+    stmt: &PreparedStatement,
+    conn: &Upstream,
+    unprepared_since: Option<Instant>,
+) -> Option<TargetPrepared> {
+    match unprepared_since {
+        None => stmt.target(),
+        Some(sent) => stmt.target_prepared_after(conn.host, sent),
+    }
 }
 
 /// Replaces source ids with target ids in an EXECUTE or BATCH body. Where
@@ -317,7 +348,9 @@ async fn switch_keyspace_to(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     if current.as_deref() != Some(ks) {
-        conn.use_keyspace(ks, ctx.target_timeout).await?;
+        // Boxed: a switch is rare, and its state would otherwise be part
+        // of every mirrored write's future (see `TargetLink::get`).
+        Box::pin(conn.use_keyspace(ks, ctx.target_timeout)).await?;
     }
     Ok(())
 }
@@ -371,7 +404,7 @@ async fn send_to_source(
         }
         let mut ids = Vec::with_capacity(req.statements.len());
         for (sid, stmt) in &req.statements {
-            let reply = prepare_in_its_keyspace(ctx, conn, stmt).await?;
+            let reply = Box::pin(prepare_in_its_keyspace(ctx, conn, stmt)).await?;
             ids.push((sid.clone(), prepared_id(&reply)?));
         }
         body = rewrite_ids(req, &ids)?;

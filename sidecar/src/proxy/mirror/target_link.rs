@@ -65,7 +65,21 @@ impl TargetLink {
     }
 
     /// The live connection, connecting (with backoff) when needed.
+    ///
+    /// The usual case, a live connection, is answered without awaiting;
+    /// the connect path is boxed, because its handshake's state (some
+    /// 1.6 KiB) would otherwise be part of every caller's future, and an
+    /// async mirror's future is copied several times as it is spawned.
     pub async fn get(&self) -> Result<Arc<Upstream>, UpstreamError> {
+        if let Ok(guard) = self.conn.try_lock() {
+            if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
+                return Ok(c.clone());
+            }
+        }
+        Box::pin(self.get_or_connect()).await
+    }
+
+    async fn get_or_connect(&self) -> Result<Arc<Upstream>, UpstreamError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
             if !c.is_closed() {

@@ -376,10 +376,13 @@ impl Session {
         self.tasks.fetch_add(1, Ordering::AcqRel);
         let guard = TaskGuard(self.tasks.clone());
         let fut = work(self.clone());
-        tokio::spawn(async move {
+        // Boxed before it is spawned, as an async mirror is: these futures
+        // (a dual write's, an ordered mirror's) are hundreds of bytes to
+        // kilobytes, and tokio moves a task's future several times.
+        tokio::spawn(Box::pin(async move {
             let _guard = guard;
             fut.await;
-        });
+        }));
     }
 
     fn set_pending(&self, stream: i16, p: Pending) {

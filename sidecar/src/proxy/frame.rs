@@ -224,6 +224,10 @@ impl Frame {
     /// Appends the frame in v3/v4 form (or as a v5 envelope, uncompressed),
     /// compressing the body with `compression` when it is not `None`.
     pub fn encode(&self, compression: Compression, out: &mut BytesMut) {
+        // Room for the whole frame at once: a link's writer starts each
+        // flush with an empty buffer, which would otherwise grow three
+        // times (twice for the header's fields, once for the body).
+        out.reserve(HEADER_LEN + self.body.len());
         let start = out.len();
         let mut header = FrameHeader {
             version: self.version,

@@ -61,12 +61,20 @@ struct TargetPreparation {
 }
 
 impl PreparedStatement {
+    /// A write's traits are completed here, once, with what the prepared
+    /// answer said of it, so each EXECUTE borrows them: `counter` (a bind
+    /// variable is a counter), and `x = x + ?` that is not a counter is a
+    /// collection update, maybe a list append, whose order matters.
     pub fn new(
         query: &str,
         keyspace: Option<String>,
-        class: StatementClass,
+        mut class: StatementClass,
         counter: bool,
     ) -> Self {
+        if let StatementClass::Write(w) = &mut class {
+            w.counter |= counter;
+            w.list_order |= w.increment_by_marker && !w.counter;
+        }
         Self {
             query: Arc::from(query),
             keyspace,
@@ -304,6 +312,35 @@ mod tests {
     use crate::proxy::classify::classify;
     use crate::proxy::wire::{put_short_bytes, put_string};
     use bytes::{BufMut, BytesMut};
+
+    /// What the prepared answer says of a write is part of its class from
+    /// the start, so an EXECUTE routes it on the class as it is.
+    #[test]
+    fn a_prepared_write_s_class_takes_its_counter_and_list_order_once() {
+        let traits = |query: &str, counter: bool| match PreparedStatement::new(
+            query,
+            None,
+            classify(query),
+            counter,
+        )
+        .class
+        {
+            StatementClass::Write(w) => (w.counter, w.list_order),
+            other => panic!("{query}: not a write: {other:?}"),
+        };
+        let increment = "UPDATE ks.t SET c = c + ? WHERE k = ?";
+        assert_eq!(traits(increment, true), (true, false), "a counter update");
+        assert_eq!(
+            traits(increment, false),
+            (false, true),
+            "a collection append"
+        );
+        assert_eq!(
+            traits("UPDATE ks.t SET v = ? WHERE k = ?", false),
+            (false, false),
+            "a plain write"
+        );
+    }
 
     #[test]
     fn cache_is_bounded_and_keeps_text() {

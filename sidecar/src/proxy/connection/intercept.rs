@@ -160,20 +160,10 @@ impl Session {
                 Err(e) => return self.malformed(&frame, e).await,
             };
         }
-        // The prepared statement's class as it is, unless it is a write,
-        // whose copy takes what the prepared answer said of it.
+        // Borrowed: copied only by the routes that keep it (a mirrored
+        // write). Its write traits were completed when it was prepared.
         let shared = stmt.clone();
-        let class = match &shared.class {
-            StatementClass::Write(w) => {
-                let mut w = w.clone();
-                w.counter |= stmt.counter;
-                // `x = x + ?` that is not a counter: a collection update,
-                // maybe a list append, whose order matters.
-                w.list_order |= w.increment_by_marker && !w.counter;
-                Cow::Owned(StatementClass::Write(w))
-            }
-            other => Cow::Borrowed(other),
-        };
+        let class = Cow::Borrowed(&shared.class);
         if matches!(
             *class,
             StatementClass::Read {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the JVMs' CPU time went, from profile-jvms.sh's collapsed stacks.
 
-    profile-summary.py [--interval-ns N] [--rows R] [--frames RE ...] LABEL=FILE[,FILE...] ...
+    profile-summary.py [--interval-ns N] [--rows R] [--top N] [--frames RE ...] LABEL=FILE[,FILE...] ...
 
 Each LABEL sums its files (one per node). Printed per label: CPU seconds in
 all; by activity (serving requests, waiting for them, the other threads,
@@ -46,11 +46,27 @@ def read(paths):
     return stacks
 
 
+def recorded_interval(paths):
+    """The sampling interval profile-jvms.sh wrote beside the files: one
+    for all of them, else 1 ms."""
+    seen = set()
+    for path in paths:
+        try:
+            with open(path + ".interval-ns", encoding="utf-8") as f:
+                seen.add(int(f.read().strip()))
+        except FileNotFoundError:
+            seen.add(1_000_000)
+    if len(seen) > 1:
+        sys.exit(f"the files were sampled at different intervals ({sorted(seen)} ns): give --interval-ns")
+    return seen.pop()
+
+
 def activity(group, frames):
     """What a stack's thread was doing."""
     if "Compiler" in group or group.startswith("CN "):
         return "JIT compilers"
-    if group.startswith(("GC ", "GN ", "G1 ")):
+    # Digits are Ns in a group's name: G1's threads are "GN ...".
+    if group.startswith(("GC ", "GN ")):
         return "garbage collection"
     if any(w in frame for frame in frames for w in WAITING):
         return "waiting (spinning, parked, woken)"
@@ -61,15 +77,22 @@ def activity(group, frames):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--interval-ns", type=int, default=1_000_000, help="CPU time a sample stands for")
+    p.add_argument(
+        "--interval-ns",
+        type=int,
+        default=None,
+        help="CPU time a sample stands for (default: what profile-jvms.sh recorded beside the files, else 1 ms)",
+    )
     p.add_argument("--rows", type=float, default=None, help="rows the profiled run read, for µs a row")
     p.add_argument("--top", type=int, default=12, help="thread groups to list")
     p.add_argument("--frames", action="append", default=[], help="a regular expression over frame names")
     p.add_argument("sets", nargs="+", metavar="LABEL=FILE[,FILE...]")
     args = p.parse_args()
 
+    interval_ns = args.interval_ns
+
     def fmt(samples):
-        seconds = samples * args.interval_ns / 1e9
+        seconds = samples * interval_ns / 1e9
         text = f"{seconds:8.2f} s"
         if args.rows:
             text += f" {seconds * 1e6 / args.rows:7.2f} µs/row"
@@ -79,7 +102,10 @@ def main():
         label, _, files = spec.partition("=")
         if not files:
             sys.exit(f"expected LABEL=FILE[,FILE...], got {spec!r}")
-        stacks = read(files.split(","))
+        paths = files.split(",")
+        if args.interval_ns is None:
+            interval_ns = recorded_interval(paths)
+        stacks = read(paths)
         total = sum(n for _, _, n in stacks)
 
         def line(samples, name):

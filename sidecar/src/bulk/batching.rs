@@ -129,10 +129,11 @@ impl<'a> BatchCutter<'a> {
     /// A row's writes, of `size` (their `counted`), are to join the batch;
     /// `starts_partition` when the row starts a new partition, whose
     /// `token` is asked for only then (or for a batch's first row): the Job
-    /// computes it by hashing the row's key. True when the writes held so far must be sent first, as a
-    /// batch of their own: the new partition lies in another vnode range of
-    /// the target, or the batch holds as many partitions as it may, or the
-    /// row would take it past `max_bytes`.
+    /// computes it by hashing the row's key. True when the writes held so
+    /// far must be sent first, as a batch of their own: the new partition
+    /// lies in another vnode range of the target, or the batch holds as
+    /// many partitions as it may, or the row would take it past
+    /// `max_bytes`.
     pub fn before_row(
         &mut self,
         starts_partition: bool,

@@ -259,10 +259,11 @@ mod tests {
     }
 
     /// Every async mirror's future (`mirror_task`'s) is built, moved into
-    /// a box and polled once per write; the rare paths (connecting, preparing, switching
-    /// keyspace) are boxed apart so their state is not part of it. With
-    /// them inline it was 2,504 bytes, and spawning it unboxed copied it
-    /// some ten times: 14 % of a mirrored request's instructions.
+    /// a box and polled once per write; the rare paths (connecting,
+    /// preparing, switching keyspace) are boxed apart so their state is not
+    /// part of it. With them inline it was 2,504 bytes, and spawning it
+    /// unboxed copied it some ten times: 14 % of a mirrored request's
+    /// instructions.
     #[test]
     fn an_async_mirror_s_future_holds_no_connect_prepare_or_keyspace_state() {
         let mirror = size_of_future(

@@ -56,12 +56,7 @@ impl TargetLink {
 
     /// The live connection, if there is one; never connects.
     pub async fn connected(&self) -> Option<Arc<Upstream>> {
-        self.conn
-            .lock()
-            .await
-            .as_ref()
-            .filter(|c| !c.is_closed())
-            .cloned()
+        live(&*self.conn.lock().await)
     }
 
     /// The live connection, connecting (with backoff) when needed.
@@ -71,20 +66,17 @@ impl TargetLink {
     /// 1.6 KiB) would otherwise be part of every caller's future, and an
     /// async mirror's future is copied several times as it is spawned.
     pub async fn get(&self) -> Result<Arc<Upstream>, UpstreamError> {
-        if let Ok(guard) = self.conn.try_lock() {
-            if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.conn.try_lock().ok().and_then(|slot| live(&slot)) {
+            return Ok(c);
         }
         Box::pin(self.get_or_connect()).await
     }
 
     async fn get_or_connect(&self) -> Result<Arc<Upstream>, UpstreamError> {
         let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            if !c.is_closed() {
-                return Ok(c.clone());
-            }
+        // Another caller may have connected while this one waited.
+        if let Some(c) = live(&guard) {
+            return Ok(c);
         }
         if let Some(at) = *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) {
             if at.elapsed() < RECONNECT_BACKOFF {
@@ -117,6 +109,11 @@ impl TargetLink {
             }
         }
     }
+}
+
+/// The connection in a link's slot, unless there is none or it closed.
+fn live(slot: &Option<Arc<Upstream>>) -> Option<Arc<Upstream>> {
+    slot.as_ref().filter(|c| !c.is_closed()).cloned()
 }
 
 /// Heartbeats on a new target link (`--heartbeat-secs`); a failed one counts

@@ -30,12 +30,19 @@ use scylla::policies::host_filter::AllowListHostFilter;
 use scylla::statement::prepared::PreparedStatement;
 
 mod instructions;
+mod peers;
 mod relay;
 
 use instructions::Callgrind;
+use peers::{Peer, PeerSpec};
 
 #[derive(Parser, Debug)]
-#[command(about = "Direct vs through-the-proxy CQL benchmark")]
+#[command(
+    about = "Direct vs through-the-proxy CQL benchmark",
+    // A wrapper's defaults (e2e/bench/peers.sh) can be overridden by
+    // options given after them.
+    args_override_self = true
+)]
 struct Args {
     /// Source node, ip:port.
     #[arg(long, default_value = "127.0.0.11:9042")]
@@ -111,6 +118,15 @@ struct Args {
     /// proxy's RSS and CPU per request minute by minute (0: skip).
     #[arg(long, default_value_t = 0)]
     soak_minutes: u64,
+    /// Another proxy measured beside Ferry in the same rounds, as
+    /// `NAME=COMMAND` (repeatable): the command (run by `sh -c`, with
+    /// `exec` before it, so it must start the proxy itself) gets `{ip}` and
+    /// `{port}` to listen on (`--proxy-ip`, ports 29044 and up),
+    /// `{admin_port}` for its metrics (30044 and up), and `{source_ip}`,
+    /// `{source_port}`, `{target_ip}`, `{target_port}`.
+    /// `e2e/bench/peers.sh` runs ZDM proxy and Azure's cassandra-proxy so.
+    #[arg(long = "peer")]
+    peers: Vec<PeerSpec>,
 }
 
 /// Which process and phase a [`measured`] phase is, for `--probe`.
@@ -676,6 +692,14 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Some(Arc::new(dual))
     };
 
+    if callgrind.is_some() && !args.peers.is_empty() {
+        anyhow::bail!("--peer runs the peers outside valgrind: measure them without --callgrind");
+    }
+    let mut peers = Vec::with_capacity(args.peers.len());
+    for (index, spec) in args.peers.iter().enumerate() {
+        peers.push(Peer::start(&args, spec, index, &ks).await?);
+    }
+
     // Warm up both paths (JIT on Cassandra, pools, prepared maps).
     closed_loop(
         direct.clone(),
@@ -708,6 +732,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             args.warmup_seconds,
         )
         .await;
+    }
+    for peer in &peers {
+        peer.warm_up(&args).await;
     }
     let (mut relay_closed, mut relay_open) = (CostLog::default(), CostLog::default());
 
@@ -827,6 +854,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             relay_closed.push(&rc);
             relay_open.push(&ro);
         }
+        for peer in &mut peers {
+            peer.round(&args, round, &d, half).await?;
+        }
         d_tput.push(d.ops_per_sec);
         p_tput.push(p.ops_per_sec);
         ratio.push(p.ops_per_sec / d.ops_per_sec);
@@ -843,6 +873,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let many = Arc::new(many);
     closed_loop(many.clone(), wm.clone(), args.concurrency, 3).await;
     let rss = Resident::of(pid);
+    for peer in &mut peers {
+        peer.measure_memory(&args, &ks).await?;
+    }
     let soak = soak(&args, callgrind.as_ref(), pid, many.clone(), wm, open_rate).await?;
     let mirrored = reqwest_metric(&args.proxy_ip, "ferry_proxy_mirrored_writes_total").await;
     let spooled = reqwest_metric(
@@ -871,6 +904,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             median(dual_tput),
             median(dual_ratio)
         );
+    }
+    for peer in &peers {
+        peer.report(&args);
     }
     println!(
         "| p50 at half saturation (open loop) | {:.0} us | {:.0} us |",
@@ -902,12 +938,17 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     let closed_kind = format!("closed loop, {} in flight", args.concurrency);
     let open_kind = format!("open loop at {:.0} %", args.open_fraction * 100.0);
-    for (who, loop_kind, costs) in [
+    let mut cost_rows = vec![
         ("proxy", &closed_kind, &closed_costs),
         ("proxy", &open_kind, &open_costs),
         ("byte relay", &closed_kind, &relay_closed),
         ("byte relay", &open_kind, &relay_open),
-    ] {
+    ];
+    for peer in &peers {
+        cost_rows.push((&peer.name, &closed_kind, &peer.closed));
+        cost_rows.push((&peer.name, &open_kind, &peer.open));
+    }
+    for (who, loop_kind, costs) in cost_rows {
         if costs.costs.is_empty() {
             continue;
         }

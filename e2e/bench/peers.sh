@@ -15,9 +15,10 @@
 # Their dependencies do (the Go module proxy, Maven Central). Each is built
 # once per source tree, into $FERRY_CACHE/peers/.
 #
-# Ferry is the binary its image ships (static musl, when this machine has
-# the target and musl-gcc, as e2e/images/build.sh builds it) with the one
-# runtime thread the operator gives it under the default 500m CPU limit.
+# Ferry is the binary its published image ships: the `release` profile (thin
+# LTO; the Dockerfile's), static musl when this machine has the target and
+# musl-gcc, with the one runtime thread the operator gives it under the
+# default 500m CPU limit.
 # Azure runs with its default of one event-loop thread (--threads 1) and the
 # JVM's default memory; ZDM twice, with Go's default of one thread per core
 # (`zdm`) and with one (`zdm-1`, GOMAXPROCS=1). Both peers wait for both
@@ -76,14 +77,16 @@ if [[ ! -f $azure_jar ]]; then
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FERRY_CACHE/target}
-cargo build -q --locked --profile image -p ferry-sidecar --bin ferry-sidecar --bin proxy-bench
-ferry_bin=$CARGO_TARGET_DIR/image/ferry-sidecar
+cargo build -q --locked --profile image -p ferry-sidecar --bin proxy-bench
 musl=x86_64-unknown-linux-musl
 if [[ $'\n'$(rustup target list --installed 2>/dev/null)$'\n' == *$'\n'"$musl"$'\n'* ]] &&
   command -v musl-gcc >/dev/null; then
   CC_x86_64_unknown_linux_musl=musl-gcc \
-    cargo build -q --locked --profile image --target "$musl" -p ferry-sidecar --bin ferry-sidecar
-  ferry_bin=$CARGO_TARGET_DIR/$musl/image/ferry-sidecar
+    cargo build -q --locked --release --target "$musl" -p ferry-sidecar --bin ferry-sidecar
+  ferry_bin=$CARGO_TARGET_DIR/$musl/release/ferry-sidecar
+else
+  cargo build -q --locked --release -p ferry-sidecar --bin ferry-sidecar
+  ferry_bin=$CARGO_TARGET_DIR/release/ferry-sidecar
 fi
 log "Ferry: $ferry_bin"
 bash e2e/testbed/up.sh --source-nodes 3 --no-k8s >/dev/null

@@ -14,6 +14,26 @@ pub(super) struct WritePlan {
     pub target_text: Option<String>,
 }
 
+/// What a write's background half (its second copy, after the first
+/// cluster's answer) needs of its class: copied out, so that a mirrored
+/// write does not clone the class's keyspace and table names.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OrderTraits {
+    /// Conditional: the copy is retried until it applies as the first did.
+    lwt: bool,
+    /// TRUNCATE: the copy waits for the writes already on their way.
+    truncate: bool,
+}
+
+impl OrderTraits {
+    fn of(traits: &WriteTraits) -> Self {
+        OrderTraits {
+            lwt: traits.lwt,
+            truncate: traits.truncate,
+        }
+    }
+}
+
 impl Session {
     pub(super) fn mirror_request(
         &self,
@@ -26,9 +46,8 @@ impl Session {
             flags: frame.flags,
             opcode: frame.opcode,
             body: frame.body.clone(),
-            keyspace: self.keyspace(),
-            // A mirrored write allocates here, not every request.
-            statements: statements.into_vec(),
+            keyspace: self.keyspace_shared(),
+            statements,
             idempotent,
         }
     }
@@ -36,7 +55,7 @@ impl Session {
     pub(super) async fn mirrored_write(
         self: &Arc<Self>,
         mut frame: Frame,
-        traits: WriteTraits,
+        traits: &WriteTraits,
         params: ParamsLayout,
         statements: UsedStatements,
         plan: WritePlan,
@@ -56,7 +75,7 @@ impl Session {
         if let Some(f) = traits.nondeterministic {
             m.policy_writes.with_label_values(&[f]).inc();
         }
-        let policy = WritePolicy::of(&traits, params.has_timestamp());
+        let policy = WritePolicy::of(traits, params.has_timestamp());
         let pin = policy.pin_timestamp;
         if pin {
             frame.body = with_timestamp(&frame.body, &params, next_timestamp_micros());
@@ -75,7 +94,9 @@ impl Session {
             }
         }
         if asynchronous && answer == Answer::Target {
-            return self.target_first(frame, req, traits, policy, pin).await;
+            return self
+                .target_first(frame, req, OrderTraits::of(traits), policy, pin)
+                .await;
         }
         if asynchronous {
             // Room in the spool is promised before the source sees the
@@ -107,7 +128,9 @@ impl Session {
             // while it is up, so the client's next write, through whichever
             // proxy, reaches the target after them.
             if policy.ordered && self.ctx.spool.is_empty() {
-                return self.ordered_async(frame, req, hold, traits).await;
+                return self
+                    .ordered_async(frame, req, hold, OrderTraits::of(traits))
+                    .await;
             }
             // Mirrored only once the source answers, and only if it may
             // hold the write: a write the source refused is not the
@@ -143,7 +166,7 @@ impl Session {
         self: &Arc<Self>,
         frame: Frame,
         req: MirrorRequest,
-        traits: WriteTraits,
+        traits: OrderTraits,
         policy: WritePolicy,
         pin: bool,
     ) -> Result<(), SessionError> {
@@ -251,7 +274,7 @@ impl Session {
         frame: Frame,
         req: MirrorRequest,
         hold: MirrorHold,
-        traits: WriteTraits,
+        traits: OrderTraits,
     ) -> Result<(), SessionError> {
         let rx = self.forward_capturing(frame).await?;
         self.spawn_tracked(move |session| async move {
@@ -382,7 +405,7 @@ impl Session {
                 return;
             };
             if reply.opcode == opcode::RESULT {
-                *session.keyspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(ks.clone());
+                *session.keyspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(ks.as_str()));
                 session.target.set_keyspace(&ks);
                 session.source_copies.set_keyspace(&ks);
                 if let Some(conn) = session.source_copies.connected().await {

@@ -120,7 +120,9 @@ struct Session {
     source_state: Arc<LinkState>,
     pending: Mutex<StreamMap<Pending>>,
     version: AtomicU8,
-    keyspace: Mutex<Option<String>>,
+    /// The keyspace of the client's last `USE`: shared with the requests
+    /// mirrored under it.
+    keyspace: Mutex<Option<Arc<str>>>,
     startup_options: Mutex<Vec<(String, String)>>,
     credentials: Mutex<Option<Credentials>>,
     target: Arc<TargetLink>,
@@ -150,10 +152,8 @@ impl Drop for TaskGuard {
     }
 }
 
-/// The prepared statements a request executes, with the ids the client
-/// sent: one for an EXECUTE (kept inline, no allocation), several for a
-/// BATCH, none for a QUERY.
-pub(super) type UsedStatements = smallvec::SmallVec<[(Bytes, Arc<PreparedStatement>); 1]>;
+/// The prepared statements a request executes (`mirror::RequestStatements`).
+pub(super) type UsedStatements = super::mirror::RequestStatements;
 
 fn kind_label(class: &StatementClass) -> &'static str {
     match class {
@@ -303,6 +303,15 @@ impl Session {
     }
 
     fn keyspace(&self) -> Option<String> {
+        self.keyspace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            .map(str::to_owned)
+    }
+
+    /// The connection's keyspace, shared rather than copied.
+    fn keyspace_shared(&self) -> Option<Arc<str>> {
         self.keyspace
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -250,7 +250,8 @@ impl Session {
                 asynchronous,
                 part,
             } => {
-                let StatementClass::Write(traits) = class.into_owned() else {
+                // Borrowed: a mirrored write copies none of its class.
+                let StatementClass::Write(traits) = &*class else {
                     return self.to_source(kind, frame);
                 };
                 let target_text = match part {

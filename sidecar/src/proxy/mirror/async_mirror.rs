@@ -133,7 +133,7 @@ pub async fn deliver(
                 last_error = describe_error(&reply);
             }
             Err(e) if e.is_refusal() => {
-                count_refusal(ctx, &e, &req.keyspace);
+                count_refusal(ctx, &e, req.keyspace.as_deref());
                 return None;
             }
             Err(e) => {
@@ -167,7 +167,7 @@ pub async fn deliver(
 /// A write the target refused for good (its PREPARE was refused: a
 /// keyspace, table or column missing there). It costs that write only, and
 /// loudly: every later write goes on.
-pub(super) fn count_refusal(ctx: &ProxyContext, e: &MirrorError, keyspace: &Option<String>) {
+pub(super) fn count_refusal(ctx: &ProxyContext, e: &MirrorError, keyspace: Option<&str>) {
     ctx.metrics
         .mirrored_writes
         .with_label_values(&["rejected"])
@@ -176,7 +176,7 @@ pub(super) fn count_refusal(ctx: &ProxyContext, e: &MirrorError, keyspace: &Opti
         .target_failures
         .with_label_values(&["rejected"])
         .inc();
-    warn!(error = %e, keyspace = keyspace.as_deref().unwrap_or(""), "target refused a mirrored write; not retried (the target lacks what it needs?)");
+    warn!(error = %e, keyspace = keyspace.unwrap_or(""), "target refused a mirrored write; not retried (the target lacks what it needs?)");
 }
 
 pub(super) fn spool_request(
@@ -191,7 +191,7 @@ pub(super) fn spool_request(
         version: req.version,
         opcode: req.opcode,
         flags: req.flags,
-        keyspace: req.keyspace.clone(),
+        keyspace: req.keyspace.as_deref().map(str::to_owned),
         accepted_at_millis: accepted_at
             .duration_since(std::time::UNIX_EPOCH)
             .ok()

@@ -45,6 +45,11 @@ pub use replay::live_mirrors_done;
 pub use replay::run_replayer;
 pub use target_link::TargetLink;
 
+/// The prepared statements a request executes, with the ids the client
+/// sent: one for an EXECUTE (kept inline, no allocation), several for a
+/// BATCH, none for a QUERY.
+pub type RequestStatements = SmallVec<[(Bytes, Arc<PreparedStatement>); 1]>;
+
 /// A write (or target-served read) as it will be sent to the target.
 #[derive(Debug, Clone)]
 pub struct MirrorRequest {
@@ -53,10 +58,11 @@ pub struct MirrorRequest {
     pub opcode: u8,
     /// Body with source ids (and the pinned timestamp).
     pub body: Bytes,
-    /// The client connection's keyspace.
-    pub keyspace: Option<String>,
+    /// The client connection's keyspace, shared with the connection: a
+    /// mirrored write does not copy it.
+    pub keyspace: Option<Arc<str>>,
     /// Prepared statements the body refers to, by source id.
-    pub statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+    pub statements: RequestStatements,
     /// False for counter updates: never retried or replayed.
     pub idempotent: bool,
 }
@@ -294,7 +300,9 @@ pub async fn send_to_target(
 ) -> Result<Frame, MirrorError> {
     let mut unprepared_since = None;
     for _ in 0..UNPREPARED_ATTEMPTS {
-        let mut ids = Vec::with_capacity(req.statements.len());
+        // Inline for an EXECUTE's one statement, as `req.statements` is.
+        let mut ids: SmallVec<[(Bytes, TargetPrepared); 1]> =
+            SmallVec::with_capacity(req.statements.len());
         for (sid, stmt) in &req.statements {
             let t = target_id(ctx, conn, stmt, switch_keyspace, unprepared_since).await?;
             ids.push((sid.clone(), t));
@@ -487,7 +495,7 @@ mod tests {
             opcode,
             body: body.freeze(),
             keyspace: None,
-            statements: Vec::new(),
+            statements: RequestStatements::new(),
             idempotent: true,
         }
     }

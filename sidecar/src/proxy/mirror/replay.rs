@@ -253,11 +253,7 @@ impl ReplayStatements {
     /// Statements kept at most; then the set starts again.
     const MAX: usize = 10_000;
 
-    fn of(
-        &mut self,
-        ctx: &ProxyContext,
-        record: &SpoolRecord,
-    ) -> Vec<(Bytes, Arc<PreparedStatement>)> {
+    fn of(&mut self, ctx: &ProxyContext, record: &SpoolRecord) -> RequestStatements {
         if self.0.len() > Self::MAX {
             self.0.clear();
         }
@@ -296,7 +292,7 @@ async fn replay_one(
     toward: Toward,
     c: &Upstream,
     record: &SpoolRecord,
-    statements: Vec<(Bytes, Arc<PreparedStatement>)>,
+    statements: RequestStatements,
 ) -> Result<(), MirrorError> {
     let (opcode, body) =
         match waited_seconds(record).map(|waited| super::spooled_ttl::lower_ttls(record, waited)) {
@@ -313,14 +309,14 @@ async fn replay_one(
     let statements = if opcode == record.opcode {
         statements
     } else {
-        Vec::new()
+        RequestStatements::new()
     };
     let req = MirrorRequest {
         version: record.version,
         flags: record.flags,
         opcode,
         body,
-        keyspace: record.keyspace.clone(),
+        keyspace: record.keyspace.as_deref().map(Arc::from),
         statements,
         idempotent: true,
     };
@@ -330,7 +326,7 @@ async fn replay_one(
         Err(e) if e.is_refusal() => {
             // Retrying it at the head of the spool would hold back every
             // write behind it, for ever.
-            count_refusal(ctx, &e, &req.keyspace);
+            count_refusal(ctx, &e, req.keyspace.as_deref());
             return Ok(());
         }
         Err(e) => return Err(e),

@@ -25,13 +25,14 @@
 # clusters before they answer a write, so Ferry runs in `--mode sync`
 # unless the options say otherwise. Default options: --mode sync
 # --proxy-threads 1 --seconds 8 --rounds 3 --open-fraction 0.25
-# --drain-records 0.
+# --drain-records 0. Options given here override those, except `--peer`,
+# which adds a proxy to the three.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../testbed/lib.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
   exit 2
 fi
 zdm_source=$(cd "$1" && pwd)
@@ -72,6 +73,7 @@ if [[ ! -f $azure_jar ]]; then
   log "building Azure cassandra-proxy from $azure_source into $azure_dir"
   rm -rf "$azure_dir" && mkdir -p "$azure_dir"
   cp -r "$azure_source" "$azure_dir/src"
+  rm -rf "$azure_dir/src/target" # a checkout's own build, which the fingerprint leaves out
   (cd "$azure_dir/src" && mvn -q -B -DskipTests package)
   cp "$azure_dir"/src/target/*-fat.jar "$azure_jar"
 fi
@@ -85,6 +87,7 @@ if [[ $'\n'$(rustup target list --installed 2>/dev/null)$'\n' == *$'\n'"$musl"$'
     cargo build -q --locked --release --target "$musl" -p ferry-sidecar --bin ferry-sidecar
   ferry_bin=$CARGO_TARGET_DIR/$musl/release/ferry-sidecar
 else
+  log "WARNING: no $musl target or no musl-gcc here: measuring a glibc release build; the published image's is musl"
   cargo build -q --locked --release -p ferry-sidecar --bin ferry-sidecar
   ferry_bin=$CARGO_TARGET_DIR/release/ferry-sidecar
 fi
@@ -102,11 +105,11 @@ zdm+=" ZDM_TARGET_USERNAME=cassandra ZDM_TARGET_PASSWORD=cassandra"
 zdm+=" ZDM_ORIGIN_ENABLE_HOST_ASSIGNMENT=false ZDM_TARGET_ENABLE_HOST_ASSIGNMENT=false"
 zdm+=" ZDM_PRIMARY_CLUSTER=ORIGIN ZDM_READ_MODE=PRIMARY_ONLY"
 zdm+=" ZDM_METRICS_ADDRESS={ip} ZDM_METRICS_PORT={admin_port} ZDM_LOG_LEVEL=WARN"
-zdm_one="zdm-1=${zdm#zdm=} GOMAXPROCS=1 $zdm_bin"
-zdm+=" $zdm_bin"
+zdm_one="zdm-1=${zdm#zdm=} GOMAXPROCS=1 '$zdm_bin'"
+zdm+=" '$zdm_bin'"
 # Azure: plain connections to both (it defaults to TLS), its metrics off
 # Ferry's admin port (28000, its default too). It binds 0.0.0.0.
-azure="azure=java -jar $azure_jar {source_ip} {target_ip}"
+azure="azure=java -jar '$azure_jar' {source_ip} {target_ip}"
 azure+=" --source-port {source_port} --target-port {target_port} --proxy-port {port}"
 azure+=" --disable-source-tls true --disable-target-tls true --metrics-port {admin_port}"
 

@@ -119,8 +119,9 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     soak_minutes: u64,
     /// Another proxy measured beside Ferry in the same rounds, as
-    /// `NAME=COMMAND` (repeatable): the command (run by `sh -c`, with
-    /// `exec` before it, so it must start the proxy itself) gets `{ip}` and
+    /// `NAME=COMMAND` (repeatable; each adds one): the command (run by `sh
+    /// -c`, with `exec` before it, so it must start the proxy itself; set
+    /// its environment with `env VAR=value ...`) gets `{ip}` and
     /// `{port}` to listen on (`--proxy-ip`, ports 29044 and up),
     /// `{admin_port}` for its metrics (30044 and up), and `{source_ip}`,
     /// `{source_port}`, `{target_ip}`, `{target_port}`.
@@ -208,28 +209,33 @@ async fn session(addr: &str, pool: usize) -> anyhow::Result<Session> {
         .with_context(|| format!("connecting to {addr}"))
 }
 
-/// A session through the byte relay at `relay_addr` to the node `source`.
-/// The relay passes the node's own `system.local` through, so the driver
-/// learns the node's IP (with the port it connected to) and must be told
-/// to reach it at the relay.
-async fn relayed_session(relay_addr: &str, source: &str) -> anyhow::Result<Session> {
+/// A session that only ever talks to the proxy (or byte relay) at
+/// `proxy_addr` in front of the node `source`. A proxy that rewrites
+/// `system.local` (Ferry, ZDM) is learned at its own address; one that
+/// passes the node's through (the relay, Azure's proxy) is learned at the
+/// node's IP with the port the driver connected to, and must be told to
+/// reach it at the proxy. The other nodes of the ring, which such a proxy
+/// lets the driver discover, are filtered out.
+async fn proxied_session(proxy_addr: &str, source: &str, pool: usize) -> anyhow::Result<Session> {
     let parse = |a: &str| {
         a.parse::<std::net::SocketAddr>()
             .with_context(|| format!("address {a:?}"))
     };
-    let relay = parse(relay_addr)?;
-    let learned = std::net::SocketAddr::new(parse(source)?.ip(), relay.port());
-    let to_relay = std::collections::HashMap::from([(learned, relay)]);
-    let only = AllowListHostFilter::new([learned])
-        .with_context(|| format!("the host filter for {learned}"))?;
+    let proxy = parse(proxy_addr)?;
+    let learned = std::net::SocketAddr::new(parse(source)?.ip(), proxy.port());
+    let to_proxy = std::collections::HashMap::from([(learned, proxy), (proxy, proxy)]);
+    let only = AllowListHostFilter::new([learned, proxy])
+        .with_context(|| format!("the host filter for {proxy_addr}"))?;
     SessionBuilder::new()
-        .known_node(relay_addr)
-        .address_translator(Arc::new(to_relay))
+        .known_node(proxy_addr)
+        .address_translator(Arc::new(to_proxy))
         .host_filter(Arc::new(only))
-        .pool_size(PoolSize::PerHost(NonZeroUsize::MIN))
+        .pool_size(PoolSize::PerHost(
+            NonZeroUsize::new(pool.max(1)).unwrap_or(NonZeroUsize::MIN),
+        ))
         .build()
         .await
-        .with_context(|| format!("connecting to {source} through the relay {relay_addr}"))
+        .with_context(|| format!("connecting to {source} through {proxy_addr}"))
 }
 
 async fn setup(source: &Session, target: &Session, ks: &str) -> anyhow::Result<()> {
@@ -635,6 +641,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("ferry-sidecar"),
     };
     let spool = std::env::temp_dir().join(format!("ferry-bench-spool-{}", std::process::id()));
+    if args.callgrind && !args.peers.is_empty() {
+        anyhow::bail!("--peer runs the peers outside valgrind: measure them without --callgrind");
+    }
     let callgrind = if args.callgrind {
         let dir =
             std::env::temp_dir().join(format!("ferry-bench-callgrind-{}", std::process::id()));
@@ -674,7 +683,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         let child = relay::spawn(command, &relay_addr, &args.source)?;
         let child = ProxyChild(child);
         wait_listening(&relay_addr).await;
-        let relayed = Arc::new(relayed_session(&relay_addr, &args.source).await?);
+        let relayed = Arc::new(proxied_session(&relay_addr, &args.source, 1).await?);
         let wr = Arc::new(workload(&relayed, &ks, args.write_percent).await?);
         Some((child, relayed, wr))
     } else {
@@ -692,9 +701,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Some(Arc::new(dual))
     };
 
-    if callgrind.is_some() && !args.peers.is_empty() {
-        anyhow::bail!("--peer runs the peers outside valgrind: measure them without --callgrind");
-    }
     let mut peers = Vec::with_capacity(args.peers.len());
     for (index, spec) in args.peers.iter().enumerate() {
         peers.push(Peer::start(&args, spec, index, &ks).await?);

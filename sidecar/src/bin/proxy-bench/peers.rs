@@ -7,7 +7,6 @@
 //! to Ferry's under one machine's conditions (`e2e/bench/peers.sh` builds
 //! the two named above and runs them).
 
-use std::num::NonZeroUsize;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ferry_sidecar::procstat::Resident;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::client::PoolSize;
-use scylla::policies::host_filter::AllowListHostFilter;
 
 use crate::{
-    closed_loop, measured, open_loop, workload, Args, CostLog, Phase, ProbeTarget, ProxyChild,
-    Workload,
+    closed_loop, measured, open_loop, proxied_session, workload, Args, CostLog, Phase, ProbeTarget,
+    ProxyChild, Workload,
 };
 
 /// The first port the peers listen on (on `--proxy-ip`), one each in
@@ -106,6 +102,15 @@ impl Peer {
     ) -> anyhow::Result<Self> {
         let port = FIRST_PEER_PORT + u16::try_from(index).context("too many peers")?;
         let command = spec.expanded(&args.proxy_ip, port, &args.source, &args.target);
+        let addr = format!("{}:{port}", args.proxy_ip);
+        // A proxy left over from an interrupted run would answer in this
+        // one's place.
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            bail!(
+                "something already listens on {addr}, where the peer {} is to listen",
+                spec.name
+            );
+        }
         println!("peer {}: {command}", spec.name);
         // `exec`, so that the measured pid is the proxy's own, not a shell's.
         let child = Command::new("sh")
@@ -116,9 +121,8 @@ impl Peer {
             .spawn()
             .with_context(|| format!("starting the peer {}", spec.name))?;
         let mut child = ProxyChild(child);
-        let addr = format!("{}:{port}", args.proxy_ip);
         wait_for(&spec.name, &mut child.0, &addr).await?;
-        let session = Arc::new(peer_session(&addr, &args.source, 1).await?);
+        let session = Arc::new(proxied_session(&addr, &args.source, 1).await?);
         let workload = Arc::new(workload(&session, ks, args.write_percent).await?);
         Ok(Peer {
             name: spec.name.clone(),
@@ -138,6 +142,15 @@ impl Peer {
 
     fn pid(&self) -> u32 {
         self.child.0.id()
+    }
+
+    /// Fails if the peer has exited: its `/proc` would then read as a
+    /// process that costs nothing.
+    fn alive(&mut self) -> anyhow::Result<()> {
+        match self.child.0.try_wait().context("polling a peer")? {
+            Some(status) => bail!("the peer {} exited during the run: {status}", self.name),
+            None => Ok(()),
+        }
     }
 
     /// Unmeasured load, as every path gets before the first round.
@@ -195,6 +208,7 @@ impl Peer {
             ),
         )
         .await?;
+        self.alive()?;
         println!(
             "round {round}: peer {}: closed loop c={} {:.0} ops/s ({} errors), per request: {}; open loop at {rate:.0} ops/s ({} errors) p50 {:.0} p99 {:.0} us, per request: {}",
             self.name,
@@ -219,11 +233,14 @@ impl Peer {
     /// The peer's RSS after a closed loop over `connections` driver
     /// connections (the same measurement as Ferry's).
     pub async fn measure_memory(&mut self, args: &Args, ks: &str) -> anyhow::Result<()> {
-        let many = peer_session(&self.addr, &self.source, args.rss_connections).await?;
+        let many = Arc::new(proxied_session(&self.addr, &self.source, args.rss_connections).await?);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let w = Arc::new(workload(&many, ks, args.write_percent).await?);
-        closed_loop(Arc::new(many), w, args.concurrency, 3).await;
+        closed_loop(many.clone(), w, args.concurrency, 3).await;
+        self.alive()?;
+        // Read while the connections are still open, as Ferry's is.
         self.rss = Some(Resident::of(self.pid()));
+        drop(many);
         Ok(())
     }
 
@@ -262,40 +279,13 @@ async fn wait_for(name: &str, child: &mut Child, addr: &str) -> anyhow::Result<(
     bail!("the peer {name} did not listen on {addr} within {START_TIMEOUT:?}")
 }
 
-/// A session that only ever talks to the peer at `peer_addr`. A proxy that
-/// rewrites `system.local` (ZDM) is learned at its own address; one that
-/// passes the node's through (Azure's) is learned at the source node's IP
-/// with the peer's port, and is reached at the peer. The other source
-/// nodes, which such a proxy lets the driver discover, are filtered out.
-async fn peer_session(peer_addr: &str, source: &str, pool: usize) -> anyhow::Result<Session> {
-    let parse = |a: &str| {
-        a.parse::<std::net::SocketAddr>()
-            .with_context(|| format!("address {a:?}"))
-    };
-    let peer = parse(peer_addr)?;
-    let learned = std::net::SocketAddr::new(parse(source)?.ip(), peer.port());
-    let to_peer = std::collections::HashMap::from([(learned, peer), (peer, peer)]);
-    let only = AllowListHostFilter::new([learned, peer])
-        .with_context(|| format!("the host filter for {peer_addr}"))?;
-    SessionBuilder::new()
-        .known_node(peer_addr)
-        .address_translator(Arc::new(to_peer))
-        .host_filter(Arc::new(only))
-        .pool_size(PoolSize::PerHost(
-            NonZeroUsize::new(pool.max(1)).unwrap_or(NonZeroUsize::MIN),
-        ))
-        .build()
-        .await
-        .with_context(|| format!("connecting to the peer at {peer_addr}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_peer_spec_fills_in_its_addresses() {
-        let spec: PeerSpec = "zdm=ZDM_PROXY_LISTEN_ADDRESS={ip} ZDM_PROXY_LISTEN_PORT={port} \
+        let spec: PeerSpec = "zdm=env ZDM_PROXY_LISTEN_ADDRESS={ip} ZDM_PROXY_LISTEN_PORT={port} \
              ZDM_ORIGIN_CONTACT_POINTS={source_ip} ZDM_ORIGIN_PORT={source_port} \
              ZDM_TARGET_CONTACT_POINTS={target_ip} ZDM_TARGET_PORT={target_port} \
              ZDM_METRICS_PORT={admin_port} zdm-proxy"
@@ -304,7 +294,7 @@ mod tests {
         assert_eq!(spec.name, "zdm");
         assert_eq!(
             spec.expanded("127.0.0.49", 29044, "127.0.0.11:9042", "127.0.0.21:9043"),
-            "ZDM_PROXY_LISTEN_ADDRESS=127.0.0.49 ZDM_PROXY_LISTEN_PORT=29044 \
+            "env ZDM_PROXY_LISTEN_ADDRESS=127.0.0.49 ZDM_PROXY_LISTEN_PORT=29044 \
              ZDM_ORIGIN_CONTACT_POINTS=127.0.0.11 ZDM_ORIGIN_PORT=9042 \
              ZDM_TARGET_CONTACT_POINTS=127.0.0.21 ZDM_TARGET_PORT=9043 \
              ZDM_METRICS_PORT=30044 zdm-proxy"

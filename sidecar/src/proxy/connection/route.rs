@@ -181,8 +181,8 @@ pub(super) fn selected_batch_text(
 impl Session {
     /// Sends a classified request where `decide` says.
     /// `class` is borrowed where it comes unchanged from a prepared
-    /// statement: only the routes that keep it (a write mirrored, a `USE`)
-    /// copy it.
+    /// statement: only a `USE`, which keeps it, copies it (a mirrored
+    /// write borrows it).
     pub(super) async fn route(
         self: &Arc<Self>,
         frame: Frame,

@@ -14,26 +14,6 @@ pub(super) struct WritePlan {
     pub target_text: Option<String>,
 }
 
-/// What a write's background half (its second copy, after the first
-/// cluster's answer) needs of its class: copied out, so that a mirrored
-/// write does not clone the class's keyspace and table names.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct OrderTraits {
-    /// Conditional: the copy is retried until it applies as the first did.
-    lwt: bool,
-    /// TRUNCATE: the copy waits for the writes already on their way.
-    truncate: bool,
-}
-
-impl OrderTraits {
-    fn of(traits: &WriteTraits) -> Self {
-        OrderTraits {
-            lwt: traits.lwt,
-            truncate: traits.truncate,
-        }
-    }
-}
-
 impl Session {
     pub(super) fn mirror_request(
         &self,
@@ -95,7 +75,7 @@ impl Session {
         }
         if asynchronous && answer == Answer::Target {
             return self
-                .target_first(frame, req, OrderTraits::of(traits), policy, pin)
+                .target_first(frame, req, policy, traits.truncate, pin)
                 .await;
         }
         if asynchronous {
@@ -129,7 +109,7 @@ impl Session {
             // proxy, reaches the target after them.
             if policy.ordered && self.ctx.spool.is_empty() {
                 return self
-                    .ordered_async(frame, req, hold, OrderTraits::of(traits))
+                    .ordered_async(frame, req, hold, policy, traits.truncate)
                     .await;
             }
             // Mirrored only once the source answers, and only if it may
@@ -162,12 +142,14 @@ impl Session {
     /// A write the target refused is not the source's either. `req` is the
     /// target's part (of a `BEGIN BATCH` text, its selected statements);
     /// the source's copy is the whole request, as `frame` holds it.
+    /// `truncate`: a TRUNCATE, whose copy waits for the copies already on
+    /// their way.
     async fn target_first(
         self: &Arc<Self>,
         frame: Frame,
         req: MirrorRequest,
-        traits: OrderTraits,
         policy: WritePolicy,
+        truncate: bool,
         pin: bool,
     ) -> Result<(), SessionError> {
         let m = &self.ctx.metrics;
@@ -232,12 +214,12 @@ impl Session {
                 return;
             }
             if policy.ordered && ctx.source_spool.is_empty() {
-                if traits.truncate {
+                if truncate {
                     live_mirrors_done(ctx).await;
                 }
                 let source =
                     deliver(ctx, Toward::Source, &session.source_copies, &copy, hold).await;
-                if let (true, Some(source)) = (traits.lwt, source) {
+                if let (true, Some(source)) = (policy.conditional, source) {
                     let source = until_applied(
                         ctx,
                         Toward::Source,
@@ -268,13 +250,15 @@ impl Session {
     /// may hold the write, the target next (a TRUNCATE after the writes
     /// already on their way there), retried, else spooled; then the
     /// client hears the source's answer. The target being down costs the
-    /// client the retries, never the write.
+    /// client the retries, never the write. `truncate`: the write is a
+    /// TRUNCATE.
     async fn ordered_async(
         self: &Arc<Self>,
         frame: Frame,
         req: MirrorRequest,
         hold: MirrorHold,
-        traits: OrderTraits,
+        policy: WritePolicy,
+        truncate: bool,
     ) -> Result<(), SessionError> {
         let rx = self.forward_capturing(frame).await?;
         self.spawn_tracked(move |session| async move {
@@ -282,12 +266,12 @@ impl Session {
                 return;
             };
             let ctx = &session.ctx;
-            if source_may_hold(&source, traits.lwt) {
-                if traits.truncate {
+            if source_may_hold(&source, policy.conditional) {
+                if truncate {
                     live_mirrors_done(ctx).await;
                 }
                 let target = deliver(ctx, Toward::Target, &session.target, &req, hold).await;
-                if let (true, Some(target)) = (traits.lwt, target) {
+                if let (true, Some(target)) = (policy.conditional, target) {
                     let target =
                         until_applied(ctx, Toward::Target, &session.target, &req, &source, target)
                             .await;

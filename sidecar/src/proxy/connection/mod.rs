@@ -303,11 +303,7 @@ impl Session {
     }
 
     fn keyspace(&self) -> Option<String> {
-        self.keyspace
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_deref()
-            .map(str::to_owned)
+        self.keyspace_shared().as_deref().map(str::to_owned)
     }
 
     /// The connection's keyspace, shared rather than copied.

@@ -673,19 +673,17 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let wd = Arc::new(workload(&direct, &ks, args.write_percent).await?);
     let wp = Arc::new(workload(&proxied, &ks, args.write_percent).await?);
     // The relay, its session and its workload (`--relay-baseline`).
-    let relay_path = if args.relay_baseline {
+    // The byte relay, measured as the peers are (`--relay-baseline`).
+    let mut relay = if args.relay_baseline {
         let relay_addr = format!("{}:29043", args.proxy_ip);
         let bench_bin = std::env::current_exe()?;
         let command = match &callgrind {
             Some(c) => c.command(&bench_bin),
             None => Command::new(&bench_bin),
         };
-        let child = relay::spawn(command, &relay_addr, &args.source)?;
-        let child = ProxyChild(child);
+        let child = ProxyChild(relay::spawn(command, &relay_addr, &args.source)?);
         wait_listening(&relay_addr).await;
-        let relayed = Arc::new(proxied_session(&relay_addr, &args.source, 1).await?);
-        let wr = Arc::new(workload(&relayed, &ks, args.write_percent).await?);
-        Some((child, relayed, wr))
+        Some(Peer::running("byte relay", "relay", child, relay_addr, &args, &ks).await?)
     } else {
         None
     };
@@ -730,19 +728,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.warmup_seconds,
     )
     .await;
-    if let Some((_, relayed, wr)) = &relay_path {
-        closed_loop(
-            relayed.clone(),
-            wr.clone(),
-            args.concurrency,
-            args.warmup_seconds,
-        )
-        .await;
+    for other in relay.iter().chain(&peers) {
+        other.warm_up(&args).await;
     }
-    for peer in &peers {
-        peer.warm_up(&args).await;
-    }
-    let (mut relay_closed, mut relay_open) = (CostLog::default(), CostLog::default());
 
     let (mut dual_tput, mut dual_ratio) = (vec![], vec![]);
     let (mut dual50, mut dual99, mut dual_added99) = (vec![], vec![], vec![]);
@@ -827,41 +815,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             dual99.push(ddl.p99_us);
             dual_added99.push(pl.p99_us - ddl.p99_us);
         }
-        if let Some((child, relayed, wr)) = &relay_path {
-            let relay_pid = child.0.id();
-            let rc = measured(
-                &args,
-                callgrind.as_ref(),
-                relay_pid,
-                ProbeTarget {
-                    who: "relay",
-                    phase: "closed",
-                    round,
-                },
-                closed_loop(relayed.clone(), wr.clone(), args.concurrency, args.seconds),
-            )
-            .await?;
-            let ro = measured(
-                &args,
-                callgrind.as_ref(),
-                relay_pid,
-                ProbeTarget {
-                    who: "relay",
-                    phase: "open",
-                    round,
-                },
-                open_loop(relayed.clone(), wr.clone(), half, args.seconds),
-            )
-            .await?;
-            println!(
-                "round {round}: byte relay: closed loop c={} {:.0} ops/s ({} errors), per request: {}; open loop at {half:.0} ops/s ({} errors) p50 {:.0} p99 {:.0} us, per request: {}",
-                args.concurrency, rc.phase.ops_per_sec, rc.phase.errors, rc.cost, ro.phase.errors, ro.phase.p50_us, ro.phase.p99_us, ro.cost
-            );
-            relay_closed.push(&rc);
-            relay_open.push(&ro);
+        if let Some(relay) = &mut relay {
+            relay
+                .round(&args, callgrind.as_ref(), round, &d, half)
+                .await?;
         }
         for peer in &mut peers {
-            peer.round(&args, round, &d, half).await?;
+            peer.round(&args, None, round, &d, half).await?;
         }
         d_tput.push(d.ops_per_sec);
         p_tput.push(p.ops_per_sec);
@@ -947,12 +907,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let mut cost_rows = vec![
         ("proxy", &closed_kind, &closed_costs),
         ("proxy", &open_kind, &open_costs),
-        ("byte relay", &closed_kind, &relay_closed),
-        ("byte relay", &open_kind, &relay_open),
     ];
-    for peer in &peers {
-        cost_rows.push((&peer.name, &closed_kind, &peer.closed));
-        cost_rows.push((&peer.name, &open_kind, &peer.open));
+    for other in relay.iter().chain(&peers) {
+        cost_rows.push((&other.name, &closed_kind, &other.closed));
+        cost_rows.push((&other.name, &open_kind, &other.open));
     }
     for (who, loop_kind, costs) in cost_rows {
         if costs.costs.is_empty() {

@@ -16,8 +16,8 @@ use ferry_sidecar::procstat::Resident;
 use scylla::client::session::Session;
 
 use crate::{
-    closed_loop, measured, open_loop, proxied_session, workload, Args, CostLog, Phase, ProbeTarget,
-    ProxyChild, Workload,
+    closed_loop, measured, open_loop, proxied_session, workload, Args, Callgrind, CostLog, Phase,
+    ProbeTarget, ProxyChild, Workload,
 };
 
 /// The first port the peers listen on (on `--proxy-ip`), one each in
@@ -75,9 +75,13 @@ fn split(addr: &str) -> (&str, &str) {
     addr.rsplit_once(':').unwrap_or((addr, "9042"))
 }
 
-/// A running peer, its session and what each round measured of it.
+/// A running peer (or the byte relay, measured the same way), its session
+/// and what each round measured of it.
 pub struct Peer {
+    /// As the report names it.
     pub name: String,
+    /// As `--probe`'s `{who}` names it.
+    probe_name: String,
     child: ProxyChild,
     session: Arc<Session>,
     workload: Arc<Workload>,
@@ -92,8 +96,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Starts the `index`th peer and opens its session and workload on
-    /// keyspace `ks` (already made on both clusters).
+    /// Starts the `index`th peer (`--peer`) and opens its session and
+    /// workload on keyspace `ks` (already made on both clusters).
     pub async fn start(
         args: &Args,
         spec: &PeerSpec,
@@ -122,10 +126,24 @@ impl Peer {
             .with_context(|| format!("starting the peer {}", spec.name))?;
         let mut child = ProxyChild(child);
         wait_for(&spec.name, &mut child.0, &addr).await?;
+        Peer::running(&spec.name, &spec.name, child, addr, args, ks).await
+    }
+
+    /// A peer whose process (`child`) listens at `addr` already: opens its
+    /// session and workload on keyspace `ks` (made on both clusters).
+    pub async fn running(
+        name: &str,
+        probe_name: &str,
+        child: ProxyChild,
+        addr: String,
+        args: &Args,
+        ks: &str,
+    ) -> anyhow::Result<Self> {
         let session = Arc::new(proxied_session(&addr, &args.source, 1).await?);
         let workload = Arc::new(workload(&session, ks, args.write_percent).await?);
         Ok(Peer {
-            name: spec.name.clone(),
+            name: name.to_owned(),
+            probe_name: probe_name.to_owned(),
             child,
             session,
             workload,
@@ -165,10 +183,13 @@ impl Peer {
     }
 
     /// One round: the closed loop (its throughput against `direct`'s of
-    /// the same round) and the open loop at `rate`.
+    /// the same round) and the open loop at `rate`, under `callgrind`'s
+    /// counts when the process runs under it (the relay of a
+    /// `--callgrind` run).
     pub async fn round(
         &mut self,
         args: &Args,
+        callgrind: Option<&Callgrind>,
         round: usize,
         direct: &Phase,
         rate: f64,
@@ -176,10 +197,10 @@ impl Peer {
         let pid = self.pid();
         let closed = measured(
             args,
-            None,
+            callgrind,
             pid,
             ProbeTarget {
-                who: &self.name,
+                who: &self.probe_name,
                 phase: "closed",
                 round,
             },
@@ -193,10 +214,10 @@ impl Peer {
         .await?;
         let open = measured(
             args,
-            None,
+            callgrind,
             pid,
             ProbeTarget {
-                who: &self.name,
+                who: &self.probe_name,
                 phase: "open",
                 round,
             },
@@ -210,7 +231,7 @@ impl Peer {
         .await?;
         self.alive()?;
         println!(
-            "round {round}: peer {}: closed loop c={} {:.0} ops/s ({} errors), per request: {}; open loop at {rate:.0} ops/s ({} errors) p50 {:.0} p99 {:.0} us, per request: {}",
+            "round {round}: {}: closed loop c={} {:.0} ops/s ({} errors), per request: {}; open loop at {rate:.0} ops/s ({} errors) p50 {:.0} p99 {:.0} us, per request: {}",
             self.name,
             args.concurrency,
             closed.phase.ops_per_sec,

@@ -367,6 +367,96 @@ where
     waited.unwrap_or_else(|()| panic!("timed out after {secs}s waiting for {what}"))
 }
 
+/// Waits until the migration's finalizer has let it go. On a timeout the
+/// panic carries what the operator and the cluster said meanwhile (its
+/// status, the namespace's events, the source pods and the budgets): stop
+/// 33's CI saw a removal stand still for 120 s with nothing else to go on.
+async fn migration_gone(client: &Client, ns: &str, name: &str, secs: u64) {
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    let gone = poll::until(
+        Duration::from_secs(secs),
+        Duration::from_millis(250),
+        || {
+            let api = api.clone();
+            async move {
+                Ok(match api.get_opt(name).await {
+                    Ok(None) => Look::Done(()),
+                    _ => Look::NotYet(()),
+                })
+            }
+        },
+    )
+    .await
+    .expect("these looks cannot fail");
+    if gone.is_err() {
+        panic!(
+            "timed out after {secs}s waiting for migration {name} to be gone\n{}",
+            cluster_story(client, ns, name).await
+        );
+    }
+}
+
+/// What a failed wait should print: the migration's status, the events of
+/// the namespace in order, each source pod's state and each budget's.
+async fn cluster_story(client: &Client, ns: &str, name: &str) -> String {
+    let mut story = String::new();
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await {
+        Ok(Some(cm)) => story.push_str(&format!(
+            "migration {name}: deleting since {:?}, finalizers {:?}\nstatus: {}\n",
+            cm.metadata.deletion_timestamp,
+            cm.metadata.finalizers,
+            serde_json::to_string_pretty(&cm.status).unwrap_or_default()
+        )),
+        other => story.push_str(&format!("migration {name}: {other:?}\n")),
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    if let Ok(mut list) = events.list(&ListParams::default()).await {
+        list.items.sort_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+        });
+        for e in list.items {
+            story.push_str(&format!(
+                "event {} {} {}/{}: {}\n",
+                e.last_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .or(e.event_time.as_ref().map(|t| t.0.to_string()))
+                    .unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.involved_object.kind.unwrap_or_default(),
+                e.involved_object.name.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            ));
+        }
+    }
+    for p in source_pods(client, ns).await {
+        story.push_str(&format!(
+            "pod {} uid={} ready={} deleting={} sidecar={} ip={:?}\n",
+            p.name_any(),
+            p.uid().unwrap_or_default(),
+            sidecar::pod_ready(&p),
+            p.metadata.deletion_timestamp.is_some(),
+            sidecar::has_sidecar(&p),
+            p.status.as_ref().and_then(|s| s.pod_ip.clone())
+        ));
+    }
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    if let Ok(list) = budgets.list(&ListParams::default()).await {
+        for b in list.items {
+            story.push_str(&format!(
+                "budget {}: {}\n",
+                b.name_any(),
+                serde_json::to_string(&b.status).unwrap_or_default()
+            ));
+        }
+    }
+    story
+}
+
 async fn phase_of(api: &Api<CassandraMigration>, name: &str) -> Option<Phase> {
     api.get_opt(name)
         .await
@@ -669,10 +759,7 @@ async fn migration_rolls_one_pod_at_a_time_runs_jobs_reaches_ready_and_backs_out
     api.delete("mig", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually(120, "the migration gone", || async {
-        api.get_opt("mig").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    migration_gone(client, ns, "mig", 120).await;
     let pods = source_pods(client, ns).await;
     assert!(
         pods.iter().all(|p| !sidecar::has_sidecar(p)),
@@ -1099,6 +1186,57 @@ async fn an_eviction_a_budget_refuses_is_reported_at_once_and_the_roll_resumes_w
         (phase_of(&api, "budget").await == Some(Phase::Ready)).then_some(())
     })
     .await;
+
+    // Deleting the migration takes the proxies out with the same roll: a
+    // budget that refuses holds it, and the status says so while the
+    // migration waits on its finalizer (it used to wait in silence).
+    budgets
+        .create(&PostParams::default(), &hold)
+        .await
+        .expect("create the budget again");
+    let before = uids(source_pods(client, ns).await);
+    api.delete("budget", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let (reason, message) = eventually(30, "the removal held by the budget, said so", || async {
+        let cm = api.get_opt("budget").await.ok()??;
+        cm.metadata.deletion_timestamp.as_ref()?;
+        let (status, reason, message) = condition_of(&cm, "SidecarsReady")?;
+        (status == "False" && reason == "EvictionRefused").then_some((reason, message))
+    })
+    .await;
+    assert!(message.contains(&format!("{STS}-0")), "{reason}: {message}");
+    assert_eq!(
+        uids(source_pods(client, ns).await),
+        before,
+        "no pod evicted"
+    );
+    // Ferry's own budget made way for the user's: with two budgets on a
+    // pod the Eviction API refuses it for good (a 500, not a 429).
+    eventually(30, "only the user's budget left", || async {
+        let names: Vec<String> = budgets
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .map(|b| b.name_any())
+            .collect();
+        (names == ["hold"]).then_some(())
+    })
+    .await;
+    budgets
+        .delete("hold", &DeleteParams::default())
+        .await
+        .expect("delete the budget");
+    migration_gone(client, ns, "budget", 180).await;
+    assert!(
+        source_pods(client, ns)
+            .await
+            .iter()
+            .all(|p| !sidecar::has_sidecar(p)),
+        "sidecars left"
+    );
     operator.abort();
 }
 
@@ -1255,18 +1393,24 @@ async fn no_pod_is_evicted_while_its_proxy_owes_the_target_writes() {
         "cassandra-1 was evicted with writes in its spool"
     );
     assert!(sidecar::has_sidecar(c1));
-    assert!(
-        api.get_opt("gate").await.expect("get").is_some(),
-        "the migration is still being removed"
+    let held = api
+        .get_opt("gate")
+        .await
+        .expect("get")
+        .expect("the migration is still being removed");
+    let (status, reason, message) =
+        condition_of(&held, "SidecarsReady").expect("SidecarsReady while removing");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "WaitingForSpool"),
+        "the status says why the removal waits: {message}"
     );
+    assert!(message.contains(&format!("{STS}-1")), "{message}");
     assert_eq!(proxies[1].state().await.spool_records, WRITES as u64);
 
     // The target comes back: the spool drains, then the back-out finishes.
     let _relay = Relay::start(DOWN_TARGET, target.clone()).await;
-    eventually(120, "the migration gone", || async {
-        api.get_opt("gate").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    migration_gone(client, ns, "gate", 120).await;
     let pods = source_pods(client, ns).await;
     assert!(
         pods.iter().all(|p| !sidecar::has_sidecar(p)),
@@ -2096,10 +2240,7 @@ async fn the_targets_schema_is_copied_before_the_roll_and_a_difference_stops_it(
     api.delete("copy", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually(120, "the first migration gone", || async {
-        api.get_opt("copy").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    migration_gone(client, ns, "copy", 180).await;
 
     // A target table that differs: the roll never starts.
     let diff = format!("schema_diff_{pid}");
@@ -2324,10 +2465,7 @@ async fn a_cass_operator_cluster_rolls_across_its_racks_and_data_centers() {
     api.delete("racks", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually(180, "the migration gone", || async {
-        api.get_opt("racks").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    migration_gone(client, ns, "racks", 180).await;
     assert!(cluster_pods("demo")
         .await
         .iter()

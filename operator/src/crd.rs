@@ -741,6 +741,10 @@ pub enum Phase {
     /// Cut over (`cutover.stage: done`): the applications use the target
     /// and the proxies are gone. Deleting the migration removes what is left.
     Complete,
+    /// Deleted: the proxies are taken out one pod at a time, with the
+    /// roll's gates. Writes through a pod already without its proxy no
+    /// longer reach the target, so this is never `Ready`. Data is untouched.
+    Removing,
 }
 
 impl std::fmt::Display for Phase {
@@ -753,6 +757,7 @@ impl std::fmt::Display for Phase {
             Phase::Ready => "Ready",
             Phase::Failed => "Failed",
             Phase::Complete => "Complete",
+            Phase::Removing => "Removing",
         };
         // pad, not write_str: honours widths such as {:<12}
         f.pad(name)
@@ -883,14 +888,18 @@ pub enum SidecarState {
     /// Not rolled yet.
     #[default]
     Waiting,
-    /// Evicted; waiting for it to come back with the sidecar.
+    /// Evicted; waiting for it to come back with the sidecar (without it,
+    /// when the proxies are being taken out).
     Rolling,
     /// Back, Ready, sidecar ready, Cassandra node Up/Normal.
     Ready,
     /// Came back without the sidecar, or not at all.
     Failed,
-    /// Being rolled back to run without the sidecar (migration deleted).
+    /// Still runs this migration's proxy, which is being taken out (the
+    /// migration deleted, or cut over): evicted in its turn.
     Removing,
+    /// Back without the proxy: the migration no longer touches it.
+    Removed,
 }
 
 /// The sidecar state of one source pod.

@@ -24,7 +24,7 @@ const STAGES: [CutoverStage; 4] = [
     CutoverStage::Done,
 ];
 
-const PHASES: [Phase; 7] = [
+const PHASES: [Phase; 8] = [
     Phase::Pending,
     Phase::Mirroring,
     Phase::Backfilling,
@@ -32,6 +32,7 @@ const PHASES: [Phase; 7] = [
     Phase::Ready,
     Phase::Failed,
     Phase::Complete,
+    Phase::Removing,
 ];
 
 /// The `error` label's values (`controller::Error::metric_label`).

@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{CassandraMigrationStatus, Phase, PhaseTransition};
+use crate::crd::{CassandraMigrationStatus, Phase, PhaseTransition, SidecarState};
 
 /// Condition types Ferry writes.
 pub mod condition {
@@ -164,6 +164,17 @@ pub fn progress_text(status: &CassandraMigrationStatus) -> String {
             Some((reason, _)) => format!("not Ready: {reason}"),
         },
         Phase::Complete => "cut over: the applications use the target".to_owned(),
+        Phase::Removing => {
+            let left = status
+                .sidecars
+                .iter()
+                .filter(|s| s.state != SidecarState::Removed)
+                .count();
+            format!(
+                "removing the proxies: {left} of {} pods left",
+                status.sidecars.len()
+            )
+        }
         Phase::Failed => status
             .conditions
             .iter()

@@ -32,51 +32,11 @@ pub(super) async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> R
         Err(source::SourceError::Kube(e)) => return Err(e.into()),
     };
     if let Some(found) = found {
+        // The budget guards the removal roll as it guarded the roll in.
+        ensure_pdb(&step, &found).await?;
         let replicas = found.replicas();
-        let pods = found.pods;
-        // Only pods that serve this migration.
-        let ours: Vec<Pod> = pods
-            .iter()
-            .filter(|p| {
-                p.annotations()
-                    .get(labels::MIGRATION_ANNOTATION)
-                    .is_none_or(|m| *m == name)
-            })
-            .cloned()
-            .collect();
-        let views: Vec<PodView> = ours.iter().map(PodView::of).collect();
-        match roll::plan(&views, replicas, Direction::Remove) {
-            RollStep::Done => {}
-            RollStep::Wait { reason, .. } => {
-                return Err(Error::CleanupInProgress(reason));
-            }
-            RollStep::Evict(pod) => {
-                // The whole ring, not only this migration's pods.
-                if let Some(reason) = ring_gate(&ctx, &ns, &cm, &pods).await {
-                    return Err(Error::CleanupInProgress(format!(
-                        "not evicting {pod} yet: {reason}"
-                    )));
-                }
-                // Removing the proxy with writes in its spool would lose
-                // them: the spool is in the pod.
-                if let Some(reason) = spool_hold(&ctx, &pods, &pod).await {
-                    return Err(Error::CleanupInProgress(format!(
-                        "not evicting {pod} yet: {reason}"
-                    )));
-                }
-                if evict(&ctx, &ns, &pod).await? == Eviction::Done {
-                    step.event(
-                        EventType::Normal,
-                        "EvictedPod",
-                        "RemoveSidecar",
-                        format!("evicted {pod} to remove the proxy sidecar"),
-                    )
-                    .await;
-                }
-                return Err(Error::CleanupInProgress(format!(
-                    "removing the sidecar of {pod}"
-                )));
-            }
+        if !proxies_out(&found.pods, replicas, &name) {
+            return remove_proxies(step, &found.pods, replicas).await;
         }
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
@@ -102,4 +62,55 @@ pub(super) async fn cleanup(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> R
     .await;
     ctx.metrics.forget(&ns, &name);
     Ok(Action::await_change())
+}
+
+/// One step of the roll that takes the proxies out, said in the status: the
+/// phase is `Removing` (never `Ready`: a pod without its proxy no longer
+/// mirrors), each pod's state, and in `SidecarsReady` what the roll waits
+/// for (a budget, the ring, a spool, a pod coming back). Always an error to
+/// the finalizer, which keeps the migration until the roll is done.
+async fn remove_proxies(mut step: Step<'_>, pods: &[Pod], replicas: usize) -> Result<Action> {
+    let generation = step.cm.metadata.generation;
+    step.status.sidecars = sidecar_states(
+        &step.status.sidecars,
+        pods,
+        &step.now,
+        Direction::Remove,
+        &step.name,
+    );
+    step.enter(Phase::Removing).await;
+    let removing = "the migration is deleted: its proxies are taken out one pod at a time";
+    status::set_condition(
+        &mut step.status,
+        condition::READY,
+        false,
+        "Removing",
+        removing,
+        generation,
+        &step.now,
+    );
+    status::set_condition(
+        &mut step.status,
+        condition::SIDECARS_READY,
+        false,
+        "Removing",
+        removing,
+        generation,
+        &step.now,
+    );
+    // Sets SidecarsReady to what it waits for, if anything; evicts if not.
+    roll_sidecars(&mut step, pods, replicas, Direction::Remove).await?;
+    step.write_status().await?;
+    step.ctx
+        .metrics
+        .set_phase(&step.ns, &step.name, Phase::Removing);
+    let waiting_for = step
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::SIDECARS_READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_else(|| removing.to_owned());
+    debug!(%waiting_for, "removing the proxies");
+    Err(Error::CleanupInProgress(waiting_for))
 }

@@ -29,7 +29,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::cql::{self, RingHealth};
 use crate::crd::{
@@ -67,7 +67,7 @@ use owned::{delete_if_present, ensure_pdb, write_peer_map};
 use phases::{apply, mirroring_since_micros, set_ready};
 use proxies::{check_mirroring, mirroring_behind, read_proxies, spool_hold};
 use reverse_check::reverse_check;
-use rollout::{check_sidecars, evict, roll_sidecars, sidecar_states, take_proxies_out, Eviction};
+use rollout::{check_sidecars, proxies_out, roll_sidecars, sidecar_states, take_proxies_out};
 use scheduled_check::scheduled_check;
 use schema_step::{schema_gate, schema_recheck};
 
@@ -528,7 +528,7 @@ mod tests {
             pod("c-0", true, true, "10.0.0.1"),
             pod("c-1", true, false, "10.0.0.2"),
         ];
-        let s = sidecar_states(&[], &pods, &t0);
+        let s = sidecar_states(&[], &pods, &t0, Direction::Inject, "m");
         assert_eq!(s[0].state, SidecarState::Ready);
         assert_eq!(s[0].proxy_address.as_deref(), Some("10.0.0.1"));
         assert_eq!(s[1].state, SidecarState::Waiting);
@@ -536,12 +536,69 @@ mod tests {
         let mut rolling = s.clone();
         rolling[1].state = SidecarState::Rolling;
         rolling[1].since = Some(t0.clone());
-        let s2 = sidecar_states(&rolling, &pods[..1], &t1);
+        let s2 = sidecar_states(&rolling, &pods[..1], &t1, Direction::Inject, "m");
         assert_eq!(s2[1].state, SidecarState::Rolling);
         assert_eq!(s2[1].since, Some(t0.clone()));
         // Back and Ready without the sidecar: Failed, visible.
-        let s3 = sidecar_states(&rolling, &pods, &t1);
+        let s3 = sidecar_states(&rolling, &pods, &t1, Direction::Inject, "m");
         assert_eq!(s3[1].state, SidecarState::Failed);
+    }
+
+    /// Taking the proxies out (deleted, or cut over): a pod with this
+    /// migration's proxy waits its turn (`Removing`), an evicted one is
+    /// `Rolling` until it is back, and back without the proxy it is
+    /// `Removed`, not `Failed`; a pod whose proxy serves another migration
+    /// is not this one's to take out.
+    #[test]
+    fn sidecar_states_follow_the_removal() {
+        let t0 = Time("2026-01-01T00:00:00Z".parse().unwrap());
+        let t1 = Time("2026-01-01T00:01:00Z".parse().unwrap());
+        let mut other = pod("c-2", true, true, "10.0.0.3");
+        other
+            .annotations_mut()
+            .insert(labels::MIGRATION_ANNOTATION.to_owned(), "other".to_owned());
+        let pods = [
+            pod("c-0", true, false, "10.0.0.1"),
+            pod("c-1", true, true, "10.0.0.2"),
+            other,
+        ];
+        let s = sidecar_states(&[], &pods, &t0, Direction::Remove, "m");
+        let states: Vec<_> = s.iter().map(|p| p.state).collect();
+        assert_eq!(
+            states,
+            [
+                SidecarState::Removed,
+                SidecarState::Removing,
+                SidecarState::Removed
+            ]
+        );
+        // c-1 evicted: Rolling while gone and while back but not Ready.
+        let mut rolling = s.clone();
+        rolling[1].state = SidecarState::Rolling;
+        let gone = sidecar_states(
+            &rolling,
+            &[pods[0].clone(), pods[2].clone()],
+            &t1,
+            Direction::Remove,
+            "m",
+        );
+        assert_eq!(gone[1].state, SidecarState::Rolling);
+        let starting = [
+            pods[0].clone(),
+            pod("c-1", false, false, "10.0.0.2"),
+            pods[2].clone(),
+        ];
+        let back = sidecar_states(&rolling, &starting, &t1, Direction::Remove, "m");
+        assert_eq!(back[1].state, SidecarState::Rolling);
+        let ready = [
+            pods[0].clone(),
+            pod("c-1", true, false, "10.0.0.2"),
+            pods[2].clone(),
+        ];
+        let done = sidecar_states(&rolling, &ready, &t1, Direction::Remove, "m");
+        assert_eq!(done[1].state, SidecarState::Removed);
+        assert!(super::rollout::proxies_out(&ready, 3, "m"));
+        assert!(!super::rollout::proxies_out(&pods, 3, "m"));
     }
 
     #[test]

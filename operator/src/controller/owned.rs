@@ -87,7 +87,10 @@ fn owned_meta(step: &Step<'_>, name: String) -> ObjectMeta {
 /// Makes sure a PodDisruptionBudget guards the source pods: the roll evicts
 /// through the Eviction API, so a budget is what makes "one at a time" hold
 /// even against other actors. Ferry makes one (maxUnavailable 1) only when
-/// none selects the pods already.
+/// none selects the pods already, and deletes its own once another does
+/// (cass-operator's, or one the user adds during the migration): the
+/// Eviction API refuses every pod two budgets select, so with both in place
+/// no pod could ever be rolled.
 ///
 /// With several StatefulSets (one per rack) it selects the labels all their
 /// pods share, so the budget spans racks: two racks down at once is what
@@ -112,7 +115,7 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
                 .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| selector.get(k) == Some(v)))
     });
     if covered {
-        return Ok(());
+        return delete_if_present(&api, &name, &DeleteParams::default()).await;
     }
     let pdb = PodDisruptionBudget {
         metadata: owned_meta(step, name.clone()),

@@ -41,7 +41,19 @@ pub(super) async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) ->
     let pods = found.pods.clone();
     write_peer_map(&step, &pods).await?;
     ensure_pdb(&step, &found).await?;
-    step.status.sidecars = sidecar_states(&step.status.sidecars, &pods, &step.now);
+    // Cut over: the proxies are leaving for good, pod by pod.
+    let direction = if crate::cutover::proxies_leaving(&cm) {
+        Direction::Remove
+    } else {
+        Direction::Inject
+    };
+    step.status.sidecars = sidecar_states(
+        &step.status.sidecars,
+        &pods,
+        &step.now,
+        direction,
+        &step.name,
+    );
 
     // A failed migration resumes once its spec changed (or its source is back).
     if step.status.phase == Phase::Failed {
@@ -153,6 +165,9 @@ pub(super) async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) ->
             }
         }
         Phase::Complete => Action::requeue(Duration::from_secs(600)),
+        // Only a deleted migration is Removing, and the finalizer's cleanup,
+        // not this, runs for it.
+        Phase::Removing => Action::await_change(),
         Phase::Failed => Action::requeue(Duration::from_secs(120)),
     };
     step.write_status().await?;

@@ -4,11 +4,33 @@
 
 use super::*;
 
+/// How a roll that takes the proxies out sees a pod: a proxy that serves
+/// another migration is not this one's to take out (the webhook injects the
+/// first live migration covering a StatefulSet; evicting that pod would
+/// only see it injected again), so it counts as having none. The pod still
+/// counts for readiness: no eviction while any pod is down.
+pub(super) fn removal_view(pod: &Pod, migration: &str) -> PodView {
+    let mut view = PodView::of(pod);
+    let serves_another = pod
+        .annotations()
+        .get(labels::MIGRATION_ANNOTATION)
+        .is_some_and(|m| m != migration);
+    if serves_another {
+        view.has_sidecar = false;
+        view.sidecar_ready = false;
+    }
+    view
+}
+
 /// The per-pod roll state, carrying `since` over from the last status.
+/// `direction` is the roll's: while the proxies are taken out (`Remove`,
+/// for `migration`), a pod back without one is `Removed`, not failed.
 pub(super) fn sidecar_states(
     previous: &[SidecarPodStatus],
     pods: &[Pod],
     now: &Time,
+    direction: Direction,
+    migration: &str,
 ) -> Vec<SidecarPodStatus> {
     let prev: BTreeMap<&str, &SidecarPodStatus> =
         previous.iter().map(|s| (s.pod.as_str(), s)).collect();
@@ -32,17 +54,31 @@ pub(super) fn sidecar_states(
                     None,
                 ),
                 Some(p) => {
-                    let view = PodView::of(p);
+                    let view = match direction {
+                        Direction::Inject => PodView::of(p),
+                        Direction::Remove => removal_view(p, migration),
+                    };
                     let address = p
                         .status
                         .as_ref()
                         .and_then(|s| s.pod_ip.clone())
                         .filter(|ip| !ip.is_empty());
-                    if view.has_sidecar && view.sidecar_ready && view.ready {
+                    let evicted = view.terminating
+                        || (before.is_some_and(|b| b.state == SidecarState::Rolling)
+                            && !view.ready);
+                    if direction == Direction::Remove && !evicted {
+                        if view.has_sidecar {
+                            (
+                                SidecarState::Removing,
+                                Some("its proxy is taken out in turn".to_owned()),
+                                address,
+                            )
+                        } else {
+                            (SidecarState::Removed, None, address)
+                        }
+                    } else if view.has_sidecar && view.sidecar_ready && view.ready {
                         (SidecarState::Ready, None, address)
-                    } else if view.terminating
-                        || (before.is_some_and(|b| b.state == SidecarState::Rolling) && !view.ready)
-                    {
+                    } else if evicted {
                         (
                             SidecarState::Rolling,
                             Some("evicted; coming back".to_owned()),
@@ -96,7 +132,7 @@ pub(super) async fn roll_sidecars(
                 .map(|p| PodView::expecting(p, &expected))
                 .collect()
         }
-        Direction::Remove => pods.iter().map(PodView::of).collect(),
+        Direction::Remove => pods.iter().map(|p| removal_view(p, &step.name)).collect(),
     };
     let generation = step.cm.metadata.generation;
     let poll = step.ctx.settings.poll;
@@ -140,7 +176,11 @@ pub(super) async fn roll_sidecars(
                     })
             });
             if let Some(s) = stuck {
-                let msg = format!("pod {} did not come back Ready with its proxy within {}s ({reason}); the roll is stopped", s.pod, timeout.as_secs());
+                let with = match direction {
+                    Direction::Inject => "with",
+                    Direction::Remove => "without",
+                };
+                let msg = format!("pod {} did not come back Ready {with} its proxy within {}s ({reason}); the roll is stopped", s.pod, timeout.as_secs());
                 step.fail("PodNotBack", msg).await;
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
@@ -362,8 +402,7 @@ pub(super) async fn take_proxies_out(
     pods: &[Pod],
     replicas: usize,
 ) -> Result<Action> {
-    let views: Vec<PodView> = pods.iter().map(PodView::of).collect();
-    if roll::plan(&views, replicas, Direction::Remove) != RollStep::Done {
+    if !proxies_out(pods, replicas, &step.name) {
         return roll_sidecars(step, pods, replicas, Direction::Remove).await;
     }
     let generation = step.cm.metadata.generation;
@@ -398,13 +437,20 @@ pub(super) async fn take_proxies_out(
     Ok(Action::requeue(Duration::from_secs(600)))
 }
 
+/// Whether every pod runs without this migration's proxy (and the roll that
+/// took them out is over: all there and Ready).
+pub(super) fn proxies_out(pods: &[Pod], replicas: usize, migration: &str) -> bool {
+    let views: Vec<PodView> = pods.iter().map(|p| removal_view(p, migration)).collect();
+    roll::plan(&views, replicas, Direction::Remove) == RollStep::Done
+}
+
 /// What asking the Eviction API for a pod came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Eviction {
     /// The pod is going.
     Done,
-    /// Not now, and why: a PodDisruptionBudget refuses (429, the API
-    /// server's own words).
+    /// Not now, and why: a PodDisruptionBudget refuses (429), or two select
+    /// the pod (500); the API server's own words.
     Refused(String),
     /// The pod was already gone (404).
     Gone,
@@ -427,6 +473,14 @@ pub(super) async fn evict(ctx: &Context, ns: &str, pod: &str) -> Result<Eviction
     match api.evict(pod, &EvictParams::default()).await {
         Ok(_) => Ok(Eviction::Done),
         Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Refused(s.message)),
+        // Two budgets select the pod: the API server refuses with a 500
+        // until one is gone (`ensure_pdb` drops Ferry's own when another
+        // appears). A wait to report, not an error to back off on.
+        Err(kube::Error::Api(s))
+            if s.code == 500 && s.message.contains("more than one PodDisruptionBudget") =>
+        {
+            Ok(Eviction::Refused(s.message))
+        }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Eviction::Gone),
         Err(err) => Err(err.into()),
     }

@@ -172,6 +172,9 @@ struct KubeletScript {
     expected_pods: AtomicUsize,
     /// Scheduled validation checks (`-check-N` Jobs) report differences.
     check_differences: AtomicBool,
+    /// Source pods by name that, once (re)created, never become Ready: a
+    /// node that does not come back.
+    held_down: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// The IP the fake kubelet gives source pod `name` from `base`:
@@ -227,6 +230,9 @@ fn start_kubelet(client: &Client, ns: &str, script: Arc<KubeletScript>) -> JoinH
                     }
                     // A node takes a moment to start: Ready after a second.
                     if seen.elapsed() < Duration::from_secs(1) {
+                        continue;
+                    }
+                    if script.held_down.lock().is_ok_and(|h| h.contains(&name)) {
                         continue;
                     }
                     let spec = pod.spec.clone().unwrap_or_default();
@@ -1230,6 +1236,76 @@ async fn an_eviction_a_budget_refuses_is_reported_at_once_and_the_roll_resumes_w
         .await
         .expect("delete the budget");
     migration_gone(client, ns, "budget", 180).await;
+    assert!(
+        source_pods(client, ns)
+            .await
+            .iter()
+            .all(|p| !sidecar::has_sidecar(p)),
+        "sidecars left"
+    );
+    operator.abort();
+}
+
+/// Deleting a migration while a pod it evicted does not come back: the
+/// removal waits for it and says so (`SidecarsReady=False/PodNotBack`), the
+/// phase stays `Removing` (a deleted migration cannot fail: nothing would
+/// resume it), the status does not churn, and the removal finishes once
+/// the pod is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deletion_waits_for_a_pod_that_does_not_come_back_and_says_so() {
+    let bed = bed("ferry-stuck").await;
+    let (client, ns) = (&bed.client, bed.ns.name.as_str());
+    let operator = start_controller_with(ns, |s| s.roll_timeout = Duration::from_secs(5));
+    let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &migration("stuck"))
+        .await
+        .expect("create migration");
+    eventually(120, "phase Ready", || async {
+        (phase_of(&api, "stuck").await == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    // The removal evicts cassandra-0 first; it will not come back Ready.
+    let held = format!("{STS}-0");
+    bed.script
+        .held_down
+        .lock()
+        .expect("held_down")
+        .insert(held.clone());
+    api.delete("stuck", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let message = eventually(
+        60,
+        "SidecarsReady=False/PodNotBack while removing",
+        || async {
+            let cm = api.get_opt("stuck").await.ok()??;
+            cm.metadata.deletion_timestamp.as_ref()?;
+            let (status, reason, message) = condition_of(&cm, "SidecarsReady")?;
+            (status == "False" && reason == "PodNotBack").then_some(message)
+        },
+    )
+    .await;
+    assert!(message.contains(&held), "{message}");
+    let cm = api.get("stuck").await.expect("still there");
+    let status = cm.status.clone().expect("status");
+    assert_eq!(status.phase, Phase::Removing, "{status:?}");
+    assert!(
+        condition_of(&cm, "Failed").is_none_or(|c| c.0 != "True"),
+        "a deleted migration does not fail: {status:?}"
+    );
+    let ready = condition_of(&cm, "Ready").expect("Ready");
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", "Removing"));
+    // Waiting is quiet: the status is written but does not change.
+    let version = cm.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = api.get("stuck").await.expect("still there");
+    assert_eq!(
+        later.metadata.resource_version, version,
+        "the status churns while the removal waits: {:?}",
+        later.status
+    );
+    bed.script.held_down.lock().expect("held_down").clear();
+    migration_gone(client, ns, "stuck", 120).await;
     assert!(
         source_pods(client, ns)
             .await

@@ -307,7 +307,15 @@ async fn reconcile(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Act
     let ns = cm.namespace().ok_or(Error::NoNamespace)?;
     let name = cm.name_any();
     let api: Api<CassandraMigration> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, labels::FINALIZER, cm, |event| async {
+    // The watch cache may lag: not have seen our last status write (acting
+    // on a stale phase would repeat a step) or the deletion itself (apply
+    // would go on with a migration that is being deleted). One GET makes
+    // every step idempotent and routes a deleted migration to its cleanup
+    // at the next look, whatever the watch has delivered.
+    let Some(fresh) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let result = finalizer(&api, labels::FINALIZER, Arc::new(fresh), |event| async {
         match event {
             finalizer::Event::Apply(cm) => apply(cm, ctx.clone()).await,
             finalizer::Event::Cleanup(cm) => cleanup(cm, ctx.clone()).await,

@@ -105,8 +105,14 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
         _ => format!("{}-source-ferry", step.name),
     };
     let existing = api.list(&ListParams::default()).await?;
+    // Ferry gives way to a budget it did not make; between two of its own
+    // (two migrations of one cluster), to the one whose name sorts first,
+    // so they never both delete themselves.
     let covered = existing.items.iter().any(|pdb| {
-        pdb.name_any() != name
+        let other = pdb.name_any();
+        let ferrys = pdb.labels().contains_key(labels::MIGRATION_LABEL);
+        other != name
+            && (!ferrys || other < name)
             && pdb
                 .spec
                 .as_ref()

@@ -3,14 +3,10 @@
 
 use super::*;
 
-pub(super) async fn apply(cached: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = cached.namespace().ok_or(Error::NoNamespace)?;
-    // The watch cache may not have seen our last status write yet; acting on
-    // a stale phase would repeat a step. One GET makes every step idempotent.
-    let api: Api<CassandraMigration> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(cm) = api.get_opt(&cached.name_any()).await? else {
-        return Ok(Action::await_change());
-    };
+/// `cm` is fresh from the API server (`reconcile` reads it), not the
+/// watch cache's copy.
+pub(super) async fn apply(cm: Arc<CassandraMigration>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cm.namespace().ok_or(Error::NoNamespace)?;
     let mut step = Step {
         cm: &cm,
         ctx: &ctx,

@@ -180,6 +180,22 @@ pub(super) async fn roll_sidecars(
                     Direction::Inject => "with",
                     Direction::Remove => "without",
                 };
+                // A deleted migration cannot fail (nothing would resume it)
+                // and must not stop: its removal waits for the pod, says so,
+                // and goes on when it is back.
+                if step.status.phase == Phase::Removing {
+                    let msg = format!("pod {} has not come back Ready {with} its proxy for over {}s ({reason}); the removal waits for it", s.pod, timeout.as_secs());
+                    status::set_condition(
+                        &mut step.status,
+                        condition::SIDECARS_READY,
+                        false,
+                        "PodNotBack",
+                        msg,
+                        generation,
+                        &step.now,
+                    );
+                    return Ok(Action::requeue(poll));
+                }
                 let msg = format!("pod {} did not come back Ready {with} its proxy within {}s ({reason}); the roll is stopped", s.pod, timeout.as_secs());
                 step.fail("PodNotBack", msg).await;
                 return Ok(Action::requeue(Duration::from_secs(30)));

@@ -105,21 +105,10 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
         _ => format!("{}-source-ferry", step.name),
     };
     let existing = api.list(&ListParams::default()).await?;
-    // Ferry gives way to a budget it did not make; between two of its own
-    // (two migrations of one cluster), to the one whose name sorts first,
-    // so they never both delete themselves.
-    let covered = existing.items.iter().any(|pdb| {
-        let other = pdb.name_any();
-        let ferrys = pdb.labels().contains_key(labels::MIGRATION_LABEL);
-        other != name
-            && (!ferrys || other < name)
-            && pdb
-                .spec
-                .as_ref()
-                .and_then(|s| s.selector.as_ref())
-                .and_then(|s| s.match_labels.as_ref())
-                .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| selector.get(k) == Some(v)))
-    });
+    let covered = existing
+        .items
+        .iter()
+        .any(|pdb| gives_way_to(&name, &selector, pdb));
     if covered {
         return delete_if_present(&api, &name, &DeleteParams::default()).await;
     }
@@ -144,6 +133,41 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
     Ok(())
 }
 
+/// Whether Ferry's budget `name` (selecting `selector`) gives way to
+/// `other`: only to one that surely selects every pod it does (labels
+/// alone, a subset of `selector`; one with expressions might not, and two
+/// budgets on a pod stall the roll where none leaves it unguarded). Between
+/// two of Ferry's own with the same selector (two migrations of one
+/// cluster), to the name that sorts first, so both never give way; a wider
+/// one of Ferry's always wins, as the narrower one never covers it.
+pub(super) fn gives_way_to(
+    name: &str,
+    selector: &BTreeMap<String, String>,
+    other: &PodDisruptionBudget,
+) -> bool {
+    let Some(other_selector) = other.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+        return false;
+    };
+    if other.name_any() == name
+        || other_selector
+            .match_expressions
+            .as_ref()
+            .is_some_and(|e| !e.is_empty())
+    {
+        return false;
+    }
+    let Some(theirs) = other_selector
+        .match_labels
+        .as_ref()
+        .filter(|m| !m.is_empty())
+    else {
+        return false;
+    };
+    let covers = theirs.iter().all(|(k, v)| selector.get(k) == Some(v));
+    let ferrys = other.labels().contains_key(labels::MIGRATION_LABEL);
+    covers && (!ferrys || theirs != selector || other.name_any().as_str() < name)
+}
+
 /// Deletes an object, treating "already gone" as done.
 pub(super) async fn delete_if_present<K>(api: &Api<K>, name: &str, dp: &DeleteParams) -> Result<()>
 where
@@ -153,5 +177,97 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(
+        name: &str,
+        ferrys: bool,
+        labels: &[(&str, &str)],
+        expressions: bool,
+    ) -> PodDisruptionBudget {
+        let mut pdb: PodDisruptionBudget = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"maxUnavailable": 1, "selector": {
+                "matchLabels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            }},
+        }))
+        .expect("budget");
+        if ferrys {
+            pdb.labels_mut()
+                .insert(labels::MIGRATION_LABEL.to_owned(), "m".to_owned());
+        }
+        if expressions {
+            if let Some(s) = pdb.spec.as_mut().and_then(|s| s.selector.as_mut()) {
+                s.match_expressions = Some(vec![serde_json::from_value(
+                    json!({"key": "rack", "operator": "In", "values": ["r1"]}),
+                )
+                .expect("expression")]);
+            }
+        }
+        pdb
+    }
+
+    /// Two budgets on a pod make the Eviction API refuse it (a 500), so
+    /// Ferry's gives way to one that surely covers its pods, and two of
+    /// Ferry's never both give way nor both stay on the same pods.
+    #[test]
+    fn ferrys_budget_gives_way_only_to_one_that_surely_covers_its_pods() {
+        let cluster: BTreeMap<String, String> = [("cluster", "c"), ("rack", "r1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ours = "dc1-r1-ferry";
+        // The user's (or cass-operator's) budget, wider or the same.
+        assert!(gives_way_to(
+            ours,
+            &cluster,
+            &budget("user", false, &[("cluster", "c")], false)
+        ));
+        assert!(gives_way_to(
+            ours,
+            &cluster,
+            &budget("user", false, &[("cluster", "c"), ("rack", "r1")], false)
+        ));
+        // Not one that selects other pods, or might not select all of ours.
+        assert!(!gives_way_to(
+            ours,
+            &cluster,
+            &budget("user", false, &[("cluster", "d")], false)
+        ));
+        assert!(!gives_way_to(
+            ours,
+            &cluster,
+            &budget("user", false, &[("cluster", "c")], true)
+        ));
+        assert!(!gives_way_to(
+            ours,
+            &cluster,
+            &budget("user", false, &[], false)
+        ));
+        // Not itself.
+        assert!(!gives_way_to(
+            ours,
+            &cluster,
+            &budget(ours, true, &[("cluster", "c")], false)
+        ));
+        // Another migration's, same selector: the first name wins, one way only.
+        let same = |n: &str| budget(n, true, &[("cluster", "c"), ("rack", "r1")], false);
+        assert!(gives_way_to("b-ferry", &cluster, &same("a-ferry")));
+        assert!(!gives_way_to("a-ferry", &cluster, &same("b-ferry")));
+        // Another migration's, wider (all racks), whatever the names: the
+        // narrower one gives way, and the wider one never sees itself covered.
+        let wide = budget("z-source-ferry", true, &[("cluster", "c")], false);
+        assert!(gives_way_to(ours, &cluster, &wide));
+        let all_racks: BTreeMap<String, String> = [("cluster", "c")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let narrow = budget(ours, true, &[("cluster", "c"), ("rack", "r1")], false);
+        assert!(!gives_way_to("z-source-ferry", &all_racks, &narrow));
     }
 }

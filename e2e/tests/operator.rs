@@ -2545,6 +2545,38 @@ async fn a_cass_operator_cluster_rolls_across_its_racks_and_data_centers() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
     );
 
+    // cass-operator makes a budget per data center (`<dc>-pdb`, minAvailable
+    // size - 1, the data center's labels). With Ferry's over the cluster as
+    // well, every pod would have two budgets and the Eviction API refuse it
+    // for good (a 500): Ferry's gives way, and the removal below goes on
+    // under cass-operator's.
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    for (dc, min_available) in [("dc1", 1), ("dc2", 0)] {
+        let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+            "metadata": {"name": format!("{dc}-pdb"), "labels": {
+                CLUSTER: "demo", DC: dc, "app.kubernetes.io/managed-by": "cass-operator"}},
+            "spec": {"minAvailable": min_available,
+                     "selector": {"matchLabels": {CLUSTER: "demo", DC: dc}}},
+        }))
+        .expect("pdb");
+        budgets
+            .create(&PostParams::default(), &pdb)
+            .await
+            .expect("create cass-operator's budget");
+    }
+    eventually(60, "Ferry's budget gone, cass-operator's kept", || async {
+        let names: Vec<String> = budgets
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .map(|b| b.name_any())
+            .collect();
+        (names == ["dc1-pdb", "dc2-pdb"]).then_some(())
+    })
+    .await;
+
     // Deleting it takes every proxy out, one pod at a time.
     bed.script.max_unavailable.store(0, Ordering::SeqCst);
     api.delete("racks", &DeleteParams::default())

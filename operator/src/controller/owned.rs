@@ -5,6 +5,7 @@ use super::*;
 use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::SelectorExt;
 
 /// The port drivers are told to use for a source node: with the iptables
 /// redirect, the CQL port itself (it reaches the proxy once the pod has one
@@ -87,10 +88,10 @@ fn owned_meta(step: &Step<'_>, name: String) -> ObjectMeta {
 /// Makes sure a PodDisruptionBudget guards the source pods: the roll evicts
 /// through the Eviction API, so a budget is what makes "one at a time" hold
 /// even against other actors. Ferry makes one (maxUnavailable 1) only when
-/// none selects the pods already, and deletes its own once another does
-/// (cass-operator's, or one the user adds during the migration): the
-/// Eviction API refuses every pod two budgets select, so with both in place
-/// no pod could ever be rolled.
+/// no other budget selects any source pod, and deletes its own once one
+/// does (cass-operator's, one per data center; one the user adds during the
+/// migration): the Eviction API refuses any pod two budgets select (a 500),
+/// so with both in place those pods could never be rolled.
 ///
 /// With several StatefulSets (one per rack) it selects the labels all their
 /// pods share, so the budget spans racks: two racks down at once is what
@@ -105,11 +106,11 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
         _ => format!("{}-source-ferry", step.name),
     };
     let existing = api.list(&ListParams::default()).await?;
-    let covered = existing
+    let another = existing
         .items
         .iter()
-        .any(|pdb| gives_way_to(&name, &selector, pdb));
-    if covered {
+        .any(|pdb| gives_way_to(&name, pdb, &found.pods));
+    if another {
         return delete_if_present(&api, &name, &DeleteParams::default()).await;
     }
     let pdb = PodDisruptionBudget {
@@ -133,39 +134,27 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
     Ok(())
 }
 
-/// Whether Ferry's budget `name` (selecting `selector`) gives way to
-/// `other`: only to one that surely selects every pod it does (labels
-/// alone, a subset of `selector`; one with expressions might not, and two
-/// budgets on a pod stall the roll where none leaves it unguarded). Between
-/// two of Ferry's own with the same selector (two migrations of one
-/// cluster), to the name that sorts first, so both never give way; a wider
-/// one of Ferry's always wins, as the narrower one never covers it.
-pub(super) fn gives_way_to(
-    name: &str,
-    selector: &BTreeMap<String, String>,
-    other: &PodDisruptionBudget,
-) -> bool {
-    let Some(other_selector) = other.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
-        return false;
-    };
-    if other.name_any() == name
-        || other_selector
-            .match_expressions
-            .as_ref()
-            .is_some_and(|e| !e.is_empty())
-    {
+/// Whether Ferry's budget `name` gives way to `other`: to any budget Ferry
+/// did not make that selects one of the source's `pods` (its selector as the
+/// disruption controller reads it, expressions included; two budgets on a
+/// pod and the Eviction API refuses it for good), and to another of Ferry's
+/// (two migrations of one cluster) that does, when its name sorts first, so
+/// the two never both give way.
+pub(super) fn gives_way_to(name: &str, other: &PodDisruptionBudget, pods: &[Pod]) -> bool {
+    let other_name = other.name_any();
+    if other_name == name {
         return false;
     }
-    let Some(theirs) = other_selector
-        .match_labels
-        .as_ref()
-        .filter(|m| !m.is_empty())
-    else {
+    // policy/v1: no selector selects nothing; an empty one, every pod.
+    let Some(selector) = other.spec.as_ref().and_then(|s| s.selector.clone()) else {
         return false;
     };
-    let covers = theirs.iter().all(|(k, v)| selector.get(k) == Some(v));
+    let Ok(selector) = kube::core::Selector::try_from(selector) else {
+        return false;
+    };
+    let selects_ours = pods.iter().any(|p| selector.matches(p.labels()));
     let ferrys = other.labels().contains_key(labels::MIGRATION_LABEL);
-    covers && (!ferrys || theirs != selector || other.name_any().as_str() < name)
+    selects_ours && (!ferrys || other_name.as_str() < name)
 }
 
 /// Deletes an object, treating "already gone" as done.
@@ -184,90 +173,80 @@ where
 mod tests {
     use super::*;
 
-    fn budget(
-        name: &str,
-        ferrys: bool,
-        labels: &[(&str, &str)],
-        expressions: bool,
-    ) -> PodDisruptionBudget {
+    fn budget(name: &str, ferrys: bool, selector: serde_json::Value) -> PodDisruptionBudget {
         let mut pdb: PodDisruptionBudget = serde_json::from_value(json!({
             "metadata": {"name": name},
-            "spec": {"maxUnavailable": 1, "selector": {
-                "matchLabels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-            }},
+            "spec": {"maxUnavailable": 1, "selector": selector},
         }))
         .expect("budget");
         if ferrys {
             pdb.labels_mut()
                 .insert(labels::MIGRATION_LABEL.to_owned(), "m".to_owned());
         }
-        if expressions {
-            if let Some(s) = pdb.spec.as_mut().and_then(|s| s.selector.as_mut()) {
-                s.match_expressions = Some(vec![serde_json::from_value(
-                    json!({"key": "rack", "operator": "In", "values": ["r1"]}),
-                )
-                .expect("expression")]);
-            }
-        }
         pdb
     }
 
-    /// Two budgets on a pod make the Eviction API refuse it (a 500), so
-    /// Ferry's gives way to one that surely covers its pods, and two of
-    /// Ferry's never both give way nor both stay on the same pods.
+    fn pod(name: &str, dc: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {
+            "cluster": "c", "dc": dc, "statefulset.kubernetes.io/pod-name": name}}}))
+        .expect("pod")
+    }
+
+    /// Two budgets on a pod make the Eviction API refuse it (a 500): Ferry's
+    /// gives way to any budget that selects one of the source's pods, wider
+    /// or narrower (cass-operator's, one per data center), expressions
+    /// included, and two of Ferry's never both give way.
     #[test]
-    fn ferrys_budget_gives_way_only_to_one_that_surely_covers_its_pods() {
-        let cluster: BTreeMap<String, String> = [("cluster", "c"), ("rack", "r1")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let ours = "dc1-r1-ferry";
-        // The user's (or cass-operator's) budget, wider or the same.
+    fn ferrys_budget_gives_way_to_any_budget_on_a_source_pod() {
+        let pods = [pod("a-0", "dc1"), pod("b-0", "dc1"), pod("c-0", "dc2")];
+        let ours = "m-source-ferry";
+        let user = |selector| budget("user", false, selector);
+        // cass-operator's per data center: narrower than Ferry's, still on our pods.
         assert!(gives_way_to(
             ours,
-            &cluster,
-            &budget("user", false, &[("cluster", "c")], false)
+            &user(json!({"matchLabels": {"cluster": "c", "dc": "dc2"}})),
+            &pods
         ));
+        // Wider, or everything.
         assert!(gives_way_to(
             ours,
-            &cluster,
-            &budget("user", false, &[("cluster", "c"), ("rack", "r1")], false)
+            &user(json!({"matchLabels": {"cluster": "c"}})),
+            &pods
         ));
-        // Not one that selects other pods, or might not select all of ours.
+        assert!(gives_way_to(ours, &user(json!({})), &pods));
+        // One pod, by expression.
+        let one = json!({"matchExpressions": [{"key": "statefulset.kubernetes.io/pod-name", "operator": "In", "values": ["b-0"]}]});
+        assert!(gives_way_to(ours, &user(one), &pods));
+        // Not one that selects none of them, nor a budget without a selector.
         assert!(!gives_way_to(
             ours,
-            &cluster,
-            &budget("user", false, &[("cluster", "d")], false)
+            &user(json!({"matchLabels": {"cluster": "d"}})),
+            &pods
         ));
-        assert!(!gives_way_to(
-            ours,
-            &cluster,
-            &budget("user", false, &[("cluster", "c")], true)
-        ));
-        assert!(!gives_way_to(
-            ours,
-            &cluster,
-            &budget("user", false, &[], false)
-        ));
+        let mut none = user(json!({}));
+        if let Some(spec) = none.spec.as_mut() {
+            spec.selector = None;
+        }
+        assert!(!gives_way_to(ours, &none, &pods));
         // Not itself.
         assert!(!gives_way_to(
             ours,
-            &cluster,
-            &budget(ours, true, &[("cluster", "c")], false)
+            &budget(ours, true, json!({"matchLabels": {"cluster": "c"}})),
+            &pods
         ));
-        // Another migration's, same selector: the first name wins, one way only.
-        let same = |n: &str| budget(n, true, &[("cluster", "c"), ("rack", "r1")], false);
-        assert!(gives_way_to("b-ferry", &cluster, &same("a-ferry")));
-        assert!(!gives_way_to("a-ferry", &cluster, &same("b-ferry")));
-        // Another migration's, wider (all racks), whatever the names: the
-        // narrower one gives way, and the wider one never sees itself covered.
-        let wide = budget("z-source-ferry", true, &[("cluster", "c")], false);
-        assert!(gives_way_to(ours, &cluster, &wide));
-        let all_racks: BTreeMap<String, String> = [("cluster", "c")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let narrow = budget(ours, true, &[("cluster", "c"), ("rack", "r1")], false);
-        assert!(!gives_way_to("z-source-ferry", &all_racks, &narrow));
+        // Another migration's: the first name wins, one way only, whatever
+        // the selectors.
+        let rack = json!({"matchLabels": {"cluster": "c", "dc": "dc1"}});
+        let all = json!({"matchLabels": {"cluster": "c"}});
+        assert!(gives_way_to(
+            "z-source-ferry",
+            &budget("a-0-ferry", true, rack.clone()),
+            &pods
+        ));
+        assert!(!gives_way_to(
+            "a-0-ferry",
+            &budget("z-source-ferry", true, all),
+            &pods
+        ));
     }
 }

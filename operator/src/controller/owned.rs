@@ -106,12 +106,19 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
         _ => format!("{}-source-ferry", step.name),
     };
     let existing = api.list(&ListParams::default()).await?;
+    let pods = source_pod_labels(found);
     let another = existing
         .items
         .iter()
-        .any(|pdb| gives_way_to(&name, pdb, &found.pods));
+        .any(|pdb| gives_way_to(&name, &selector, pdb, &pods));
     if another {
         return delete_if_present(&api, &name, &DeleteParams::default()).await;
+    }
+    // A pod missing (being rolled) may be the one another budget selects
+    // by a label only a live pod has: no budget is made until all are
+    // back, so Ferry's never comes and goes with each eviction.
+    if found.pods.len() < found.replicas() {
+        return Ok(());
     }
     let pdb = PodDisruptionBudget {
         metadata: owned_meta(step, name.clone()),
@@ -134,27 +141,66 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
     Ok(())
 }
 
-/// Whether Ferry's budget `name` gives way to `other`: to any budget Ferry
-/// did not make that selects one of the source's `pods` (its selector as the
-/// disruption controller reads it, expressions included; two budgets on a
-/// pod and the Eviction API refuses it for good), and to another of Ferry's
-/// (two migrations of one cluster) that does, when its name sorts first, so
-/// the two never both give way.
-pub(super) fn gives_way_to(name: &str, other: &PodDisruptionBudget, pods: &[Pod]) -> bool {
+/// The label sets a budget may select the source's pods by: each live
+/// pod's, and each StatefulSet's pod template's (a pod being rolled is
+/// absent for a moment; a budget that selected only it must still count).
+fn source_pod_labels(found: &source::Source) -> Vec<&BTreeMap<String, String>> {
+    let templates = found
+        .statefulsets
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref());
+    found
+        .pods
+        .iter()
+        .map(|p| p.labels())
+        .chain(templates)
+        .collect()
+}
+
+/// Whether Ferry's budget `name` (selecting `ours`) gives way to `other`:
+/// two budgets on a pod and the Eviction API refuses it for good (a 500).
+/// It gives way to any budget Ferry did not make that selects one of the
+/// source's pods (`pods`: their label sets; the selector read as the
+/// disruption controller reads it, expressions included). Between two of
+/// Ferry's own (two migrations of one cluster) that meet on a pod, the wider
+/// one stays (its labels a subset of the other's), and where neither is
+/// wider, the name that sorts first: the two never both give way.
+pub(super) fn gives_way_to(
+    name: &str,
+    ours: &BTreeMap<String, String>,
+    other: &PodDisruptionBudget,
+    pods: &[&BTreeMap<String, String>],
+) -> bool {
     let other_name = other.name_any();
     if other_name == name {
         return false;
     }
     // policy/v1: no selector selects nothing; an empty one, every pod.
-    let Some(selector) = other.spec.as_ref().and_then(|s| s.selector.clone()) else {
+    let Some(label_selector) = other.spec.as_ref().and_then(|s| s.selector.clone()) else {
         return false;
     };
-    let Ok(selector) = kube::core::Selector::try_from(selector) else {
+    let theirs = label_selector.match_labels.clone().unwrap_or_default();
+    let Ok(selector) = kube::core::Selector::try_from(label_selector) else {
         return false;
     };
-    let selects_ours = pods.iter().any(|p| selector.matches(p.labels()));
-    let ferrys = other.labels().contains_key(labels::MIGRATION_LABEL);
-    selects_ours && (!ferrys || other_name.as_str() < name)
+    if !pods.iter().any(|labels| selector.matches(labels)) {
+        return false;
+    }
+    if !other.labels().contains_key(labels::MIGRATION_LABEL) {
+        return true;
+    }
+    let within = |a: &BTreeMap<String, String>, b: &BTreeMap<String, String>| {
+        a.iter().all(|(k, v)| b.get(k) == Some(v))
+    };
+    match (within(&theirs, ours), within(ours, &theirs)) {
+        // The same pods: the first name stays.
+        (true, true) => other_name.as_str() < name,
+        // Theirs is wider: it stays.
+        (true, false) => true,
+        // Ours is wider: ours stays.
+        (false, true) => false,
+        (false, false) => other_name.as_str() < name,
+    }
 }
 
 /// Deletes an object, treating "already gone" as done.
@@ -186,6 +232,13 @@ mod tests {
         pdb
     }
 
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn pod(name: &str, dc: &str) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": name, "labels": {
             "cluster": "c", "dc": dc, "statefulset.kubernetes.io/pod-name": name}}}))
@@ -199,27 +252,32 @@ mod tests {
     #[test]
     fn ferrys_budget_gives_way_to_any_budget_on_a_source_pod() {
         let pods = [pod("a-0", "dc1"), pod("b-0", "dc1"), pod("c-0", "dc2")];
+        let pods: Vec<&BTreeMap<String, String>> = pods.iter().map(|p| p.labels()).collect();
         let ours = "m-source-ferry";
+        let cluster = labels(&[("cluster", "c")]);
         let user = |selector| budget("user", false, selector);
         // cass-operator's per data center: narrower than Ferry's, still on our pods.
         assert!(gives_way_to(
             ours,
+            &cluster,
             &user(json!({"matchLabels": {"cluster": "c", "dc": "dc2"}})),
             &pods
         ));
         // Wider, or everything.
         assert!(gives_way_to(
             ours,
+            &cluster,
             &user(json!({"matchLabels": {"cluster": "c"}})),
             &pods
         ));
-        assert!(gives_way_to(ours, &user(json!({})), &pods));
+        assert!(gives_way_to(ours, &cluster, &user(json!({})), &pods));
         // One pod, by expression.
         let one = json!({"matchExpressions": [{"key": "statefulset.kubernetes.io/pod-name", "operator": "In", "values": ["b-0"]}]});
-        assert!(gives_way_to(ours, &user(one), &pods));
+        assert!(gives_way_to(ours, &cluster, &user(one), &pods));
         // Not one that selects none of them, nor a budget without a selector.
         assert!(!gives_way_to(
             ours,
+            &cluster,
             &user(json!({"matchLabels": {"cluster": "d"}})),
             &pods
         ));
@@ -227,26 +285,36 @@ mod tests {
         if let Some(spec) = none.spec.as_mut() {
             spec.selector = None;
         }
-        assert!(!gives_way_to(ours, &none, &pods));
+        assert!(!gives_way_to(ours, &cluster, &none, &pods));
         // Not itself.
+        let all = cluster.clone();
         assert!(!gives_way_to(
             ours,
+            &all,
             &budget(ours, true, json!({"matchLabels": {"cluster": "c"}})),
             &pods
         ));
-        // Another migration's: the first name wins, one way only, whatever
-        // the selectors.
-        let rack = json!({"matchLabels": {"cluster": "c", "dc": "dc1"}});
-        let all = json!({"matchLabels": {"cluster": "c"}});
-        assert!(gives_way_to(
+        // Another migration's: the wider budget stays whatever the names,
+        // the same selector goes by name, one way only.
+        let dc1 = labels(&[("cluster", "c"), ("dc", "dc1")]);
+        let wide = budget(
             "z-source-ferry",
-            &budget("a-0-ferry", true, rack.clone()),
-            &pods
-        ));
-        assert!(!gives_way_to(
+            true,
+            json!({"matchLabels": {"cluster": "c"}}),
+        );
+        let narrow = budget(
             "a-0-ferry",
-            &budget("z-source-ferry", true, all),
-            &pods
-        ));
+            true,
+            json!({"matchLabels": {"cluster": "c", "dc": "dc1"}}),
+        );
+        assert!(gives_way_to("a-0-ferry", &dc1, &wide, &pods));
+        assert!(!gives_way_to("z-source-ferry", &all, &narrow, &pods));
+        let twin = |n: &str| budget(n, true, json!({"matchLabels": {"cluster": "c"}}));
+        assert!(gives_way_to("b-ferry", &all, &twin("a-ferry"), &pods));
+        assert!(!gives_way_to("a-ferry", &all, &twin("b-ferry"), &pods));
+        // NotIn selects a pod without the key.
+        let not_in =
+            json!({"matchExpressions": [{"key": "rack", "operator": "NotIn", "values": ["r9"]}]});
+        assert!(gives_way_to(ours, &all, &user(not_in), &pods));
     }
 }

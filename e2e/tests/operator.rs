@@ -402,6 +402,35 @@ async fn migration_gone(client: &Client, ns: &str, name: &str, secs: u64) {
     }
 }
 
+/// Every source pod runs without the proxy (a finished removal).
+async fn no_sidecar_left(client: &Client, ns: &str) {
+    let left: Vec<String> = source_pods(client, ns)
+        .await
+        .iter()
+        .filter(|p| sidecar::has_sidecar(p))
+        .map(|p| p.name_any())
+        .collect();
+    assert!(left.is_empty(), "sidecars left: {left:?}");
+}
+
+/// Waits until the namespace's PodDisruptionBudgets are exactly `names`.
+async fn only_budgets(client: &Client, ns: &str, names: &[&str], secs: u64) {
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    eventually(secs, &format!("only the budgets {names:?}"), || async {
+        let mut seen: Vec<String> = budgets
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .map(|b| b.name_any())
+            .collect();
+        seen.sort();
+        (seen == names).then_some(())
+    })
+    .await;
+}
+
 /// What a failed wait should print: the migration's status, the events of
 /// the namespace in order, each source pod's state and each budget's.
 async fn cluster_story(client: &Client, ns: &str, name: &str) -> String {
@@ -1219,30 +1248,13 @@ async fn an_eviction_a_budget_refuses_is_reported_at_once_and_the_roll_resumes_w
     );
     // Ferry's own budget made way for the user's: with two budgets on a
     // pod the Eviction API refuses it for good (a 500, not a 429).
-    eventually(30, "only the user's budget left", || async {
-        let names: Vec<String> = budgets
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .iter()
-            .map(|b| b.name_any())
-            .collect();
-        (names == ["hold"]).then_some(())
-    })
-    .await;
+    only_budgets(client, ns, &["hold"], 30).await;
     budgets
         .delete("hold", &DeleteParams::default())
         .await
         .expect("delete the budget");
     migration_gone(client, ns, "budget", 180).await;
-    assert!(
-        source_pods(client, ns)
-            .await
-            .iter()
-            .all(|p| !sidecar::has_sidecar(p)),
-        "sidecars left"
-    );
+    no_sidecar_left(client, ns).await;
     operator.abort();
 }
 
@@ -1315,13 +1327,7 @@ async fn a_deletion_waits_for_a_pod_that_does_not_come_back_and_says_so() {
     );
     bed.script.held_down.lock().expect("held_down").clear();
     migration_gone(client, ns, "stuck", 120).await;
-    assert!(
-        source_pods(client, ns)
-            .await
-            .iter()
-            .all(|p| !sidecar::has_sidecar(p)),
-        "sidecars left"
-    );
+    no_sidecar_left(client, ns).await;
     operator.abort();
 }
 
@@ -2564,18 +2570,7 @@ async fn a_cass_operator_cluster_rolls_across_its_racks_and_data_centers() {
             .await
             .expect("create cass-operator's budget");
     }
-    eventually(60, "Ferry's budget gone, cass-operator's kept", || async {
-        let names: Vec<String> = budgets
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .iter()
-            .map(|b| b.name_any())
-            .collect();
-        (names == ["dc1-pdb", "dc2-pdb"]).then_some(())
-    })
-    .await;
+    only_budgets(client, ns, &["dc1-pdb", "dc2-pdb"], 60).await;
 
     // Deleting it takes every proxy out, one pod at a time.
     bed.script.max_unavailable.store(0, Ordering::SeqCst);

@@ -350,12 +350,23 @@ async fn source_pods(client: &Client, ns: &str) -> Vec<Pod> {
 }
 
 /// Polls `check` every 250ms until it returns Some, or panics after `secs`.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(secs: u64, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let waited = poll::until(
+    within(secs, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {secs}s waiting for {what}"))
+}
+
+/// Polls `check` every 250ms until it returns Some; None after `secs`.
+async fn within<T, F, Fut>(secs: u64, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll::until(
         Duration::from_secs(secs),
         Duration::from_millis(250),
         || {
@@ -369,8 +380,16 @@ where
         },
     )
     .await
-    .expect("these looks cannot fail");
-    waited.unwrap_or_else(|()| panic!("timed out after {secs}s waiting for {what}"))
+    .expect("these looks cannot fail")
+    .ok()
+}
+
+/// Waits until migration `name` is in `phase`, or panics after `secs`.
+async fn wait_for_phase(api: &Api<CassandraMigration>, name: &str, phase: Phase, secs: u64) {
+    eventually(secs, &format!("phase {phase}"), || async {
+        (phase_of(api, name).await == Some(phase)).then_some(())
+    })
+    .await
 }
 
 /// Waits until the migration's finalizer has let it go. On a timeout the
@@ -379,22 +398,11 @@ where
 /// 33's CI saw a removal stand still for 120 s with nothing else to go on.
 async fn migration_gone(client: &Client, ns: &str, name: &str, secs: u64) {
     let api: Api<CassandraMigration> = Api::namespaced(client.clone(), ns);
-    let gone = poll::until(
-        Duration::from_secs(secs),
-        Duration::from_millis(250),
-        || {
-            let api = api.clone();
-            async move {
-                Ok(match api.get_opt(name).await {
-                    Ok(None) => Look::Done(()),
-                    _ => Look::NotYet(()),
-                })
-            }
-        },
-    )
-    .await
-    .expect("these looks cannot fail");
-    if gone.is_err() {
+    let gone = within(secs, || async {
+        matches!(api.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await;
+    if gone.is_none() {
         panic!(
             "timed out after {secs}s waiting for migration {name} to be gone\n{}",
             cluster_story(client, ns, name).await
@@ -610,10 +618,7 @@ async fn migration_rolls_one_pod_at_a_time_runs_jobs_reaches_ready_and_backs_out
     tokio::time::sleep(Duration::from_millis(500)).await;
     operator = start_controller(ns);
 
-    eventually(120, "phase Ready", || async {
-        (phase_of(&api, "mig").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "mig", Phase::Ready, 120).await;
 
     let cm = api.get("mig").await.expect("migration");
     assert!(
@@ -1272,10 +1277,7 @@ async fn a_deletion_waits_for_a_pod_that_does_not_come_back_and_says_so() {
     api.create(&PostParams::default(), &migration("stuck"))
         .await
         .expect("create migration");
-    eventually(120, "phase Ready", || async {
-        (phase_of(&api, "stuck").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "stuck", Phase::Ready, 120).await;
     // The roll in had the usual timeout; the removal gets a short one (the
     // operator keeps nothing between reconciles, so a restart is enough).
     operator.abort();
@@ -1399,10 +1401,7 @@ async fn no_pod_is_evicted_while_its_proxy_owes_the_target_writes() {
     api.create(&PostParams::default(), &migration("gate"))
         .await
         .expect("create migration");
-    eventually(120, "phase Ready", || async {
-        (phase_of(&api, "gate").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "gate", Phase::Ready, 120).await;
     assert!(
         source_pods(client, ns).await.iter().all(|p| p
             .status
@@ -1637,10 +1636,7 @@ async fn cutover_goes_forward_and_back_without_a_restart_or_an_error() {
     api.create(&PostParams::default(), &cm)
         .await
         .expect("create migration");
-    eventually(120, "phase Ready", || async {
-        (phase_of(&api, "cut").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "cut", Phase::Ready, 120).await;
 
     // The application: one session through cassandra-0's proxy only.
     let via = proxies[0].addr;
@@ -2074,10 +2070,7 @@ async fn a_pod_that_ran_without_its_proxy_is_validated_again() {
     api.create(&PostParams::default(), &migration("reval"))
         .await
         .expect("create migration");
-    eventually(120, "phase Ready", || async {
-        (phase_of(&api, "reval").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "reval", Phase::Ready, 120).await;
 
     // The webhook becomes unreachable; a source pod is recreated bare.
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
@@ -2284,10 +2277,7 @@ async fn the_targets_schema_is_copied_before_the_roll_and_a_difference_stops_it(
         "the target's own data center, RF = min(3, nodes): {repl:?}"
     );
     assert!(!repl.contains_key(&cassandra.source_datacenter), "{repl:?}");
-    eventually(120, "phase Ready", || async {
-        (phase_of(&api, "copy").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "copy", Phase::Ready, 120).await;
     // The proxies are told to follow schema changes, with the target's
     // replication for a new keyspace.
     let runtime: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -2480,10 +2470,7 @@ async fn a_cass_operator_cluster_rolls_across_its_racks_and_data_centers() {
     api.create(&PostParams::default(), &mig)
         .await
         .expect("create migration");
-    eventually(180, "phase Ready", || async {
-        (phase_of(&api, "racks").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "racks", Phase::Ready, 180).await;
 
     let status = api
         .get("racks")
@@ -2605,10 +2592,7 @@ async fn a_difference_found_after_ready_sends_the_migration_back_to_validation()
     api.create(&PostParams::default(), &mig)
         .await
         .expect("create migration");
-    eventually(120, "phase Ready", || async {
-        (phase_of(&api, "chk").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "chk", Phase::Ready, 120).await;
     // Clean checks: Ready stays, Validated says so.
     let clean = eventually(60, "two clean scheduled checks", || async {
         let status = api.get("chk").await.ok()?.status?;
@@ -2784,10 +2768,7 @@ async fn a_migration_runs_in_a_namespace_that_enforces_the_restricted_standard()
     api.create(&PostParams::default(), &mig)
         .await
         .expect("create migration");
-    eventually(180, "phase Ready", || async {
-        (phase_of(&api, "strict").await == Some(Phase::Ready)).then_some(())
-    })
-    .await;
+    wait_for_phase(&api, "strict", Phase::Ready, 180).await;
     for pod in source_pods(client, ns).await {
         assert!(
             sidecar::has_sidecar(&pod),

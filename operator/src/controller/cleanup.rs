@@ -80,24 +80,17 @@ async fn remove_proxies(mut step: Step<'_>, pods: &[Pod], replicas: usize) -> Re
     );
     step.enter(Phase::Removing).await;
     let removing = "the migration is deleted: its proxies are taken out one pod at a time";
-    status::set_condition(
-        &mut step.status,
-        condition::READY,
-        false,
-        "Removing",
-        removing,
-        generation,
-        &step.now,
-    );
-    status::set_condition(
-        &mut step.status,
-        condition::SIDECARS_READY,
-        false,
-        "Removing",
-        removing,
-        generation,
-        &step.now,
-    );
+    for type_ in [condition::READY, condition::SIDECARS_READY] {
+        status::set_condition(
+            &mut step.status,
+            type_,
+            false,
+            "Removing",
+            removing,
+            generation,
+            &step.now,
+        );
+    }
     // Sets SidecarsReady to what it waits for, if anything; evicts if not.
     roll_sidecars(&mut step, pods, replicas, Direction::Remove).await?;
     step.write_status().await?;

@@ -112,7 +112,11 @@ pub(super) async fn ensure_pdb(step: &Step<'_>, found: &source::Source) -> Resul
         .iter()
         .any(|pdb| gives_way_to(&name, &selector, pdb, &pods));
     if another {
-        return delete_if_present(&api, &name, &DeleteParams::default()).await;
+        // Only when it is there: this runs at every look.
+        if existing.items.iter().any(|pdb| pdb.name_any() == name) {
+            delete_if_present(&api, &name, &DeleteParams::default()).await?;
+        }
+        return Ok(());
     }
     // A pod missing (being rolled) may be the one another budget selects
     // by a label only a live pod has: no budget is made until all are
@@ -192,14 +196,13 @@ pub(super) fn gives_way_to(
     let within = |a: &BTreeMap<String, String>, b: &BTreeMap<String, String>| {
         a.iter().all(|(k, v)| b.get(k) == Some(v))
     };
-    match (within(&theirs, ours), within(ours, &theirs)) {
-        // The same pods: the first name stays.
-        (true, true) => other_name.as_str() < name,
-        // Theirs is wider: it stays.
-        (true, false) => true,
-        // Ours is wider: ours stays.
-        (false, true) => false,
-        (false, false) => other_name.as_str() < name,
+    let (theirs_wider, ours_wider) = (within(&theirs, ours), within(ours, &theirs));
+    if theirs_wider != ours_wider {
+        // One is strictly wider: it stays.
+        theirs_wider
+    } else {
+        // The same labels, or neither wider: the first name stays.
+        other_name.as_str() < name
     }
 }
 
@@ -287,10 +290,9 @@ mod tests {
         }
         assert!(!gives_way_to(ours, &cluster, &none, &pods));
         // Not itself.
-        let all = cluster.clone();
         assert!(!gives_way_to(
             ours,
-            &all,
+            &cluster,
             &budget(ours, true, json!({"matchLabels": {"cluster": "c"}})),
             &pods
         ));
@@ -308,13 +310,13 @@ mod tests {
             json!({"matchLabels": {"cluster": "c", "dc": "dc1"}}),
         );
         assert!(gives_way_to("a-0-ferry", &dc1, &wide, &pods));
-        assert!(!gives_way_to("z-source-ferry", &all, &narrow, &pods));
+        assert!(!gives_way_to("z-source-ferry", &cluster, &narrow, &pods));
         let twin = |n: &str| budget(n, true, json!({"matchLabels": {"cluster": "c"}}));
-        assert!(gives_way_to("b-ferry", &all, &twin("a-ferry"), &pods));
-        assert!(!gives_way_to("a-ferry", &all, &twin("b-ferry"), &pods));
+        assert!(gives_way_to("b-ferry", &cluster, &twin("a-ferry"), &pods));
+        assert!(!gives_way_to("a-ferry", &cluster, &twin("b-ferry"), &pods));
         // NotIn selects a pod without the key.
         let not_in =
             json!({"matchExpressions": [{"key": "rack", "operator": "NotIn", "values": ["r9"]}]});
-        assert!(gives_way_to(ours, &all, &user(not_in), &pods));
+        assert!(gives_way_to(ours, &cluster, &user(not_in), &pods));
     }
 }
